@@ -1,0 +1,1 @@
+"""Pieces both services use: logging setup, the health + reflection server, address parsing."""
