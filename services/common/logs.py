@@ -12,3 +12,5 @@ def configure_logging(level: str) -> None:
     # grpc's own asyncio layer logs every cancelled handler at ERROR; they are expected here
     # (a bot that goes away cancels its stream), and ours log what matters.
     logging.getLogger("grpc._cython.cygrpc").setLevel(logging.CRITICAL)
+    # aiosqlite logs every operation at DEBUG; our own DEBUG lines are the useful ones.
+    logging.getLogger("aiosqlite").setLevel(logging.INFO)

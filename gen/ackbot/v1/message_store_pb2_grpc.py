@@ -109,8 +109,8 @@ class MessageStoreServicer:
     def ListMessages(self, request, context):
         """Lists messages in arrival order (`sequence`), optionally filtered by state and by `reply_to`.
 
-        Returns INVALID_ARGUMENT for a bad page size, page token, state or `reply_to`; UNAVAILABLE
-        when the database cannot be reached.
+        Returns INVALID_ARGUMENT for a bad page size, page token, state, `reply_to` or
+        `after_sequence`; UNAVAILABLE when the database cannot be reached.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

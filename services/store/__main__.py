@@ -1,0 +1,30 @@
+"""Entry point of `ackbot-store` (also `python -m ackbot.store`)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sys
+from collections.abc import Sequence
+
+from ackbot.common.logs import configure_logging
+from ackbot.store.config import load_config
+from ackbot.store.errors import StoreError
+from ackbot.store.server import run
+
+log = logging.getLogger("ackbot.store")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    config = load_config(argv)
+    configure_logging(config.log_level)
+    try:
+        asyncio.run(run(config))
+    except (StoreError, OSError) as exc:
+        log.error("store failed to start: %s", exc)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,142 @@
+"""Wakes delivery streams when work may have become available, and tracks what each holds.
+
+Work is pushed, never polled: CreateMessage, a release, a lapsed lease or a retry_after ending
+wakes the streams, and each awake stream claims what it has room for. Nothing here touches the
+database; the servicer owns the claim loop.
+
+Why an Event per stream and not one Condition: a stream clears its event *before* it claims, so
+a wake that lands while it is querying is kept for its next wait and never lost.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from ackbot.store.repository import Lease
+
+log = logging.getLogger(__name__)
+
+# Timed wakes are rounded up to this step so that a burst of leases sharing an expiry costs one
+# wake, not one per message.
+WAKE_STEP_NS = 10_000_000
+
+
+@dataclass(eq=False)
+class StreamState:
+    """One StreamUnprocessed call: its limits and the leases it holds right now."""
+
+    consumer: str
+    max_in_flight: int
+    lease_ns: int
+    # message id -> (lease token, lease expiry ns)
+    outstanding: dict[str, tuple[str, int]] = field(default_factory=dict)
+    wakeup: asyncio.Event = field(default_factory=asyncio.Event)
+    closing: bool = False
+
+    def room(self, now_ns: int) -> int:
+        """How many more deliveries may go out; lapsed leases no longer count against it."""
+        lapsed = [mid for mid, (_, expiry) in self.outstanding.items() if expiry <= now_ns]
+        for message_id in lapsed:
+            del self.outstanding[message_id]
+        return self.max_in_flight - len(self.outstanding)
+
+    def leases(self) -> list[Lease]:
+        return [Lease(mid, token) for mid, (token, _) in self.outstanding.items()]
+
+
+class Dispatcher:
+    def __init__(self, clock_ns: Callable[[], int] = time.time_ns) -> None:
+        self._now_ns = clock_ns
+        self._streams: set[StreamState] = set()
+        self._holder: dict[str, StreamState] = {}  # message id -> stream holding its lease
+        self._timed: list[int] = []  # heap of wall-clock ns at which to wake everyone
+        self._timed_set: set[int] = set()
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at = 0
+
+    @property
+    def streams(self) -> frozenset[StreamState]:
+        return frozenset(self._streams)
+
+    def open_stream(self, stream: StreamState) -> None:
+        self._streams.add(stream)
+
+    def close_stream(self, stream: StreamState) -> list[Lease]:
+        """Forgets the stream; returns the leases it still held, for the caller to release."""
+        self._streams.discard(stream)
+        leases = stream.leases()
+        for lease in leases:
+            if self._holder.get(lease.message_id) is stream:
+                del self._holder[lease.message_id]
+        stream.outstanding.clear()
+        return leases
+
+    def leased(self, stream: StreamState, message_id: str, token: str, expiry_ns: int) -> None:
+        previous = self._holder.get(message_id)
+        if previous is not None and previous is not stream:
+            previous.outstanding.pop(message_id, None)
+        self._holder[message_id] = stream
+        stream.outstanding[message_id] = (token, expiry_ns)
+        self.wake_at(expiry_ns)
+
+    def settled(self, message_id: str) -> None:
+        """The message was processed or released: its stream has room for one more."""
+        stream = self._holder.pop(message_id, None)
+        if stream is not None:
+            stream.outstanding.pop(message_id, None)
+            stream.wakeup.set()
+
+    def extended(self, message_id: str, token: str, expiry_ns: int) -> None:
+        stream = self._holder.get(message_id)
+        if stream is not None and message_id in stream.outstanding:
+            stream.outstanding[message_id] = (token, expiry_ns)
+            self.wake_at(expiry_ns)
+
+    def wake_all(self) -> None:
+        for stream in self._streams:
+            stream.wakeup.set()
+
+    def wake_at(self, at_ns: int) -> None:
+        """Wakes every stream at wall-clock time `at_ns` (a lease expiry or a retry_after)."""
+        at_ns = -(-at_ns // WAKE_STEP_NS) * WAKE_STEP_NS
+        if at_ns in self._timed_set:
+            return
+        self._timed_set.add(at_ns)
+        heapq.heappush(self._timed, at_ns)
+        self._arm()
+
+    def _arm(self) -> None:
+        if not self._timed:
+            return
+        first = self._timed[0]
+        if self._timer is not None and self._timer_at <= first:
+            return
+        if self._timer is not None:
+            self._timer.cancel()
+        delay = max(first - self._now_ns(), 0) / 1e9
+        self._timer = asyncio.get_running_loop().call_later(delay, self._on_timer)
+        self._timer_at = first
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        # The loop's monotonic clock and the wall clock drift apart by microseconds; without
+        # the slack an entry could stay unpopped and re-arm the timer at zero delay.
+        now = self._now_ns() + WAKE_STEP_NS // 10
+        while self._timed and self._timed[0] <= now:
+            self._timed_set.discard(heapq.heappop(self._timed))
+        self.wake_all()
+        self._arm()
+
+    def close(self) -> None:
+        """Tells every stream to end (store shutdown) and stops the timer."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        for stream in self._streams:
+            stream.closing = True
+            stream.wakeup.set()

@@ -1,0 +1,120 @@
+"""Wires the store together and runs it: engine, repository, dispatcher, servicer, gRPC server.
+
+`StoreServer` is the composition root. `start()` returns the bound port; `stop()` is safe to call
+twice and shuts down in the order that loses nothing: health NOT_SERVING, streams ended and their
+leases released, in-flight unary calls given the grace period, engine disposed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import time
+
+import grpc
+
+from ackbot.common.serving import add_health_and_reflection, set_serving, split_host_port
+from ackbot.store.config import StoreConfig
+from ackbot.store.dispatcher import Dispatcher
+from ackbot.store.repository import MessageRepository, create_engine
+from ackbot.store.servicer import SERVICE_NAME, MessageStoreServicer
+from ackbot.v1 import message_store_pb2_grpc as pb_grpc
+
+log = logging.getLogger(__name__)
+
+
+def _server_options(config: StoreConfig) -> list[tuple[str, int]]:
+    return [
+        # gRPC itself rejects larger requests with RESOURCE_EXHAUSTED before they are decoded.
+        ("grpc.max_receive_message_length", config.limits.max_request_bytes),
+        # Pings find a bot whose network vanished without a FIN, so its stream ends and its
+        # leases are released long before they would expire.
+        ("grpc.keepalive_time_ms", 20_000),
+        ("grpc.keepalive_timeout_ms", 10_000),
+        ("grpc.http2.min_ping_interval_without_data_ms", 5_000),
+        ("grpc.keepalive_permit_without_calls", 1),
+    ]
+
+
+class StoreServer:
+    def __init__(self, config: StoreConfig) -> None:
+        self._config = config
+        self._server: grpc.aio.Server | None = None
+        self._repository: MessageRepository | None = None
+        self._servicer: MessageStoreServicer | None = None
+        self._health = None
+        self._stopped = asyncio.Event()
+        self._stopping = False
+
+    async def start(self) -> int:
+        """Opens the database, serves, and returns the port bound."""
+        config = self._config
+        engine = create_engine(config.db_url, lock_timeout_seconds=config.lock_timeout_seconds)
+        self._repository = repository = MessageRepository(engine, max_attempts=config.max_attempts)
+        await repository.create_schema()
+        dispatcher = Dispatcher()
+        if engine.dialect.name == "sqlite":
+            # One store owns an SQLite file, so any lease in it belongs to a stream of a store
+            # that is gone: hand those messages out again now instead of at lease expiry.
+            released = await repository.release_all_leases()
+            if released:
+                log.info("released %d leases left by a previous run", released)
+        self._servicer = MessageStoreServicer(repository, dispatcher, config)
+
+        self._server = server = grpc.aio.server(options=_server_options(config))
+        pb_grpc.add_MessageStoreServicer_to_server(self._servicer, server)
+        self._health = add_health_and_reflection(server, [SERVICE_NAME])
+        host, port = split_host_port(config.listen)
+        bound = server.add_insecure_port(f"[{host}]:{port}" if ":" in host else f"{host}:{port}")
+        if bound == 0:
+            raise OSError(f"could not bind {config.listen}")
+        await server.start()
+        next_visible = await repository.next_visible_ns()
+        if next_visible is not None:
+            dispatcher.wake_at(next_visible)
+        await set_serving(self._health, [SERVICE_NAME], serving=True)
+        log.info("listening on %s:%d (database %s)", host, bound, engine.url.render_as_string())
+        return bound
+
+    async def stop(self) -> None:
+        if self._stopping:
+            await self._stopped.wait()
+            return
+        self._stopping = True
+        started = time.monotonic()
+        try:
+            if self._health is not None:
+                await self._health.enter_graceful_shutdown()
+            if self._servicer is not None:
+                await self._servicer.close_streams()
+            if self._server is not None:
+                await self._server.stop(self._config.grace_seconds)
+            if self._servicer is not None:
+                # server.stop() may return before cancelled handlers ran their finally blocks.
+                await self._servicer.close_streams()
+            if self._repository is not None:
+                await self._repository.dispose()
+            log.info("stopped in %.2fs", time.monotonic() - started)
+        finally:
+            self._stopped.set()
+
+    async def wait_stopped(self) -> None:
+        await self._stopped.wait()
+
+
+async def run(config: StoreConfig) -> None:
+    """Runs until SIGTERM or SIGINT, then stops gracefully."""
+    server = StoreServer(config)
+    stop_requested = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    # Signal handlers, not KeyboardInterrupt: with grpc.aio the interrupt would surface at an
+    # arbitrary await and skip the orderly shutdown.
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop_requested.set)
+    try:
+        await server.start()
+        await stop_requested.wait()
+        log.info("shutdown requested")
+    finally:
+        await server.stop()

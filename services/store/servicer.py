@@ -1,0 +1,487 @@
+"""The MessageStore gRPC servicer: validate, one repository call, map to protobuf.
+
+Domain errors become status codes in one place (`_status_for`); anything unexpected is logged
+with its stack trace here and reaches the client as INTERNAL with no trace in it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import functools
+import inspect
+import logging
+import time
+from collections.abc import AsyncIterator, Callable
+from typing import Any, TypeVar
+
+import grpc
+from google.protobuf import any_pb2, duration_pb2, timestamp_pb2
+from google.rpc import code_pb2, error_details_pb2, status_pb2
+from grpc_status import rpc_status
+
+from ackbot.store import validation as rules
+from ackbot.store.config import StoreConfig
+from ackbot.store.dispatcher import Dispatcher, StreamState
+from ackbot.store.errors import (
+    AlreadyExists,
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    StorageFull,
+    StorageUnavailable,
+    StoreError,
+)
+from ackbot.store.models import State
+from ackbot.store.repository import Delivery, Lease, MessageRepository, NewMessage, StoredMessage
+from ackbot.v1 import message_store_pb2 as pb
+from ackbot.v1 import message_store_pb2_grpc as pb_grpc
+
+log = logging.getLogger(__name__)
+
+SERVICE_NAME = pb.DESCRIPTOR.services_by_name["MessageStore"].full_name
+
+_STATE_TO_PROTO = {
+    State.PENDING: pb.MESSAGE_STATE_PENDING,
+    State.LEASED: pb.MESSAGE_STATE_LEASED,
+    State.PROCESSED: pb.MESSAGE_STATE_PROCESSED,
+    State.DEAD: pb.MESSAGE_STATE_DEAD,
+}
+_STATE_FROM_PROTO = {value: key for key, value in _STATE_TO_PROTO.items()}
+_PAGE_TOKEN_PREFIX = "seq:"
+_MAX_LEASE_TOKEN_CHARS = 64
+_MAX_CONSUMER_CHARS = 64
+
+
+# -- protobuf mapping -----------------------------------------------------------------------
+
+
+def _timestamp(ns: int) -> timestamp_pb2.Timestamp:
+    stamp = timestamp_pb2.Timestamp()
+    stamp.FromNanoseconds(ns)
+    return stamp
+
+
+def message_to_proto(message: StoredMessage) -> pb.Message:
+    proto = pb.Message(
+        id=message.id,
+        author=message.author,
+        text=message.text,
+        receive_time=_timestamp(message.receive_time_ns),
+        sequence=message.sequence,
+        state=_STATE_TO_PROTO[message.state],
+        reply_to=message.reply_to or "",
+        reply_id=message.reply_id or "",
+        delivery_attempts=message.delivery_attempts,
+        last_error=message.last_error or "",
+    )
+    if message.create_time_ns is not None:
+        proto.create_time.CopyFrom(_timestamp(message.create_time_ns))
+    if message.lease_expire_ns is not None:
+        proto.lease_expire_time.CopyFrom(_timestamp(message.lease_expire_ns))
+    if message.process_time_ns is not None:
+        proto.process_time.CopyFrom(_timestamp(message.process_time_ns))
+    return proto
+
+
+def delivery_to_proto(delivery: Delivery) -> pb.Delivery:
+    return pb.Delivery(
+        message=message_to_proto(delivery.message),
+        lease_token=delivery.lease_token,
+        attempt=delivery.message.delivery_attempts,
+        lease_expire_time=_timestamp(delivery.lease_expire_ns),
+    )
+
+
+def encode_page_token(sequence: int) -> str:
+    return base64.urlsafe_b64encode(f"{_PAGE_TOKEN_PREFIX}{sequence}".encode()).decode()
+
+
+def decode_page_token(token: str) -> int | None:
+    """The sequence a page token continues after, or None when it is not one of ours."""
+    try:
+        text = base64.urlsafe_b64decode(token.encode("ascii")).decode("ascii")
+    except (ValueError, UnicodeError):
+        return None
+    number = text.removeprefix(_PAGE_TOKEN_PREFIX)
+    if not text.startswith(_PAGE_TOKEN_PREFIX) or not number.isdigit():
+        return None
+    return int(number)
+
+
+def _seconds(duration: duration_pb2.Duration) -> float:
+    return duration.seconds + duration.nanos / 1e9
+
+
+# -- errors -----------------------------------------------------------------------------------
+
+
+def _status_for(error: StoreError) -> status_pb2.Status:
+    code, details = code_pb2.INTERNAL, []
+    if isinstance(error, InvalidArgument):
+        code = code_pb2.INVALID_ARGUMENT
+        bad_request = error_details_pb2.BadRequest(
+            field_violations=[
+                error_details_pb2.BadRequest.FieldViolation(
+                    field=v.field, description=v.description
+                )
+                for v in error.violations
+            ]
+        )
+        detail = any_pb2.Any()
+        detail.Pack(bad_request)
+        details.append(detail)
+    elif isinstance(error, NotFound):
+        code = code_pb2.NOT_FOUND
+    elif isinstance(error, AlreadyExists):
+        code = code_pb2.ALREADY_EXISTS
+    elif isinstance(error, FailedPrecondition):
+        code = code_pb2.FAILED_PRECONDITION
+    elif isinstance(error, StorageUnavailable):
+        code = code_pb2.UNAVAILABLE
+    elif isinstance(error, StorageFull):
+        code = code_pb2.RESOURCE_EXHAUSTED
+    return status_pb2.Status(code=code, message=str(error), details=details)
+
+
+async def _abort(context: grpc.aio.ServicerContext, error: BaseException, method: str) -> None:
+    if isinstance(error, StoreError):
+        await context.abort_with_status(rpc_status.to_status(_status_for(error)))
+    log.exception("unexpected error in %s", method, exc_info=error)
+    await context.abort(grpc.StatusCode.INTERNAL, "internal error; the store logged the details")
+
+
+Handler = TypeVar("Handler", bound=Callable[..., Any])
+
+
+def maps_errors(handler: Handler) -> Handler:
+    """Turns domain errors into status codes, for unary and server-streaming handlers alike."""
+    if inspect.isasyncgenfunction(handler):
+
+        @functools.wraps(handler)
+        async def stream_wrapper(self: Any, request: Any, context: Any) -> AsyncIterator[Any]:
+            try:
+                async for item in handler(self, request, context):
+                    yield item
+            except (grpc.aio.AbortError, asyncio.CancelledError):
+                raise
+            except Exception as exc:
+                await _abort(context, exc, handler.__name__)
+
+        return stream_wrapper  # type: ignore[return-value]
+
+    @functools.wraps(handler)
+    async def unary_wrapper(self: Any, request: Any, context: Any) -> Any:
+        try:
+            return await handler(self, request, context)
+        except grpc.aio.AbortError:
+            raise
+        except Exception as exc:
+            await _abort(context, exc, handler.__name__)
+
+    return unary_wrapper  # type: ignore[return-value]
+
+
+# -- the servicer -----------------------------------------------------------------------------
+
+
+class MessageStoreServicer(pb_grpc.MessageStoreServicer):
+    def __init__(
+        self, repository: MessageRepository, dispatcher: Dispatcher, config: StoreConfig
+    ) -> None:
+        self._repository = repository
+        self._dispatcher = dispatcher
+        self._config = config
+        self._limits = config.limits
+        self._lease_releases: set[asyncio.Task[None]] = set()
+
+    @maps_errors
+    async def CreateMessage(
+        self, request: pb.CreateMessageRequest, context: grpc.aio.ServicerContext
+    ) -> pb.CreateMessageResponse:
+        message = request.message
+        v = rules.Violations()
+        rules.check_id(v, "message.id", message.id, self._limits, required=False)
+        rules.check_author(v, "message.author", message.author, self._limits)
+        rules.check_text(v, "message.text", message.text, self._limits)
+        if message.reply_to:
+            v.add("message.reply_to", "must be empty; replies are stored by MarkProcessed")
+        create_time_ns = None
+        if message.HasField("create_time"):
+            create_time_ns = message.create_time.seconds * 10**9 + message.create_time.nanos
+            rules.check_time_ns(v, "message.create_time", create_time_ns)
+        v.raise_if_any()
+        result = await self._repository.create_message(
+            NewMessage(
+                id=message.id,
+                author=message.author,
+                text=message.text,
+                create_time_ns=create_time_ns,
+            )
+        )
+        if result.already_existed:
+            log.info("create retried; already stored message_id=%s", result.message.id)
+        else:
+            log.info(
+                "created message_id=%s sequence=%d", result.message.id, result.message.sequence
+            )
+            self._dispatcher.wake_all()
+        return pb.CreateMessageResponse(
+            message=message_to_proto(result.message), already_existed=result.already_existed
+        )
+
+    @maps_errors
+    async def GetMessage(
+        self, request: pb.GetMessageRequest, context: grpc.aio.ServicerContext
+    ) -> pb.GetMessageResponse:
+        v = rules.Violations()
+        rules.check_id(v, "id", request.id, self._limits)
+        v.raise_if_any()
+        message = await self._repository.get_message(request.id)
+        return pb.GetMessageResponse(message=message_to_proto(message))
+
+    @maps_errors
+    async def ListMessages(
+        self, request: pb.ListMessagesRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ListMessagesResponse:
+        v = rules.Violations()
+        page_size = request.page_size or self._config.default_page_size
+        rules.check_range(v, "page_size", page_size, 1, self._limits.max_page_size)
+        after = request.after_sequence
+        if after < 0:
+            v.add("after_sequence", f"must be 0 or more (got {after})")
+        if request.page_token:
+            token_after = decode_page_token(request.page_token)
+            if token_after is None:
+                v.add("page_token", "is not a next_page_token returned by ListMessages")
+            else:
+                after = max(after, token_after)
+        state: State | None = None
+        if request.state != pb.MESSAGE_STATE_UNSPECIFIED:
+            state = _STATE_FROM_PROTO.get(request.state)  # type: ignore[call-overload]
+            if state is None:
+                v.add("state", f"must be one of the MessageState values (got {request.state})")
+        rules.check_id(v, "reply_to", request.reply_to, self._limits, required=False)
+        v.raise_if_any()
+        messages = await self._repository.list_messages(
+            after_sequence=after,
+            limit=page_size,
+            state=state,
+            reply_to=request.reply_to or None,
+        )
+        next_token = encode_page_token(messages[-1].sequence) if len(messages) == page_size else ""
+        return pb.ListMessagesResponse(
+            messages=[message_to_proto(m) for m in messages], next_page_token=next_token
+        )
+
+    @maps_errors
+    async def MarkProcessed(
+        self, request: pb.MarkProcessedRequest, context: grpc.aio.ServicerContext
+    ) -> pb.MarkProcessedResponse:
+        v = rules.Violations()
+        rules.check_id(v, "id", request.id, self._limits)
+        self._check_token(v, request.lease_token, required=False)
+        reply: NewMessage | None = None
+        if request.HasField("reply"):
+            rules.check_author(v, "reply.author", request.reply.author, self._limits)
+            rules.check_text(v, "reply.text", request.reply.text, self._limits)
+            reply = NewMessage(author=request.reply.author, text=request.reply.text)
+        v.raise_if_any()
+        result = await self._repository.mark_processed(request.id, reply, request.lease_token)
+        self._dispatcher.settled(request.id)
+        if result.already_processed:
+            log.info("already processed; duplicate reply prevented message_id=%s", request.id)
+        else:
+            log.info(
+                "processed message_id=%s reply_id=%s",
+                request.id,
+                result.reply.id if result.reply else "-",
+            )
+        response = pb.MarkProcessedResponse(
+            message=message_to_proto(result.message), already_processed=result.already_processed
+        )
+        if result.reply is not None:
+            response.reply.CopyFrom(message_to_proto(result.reply))
+        return response
+
+    @maps_errors
+    async def ReleaseMessage(
+        self, request: pb.ReleaseMessageRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ReleaseMessageResponse:
+        v = rules.Violations()
+        rules.check_id(v, "id", request.id, self._limits)
+        self._check_token(v, request.lease_token, required=True)
+        rules.check_reason(v, "reason", request.reason, self._limits)
+        retry_after = _seconds(request.retry_after)
+        rules.check_duration(
+            v, "retry_after", retry_after, 0.0, self._limits.max_retry_after_seconds, required=False
+        )
+        v.raise_if_any()
+        retry_after_ns = int(retry_after * 1e9)
+        message = await self._repository.release(
+            request.id, request.lease_token, reason=request.reason, retry_after_ns=retry_after_ns
+        )
+        self._dispatcher.settled(request.id)
+        log.info(
+            "released message_id=%s state=%s attempts=%d reason=%r",
+            message.id,
+            message.state.value,
+            message.delivery_attempts,
+            request.reason,
+        )
+        if message.state is State.PENDING:
+            if retry_after_ns:
+                self._dispatcher.wake_at(time.time_ns() + retry_after_ns)
+            else:
+                self._dispatcher.wake_all()
+        return pb.ReleaseMessageResponse(message=message_to_proto(message))
+
+    @maps_errors
+    async def ExtendLease(
+        self, request: pb.ExtendLeaseRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ExtendLeaseResponse:
+        v = rules.Violations()
+        rules.check_id(v, "id", request.id, self._limits)
+        self._check_token(v, request.lease_token, required=True)
+        if not request.HasField("lease_duration"):
+            v.add("lease_duration", "is required")
+        else:
+            self._check_lease_duration(v, request.lease_duration)
+        v.raise_if_any()
+        lease_ns = int(_seconds(request.lease_duration) * 1e9)
+        message = await self._repository.extend_lease(request.id, request.lease_token, lease_ns)
+        assert message.lease_expire_ns is not None
+        self._dispatcher.extended(request.id, request.lease_token, message.lease_expire_ns)
+        log.debug("lease extended message_id=%s", request.id)
+        return pb.ExtendLeaseResponse(message=message_to_proto(message))
+
+    @maps_errors
+    async def RequeueMessage(
+        self, request: pb.RequeueMessageRequest, context: grpc.aio.ServicerContext
+    ) -> pb.RequeueMessageResponse:
+        v = rules.Violations()
+        rules.check_id(v, "id", request.id, self._limits)
+        v.raise_if_any()
+        message = await self._repository.requeue(request.id)
+        log.info("requeued message_id=%s", request.id)
+        self._dispatcher.wake_all()
+        return pb.RequeueMessageResponse(message=message_to_proto(message))
+
+    @maps_errors
+    async def StreamUnprocessed(
+        self, request: pb.StreamUnprocessedRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[pb.StreamUnprocessedResponse]:
+        v = rules.Violations()
+        max_in_flight = request.max_in_flight or self._config.default_max_in_flight
+        rules.check_range(
+            v,
+            "max_in_flight",
+            max_in_flight,
+            self._limits.min_in_flight,
+            self._limits.max_in_flight,
+        )
+        lease_seconds = self._config.default_lease_seconds
+        if request.HasField("lease_duration"):
+            self._check_lease_duration(v, request.lease_duration)
+            lease_seconds = _seconds(request.lease_duration)
+        if len(request.consumer) > _MAX_CONSUMER_CHARS:
+            v.add("consumer", f"must be at most {_MAX_CONSUMER_CHARS} characters")
+        v.raise_if_any()
+
+        stream = StreamState(
+            consumer=request.consumer or context.peer(),
+            max_in_flight=max_in_flight,
+            lease_ns=int(lease_seconds * 1e9),
+        )
+        self._dispatcher.open_stream(stream)
+        try:
+            # Headers go out now, so the client knows the stream is up before any work exists.
+            await context.send_initial_metadata(())
+            log.info(
+                "stream opened consumer=%s max_in_flight=%d lease=%gs",
+                stream.consumer,
+                max_in_flight,
+                lease_seconds,
+            )
+            while not stream.closing:
+                stream.wakeup.clear()
+                room = stream.room(time.time_ns())
+                if room > 0:
+                    deliveries = await self._repository.claim(room, stream.lease_ns)
+                    if deliveries:
+                        for d in deliveries:
+                            self._dispatcher.leased(
+                                stream, d.message.id, d.lease_token, d.lease_expire_ns
+                            )
+                            log.info(
+                                "delivered message_id=%s attempt=%d consumer=%s",
+                                d.message.id,
+                                d.message.delivery_attempts,
+                                stream.consumer,
+                            )
+                        yield pb.StreamUnprocessedResponse(
+                            deliveries=[delivery_to_proto(d) for d in deliveries]
+                        )
+                        continue
+                await stream.wakeup.wait()
+            await context.abort(
+                grpc.StatusCode.UNAVAILABLE, "the store is shutting down; reconnect"
+            )
+        finally:
+            await self._end_stream(stream)
+
+    async def _end_stream(self, stream: StreamState) -> None:
+        leases = self._dispatcher.close_stream(stream)
+        log.info("stream closed consumer=%s releasing=%d", stream.consumer, len(leases))
+        if not leases:
+            return
+        # Shielded: the handler is usually being cancelled (the client went away), and the
+        # release must still reach the database. Shutdown waits for these tasks too.
+        task = asyncio.create_task(self._release_leases(leases))
+        self._lease_releases.add(task)
+        task.add_done_callback(self._lease_releases.discard)
+        await asyncio.shield(task)
+
+    async def _release_leases(self, leases: list[Lease]) -> None:
+        try:
+            released = await self._repository.release_leases(leases)
+        except StoreError:
+            # The leases will expire instead; nothing is lost, only delayed.
+            log.exception("could not release %d leases of a closed stream", len(leases))
+            return
+        for lease in leases:
+            log.info("lease released on stream end message_id=%s", lease.message_id)
+        if released:
+            self._dispatcher.wake_all()
+
+    async def close_streams(self) -> None:
+        """Ends every stream and waits until the leases they held are back in the database."""
+        streams = self._dispatcher.streams
+        self._dispatcher.close()
+        for stream in streams:
+            leases = self._dispatcher.close_stream(stream)
+            if leases:
+                await self._release_leases(leases)
+        if self._lease_releases:
+            await asyncio.gather(*self._lease_releases, return_exceptions=True)
+
+    def _check_token(self, v: rules.Violations, token: str, *, required: bool) -> None:
+        if not token:
+            if required:
+                v.add("lease_token", "is required")
+        elif len(token) > _MAX_LEASE_TOKEN_CHARS or not token.isascii() or not token.isprintable():
+            v.add(
+                "lease_token",
+                f"must be at most {_MAX_LEASE_TOKEN_CHARS} printable ASCII "
+                "characters, as issued with a delivery",
+            )
+
+    def _check_lease_duration(self, v: rules.Violations, duration: duration_pb2.Duration) -> None:
+        rules.check_duration(
+            v,
+            "lease_duration",
+            _seconds(duration),
+            self._limits.min_lease_seconds,
+            self._limits.max_lease_seconds,
+            required=True,
+        )
