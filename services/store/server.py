@@ -18,8 +18,7 @@ from ackbot.common.serving import add_health_and_reflection, set_serving, split_
 from ackbot.store.config import StoreConfig
 from ackbot.store.dispatcher import Dispatcher
 from ackbot.store.repository import MessageRepository, create_engine
-from ackbot.store.servicer import SERVICE_NAME, MessageStoreServicer
-from ackbot.v1 import message_store_pb2_grpc as pb_grpc
+from ackbot.store.servicer import SERVICE_NAME, MessageStoreServicer, add_to_server
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +62,7 @@ class StoreServer:
         self._servicer = MessageStoreServicer(repository, dispatcher, config)
 
         self._server = server = grpc.aio.server(options=_server_options(config))
-        pb_grpc.add_MessageStoreServicer_to_server(self._servicer, server)
+        add_to_server(self._servicer, server)
         self._health = add_health_and_reflection(server, [SERVICE_NAME])
         host, port = split_host_port(config.listen)
         bound = server.add_insecure_port(f"[{host}]:{port}" if ":" in host else f"{host}:{port}")

@@ -13,10 +13,12 @@ import inspect
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import grpc
 from google.protobuf import any_pb2, duration_pb2, timestamp_pb2
+from google.protobuf.message import DecodeError, Message
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
@@ -26,6 +28,7 @@ from ackbot.store.dispatcher import Dispatcher, StreamState
 from ackbot.store.errors import (
     AlreadyExists,
     FailedPrecondition,
+    FieldViolation,
     InvalidArgument,
     NotFound,
     StorageFull,
@@ -109,6 +112,50 @@ def decode_page_token(token: str) -> int | None:
     return int(number)
 
 
+@dataclass(frozen=True)
+class UndecodableRequest:
+    """Stands in for a request whose bytes are not a valid protobuf message (bad UTF-8 in a
+    string, a corrupt wire format). gRPC would answer a failing deserializer with UNKNOWN; this
+    lets the handler answer INVALID_ARGUMENT like any other bad input."""
+
+    type_name: str
+    error: str
+
+
+def _tolerant_deserializer(message_class: type[Message]) -> Callable[[bytes], Any]:
+    def deserialize(data: bytes) -> Any:
+        try:
+            return message_class.FromString(data)
+        except DecodeError as exc:
+            return UndecodableRequest(message_class.DESCRIPTOR.full_name, str(exc))
+
+    return deserialize
+
+
+def add_to_server(servicer: MessageStoreServicer, server: grpc.aio.Server) -> None:
+    """Registers the servicer like the generated add_MessageStoreServicer_to_server, except
+    that requests which do not decode reach the handler as UndecodableRequest."""
+    service = pb.DESCRIPTOR.services_by_name["MessageStore"]
+    handlers = {}
+    for method in service.methods:
+        request_class = getattr(pb, method.input_type.name)
+        response_class = getattr(pb, method.output_type.name)
+        make_handler = (
+            grpc.unary_stream_rpc_method_handler
+            if method.server_streaming
+            else grpc.unary_unary_rpc_method_handler
+        )
+        handlers[method.name] = make_handler(
+            getattr(servicer, method.name),
+            request_deserializer=_tolerant_deserializer(request_class),
+            response_serializer=response_class.SerializeToString,
+        )
+    server.add_generic_rpc_handlers(
+        (grpc.method_handlers_generic_handler(service.full_name, handlers),)
+    )
+    server.add_registered_method_handlers(service.full_name, handlers)
+
+
 def _seconds(duration: duration_pb2.Duration) -> float:
     return duration.seconds + duration.nanos / 1e9
 
@@ -151,6 +198,13 @@ async def _abort(context: grpc.aio.ServicerContext, error: BaseException, method
     await context.abort(grpc.StatusCode.INTERNAL, "internal error; the store logged the details")
 
 
+def _reject_undecodable(request: object) -> None:
+    if isinstance(request, UndecodableRequest):
+        raise InvalidArgument(
+            [FieldViolation("request", f"is not a valid {request.type_name}: {request.error}")]
+        )
+
+
 Handler = TypeVar("Handler", bound=Callable[..., Any])
 
 
@@ -161,6 +215,7 @@ def maps_errors(handler: Handler) -> Handler:
         @functools.wraps(handler)
         async def stream_wrapper(self: Any, request: Any, context: Any) -> AsyncIterator[Any]:
             try:
+                _reject_undecodable(request)
                 async for item in handler(self, request, context):
                     yield item
             except (grpc.aio.AbortError, asyncio.CancelledError):
@@ -173,6 +228,7 @@ def maps_errors(handler: Handler) -> Handler:
     @functools.wraps(handler)
     async def unary_wrapper(self: Any, request: Any, context: Any) -> Any:
         try:
+            _reject_undecodable(request)
             return await handler(self, request, context)
         except grpc.aio.AbortError:
             raise
