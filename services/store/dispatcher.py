@@ -38,13 +38,6 @@ class StreamState:
     wakeup: asyncio.Event = field(default_factory=asyncio.Event)
     closing: bool = False
 
-    def room(self, now_ns: int) -> int:
-        """How many more deliveries may go out; lapsed leases no longer count against it."""
-        lapsed = [mid for mid, (_, expiry) in self.outstanding.items() if expiry <= now_ns]
-        for message_id in lapsed:
-            del self.outstanding[message_id]
-        return self.max_in_flight - len(self.outstanding)
-
     def leases(self) -> list[Lease]:
         return [Lease(mid, token) for mid, (token, _) in self.outstanding.items()]
 
@@ -75,6 +68,16 @@ class Dispatcher:
                 del self._holder[lease.message_id]
         stream.outstanding.clear()
         return leases
+
+    def room(self, stream: StreamState) -> int:
+        """How many more deliveries `stream` may send; lapsed leases no longer count."""
+        now = self._now_ns()
+        lapsed = [mid for mid, (_, expiry) in stream.outstanding.items() if expiry <= now]
+        for message_id in lapsed:
+            del stream.outstanding[message_id]
+            if self._holder.get(message_id) is stream:
+                del self._holder[message_id]
+        return stream.max_in_flight - len(stream.outstanding)
 
     def leased(self, stream: StreamState, message_id: str, token: str, expiry_ns: int) -> None:
         previous = self._holder.get(message_id)

@@ -461,7 +461,7 @@ class MessageStoreServicer(pb_grpc.MessageStoreServicer):
             )
             while not stream.closing:
                 stream.wakeup.clear()
-                room = stream.room(time.time_ns())
+                room = self._dispatcher.room(stream)
                 if room > 0:
                     deliveries = await self._repository.claim(room, stream.lease_ns)
                     if deliveries:
