@@ -264,7 +264,10 @@ class MessageStoreServicer(pb_grpc.MessageStoreServicer):
             v.add("message.reply_to", "must be empty; replies are stored by MarkProcessed")
         create_time_ns = None
         if message.HasField("create_time"):
-            create_time_ns = message.create_time.seconds * 10**9 + message.create_time.nanos
+            stamp = message.create_time
+            create_time_ns = stamp.seconds * 10**9 + stamp.nanos
+            if not 0 <= stamp.nanos < 10**9:
+                v.add("message.create_time", f"nanos must be 0 to 999999999 (got {stamp.nanos})")
             rules.check_time_ns(v, "message.create_time", create_time_ns)
         v.raise_if_any()
         result = await self._repository.create_message(
