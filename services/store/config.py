@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -55,8 +56,8 @@ def _positive_int(text: str) -> int:
 
 def _positive_float(text: str) -> float:
     value = float(text)
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be > 0, got {value}")
+    if not (value > 0 and math.isfinite(value)):
+        raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {value}")
     return value
 
 
@@ -139,6 +140,11 @@ def load_config(
     # and reports a bad one under the flag's name, but it does not check them against `choices`.
     if args.log_level not in LOG_LEVELS:
         parser.error(f"argument --log-level: invalid choice: {args.log_level!r}")
+    if not Limits.min_lease_seconds <= args.default_lease_seconds <= Limits.max_lease_seconds:
+        parser.error(
+            f"argument --default-lease-seconds: must be between {Limits.min_lease_seconds:g} "
+            f"and {Limits.max_lease_seconds:g}, got {args.default_lease_seconds:g}"
+        )
     limits = Limits(max_text_bytes=args.max_text_bytes, max_request_bytes=args.max_request_bytes)
     return StoreConfig(
         listen=args.listen,

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 from sqlalchemy import Sequence as DbSequence
 from sqlalchemy import event, func, select, update
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from sqlalchemy.ext.asyncio import (
@@ -46,6 +46,7 @@ log = logging.getLogger(__name__)
 
 SEQUENCE = DbSequence("messages_sequence_seq")
 DEAD_BY_ATTEMPTS = "delivered {attempts} times without being processed"
+_WRITE_OPTION = "ackbot_write"
 
 
 @dataclass(frozen=True)
@@ -125,8 +126,12 @@ def _configure_sqlite(engine: Engine, lock_timeout_seconds: float) -> None:
         cursor.close()
 
     @event.listens_for(engine, "begin")
-    def on_begin(connection: object) -> None:
-        connection.exec_driver_sql("BEGIN")  # type: ignore[attr-defined]
+    def on_begin(connection: Connection) -> None:
+        # A write transaction takes the write lock up front: a deferred one that reads first
+        # fails at once with "database is locked" (no busy wait) when another connection has
+        # committed in between.
+        writes = connection.get_execution_options().get(_WRITE_OPTION, False)
+        connection.exec_driver_sql("BEGIN IMMEDIATE" if writes else "BEGIN")
 
 
 def _to_stored(row: MessageRow, reply_id: str | None, now_ns: int) -> StoredMessage:
@@ -211,6 +216,7 @@ class MessageRepository:
     async def _write(self) -> AsyncIterator[AsyncSession]:
         lock = self._sqlite_write_lock if self._is_sqlite else contextlib.nullcontext()
         async with lock, self._translate_errors(), self._sessions.begin() as session:
+            await session.connection(execution_options={_WRITE_OPTION: True})
             yield session
 
     async def _next_sequence(self, session: AsyncSession) -> int:
@@ -374,24 +380,31 @@ class MessageRepository:
         deliveries: list[Delivery] = []
         async with self._write() as session:
             now = self._now_ns()
-            query = (
-                select(MessageRow)
-                .where(UNSETTLED, MessageRow.visible_at_ns <= now)
-                .order_by(MessageRow.sequence)
-                .limit(limit)
-                .with_for_update(skip_locked=True)
-            )
-            for row in (await session.scalars(query)).all():
-                if row.delivery_attempts >= self._max_attempts:
-                    self._dead_letter(row)
-                    continue
-                row.state = State.LEASED
-                row.delivery_attempts += 1
-                row.lease_token = new_lease_token()
-                row.visible_at_ns = now + lease_ns
-                deliveries.append(
-                    Delivery(_to_stored(row, None, now), row.lease_token, row.visible_at_ns)
+            while len(deliveries) < limit:
+                wanted = limit - len(deliveries)
+                query = (
+                    select(MessageRow)
+                    .where(UNSETTLED, MessageRow.visible_at_ns <= now)
+                    .order_by(MessageRow.sequence)
+                    .limit(wanted)
+                    .with_for_update(skip_locked=True)
                 )
+                rows = (await session.scalars(query)).all()
+                for row in rows:
+                    if row.delivery_attempts >= self._max_attempts:
+                        # Dead rows leave the unsettled set (flushed before the next query), so
+                        # they do not use up the limit: the loop claims live ones in their place.
+                        self._dead_letter(row)
+                        continue
+                    row.state = State.LEASED
+                    row.delivery_attempts += 1
+                    row.lease_token = new_lease_token()
+                    row.visible_at_ns = now + lease_ns
+                    deliveries.append(
+                        Delivery(_to_stored(row, None, now), row.lease_token, row.visible_at_ns)
+                    )
+                if len(rows) < wanted:
+                    break
         return deliveries
 
     def _dead_letter(self, row: MessageRow) -> None:

@@ -1,0 +1,113 @@
+"""Fixtures for the store's unit tests: a real database (SQLite file, and PostgreSQL when
+ACKBOT_TEST_POSTGRES_URL is set) and a clock the test moves by hand."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+import pytest
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+
+from ackbot.store.repository import MessageRepository, create_engine
+
+POSTGRES_URL_ENV = "ACKBOT_TEST_POSTGRES_URL"
+SECOND_NS = 1_000_000_000
+# 2025-10-24T19:20:53Z: any fixed instant serves, as long as it is not 0.
+START_NS = 1_761_333_653_000_000_000
+
+
+class FakeClock:
+    """A clock_ns for the repository and dispatcher: it moves only when the test says so."""
+
+    def __init__(self, start_ns: int = START_NS) -> None:
+        self.now_ns = start_ns
+
+    def __call__(self) -> int:
+        return self.now_ns
+
+    def advance(self, seconds: float = 0, *, ns: int = 0) -> int:
+        self.now_ns += round(seconds * SECOND_NS) + ns
+        return self.now_ns
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+@contextlib.asynccontextmanager
+async def _postgres_engine(url: str) -> AsyncIterator[AsyncEngine]:
+    """An engine whose search_path is a fresh schema, dropped after the test."""
+    schema = f"t_{secrets.token_hex(6)}"
+    admin = create_async_engine(url)
+    try:
+        async with admin.begin() as connection:
+            await connection.execute(text(f'CREATE SCHEMA "{schema}"'))
+        engine = create_async_engine(
+            url, pool_pre_ping=True, connect_args={"server_settings": {"search_path": schema}}
+        )
+        try:
+            yield engine
+        finally:
+            await engine.dispose()
+            async with admin.begin() as connection:
+                await connection.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
+    finally:
+        await admin.dispose()
+
+
+@pytest.fixture(
+    params=[
+        "sqlite",
+        pytest.param(
+            "postgres",
+            marks=[
+                pytest.mark.postgres,
+                pytest.mark.skipif(
+                    not os.environ.get(POSTGRES_URL_ENV), reason=f"{POSTGRES_URL_ENV} is not set"
+                ),
+            ],
+        ),
+    ]
+)
+async def engine(request: pytest.FixtureRequest, tmp_path) -> AsyncIterator[AsyncEngine]:
+    if request.param == "sqlite":
+        sqlite_engine = create_engine(f"sqlite+aiosqlite:///{tmp_path}/t.db")
+        try:
+            yield sqlite_engine
+        finally:
+            await sqlite_engine.dispose()
+    else:
+        async with _postgres_engine(os.environ[POSTGRES_URL_ENV]) as postgres_engine:
+            yield postgres_engine
+
+
+MakeRepository = Callable[..., Awaitable[MessageRepository]]
+
+
+@pytest.fixture
+async def make_repo(engine: AsyncEngine, clock: FakeClock) -> MakeRepository:
+    """Builds repositories over the test's database (schema created once)."""
+    created = False
+
+    async def make(
+        *, max_attempts: int = 3, clock_ns: Callable[[], int] = clock
+    ) -> MessageRepository:
+        nonlocal created
+        repository = MessageRepository(engine, max_attempts=max_attempts, clock_ns=clock_ns)
+        if not created:
+            await repository.create_schema()
+            created = True
+        return repository
+
+    return make
+
+
+@pytest.fixture
+async def repo(make_repo: MakeRepository) -> MessageRepository:
+    """max_attempts=3 over the fake clock."""
+    return await make_repo()

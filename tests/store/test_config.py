@@ -1,0 +1,134 @@
+"""Store settings from flags and ACKBOT_STORE_* variables; a flag wins; bad values exit 2."""
+
+from __future__ import annotations
+
+import pytest
+
+from ackbot.store.config import DEFAULT_DB_URL, Limits, StoreConfig, load_config
+
+
+def test_defaults():
+    config = load_config([], {})
+    assert config == StoreConfig()
+    assert config.db_url == DEFAULT_DB_URL
+    assert config.limits == Limits()
+
+
+def test_flags():
+    config = load_config(
+        [
+            "--listen=0.0.0.0:0",
+            "--db=sqlite+aiosqlite:///x.db",
+            "--log-level=debug",
+            "--max-attempts=7",
+            "--default-lease-seconds=2.5",
+            "--grace-seconds=1",
+            "--lock-timeout-seconds=0.5",
+            "--max-text-bytes=100",
+            "--max-request-bytes=1000",
+        ],
+        {},
+    )
+    assert config.listen == "0.0.0.0:0"
+    assert config.db_url == "sqlite+aiosqlite:///x.db"
+    assert config.log_level == "DEBUG"
+    assert config.max_attempts == 7
+    assert config.default_lease_seconds == 2.5
+    assert config.grace_seconds == 1.0
+    assert config.lock_timeout_seconds == 0.5
+    assert config.limits.max_text_bytes == 100
+    assert config.limits.max_request_bytes == 1000
+    assert config.limits.max_id_chars == Limits().max_id_chars
+
+
+ENV = {
+    "ACKBOT_STORE_LISTEN": "[::1]:6000",
+    "ACKBOT_STORE_DB": "postgresql+asyncpg://u@h/db",
+    "ACKBOT_STORE_LOG_LEVEL": "warning",
+    "ACKBOT_STORE_MAX_ATTEMPTS": "9",
+    "ACKBOT_STORE_DEFAULT_LEASE_SECONDS": "30",
+    "ACKBOT_STORE_GRACE_SECONDS": "2",
+    "ACKBOT_STORE_LOCK_TIMEOUT_SECONDS": "3",
+    "ACKBOT_STORE_MAX_TEXT_BYTES": "200",
+    "ACKBOT_STORE_MAX_REQUEST_BYTES": "2000",
+}
+
+
+def test_environment():
+    config = load_config([], ENV)
+    assert config.listen == "[::1]:6000"
+    assert config.db_url == "postgresql+asyncpg://u@h/db"
+    assert config.log_level == "WARNING"
+    assert config.max_attempts == 9
+    assert config.default_lease_seconds == 30.0
+    assert config.grace_seconds == 2.0
+    assert config.lock_timeout_seconds == 3.0
+    assert config.limits.max_text_bytes == 200
+    assert config.limits.max_request_bytes == 2000
+
+
+def test_a_flag_beats_the_environment():
+    config = load_config(["--max-attempts", "2", "--db", "sqlite+aiosqlite:///flag.db"], ENV)
+    assert config.max_attempts == 2
+    assert config.db_url == "sqlite+aiosqlite:///flag.db"
+    assert config.listen == "[::1]:6000"  # the rest still from the environment
+
+
+def test_the_process_environment_is_the_default(monkeypatch):
+    monkeypatch.setenv("ACKBOT_STORE_MAX_ATTEMPTS", "4")
+    assert load_config([]).max_attempts == 4
+
+
+def test_config_is_frozen():
+    config = load_config([], {})
+    with pytest.raises(AttributeError):
+        config.max_attempts = 1  # type: ignore[misc]
+
+
+BAD_VALUES = [
+    ("--listen", "LISTEN", "nohostport"),
+    ("--listen", "LISTEN", "host:99999"),
+    ("--log-level", "LOG_LEVEL", "chatty"),
+    ("--max-attempts", "MAX_ATTEMPTS", "0"),
+    ("--max-attempts", "MAX_ATTEMPTS", "five"),
+    ("--max-attempts", "MAX_ATTEMPTS", ""),
+    ("--default-lease-seconds", "DEFAULT_LEASE_SECONDS", "0"),
+    ("--default-lease-seconds", "DEFAULT_LEASE_SECONDS", "-1"),
+    ("--default-lease-seconds", "DEFAULT_LEASE_SECONDS", "nan"),
+    ("--grace-seconds", "GRACE_SECONDS", "soon"),
+    ("--lock-timeout-seconds", "LOCK_TIMEOUT_SECONDS", "0"),
+    ("--max-text-bytes", "MAX_TEXT_BYTES", "-5"),
+    ("--max-request-bytes", "MAX_REQUEST_BYTES", "1.5"),
+]
+
+
+@pytest.mark.parametrize(("flag", "env", "value"), BAD_VALUES)
+def test_a_bad_flag_exits_2_naming_the_flag(flag, env, value, capsys):
+    with pytest.raises(SystemExit) as caught:
+        load_config([f"{flag}={value}"], {})
+    assert caught.value.code == 2
+    assert f"argument {flag}" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("flag", "env", "value"), BAD_VALUES)
+def test_a_bad_environment_value_exits_2_naming_the_flag(flag, env, value, capsys):
+    with pytest.raises(SystemExit) as caught:
+        load_config([], {f"ACKBOT_STORE_{env}": value})
+    assert caught.value.code == 2
+    assert f"argument {flag}" in capsys.readouterr().err
+
+
+def test_a_good_flag_overrides_a_bad_environment_value():
+    assert (
+        load_config(["--max-attempts=3"], {"ACKBOT_STORE_MAX_ATTEMPTS": "zero"}).max_attempts == 3
+    )
+
+
+@pytest.mark.parametrize("flag", ["--default-lease-seconds", "--lock-timeout-seconds"])
+def test_infinite_seconds_are_rejected(flag, capsys):
+    # inf passes "> 0" but cannot be used: int(inf * 1e9) raises OverflowError when a stream
+    # opens (default lease) or when SQLite's busy_timeout is set on every new connection.
+    with pytest.raises(SystemExit) as caught:
+        load_config([f"{flag}=inf"], {})
+    assert caught.value.code == 2
+    assert f"argument {flag}" in capsys.readouterr().err
