@@ -1,0 +1,1 @@
+"""The ackbot bot: consumes the store's stream and answers each message once."""

@@ -17,9 +17,14 @@ SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 
 
-def add_health_and_reflection(server: grpc.aio.Server, service_names: Iterable[str]) -> HealthServicer:
-    """Registers health (starting NOT_SERVING) and reflection for `service_names` on `server`."""
+async def add_health_and_reflection(
+    server: grpc.aio.Server, service_names: Iterable[str]
+) -> HealthServicer:
+    """Registers health and reflection for `service_names` on `server`; every status starts
+    NOT_SERVING (grpc's servicer would start the overall one at SERVING) until set_serving."""
+    service_names = list(service_names)
     health = HealthServicer()
+    await set_serving(health, service_names, serving=False)
     health_pb2_grpc.add_HealthServicer_to_server(health, server)
     names = [*service_names, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name]
     reflection.enable_server_reflection([*names, reflection.SERVICE_NAME], server)

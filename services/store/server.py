@@ -63,7 +63,7 @@ class StoreServer:
 
         self._server = server = grpc.aio.server(options=_server_options(config))
         add_to_server(self._servicer, server)
-        self._health = add_health_and_reflection(server, [SERVICE_NAME])
+        self._health = await add_health_and_reflection(server, [SERVICE_NAME])
         host, port = split_host_port(config.listen)
         bound = server.add_insecure_port(f"[{host}]:{port}" if ":" in host else f"{host}:{port}")
         if bound == 0:

@@ -12,7 +12,7 @@ import functools
 import inspect
 import logging
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -54,6 +54,7 @@ _STATE_FROM_PROTO = {value: key for key, value in _STATE_TO_PROTO.items()}
 _PAGE_TOKEN_PREFIX = "seq:"
 _MAX_LEASE_TOKEN_CHARS = 64
 _MAX_CONSUMER_CHARS = 64
+_MAX_RESPONSE_BYTES = 1024 * 1024
 
 
 # -- protobuf mapping -----------------------------------------------------------------------
@@ -94,6 +95,26 @@ def delivery_to_proto(delivery: Delivery) -> pb.Delivery:
         attempt=delivery.message.delivery_attempts,
         lease_expire_time=_timestamp(delivery.lease_expire_ns),
     )
+
+
+def _batched_responses(deliveries: list[Delivery]) -> Iterator[pb.StreamUnprocessedResponse]:
+    """Packs deliveries into responses of at most ~1 MiB each.
+
+    A response must stay well under a client's receive limit (4 MiB by default in gRPC), and a
+    full window of max_in_flight large messages would not.
+    """
+    response = pb.StreamUnprocessedResponse()
+    size = 0
+    for delivery in deliveries:
+        proto = delivery_to_proto(delivery)
+        proto_size = proto.ByteSize()
+        if response.deliveries and size + proto_size > _MAX_RESPONSE_BYTES:
+            yield response
+            response, size = pb.StreamUnprocessedResponse(), 0
+        response.deliveries.append(proto)
+        size += proto_size
+    if response.deliveries:
+        yield response
 
 
 def encode_page_token(sequence: int) -> str:
@@ -478,9 +499,8 @@ class MessageStoreServicer(pb_grpc.MessageStoreServicer):
                                 d.message.delivery_attempts,
                                 stream.consumer,
                             )
-                        yield pb.StreamUnprocessedResponse(
-                            deliveries=[delivery_to_proto(d) for d in deliveries]
-                        )
+                        for response in _batched_responses(deliveries):
+                            yield response
                         continue
                 await stream.wakeup.wait()
             await context.abort(

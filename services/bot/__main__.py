@@ -1,0 +1,126 @@
+"""Entry point of `ackbot-bot` (also `python -m ackbot.bot`): the composition root.
+
+Wires config, responder, worker and the bot's own gRPC server, which has no service of its own:
+health (SERVING only while the stream to the store is up) and reflection, so orchestrators,
+`make run` and tests can tell when the bot is ready.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import sys
+from collections.abc import Sequence
+
+import grpc
+
+from ackbot.bot.config import BotConfig, load_config
+from ackbot.bot.responder import (
+    ResponderFactory,
+    ResponderLoadError,
+    close_responder,
+    create_responder,
+    load_factory,
+)
+from ackbot.bot.worker import Worker
+from ackbot.common.logs import configure_logging
+from ackbot.common.serving import add_health_and_reflection, set_serving, split_host_port
+
+log = logging.getLogger("ackbot.bot")
+
+# The health service name for the bot, next to the overall status "".
+HEALTH_SERVICE_NAME = "ackbot.bot"
+# The bot's server only answers health checks; they finish at once.
+SERVER_GRACE_SECONDS = 1.0
+
+
+def _format_address(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def _bind(server: grpc.aio.Server, listen: str) -> str:
+    host, port = split_host_port(listen)
+    try:
+        bound = server.add_insecure_port(_format_address(host, port))
+    except RuntimeError as exc:  # newer grpc raises instead of returning 0
+        raise OSError(f"could not bind {listen}: {exc}") from exc
+    if bound == 0:
+        raise OSError(f"could not bind {listen}")
+    return _format_address(host, bound)
+
+
+async def run(config: BotConfig, factory: ResponderFactory | None = None) -> None:
+    """Runs until SIGTERM or SIGINT, then stops gracefully."""
+    stop_requested = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    # Signal handlers, not KeyboardInterrupt: with grpc.aio the interrupt would surface at an
+    # arbitrary await and skip the drain that hands unstarted work back to the store.
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop_requested.set)
+
+    responder = await create_responder(config, factory)
+    server = grpc.aio.server()
+    health = await add_health_and_reflection(server, [])
+    # The bot has no gRPC service of its own to reflect; its health name exists from the start
+    # (NOT_SERVING) so that a Check for it answers before the stream is up.
+    await set_serving(health, [HEALTH_SERVICE_NAME], serving=False)
+
+    async def on_connection(up: bool) -> None:
+        await set_serving(health, [HEALTH_SERVICE_NAME], serving=up)
+
+    worker = Worker(config, responder, on_connection=on_connection)
+    run_task: asyncio.Task[None] | None = None
+    try:
+        address = _bind(server, config.listen)
+        await server.start()
+        # Tests that pass port 0 read the real port from this exact line.
+        log.info("listening on %s", address)
+        log.info(
+            "persona %s, store %s, max_in_flight=%d, lease=%gs",
+            config.persona,
+            config.store,
+            config.max_in_flight,
+            config.lease_seconds,
+        )
+        run_task = asyncio.create_task(worker.run(), name="ackbot-bot-worker")
+        stop_wait = asyncio.create_task(stop_requested.wait())
+        await asyncio.wait({run_task, stop_wait}, return_when=asyncio.FIRST_COMPLETED)
+        stop_wait.cancel()
+        if stop_requested.is_set():
+            log.info("shutdown requested")
+    finally:
+        # NOT_SERVING first and for good: enter_graceful_shutdown ignores later updates, so the
+        # worker's own "disconnected" callback cannot race it back.
+        await health.enter_graceful_shutdown()
+        await worker.stop()
+        await close_responder(responder)
+        await server.stop(SERVER_GRACE_SECONDS)
+        log.info("bot stopped")
+    if run_task is not None:
+        await run_task  # surfaces a worker that failed on its own
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    config = load_config(argv)
+    configure_logging(config.log_level)
+    factory: ResponderFactory | None = None
+    if config.responder is not None:
+        try:
+            factory = load_factory(config.responder)
+        except ResponderLoadError as exc:
+            print(f"ackbot-bot: error: argument --responder: {exc}", file=sys.stderr)
+            return 2
+    try:
+        asyncio.run(run(config, factory))
+    except ResponderLoadError as exc:
+        print(f"ackbot-bot: error: argument --responder: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        log.error("bot failed to start: %s", exc)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

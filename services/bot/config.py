@@ -1,0 +1,226 @@
+"""Bot settings: one frozen dataclass, read once from flags and environment in the entry point."""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import unicodedata
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+
+from ackbot.common.serving import split_host_port
+
+ENV_PREFIX = "ACKBOT_BOT_"
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+# The store's limits (SEMANTICS.md): checked here so a bad value fails at start, naming the flag,
+# instead of as INVALID_ARGUMENT on every stream attempt.
+MIN_IN_FLIGHT, MAX_IN_FLIGHT = 1, 1000
+MIN_LEASE_SECONDS, MAX_LEASE_SECONDS = 1.0, 3600.0
+MAX_PERSONA_CHARS = 64  # the persona is the author of every reply
+MAX_CONSUMER_CHARS = 64
+MAX_RETRY_BASE_SECONDS = 300.0
+MAX_GRACE_SECONDS = 3600.0
+
+
+@dataclass(frozen=True)
+class BotConfig:
+    store: str = "127.0.0.1:50051"
+    listen: str = "127.0.0.1:50052"
+    persona: str = "ackbot"
+    max_in_flight: int = 16
+    lease_seconds: float = 60.0
+    log_level: str = "INFO"
+    grace_seconds: float = 10.0
+    # Base of the exponential `retry_after` sent with ReleaseMessage after a responder failure.
+    retry_base_seconds: float = 1.0
+    # MODULE:ATTR of a responder factory; None means the built-in PersonaResponder.
+    responder: str | None = None
+    # Sent as StreamUnprocessedRequest.consumer; empty means "persona-pid" (see default_consumer).
+    consumer: str = ""
+
+
+def default_consumer(persona: str, pid: int) -> str:
+    suffix = f"-{pid}"
+    return persona[: MAX_CONSUMER_CHARS - len(suffix)] + suffix
+
+
+def _int_in(low: int, high: int) -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"must be between {low} and {high}, got {value}")
+        return value
+
+    return parse
+
+
+def _float_in(low: float, high: float) -> Callable[[str], float]:
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+        if not (math.isfinite(value) and low <= value <= high):
+            raise argparse.ArgumentTypeError(f"must be between {low:g} and {high:g}, got {text}")
+        return value
+
+    return parse
+
+
+def _address(text: str) -> str:
+    try:
+        split_host_port(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from exc
+    return text
+
+
+def _name(max_chars: int) -> Callable[[str], str]:
+    def parse(text: str) -> str:
+        if not text:
+            raise argparse.ArgumentTypeError("must not be empty")
+        if len(text) > max_chars:
+            raise argparse.ArgumentTypeError(
+                f"must be at most {max_chars} characters, got {len(text)}"
+            )
+        if any(unicodedata.category(char) in ("Cc", "Cs") for char in text):
+            raise argparse.ArgumentTypeError("must not contain control characters")
+        return text
+
+    return parse
+
+
+def _responder_spec(text: str) -> str:
+    module, sep, attr = text.partition(":")
+    if not (sep and module and attr):
+        raise argparse.ArgumentTypeError(f"expected MODULE:ATTR, got {text!r}")
+    return text
+
+
+def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
+    defaults = BotConfig()
+    parser = argparse.ArgumentParser(
+        prog="ackbot-bot",
+        description="The ackbot bot: answers each stored message once. Every flag can also be "
+        f"set by environment: {ENV_PREFIX}<FLAG>, e.g. {ENV_PREFIX}STORE; a flag wins over it.",
+    )
+
+    def option(
+        flag: str,
+        default: object,
+        help_text: str,
+        *,
+        shown_default: str = "%(default)s",
+        **kwargs: object,
+    ) -> None:
+        env_name = ENV_PREFIX + flag.lstrip("-").replace("-", "_").upper()
+        parser.add_argument(
+            flag,
+            # An empty variable counts as unset, as it does for most tools.
+            default=env.get(env_name) or default,
+            help=f"{help_text} (env {env_name}; default {shown_default})",
+            **kwargs,
+        )
+
+    option(
+        "--store",
+        defaults.store,
+        "HOST:PORT of the message store",
+        type=_address,
+        metavar="HOST:PORT",
+    )
+    option(
+        "--listen",
+        defaults.listen,
+        "the bot's own health + reflection server; port 0 picks a free one",
+        type=_address,
+        metavar="HOST:PORT",
+    )
+    option(
+        "--persona",
+        defaults.persona,
+        "the bot's name: author of its replies",
+        type=_name(MAX_PERSONA_CHARS),
+        metavar="NAME",
+    )
+    option(
+        "--max-in-flight",
+        defaults.max_in_flight,
+        f"replies worked on at once ({MIN_IN_FLIGHT}-{MAX_IN_FLIGHT})",
+        type=_int_in(MIN_IN_FLIGHT, MAX_IN_FLIGHT),
+        metavar="N",
+    )
+    option(
+        "--lease-seconds",
+        defaults.lease_seconds,
+        f"lease of each delivery ({MIN_LEASE_SECONDS:g}-{MAX_LEASE_SECONDS:g}); extended while "
+        "a reply takes longer than half of it",
+        type=_float_in(MIN_LEASE_SECONDS, MAX_LEASE_SECONDS),
+        metavar="SECONDS",
+    )
+    option("--log-level", defaults.log_level, "logging level", choices=LOG_LEVELS, type=str.upper)
+    option(
+        "--grace-seconds",
+        defaults.grace_seconds,
+        "how long running replies may finish on shutdown before they are cancelled",
+        type=_float_in(0.0, MAX_GRACE_SECONDS),
+        metavar="SECONDS",
+    )
+    option(
+        "--retry-base-seconds",
+        defaults.retry_base_seconds,
+        "after a responder failure the message is retried after base * 2^(attempt-1) seconds, "
+        "at most 300",
+        type=_float_in(0.0, MAX_RETRY_BASE_SECONDS),
+        metavar="SECONDS",
+    )
+    option(
+        "--responder",
+        defaults.responder,
+        "a callable that takes the BotConfig and returns a Responder",
+        type=_responder_spec,
+        metavar="MODULE:ATTR",
+        shown_default="the built-in offline persona",
+    )
+    option(
+        "--consumer",
+        defaults.consumer or None,
+        "name of this bot in the store's logs",
+        type=_name(MAX_CONSUMER_CHARS),
+        metavar="NAME",
+        shown_default="PERSONA-PID",
+    )
+    return parser
+
+
+def load_config(
+    argv: Sequence[str] | None = None,
+    env: Mapping[str, str] | None = None,
+    *,
+    pid: int | None = None,
+) -> BotConfig:
+    """Parses flags over ACKBOT_BOT_* variables; a bad value exits 2 with a message naming it."""
+    env = os.environ if env is None else env
+    parser = build_parser(env)
+    args = parser.parse_args(argv)
+    # argparse converts string defaults (values from the environment) with the flag's `type`,
+    # and reports a bad one under the flag's name, but it does not check them against `choices`.
+    if args.log_level not in LOG_LEVELS:
+        parser.error(f"argument --log-level: invalid choice: {args.log_level!r}")
+    consumer = args.consumer or default_consumer(args.persona, os.getpid() if pid is None else pid)
+    return BotConfig(
+        store=args.store,
+        listen=args.listen,
+        persona=args.persona,
+        max_in_flight=args.max_in_flight,
+        lease_seconds=args.lease_seconds,
+        log_level=args.log_level,
+        grace_seconds=args.grace_seconds,
+        retry_base_seconds=args.retry_base_seconds,
+        responder=args.responder,
+        consumer=consumer,
+    )

@@ -1,0 +1,165 @@
+"""What the bot says: the Responder interface, the built-in offline persona, and the loader.
+
+A responder sees plain data (IncomingMessage), never protobuf, so LLM backends and test doubles
+depend on nothing but this module.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import re
+import unicodedata
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Protocol
+
+from ackbot.bot.config import BotConfig
+
+# The store's limit on any message text, replies included (SEMANTICS.md).
+MAX_REPLY_BYTES = 16 * 1024
+MAX_QUOTE_CHARS = 280
+_ALLOWED_CONTROLS = frozenset("\t\n\r")
+_GREETINGS = frozenset(
+    {"hi", "hello", "hey", "hiya", "howdy", "greetings", "hola", "hallo", "bonjour", "ciao", "yo"}
+)
+_GOOD_TIMES = frozenset({"morning", "afternoon", "evening", "day"})
+_WORD = re.compile(r"\w+")
+_QUESTION_MARKS = ("?", "\uff1f")  # and the full-width mark of CJK text
+
+
+@dataclass(frozen=True)
+class IncomingMessage:
+    """A message to answer, as a responder sees it."""
+
+    id: str
+    author: str
+    text: str
+    # Which delivery of the message this is, starting at 1: a responder may give up on a retry.
+    attempt: int
+    # The client's clock when it wrote the message (UTC), if it said.
+    create_time: datetime | None = None
+
+
+class Responder(Protocol):
+    """Produces the reply to one message.
+
+    `reply` may take seconds (the bot extends the lease meanwhile) and may be called for many
+    messages at once. Raising means failure: the message is released and retried later. Returning
+    None or "" means "no answer": the message is marked processed without a reply. A responder that
+    holds clients may also define `async def aclose(self) -> None`; the bot calls it on shutdown.
+    """
+
+    async def reply(self, message: IncomingMessage) -> str | None: ...
+
+
+ResponderFactory = Callable[[BotConfig], "Responder | Awaitable[Responder]"]
+
+
+class ResponderLoadError(Exception):
+    """The --responder value cannot be turned into a responder."""
+
+
+def fit_reply(text: str, max_bytes: int = MAX_REPLY_BYTES) -> str:
+    """Drops what the store would reject (control characters, lone surrogates) and cuts the text
+    to `max_bytes` of UTF-8 on a character boundary."""
+    if any(_forbidden(char) for char in text):
+        text = "".join(char for char in text if not _forbidden(char))
+    encoded = text.encode("utf-8")
+    if len(encoded) <= max_bytes:
+        return text
+    return encoded[:max_bytes].decode("utf-8", errors="ignore")
+
+
+def _forbidden(char: str) -> bool:
+    return char not in _ALLOWED_CONTROLS and unicodedata.category(char) in ("Cc", "Cs")
+
+
+def _quote(text: str, max_chars: int = MAX_QUOTE_CHARS) -> str:
+    flat = " ".join(text.split())
+    if len(flat) <= max_chars:
+        return flat
+    return flat[: max_chars - 1].rstrip() + "…"
+
+
+def _is_greeting(text: str) -> bool:
+    words = [word.lower() for word in _WORD.findall(text[:64])]
+    if not words:
+        return False
+    return words[0] in _GREETINGS or (
+        words[0] == "good" and len(words) > 1 and words[1] in _GOOD_TIMES
+    )
+
+
+class PersonaResponder:
+    """The built-in responder: deterministic and offline, it answers from the message text.
+
+    A greeting gets a greeting by name, a question an acknowledgement that quotes it, anything
+    else a short acknowledgement with a quote. The same message always gets the same reply.
+    """
+
+    def __init__(self, persona: str, *, max_bytes: int = MAX_REPLY_BYTES) -> None:
+        self._persona = persona
+        self._max_bytes = max_bytes
+
+    async def reply(self, message: IncomingMessage) -> str | None:
+        return self.compose(message)
+
+    def compose(self, message: IncomingMessage) -> str:
+        author = message.author.strip() or "there"
+        quote = _quote(message.text)
+        parts: list[str] = []
+        if _is_greeting(message.text):
+            parts.append(f"Hello, {author}! {self._persona} here.")
+        if message.text.rstrip().endswith(_QUESTION_MARKS):
+            parts.append(f"You asked: “{quote}” Good question; noted.")
+        elif not parts:
+            parts.append(f"Thanks, {author}. {self._persona} got your message: “{quote}”")
+        else:
+            parts.append("Good to hear from you.")
+        return fit_reply(" ".join(parts), self._max_bytes)
+
+
+def load_factory(spec: str) -> ResponderFactory:
+    """Imports MODULE:ATTR (ATTR may be dotted) and returns the callable it names."""
+    module_name, sep, attr_path = spec.partition(":")
+    if not (sep and module_name and attr_path):
+        raise ResponderLoadError(f"expected MODULE:ATTR, got {spec!r}")
+    try:
+        target: object = importlib.import_module(module_name)
+    except Exception as exc:  # a module may fail to import in any way; report it as the flag's
+        raise ResponderLoadError(f"cannot import {module_name!r}: {exc}") from exc
+    for name in attr_path.split("."):
+        try:
+            target = getattr(target, name)
+        except AttributeError:
+            raise ResponderLoadError(f"{module_name!r} has no attribute {attr_path!r}") from None
+    if not callable(target):
+        raise ResponderLoadError(f"{spec} is not callable")
+    return target  # type: ignore[return-value]
+
+
+async def create_responder(config: BotConfig, factory: ResponderFactory | None = None) -> Responder:
+    """Makes the configured responder inside the running loop (a backend may open clients).
+
+    `factory` defaults to the one --responder names; without one, the persona answers.
+    """
+    if factory is None:
+        if config.responder is None:
+            return PersonaResponder(config.persona)
+        factory = load_factory(config.responder)
+    made = factory(config)
+    if inspect.isawaitable(made):
+        made = await made
+    if not callable(getattr(made, "reply", None)):
+        raise ResponderLoadError(
+            f"{config.responder or factory!r} returned {type(made).__name__}, which has no reply()"
+        )
+    return made
+
+
+async def close_responder(responder: Responder) -> None:
+    aclose = getattr(responder, "aclose", None)
+    if callable(aclose):
+        await aclose()

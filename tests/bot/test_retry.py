@@ -1,0 +1,171 @@
+"""Backoff with full jitter, the release delay, and the retry loop around a settling call."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import grpc
+import pytest
+
+from ackbot.bot.store_client import (
+    CALL_TIMEOUT_SECONDS,
+    RECONNECT_BACKOFF,
+    Backoff,
+    call_with_retry,
+    duration,
+    release_retry_after,
+)
+from ackbot.bot.worker import MAX_REASON_CHARS, failure_reason, to_incoming
+from ackbot.v1 import message_store_pb2 as pb
+
+
+def test_the_ceiling_doubles_up_to_the_cap():
+    backoff = Backoff(initial_seconds=0.1, cap_seconds=5.0)
+    assert [backoff.ceiling(n) for n in range(8)] == pytest.approx(
+        [0.1, 0.2, 0.4, 0.8, 1.6, 3.2, 5.0, 5.0]
+    )
+    assert backoff.ceiling(10_000) == 5.0  # no overflow, however long the outage
+
+
+def test_full_jitter_spans_zero_to_the_ceiling():
+    backoff = Backoff(initial_seconds=1.0, cap_seconds=60.0)
+    assert backoff.delay(3, rand=lambda: 0.0) == 0.0
+    assert backoff.delay(3, rand=lambda: 0.5) == 4.0
+    assert backoff.delay(3, rand=lambda: 0.999) == pytest.approx(7.992)
+    assert all(0.0 <= backoff.delay(4) <= 16.0 for _ in range(1000))
+
+
+def test_the_reconnect_backoff_starts_at_a_tenth_and_caps_at_five_seconds():
+    assert RECONNECT_BACKOFF.ceiling(0) == 0.1
+    assert RECONNECT_BACKOFF.ceiling(100) == 5.0
+
+
+@pytest.mark.parametrize(
+    ("attempt", "base", "expected"),
+    [(1, 1.0, 1.0), (2, 1.0, 2.0), (5, 1.0, 16.0), (9, 1.0, 256.0), (10, 1.0, 300.0),
+     (3, 0.5, 2.0), (1, 0.0, 0.0), (0, 1.0, 1.0), (10**6, 1.0, 300.0)],
+)  # fmt: skip
+def test_release_retry_after(attempt, base, expected):
+    assert release_retry_after(attempt, base) == expected
+
+
+def test_duration():
+    assert (
+        duration(2.5)
+        == pb.ExtendLeaseRequest(lease_duration={"seconds": 2, "nanos": 500_000_000}).lease_duration
+    )
+
+
+def rpc_error(code: grpc.StatusCode) -> grpc.aio.AioRpcError:
+    return grpc.aio.AioRpcError(code, grpc.aio.Metadata(), grpc.aio.Metadata(), details="test")
+
+
+class FakeTime:
+    """A clock that only sleeping moves."""
+
+    def __init__(self) -> None:
+        self.now = 100.0
+        self.sleeps: list[float] = []
+
+    def clock(self) -> float:
+        return self.now
+
+    async def sleep(self, seconds: float) -> None:
+        self.sleeps.append(seconds)
+        self.now += seconds
+
+
+async def run_retry(outcomes: list[object], budget: float = 60.0):
+    """Runs call_with_retry over a call that fails or succeeds as `outcomes` says."""
+    fake = FakeTime()
+    timeouts: list[float] = []
+
+    async def call(deadline_seconds: float) -> object:
+        timeouts.append(deadline_seconds)
+        outcome = outcomes.pop(0)
+        if isinstance(outcome, BaseException):
+            raise outcome
+        return outcome
+
+    result = await call_with_retry(
+        call,
+        what="Test",
+        message_id="m-1",
+        budget_seconds=budget,
+        backoff=Backoff(1.0, 8.0),
+        clock=fake.clock,
+        sleep=fake.sleep,
+        rand=lambda: 1.0,
+    )
+    return result, fake.sleeps, timeouts
+
+
+async def test_unavailable_and_deadline_exceeded_are_retried_with_growing_pauses():
+    result, sleeps, timeouts = await run_retry(
+        [
+            rpc_error(grpc.StatusCode.UNAVAILABLE),
+            rpc_error(grpc.StatusCode.DEADLINE_EXCEEDED),
+            rpc_error(grpc.StatusCode.UNAVAILABLE),
+            "ok",
+        ]
+    )
+    assert result == "ok"
+    assert sleeps == [1.0, 2.0, 4.0]
+    assert timeouts == [CALL_TIMEOUT_SECONDS] * 4
+
+
+@pytest.mark.parametrize(
+    "code",
+    [
+        grpc.StatusCode.NOT_FOUND,
+        grpc.StatusCode.FAILED_PRECONDITION,
+        grpc.StatusCode.INVALID_ARGUMENT,
+        grpc.StatusCode.INTERNAL,
+    ],
+)
+async def test_other_codes_are_not_retried(code):
+    with pytest.raises(grpc.aio.AioRpcError) as error:
+        await run_retry([rpc_error(code), "never reached"])
+    assert error.value.code() == code
+
+
+async def test_retries_stop_when_the_budget_is_spent():
+    outcomes = [rpc_error(grpc.StatusCode.UNAVAILABLE) for _ in range(10)]
+    with pytest.raises(grpc.aio.AioRpcError) as error:
+        await run_retry(outcomes, budget=10.0)
+    assert error.value.code() == grpc.StatusCode.UNAVAILABLE
+    assert len(outcomes) == 10 - 4  # pauses 1, 2, 4 fit in 10 s; the next (8) would not
+
+
+async def test_the_timeout_shrinks_with_the_budget_but_not_below_a_second():
+    _, _, timeouts = await run_retry(
+        [rpc_error(grpc.StatusCode.UNAVAILABLE), rpc_error(grpc.StatusCode.UNAVAILABLE), "ok"],
+        budget=3.5,
+    )
+    assert timeouts == [3.5, 2.5, 1.0]
+
+
+def test_failure_reason_names_the_exception_and_fits_the_store():
+    assert failure_reason(RuntimeError("boom")) == "RuntimeError: boom"
+    assert failure_reason(TimeoutError()) == "TimeoutError"
+    long = failure_reason(ValueError("x\x00y" * 1000))
+    assert len(long) == MAX_REASON_CHARS
+    assert "\x00" not in long
+
+
+def test_to_incoming():
+    delivery = pb.Delivery(
+        message=pb.Message(
+            id="1761333653305-h0jgid21p",
+            author="alice",
+            text="hi",
+            create_time={"seconds": 1761333653, "nanos": 306_000_000},
+        ),
+        lease_token="t",
+        attempt=2,
+    )
+    message = to_incoming(delivery)
+    assert message.id == "1761333653305-h0jgid21p"
+    assert (message.author, message.text, message.attempt) == ("alice", "hi", 2)
+    assert message.create_time == datetime(2025, 10, 24, 19, 20, 53, 306_000, tzinfo=UTC)
+    assert to_incoming(pb.Delivery(message=pb.Message(id="x"))).create_time is None
