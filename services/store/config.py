@@ -81,7 +81,8 @@ def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
         env_name = ENV_PREFIX + flag.lstrip("-").replace("-", "_").upper()
         parser.add_argument(
             flag,
-            default=env.get(env_name, default),
+            # An empty variable counts as unset, as it does for the bot.
+            default=env.get(env_name) or default,
             help=f"{help_text} (env {env_name}; default %(default)s)",
             **kwargs,
         )

@@ -18,10 +18,11 @@ import logging
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 from sqlalchemy import Sequence as DbSequence
 from sqlalchemy import event, func, select, update
-from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.engine import Connection, Engine, make_url
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from sqlalchemy.ext.asyncio import (
@@ -103,6 +104,10 @@ class Lease:
 def create_engine(url: str, *, lock_timeout_seconds: float = 5.0) -> AsyncEngine:
     """Makes the engine for `url`, with SQLite set up for WAL and real transactions."""
     if url.startswith("sqlite"):
+        database = make_url(url).database
+        if database and database != ":memory:" and not database.startswith("file:"):
+            # The default ./data/ackbot.db must work on a fresh checkout.
+            Path(database).parent.mkdir(parents=True, exist_ok=True)
         engine = create_async_engine(url)
         _configure_sqlite(engine.sync_engine, lock_timeout_seconds)
         return engine

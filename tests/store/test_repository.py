@@ -699,8 +699,12 @@ async def test_create_schema_twice_is_harmless(repo):
     assert (await repo.get_message("m1")).text == "kept"
 
 
-async def test_an_unreachable_sqlite_database_is_storage_unavailable(tmp_path):
-    engine = create_engine(f"sqlite+aiosqlite:///{tmp_path}/missing-dir/t.db")
+async def test_an_unusable_sqlite_database_is_storage_unavailable(tmp_path):
+    # A file that is not a database, rather than a path that cannot be opened: aiosqlite's
+    # worker thread outlives a failed connect and later reports into a closed event loop,
+    # which would surface as an error in whichever test runs next.
+    (tmp_path / "t.db").write_bytes(b"this is not an SQLite database" * 100)
+    engine = create_engine(f"sqlite+aiosqlite:///{tmp_path}/t.db")
     repository = MessageRepository(engine)
     try:
         with pytest.raises(StorageUnavailable):

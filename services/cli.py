@@ -1,0 +1,403 @@
+"""The `ackbot` command line: post, get, list, tail and requeue messages on a store.
+
+It is for people and shell scripts; the services talk to the store through the generated stubs.
+Output is one line per message, or with `--json` one JSON object per line (the proto's field
+names, as MessageToDict writes them). A failed call prints `error: CODE: details` on stderr and
+exits 1; a usage error exits 2 (argparse's convention). No traceback reaches the user.
+
+The formatting functions are pure (protobuf in, text out) so that tests/cli checks them without
+a store; the commands below them are thin loops over the unary RPCs, on the sync gRPC API.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from datetime import UTC, datetime
+from typing import TextIO
+
+import grpc
+from google.protobuf import json_format, timestamp_pb2
+
+from ackbot.common.serving import split_host_port
+from ackbot.v1 import message_store_pb2 as pb
+from ackbot.v1 import message_store_pb2_grpc as pb_grpc
+
+DEFAULT_STORE = "127.0.0.1:50051"
+STORE_ENV = "ACKBOT_STORE_ADDRESS"
+# Every unary call gets a deadline, so a store that hangs cannot hang the terminal.
+CALL_TIMEOUT_SECONDS = 10.0
+# The largest page ListMessages serves; `list` and `tail` ask for full pages.
+MAX_PAGE_SIZE = 1000
+TAIL_POLL_SECONDS = 0.25
+WAIT_POLL_SECONDS = 0.05
+
+STATES: Mapping[str, pb.MessageState] = {
+    "pending": pb.MESSAGE_STATE_PENDING,
+    "leased": pb.MESSAGE_STATE_LEASED,
+    "processed": pb.MESSAGE_STATE_PROCESSED,
+    "dead": pb.MESSAGE_STATE_DEAD,
+}
+_STATE_NAMES = {value: name.upper() for name, value in STATES.items()}
+# Wide enough for the longest state name, so the author column lines up.
+_STATE_WIDTH = max(len(name) for name in _STATE_NAMES.values())
+# Control characters the store accepts in text; shown escaped so a message stays on one line.
+_ESCAPES = str.maketrans({"\n": "\\n", "\r": "\\r", "\t": "\\t"})
+
+
+# -- pure formatting --------------------------------------------------------------------------
+
+
+def state_name(state: int) -> str:
+    """PENDING, LEASED, PROCESSED, DEAD; UNSPECIFIED or the number for anything else."""
+    if state == pb.MESSAGE_STATE_UNSPECIFIED:
+        return "UNSPECIFIED"
+    return _STATE_NAMES.get(state, str(state))  # type: ignore[call-overload]
+
+
+def one_line(text: str) -> str:
+    """The text with line breaks and tabs escaped, so one message is one line."""
+    return text.translate(_ESCAPES)
+
+
+def format_timestamp(stamp: timestamp_pb2.Timestamp) -> str:
+    """UTC, ISO 8601, to the millisecond: 2025-10-24T19:20:53.306Z."""
+    moment = datetime.fromtimestamp(stamp.seconds + stamp.nanos / 1e9, tz=UTC)
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{stamp.nanos // 1_000_000:03d}Z"
+
+
+def timestamp_from_ms(ms: int) -> timestamp_pb2.Timestamp:
+    stamp = timestamp_pb2.Timestamp()
+    stamp.FromMilliseconds(ms)
+    return stamp
+
+
+def format_message(message: pb.Message) -> str:
+    """One line: id, state, author: text, then what links it to its reply or original."""
+    line = (
+        f"{message.id}  {state_name(message.state):<{_STATE_WIDTH}}  "
+        f"{message.author}: {one_line(message.text)}"
+    )
+    notes = []
+    if message.reply_to:
+        notes.append(f"reply to {message.reply_to}")
+    if message.reply_id:
+        notes.append(f"reply {message.reply_id}")
+    if message.state == pb.MESSAGE_STATE_DEAD:
+        notes.append(f"attempts {message.delivery_attempts}")
+    if message.last_error and message.state != pb.MESSAGE_STATE_PROCESSED:
+        notes.append(f"last error: {one_line(message.last_error)}")
+    if notes:
+        line += "  [" + "; ".join(notes) + "]"
+    return line
+
+
+def format_message_details(message: pb.Message) -> str:
+    """Every field that is set, one per line, for `ackbot get`."""
+    rows: list[tuple[str, str]] = [
+        ("id", message.id),
+        ("state", state_name(message.state)),
+        ("author", message.author),
+        ("text", one_line(message.text)),
+        ("sequence", str(message.sequence)),
+    ]
+    for label, field in (
+        ("create time", "create_time"),
+        ("receive time", "receive_time"),
+        ("lease expires", "lease_expire_time"),
+        ("process time", "process_time"),
+    ):
+        if message.HasField(field):
+            rows.append((label, format_timestamp(getattr(message, field))))
+    if message.reply_to:
+        rows.append(("reply to", message.reply_to))
+    if message.reply_id:
+        rows.append(("reply id", message.reply_id))
+    rows.append(("attempts", str(message.delivery_attempts)))
+    if message.last_error:
+        rows.append(("last error", one_line(message.last_error)))
+    width = max(len(label) for label, _ in rows) + 1
+    return "\n".join(f"{label + ':':<{width}} {value}" for label, value in rows)
+
+
+def message_to_json(message: pb.Message) -> str:
+    """One JSON object on one line, with the proto's own field names."""
+    data = json_format.MessageToDict(message, preserving_proto_field_name=True)
+    return json.dumps(data, ensure_ascii=False, separators=(",", ":"))
+
+
+def render(message: pb.Message, *, as_json: bool, detailed: bool = False) -> str:
+    if as_json:
+        return message_to_json(message)
+    return format_message_details(message) if detailed else format_message(message)
+
+
+def format_error(code: grpc.StatusCode | None, details: str | None) -> str:
+    name = code.name if code is not None else "UNKNOWN"
+    return f"error: {name}: {details or 'no details'}"
+
+
+def default_author(env: Mapping[str, str]) -> str:
+    return env.get("USER") or "anonymous"
+
+
+# -- argument parsing -------------------------------------------------------------------------
+
+
+def _address(text: str) -> str:
+    try:
+        split_host_port(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from exc
+    return text
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from exc
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be 1 or more, got {value}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds, got {text!r}") from exc
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be more than 0, got {text}")
+    return value
+
+
+def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
+    """`--store` and `--json` work before the command and after it (`ackbot --json list`,
+    `ackbot list --json`); on the subcommands they default to SUPPRESS so that leaving them
+    out there keeps the value given before the command."""
+    parser = argparse.ArgumentParser(
+        prog="ackbot",
+        description="Post, read and follow messages on an ackbot store.",
+        epilog="Errors print 'error: CODE: details' on stderr and exit 1; usage errors exit 2.",
+    )
+    store_help = f"the store's HOST:PORT (env {STORE_ENV}; default %(default)s)"
+    json_help = "print one JSON object per message (proto field names) instead of text"
+    parser.add_argument(
+        "--store", type=_address, default=env.get(STORE_ENV, DEFAULT_STORE), help=store_help
+    )
+    parser.add_argument("--json", action="store_true", help=json_help)
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--store", type=_address, default=argparse.SUPPRESS, help="the store's HOST:PORT"
+    )
+    common.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help=json_help)
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    post = commands.add_parser("post", parents=[common], help="create a message")
+    post.add_argument("text", metavar="TEXT")
+    author = default_author(env)
+    post.add_argument(
+        "--author", default=author, help=f"who writes it (default $USER or anonymous: {author})"
+    )
+    post.add_argument(
+        "--id", default="", help="the message id; the store assigns one when left out"
+    )
+    post.add_argument(
+        "--create-time-ms",
+        type=int,
+        default=None,
+        metavar="MS",
+        help="the client's create time in Unix milliseconds (default: now)",
+    )
+    post.add_argument(
+        "--wait",
+        type=_positive_float,
+        default=None,
+        metavar="SECONDS",
+        help="wait up to SECONDS for the bot's reply and print it too",
+    )
+
+    get = commands.add_parser("get", parents=[common], help="show one message by id")
+    get.add_argument("id", metavar="ID")
+
+    listing = commands.add_parser(
+        "list", parents=[common], help="list messages in arrival order, following page tokens"
+    )
+    listing.add_argument("--state", choices=sorted(STATES), help="only messages in this state")
+    listing.add_argument("--reply-to", default="", metavar="ID", help="only the replies to ID")
+    listing.add_argument(
+        "--limit", type=_positive_int, default=None, metavar="N", help="stop after N messages"
+    )
+
+    tail = commands.add_parser(
+        "tail", parents=[common], help="print messages and replies as they arrive (Ctrl-C stops)"
+    )
+    tail.add_argument("--from-start", action="store_true", help="print the existing messages first")
+
+    requeue = commands.add_parser(
+        "requeue", parents=[common], help="move a DEAD message back to PENDING"
+    )
+    requeue.add_argument("id", metavar="ID")
+    return parser
+
+
+# -- commands ---------------------------------------------------------------------------------
+
+
+def _emit(
+    out: TextIO, message: pb.Message, args: argparse.Namespace, detailed: bool = False
+) -> None:
+    print(render(message, as_json=args.json, detailed=detailed), file=out, flush=True)
+
+
+def _get(stub: pb_grpc.MessageStoreStub, message_id: str) -> pb.Message:
+    request = pb.GetMessageRequest(id=message_id)
+    return stub.GetMessage(request, timeout=CALL_TIMEOUT_SECONDS).message
+
+
+def iter_messages(
+    stub: pb_grpc.MessageStoreStub,
+    *,
+    state: pb.MessageState = pb.MESSAGE_STATE_UNSPECIFIED,
+    reply_to: str = "",
+    after_sequence: int = 0,
+    limit: int | None = None,
+) -> Iterator[pb.Message]:
+    """Every matching message in arrival order, one page at a time, following page tokens."""
+    token = ""
+    remaining = limit
+    while remaining is None or remaining > 0:
+        page_size = MAX_PAGE_SIZE if remaining is None else min(remaining, MAX_PAGE_SIZE)
+        request = pb.ListMessagesRequest(
+            page_size=page_size,
+            page_token=token,
+            state=state,
+            reply_to=reply_to,
+            after_sequence=after_sequence,
+        )
+        response = stub.ListMessages(request, timeout=CALL_TIMEOUT_SECONDS)
+        yield from response.messages
+        if remaining is not None:
+            remaining -= len(response.messages)
+        token = response.next_page_token
+        if not token:
+            return
+
+
+def cmd_post(stub: pb_grpc.MessageStoreStub, args: argparse.Namespace, out: TextIO) -> int:
+    create_ms = args.create_time_ms if args.create_time_ms is not None else time.time_ns() // 10**6
+    message = pb.Message(
+        id=args.id, author=args.author, text=args.text, create_time=timestamp_from_ms(create_ms)
+    )
+    request = pb.CreateMessageRequest(message=message)
+    response = stub.CreateMessage(request, timeout=CALL_TIMEOUT_SECONDS)
+    _emit(out, response.message, args)
+    if response.already_existed and not args.json:
+        print("(already existed: nothing was changed)", file=out, flush=True)
+    if args.wait is None:
+        return 0
+    return _wait_for_reply(stub, response.message, args, out)
+
+
+def _wait_for_reply(
+    stub: pb_grpc.MessageStoreStub, message: pb.Message, args: argparse.Namespace, out: TextIO
+) -> int:
+    deadline = time.monotonic() + args.wait
+    while message.state != pb.MESSAGE_STATE_PROCESSED:
+        if message.state == pb.MESSAGE_STATE_DEAD:
+            details = f"{message.id} is DEAD after {message.delivery_attempts} attempts"
+            if message.last_error:
+                details += f" (last error: {one_line(message.last_error)})"
+            print(format_error(grpc.StatusCode.ABORTED, details), file=sys.stderr)
+            return 1
+        if time.monotonic() >= deadline:
+            state = state_name(message.state)
+            details = f"no reply to {message.id} within {args.wait:g} s; it is {state}"
+            print(format_error(grpc.StatusCode.DEADLINE_EXCEEDED, details), file=sys.stderr)
+            return 1
+        time.sleep(WAIT_POLL_SECONDS)
+        message = _get(stub, message.id)
+    if message.reply_id:
+        _emit(out, _get(stub, message.reply_id), args)
+    elif not args.json:
+        print(f"({message.id} was processed without a reply)", file=out, flush=True)
+    return 0
+
+
+def cmd_get(stub: pb_grpc.MessageStoreStub, args: argparse.Namespace, out: TextIO) -> int:
+    _emit(out, _get(stub, args.id), args, detailed=True)
+    return 0
+
+
+def cmd_list(stub: pb_grpc.MessageStoreStub, args: argparse.Namespace, out: TextIO) -> int:
+    state = STATES[args.state] if args.state else pb.MESSAGE_STATE_UNSPECIFIED
+    for message in iter_messages(stub, state=state, reply_to=args.reply_to, limit=args.limit):
+        _emit(out, message, args)
+    return 0
+
+
+def cmd_tail(
+    stub: pb_grpc.MessageStoreStub,
+    args: argparse.Namespace,
+    out: TextIO,
+    sleep: Callable[[float], None] = time.sleep,
+) -> int:
+    """Follows arrivals by `after_sequence` (see ListMessagesRequest): the last sequence seen is
+    where the next poll starts, so nothing is skipped or printed twice. Each message is printed
+    once, in the state it had when it arrived (replies are born PROCESSED)."""
+    last = 0
+    if not args.from_start:
+        for message in iter_messages(stub):
+            last = message.sequence
+    while True:
+        for message in iter_messages(stub, after_sequence=last):
+            _emit(out, message, args)
+            last = message.sequence
+        sleep(TAIL_POLL_SECONDS)
+
+
+def cmd_requeue(stub: pb_grpc.MessageStoreStub, args: argparse.Namespace, out: TextIO) -> int:
+    request = pb.RequeueMessageRequest(id=args.id)
+    response = stub.RequeueMessage(request, timeout=CALL_TIMEOUT_SECONDS)
+    _emit(out, response.message, args)
+    return 0
+
+
+COMMANDS: Mapping[str, Callable[[pb_grpc.MessageStoreStub, argparse.Namespace, TextIO], int]] = {
+    "post": cmd_post,
+    "get": cmd_get,
+    "list": cmd_list,
+    "tail": cmd_tail,
+    "requeue": cmd_requeue,
+}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser(os.environ).parse_args(argv)
+    try:
+        with grpc.insecure_channel(args.store) as channel:
+            stub = pb_grpc.MessageStoreStub(channel)
+            return COMMANDS[args.command](stub, args, sys.stdout)
+    except grpc.RpcError as exc:
+        # Every RpcError the sync stubs raise is also a grpc.Call with the status.
+        call: grpc.Call = exc  # type: ignore[assignment]
+        print(format_error(call.code(), call.details()), file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        # Ctrl-C is how `tail` ends; 130 is the shell's code for "stopped by SIGINT".
+        return 130
+    except BrokenPipeError:
+        # The reader went away (`ackbot list | head`): say nothing more, and keep Python's
+        # final flush of stdout from failing again on the closed pipe.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
