@@ -1,0 +1,87 @@
+"""Fixtures that run the real services: a store on a fresh SQLite file, bots on demand, and a
+grpc.aio stub made inside the test's running loop. When a test fails, the tail of every service
+log it used is attached to the report, so CI output shows why."""
+
+from __future__ import annotations
+
+import grpc
+import pytest
+
+from ackbot.v1 import message_store_pb2_grpc as pb_grpc
+
+from .harness import Service, bot_service, store_service
+
+_FIRST_SERVICE = pytest.StashKey[int]()
+
+
+@pytest.fixture(autouse=True)
+def _remember_services(request):
+    request.node.stash[_FIRST_SERVICE] = len(Service.registry)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item, call):
+    report = yield
+    if report.failed and _FIRST_SERVICE in item.stash:
+        first = item.stash[_FIRST_SERVICE]
+        for index, service in enumerate(Service.registry):
+            running = service.proc is not None and service.proc.poll() is None
+            # This test's services, and shared (module-scoped) ones it talked to.
+            if index >= first or running:
+                report.sections.append((f"{service.name} log ({report.when})", service.describe()))
+    return report
+
+
+@pytest.fixture
+def start_store(tmp_path):
+    """start_store(args=[...], name=..., db_path=...) -> a ready store Service (sync).
+    Use `await start_store.started(...)` in async tests."""
+    services: list[Service] = []
+
+    def make(**options) -> Service:
+        service = store_service(tmp_path, **options)
+        services.append(service)
+        return service
+
+    def start(**options) -> Service:
+        return make(**options).start().wait_ready()
+
+    async def started(**options) -> Service:
+        return await make(**options).astart()
+
+    start.started = started
+    yield start
+    for service in reversed(services):
+        service.cleanup()
+
+
+@pytest.fixture
+def store(start_store) -> Service:
+    return start_store()
+
+
+@pytest.fixture
+def start_bot(tmp_path, store):
+    """`await start_bot(persona=..., responder=..., env=..., ...)` -> a ready bot Service,
+    connected to `store` (its health is SERVING only while its stream is up)."""
+    services: list[Service] = []
+
+    async def start(**options) -> Service:
+        service = bot_service(tmp_path, store.address, **options)
+        services.append(service)
+        return await service.astart()
+
+    yield start
+    for service in reversed(services):
+        service.cleanup()
+
+
+@pytest.fixture
+async def channel(store):
+    async with grpc.aio.insecure_channel(store.address) as channel:
+        yield channel
+
+
+@pytest.fixture
+def stub(channel):
+    return pb_grpc.MessageStoreStub(channel)
