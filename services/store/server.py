@@ -86,12 +86,12 @@ class StoreServer:
             if self._health is not None:
                 await self._health.enter_graceful_shutdown()
             if self._servicer is not None:
-                await self._servicer.close_streams()
+                await self._servicer.close_streams(handler_wait_seconds=self._config.grace_seconds)
             if self._server is not None:
                 await self._server.stop(self._config.grace_seconds)
             if self._servicer is not None:
                 # server.stop() may return before cancelled handlers ran their finally blocks.
-                await self._servicer.close_streams()
+                await self._servicer.close_streams(handler_wait_seconds=0)
             if self._repository is not None:
                 await self._repository.dispose()
             log.info("stopped in %.2fs", time.monotonic() - started)

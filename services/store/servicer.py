@@ -271,6 +271,9 @@ class MessageStoreServicer(pb_grpc.MessageStoreServicer):
         self._config = config
         self._limits = config.limits
         self._lease_releases: set[asyncio.Task[None]] = set()
+        # The tasks grpc runs StreamUnprocessed handlers in: shutdown waits for them to finish
+        # sending their status while the server can still send it.
+        self._stream_tasks: set[asyncio.Task[Any]] = set()
 
     @maps_errors
     async def CreateMessage(
@@ -474,6 +477,10 @@ class MessageStoreServicer(pb_grpc.MessageStoreServicer):
             lease_ns=int(lease_seconds * 1e9),
         )
         self._dispatcher.open_stream(stream)
+        task = asyncio.current_task()
+        if task is not None:
+            self._stream_tasks.add(task)
+            task.add_done_callback(self._stream_tasks.discard)
         try:
             # Headers go out now, so the client knows the stream is up before any work exists.
             await context.send_initial_metadata(())
@@ -533,8 +540,14 @@ class MessageStoreServicer(pb_grpc.MessageStoreServicer):
         if released:
             self._dispatcher.wake_all()
 
-    async def close_streams(self) -> None:
-        """Ends every stream and waits until the leases they held are back in the database."""
+    async def close_streams(self, handler_wait_seconds: float) -> None:
+        """Ends every stream, waits until the leases they held are back in the database, and
+        gives the stream handlers up to `handler_wait_seconds` to finish.
+
+        Waiting for the handlers matters: one whose client cancelled just before shutdown may
+        still be sending its status, and once the server has stopped that send never completes,
+        which would leave the process hanging on exit.
+        """
         streams = self._dispatcher.streams
         self._dispatcher.close()
         for stream in streams:
@@ -543,6 +556,12 @@ class MessageStoreServicer(pb_grpc.MessageStoreServicer):
                 await self._release_leases(leases)
         if self._lease_releases:
             await asyncio.gather(*self._lease_releases, return_exceptions=True)
+        current = asyncio.current_task()
+        handlers = [task for task in self._stream_tasks if task is not current]
+        if handlers:
+            _, still_running = await asyncio.wait(handlers, timeout=handler_wait_seconds)
+            if still_running:
+                log.warning("%d stream handlers did not finish in time", len(still_running))
 
     def _check_token(self, v: rules.Violations, token: str, *, required: bool) -> None:
         if not token:

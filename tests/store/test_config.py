@@ -110,12 +110,16 @@ def test_a_bad_flag_exits_2_naming_the_flag(flag, env, value, capsys):
     assert f"argument {flag}" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize(("flag", "env", "value"), BAD_VALUES)
+@pytest.mark.parametrize(("flag", "env", "value"), [bad for bad in BAD_VALUES if bad[2]])
 def test_a_bad_environment_value_exits_2_naming_the_flag(flag, env, value, capsys):
     with pytest.raises(SystemExit) as caught:
         load_config([], {f"ACKBOT_STORE_{env}": value})
     assert caught.value.code == 2
     assert f"argument {flag}" in capsys.readouterr().err
+
+
+def test_an_empty_environment_value_counts_as_unset():
+    assert load_config([], {"ACKBOT_STORE_MAX_ATTEMPTS": ""}).max_attempts == 5
 
 
 def test_a_good_flag_overrides_a_bad_environment_value():
