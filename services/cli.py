@@ -23,7 +23,7 @@ from typing import TextIO
 import grpc
 from google.protobuf import json_format, timestamp_pb2
 
-from ackbot.common.serving import split_host_port
+from ackbot.common.flags import address, int_in, seconds_in
 from ackbot.v1 import message_store_pb2 as pb
 from ackbot.v1 import message_store_pb2_grpc as pb_grpc
 
@@ -148,34 +148,6 @@ def default_author(env: Mapping[str, str]) -> str:
 # -- argument parsing -------------------------------------------------------------------------
 
 
-def _address(text: str) -> str:
-    try:
-        split_host_port(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from exc
-    return text
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from exc
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be 1 or more, got {value}")
-    return value
-
-
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(f"expected a number of seconds, got {text!r}") from exc
-    if not 0 < value < float("inf"):
-        raise argparse.ArgumentTypeError(f"must be more than 0, got {text}")
-    return value
-
-
 def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
     """`--store` and `--json` work before the command and after it (`ackbot --json list`,
     `ackbot list --json`); on the subcommands they default to SUPPRESS so that leaving them
@@ -188,12 +160,12 @@ def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
     store_help = f"the store's HOST:PORT (env {STORE_ENV}; default %(default)s)"
     json_help = "print one JSON object per message (proto field names) instead of text"
     parser.add_argument(
-        "--store", type=_address, default=env.get(STORE_ENV, DEFAULT_STORE), help=store_help
+        "--store", type=address, default=env.get(STORE_ENV, DEFAULT_STORE), help=store_help
     )
     parser.add_argument("--json", action="store_true", help=json_help)
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument(
-        "--store", type=_address, default=argparse.SUPPRESS, help="the store's HOST:PORT"
+        "--store", type=address, default=argparse.SUPPRESS, help="the store's HOST:PORT"
     )
     common.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help=json_help)
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -216,7 +188,7 @@ def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
     )
     post.add_argument(
         "--wait",
-        type=_positive_float,
+        type=seconds_in(0, 3600, low_inclusive=False),
         default=None,
         metavar="SECONDS",
         help="wait up to SECONDS for the bot's reply and print it too",
@@ -231,7 +203,7 @@ def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
     listing.add_argument("--state", choices=sorted(STATES), help="only messages in this state")
     listing.add_argument("--reply-to", default="", metavar="ID", help="only the replies to ID")
     listing.add_argument(
-        "--limit", type=_positive_int, default=None, metavar="N", help="stop after N messages"
+        "--limit", type=int_in(1), default=None, metavar="N", help="stop after N messages"
     )
 
     tail = commands.add_parser(

@@ -3,16 +3,14 @@
 from __future__ import annotations
 
 import argparse
-import math
 import os
 import unicodedata
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
-from ackbot.common.serving import split_host_port
+from ackbot.common.flags import EnvFlags, address, int_in, seconds_in
 
 ENV_PREFIX = "ACKBOT_BOT_"
-LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 # The store's limits (SEMANTICS.md): checked here so a bad value fails at start, naming the flag,
 # instead of as INVALID_ARGUMENT on every stream attempt.
 MIN_IN_FLIGHT, MAX_IN_FLIGHT = 1, 1000
@@ -45,40 +43,6 @@ def default_consumer(persona: str, pid: int) -> str:
     return persona[: MAX_CONSUMER_CHARS - len(suffix)] + suffix
 
 
-def _int_in(low: int, high: int) -> Callable[[str], int]:
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-        if not low <= value <= high:
-            raise argparse.ArgumentTypeError(f"must be between {low} and {high}, got {value}")
-        return value
-
-    return parse
-
-
-def _float_in(low: float, high: float) -> Callable[[str], float]:
-    def parse(text: str) -> float:
-        try:
-            value = float(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-        if not (math.isfinite(value) and low <= value <= high):
-            raise argparse.ArgumentTypeError(f"must be between {low:g} and {high:g}, got {text}")
-        return value
-
-    return parse
-
-
-def _address(text: str) -> str:
-    try:
-        split_host_port(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from exc
-    return text
-
-
 def _name(max_chars: int) -> Callable[[str], str]:
     def parse(text: str) -> str:
         if not text:
@@ -101,7 +65,7 @@ def _responder_spec(text: str) -> str:
     return text
 
 
-def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
+def build_flags(env: Mapping[str, str]) -> EnvFlags:
     defaults = BotConfig()
     parser = argparse.ArgumentParser(
         prog="ackbot-bot",
@@ -109,35 +73,21 @@ def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
         f"set by environment: {ENV_PREFIX}<FLAG>, e.g. {ENV_PREFIX}STORE; a flag wins over it.",
     )
 
-    def option(
-        flag: str,
-        default: object,
-        help_text: str,
-        *,
-        shown_default: str = "%(default)s",
-        **kwargs: object,
-    ) -> None:
-        env_name = ENV_PREFIX + flag.lstrip("-").replace("-", "_").upper()
-        parser.add_argument(
-            flag,
-            # An empty variable counts as unset, as it does for most tools.
-            default=env.get(env_name) or default,
-            help=f"{help_text} (env {env_name}; default {shown_default})",
-            **kwargs,
-        )
+    flags = EnvFlags(parser, env, ENV_PREFIX)
+    option = flags.add
 
     option(
         "--store",
         defaults.store,
         "HOST:PORT of the message store",
-        type=_address,
+        type=address,
         metavar="HOST:PORT",
     )
     option(
         "--listen",
         defaults.listen,
         "the bot's own health + reflection server; port 0 picks a free one",
-        type=_address,
+        type=address,
         metavar="HOST:PORT",
     )
     option(
@@ -151,7 +101,7 @@ def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
         "--max-in-flight",
         defaults.max_in_flight,
         f"replies worked on at once ({MIN_IN_FLIGHT}-{MAX_IN_FLIGHT})",
-        type=_int_in(MIN_IN_FLIGHT, MAX_IN_FLIGHT),
+        type=int_in(MIN_IN_FLIGHT, MAX_IN_FLIGHT),
         metavar="N",
     )
     option(
@@ -159,15 +109,15 @@ def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
         defaults.lease_seconds,
         f"lease of each delivery ({MIN_LEASE_SECONDS:g}-{MAX_LEASE_SECONDS:g}); extended while "
         "a reply takes longer than half of it",
-        type=_float_in(MIN_LEASE_SECONDS, MAX_LEASE_SECONDS),
+        type=seconds_in(MIN_LEASE_SECONDS, MAX_LEASE_SECONDS),
         metavar="SECONDS",
     )
-    option("--log-level", defaults.log_level, "logging level", choices=LOG_LEVELS, type=str.upper)
+    flags.add_log_level(defaults.log_level)
     option(
         "--grace-seconds",
         defaults.grace_seconds,
         "how long running replies may finish on shutdown before they are cancelled",
-        type=_float_in(0.0, MAX_GRACE_SECONDS),
+        type=seconds_in(0.0, MAX_GRACE_SECONDS),
         metavar="SECONDS",
     )
     option(
@@ -175,7 +125,7 @@ def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
         defaults.retry_base_seconds,
         "after a responder failure the message is retried after base * 2^(attempt-1) seconds, "
         "at most 300",
-        type=_float_in(0.0, MAX_RETRY_BASE_SECONDS),
+        type=seconds_in(0.0, MAX_RETRY_BASE_SECONDS),
         metavar="SECONDS",
     )
     option(
@@ -194,7 +144,7 @@ def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
         metavar="NAME",
         shown_default="PERSONA-PID",
     )
-    return parser
+    return flags
 
 
 def load_config(
@@ -205,12 +155,7 @@ def load_config(
 ) -> BotConfig:
     """Parses flags over ACKBOT_BOT_* variables; a bad value exits 2 with a message naming it."""
     env = os.environ if env is None else env
-    parser = build_parser(env)
-    args = parser.parse_args(argv)
-    # argparse converts string defaults (values from the environment) with the flag's `type`,
-    # and reports a bad one under the flag's name, but it does not check them against `choices`.
-    if args.log_level not in LOG_LEVELS:
-        parser.error(f"argument --log-level: invalid choice: {args.log_level!r}")
+    args = build_flags(env).parse(argv)
     consumer = args.consumer or default_consumer(args.persona, os.getpid() if pid is None else pid)
     return BotConfig(
         store=args.store,

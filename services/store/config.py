@@ -3,16 +3,16 @@
 from __future__ import annotations
 
 import argparse
-import math
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
-from ackbot.common.serving import split_host_port
+from ackbot.common.flags import EnvFlags, address, int_in, seconds_in
 
 DEFAULT_DB_URL = "sqlite+aiosqlite:///./data/ackbot.db"
 ENV_PREFIX = "ACKBOT_STORE_"
-LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+# Longest a shutdown grace period or a lock wait may be: beyond it, a typo, not a wish.
+MAX_WAIT_SECONDS = 3600.0
 
 
 @dataclass(frozen=True)
@@ -47,29 +47,7 @@ class StoreConfig:
     limits: Limits = field(default_factory=Limits)
 
 
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
-    return value
-
-
-def _positive_float(text: str) -> float:
-    value = float(text)
-    if not (value > 0 and math.isfinite(value)):
-        raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {value}")
-    return value
-
-
-def _address(text: str) -> str:
-    try:
-        split_host_port(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from exc
-    return text
-
-
-def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
+def build_flags(env: Mapping[str, str]) -> EnvFlags:
     defaults = StoreConfig()
     parser = argparse.ArgumentParser(
         prog="ackbot-store",
@@ -77,75 +55,58 @@ def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
         f"environment: {ENV_PREFIX}<FLAG>, e.g. {ENV_PREFIX}LISTEN; a flag wins over it.",
     )
 
-    def option(flag: str, default: object, help_text: str, **kwargs: object) -> None:
-        env_name = ENV_PREFIX + flag.lstrip("-").replace("-", "_").upper()
-        parser.add_argument(
-            flag,
-            # An empty variable counts as unset, as it does for the bot.
-            default=env.get(env_name) or default,
-            help=f"{help_text} (env {env_name}; default %(default)s)",
-            **kwargs,
-        )
+    flags = EnvFlags(parser, env, ENV_PREFIX)
+    option = flags.add
 
     option(
-        "--listen", defaults.listen, "HOST:PORT to serve on; port 0 picks a free one", type=_address
+        "--listen", defaults.listen, "HOST:PORT to serve on; port 0 picks a free one", type=address
     )
     option("--db", defaults.db_url, "SQLAlchemy async database URL")
-    option("--log-level", defaults.log_level, "logging level", choices=LOG_LEVELS, type=str.upper)
+    flags.add_log_level(defaults.log_level)
     option(
         "--max-attempts",
         defaults.max_attempts,
         "deliveries without MarkProcessed before a message becomes DEAD",
-        type=_positive_int,
+        type=int_in(1),
     )
     option(
         "--default-lease-seconds",
         defaults.default_lease_seconds,
         "lease of a delivery when the stream does not set one",
-        type=_positive_float,
+        type=seconds_in(Limits.min_lease_seconds, Limits.max_lease_seconds),
     )
     option(
         "--grace-seconds",
         defaults.grace_seconds,
         "how long in-flight calls may finish on shutdown",
-        type=_positive_float,
+        type=seconds_in(0, MAX_WAIT_SECONDS, low_inclusive=False),
     )
     option(
         "--lock-timeout-seconds",
         defaults.lock_timeout_seconds,
         "how long a write waits on a locked database before UNAVAILABLE",
-        type=_positive_float,
+        type=seconds_in(0, MAX_WAIT_SECONDS, low_inclusive=False),
     )
     option(
         "--max-text-bytes",
         defaults.limits.max_text_bytes,
         "largest message text, in UTF-8 bytes",
-        type=_positive_int,
+        type=int_in(1),
     )
     option(
         "--max-request-bytes",
         defaults.limits.max_request_bytes,
         "largest request; larger ones get RESOURCE_EXHAUSTED",
-        type=_positive_int,
+        type=int_in(1),
     )
-    return parser
+    return flags
 
 
 def load_config(
     argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
 ) -> StoreConfig:
     env = os.environ if env is None else env
-    parser = build_parser(env)
-    args = parser.parse_args(argv)
-    # argparse converts string defaults (values from the environment) with the flag's `type`,
-    # and reports a bad one under the flag's name, but it does not check them against `choices`.
-    if args.log_level not in LOG_LEVELS:
-        parser.error(f"argument --log-level: invalid choice: {args.log_level!r}")
-    if not Limits.min_lease_seconds <= args.default_lease_seconds <= Limits.max_lease_seconds:
-        parser.error(
-            f"argument --default-lease-seconds: must be between {Limits.min_lease_seconds:g} "
-            f"and {Limits.max_lease_seconds:g}, got {args.default_lease_seconds:g}"
-        )
+    args = build_flags(env).parse(argv)
     limits = Limits(max_text_bytes=args.max_text_bytes, max_request_bytes=args.max_request_bytes)
     return StoreConfig(
         listen=args.listen,
