@@ -170,8 +170,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     store_args = ["ackbot.store", "--listen", args.store_listen]
     if args.db:
         store_args += ["--db", args.db]
-    else:
-        Path("data").mkdir(exist_ok=True)  # SQLite does not create the default's folder
 
     store: subprocess.Popen[bytes] | None = None
     bot: subprocess.Popen[bytes] | None = None
