@@ -15,14 +15,19 @@ BOT_LISTEN ?= 127.0.0.1:50052
 help:
 	@echo "make run               set up, then start store + bot on the embedded SQLite default"
 	@echo "make test              set up, then run the whole test suite"
-	@echo "make lint              ruff check + format check"
+	@echo "make lint              ruff check + format check + mypy"
 	@echo "make proto             regenerate gen/ from proto/"
 	@echo "make check-generated   fail when gen/ is stale"
 
-$(STAMP): pyproject.toml
+# The import package `ackbot` is assembled from services/ and gen/ (see pyproject.toml). A
+# "strict" editable install links each file into build/, so that mypy and IDEs resolve imports
+# the way Python does; a new or removed file changes a folder's time, which reinstalls.
+PACKAGE_DIRS := $(shell find services gen -type d -not -name __pycache__ 2>/dev/null)
+
+$(STAMP): pyproject.toml $(PACKAGE_DIRS)
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[dev]'
+	$(BIN)/pip install --quiet -e '.[dev]' --config-settings editable_mode=strict
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -44,6 +49,8 @@ test: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/mypy -p ackbot
+	$(BIN)/mypy tools
 
 format: $(STAMP)
 	$(BIN)/ruff check --fix .

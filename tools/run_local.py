@@ -22,6 +22,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 from types import FrameType
+from typing import Any
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -76,7 +77,8 @@ def wait_serving(
     deadline = time.monotonic() + timeout
     request = health_pb2.HealthCheckRequest(service=service)
     with grpc.insecure_channel(address) as channel:
-        health = health_pb2_grpc.HealthStub(channel)
+        # Any: typeshed's HealthStub declares no methods.
+        health: Any = health_pb2_grpc.HealthStub(channel)
         while True:
             if signals.received.is_set():
                 return False

@@ -137,7 +137,7 @@ def load_factory(spec: str) -> ResponderFactory:
             raise ResponderLoadError(f"{module_name!r} has no attribute {attr_path!r}") from None
     if not callable(target):
         raise ResponderLoadError(f"{spec} is not callable")
-    return target  # type: ignore[return-value]
+    return target
 
 
 async def create_responder(config: BotConfig, factory: ResponderFactory | None = None) -> Responder:

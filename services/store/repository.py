@@ -19,10 +19,11 @@ import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, cast
 
 from sqlalchemy import Sequence as DbSequence
 from sqlalchemy import event, func, select, update
-from sqlalchemy.engine import Connection, Engine, make_url
+from sqlalchemy.engine import Connection, CursorResult, Engine, make_url
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from sqlalchemy.ext.asyncio import (
@@ -363,10 +364,10 @@ class MessageRepository:
         except IntegrityError:
             # A concurrent MarkProcessed committed its reply first (the unique reply_to).
             async with self._read() as session:
-                row = await session.get(MessageRow, message_id)
-                if row is None or row.state != State.PROCESSED:
+                winner = await session.get(MessageRow, message_id)
+                if winner is None or winner.state != State.PROCESSED:
                     raise
-                return await self._already_processed(session, row, self._now_ns())
+                return await self._already_processed(session, winner, self._now_ns())
 
     async def _already_processed(
         self, session: AsyncSession, row: MessageRow, now: int
@@ -523,4 +524,5 @@ class MessageRepository:
                 .where(MessageRow.state == State.LEASED)
                 .values(state=State.PENDING, lease_token=None, visible_at_ns=0)
             )
-            return int(result.rowcount or 0)
+            # An UPDATE's result is a CursorResult, which has rowcount; execute() is typed wider.
+            return int(cast(CursorResult[Any], result).rowcount or 0)

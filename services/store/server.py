@@ -13,6 +13,7 @@ import signal
 import time
 
 import grpc
+from grpc_health.v1._async import HealthServicer
 
 from ackbot.common.serving import add_health_and_reflection, set_serving, split_host_port
 from ackbot.store.config import StoreConfig
@@ -42,7 +43,7 @@ class StoreServer:
         self._server: grpc.aio.Server | None = None
         self._repository: MessageRepository | None = None
         self._servicer: MessageStoreServicer | None = None
-        self._health = None
+        self._health: HealthServicer | None = None
         self._stopped = asyncio.Event()
         self._stopping = False
 
@@ -63,7 +64,7 @@ class StoreServer:
 
         self._server = server = grpc.aio.server(options=_server_options(config))
         add_to_server(self._servicer, server)
-        self._health = await add_health_and_reflection(server, [SERVICE_NAME])
+        self._health = health = await add_health_and_reflection(server, [SERVICE_NAME])
         host, port = split_host_port(config.listen)
         bound = server.add_insecure_port(f"[{host}]:{port}" if ":" in host else f"{host}:{port}")
         if bound == 0:
@@ -72,7 +73,7 @@ class StoreServer:
         next_visible = await repository.next_visible_ns()
         if next_visible is not None:
             dispatcher.wake_at(next_visible)
-        await set_serving(self._health, [SERVICE_NAME], serving=True)
+        await set_serving(health, [SERVICE_NAME], serving=True)
         log.info("listening on %s:%d (database %s)", host, bound, engine.url.render_as_string())
         return bound
 

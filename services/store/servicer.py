@@ -341,7 +341,7 @@ class MessageStoreServicer(pb_grpc.MessageStoreServicer):
                 after = max(after, token_after)
         state: State | None = None
         if request.state != pb.MESSAGE_STATE_UNSPECIFIED:
-            state = _STATE_FROM_PROTO.get(request.state)  # type: ignore[call-overload]
+            state = _STATE_FROM_PROTO.get(request.state)
             if state is None:
                 v.add("state", f"must be one of the MessageState values (got {request.state})")
         rules.check_id(v, "reply_to", request.reply_to, self._limits, required=False)
