@@ -12,14 +12,11 @@ from __future__ import annotations
 
 import asyncio
 import heapq
-import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from ackbot.store.repository import Lease
-
-log = logging.getLogger(__name__)
 
 # Timed wakes are rounded up to this step so that a burst of leases sharing an expiry costs one
 # wake, not one per message.

@@ -467,8 +467,7 @@ class MessageStoreServicer(pb_grpc.MessageStoreServicer):
         if request.HasField("lease_duration"):
             self._check_lease_duration(v, request.lease_duration)
             lease_seconds = _seconds(request.lease_duration)
-        if len(request.consumer) > _MAX_CONSUMER_CHARS:
-            v.add("consumer", f"must be at most {_MAX_CONSUMER_CHARS} characters")
+        rules.check_label(v, "consumer", request.consumer, _MAX_CONSUMER_CHARS)
         v.raise_if_any()
 
         stream = StreamState(

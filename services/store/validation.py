@@ -68,6 +68,15 @@ def check_author(v: Violations, field: str, value: str, limits: Limits) -> None:
         v.add(field, f"must not contain control characters (found U+{ord(bad):04X})")
 
 
+def check_label(v: Violations, field: str, value: str, max_chars: int) -> None:
+    """An optional free-form name (a stream's consumer) that ends up in log lines."""
+    if len(value) > max_chars:
+        v.add(field, f"must be at most {max_chars} characters (got {len(value)})")
+    bad = _first_forbidden_char(value, allow_newlines=False)
+    if bad is not None:
+        v.add(field, f"must not contain control characters (found U+{ord(bad):04X})")
+
+
 def check_text(v: Violations, field: str, value: str, limits: Limits) -> None:
     if not value:
         v.add(field, "is required")

@@ -114,6 +114,7 @@ CASES = [
     ("stream: lease 1 h + 1 s", stream_req(lease_duration=seconds(3601)), "lease_duration"),
     ("stream: lease negative", stream_req(lease_duration=seconds(-5)), "lease_duration"),
     ("stream: consumer 65 chars", stream_req(consumer="c" * 65), "consumer"),
+    ("stream: consumer with a newline", stream_req(consumer="bot\nFAKE LOG LINE"), "consumer"),
     ("release: empty id", release_req(id=""), "id"),
     ("release: id 129 chars", release_req(id="r" * 129), "id"),
     ("release: empty lease token", release_req(lease_token=""), "lease_token"),

@@ -205,3 +205,11 @@ def test_violations_collect_every_field_and_raise_once():
         "page_size",
     ]
     assert "message.author: is required" in str(caught.value)
+
+
+def test_a_label_may_be_empty_but_not_long_or_carry_control_characters():
+    for value, broken in [("", False), ("bot-1", False), ("b" * 65, True), ("a\nb", True)]:
+        violations = rules.Violations()
+        rules.check_label(violations, "consumer", value, 64)
+        assert bool(violations.items) is broken, value
+        assert all(item.field == "consumer" for item in violations.items)
