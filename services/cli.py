@@ -205,6 +205,11 @@ def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
     listing.add_argument(
         "--limit", type=int_in(1), default=None, metavar="N", help="stop after N messages"
     )
+    listing.add_argument(
+        "--newest-first",
+        action="store_true",
+        help="newest messages first (with --limit: the last N)",
+    )
 
     tail = commands.add_parser(
         "tail", parents=[common], help="print messages and replies as they arrive (Ctrl-C stops)"
@@ -239,8 +244,10 @@ def iter_messages(
     reply_to: str = "",
     after_sequence: int = 0,
     limit: int | None = None,
+    newest_first: bool = False,
 ) -> Iterator[pb.Message]:
-    """Every matching message in arrival order, one page at a time, following page tokens."""
+    """Every matching message in arrival order (or newest first), one page at a time,
+    following page tokens."""
     token = ""
     remaining = limit
     while remaining is None or remaining > 0:
@@ -251,6 +258,7 @@ def iter_messages(
             state=state,
             reply_to=reply_to,
             after_sequence=after_sequence,
+            order_by="sequence desc" if newest_first else "",
         )
         response = stub.ListMessages(request, timeout=CALL_TIMEOUT_SECONDS)
         yield from response.messages
@@ -308,7 +316,14 @@ def cmd_get(stub: pb_grpc.MessageStoreStub, args: argparse.Namespace, out: TextI
 
 def cmd_list(stub: pb_grpc.MessageStoreStub, args: argparse.Namespace, out: TextIO) -> int:
     state = STATES[args.state] if args.state else pb.MESSAGE_STATE_UNSPECIFIED
-    for message in iter_messages(stub, state=state, reply_to=args.reply_to, limit=args.limit):
+    messages = iter_messages(
+        stub,
+        state=state,
+        reply_to=args.reply_to,
+        limit=args.limit,
+        newest_first=args.newest_first,
+    )
+    for message in messages:
         _emit(out, message, args)
     return 0
 
@@ -324,7 +339,8 @@ def cmd_tail(
     once, in the state it had when it arrived (replies are born PROCESSED)."""
     last = 0
     if not args.from_start:
-        for message in iter_messages(stub):
+        # One row, newest first: where the list ends now, whatever its length.
+        for message in iter_messages(stub, limit=1, newest_first=True):
             last = message.sequence
     while True:
         for message in iter_messages(stub, after_sequence=last):

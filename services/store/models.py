@@ -54,6 +54,8 @@ class MessageRow(Base):
         CheckConstraint(
             "state IN ('PENDING', 'LEASED', 'PROCESSED', 'DEAD')", name="ck_messages_state"
         ),
+        # Listing by state (operators looking for DEAD messages) without a table scan.
+        Index("ix_messages_state_sequence", "state", "sequence"),
         # Only unsettled rows are in these indexes, so claiming work costs the same with ten
         # or ten million processed messages in the table.
         Index(

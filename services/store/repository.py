@@ -293,18 +293,23 @@ class MessageRepository:
         self,
         *,
         after_sequence: int = 0,
+        before_sequence: int | None = None,
+        newest_first: bool = False,
         limit: int = 100,
         state: State | None = None,
         reply_to: str | None = None,
     ) -> list[StoredMessage]:
         reply = aliased(MessageRow)
+        order = MessageRow.sequence.desc() if newest_first else MessageRow.sequence
         query = (
             select(MessageRow, reply.id)
             .outerjoin(reply, reply.reply_to == MessageRow.id)
             .where(MessageRow.sequence > after_sequence)
-            .order_by(MessageRow.sequence)
+            .order_by(order)
             .limit(limit)
         )
+        if before_sequence is not None:
+            query = query.where(MessageRow.sequence < before_sequence)
         now = self._now_ns()
         if reply_to is not None:
             query = query.where(MessageRow.reply_to == reply_to)

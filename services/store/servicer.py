@@ -51,7 +51,13 @@ _STATE_TO_PROTO = {
     State.DEAD: pb.MESSAGE_STATE_DEAD,
 }
 _STATE_FROM_PROTO = {value: key for key, value in _STATE_TO_PROTO.items()}
-_PAGE_TOKEN_PREFIX = "seq:"
+# ListMessagesRequest.order_by, normalised (AIP-132 syntax, one field).
+_ORDERS = {
+    "": "sequence",
+    "sequence": "sequence",
+    "sequence asc": "sequence",
+    "sequence desc": "sequence desc",
+}
 _MAX_LEASE_TOKEN_CHARS = 64
 _MAX_CONSUMER_CHARS = 64
 _MAX_RESPONSE_BYTES = 1024 * 1024
@@ -117,18 +123,20 @@ def _batched_responses(deliveries: list[Delivery]) -> Iterator[pb.StreamUnproces
         yield response
 
 
-def encode_page_token(sequence: int) -> str:
-    return base64.urlsafe_b64encode(f"{_PAGE_TOKEN_PREFIX}{sequence}".encode()).decode()
+def encode_page_token(sequence: int, order_by: str) -> str:
+    """An opaque token: the last sequence returned, and the order it was returned in."""
+    return base64.urlsafe_b64encode(f"{order_by}:{sequence}".encode()).decode()
 
 
-def decode_page_token(token: str) -> int | None:
-    """The sequence a page token continues after, or None when it is not one of ours."""
+def decode_page_token(token: str, order_by: str) -> int | None:
+    """The sequence a page token continues from, or None when it is not one of ours for
+    this order."""
     try:
         text = base64.urlsafe_b64decode(token.encode("ascii")).decode("ascii")
     except (ValueError, UnicodeError):
         return None
-    number = text.removeprefix(_PAGE_TOKEN_PREFIX)
-    if not text.startswith(_PAGE_TOKEN_PREFIX) or not number.isdigit():
+    token_order, _, number = text.rpartition(":")
+    if token_order != order_by or not number.isdigit():
         return None
     return int(number)
 
@@ -333,12 +341,23 @@ class MessageStoreServicer(pb_grpc.MessageStoreServicer):
         after = request.after_sequence
         if after < 0:
             v.add("after_sequence", f"must be 0 or more (got {after})")
+        order_by = _ORDERS.get(" ".join(request.order_by.lower().split()))
+        if order_by is None:
+            v.add("order_by", 'must be "sequence" or "sequence desc"')
+            order_by = "sequence"
+        newest_first = order_by == "sequence desc"
+        before: int | None = None
         if request.page_token:
-            token_after = decode_page_token(request.page_token)
-            if token_after is None:
-                v.add("page_token", "is not a next_page_token returned by ListMessages")
+            token_sequence = decode_page_token(request.page_token, order_by)
+            if token_sequence is None:
+                v.add(
+                    "page_token",
+                    "is not a next_page_token returned by ListMessages for this order_by",
+                )
+            elif newest_first:
+                before = token_sequence
             else:
-                after = max(after, token_after)
+                after = max(after, token_sequence)
         state: State | None = None
         if request.state != pb.MESSAGE_STATE_UNSPECIFIED:
             state = _STATE_FROM_PROTO.get(request.state)
@@ -348,11 +367,15 @@ class MessageStoreServicer(pb_grpc.MessageStoreServicer):
         v.raise_if_any()
         messages = await self._repository.list_messages(
             after_sequence=after,
+            before_sequence=before,
+            newest_first=newest_first,
             limit=page_size,
             state=state,
             reply_to=request.reply_to or None,
         )
-        next_token = encode_page_token(messages[-1].sequence) if len(messages) == page_size else ""
+        next_token = ""
+        if len(messages) == page_size:
+            next_token = encode_page_token(messages[-1].sequence, order_by)
         return pb.ListMessagesResponse(
             messages=[message_to_proto(m) for m in messages], next_page_token=next_token
         )

@@ -92,6 +92,7 @@ CASES = [
     ("list: page_size -1", list_req(page_size=-1), "page_size"),
     ("list: reply_to bad chars", list_req(reply_to="no spaces"), "reply_to"),
     ("list: after_sequence -1", list_req(after_sequence=-1), "after_sequence"),
+    ("list: order_by unknown field", list_req(order_by="create_time desc"), "order_by"),
     ("mark: empty id", mark_req(id=""), "id"),
     ("mark: id bad chars", mark_req(id="bad id"), "id"),
     ("mark: reply empty author", mark_req(reply=pb.Message(text="t")), "reply.author"),

@@ -188,6 +188,16 @@ async def test_list_pages_by_after_sequence_and_limit(repo):
     assert await repo.list_messages(after_sequence=created[2].sequence, limit=2) == created[3:5]
 
 
+async def test_list_newest_first_pages_backwards_by_before_sequence(repo):
+    created = [await create(repo, f"n{i}") for i in range(5)]
+    newest = await repo.list_messages(newest_first=True, limit=2)
+    assert [m.id for m in newest] == [created[4].id, created[3].id]
+    older = await repo.list_messages(
+        newest_first=True, before_sequence=newest[-1].sequence, limit=10
+    )
+    assert [m.id for m in older] == [m.id for m in reversed(created[:3])]
+
+
 async def test_list_filters_by_state_with_lapsed_leases_shown_as_pending(make_repo, clock):
     repo = await make_repo(max_attempts=1)
     await create(repo, "dead", id="dead")

@@ -93,18 +93,20 @@ class GetMessageResponse(_message.Message):
     def __init__(self, message: _Optional[_Union[Message, _Mapping]] = ...) -> None: ...
 
 class ListMessagesRequest(_message.Message):
-    __slots__ = ("page_size", "page_token", "state", "reply_to", "after_sequence")
+    __slots__ = ("page_size", "page_token", "state", "reply_to", "after_sequence", "order_by")
     PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
     PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
     REPLY_TO_FIELD_NUMBER: _ClassVar[int]
     AFTER_SEQUENCE_FIELD_NUMBER: _ClassVar[int]
+    ORDER_BY_FIELD_NUMBER: _ClassVar[int]
     page_size: int
     page_token: str
     state: MessageState
     reply_to: str
     after_sequence: int
-    def __init__(self, page_size: _Optional[int] = ..., page_token: _Optional[str] = ..., state: _Optional[_Union[MessageState, str]] = ..., reply_to: _Optional[str] = ..., after_sequence: _Optional[int] = ...) -> None: ...
+    order_by: str
+    def __init__(self, page_size: _Optional[int] = ..., page_token: _Optional[str] = ..., state: _Optional[_Union[MessageState, str]] = ..., reply_to: _Optional[str] = ..., after_sequence: _Optional[int] = ..., order_by: _Optional[str] = ...) -> None: ...
 
 class ListMessagesResponse(_message.Message):
     __slots__ = ("messages", "next_page_token")

@@ -107,10 +107,11 @@ class MessageStoreServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ListMessages(self, request, context):
-        """Lists messages in arrival order (`sequence`), optionally filtered by state and by `reply_to`.
+        """Lists messages in arrival order (`sequence`, oldest or newest first), optionally filtered by
+        state and by `reply_to`.
 
-        Returns INVALID_ARGUMENT for a bad page size, page token, state, `reply_to` or
-        `after_sequence`; UNAVAILABLE when the database cannot be reached.
+        Returns INVALID_ARGUMENT for a bad page size, page token, state, `reply_to`,
+        `after_sequence` or `order_by`; UNAVAILABLE when the database cannot be reached.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
