@@ -30,12 +30,16 @@ async def test_concurrent_creators_and_claimers_answer_every_message_once(make_r
     first_wins: Counter[str] = Counter()
     created: list[str] = []
     processed = 0
+    # Set on every create and when all is done; cleared by a claimer *before* it claims, the
+    # store's own pattern, so a create that lands mid-claim is never missed.
+    more_work = asyncio.Event()
 
     async def creator(c: int) -> None:
         for i in range(PER_CREATOR):
             result = await repo.create_message(NewMessage(author=f"user{c}", text=f"{c}/{i}"))
             assert not result.already_existed
             created.append(result.message.id)
+            more_work.set()
 
     async def settle(claimer: int, message_id: str, token: str) -> None:
         nonlocal processed
@@ -50,12 +54,15 @@ async def test_concurrent_creators_and_claimers_answer_every_message_once(make_r
         first_wins[message_id] += 1
         assert holders.pop(message_id) == claimer
         processed += 1
+        if processed == TOTAL:
+            more_work.set()
 
     async def claimer(n: int) -> None:
         while processed < TOTAL:
+            more_work.clear()
             claimed = await repo.claim(10, 60 * SECOND_NS)
             if not claimed:
-                await asyncio.sleep(0.001)
+                await more_work.wait()
                 continue
             for delivery in claimed:
                 message_id = delivery.message.id
