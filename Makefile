@@ -40,7 +40,6 @@ check-generated: $(STAMP)
 	$(BIN)/python -m pytest -q tests/test_generated.py
 
 run: $(STAMP)
-	mkdir -p data
 	$(BIN)/python tools/run_local.py --store-listen $(STORE_LISTEN) --bot-listen $(BOT_LISTEN)
 
 test: $(STAMP)
