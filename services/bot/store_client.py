@@ -43,8 +43,8 @@ CHANNEL_OPTIONS: list[tuple[str, int]] = [
     ("grpc.keepalive_time_ms", 20_000),
     ("grpc.keepalive_timeout_ms", 10_000),
     ("grpc.keepalive_permit_without_calls", 1),
-    # One stream response may carry up to max_in_flight (1000) deliveries of 16 KiB each: far
-    # past gRPC's 4 MiB default.
+    # The store packs stream responses to about 1 MiB, but one delivery is as large as the
+    # store's --max-text-bytes allows, which may be set past gRPC's 4 MiB default.
     ("grpc.max_receive_message_length", 64 * 1024 * 1024),
 ]
 
