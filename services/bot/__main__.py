@@ -25,7 +25,7 @@ from ackbot.bot.responder import (
 )
 from ackbot.bot.worker import Worker
 from ackbot.common.logs import configure_logging
-from ackbot.common.serving import add_health_and_reflection, set_serving, split_host_port
+from ackbot.common.serving import add_health_and_reflection, bind_insecure, set_serving
 
 log = logging.getLogger("ackbot.bot")
 
@@ -33,21 +33,6 @@ log = logging.getLogger("ackbot.bot")
 HEALTH_SERVICE_NAME = "ackbot.bot"
 # The bot's server only answers health checks; they finish at once.
 SERVER_GRACE_SECONDS = 1.0
-
-
-def _format_address(host: str, port: int) -> str:
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-
-
-def _bind(server: grpc.aio.Server, listen: str) -> str:
-    host, port = split_host_port(listen)
-    try:
-        bound = server.add_insecure_port(_format_address(host, port))
-    except RuntimeError as exc:  # newer grpc raises instead of returning 0
-        raise OSError(f"could not bind {listen}: {exc}") from exc
-    if bound == 0:
-        raise OSError(f"could not bind {listen}")
-    return _format_address(host, bound)
 
 
 async def run(config: BotConfig, factory: ResponderFactory | None = None) -> None:
@@ -72,7 +57,7 @@ async def run(config: BotConfig, factory: ResponderFactory | None = None) -> Non
     worker = Worker(config, responder, on_connection=on_connection)
     run_task: asyncio.Task[None] | None = None
     try:
-        address = _bind(server, config.listen)
+        address = bind_insecure(server, config.listen)
         await server.start()
         # Tests that pass port 0 read the real port from this exact line.
         log.info("listening on %s", address)

@@ -44,3 +44,20 @@ def split_host_port(address: str) -> tuple[str, int]:
     if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
         raise ValueError(f"expected HOST:PORT, got {address!r}")
     return host.strip("[]"), int(port)
+
+
+def format_address(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def bind_insecure(server: grpc.aio.Server, listen: str) -> str:
+    """Binds HOST:PORT (port 0: any free one); returns HOST:PORT with the port actually bound.
+    Raises OSError naming the address when it cannot be bound."""
+    host, port = split_host_port(listen)
+    try:
+        bound = server.add_insecure_port(format_address(host, port))
+    except RuntimeError as exc:  # newer grpc raises instead of returning 0
+        raise OSError(f"could not bind {listen}: {exc}") from exc
+    if bound == 0:
+        raise OSError(f"could not bind {listen}")
+    return format_address(host, bound)

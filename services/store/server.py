@@ -15,7 +15,7 @@ import time
 import grpc
 from grpc_health.v1._async import HealthServicer
 
-from ackbot.common.serving import add_health_and_reflection, set_serving, split_host_port
+from ackbot.common.serving import add_health_and_reflection, bind_insecure, set_serving
 from ackbot.store.config import StoreConfig
 from ackbot.store.dispatcher import Dispatcher
 from ackbot.store.repository import MessageRepository, create_engine
@@ -65,17 +65,14 @@ class StoreServer:
         self._server = server = grpc.aio.server(options=_server_options(config))
         add_to_server(self._servicer, server)
         self._health = health = await add_health_and_reflection(server, [SERVICE_NAME])
-        host, port = split_host_port(config.listen)
-        bound = server.add_insecure_port(f"[{host}]:{port}" if ":" in host else f"{host}:{port}")
-        if bound == 0:
-            raise OSError(f"could not bind {config.listen}")
+        address = bind_insecure(server, config.listen)
         await server.start()
         next_visible = await repository.next_visible_ns()
         if next_visible is not None:
             dispatcher.wake_at(next_visible)
         await set_serving(health, [SERVICE_NAME], serving=True)
-        log.info("listening on %s:%d (database %s)", host, bound, engine.url.render_as_string())
-        return bound
+        log.info("listening on %s (database %s)", address, engine.url.render_as_string())
+        return int(address.rpartition(":")[2])
 
     async def stop(self) -> None:
         if self._stopping:

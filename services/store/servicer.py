@@ -297,7 +297,7 @@ class MessageStoreServicer(pb_grpc.MessageStoreServicer):
         create_time_ns = None
         if message.HasField("create_time"):
             stamp = message.create_time
-            create_time_ns = stamp.seconds * 10**9 + stamp.nanos
+            create_time_ns = stamp.ToNanoseconds()
             if not 0 <= stamp.nanos < 10**9:
                 v.add("message.create_time", f"nanos must be 0 to 999999999 (got {stamp.nanos})")
             rules.check_time_ns(v, "message.create_time", create_time_ns)
@@ -423,7 +423,7 @@ class MessageStoreServicer(pb_grpc.MessageStoreServicer):
             v, "retry_after", retry_after, 0.0, self._limits.max_retry_after_seconds, required=False
         )
         v.raise_if_any()
-        retry_after_ns = int(retry_after * 1e9)
+        retry_after_ns = request.retry_after.ToNanoseconds()
         message = await self._repository.release(
             request.id, request.lease_token, reason=request.reason, retry_after_ns=retry_after_ns
         )
@@ -454,7 +454,7 @@ class MessageStoreServicer(pb_grpc.MessageStoreServicer):
         else:
             self._check_lease_duration(v, request.lease_duration)
         v.raise_if_any()
-        lease_ns = int(_seconds(request.lease_duration) * 1e9)
+        lease_ns = request.lease_duration.ToNanoseconds()
         message = await self._repository.extend_lease(request.id, request.lease_token, lease_ns)
         assert message.lease_expire_ns is not None
         self._dispatcher.extended(request.id, request.lease_token, message.lease_expire_ns)
@@ -573,9 +573,7 @@ class MessageStoreServicer(pb_grpc.MessageStoreServicer):
         streams = self._dispatcher.streams
         self._dispatcher.close()
         for stream in streams:
-            leases = self._dispatcher.close_stream(stream)
-            if leases:
-                await self._release_leases(leases)
+            await self._end_stream(stream)
         if self._lease_releases:
             await asyncio.gather(*self._lease_releases, return_exceptions=True)
         current = asyncio.current_task()
