@@ -10,7 +10,7 @@ GEN_DIR := gen
 STORE_LISTEN ?= 127.0.0.1:50051
 BOT_LISTEN ?= 127.0.0.1:50052
 
-.PHONY: help install proto run test test-fast lint format check-generated clean
+.PHONY: help install proto run test lint format check-generated bench chaos clean
 
 help:
 	@echo "make run               set up, then start store + bot on the embedded SQLite default"
@@ -18,6 +18,8 @@ help:
 	@echo "make lint              ruff check + format check + mypy"
 	@echo "make proto             regenerate gen/ from proto/"
 	@echo "make check-generated   fail when gen/ is stale"
+	@echo "make bench             run the benchmark suite (docs/performance.md)"
+	@echo "make chaos             run the long chaos profile (docs/reliability.md)"
 
 # The import package `ackbot` is assembled from services/ and gen/ (see pyproject.toml). A
 # "strict" editable install links each file into build/, so that mypy and IDEs resolve imports
@@ -45,11 +47,17 @@ run: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest
 
+bench: $(STAMP)
+	$(BIN)/python -m bench.run $(BENCH_ARGS)
+
+chaos: $(STAMP)
+	$(BIN)/python -m chaos.run --profile long $(CHAOS_ARGS)
+
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy -p ackbot
-	$(BIN)/mypy tools
+	$(BIN)/mypy tools bench chaos
 
 format: $(STAMP)
 	$(BIN)/ruff check --fix .

@@ -1,0 +1,1 @@
+"""Benchmarks of ackbot against a gRPC echo ceiling and a Redis Streams peer (`make bench`)."""

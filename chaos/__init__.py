@@ -1,0 +1,1 @@
+"""Chaos suite: kills, restarts and network faults against real store and bot processes."""
