@@ -1,0 +1,328 @@
+"""The chaos run: `python -m chaos.run --profile {ci,long} [--seed N] [--messages N] [--workdir D]`.
+
+Producers create the seeded plan of messages while three bots answer them and the fault
+scheduler kills, restarts, cuts and stalls. Then the faults stop, the bots drain, and the
+store's whole contents are checked against what the producers were told (chaos/check.py).
+Prints a one-screen summary, writes it to WORKDIR/summary.json, and exits 1 on any violation
+(2 when the run itself could not be carried out), naming the seed that replays it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import random
+import sys
+import tempfile
+import traceback
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import grpc
+
+from ackbot.v1 import message_store_pb2 as pb
+from ackbot.v1 import message_store_pb2_grpc as pb_grpc
+
+from .check import CHECKS, Verdict, check
+from .faults import PERSONAS, Cluster, ClusterSettings, FaultScheduler
+from .harness import PAGE_SIZE, RPC_TIMEOUT, wait_until
+from .workload import CreateLedger, Producers, make_plan
+
+log = logging.getLogger("chaos")
+
+SUMMARY_FILE = "summary.json"
+EXIT_VIOLATION = 1
+EXIT_BROKEN_RUN = 2
+SHOWN_VIOLATIONS = 15
+
+
+@dataclass(frozen=True)
+class Profile:
+    name: str
+    messages: int
+    producers: int
+    # Creates are spread evenly over this long; faults run for as long as the producers do.
+    produce_seconds: float
+    # After the faults stop: how long the bots may take to settle everything.
+    drain_seconds: float
+    fault_pause_seconds: tuple[float, float]
+    # Longer than the lease on purpose, now and then: leases expire under a stalled bot, the
+    # message goes to another, and the late reply must be the one that is refused.
+    stall_seconds: tuple[float, float]
+    fail_fraction: float
+    cluster: ClusterSettings = field(
+        default_factory=lambda: ClusterSettings(max_in_flight=16, lease_seconds=4, max_attempts=8)
+    )
+
+
+PROFILES = {
+    # Sized for a 2-core CI machine: under 2 minutes from start to verdict.
+    "ci": Profile(
+        name="ci",
+        messages=2_000,
+        producers=8,
+        produce_seconds=75,
+        drain_seconds=60,
+        fault_pause_seconds=(0.5, 3.0),
+        stall_seconds=(0.5, 7.0),
+        fail_fraction=0.02,
+    ),
+    "long": Profile(
+        name="long",
+        messages=50_000,
+        producers=16,
+        produce_seconds=1_500,
+        drain_seconds=300,
+        fault_pause_seconds=(1.0, 6.0),
+        stall_seconds=(0.5, 7.0),
+        fail_fraction=0.02,
+    ),
+}
+
+
+@dataclass
+class Outcome:
+    """Everything the summary reports."""
+
+    seed: int
+    profile: str
+    messages: int
+    workdir: str
+    seconds: dict[str, float] = field(default_factory=dict)
+    faults: dict[str, int] = field(default_factory=dict)
+    figures: dict[str, int] = field(default_factory=dict)
+    checks: dict[str, int] = field(default_factory=dict)
+    violations: list[str] = field(default_factory=list)
+    drained: bool = True
+
+    @property
+    def ok(self) -> bool:
+        return self.drained and not self.violations
+
+
+async def list_everything(address: str) -> list[pb.Message]:
+    async with grpc.aio.insecure_channel(address) as channel:
+        stub = pb_grpc.MessageStoreStub(channel)
+        messages: list[pb.Message] = []
+        token = ""
+        while True:
+            response = await stub.ListMessages(
+                pb.ListMessagesRequest(page_size=PAGE_SIZE, page_token=token), timeout=RPC_TIMEOUT
+            )
+            messages.extend(response.messages)
+            token = response.next_page_token
+            if not token:
+                return messages
+
+
+async def wait_drained(address: str, within: float) -> bool:
+    """Waits until no message is PENDING or LEASED; False when that did not happen in time."""
+    async with grpc.aio.insecure_channel(address) as channel:
+        stub = pb_grpc.MessageStoreStub(channel)
+
+        async def settled() -> bool:
+            for state in (pb.MESSAGE_STATE_PENDING, pb.MESSAGE_STATE_LEASED):
+                response = await stub.ListMessages(
+                    pb.ListMessagesRequest(state=state, page_size=1), timeout=RPC_TIMEOUT
+                )
+                if response.messages:
+                    return False
+            return True
+
+        try:
+            await wait_until(settled, within, interval=0.5, what="every message settled")
+        except TimeoutError:
+            return False
+        return True
+
+
+def count_log_lines(services_logs: Sequence[str], needle: str) -> int:
+    return sum(text.count(needle) for text in services_logs)
+
+
+async def run(profile: Profile, seed: int, workdir: Path) -> Outcome:
+    outcome = Outcome(
+        seed=seed, profile=profile.name, messages=profile.messages, workdir=str(workdir)
+    )
+    plan = make_plan(
+        seed, profile.messages, profile.producers, profile.produce_seconds, profile.fail_fraction
+    )
+    cluster = Cluster(workdir, profile.cluster)
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    try:
+        await cluster.start()
+        outcome.seconds["start"] = loop.time() - started
+        scheduler = FaultScheduler(
+            cluster,
+            random.Random(f"{seed}:faults"),
+            profile.fault_pause_seconds,
+            profile.stall_seconds,
+        )
+        stop_faults = asyncio.Event()
+        faults = asyncio.create_task(scheduler.run(stop_faults, started))
+        producers = Producers(
+            cluster.producers_proxy.address,
+            plan,
+            profile.producers,
+            give_up_after=profile.produce_seconds + profile.drain_seconds,
+        )
+        producing = loop.time()
+        try:
+            ledger: CreateLedger = await producers.run()
+        finally:
+            stop_faults.set()
+            await faults
+        outcome.seconds["produce"] = loop.time() - producing
+
+        draining = loop.time()
+        outcome.drained = await wait_drained(cluster.store.address, profile.drain_seconds)
+        outcome.seconds["drain"] = loop.time() - draining
+        messages = await list_everything(cluster.store.address)
+        await cluster.stop()
+    finally:
+        cluster.cleanup()
+    outcome.seconds["total"] = loop.time() - started
+
+    verdict = check(messages, plan, ledger, PERSONAS)
+    _fill(outcome, verdict, scheduler, cluster)
+    (workdir / "faults.log").write_text("".join(f"{line}\n" for line in scheduler.timeline))
+    return outcome
+
+
+def _fill(outcome: Outcome, verdict: Verdict, scheduler: FaultScheduler, cluster: Cluster) -> None:
+    outcome.faults = dict(sorted(scheduler.counts.items()))
+    outcome.faults["connections-reset"] = scheduler.cut_connections
+    store_log = [cluster.store.log_text()]
+    bot_logs = [bot.log_text() for bot in cluster.bots]
+    outcome.figures = {
+        **verdict.figures,
+        # The store logs each MarkProcessed that found the message already answered.
+        "duplicate_replies_prevented": count_log_lines(store_log, "duplicate reply prevented"),
+        "leases_released_on_stream_end": count_log_lines(store_log, "lease released on stream end"),
+        "replies_abandoned_lease_lost": count_log_lines(bot_logs, "abandoning the reply"),
+        "store_unexpected_errors": count_log_lines(store_log, "unexpected error"),
+    }
+    outcome.checks = {name: verdict.count(name) for name in CHECKS}
+    outcome.violations = [f"{v.check}: {v.detail}" for v in verdict.violations]
+
+
+def replay_command(outcome: Outcome) -> str:
+    return (
+        f"python -m chaos.run --profile {outcome.profile} --seed {outcome.seed} "
+        f"--messages {outcome.messages}"
+    )
+
+
+def render(outcome: Outcome) -> str:
+    figures, faults, seconds = outcome.figures, outcome.faults, outcome.seconds
+    kills = faults.get("kill-store", 0), faults.get("kill-bot", 0), faults.get("stop-bot", 0)
+    cuts = faults.get("cut-bots", 0), faults.get("cut-producers", 0)
+    stalls = faults.get("stall-bots", 0), faults.get("stall-producers", 0)
+    lines = [
+        f"ackbot chaos run: profile {outcome.profile}, seed {outcome.seed}, "
+        f"{outcome.messages} messages",
+        f"  replay: {replay_command(outcome)}",
+        f"  workdir: {outcome.workdir}",
+        "  time: " + ", ".join(f"{name} {value:.1f}s" for name, value in seconds.items()),
+        f"faults: store SIGKILLs {kills[0]}, bot SIGKILLs {kills[1]}, bot SIGTERMs {kills[2]}, "
+        f"cuts {sum(cuts)} (bots {cuts[0]}, producers {cuts[1]}; "
+        f"{faults.get('connections-reset', 0)} connections reset), "
+        f"stalls {sum(stalls)} (bots {stalls[0]}, producers {stalls[1]})",
+        f"creates: {figures.get('creates_acknowledged', 0)} acknowledged, "
+        f"{figures.get('create_retries', 0)} retries, "
+        f"{figures.get('creates_retried_already_existed', 0)} retries answered already-existed",
+        f"outcome: {figures.get('processed', 0)} PROCESSED with {figures.get('replies', 0)} "
+        f"replies, {figures.get('dead', 0)} DEAD ({figures.get('dead_expected', 0)} made to "
+        f"fail), {figures.get('left_unsettled', 0)} unsettled",
+        f"redeliveries: {figures.get('redelivered', 0)} messages delivered more than once "
+        f"({figures.get('redelivered_answered_once', 0)} of them answered exactly once; "
+        f"at most {figures.get('max_delivery_attempts', 0)} deliveries), "
+        f"{figures.get('duplicate_replies_prevented', 0)} duplicate replies prevented, "
+        f"{figures.get('replies_abandoned_lease_lost', 0)} replies abandoned on a lost lease",
+        "checks:",
+    ]
+    if not outcome.drained:
+        lines.append(f"  FAIL  bots drained within the deadline (after {seconds['drain']:.0f}s)")
+    for name, count in outcome.checks.items():
+        lines.append(
+            f"  {'ok  ' if count == 0 else 'FAIL'}  {name}" + (f": {count}" if count else "")
+        )
+    if figures.get("store_unexpected_errors"):
+        lines.append(
+            f"  note: the store logged {figures['store_unexpected_errors']} unexpected errors"
+        )
+    for violation in outcome.violations[:SHOWN_VIOLATIONS]:
+        lines.append(f"    {violation}")
+    if len(outcome.violations) > SHOWN_VIOLATIONS:
+        lines.append(f"    ... {len(outcome.violations) - SHOWN_VIOLATIONS} more in {SUMMARY_FILE}")
+    verdict = "PASS" if outcome.ok else f"FAIL: replay with {replay_command(outcome)}"
+    lines.append(f"result: {verdict}")
+    return "\n".join(lines)
+
+
+def prepare_workdir(path: str | None, seed: int) -> Path:
+    if path is None:
+        return Path(tempfile.mkdtemp(prefix=f"ackbot-chaos-{seed}-"))
+    workdir = Path(path).resolve()
+    workdir.mkdir(parents=True, exist_ok=True)
+    # A rerun in the same folder starts from an empty database; the logs start over too.
+    for leftover in ["chaos.db", "chaos.db-wal", "chaos.db-shm", SUMMARY_FILE, "faults.log"]:
+        (workdir / leftover).unlink(missing_ok=True)
+    for old_log in workdir.glob("*.log"):
+        old_log.unlink()
+    return workdir
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m chaos.run", description=__doc__.split("\n")[0])
+    parser.add_argument("--profile", choices=sorted(PROFILES), default="ci")
+    parser.add_argument("--seed", type=int, help="replays a run's faults and messages")
+    parser.add_argument("--messages", type=int, help="overrides the profile's message count")
+    parser.add_argument("--workdir", help="database, logs and summary.json (default: a temp dir)")
+    return parser.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    profile = PROFILES[args.profile]
+    if args.messages is not None:
+        if args.messages < 1:
+            print("--messages must be at least 1", file=sys.stderr)
+            return EXIT_BROKEN_RUN
+        # Fewer messages, same rate: the run gets shorter, the faults as dense.
+        scale = args.messages / profile.messages
+        profile = replace(
+            profile, messages=args.messages, produce_seconds=profile.produce_seconds * scale
+        )
+    seed = args.seed if args.seed is not None else random.SystemRandom().randrange(1, 2**31)
+    workdir = prepare_workdir(args.workdir, seed)
+    logging.basicConfig(
+        filename=workdir / "chaos.log",
+        level=logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        outcome = asyncio.run(run(profile, seed, workdir))
+    except Exception:
+        log.exception("the chaos run broke")
+        traceback.print_exc()
+        print(f"the chaos run itself broke: seed {seed}, logs in {workdir}", file=sys.stderr)
+        return EXIT_BROKEN_RUN
+    summary = render(outcome)
+    print(summary)
+    record: dict[str, Any] = {
+        **asdict(outcome),
+        "ok": outcome.ok,
+        "replay": replay_command(outcome),
+    }
+    (workdir / SUMMARY_FILE).write_text(json.dumps(record, indent=2) + "\n")
+    return 0 if outcome.ok else EXIT_VIOLATION
+
+
+if __name__ == "__main__":
+    sys.exit(main())
