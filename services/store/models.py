@@ -4,7 +4,17 @@ from __future__ import annotations
 
 import enum
 
-from sqlalchemy import BigInteger, CheckConstraint, ForeignKey, Index, Integer, String, Text, text
+from sqlalchemy import (
+    BigInteger,
+    CheckConstraint,
+    ForeignKey,
+    Index,
+    Integer,
+    Sequence,
+    String,
+    Text,
+    text,
+)
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 
@@ -18,6 +28,8 @@ class State(enum.StrEnum):
 # Written out as literal SQL, not bound parameters: the planners of SQLite and PostgreSQL use a
 # partial index only when the query's WHERE visibly implies the index's, which a parameter hides.
 UNSETTLED = text("state IN ('PENDING', 'LEASED')")
+# PostgreSQL numbers arrivals from this; SQLite has no sequences and uses the rowid instead.
+SEQUENCE = Sequence("messages_sequence_seq")
 
 
 class Base(DeclarativeBase):
@@ -27,9 +39,13 @@ class Base(DeclarativeBase):
 class MessageRow(Base):
     __tablename__ = "messages"
 
-    id: Mapped[str] = mapped_column(String(128), primary_key=True)
-    # Arrival order, assigned by the repository; delivery follows it, never a client's clock.
-    sequence: Mapped[int] = mapped_column(BigInteger, unique=True)
+    # Arrival order, assigned by the database as the row is inserted: on SQLite an INTEGER
+    # PRIMARY KEY is the rowid, which SQLite numbers MAX + 1 under its write lock; PostgreSQL
+    # draws from SEQUENCE. Delivery follows it, never a client's clock. Lookups use `id` alone.
+    sequence: Mapped[int] = mapped_column(
+        BigInteger().with_variant(Integer, "sqlite"), SEQUENCE, primary_key=True
+    )
+    id: Mapped[str] = mapped_column(String(128), unique=True)
     author: Mapped[str] = mapped_column(String(64))
     text: Mapped[str] = mapped_column(Text)
     # Times are integer nanoseconds since the epoch: exact round trips of protobuf Timestamps,

@@ -1,38 +1,39 @@
 """All SQL and every transaction of the store. Callers get plain dataclasses back.
 
-One `async with` transaction per operation. Dialect differences live here and only here:
-- SQLite allows one writer at a time. Writes in this process take an asyncio lock first, so they
-  queue in the event loop instead of spinning in SQLite's busy handler; `busy_timeout` bounds
-  the wait on another process. The sequence is MAX(sequence) + 1, safe because writes are
-  serialized.
+Writes go through group commit (group_commit.py): requests that arrive together share one
+transaction, and the hot ones, CreateMessage and MarkProcessed, are written a run at a time with
+one statement each. SQLAlchemy Core, not the ORM: the unit of work costs more Python per row
+than the rest of a write put together, and the queries here are plain.
+
+Dialect differences live here and only here:
+- SQLite allows one writer at a time. Write transactions take the write lock up front (BEGIN
+  IMMEDIATE), so `busy_timeout` bounds the wait on another process.
 - PostgreSQL has concurrent writers: claims use FOR UPDATE SKIP LOCKED so two stores never hand
-  out the same row, settling locks the row with FOR UPDATE, and the sequence is a SEQUENCE.
+  out the same row, and every UPDATE re-checks its WHERE on the row it locked.
+Each hot write is as few statements as the SQL allows (INSERT ... ON CONFLICT DO NOTHING
+RETURNING, UPDATE ... RETURNING): with aiosqlite every statement is several round trips to the
+driver's thread, and those round trips, not the SQL, are what a write costs.
 Driver errors are wrapped at this boundary (StorageUnavailable / StorageFull) and never leak.
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
+import dataclasses
 import logging
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, cast
+from types import SimpleNamespace
+from typing import Any
 
-from sqlalchemy import Sequence as DbSequence
-from sqlalchemy import event, func, select, update
-from sqlalchemy.engine import Connection, CursorResult, Engine, make_url
+from sqlalchemy import Row, String, bindparam, case, cast, event, func, literal, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import Connection, Engine, make_url
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
-from sqlalchemy.ext.asyncio import (
-    AsyncEngine,
-    AsyncSession,
-    async_sessionmaker,
-    create_async_engine,
-)
-from sqlalchemy.orm import aliased
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from ackbot.store.errors import (
     AlreadyExists,
@@ -40,13 +41,14 @@ from ackbot.store.errors import (
     NotFound,
     StorageFull,
     StorageUnavailable,
+    StoreError,
 )
+from ackbot.store.group_commit import GroupCommitter
 from ackbot.store.ids import new_lease_token, new_message_id
-from ackbot.store.models import UNSETTLED, Base, MessageRow, State
+from ackbot.store.models import SEQUENCE, UNSETTLED, Base, MessageRow, State
 
 log = logging.getLogger(__name__)
 
-SEQUENCE = DbSequence("messages_sequence_seq")
 DEAD_BY_ATTEMPTS = "delivered {attempts} times without being processed"
 _WRITE_OPTION = "ackbot_write"
 
@@ -140,7 +142,51 @@ def _configure_sqlite(engine: Engine, lock_timeout_seconds: float) -> None:
         connection.exec_driver_sql("BEGIN IMMEDIATE" if writes else "BEGIN")
 
 
-def _to_stored(row: MessageRow, reply_id: str | None, now_ns: int) -> StoredMessage:
+MESSAGES = Base.metadata.tables[MessageRow.__tablename__]
+REPLIES = MESSAGES.alias("replies")
+# A message with the id of its reply, if any: every read answers with both.
+_WITH_REPLY_ID = select(MESSAGES, REPLIES.c.id.label("reply_id")).outerjoin(
+    REPLIES, REPLIES.c.reply_to == MESSAGES.c.id
+)
+# Large enough to take a burst from every connected client, small enough that one transaction
+# stays a few milliseconds long.
+MAX_BATCH = 256
+
+
+@dataclass(frozen=True)
+class Mark:
+    """One MarkProcessed request, as the repository sees it."""
+
+    message_id: str
+    reply: NewMessage | None
+    lease_token: str = ""
+
+
+@dataclass(frozen=True)
+class _Release:
+    message_id: str
+    lease_token: str
+    reason: str
+    retry_after_ns: int
+
+
+@dataclass(frozen=True)
+class _Extension:
+    message_id: str
+    lease_token: str
+    lease_ns: int
+
+
+class _Transaction:
+    """An open write transaction, shared by every request of one group commit."""
+
+    def __init__(self, connection: AsyncConnection, now_ns: int) -> None:
+        self.connection = connection
+        self.now_ns = now_ns
+
+
+def _to_stored(row: Any, reply_id: str | None, now_ns: int) -> StoredMessage:
+    """A row of MESSAGES (a Core Row or anything with its columns as attributes)."""
     state = State(row.state)
     lease_expire_ns: int | None = None
     if state is State.LEASED:
@@ -166,6 +212,66 @@ def _to_stored(row: MessageRow, reply_id: str | None, now_ns: int) -> StoredMess
     )
 
 
+def _with_reply(row: Row[Any], now_ns: int) -> StoredMessage:
+    return _to_stored(row, row.reply_id, now_ns)
+
+
+def _new_row(
+    message_id: str,
+    author: str,
+    text: str,
+    create_time_ns: int | None,
+    now_ns: int,
+    *,
+    reply_to: str | None = None,
+) -> dict[str, Any]:
+    """The columns of a new message; a reply (`reply_to` set) is born PROCESSED."""
+    return {
+        "id": message_id,
+        "author": author,
+        "text": text,
+        "create_time_ns": create_time_ns,
+        "receive_time_ns": now_ns,
+        "state": State.PENDING.value if reply_to is None else State.PROCESSED.value,
+        "reply_to": reply_to,
+        "delivery_attempts": 0,
+        "last_error": None,
+        "visible_at_ns": 0,
+        "lease_token": None,
+        "process_time_ns": None if reply_to is None else now_ns,
+    }
+
+
+def _dead_letter_error(attempts: int, last_error: str | None) -> str:
+    return last_error or DEAD_BY_ATTEMPTS.format(attempts=attempts)
+
+
+def _log_dead(message_id: str, attempts: int, last_error: str) -> None:
+    log.warning(
+        "message is dead after %d attempts message_id=%s last_error=%r",
+        attempts,
+        message_id,
+        last_error,
+    )
+
+
+async def _locked_row(tx: _Transaction, message_id: str) -> Row[Any] | None:
+    return (
+        await tx.connection.execute(
+            select(MESSAGES).where(MESSAGES.c.id == message_id).with_for_update()
+        )
+    ).first()
+
+
+def _check_lease(row: Row[Any], lease_token: str) -> FailedPrecondition | None:
+    if row.state == State.LEASED and row.lease_token == lease_token:
+        return None
+    return FailedPrecondition(
+        f"lease_token is not the current lease of message {row.id!r} "
+        f"(the message is {row.state}; a lease ends when it expires or the message is settled)"
+    )
+
+
 class MessageRepository:
     def __init__(
         self,
@@ -173,13 +279,15 @@ class MessageRepository:
         *,
         max_attempts: int = 5,
         clock_ns: Callable[[], int] = time.time_ns,
+        max_batch: int = MAX_BATCH,
     ) -> None:
         self._engine = engine
-        self._sessions = async_sessionmaker(engine, expire_on_commit=False)
         self._max_attempts = max_attempts
         self._now_ns = clock_ns
         self._is_sqlite = engine.dialect.name == "sqlite"
-        self._sqlite_write_lock = asyncio.Lock()
+        self._writes = GroupCommitter(
+            self._begin_write, max_batch=max_batch, conflict_errors=(IntegrityError,)
+        )
 
     @property
     def max_attempts(self) -> int:
@@ -192,9 +300,10 @@ class MessageRepository:
                 await connection.run_sync(SEQUENCE.create, checkfirst=True)
 
     async def dispose(self) -> None:
+        await self._writes.close()
         await self._engine.dispose()
 
-    # -- sessions ---------------------------------------------------------------------------
+    # -- transactions -----------------------------------------------------------------------
 
     @contextlib.asynccontextmanager
     async def _translate_errors(self) -> AsyncIterator[None]:
@@ -214,80 +323,97 @@ class MessageRepository:
             raise StorageUnavailable(f"database unreachable: {exc}") from exc
 
     @contextlib.asynccontextmanager
-    async def _read(self) -> AsyncIterator[AsyncSession]:
-        async with self._translate_errors(), self._sessions.begin() as session:
-            yield session
+    async def _read(self) -> AsyncIterator[AsyncConnection]:
+        async with self._translate_errors(), self._engine.begin() as connection:
+            yield connection
 
     @contextlib.asynccontextmanager
-    async def _write(self) -> AsyncIterator[AsyncSession]:
-        lock = self._sqlite_write_lock if self._is_sqlite else contextlib.nullcontext()
-        async with lock, self._translate_errors(), self._sessions.begin() as session:
-            await session.connection(execution_options={_WRITE_OPTION: True})
-            yield session
-
-    async def _next_sequence(self, session: AsyncSession) -> int:
-        if self._is_sqlite:
-            current = await session.scalar(select(func.max(MessageRow.sequence)))
-            return (current or 0) + 1
-        return int(await session.scalar(SEQUENCE.next_value()))
-
-    async def _lock_row(self, session: AsyncSession, message_id: str) -> MessageRow:
-        row = await session.scalar(
-            select(MessageRow).where(MessageRow.id == message_id).with_for_update()
-        )
-        if row is None:
-            raise NotFound(message_id)
-        return row
-
-    async def _reply_id(self, session: AsyncSession, message_id: str) -> str | None:
-        return await session.scalar(select(MessageRow.id).where(MessageRow.reply_to == message_id))
+    async def _begin_write(self) -> AsyncIterator[_Transaction]:
+        async with self._translate_errors(), self._engine.connect() as connection:
+            await connection.execution_options(**{_WRITE_OPTION: True})
+            async with connection.begin():
+                yield _Transaction(connection, self._now_ns())
 
     # -- creating and reading ---------------------------------------------------------------
 
     async def create_message(self, new: NewMessage) -> CreateResult:
-        message_id = new.id or new_message_id()
-        try:
-            async with self._write() as session:
-                existing = await session.get(MessageRow, message_id)
-                if existing is not None:
-                    return await self._existing_create(session, existing, new)
-                now = self._now_ns()
-                row = MessageRow(
-                    id=message_id,
-                    sequence=await self._next_sequence(session),
-                    author=new.author,
-                    text=new.text,
-                    create_time_ns=new.create_time_ns,
-                    receive_time_ns=now,
-                    state=State.PENDING,
-                    delivery_attempts=0,
-                    visible_at_ns=0,
-                )
-                session.add(row)
-                await session.flush()
-                return CreateResult(_to_stored(row, None, now), already_existed=False)
-        except IntegrityError:
-            # Another store process inserted the same id between our read and our insert.
-            async with self._read() as session:
-                existing = await session.get(MessageRow, message_id)
-                if existing is None:
-                    raise
-                return await self._existing_create(session, existing, new)
+        if not new.id:
+            new = dataclasses.replace(new, id=new_message_id())
+        return await self._writes.submit(self._create_many, new)
 
-    async def _existing_create(
-        self, session: AsyncSession, existing: MessageRow, new: NewMessage
-    ) -> CreateResult:
+    async def _create_many(
+        self, tx: _Transaction, news: list[NewMessage]
+    ) -> list[CreateResult | StoreError]:
+        fresh: dict[str, NewMessage] = {}
+        for new in news:
+            fresh.setdefault(new.id, new)
+        rows = [
+            _new_row(new.id, new.author, new.text, new.create_time_ns, tx.now_ns)
+            for new in fresh.values()
+        ]
+        inserted = await self._insert_new(tx, rows)
+        stored: dict[str, StoredMessage] = {}
+        for message_id, sequence in inserted.items():
+            new = fresh[message_id]
+            stored[message_id] = StoredMessage(
+                id=message_id,
+                sequence=sequence,
+                author=new.author,
+                text=new.text,
+                create_time_ns=new.create_time_ns,
+                receive_time_ns=tx.now_ns,
+                state=State.PENDING,
+                reply_to=None,
+                reply_id=None,
+                delivery_attempts=0,
+                last_error=None,
+                lease_expire_ns=None,
+                process_time_ns=None,
+            )
+        taken = [message_id for message_id in fresh if message_id not in inserted]
+        if taken:
+            # Retried creates (or an id reused): compare with what is stored.
+            query = _WITH_REPLY_ID.where(MESSAGES.c.id.in_(taken))
+            for row in await tx.connection.execute(query):
+                stored[row.id] = _with_reply(row, tx.now_ns)
+        outcomes: list[CreateResult | StoreError] = []
+        for new in news:
+            if new.id in inserted and fresh[new.id] is new:
+                outcomes.append(CreateResult(stored[new.id], already_existed=False))
+                continue
+            try:
+                outcomes.append(self._existing_create(stored[new.id], new))
+            except AlreadyExists as exc:
+                outcomes.append(exc)
+        return outcomes
+
+    async def _insert_new(self, tx: _Transaction, rows: list[dict[str, Any]]) -> dict[str, int]:
+        """Inserts the rows whose id is free; returns id -> sequence of those inserted."""
+        if not rows:
+            return {}
+        dialect_insert = sqlite.insert if self._is_sqlite else postgresql.insert
+        statement = (
+            dialect_insert(MESSAGES)
+            .on_conflict_do_nothing(index_elements=[MESSAGES.c.id])
+            .returning(MESSAGES.c.id, MESSAGES.c.sequence)
+        )
+        result = await tx.connection.execute(statement, rows)
+        return {row.id: row.sequence for row in result}
+
+    @staticmethod
+    def _existing_create(existing: StoredMessage, new: NewMessage) -> CreateResult:
         if existing.author != new.author or existing.text != new.text:
             raise AlreadyExists(existing.id)
-        reply_id = await self._reply_id(session, existing.id)
-        return CreateResult(_to_stored(existing, reply_id, self._now_ns()), already_existed=True)
+        return CreateResult(existing, already_existed=True)
 
     async def get_message(self, message_id: str) -> StoredMessage:
-        async with self._read() as session:
-            row = await session.get(MessageRow, message_id)
-            if row is None:
-                raise NotFound(message_id)
-            return _to_stored(row, await self._reply_id(session, message_id), self._now_ns())
+        async with self._read() as connection:
+            row = (
+                await connection.execute(_WITH_REPLY_ID.where(MESSAGES.c.id == message_id))
+            ).first()
+        if row is None:
+            raise NotFound(message_id)
+        return _with_reply(row, self._now_ns())
 
     async def list_messages(
         self,
@@ -299,85 +425,103 @@ class MessageRepository:
         state: State | None = None,
         reply_to: str | None = None,
     ) -> list[StoredMessage]:
-        reply = aliased(MessageRow)
-        order = MessageRow.sequence.desc() if newest_first else MessageRow.sequence
+        sequence = MESSAGES.c.sequence
         query = (
-            select(MessageRow, reply.id)
-            .outerjoin(reply, reply.reply_to == MessageRow.id)
-            .where(MessageRow.sequence > after_sequence)
-            .order_by(order)
+            _WITH_REPLY_ID.where(sequence > after_sequence)
+            .order_by(sequence.desc() if newest_first else sequence)
             .limit(limit)
         )
         if before_sequence is not None:
-            query = query.where(MessageRow.sequence < before_sequence)
+            query = query.where(sequence < before_sequence)
         now = self._now_ns()
         if reply_to is not None:
-            query = query.where(MessageRow.reply_to == reply_to)
+            query = query.where(MESSAGES.c.reply_to == reply_to)
         # LEASED rows whose lease lapsed are shown (and filtered) as PENDING.
+        leased = MESSAGES.c.state == State.LEASED
         if state is State.PENDING:
             query = query.where(
-                (MessageRow.state == State.PENDING)
-                | ((MessageRow.state == State.LEASED) & (MessageRow.visible_at_ns <= now))
+                (MESSAGES.c.state == State.PENDING) | (leased & (MESSAGES.c.visible_at_ns <= now))
             )
         elif state is State.LEASED:
-            query = query.where(
-                (MessageRow.state == State.LEASED) & (MessageRow.visible_at_ns > now)
-            )
+            query = query.where(leased & (MESSAGES.c.visible_at_ns > now))
         elif state is not None:
-            query = query.where(MessageRow.state == state)
-        async with self._read() as session:
-            rows = (await session.execute(query)).all()
-            return [_to_stored(row, reply_id, now) for row, reply_id in rows]
+            query = query.where(MESSAGES.c.state == state)
+        async with self._read() as connection:
+            rows = (await connection.execute(query)).all()
+        return [_with_reply(row, now) for row in rows]
 
     # -- settling ---------------------------------------------------------------------------
 
     async def mark_processed(
         self, message_id: str, reply: NewMessage | None, lease_token: str = ""
     ) -> MarkResult:
-        try:
-            async with self._write() as session:
-                row = await self._lock_row(session, message_id)
-                now = self._now_ns()
-                if row.state == State.PROCESSED:
-                    return await self._already_processed(session, row, now)
-                if lease_token and lease_token != row.lease_token:
-                    # Not an error: the first reply to commit wins, whoever holds the lease.
-                    log.info("processing with a stale lease token message_id=%s", message_id)
-                stored_reply: StoredMessage | None = None
-                if reply is not None:
-                    reply_row = MessageRow(
-                        id=new_message_id(now),
-                        sequence=await self._next_sequence(session),
-                        author=reply.author,
-                        text=reply.text,
-                        create_time_ns=now,
-                        receive_time_ns=now,
-                        state=State.PROCESSED,
-                        reply_to=message_id,
-                        delivery_attempts=0,
-                        visible_at_ns=0,
-                        process_time_ns=now,
-                    )
-                    session.add(reply_row)
-                    stored_reply = _to_stored(reply_row, None, now)
-                row.state = State.PROCESSED
-                row.process_time_ns = now
-                row.lease_token = None
-                await session.flush()
-                reply_id = stored_reply.id if stored_reply else None
-                return MarkResult(_to_stored(row, reply_id, now), stored_reply, False)
-        except IntegrityError:
-            # A concurrent MarkProcessed committed its reply first (the unique reply_to).
-            async with self._read() as session:
-                winner = await session.get(MessageRow, message_id)
-                if winner is None or winner.state != State.PROCESSED:
-                    raise
-                return await self._already_processed(session, winner, self._now_ns())
+        # The lease token is not checked: the first reply to commit wins, whoever holds the
+        # lease, and every later one learns that the message was already processed.
+        del lease_token
+        return await self._writes.submit(self._mark_many, Mark(message_id, reply))
+
+    async def _mark_many(
+        self, tx: _Transaction, marks: list[Mark]
+    ) -> list[MarkResult | StoreError]:
+        ids = list(dict.fromkeys(mark.message_id for mark in marks))
+        # One statement settles the whole run; it skips rows already PROCESSED, so a message
+        # is processed once however many marks race for it (on PostgreSQL the UPDATE re-checks
+        # the state on the row it locked).
+        processed_rows = await tx.connection.execute(
+            update(MESSAGES)
+            .where(MESSAGES.c.id.in_(ids), MESSAGES.c.state != State.PROCESSED)
+            .values(state=State.PROCESSED, process_time_ns=tx.now_ns, lease_token=None)
+            .returning(*MESSAGES.c)
+        )
+        processed = {row.id: row for row in processed_rows}
+        first_marks: dict[str, Mark] = {}
+        for mark in marks:
+            first_marks.setdefault(mark.message_id, mark)
+        replies = {
+            message_id: _new_row(
+                new_message_id(tx.now_ns),
+                mark.reply.author,
+                mark.reply.text,
+                tx.now_ns,
+                tx.now_ns,
+                reply_to=message_id,
+            )
+            for message_id, mark in first_marks.items()
+            if message_id in processed and mark.reply is not None
+        }
+        reply_sequences = await self._insert_new(tx, list(replies.values()))
+        results: dict[str, MarkResult] = {}
+        for message_id, row in processed.items():
+            reply: StoredMessage | None = None
+            if message_id in replies:
+                values = replies[message_id]
+                sequence = reply_sequences[values["id"]]
+                reply = _to_stored(SimpleNamespace(**values, sequence=sequence), None, tx.now_ns)
+            message = _to_stored(row, reply.id if reply else None, tx.now_ns)
+            results[message_id] = MarkResult(message, reply, already_processed=False)
+        unprocessed = [message_id for message_id in ids if message_id not in processed]
+        if unprocessed:
+            # Unknown ids, and messages some earlier transaction processed.
+            query = select(MESSAGES).where(MESSAGES.c.id.in_(unprocessed))
+            for row in await tx.connection.execute(query):
+                results[row.id] = await self._already_processed(tx.connection, row, tx.now_ns)
+        outcomes: list[MarkResult | StoreError] = []
+        for mark in marks:
+            result = results.get(mark.message_id)
+            if result is None:
+                outcomes.append(NotFound(mark.message_id))
+            elif first_marks[mark.message_id] is mark:
+                outcomes.append(result)
+            else:
+                outcomes.append(dataclasses.replace(result, already_processed=True))
+        return outcomes
 
     async def _already_processed(
-        self, session: AsyncSession, row: MessageRow, now: int
+        self, connection: AsyncConnection, row: Row[Any], now: int
     ) -> MarkResult:
-        reply_row = await session.scalar(select(MessageRow).where(MessageRow.reply_to == row.id))
+        reply_row = (
+            await connection.execute(select(MESSAGES).where(MESSAGES.c.reply_to == row.id))
+        ).first()
         reply = _to_stored(reply_row, None, now) if reply_row else None
         message = _to_stored(row, reply.id if reply else None, now)
         return MarkResult(message, reply, already_processed=True)
@@ -388,66 +532,129 @@ class MessageRepository:
         Every claim counts an attempt. A message already delivered max_attempts times goes to
         DEAD here instead of out again, so a message that crashes every bot cannot loop.
         """
+        return await self._writes.submit(self._claim_each, (limit, lease_ns))
+
+    async def _claim_each(
+        self, tx: _Transaction, claims: list[tuple[int, int]]
+    ) -> list[list[Delivery] | StoreError]:
+        return [await self._claim(tx, limit, lease_ns) for limit, lease_ns in claims]
+
+    async def _claim(self, tx: _Transaction, limit: int, lease_ns: int) -> list[Delivery]:
+        # Unique per delivery without a round trip per row: a random part drawn once per claim,
+        # then the row's sequence.
+        token = literal(new_lease_token() + ":") + cast(MESSAGES.c.sequence, String)
+        expiry = tx.now_ns + lease_ns
+        attempts = MESSAGES.c.delivery_attempts
+        # A message already delivered max_attempts times goes to DEAD instead of out again.
+        exhausted = attempts >= self._max_attempts
+        dead_error = func.coalesce(
+            MESSAGES.c.last_error,
+            literal("delivered ") + cast(attempts, String) + " times without being processed",
+        )
         deliveries: list[Delivery] = []
-        async with self._write() as session:
-            now = self._now_ns()
-            while len(deliveries) < limit:
-                wanted = limit - len(deliveries)
-                query = (
-                    select(MessageRow)
-                    .where(UNSETTLED, MessageRow.visible_at_ns <= now)
-                    .order_by(MessageRow.sequence)
-                    .limit(wanted)
-                    .with_for_update(skip_locked=True)
-                )
-                rows = (await session.scalars(query)).all()
-                for row in rows:
-                    if row.delivery_attempts >= self._max_attempts:
-                        # Dead rows leave the unsettled set (flushed before the next query), so
-                        # they do not use up the limit: the loop claims live ones in their place.
-                        self._dead_letter(row)
-                        continue
-                    row.state = State.LEASED
-                    row.delivery_attempts += 1
-                    row.lease_token = new_lease_token()
-                    row.visible_at_ns = now + lease_ns
-                    deliveries.append(
-                        Delivery(_to_stored(row, None, now), row.lease_token, row.visible_at_ns)
+        while len(deliveries) < limit:
+            wanted = limit - len(deliveries)
+            oldest_deliverable = (
+                select(MESSAGES.c.sequence)
+                .where(UNSETTLED, MESSAGES.c.visible_at_ns <= tx.now_ns)
+                .order_by(MESSAGES.c.sequence)
+                .limit(wanted)
+                .with_for_update(skip_locked=True)
+            )
+            rows = (
+                await tx.connection.execute(
+                    update(MESSAGES)
+                    .where(MESSAGES.c.sequence.in_(oldest_deliverable))
+                    .values(
+                        state=case((exhausted, State.DEAD.value), else_=State.LEASED.value),
+                        delivery_attempts=case((exhausted, attempts), else_=attempts + 1),
+                        lease_token=case((exhausted, None), else_=token),
+                        visible_at_ns=case((exhausted, MESSAGES.c.visible_at_ns), else_=expiry),
+                        last_error=case((exhausted, dead_error), else_=MESSAGES.c.last_error),
                     )
-                if len(rows) < wanted:
-                    break
+                    .returning(*MESSAGES.c)
+                )
+            ).all()
+            for row in sorted(rows, key=lambda row: row.sequence):
+                if row.state == State.DEAD:
+                    _log_dead(row.id, row.delivery_attempts, row.last_error)
+                else:
+                    deliveries.append(
+                        Delivery(_to_stored(row, None, tx.now_ns), row.lease_token, expiry)
+                    )
+            # Dead rows left the unsettled set, so they did not use up the limit: claim live
+            # ones in their place.
+            if len(rows) < wanted or all(row.state != State.DEAD for row in rows):
+                break
         return deliveries
 
-    def _dead_letter(self, row: MessageRow) -> None:
-        row.state = State.DEAD
-        row.lease_token = None
-        row.last_error = row.last_error or DEAD_BY_ATTEMPTS.format(attempts=row.delivery_attempts)
-        log.warning(
-            "message is dead after %d attempts message_id=%s last_error=%r",
-            row.delivery_attempts,
-            row.id,
-            row.last_error,
-        )
+    @staticmethod
+    async def _dead_letter_rows(tx: _Transaction, dead: list[dict[str, Any]]) -> None:
+        """Moves rows to DEAD; `dead` holds b_id and b_error (the last error to keep)."""
+        if dead:
+            await tx.connection.execute(
+                update(MESSAGES)
+                .where(MESSAGES.c.id == bindparam("b_id"))
+                .values(state=State.DEAD, lease_token=None, last_error=bindparam("b_error")),
+                dead,
+            )
 
     async def release(
         self, message_id: str, lease_token: str, *, reason: str, retry_after_ns: int
     ) -> StoredMessage:
-        async with self._write() as session:
-            row = await self._lock_row(session, message_id)
-            self._check_lease(row, lease_token)
-            now = self._now_ns()
-            row.lease_token = None
-            if not reason:
+        return await self._writes.submit(
+            self._release_each, _Release(message_id, lease_token, reason, retry_after_ns)
+        )
+
+    async def _release_each(
+        self, tx: _Transaction, releases: list[_Release]
+    ) -> list[StoredMessage | StoreError]:
+        outcomes: list[StoredMessage | StoreError] = []
+        for release in releases:
+            row = await _locked_row(tx, release.message_id)
+            if row is None:
+                outcomes.append(NotFound(release.message_id))
+                continue
+            if error := _check_lease(row, release.lease_token):
+                outcomes.append(error)
+                continue
+            attempts = row.delivery_attempts
+            last_error = row.last_error
+            if release.reason:
+                last_error = release.reason
+            else:
                 # "Never started": a graceful hand-back does not use up an attempt.
-                row.delivery_attempts = max(row.delivery_attempts - 1, 0)
-            else:
-                row.last_error = reason
-            if reason and row.delivery_attempts >= self._max_attempts:
-                self._dead_letter(row)
-            else:
-                row.state = State.PENDING
-                row.visible_at_ns = now + retry_after_ns
-            return _to_stored(row, None, now)
+                attempts = max(attempts - 1, 0)
+            state, visible_at = State.PENDING, tx.now_ns + release.retry_after_ns
+            if release.reason and attempts >= self._max_attempts:
+                state, visible_at = State.DEAD, row.visible_at_ns
+                _log_dead(row.id, attempts, release.reason)
+            await tx.connection.execute(
+                update(MESSAGES)
+                .where(MESSAGES.c.id == release.message_id)
+                .values(
+                    state=state,
+                    lease_token=None,
+                    delivery_attempts=attempts,
+                    last_error=last_error,
+                    visible_at_ns=visible_at,
+                )
+            )
+            outcomes.append(
+                _to_stored(
+                    _Changed(
+                        row,
+                        state=state,
+                        lease_token=None,
+                        delivery_attempts=attempts,
+                        last_error=last_error,
+                        visible_at_ns=visible_at,
+                    ),
+                    None,
+                    tx.now_ns,
+                )
+            )
+        return outcomes
 
     async def release_leases(self, leases: Sequence[Lease]) -> int:
         """Hands back the leases of a stream that ended; returns how many were still held.
@@ -456,78 +663,139 @@ class MessageRepository:
         """
         if not leases:
             return 0
-        released = 0
-        async with self._write() as session:
-            now = self._now_ns()
+        return await self._writes.submit(self._release_leases_each, list(leases))
+
+    async def _release_leases_each(
+        self, tx: _Transaction, lease_lists: list[list[Lease]]
+    ) -> list[int | StoreError]:
+        outcomes: list[int | StoreError] = []
+        for leases in lease_lists:
             tokens = {lease.message_id: lease.lease_token for lease in leases}
-            rows = await session.scalars(
-                select(MessageRow)
-                .where(MessageRow.id.in_(tokens), MessageRow.state == State.LEASED)
-                .with_for_update()
-            )
-            for row in rows.all():
-                if row.lease_token != tokens[row.id]:
-                    continue
-                released += 1
-                row.lease_token = None
+            rows = (
+                await tx.connection.execute(
+                    select(MESSAGES)
+                    .where(MESSAGES.c.id.in_(tokens), MESSAGES.c.state == State.LEASED)
+                    .with_for_update()
+                )
+            ).all()
+            held = [row for row in rows if row.lease_token == tokens[row.id]]
+            dead: list[dict[str, Any]] = []
+            pending: list[dict[str, Any]] = []
+            for row in held:
                 if row.delivery_attempts >= self._max_attempts:
-                    self._dead_letter(row)
+                    error = _dead_letter_error(row.delivery_attempts, row.last_error)
+                    _log_dead(row.id, row.delivery_attempts, error)
+                    dead.append({"b_id": row.id, "b_error": error})
                 else:
-                    row.state = State.PENDING
-                    row.visible_at_ns = now
-        return released
+                    pending.append({"b_id": row.id})
+            await self._dead_letter_rows(tx, dead)
+            if pending:
+                await tx.connection.execute(
+                    update(MESSAGES)
+                    .where(MESSAGES.c.id == bindparam("b_id"))
+                    .values(state=State.PENDING, lease_token=None, visible_at_ns=tx.now_ns),
+                    pending,
+                )
+            outcomes.append(len(held))
+        return outcomes
 
     async def extend_lease(self, message_id: str, lease_token: str, lease_ns: int) -> StoredMessage:
-        async with self._write() as session:
-            row = await self._lock_row(session, message_id)
-            now = self._now_ns()
-            self._check_lease(row, lease_token)
-            if row.visible_at_ns <= now:
-                raise FailedPrecondition(
-                    f"the lease on message {message_id!r} has expired; it may be delivered again"
-                )
-            row.visible_at_ns = now + lease_ns
-            return _to_stored(row, None, now)
+        return await self._writes.submit(
+            self._extend_each, _Extension(message_id, lease_token, lease_ns)
+        )
 
-    @staticmethod
-    def _check_lease(row: MessageRow, lease_token: str) -> None:
-        if row.state != State.LEASED or row.lease_token != lease_token:
-            raise FailedPrecondition(
-                f"lease_token is not the current lease of message {row.id!r} "
-                f"(the message is {State(row.state).value}; a lease ends when it expires or "
-                "the message is settled)"
+    async def _extend_each(
+        self, tx: _Transaction, extensions: list[_Extension]
+    ) -> list[StoredMessage | StoreError]:
+        outcomes: list[StoredMessage | StoreError] = []
+        for extension in extensions:
+            row = await _locked_row(tx, extension.message_id)
+            if row is None:
+                outcomes.append(NotFound(extension.message_id))
+                continue
+            if error := _check_lease(row, extension.lease_token):
+                outcomes.append(error)
+                continue
+            if row.visible_at_ns <= tx.now_ns:
+                outcomes.append(
+                    FailedPrecondition(
+                        f"the lease on message {row.id!r} has expired; it may be delivered again"
+                    )
+                )
+                continue
+            expiry = tx.now_ns + extension.lease_ns
+            await tx.connection.execute(
+                update(MESSAGES).where(MESSAGES.c.id == row.id).values(visible_at_ns=expiry)
             )
+            outcomes.append(_to_stored(_Changed(row, visible_at_ns=expiry), None, tx.now_ns))
+        return outcomes
 
     async def requeue(self, message_id: str) -> StoredMessage:
-        async with self._write() as session:
-            row = await self._lock_row(session, message_id)
+        return await self._writes.submit(self._requeue_each, message_id)
+
+    async def _requeue_each(
+        self, tx: _Transaction, message_ids: list[str]
+    ) -> list[StoredMessage | StoreError]:
+        outcomes: list[StoredMessage | StoreError] = []
+        for message_id in message_ids:
+            row = await _locked_row(tx, message_id)
+            if row is None:
+                outcomes.append(NotFound(message_id))
+                continue
             if row.state != State.DEAD:
-                raise FailedPrecondition(
-                    f"message {message_id!r} is {State(row.state).value}; only DEAD messages "
-                    "can be requeued"
+                outcomes.append(
+                    FailedPrecondition(
+                        f"message {message_id!r} is {row.state}; only DEAD messages can be requeued"
+                    )
                 )
-            now = self._now_ns()
-            row.state = State.PENDING
-            row.delivery_attempts = 0
-            row.visible_at_ns = now
-            return _to_stored(row, None, now)
+                continue
+            changes = {"state": State.PENDING, "delivery_attempts": 0, "visible_at_ns": tx.now_ns}
+            await tx.connection.execute(
+                update(MESSAGES).where(MESSAGES.c.id == message_id).values(**changes)
+            )
+            outcomes.append(_to_stored(_Changed(row, **changes), None, tx.now_ns))
+        return outcomes
 
     async def next_visible_ns(self) -> int | None:
         """When the earliest message that is not deliverable yet becomes deliverable."""
-        async with self._read() as session:
-            return await session.scalar(
-                select(func.min(MessageRow.visible_at_ns)).where(
-                    UNSETTLED, MessageRow.visible_at_ns > self._now_ns()
+        async with self._read() as connection:
+            return await connection.scalar(
+                select(func.min(MESSAGES.c.visible_at_ns)).where(
+                    UNSETTLED, MESSAGES.c.visible_at_ns > self._now_ns()
                 )
             )
 
     async def release_all_leases(self) -> int:
         """Returns every lease to PENDING: for a store starting on a database only it uses."""
-        async with self._write() as session:
-            result = await session.execute(
-                update(MessageRow)
-                .where(MessageRow.state == State.LEASED)
+        async with self._translate_errors(), self._engine.begin() as connection:
+            result = await connection.execute(
+                update(MESSAGES)
+                .where(MESSAGES.c.state == State.LEASED)
                 .values(state=State.PENDING, lease_token=None, visible_at_ns=0)
             )
-            # An UPDATE's result is a CursorResult, which has rowcount; execute() is typed wider.
-            return int(cast(CursorResult[Any], result).rowcount or 0)
+            return int(result.rowcount or 0)
+
+
+class _Changed:
+    """A row as it reads after an UPDATE: the old row's columns, with `changes` over them."""
+
+    def __init__(self, row: Row[Any], **changes: Any) -> None:
+        self._row = row
+        self._changes = changes
+
+    def __getattr__(self, name: str) -> Any:
+        if name in self._changes:
+            return self._changes[name]
+        return getattr(self._row, name)
+
+
+def _processed(message: StoredMessage, now_ns: int) -> StoredMessage:
+    return dataclasses.replace(
+        message, state=State.PROCESSED, process_time_ns=now_ns, lease_expire_ns=None
+    )
+
+
+def _leased(message: StoredMessage, attempts: int, expiry_ns: int) -> StoredMessage:
+    return dataclasses.replace(
+        message, state=State.LEASED, delivery_attempts=attempts, lease_expire_ns=expiry_ns
+    )

@@ -1,0 +1,139 @@
+"""Group commit: writes that arrive together share one transaction, and so one durable flush.
+
+Why: with one transaction per call the store spends its time on the flush (an fsync on SQLite,
+a WAL flush on PostgreSQL) and on a dozen round trips to the driver's thread per transaction,
+not on the SQL itself. One writer task instead takes every request that queued while the
+previous transaction was committing and runs them all in the next one, the way PostgreSQL's WAL
+writer and Kafka's producer batch. A request that finds the writer idle starts a transaction at
+once: nothing ever waits for company.
+
+A caller is answered only after the transaction holding its write has committed, so an
+acknowledged write is exactly as durable as with one transaction per call.
+
+Requests for the same handler that sit next to each other in the queue reach it together, so a
+handler can write a whole run of them with one statement. A handler answers each request with a
+result or a StoreError; it must write nothing for a request it answers with an error, because
+the others in the transaction still commit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+from collections.abc import Awaitable, Callable, Sequence
+from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass
+from typing import Any, Generic, TypeVar
+
+from ackbot.store.errors import StorageUnavailable, StoreError
+
+log = logging.getLogger(__name__)
+
+Tx = TypeVar("Tx")
+Item = TypeVar("Item")
+Result = TypeVar("Result")
+
+# Takes the open transaction and a run of requests; returns one outcome per request, in order.
+BatchHandler = Callable[[Tx, list[Item]], Awaitable[list[Result | StoreError]]]
+
+
+@dataclass(eq=False)
+class _Request:
+    handler: Callable[[Any, list[Any]], Awaitable[list[Any]]]
+    item: Any
+    future: asyncio.Future[Any]
+
+
+class GroupCommitter(Generic[Tx]):
+    """Runs submitted writes in shared transactions opened by `begin`.
+
+    `conflict_errors` are the errors one request can cause for the whole transaction (a unique
+    constraint another process won): a batch failing with one is run again one request per
+    transaction, so only the request that caused it sees it.
+    """
+
+    def __init__(
+        self,
+        begin: Callable[[], AbstractAsyncContextManager[Tx]],
+        *,
+        max_batch: int,
+        conflict_errors: tuple[type[BaseException], ...] = (),
+    ) -> None:
+        self._begin = begin
+        self._max_batch = max_batch
+        self._conflict_errors = conflict_errors
+        self._queue: list[_Request] = []
+        self._writer: asyncio.Task[None] | None = None
+        self._closed = False
+
+    async def submit(self, handler: BatchHandler[Tx, Item, Result], item: Item) -> Result:
+        if self._closed:
+            raise StorageUnavailable("the store is shutting down")
+        future: asyncio.Future[Result] = asyncio.get_running_loop().create_future()
+        self._queue.append(_Request(handler, item, future))
+        if self._writer is None:
+            self._writer = asyncio.create_task(self._drain(), name="group-commit-writer")
+        # A cancelled caller (its RPC was cancelled) leaves the write to run or be skipped;
+        # either is a valid outcome of a cancelled call.
+        return await future
+
+    async def close(self) -> None:
+        """Refuses new writes and waits until the queued ones have committed."""
+        self._closed = True
+        if self._writer is not None:
+            await asyncio.shield(self._writer)
+
+    async def _drain(self) -> None:
+        try:
+            while self._queue:
+                batch = [r for r in self._queue[: self._max_batch] if not r.future.done()]
+                del self._queue[: self._max_batch]
+                if batch:
+                    await self._commit(batch)
+        finally:
+            self._writer = None
+
+    async def _commit(self, batch: Sequence[_Request]) -> None:
+        try:
+            outcomes = await self._run(batch)
+        except self._conflict_errors as exc:
+            if len(batch) == 1:
+                _fail(batch, exc)
+                return
+            log.info("a batch of %d writes hit a conflict; running them one by one", len(batch))
+            for request in batch:
+                await self._commit([request])
+            return
+        except asyncio.CancelledError:
+            _fail(batch, StorageUnavailable("the store is shutting down"))
+            raise
+        except Exception as exc:
+            # Nothing of the batch committed; every caller learns why (StorageUnavailable and
+            # StorageFull are retryable, anything else is reported as internal).
+            _fail(batch, exc)
+            return
+        for request, outcome in zip(batch, outcomes, strict=True):
+            if request.future.done():
+                continue
+            if isinstance(outcome, BaseException):
+                request.future.set_exception(outcome)
+            else:
+                request.future.set_result(outcome)
+
+    async def _run(self, batch: Sequence[_Request]) -> list[Any]:
+        outcomes: list[Any] = []
+        async with self._begin() as tx:
+            for handler, run in itertools.groupby(batch, key=lambda request: request.handler):
+                requests = list(run)
+                results = await handler(tx, [request.item for request in requests])
+                if len(results) != len(requests):
+                    raise RuntimeError(f"{handler} answered {len(results)} of {len(requests)}")
+                outcomes.extend(results)
+        return outcomes
+
+
+def _fail(batch: Sequence[_Request], error: BaseException) -> None:
+    for request in batch:
+        if not request.future.done():
+            request.future.set_exception(error)

@@ -1,0 +1,209 @@
+"""Group commit: concurrent writes share transactions, and each caller still gets its own answer.
+
+The repository tests run on the real databases; the GroupCommitter tests at the bottom drive it
+with a transaction that only records what ran, to pin down its queueing rules exactly.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+
+import pytest
+from sqlalchemy import event
+
+from ackbot.store.errors import AlreadyExists, NotFound, StorageUnavailable, StoreError
+from ackbot.store.group_commit import GroupCommitter
+from ackbot.store.models import State
+from ackbot.store.repository import MessageRepository, NewMessage
+
+
+def count_transactions(repo: MessageRepository) -> list[int]:
+    """A one-element list holding how many transactions the repository's engine began."""
+    began = [0]
+
+    @event.listens_for(repo._engine.sync_engine, "begin")
+    def on_begin(_connection: object) -> None:
+        began[0] += 1
+
+    return began
+
+
+async def test_concurrent_creates_share_transactions_and_all_commit(repo):
+    began = count_transactions(repo)
+
+    results = await asyncio.gather(
+        *(repo.create_message(NewMessage(author="a", text=f"t{i}", id=f"m{i}")) for i in range(200))
+    )
+
+    assert [r.message.id for r in results] == [f"m{i}" for i in range(200)]
+    assert not any(r.already_existed for r in results)
+    assert len({r.message.sequence for r in results}) == 200
+    # Far fewer transactions than writes: that is the whole point.
+    assert began[0] <= 20, began[0]
+    stored = await repo.list_messages(limit=1000)
+    assert [m.id for m in stored] == [f"m{i}" for i in range(200)]
+
+
+async def test_a_failing_write_does_not_fail_the_others_in_its_transaction(repo):
+    await repo.create_message(NewMessage(author="a", text="original", id="taken"))
+
+    results = await asyncio.gather(
+        repo.create_message(NewMessage(author="a", text="fresh", id="new1")),
+        repo.create_message(NewMessage(author="eve", text="other", id="taken")),
+        repo.mark_processed("nobody", NewMessage(author="bot", text="r")),
+        repo.mark_processed("new1", NewMessage(author="bot", text="reply")),
+        repo.create_message(NewMessage(author="a", text="fresh too", id="new2")),
+        return_exceptions=True,
+    )
+
+    assert not results[0].already_existed
+    assert isinstance(results[1], AlreadyExists)
+    assert isinstance(results[2], NotFound)
+    assert results[3].message.state is State.PROCESSED
+    assert results[3].reply.text == "reply"
+    assert not results[4].already_existed
+    assert (await repo.get_message("taken")).text == "original"
+    assert (await repo.get_message("new1")).reply_id == results[3].reply.id
+
+
+async def test_duplicates_inside_one_transaction_are_answered_like_retries(repo):
+    await repo.create_message(NewMessage(author="a", text="question", id="q"))
+
+    creates, marks = await asyncio.gather(
+        asyncio.gather(
+            *(repo.create_message(NewMessage(author="a", text="same", id="dup")) for _ in range(5))
+        ),
+        asyncio.gather(
+            *(repo.mark_processed("q", NewMessage(author="bot", text=f"a{i}")) for i in range(5))
+        ),
+    )
+
+    assert [c.already_existed for c in creates].count(False) == 1
+    assert len({c.message.sequence for c in creates}) == 1
+    assert [m.already_processed for m in marks].count(False) == 1
+    assert len({m.reply.id for m in marks}) == 1
+    assert len(await repo.list_messages(reply_to="q")) == 1
+
+
+# -- GroupCommitter on its own ------------------------------------------------------------------
+
+
+class RecordingDatabase:
+    """Stands in for a database: a transaction is a list of the items written in it."""
+
+    def __init__(self) -> None:
+        self.committed: list[list[str]] = []
+        self.fail_next_with: BaseException | None = None
+        self.gate = asyncio.Event()
+        self.gate.set()
+
+    @contextlib.asynccontextmanager
+    async def begin(self) -> AsyncIterator[list[str]]:
+        await self.gate.wait()
+        written: list[str] = []
+        yield written
+        if self.fail_next_with is not None:
+            error, self.fail_next_with = self.fail_next_with, None
+            raise error
+        self.committed.append(written)
+
+
+async def write(tx: list[str], items: list[str]) -> list[str | StoreError]:
+    outcomes: list[str | StoreError] = []
+    for item in items:
+        if item.startswith("bad"):
+            outcomes.append(NotFound(item))
+        else:
+            tx.append(item)
+            outcomes.append(item.upper())
+    return outcomes
+
+
+class Conflict(Exception):
+    pass
+
+
+async def test_requests_queued_behind_a_running_transaction_commit_together():
+    database = RecordingDatabase()
+    committer = GroupCommitter(database.begin, max_batch=100)
+    database.gate.clear()
+    first = asyncio.create_task(committer.submit(write, "a"))
+    await asyncio.sleep(0)  # the writer takes "a" and waits at the gate
+    rest = [asyncio.create_task(committer.submit(write, x)) for x in ("b", "c", "bad-d")]
+    database.gate.set()
+
+    assert await first == "A"
+    assert await rest[0] == "B"
+    assert await rest[1] == "C"
+    with pytest.raises(NotFound):
+        await rest[2]
+    assert database.committed == [["a"], ["b", "c"]]
+
+
+async def test_max_batch_bounds_a_transaction():
+    database = RecordingDatabase()
+    committer = GroupCommitter(database.begin, max_batch=2)
+
+    await asyncio.gather(*(committer.submit(write, str(i)) for i in range(5)))
+
+    assert database.committed == [["0", "1"], ["2", "3"], ["4"]]
+
+
+async def test_a_conflict_reruns_the_batch_one_request_per_transaction():
+    database = RecordingDatabase()
+    committer = GroupCommitter(database.begin, max_batch=10, conflict_errors=(Conflict,))
+    database.fail_next_with = Conflict()
+
+    results = await asyncio.gather(*(committer.submit(write, x) for x in ("a", "b", "c")))
+
+    assert results == ["A", "B", "C"]
+    assert database.committed == [["a"], ["b"], ["c"]]
+
+
+async def test_a_failed_transaction_fails_every_caller_in_it():
+    database = RecordingDatabase()
+    committer = GroupCommitter(database.begin, max_batch=10)
+    database.fail_next_with = StorageUnavailable("locked")
+
+    results = await asyncio.gather(
+        *(committer.submit(write, x) for x in ("a", "b")), return_exceptions=True
+    )
+
+    assert all(isinstance(r, StorageUnavailable) for r in results)
+    assert database.committed == []
+    assert await committer.submit(write, "c") == "C"
+
+
+async def test_a_cancelled_caller_is_skipped_if_its_write_has_not_started():
+    database = RecordingDatabase()
+    committer = GroupCommitter(database.begin, max_batch=10)
+    database.gate.clear()
+    running = asyncio.create_task(committer.submit(write, "a"))
+    await asyncio.sleep(0)
+    abandoned = asyncio.create_task(committer.submit(write, "gone"))
+    kept = asyncio.create_task(committer.submit(write, "b"))
+    await asyncio.sleep(0)
+    abandoned.cancel()
+    database.gate.set()
+
+    assert await running == "A"
+    assert await kept == "B"
+    assert database.committed == [["a"], ["b"]]
+
+
+async def test_close_waits_for_queued_writes_then_refuses_new_ones():
+    database = RecordingDatabase()
+    committer = GroupCommitter(database.begin, max_batch=10)
+    database.gate.clear()
+    pending = [asyncio.create_task(committer.submit(write, x)) for x in ("a", "b")]
+    await asyncio.sleep(0)
+    closing = asyncio.create_task(committer.close())
+    await asyncio.sleep(0)
+    database.gate.set()
+    await closing
+
+    assert [task.result() for task in pending] == ["A", "B"]
+    with pytest.raises(StorageUnavailable):
+        await committer.submit(write, "late")
