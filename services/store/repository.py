@@ -28,7 +28,19 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
-from sqlalchemy import Row, String, bindparam, case, cast, event, func, literal, select, update
+from sqlalchemy import (
+    Row,
+    String,
+    bindparam,
+    case,
+    cast,
+    event,
+    func,
+    inspect,
+    literal,
+    select,
+    update,
+)
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, Engine, make_url
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
@@ -45,7 +57,7 @@ from ackbot.store.errors import (
 )
 from ackbot.store.group_commit import GroupCommitter
 from ackbot.store.ids import new_lease_token, new_message_id
-from ackbot.store.models import SEQUENCE, UNSETTLED, Base, MessageRow, State
+from ackbot.store.models import UNSETTLED, Base, MessageRow, State
 
 log = logging.getLogger(__name__)
 
@@ -296,8 +308,16 @@ class MessageRepository:
     async def create_schema(self) -> None:
         async with self._translate_errors(), self._engine.begin() as connection:
             await connection.run_sync(Base.metadata.create_all)
-            if not self._is_sqlite:
-                await connection.run_sync(SEQUENCE.create, checkfirst=True)
+            primary_key = await connection.run_sync(
+                lambda sync: inspect(sync).get_pk_constraint(MESSAGES.name)
+            )
+        if primary_key["constrained_columns"] != ["sequence"]:
+            # ackbot 0.1's first layout keyed the table by id. There are no migrations yet,
+            # so say what to do rather than fail on the first insert.
+            raise StorageUnavailable(
+                "the database was made by an older ackbot (messages keyed by id, not by "
+                "sequence); move it aside and start with a new one"
+            )
 
     async def dispose(self) -> None:
         await self._writes.close()

@@ -733,3 +733,17 @@ async def test_sqlite_engine_uses_wal_and_foreign_keys(tmp_path):
             assert foreign_keys.scalar() == 1
     finally:
         await engine.dispose()
+
+
+async def test_a_database_of_the_old_layout_is_refused_with_what_to_do(tmp_path):
+    engine = create_engine(f"sqlite+aiosqlite:///{tmp_path}/old.db")
+    async with engine.begin() as connection:
+        await connection.exec_driver_sql(
+            "CREATE TABLE messages (id VARCHAR(128) PRIMARY KEY, sequence BIGINT UNIQUE)"
+        )
+    repository = MessageRepository(engine)
+    try:
+        with pytest.raises(StorageUnavailable, match="older ackbot"):
+            await repository.create_schema()
+    finally:
+        await repository.dispose()
