@@ -25,7 +25,9 @@ SETTLED = "nothing left PENDING or LEASED"
 ONE_REPLY = "every original the responder answers has exactly one reply"
 DEAD_ONLY_FAILING = "DEAD exactly where the responder fails"
 REPLIES_WELL_FORMED = "replies: born PROCESSED, by a bot, never answered"
+SERVICES_UP = "no service exited unless a fault stopped it"
 CHECKS = (
+    SERVICES_UP,
     CREATES_ANSWERED,
     CREATES_KEPT,
     NO_STRANGERS,
@@ -64,10 +66,15 @@ def check(
     plan: Iterable[PlannedMessage],
     ledger: CreateLedger,
     personas: Iterable[str],
+    exited: Iterable[str] = (),
 ) -> Verdict:
-    """Every violation of the contract that the final listing shows, and the figures."""
+    """Every violation of the contract that the final listing shows, and the figures.
+
+    `exited` describes the services found dead that no fault had stopped.
+    """
     verdict = Verdict()
     found = verdict.violations
+    found.extend(Violation(SERVICES_UP, what) for what in exited)
     planned = {p.id: p for p in plan}
     by_id = {m.id: m for m in messages}
     replies = _replies_by_original(messages)

@@ -91,6 +91,18 @@ class Cluster:
             args=["--listen", f"127.0.0.1:{free_port()}"],
         )
 
+    async def revive(self) -> list[str]:
+        """Restarts any service that exited by itself (each fault restarts what it stopped
+        before the next begins) and says which ones did, with their exit codes."""
+        exited = []
+        for service in self.services:
+            code = service.proc.poll() if service.proc is not None else None
+            if code is not None:
+                exited.append(f"{service.name} exited by itself with code {code}")
+                log.error("%s", exited[-1])
+                await service.astart()
+        return exited
+
     async def stop(self) -> None:
         """Graceful: the bots first, so they can still settle and hand back their work."""
         await asyncio.gather(*(bot.aterminate() for bot in self.bots))

@@ -109,6 +109,12 @@ def test_creates_answered_with_errors_or_never_are_violations():
     assert verdict.count(checks.CREATES_ANSWERED) == 2
 
 
+def test_a_service_that_exited_by_itself_is_a_violation():
+    exited = ["store exited by itself with code 1"]
+    verdict = check(clean_listing(), PLAN, ledger(), PERSONAS, exited)
+    assert verdict.count(checks.SERVICES_UP) == 1
+
+
 def test_a_failing_run_prints_the_seed_that_replays_it():
     outcome = Outcome(seed=4242, profile="ci", messages=2000, workdir="/tmp/x")
     outcome.violations = ["every original ...: m1 (PROCESSED after 2 deliveries): 2 replies"]
