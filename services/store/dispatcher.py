@@ -33,6 +33,9 @@ class StreamState:
     # message id -> (lease token, lease expiry ns)
     outstanding: dict[str, tuple[str, int]] = field(default_factory=dict)
     wakeup: asyncio.Event = field(default_factory=asyncio.Event)
+    # False once a claim came back short and nothing has made new work since: a settle then
+    # only adds room, and claiming into an empty queue would cost a write transaction.
+    work_may_exist: bool = True
     closing: bool = False
 
     def leases(self) -> list[Lease]:
@@ -98,7 +101,9 @@ class Dispatcher:
             self.wake_at(expiry_ns)
 
     def wake_all(self) -> None:
+        """New work may be claimable (a create, a release, a timed wake): every stream looks."""
         for stream in self._streams:
+            stream.work_may_exist = True
             stream.wakeup.set()
 
     def wake_at(self, at_ns: int) -> None:

@@ -515,8 +515,12 @@ class MessageStoreServicer(pb_grpc.MessageStoreServicer):
             while not stream.closing:
                 stream.wakeup.clear()
                 room = self._dispatcher.room(stream)
-                if room > 0:
+                if room > 0 and stream.work_may_exist:
+                    # Cleared before the claim, like the event: work made during it sets it again.
+                    stream.work_may_exist = False
                     deliveries = await self._repository.claim(room, stream.lease_ns)
+                    if len(deliveries) == room:
+                        stream.work_may_exist = True
                     if deliveries:
                         for d in deliveries:
                             self._dispatcher.leased(

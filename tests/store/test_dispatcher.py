@@ -185,3 +185,22 @@ async def test_close_marks_every_stream_closing_wakes_it_and_stops_the_timer():
     assert all(s.wakeup.is_set() for s in streams)
     # The timer is cancelled: nothing is left to wake a stream after close.
     assert dispatcher._timer is None
+
+
+async def test_a_settle_adds_room_but_only_wakes_with_new_work_says_work_may_exist():
+    clock = FakeClock()
+    dispatcher = Dispatcher(clock_ns=clock)
+    s = stream(max_in_flight=2)
+    dispatcher.open_stream(s)
+    try:
+        dispatcher.leased(s, "a", "ta", clock.now_ns + SECOND_NS)
+        s.work_may_exist = False  # the stream's last claim came back short
+
+        dispatcher.settled("a")
+
+        assert s.wakeup.is_set()
+        assert not s.work_may_exist
+        dispatcher.wake_all()
+        assert s.work_may_exist
+    finally:
+        dispatcher.close()
