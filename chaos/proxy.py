@@ -75,9 +75,11 @@ class TcpProxy:
     async def close(self) -> None:
         if self._server is not None:
             self._server.close()
-            await self._server.wait_closed()
+        # Before waiting: from Python 3.12 wait_closed() also waits for open connections.
         self.cut()
         self._flowing.set()
+        if self._server is not None:
+            await self._server.wait_closed()
 
     async def __aenter__(self) -> TcpProxy:
         return await self.start()
@@ -95,7 +97,8 @@ class TcpProxy:
         return len(links)
 
     async def stall(self, seconds: float) -> None:
-        """Forwards nothing for `seconds`, then resumes (returns once it has resumed)."""
+        """Forwards nothing for `seconds`, then resumes (returns once it has resumed). One stall
+        at a time: the first to end resumes forwarding."""
         self._flowing.clear()
         try:
             await asyncio.sleep(seconds)

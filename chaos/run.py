@@ -99,6 +99,8 @@ class Outcome:
     profile: str
     messages: int
     workdir: str
+    # The profile as run, so that figures quoted from summary.json come with their setup.
+    settings: dict[str, Any] = field(default_factory=dict)
     seconds: dict[str, float] = field(default_factory=dict)
     faults: dict[str, int] = field(default_factory=dict)
     figures: dict[str, int] = field(default_factory=dict)
@@ -153,7 +155,11 @@ def count_log_lines(services_logs: Sequence[str], needle: str) -> int:
 
 async def run(profile: Profile, seed: int, workdir: Path) -> Outcome:
     outcome = Outcome(
-        seed=seed, profile=profile.name, messages=profile.messages, workdir=str(workdir)
+        seed=seed,
+        profile=profile.name,
+        messages=profile.messages,
+        workdir=str(workdir),
+        settings={**asdict(profile), "bots": len(PERSONAS)},
     )
     plan = make_plan(
         seed, profile.messages, profile.producers, profile.produce_seconds, profile.fail_fraction
@@ -163,7 +169,7 @@ async def run(profile: Profile, seed: int, workdir: Path) -> Outcome:
     started = loop.time()
     try:
         await cluster.start()
-        outcome.seconds["start"] = loop.time() - started
+        outcome.seconds["start"] = round(loop.time() - started, 1)
         scheduler = FaultScheduler(
             cluster,
             random.Random(f"{seed}:faults"),
@@ -184,17 +190,17 @@ async def run(profile: Profile, seed: int, workdir: Path) -> Outcome:
         finally:
             stop_faults.set()
             await faults
-        outcome.seconds["produce"] = loop.time() - producing
+        outcome.seconds["produce"] = round(loop.time() - producing, 1)
 
         exited = await cluster.revive()
         draining = loop.time()
         outcome.drained = await wait_drained(cluster.store.address, profile.drain_seconds)
-        outcome.seconds["drain"] = loop.time() - draining
+        outcome.seconds["drain"] = round(loop.time() - draining, 1)
         messages = await list_everything(cluster.store.address)
         await cluster.stop()
     finally:
         cluster.cleanup()
-    outcome.seconds["total"] = loop.time() - started
+    outcome.seconds["total"] = round(loop.time() - started, 1)
 
     verdict = check(messages, plan, ledger, PERSONAS, exited)
     _fill(outcome, verdict, scheduler, cluster)
