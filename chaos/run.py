@@ -38,6 +38,7 @@ SUMMARY_FILE = "summary.json"
 EXIT_VIOLATION = 1
 EXIT_BROKEN_RUN = 2
 SHOWN_VIOLATIONS = 15
+PROGRESS_EVERY_SECONDS = 30.0
 
 
 @dataclass(frozen=True)
@@ -149,6 +150,21 @@ async def wait_drained(address: str, within: float) -> bool:
         return True
 
 
+async def report_progress(
+    ledger: CreateLedger, messages: int, scheduler: FaultScheduler, started: float
+) -> None:
+    """A line on stderr now and then, so a long run shows it is alive."""
+    loop = asyncio.get_running_loop()
+    while True:
+        await asyncio.sleep(PROGRESS_EVERY_SECONDS)  # a reporting interval, not a wait
+        print(
+            f"[{loop.time() - started:6.0f}s] {len(ledger.acknowledged)}/{messages} creates "
+            f"acknowledged, {scheduler.counts.total()} faults so far",
+            file=sys.stderr,
+            flush=True,
+        )
+
+
 def count_log_lines(services_logs: Sequence[str], needle: str) -> int:
     return sum(text.count(needle) for text in services_logs)
 
@@ -185,9 +201,13 @@ async def run(profile: Profile, seed: int, workdir: Path) -> Outcome:
             give_up_after=profile.produce_seconds + profile.drain_seconds,
         )
         producing = loop.time()
+        progress = asyncio.create_task(
+            report_progress(producers.ledger, profile.messages, scheduler, started)
+        )
         try:
             ledger: CreateLedger = await producers.run()
         finally:
+            progress.cancel()
             stop_faults.set()
             await faults
         outcome.seconds["produce"] = round(loop.time() - producing, 1)
