@@ -6,8 +6,9 @@ one statement each. SQLAlchemy Core, not the ORM: the unit of work costs more Py
 than the rest of a write put together, and the queries here are plain.
 
 Dialect differences live here and only here:
-- SQLite allows one writer at a time. Write transactions take the write lock up front (BEGIN
-  IMMEDIATE), so `busy_timeout` bounds the wait on another process.
+- SQLite allows one writer at a time. Every write transaction starts with an INSERT or an
+  UPDATE, before which the driver issues BEGIN IMMEDIATE: the write lock is taken before
+  anything is read, and `busy_timeout` bounds the wait on another process.
 - PostgreSQL has concurrent writers: claims use FOR UPDATE SKIP LOCKED so two stores never hand
   out the same row, and every UPDATE re-checks its WHERE on the row it locked.
 Each hot write is as few statements as the SQL allows (INSERT ... ON CONFLICT DO NOTHING
@@ -31,7 +32,6 @@ from typing import Any
 from sqlalchemy import (
     Row,
     String,
-    bindparam,
     case,
     cast,
     event,
@@ -39,10 +39,11 @@ from sqlalchemy import (
     inspect,
     literal,
     select,
+    tuple_,
     update,
 )
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.engine import Connection, Engine, make_url
+from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
@@ -61,8 +62,6 @@ from ackbot.store.models import UNSETTLED, Base, MessageRow, State
 
 log = logging.getLogger(__name__)
 
-DEAD_BY_ATTEMPTS = "delivered {attempts} times without being processed"
-_WRITE_OPTION = "ackbot_write"
 
 
 @dataclass(frozen=True)
@@ -123,7 +122,10 @@ def create_engine(url: str, *, lock_timeout_seconds: float = 5.0) -> AsyncEngine
         if database and database != ":memory:" and not database.startswith("file:"):
             # The default ./data/ackbot.db must work on a fresh checkout.
             Path(database).parent.mkdir(parents=True, exist_ok=True)
-        engine = create_async_engine(url)
+        # No reset on return: a connection comes back either committed or rolled back by
+        # SQLAlchemy itself, and the pool's extra ROLLBACK is one more round trip to the
+        # driver's thread per transaction.
+        engine = create_async_engine(url, pool_reset_on_return=None)
         _configure_sqlite(engine.sync_engine, lock_timeout_seconds)
         return engine
     return create_async_engine(url, pool_pre_ping=True)
@@ -132,9 +134,12 @@ def create_engine(url: str, *, lock_timeout_seconds: float = 5.0) -> AsyncEngine
 def _configure_sqlite(engine: Engine, lock_timeout_seconds: float) -> None:
     @event.listens_for(engine, "connect")
     def on_connect(dbapi_connection: object, _record: object) -> None:
-        # The driver's own transaction handling does not BEGIN before a SELECT, so a read
-        # followed by a write would not be one transaction; take over and BEGIN ourselves.
-        dbapi_connection.isolation_level = None  # type: ignore[attr-defined]
+        # The driver opens a write transaction itself, as BEGIN IMMEDIATE, right before the
+        # first INSERT, UPDATE or DELETE; every write transaction here starts with one, so it
+        # takes the write lock before it reads anything, and `busy_timeout` bounds the wait.
+        # A read outside a write is one SELECT, consistent on its own, and needs no BEGIN.
+        # Saved: a BEGIN round trip per transaction, which is most of a read's cost.
+        dbapi_connection.isolation_level = "IMMEDIATE"  # type: ignore[attr-defined]
         cursor = dbapi_connection.cursor()  # type: ignore[attr-defined]
         # WAL: readers never block the writer. synchronous=FULL: every commit is fsynced before
         # CreateMessage or MarkProcessed returns, so acknowledged writes survive a kill -9 and
@@ -144,14 +149,6 @@ def _configure_sqlite(engine: Engine, lock_timeout_seconds: float) -> None:
         cursor.execute("PRAGMA foreign_keys=ON")
         cursor.execute(f"PRAGMA busy_timeout={int(lock_timeout_seconds * 1000)}")
         cursor.close()
-
-    @event.listens_for(engine, "begin")
-    def on_begin(connection: Connection) -> None:
-        # A write transaction takes the write lock up front: a deferred one that reads first
-        # fails at once with "database is locked" (no busy wait) when another connection has
-        # committed in between.
-        writes = connection.get_execution_options().get(_WRITE_OPTION, False)
-        connection.exec_driver_sql("BEGIN IMMEDIATE" if writes else "BEGIN")
 
 
 MESSAGES = Base.metadata.tables[MessageRow.__tablename__]
@@ -254,33 +251,12 @@ def _new_row(
     }
 
 
-def _dead_letter_error(attempts: int, last_error: str | None) -> str:
-    return last_error or DEAD_BY_ATTEMPTS.format(attempts=attempts)
-
-
 def _log_dead(message_id: str, attempts: int, last_error: str) -> None:
     log.warning(
         "message is dead after %d attempts message_id=%s last_error=%r",
         attempts,
         message_id,
         last_error,
-    )
-
-
-async def _locked_row(tx: _Transaction, message_id: str) -> Row[Any] | None:
-    return (
-        await tx.connection.execute(
-            select(MESSAGES).where(MESSAGES.c.id == message_id).with_for_update()
-        )
-    ).first()
-
-
-def _check_lease(row: Row[Any], lease_token: str) -> FailedPrecondition | None:
-    if row.state == State.LEASED and row.lease_token == lease_token:
-        return None
-    return FailedPrecondition(
-        f"lease_token is not the current lease of message {row.id!r} "
-        f"(the message is {row.state}; a lease ends when it expires or the message is settled)"
     )
 
 
@@ -344,15 +320,13 @@ class MessageRepository:
 
     @contextlib.asynccontextmanager
     async def _read(self) -> AsyncIterator[AsyncConnection]:
-        async with self._translate_errors(), self._engine.begin() as connection:
+        async with self._translate_errors(), self._engine.connect() as connection:
             yield connection
 
     @contextlib.asynccontextmanager
     async def _begin_write(self) -> AsyncIterator[_Transaction]:
-        async with self._translate_errors(), self._engine.connect() as connection:
-            await connection.execution_options(**{_WRITE_OPTION: True})
-            async with connection.begin():
-                yield _Transaction(connection, self._now_ns())
+        async with self._translate_errors(), self._engine.begin() as connection:
+            yield _Transaction(connection, self._now_ns())
 
     # -- creating and reading ---------------------------------------------------------------
 
@@ -559,17 +533,42 @@ class MessageRepository:
     ) -> list[list[Delivery] | StoreError]:
         return [await self._claim(tx, limit, lease_ns) for limit, lease_ns in claims]
 
+    def _unless_exhausted(self, **live: Any) -> dict[str, Any]:
+        """UPDATE values: `live` for a row with attempts left, DEAD for one without.
+
+        A message already delivered max_attempts times goes to DEAD instead of out again, so
+        a message that crashes every bot cannot loop; it keeps its last error, or says why.
+        """
+        exhausted = MESSAGES.c.delivery_attempts >= self._max_attempts
+        dead = {
+            "state": State.DEAD.value,
+            "lease_token": None,
+            "last_error": func.coalesce(
+                MESSAGES.c.last_error,
+                literal("delivered ")
+                + cast(MESSAGES.c.delivery_attempts, String)
+                + " times without being processed",
+            ),
+        }
+        names = live.keys() | dead.keys()
+        return {
+            name: case(
+                (exhausted, dead.get(name, MESSAGES.c[name])),
+                else_=live.get(name, MESSAGES.c[name]),
+            )
+            for name in names
+        }
+
     async def _claim(self, tx: _Transaction, limit: int, lease_ns: int) -> list[Delivery]:
         # Unique per delivery without a round trip per row: a random part drawn once per claim,
         # then the row's sequence.
         token = literal(new_lease_token() + ":") + cast(MESSAGES.c.sequence, String)
         expiry = tx.now_ns + lease_ns
-        attempts = MESSAGES.c.delivery_attempts
-        # A message already delivered max_attempts times goes to DEAD instead of out again.
-        exhausted = attempts >= self._max_attempts
-        dead_error = func.coalesce(
-            MESSAGES.c.last_error,
-            literal("delivered ") + cast(attempts, String) + " times without being processed",
+        leased = self._unless_exhausted(
+            state=State.LEASED.value,
+            delivery_attempts=MESSAGES.c.delivery_attempts + 1,
+            lease_token=token,
+            visible_at_ns=expiry,
         )
         deliveries: list[Delivery] = []
         while len(deliveries) < limit:
@@ -585,13 +584,7 @@ class MessageRepository:
                 await tx.connection.execute(
                     update(MESSAGES)
                     .where(MESSAGES.c.sequence.in_(oldest_deliverable))
-                    .values(
-                        state=case((exhausted, State.DEAD.value), else_=State.LEASED.value),
-                        delivery_attempts=case((exhausted, attempts), else_=attempts + 1),
-                        lease_token=case((exhausted, None), else_=token),
-                        visible_at_ns=case((exhausted, MESSAGES.c.visible_at_ns), else_=expiry),
-                        last_error=case((exhausted, dead_error), else_=MESSAGES.c.last_error),
-                    )
+                    .values(leased)
                     .returning(*MESSAGES.c)
                 )
             ).all()
@@ -602,22 +595,11 @@ class MessageRepository:
                     deliveries.append(
                         Delivery(_to_stored(row, None, tx.now_ns), row.lease_token, expiry)
                     )
-            # Dead rows left the unsettled set, so they did not use up the limit: claim live
-            # ones in their place.
+            # Dead rows left the unsettled set without using up the limit: claim live ones in
+            # their place.
             if len(rows) < wanted or all(row.state != State.DEAD for row in rows):
                 break
         return deliveries
-
-    @staticmethod
-    async def _dead_letter_rows(tx: _Transaction, dead: list[dict[str, Any]]) -> None:
-        """Moves rows to DEAD; `dead` holds b_id and b_error (the last error to keep)."""
-        if dead:
-            await tx.connection.execute(
-                update(MESSAGES)
-                .where(MESSAGES.c.id == bindparam("b_id"))
-                .values(state=State.DEAD, lease_token=None, last_error=bindparam("b_error")),
-                dead,
-            )
 
     async def release(
         self, message_id: str, lease_token: str, *, reason: str, retry_after_ns: int
@@ -631,50 +613,63 @@ class MessageRepository:
     ) -> list[StoredMessage | StoreError]:
         outcomes: list[StoredMessage | StoreError] = []
         for release in releases:
-            row = await _locked_row(tx, release.message_id)
-            if row is None:
-                outcomes.append(NotFound(release.message_id))
-                continue
-            if error := _check_lease(row, release.lease_token):
-                outcomes.append(error)
-                continue
-            attempts = row.delivery_attempts
-            last_error = row.last_error
+            visible_at = tx.now_ns + release.retry_after_ns
             if release.reason:
-                last_error = release.reason
+                values = self._unless_exhausted(
+                    state=State.PENDING.value, lease_token=None, visible_at_ns=visible_at
+                )
+                # The reason replaces the last error whether the message lives or dies.
+                values["last_error"] = release.reason
             else:
-                # "Never started": a graceful hand-back does not use up an attempt.
-                attempts = max(attempts - 1, 0)
-            state, visible_at = State.PENDING, tx.now_ns + release.retry_after_ns
-            if release.reason and attempts >= self._max_attempts:
-                state, visible_at = State.DEAD, row.visible_at_ns
-                _log_dead(row.id, attempts, release.reason)
+                # "Never started": a graceful hand-back gives its attempt back and never kills.
+                attempts = MESSAGES.c.delivery_attempts
+                values = {
+                    "state": State.PENDING.value,
+                    "lease_token": None,
+                    "visible_at_ns": visible_at,
+                    "delivery_attempts": case((attempts > 0, attempts - 1), else_=0),
+                }
+            row = await self._update_leased(tx, release.message_id, release.lease_token, values)
+            if isinstance(row, StoreError):
+                outcomes.append(row)
+                continue
+            if row.state == State.DEAD:
+                _log_dead(row.id, row.delivery_attempts, row.last_error)
+            outcomes.append(_to_stored(row, None, tx.now_ns))
+        return outcomes
+
+    async def _update_leased(
+        self, tx: _Transaction, message_id: str, lease_token: str, values: dict[str, Any]
+    ) -> Row[Any] | StoreError:
+        """Applies `values` to the message if `lease_token` is its current lease; otherwise
+        says why not (unknown id, or not that lease)."""
+        row = (
             await tx.connection.execute(
                 update(MESSAGES)
-                .where(MESSAGES.c.id == release.message_id)
-                .values(
-                    state=state,
-                    lease_token=None,
-                    delivery_attempts=attempts,
-                    last_error=last_error,
-                    visible_at_ns=visible_at,
+                .where(
+                    MESSAGES.c.id == message_id,
+                    MESSAGES.c.state == State.LEASED,
+                    MESSAGES.c.lease_token == lease_token,
                 )
+                .values(values)
+                .returning(*MESSAGES.c)
             )
-            outcomes.append(
-                _to_stored(
-                    _Changed(
-                        row,
-                        state=state,
-                        lease_token=None,
-                        delivery_attempts=attempts,
-                        last_error=last_error,
-                        visible_at_ns=visible_at,
-                    ),
-                    None,
-                    tx.now_ns,
-                )
-            )
-        return outcomes
+        ).first()
+        if row is not None:
+            return row
+        current = await self._current_state(tx, message_id)
+        if current is None:
+            return NotFound(message_id)
+        return FailedPrecondition(
+            f"lease_token is not the current lease of message {message_id!r} (the message is "
+            f"{current}; a lease ends when it expires or the message is settled)"
+        )
+
+    @staticmethod
+    async def _current_state(tx: _Transaction, message_id: str) -> str | None:
+        return await tx.connection.scalar(
+            select(MESSAGES.c.state).where(MESSAGES.c.id == message_id)
+        )
 
     async def release_leases(self, leases: Sequence[Lease]) -> int:
         """Hands back the leases of a stream that ended; returns how many were still held.
@@ -690,33 +685,30 @@ class MessageRepository:
     ) -> list[int | StoreError]:
         outcomes: list[int | StoreError] = []
         for leases in lease_lists:
-            tokens = {lease.message_id: lease.lease_token for lease in leases}
+            held = tuple_(MESSAGES.c.id, MESSAGES.c.lease_token).in_(
+                [(lease.message_id, lease.lease_token) for lease in leases]
+            )
             rows = (
                 await tx.connection.execute(
-                    select(MESSAGES)
-                    .where(MESSAGES.c.id.in_(tokens), MESSAGES.c.state == State.LEASED)
-                    .with_for_update()
+                    update(MESSAGES)
+                    .where(held, MESSAGES.c.state == State.LEASED)
+                    .values(
+                        self._unless_exhausted(
+                            state=State.PENDING.value, lease_token=None, visible_at_ns=tx.now_ns
+                        )
+                    )
+                    .returning(
+                        MESSAGES.c.id,
+                        MESSAGES.c.state,
+                        MESSAGES.c.delivery_attempts,
+                        MESSAGES.c.last_error,
+                    )
                 )
             ).all()
-            held = [row for row in rows if row.lease_token == tokens[row.id]]
-            dead: list[dict[str, Any]] = []
-            pending: list[dict[str, Any]] = []
-            for row in held:
-                if row.delivery_attempts >= self._max_attempts:
-                    error = _dead_letter_error(row.delivery_attempts, row.last_error)
-                    _log_dead(row.id, row.delivery_attempts, error)
-                    dead.append({"b_id": row.id, "b_error": error})
-                else:
-                    pending.append({"b_id": row.id})
-            await self._dead_letter_rows(tx, dead)
-            if pending:
-                await tx.connection.execute(
-                    update(MESSAGES)
-                    .where(MESSAGES.c.id == bindparam("b_id"))
-                    .values(state=State.PENDING, lease_token=None, visible_at_ns=tx.now_ns),
-                    pending,
-                )
-            outcomes.append(len(held))
+            for row in rows:
+                if row.state == State.DEAD:
+                    _log_dead(row.id, row.delivery_attempts, row.last_error)
+            outcomes.append(len(rows))
         return outcomes
 
     async def extend_lease(self, message_id: str, lease_token: str, lease_ns: int) -> StoredMessage:
@@ -729,25 +721,29 @@ class MessageRepository:
     ) -> list[StoredMessage | StoreError]:
         outcomes: list[StoredMessage | StoreError] = []
         for extension in extensions:
-            row = await _locked_row(tx, extension.message_id)
-            if row is None:
-                outcomes.append(NotFound(extension.message_id))
-                continue
-            if error := _check_lease(row, extension.lease_token):
-                outcomes.append(error)
-                continue
-            if row.visible_at_ns <= tx.now_ns:
+            # A lapsed lease cannot be extended: the message may be on its way to another bot.
+            # The CASE keeps a lapsed row as it is, and the lapse is reported below.
+            lapsed = MESSAGES.c.visible_at_ns <= tx.now_ns
+            row = await self._update_leased(
+                tx,
+                extension.message_id,
+                extension.lease_token,
+                {
+                    "visible_at_ns": case(
+                        (lapsed, MESSAGES.c.visible_at_ns), else_=tx.now_ns + extension.lease_ns
+                    )
+                },
+            )
+            if isinstance(row, StoreError):
+                outcomes.append(row)
+            elif row.visible_at_ns <= tx.now_ns:
                 outcomes.append(
                     FailedPrecondition(
                         f"the lease on message {row.id!r} has expired; it may be delivered again"
                     )
                 )
-                continue
-            expiry = tx.now_ns + extension.lease_ns
-            await tx.connection.execute(
-                update(MESSAGES).where(MESSAGES.c.id == row.id).values(visible_at_ns=expiry)
-            )
-            outcomes.append(_to_stored(_Changed(row, visible_at_ns=expiry), None, tx.now_ns))
+            else:
+                outcomes.append(_to_stored(row, None, tx.now_ns))
         return outcomes
 
     async def requeue(self, message_id: str) -> StoredMessage:
@@ -758,22 +754,26 @@ class MessageRepository:
     ) -> list[StoredMessage | StoreError]:
         outcomes: list[StoredMessage | StoreError] = []
         for message_id in message_ids:
-            row = await _locked_row(tx, message_id)
-            if row is None:
-                outcomes.append(NotFound(message_id))
+            row = (
+                await tx.connection.execute(
+                    update(MESSAGES)
+                    .where(MESSAGES.c.id == message_id, MESSAGES.c.state == State.DEAD)
+                    .values(state=State.PENDING, delivery_attempts=0, visible_at_ns=tx.now_ns)
+                    .returning(*MESSAGES.c)
+                )
+            ).first()
+            if row is not None:
+                outcomes.append(_to_stored(row, None, tx.now_ns))
                 continue
-            if row.state != State.DEAD:
+            current = await self._current_state(tx, message_id)
+            if current is None:
+                outcomes.append(NotFound(message_id))
+            else:
                 outcomes.append(
                     FailedPrecondition(
-                        f"message {message_id!r} is {row.state}; only DEAD messages can be requeued"
+                        f"message {message_id!r} is {current}; only DEAD messages can be requeued"
                     )
                 )
-                continue
-            changes = {"state": State.PENDING, "delivery_attempts": 0, "visible_at_ns": tx.now_ns}
-            await tx.connection.execute(
-                update(MESSAGES).where(MESSAGES.c.id == message_id).values(**changes)
-            )
-            outcomes.append(_to_stored(_Changed(row, **changes), None, tx.now_ns))
         return outcomes
 
     async def next_visible_ns(self) -> int | None:
@@ -794,28 +794,3 @@ class MessageRepository:
                 .values(state=State.PENDING, lease_token=None, visible_at_ns=0)
             )
             return int(result.rowcount or 0)
-
-
-class _Changed:
-    """A row as it reads after an UPDATE: the old row's columns, with `changes` over them."""
-
-    def __init__(self, row: Row[Any], **changes: Any) -> None:
-        self._row = row
-        self._changes = changes
-
-    def __getattr__(self, name: str) -> Any:
-        if name in self._changes:
-            return self._changes[name]
-        return getattr(self._row, name)
-
-
-def _processed(message: StoredMessage, now_ns: int) -> StoredMessage:
-    return dataclasses.replace(
-        message, state=State.PROCESSED, process_time_ns=now_ns, lease_expire_ns=None
-    )
-
-
-def _leased(message: StoredMessage, attempts: int, expiry_ns: int) -> StoredMessage:
-    return dataclasses.replace(
-        message, state=State.LEASED, delivery_attempts=attempts, lease_expire_ns=expiry_ns
-    )
