@@ -13,6 +13,7 @@ DEFAULT_DB_URL = "sqlite+aiosqlite:///./data/ackbot.db"
 ENV_PREFIX = "ACKBOT_STORE_"
 # Longest a shutdown grace period or a lock wait may be: beyond it, a typo, not a wish.
 MAX_WAIT_SECONDS = 3600.0
+SQLITE_SYNCHRONOUS = ("FULL", "NORMAL")
 
 
 @dataclass(frozen=True)
@@ -44,6 +45,10 @@ class StoreConfig:
     grace_seconds: float = 5.0
     # Seconds a write waits on a locked SQLite database before the call fails with UNAVAILABLE.
     lock_timeout_seconds: float = 5.0
+    # FULL: a commit is fsynced before the call returns (survives a power cut). NORMAL: written
+    # to the OS before the call returns, fsynced at checkpoints (survives a kill -9 of the
+    # store, may lose the last commits to a power cut or an OS crash).
+    sqlite_synchronous: str = "FULL"
     limits: Limits = field(default_factory=Limits)
 
 
@@ -88,6 +93,14 @@ def build_flags(env: Mapping[str, str]) -> EnvFlags:
         type=seconds_in(0, MAX_WAIT_SECONDS, low_inclusive=False),
     )
     option(
+        "--sqlite-synchronous",
+        defaults.sqlite_synchronous,
+        "FULL: every acknowledged write survives a power cut; NORMAL: it survives a kill of "
+        "the store, not a power cut (SQLite only; see docs/performance.md)",
+        choices=SQLITE_SYNCHRONOUS,
+        type=str.upper,
+    )
+    option(
         "--max-text-bytes",
         defaults.limits.max_text_bytes,
         "largest message text, in UTF-8 bytes",
@@ -116,5 +129,6 @@ def load_config(
         default_lease_seconds=args.default_lease_seconds,
         grace_seconds=args.grace_seconds,
         lock_timeout_seconds=args.lock_timeout_seconds,
+        sqlite_synchronous=args.sqlite_synchronous,
         limits=limits,
     )

@@ -63,7 +63,6 @@ from ackbot.store.models import UNSETTLED, Base, MessageRow, State
 log = logging.getLogger(__name__)
 
 
-
 @dataclass(frozen=True)
 class StoredMessage:
     id: str
@@ -115,7 +114,9 @@ class Lease:
     lease_token: str
 
 
-def create_engine(url: str, *, lock_timeout_seconds: float = 5.0) -> AsyncEngine:
+def create_engine(
+    url: str, *, lock_timeout_seconds: float = 5.0, sqlite_synchronous: str = "FULL"
+) -> AsyncEngine:
     """Makes the engine for `url`, with SQLite set up for WAL and real transactions."""
     if url.startswith("sqlite"):
         database = make_url(url).database
@@ -126,12 +127,15 @@ def create_engine(url: str, *, lock_timeout_seconds: float = 5.0) -> AsyncEngine
         # SQLAlchemy itself, and the pool's extra ROLLBACK is one more round trip to the
         # driver's thread per transaction.
         engine = create_async_engine(url, pool_reset_on_return=None)
-        _configure_sqlite(engine.sync_engine, lock_timeout_seconds)
+        _configure_sqlite(engine.sync_engine, lock_timeout_seconds, sqlite_synchronous)
         return engine
     return create_async_engine(url, pool_pre_ping=True)
 
 
-def _configure_sqlite(engine: Engine, lock_timeout_seconds: float) -> None:
+def _configure_sqlite(engine: Engine, lock_timeout_seconds: float, synchronous: str) -> None:
+    if synchronous not in ("FULL", "NORMAL"):
+        raise ValueError(f"synchronous must be FULL or NORMAL, not {synchronous!r}")
+
     @event.listens_for(engine, "connect")
     def on_connect(dbapi_connection: object, _record: object) -> None:
         # The driver opens a write transaction itself, as BEGIN IMMEDIATE, right before the
@@ -141,11 +145,11 @@ def _configure_sqlite(engine: Engine, lock_timeout_seconds: float) -> None:
         # Saved: a BEGIN round trip per transaction, which is most of a read's cost.
         dbapi_connection.isolation_level = "IMMEDIATE"  # type: ignore[attr-defined]
         cursor = dbapi_connection.cursor()  # type: ignore[attr-defined]
-        # WAL: readers never block the writer. synchronous=FULL: every commit is fsynced before
-        # CreateMessage or MarkProcessed returns, so acknowledged writes survive a kill -9 and
-        # a power cut alike.
+        # WAL: readers never block the writer. synchronous=FULL (the default): every commit is
+        # fsynced before CreateMessage or MarkProcessed returns, so acknowledged writes survive
+        # a kill -9 and a power cut alike; NORMAL survives a kill -9 only.
         cursor.execute("PRAGMA journal_mode=WAL")
-        cursor.execute("PRAGMA synchronous=FULL")
+        cursor.execute(f"PRAGMA synchronous={synchronous}")
         cursor.execute("PRAGMA foreign_keys=ON")
         cursor.execute(f"PRAGMA busy_timeout={int(lock_timeout_seconds * 1000)}")
         cursor.close()

@@ -50,7 +50,11 @@ class StoreServer:
     async def start(self) -> int:
         """Opens the database, serves, and returns the port bound."""
         config = self._config
-        engine = create_engine(config.db_url, lock_timeout_seconds=config.lock_timeout_seconds)
+        engine = create_engine(
+            config.db_url,
+            lock_timeout_seconds=config.lock_timeout_seconds,
+            sqlite_synchronous=config.sqlite_synchronous,
+        )
         self._repository = repository = MessageRepository(engine, max_attempts=config.max_attempts)
         await repository.create_schema()
         dispatcher = Dispatcher()

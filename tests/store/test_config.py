@@ -10,6 +10,7 @@ from ackbot.store.config import DEFAULT_DB_URL, Limits, StoreConfig, load_config
 def test_defaults():
     config = load_config([], {})
     assert config == StoreConfig()
+    assert config.sqlite_synchronous == "FULL"  # the default survives a power cut
     assert config.db_url == DEFAULT_DB_URL
     assert config.limits == Limits()
 
@@ -24,6 +25,7 @@ def test_flags():
             "--default-lease-seconds=2.5",
             "--grace-seconds=1",
             "--lock-timeout-seconds=0.5",
+            "--sqlite-synchronous=normal",
             "--max-text-bytes=100",
             "--max-request-bytes=1000",
         ],
@@ -36,6 +38,7 @@ def test_flags():
     assert config.default_lease_seconds == 2.5
     assert config.grace_seconds == 1.0
     assert config.lock_timeout_seconds == 0.5
+    assert config.sqlite_synchronous == "NORMAL"
     assert config.limits.max_text_bytes == 100
     assert config.limits.max_request_bytes == 1000
     assert config.limits.max_id_chars == Limits().max_id_chars
@@ -97,6 +100,7 @@ BAD_VALUES = [
     ("--default-lease-seconds", "DEFAULT_LEASE_SECONDS", "nan"),
     ("--grace-seconds", "GRACE_SECONDS", "soon"),
     ("--lock-timeout-seconds", "LOCK_TIMEOUT_SECONDS", "0"),
+    ("--sqlite-synchronous", "SQLITE_SYNCHRONOUS", "OFF"),
     ("--max-text-bytes", "MAX_TEXT_BYTES", "-5"),
     ("--max-request-bytes", "MAX_REQUEST_BYTES", "1.5"),
 ]

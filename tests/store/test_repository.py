@@ -731,6 +731,8 @@ async def test_sqlite_engine_uses_wal_and_foreign_keys(tmp_path):
             assert journal.scalar() == "wal"
             foreign_keys = await connection.exec_driver_sql("PRAGMA foreign_keys")
             assert foreign_keys.scalar() == 1
+            synchronous = await connection.exec_driver_sql("PRAGMA synchronous")
+            assert synchronous.scalar() == 2  # FULL: each commit fsynced before it returns
     finally:
         await engine.dispose()
 
@@ -747,3 +749,13 @@ async def test_a_database_of_the_old_layout_is_refused_with_what_to_do(tmp_path)
             await repository.create_schema()
     finally:
         await repository.dispose()
+
+
+async def test_sqlite_synchronous_normal_is_applied_when_asked_for(tmp_path):
+    engine = create_engine(f"sqlite+aiosqlite:///{tmp_path}/t.db", sqlite_synchronous="NORMAL")
+    try:
+        async with engine.connect() as connection:
+            synchronous = await connection.exec_driver_sql("PRAGMA synchronous")
+            assert synchronous.scalar() == 1
+    finally:
+        await engine.dispose()
