@@ -1,0 +1,31 @@
+"""Fixtures for the fuzz tests: one live store per module (hypothesis runs hundreds of examples
+against it, so starting a process per example would dominate the run), and a synchronous stub,
+because hypothesis drives plain functions and the sync client needs no event loop."""
+
+from __future__ import annotations
+
+import grpc
+import pytest
+
+from ackbot.v1 import message_store_pb2_grpc as pb_grpc
+from tests.integration.conftest import (  # noqa: F401  (re-exported hooks and fixtures)
+    _remember_services,
+    pytest_runtest_makereport,
+    start_store,
+)
+from tests.integration.harness import store_service
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    service = store_service(tmp_path_factory.mktemp("fuzz"))
+    try:
+        yield service.start().wait_ready()
+    finally:
+        service.cleanup()
+
+
+@pytest.fixture(scope="module")
+def sync_stub(store):
+    with grpc.insecure_channel(store.address) as channel:
+        yield pb_grpc.MessageStoreStub(channel)
