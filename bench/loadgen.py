@@ -1,0 +1,294 @@
+"""The load generator: a client process of its own, the same code for every target.
+
+The machine has two cores; a client in the server's process would take the server's CPU, and a
+client that differs between echo and store would make their ratio meaningless. So every load runs
+here, in a separate process, through one generic grpc.aio stub on one channel: only the method
+path differs between the echo ceiling and CreateMessage. The Redis producer follows the same
+loop with XADD in place of the RPC.
+
+The coordinator (`run_loadgen`) passes a JSON spec as the only argument and reads JSON lines from
+stdout: `{"event": "measuring"}` when the measured window opens (so it can sample the server's
+CPU over the same window), then `{"event": "done", ...}` with the figures.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import grpc
+
+from ackbot.v1 import message_store_pb2 as pb
+
+STORE_CREATE_METHOD = "/ackbot.v1.MessageStore/CreateMessage"
+# A benchmark call that takes this long means a wedged server, not a slow one.
+CALL_TIMEOUT = 30.0
+TEXT = "hello from the benchmark, message {n}"
+
+
+@dataclass
+class Spec:
+    mode: str  # "unary" | "stream" | "produce"
+    address: str = ""  # HOST:PORT of a gRPC server
+    method: str = STORE_CREATE_METHOD
+    concurrency: int = 1
+    warmup_seconds: float = 0.0
+    measure_seconds: float = 0.0
+    # produce: how many messages, and at what rate (0 = closed loop, as fast as answered)
+    count: int = 0
+    rate_per_second: float = 0.0
+    id_prefix: str = "bench"
+    # produce: where to write [[id, create_returned_time_ns], ...]
+    times_path: str = ""
+    # produce to Redis instead of gRPC: host:port and the stream key
+    redis_address: str = ""
+    redis_stream: str = ""
+
+
+@dataclass
+class Result:
+    calls: int = 0
+    errors: int = 0
+    first_error: str = ""
+    seconds: float = 0.0
+    client_cpu_seconds: float = 0.0
+    latencies_ms: list[float] = field(default_factory=list)
+    start_ns: int = 0
+    end_ns: int = 0
+
+
+def create_request(id_prefix: str, worker: int, n: int) -> pb.CreateMessageRequest:
+    return pb.CreateMessageRequest(
+        message=pb.Message(
+            id=f"{id_prefix}-{worker}-{n}", author=f"producer{worker}", text=TEXT.format(n=n)
+        )
+    )
+
+
+def announce(event: dict[str, Any]) -> None:
+    """One JSON line to the coordinator (see `run_child`)."""
+    print(json.dumps(event), flush=True)
+
+
+async def _unary(spec: Spec) -> Result:
+    """Closed loop: `concurrency` tasks each call, wait, call again; counts calls that end in
+    the measured window."""
+    result = Result()
+    window: dict[str, float] = {}
+    stop_at = time.monotonic() + spec.warmup_seconds + spec.measure_seconds
+    async with grpc.aio.insecure_channel(spec.address) as channel:
+        call = channel.unary_unary(
+            spec.method,
+            request_serializer=pb.CreateMessageRequest.SerializeToString,
+            response_deserializer=pb.CreateMessageResponse.FromString,
+        )
+        await asyncio.wait_for(channel.channel_ready(), CALL_TIMEOUT)
+
+        async def open_window() -> None:
+            await asyncio.sleep(spec.warmup_seconds)
+            window["start"] = time.monotonic()
+            window["cpu"] = time.process_time()
+            announce({"event": "measuring"})
+
+        async def worker(number: int) -> None:
+            n = 0
+            while (now := time.monotonic()) < stop_at:
+                n += 1
+                try:
+                    await call(create_request(spec.id_prefix, number, n), timeout=CALL_TIMEOUT)
+                except grpc.aio.AioRpcError as exc:
+                    result.errors += 1
+                    result.first_error = result.first_error or f"{exc.code().name}: {exc.details()}"
+                    continue
+                if "start" in window:
+                    result.calls += 1
+                    if spec.concurrency == 1:
+                        result.latencies_ms.append((time.monotonic() - now) * 1e3)
+
+        await asyncio.gather(open_window(), *(worker(n) for n in range(spec.concurrency)))
+    result.seconds = time.monotonic() - window["start"]
+    result.client_cpu_seconds = time.process_time() - window["cpu"]
+    return result
+
+
+async def _stream(spec: Spec) -> Result:
+    """One server stream, read as fast as it comes; counts deliveries in the measured window."""
+    result = Result()
+    async with grpc.aio.insecure_channel(spec.address) as channel:
+        stream = channel.unary_stream(
+            spec.method,
+            request_serializer=pb.StreamUnprocessedRequest.SerializeToString,
+            response_deserializer=pb.StreamUnprocessedResponse.FromString,
+        )
+        call = stream(pb.StreamUnprocessedRequest(consumer="bench"))
+        warm_until = time.monotonic() + spec.warmup_seconds
+        start = cpu = 0.0
+        async for response in call:
+            now = time.monotonic()
+            if not start and now >= warm_until:
+                start, cpu = now, time.process_time()
+                announce({"event": "measuring"})
+            elif start:
+                result.calls += len(response.deliveries)
+                if now - start >= spec.measure_seconds:
+                    break
+        call.cancel()
+    result.seconds = time.monotonic() - start
+    result.client_cpu_seconds = time.process_time() - cpu
+    return result
+
+
+async def _produce(spec: Spec, send: Callable[[int, int], Awaitable[None]]) -> Result:
+    """Creates `count` messages, closed loop from `concurrency` tasks or open loop at
+    `rate_per_second`; writes each id's wall-clock time at the moment its create returned."""
+    result = Result()
+    returned: list[tuple[str, int]] = []
+
+    async def one(worker: int, n: int) -> None:
+        try:
+            await send(worker, n)
+        except Exception as exc:  # any client error counts; the run goes on and reports it
+            result.errors += 1
+            result.first_error = result.first_error or repr(exc)
+            return
+        returned.append((f"{spec.id_prefix}-{worker}-{n}", time.time_ns()))
+
+    announce({"event": "measuring"})
+    start, cpu = time.monotonic(), time.process_time()
+    result.start_ns = time.time_ns()
+    if spec.rate_per_second > 0:
+        tasks = []
+        for n in range(spec.count):
+            # Open loop: each create starts on its schedule whatever the earlier ones do, so a
+            # slow answer cannot hide queueing by slowing the arrivals down.
+            delay = start + n / spec.rate_per_second - time.monotonic()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            tasks.append(asyncio.create_task(one(0, n)))
+        await asyncio.gather(*tasks)
+    else:
+
+        async def worker(number: int) -> None:
+            for n in range(number, spec.count, spec.concurrency):
+                await one(number, n)
+
+        await asyncio.gather(*(worker(n) for n in range(spec.concurrency)))
+    result.end_ns = time.time_ns()
+    result.seconds = time.monotonic() - start
+    result.client_cpu_seconds = time.process_time() - cpu
+    result.calls = len(returned)
+    await asyncio.to_thread(Path(spec.times_path).write_text, json.dumps(returned))
+    return result
+
+
+async def _produce_grpc(spec: Spec) -> Result:
+    async with grpc.aio.insecure_channel(spec.address) as channel:
+        call = channel.unary_unary(
+            spec.method,
+            request_serializer=pb.CreateMessageRequest.SerializeToString,
+            response_deserializer=pb.CreateMessageResponse.FromString,
+        )
+        await asyncio.wait_for(channel.channel_ready(), CALL_TIMEOUT)
+
+        async def send(worker: int, n: int) -> None:
+            await call(create_request(spec.id_prefix, worker, n), timeout=CALL_TIMEOUT)
+
+        return await _produce(spec, send)
+
+
+async def _produce_redis(spec: Spec) -> Result:
+    from redis.asyncio import Redis
+
+    host, _, port = spec.redis_address.rpartition(":")
+    client = Redis(host=host, port=int(port))
+    try:
+
+        async def send(worker: int, n: int) -> None:
+            message = create_request(spec.id_prefix, worker, n).message
+            fields = {"id": message.id, "author": message.author, "text": message.text}
+            await client.xadd(spec.redis_stream, fields)  # type: ignore[arg-type]
+
+        return await _produce(spec, send)
+    finally:
+        await client.aclose()
+
+
+async def _run(spec: Spec) -> Result:
+    if spec.mode == "unary":
+        return await _unary(spec)
+    if spec.mode == "stream":
+        return await _stream(spec)
+    if spec.mode == "produce":
+        return await (_produce_redis(spec) if spec.redis_stream else _produce_grpc(spec))
+    raise ValueError(f"unknown mode {spec.mode!r}")
+
+
+def main() -> None:
+    spec = Spec(**json.loads(sys.argv[1]))
+    result = asyncio.run(_run(spec))
+    announce({"event": "done", **asdict(result)})
+
+
+# -- the coordinator's side ---------------------------------------------------------------------
+
+
+class ChildError(RuntimeError):
+    """A benchmark child process failed; the message carries its stderr."""
+
+
+async def run_child(
+    module: str,
+    payload: dict[str, Any],
+    env: dict[str, str],
+    on_measuring: Callable[[], None] = lambda: None,
+) -> dict[str, Any]:
+    """Runs `python -m module PAYLOAD_JSON` to the end and returns its `done` event; calls
+    `on_measuring` when the child says its measured window opens."""
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        module,
+        json.dumps(payload),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        env=env,
+    )
+    assert process.stdout is not None
+    assert process.stderr is not None
+    stderr_task = asyncio.create_task(process.stderr.read())
+    done: dict[str, Any] | None = None
+    try:
+        async for line in process.stdout:
+            event = json.loads(line)
+            if event["event"] == "measuring":
+                on_measuring()
+            elif event["event"] == "done":
+                done = event
+        code = await process.wait()
+    finally:
+        if process.returncode is None:
+            # Cancelled (another part of the workload failed): no orphan load on the machine.
+            process.kill()
+            await process.wait()
+    stderr = (await stderr_task).decode(errors="replace")
+    if code != 0 or done is None:
+        raise ChildError(f"{module} exited {code}:\n{stderr[-3000:]}")
+    done.pop("event")
+    return done
+
+
+async def run_loadgen(
+    spec: Spec, env: dict[str, str], on_measuring: Callable[[], None] = lambda: None
+) -> Result:
+    """Runs one load generator process; see `run_child`."""
+    return Result(**await run_child("bench.loadgen", asdict(spec), env, on_measuring))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,94 @@
+"""The processes of a benchmark: real store, bot and echo servers, started the tests' way.
+
+They are started and awaited by tests/integration/harness.py (log file, `listening on` line,
+then health SERVING, under one deadline), so the benchmark measures exactly the services the
+integration tests check. That module is test code without full annotations; importing it by
+name keeps `mypy bench` about this package, and the Protocol below states what we rely on.
+"""
+
+from __future__ import annotations
+
+import importlib
+import subprocess
+import sys
+from collections.abc import Awaitable, Callable, Iterable
+from pathlib import Path
+from typing import Any, Protocol, cast
+
+
+class Service(Protocol):
+    """One server process (tests.integration.harness.Service)."""
+
+    name: str
+    address: str
+    log_path: Path
+    proc: subprocess.Popen[bytes] | None
+
+    async def astart(self) -> Service: ...
+
+    async def aterminate(self, within: float = ...) -> int: ...
+
+    def cleanup(self) -> None: ...
+
+    def log_text(self) -> str: ...
+
+    def describe(self) -> str: ...
+
+
+_harness: Any = importlib.import_module("tests.integration.harness")
+
+RPC_TIMEOUT: float = _harness.RPC_TIMEOUT
+PAGE_SIZE: int = _harness.PAGE_SIZE
+
+
+def child_env() -> dict[str, str]:
+    """Our environment minus ACKBOT_* settings, with the repository root on PYTHONPATH (so a
+    bot can load bench.responders and a client process can import bench)."""
+    return cast(dict[str, str], _harness.child_env())
+
+
+def store_service(workdir: Path, db_path: Path, *, name: str = "store") -> Service:
+    """The store at its default durability, on a free loopback port."""
+    return cast(Service, _harness.store_service(workdir, db_path=db_path, name=name))
+
+
+def bot_service(
+    workdir: Path,
+    store_address: str,
+    *,
+    persona: str,
+    max_in_flight: int,
+    responder: str | None = None,
+) -> Service:
+    return cast(
+        Service,
+        _harness.bot_service(
+            workdir,
+            store_address,
+            persona=persona,
+            max_in_flight=max_in_flight,
+            responder=responder,
+        ),
+    )
+
+
+def echo_service(workdir: Path) -> Service:
+    argv = [sys.executable, "-m", "bench.echo", "--listen", "127.0.0.1:0"]
+    return cast(Service, _harness.Service("echo", argv, workdir / "echo.log", child_env()))
+
+
+async def wait_until(
+    predicate: Callable[[], object | Awaitable[object]],
+    within: float,
+    interval: float = 0.1,
+    what: str = "",
+) -> object:
+    """Polls `predicate` (plain or coroutine function) until truthy; TimeoutError after
+    `within` seconds."""
+    return await _harness.wait_until(predicate, within, interval=interval, what=what)
+
+
+def stop_all(services: Iterable[Service]) -> None:
+    """Teardown: stops every process whatever happened, never raises."""
+    for service in services:
+        service.cleanup()

@@ -1,0 +1,343 @@
+"""Turns the workloads' figures into the table, the targets' verdicts, the JSON and the chart.
+
+Every figure that has a baseline is shown with it and with the ratio, because on a shared
+machine a ratio measured in one run means more than any absolute number.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+Figures = dict[str, Any]
+Results = dict[str, Figures]
+
+
+@dataclass(frozen=True)
+class Row:
+    workload: str
+    figure: str
+    value: float | None
+    unit: str
+    baseline_name: str = ""
+    baseline: float | None = None
+    note: str = ""
+
+    @property
+    def ratio(self) -> float | None:
+        if self.value is None or not self.baseline:
+            return None
+        return self.value / self.baseline
+
+
+@dataclass(frozen=True)
+class Verdict:
+    target: str
+    measured: str
+    status: str  # PASS, MISS, or n/a
+
+
+def _get(results: Results, *path: str) -> Any:
+    node: Any = results
+    for key in path:
+        if not isinstance(node, dict) or key not in node:
+            return None
+        node = node[key]
+    return node
+
+
+def _size_label(size: int) -> str:
+    return f"{size // 1_000_000}M" if size >= 1_000_000 else f"{size // 1_000}k"
+
+
+def rows(results: Results) -> list[Row]:
+    table: list[Row] = []
+    add = table.append
+    for c in (1, 64):
+        echo = _get(results, "ceiling", f"unary_c{c}")
+        if echo:
+            add(Row("ceiling", f"echo unary, concurrency {c}", echo["calls_per_second"], "calls/s",
+                    note=_cpu_note(echo)))  # fmt: skip
+    stream = _get(results, "ceiling", "stream")
+    if stream:
+        add(Row("ceiling", "echo server stream", stream["messages_per_second"], "msgs/s",
+                note=_cpu_note(stream)))  # fmt: skip
+    for c in (1, 64):
+        created = _get(results, "create", f"unary_c{c}")
+        if created:
+            add(Row("create", f"CreateMessage, concurrency {c}", created["calls_per_second"],
+                    "calls/s", f"echo c{c}",
+                    _get(results, "ceiling", f"unary_c{c}", "calls_per_second"),
+                    _cpu_note(created)))  # fmt: skip
+    redis_rate = _get(results, "redis", "answered_per_second")
+    full = _get(results, "e2e", "full_speed")
+    if full:
+        add(Row("e2e", "end to end, answered", full["answered_per_second"], "msgs/s",
+                "Redis Streams", redis_rate,
+                f"{full['answered']}/{full['created']} answered"))  # fmt: skip
+        _latency_rows(add, "e2e", "create->reply, full speed", full["latency"])
+    fixed = _get(results, "e2e", "fixed_rate")
+    if fixed:
+        _latency_rows(add, "e2e", f"create->reply at {fixed['rate_per_second']:g}/s",
+                      fixed["latency"])  # fmt: skip
+    redis = results.get("redis")
+    if redis and "skipped" in redis:
+        add(Row("redis", "Redis Streams peer", None, "", note=f"skipped: {redis['skipped']}"))
+    elif redis and "answered_per_second" in redis:
+        add(Row("redis", "Redis Streams, answered", redis_rate, "msgs/s",
+                note=redis.get("durability", "")))  # fmt: skip
+        _latency_rows(add, "redis", "Redis create->reply", redis["latency"])
+    lookups = results.get("lookup") or {}
+    if lookups:
+        smallest = min(lookups, key=int)
+        for size in sorted(lookups, key=int):
+            for key, name in (("get", "GetMessage"), ("mark_processed", "MarkProcessed")):
+                add(Row("lookup", f"{name} p50 at {_size_label(int(size))} messages",
+                        lookups[size][key]["p50_ms"], "ms", f"at {_size_label(int(smallest))}",
+                        lookups[smallest][key]["p50_ms"],
+                        f"mean {lookups[size][key]['mean_ms']:.2f} ms"))  # fmt: skip
+    slow = results.get("slow")
+    if slow:
+        add(Row("slow", f"200 ms responder, max_in_flight {slow['max_in_flight']}",
+                slow["answered_per_second"], "msgs/s", "Little's law bound",
+                slow["littles_law_bound_per_second"]))  # fmt: skip
+    old = results.get("oldway") or {}
+    if old:
+        smallest = min(old, key=int)
+        for size in sorted(old, key=int):
+            figures = old[size]
+            add(Row("oldway", f"prefix scan lookup at {_size_label(int(size))} keys",
+                    figures["scan_mean_ms"], "ms", f"at {_size_label(int(smallest))}",
+                    old[smallest]["scan_mean_ms"],
+                    f"first-page-only misses {figures['first_page_miss_rate']:.0%}, "
+                    f"rebuilt key misses {figures['rebuilt_key_miss_rate']:.0%}"))  # fmt: skip
+    mem = results.get("memory")
+    if mem:
+        add(Row("memory", f"store peak RSS, {_size_label(mem['messages'])} messages",
+                mem["rss_peak_mb"], "MB", "idle after start", mem["rss_idle_mb"],
+                f"streamed {mem['backlog_answered']}/{mem['backlog']} backlog in "
+                f"{mem['stream_seconds']:.0f} s"))  # fmt: skip
+    return table
+
+
+def _cpu_note(figures: Figures) -> str:
+    note = (
+        f"server CPU {figures['server_cpu_percent']:.0f}%, "
+        f"client CPU {figures['client_cpu_percent']:.0f}%"
+    )
+    if figures.get("errors"):
+        note += f", {figures['errors']} errors ({figures['first_error']})"
+    return note
+
+
+def _latency_rows(add: Callable[[Row], None], workload: str, what: str, latency: Figures) -> None:
+    add(Row(workload, f"{what} p50 / p95 / p99", latency["p50_ms"], "ms",
+            note=f"p95 {_ms(latency['p95_ms'])}, p99 {_ms(latency['p99_ms'])}"))  # fmt: skip
+
+
+def _ms(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f} ms"
+
+
+# -- targets ------------------------------------------------------------------------------------
+
+
+def _verdict(target: str, measured: float | None, ok: Callable[[float], bool], fmt: str) -> Verdict:
+    if measured is None or (isinstance(measured, float) and math.isnan(measured)):
+        return Verdict(target, "not measured", "n/a")
+    return Verdict(target, fmt.format(measured), "PASS" if ok(measured) else "MISS")
+
+
+def _ratio(value: Any, baseline: Any) -> float | None:
+    if value is None or not baseline:
+        return None
+    return float(value) / float(baseline)
+
+
+def verdicts(results: Results) -> list[Verdict]:
+    found: list[Verdict] = []
+    found.append(_verdict(
+        "CreateMessage at concurrency 64 >= 75% of the echo ceiling",
+        _ratio(_get(results, "create", "unary_c64", "calls_per_second"),
+               _get(results, "ceiling", "unary_c64", "calls_per_second")),
+        lambda r: r >= 0.75, "{:.0%} of echo"))  # fmt: skip
+    found.append(_verdict(
+        "End to end >= 50% of the Redis Streams peer",
+        _ratio(_get(results, "e2e", "full_speed", "answered_per_second"),
+               _get(results, "redis", "answered_per_second")),
+        lambda r: r >= 0.5, "{:.0%} of Redis"))  # fmt: skip
+    fixed = _get(results, "e2e", "fixed_rate", "latency") or {}
+    found.append(_verdict("Create-to-reply p50 <= 5 ms at 200/s", fixed.get("p50_ms"),
+                          lambda v: v <= 5, "{:.2f} ms"))  # fmt: skip
+    found.append(_verdict("Create-to-reply p99 <= 50 ms at 200/s", fixed.get("p99_ms"),
+                          lambda v: v <= 50, "{:.2f} ms"))  # fmt: skip
+    lookups = results.get("lookup") or {}
+    for key, name in (("get", "GetMessage"), ("mark_processed", "MarkProcessed")):
+        ratio = None
+        target = f"{name} at 1M within 1.25x of 1k"
+        if lookups:
+            smallest, largest = min(lookups, key=int), max(lookups, key=int)
+            ratio = _ratio(lookups[largest][key]["p50_ms"], lookups[smallest][key]["p50_ms"])
+            if int(largest) != 1_000_000:
+                sizes = f"{_size_label(int(largest))} vs {_size_label(int(smallest))}"
+                target += f" (this run: {sizes})"
+        found.append(_verdict(target, ratio, lambda r: r <= 1.25, "{:.2f}x (p50)"))
+    slow_ratio = _get(results, "slow", "ratio")
+    found.append(
+        _verdict("Slow responder >= 90% of the Little's-law bound", slow_ratio, lambda r: r >= 0.9,
+                 "{:.0%}")
+    )  # fmt: skip
+    mem = results.get("memory") or {}
+    target = "Store RSS <= 200 MB with 1M messages"
+    if mem and mem.get("messages") != 1_000_000:
+        target += f" (this run: {_size_label(mem['messages'])})"
+    found.append(_verdict(target, mem.get("rss_peak_mb"), lambda v: v <= 200, "{:.0f} MB peak"))
+    return found
+
+
+# -- output -------------------------------------------------------------------------------------
+
+
+def _num(value: float | None, unit: str = "") -> str:
+    if value is None:
+        return "-"
+    text = f"{value:,.0f}" if abs(value) >= 100 else f"{value:.2f}"
+    return f"{text} {unit}".strip()
+
+
+def render(table: list[Row], targets: list[Verdict], errors: dict[str, str]) -> str:
+    header = ("workload", "figure", "value", "baseline", "ratio", "note")
+    lines = [
+        (
+            row.workload,
+            row.figure,
+            _num(row.value, row.unit),
+            f"{_num(row.baseline, row.unit)} ({row.baseline_name})" if row.baseline_name else "",
+            "-" if row.ratio is None else f"{row.ratio:.2f}",
+            row.note,
+        )
+        for row in table
+    ]
+    widths = [max(len(str(cells[i])) for cells in [header, *lines]) for i in range(5)]
+
+    def format_line(cells: tuple[str, ...]) -> str:
+        return "  ".join(str(c).ljust(w) for c, w in zip(cells[:5], widths, strict=True)) + (
+            f"  {cells[5]}" if cells[5] else ""
+        )
+
+    out = [format_line(header), "  ".join("-" * w for w in widths)]
+    out += [format_line(cells) for cells in lines]
+    out += ["", "Targets of issue 3 (a report, not an assertion):"]
+    width = max((len(v.target) for v in targets), default=0)
+    out += [f"  {v.status:<4}  {v.target.ljust(width)}  {v.measured}" for v in targets]
+    if errors:
+        out += ["", "Workloads that failed:"]
+        out += [f"  {name}: {message.splitlines()[0]}" for name, message in errors.items()]
+    return "\n".join(out)
+
+
+def document(meta: Figures, settings: Figures, results: Results, errors: dict[str, str]) -> Figures:
+    return {
+        "meta": meta,
+        "settings": settings,
+        "results": results,
+        "errors": errors,
+        "table": [{**asdict(row), "ratio": row.ratio} for row in rows(results)],
+        "targets": [asdict(v) for v in verdicts(results)],
+    }
+
+
+def chart(results: Results, path: Path, title: str) -> None:
+    """Four panels: throughput against its baselines, lookup cost by size, latency
+    percentiles, and the store's RSS over the memory run."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(2, 2, figsize=(14, 10))
+    figure.suptitle(title)
+    _throughput_panel(axes[0][0], results)
+    _lookup_panel(axes[0][1], results)
+    _latency_panel(axes[1][0], results)
+    _memory_panel(axes[1][1], results)
+    figure.tight_layout()
+    figure.savefig(path, dpi=90)
+    plt.close(figure)
+
+
+def _throughput_panel(axis: Any, results: Results) -> None:
+    pairs = [
+        ("c1", _get(results, "ceiling", "unary_c1", "calls_per_second"),
+         _get(results, "create", "unary_c1", "calls_per_second"), "echo", "CreateMessage"),
+        ("c64", _get(results, "ceiling", "unary_c64", "calls_per_second"),
+         _get(results, "create", "unary_c64", "calls_per_second"), "echo", "CreateMessage"),
+        ("end to end", _get(results, "redis", "answered_per_second"),
+         _get(results, "e2e", "full_speed", "answered_per_second"), "Redis", "ackbot"),
+        ("200 ms responder", _get(results, "slow", "littles_law_bound_per_second"),
+         _get(results, "slow", "answered_per_second"), "Little's bound", "ackbot"),
+    ]  # fmt: skip
+    labels = []
+    for index, (group, baseline, value, base_name, name) in enumerate(pairs):
+        labels.append(f"{group}\n{base_name} | {name}")
+        axis.bar(index - 0.2, baseline or 0, 0.4, color="#bbbbbb")
+        axis.bar(index + 0.2, value or 0, 0.4, color="#3b75af")
+        ratio = _ratio(value, baseline)
+        if ratio is not None:
+            axis.annotate(f"{ratio:.0%}", (index + 0.2, value), ha="center", va="bottom")
+    axis.set_xticks(range(len(pairs)), labels, fontsize=8)
+    axis.set_ylabel("per second")
+    axis.set_title("Throughput vs baseline (grey), ratio on top")
+
+
+def _lookup_panel(axis: Any, results: Results) -> None:
+    lookups = results.get("lookup") or {}
+    old = results.get("oldway") or {}
+    for key, name in (("get", "GetMessage p50"), ("mark_processed", "MarkProcessed p50")):
+        sizes = sorted(lookups, key=int)
+        axis.plot([int(s) for s in sizes], [lookups[s][key]["p50_ms"] for s in sizes], "o-",
+                  label=name)  # fmt: skip
+    sizes = sorted(old, key=int)
+    axis.plot([int(s) for s in sizes], [old[s]["scan_mean_ms"] for s in sizes], "s--",
+              color="#aa3333", label="old way: prefix scan (in-process)")  # fmt: skip
+    axis.set_xscale("log")
+    axis.set_yscale("log")
+    axis.set_xlabel("stored messages")
+    axis.set_ylabel("ms per lookup")
+    axis.set_title("Lookup cost vs size")
+    axis.legend()
+
+
+def _latency_panel(axis: Any, results: Results) -> None:
+    series = [
+        ("ackbot full speed", _get(results, "e2e", "full_speed", "latency")),
+        ("ackbot 200/s", _get(results, "e2e", "fixed_rate", "latency")),
+        ("Redis full speed", _get(results, "redis", "latency")),
+    ]
+    for offset, (name, latency) in enumerate(series):
+        if not latency or latency.get("p50_ms") is None:
+            continue
+        values = [max(latency[k], 0.01) for k in ("p50_ms", "p95_ms", "p99_ms")]
+        axis.bar([i + (offset - 1) * 0.27 for i in range(3)], values, 0.27, label=name)
+    axis.axhline(5, color="#888888", linestyle=":", linewidth=1)
+    axis.axhline(50, color="#888888", linestyle=":", linewidth=1)
+    axis.set_xticks(range(3), ["p50", "p95", "p99"])
+    axis.set_yscale("log")
+    axis.set_ylabel("ms, CreateMessage returned -> reply committed")
+    axis.set_title("End-to-end latency (dotted: 5 ms and 50 ms targets)")
+    axis.legend()
+
+
+def _memory_panel(axis: Any, results: Results) -> None:
+    mem = results.get("memory") or {}
+    series = mem.get("rss_series") or []
+    if series:
+        axis.plot([t for t, _ in series], [mb for _, mb in series])
+        axis.axhline(200, color="#aa3333", linestyle=":", label="200 MB target")
+        axis.legend()
+    axis.set_xlabel("seconds")
+    axis.set_ylabel("store RSS, MB")
+    axis.set_title(f"Store RSS, {mem.get('messages', 0):,} messages, streaming the backlog")

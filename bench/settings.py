@@ -1,0 +1,65 @@
+"""Every count and duration of the benchmark run, in one place.
+
+Two profiles: FULL (what `make bench` runs, under ~15 minutes on the 2-core machine) and QUICK
+(tiny sizes, well under a minute, for the smoke test and for trying a change).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Settings:
+    # Throughput runs (echo and CreateMessage): warm-up, then the measured window, per run.
+    warmup_seconds: float = 1.0
+    measure_seconds: float = 5.0
+    # The concurrencies of issue 3: one caller, and 64 calls in flight on one channel.
+    concurrencies: tuple[int, ...] = (1, 64)
+    # End to end: producer tasks (closed loop) and how many messages they create in all.
+    e2e_producers: int = 64
+    e2e_messages: int = 10_000
+    # The idle-system latency run: an open-loop producer at this rate, for this many messages.
+    e2e_rate_per_second: float = 200.0
+    e2e_rate_messages: int = 2_000
+    # The bot's max_in_flight in the end-to-end runs; the Redis consumer gets the same.
+    bot_max_in_flight: int = 16
+    # Lookups: table sizes, and how many timed GetMessage / MarkProcessed calls at each size.
+    lookup_sizes: tuple[int, ...] = (1_000, 10_000, 100_000, 1_000_000)
+    lookup_samples: int = 2_000
+    # Slow responder (bench.responders, 200 ms a reply): the bot's in-flight limit, the backlog.
+    slow_max_in_flight: int = 64
+    slow_messages: int = 4_000
+    # The old way: sizes and lookups per size (its full scans are slow by design at 1M).
+    oldway_sizes: tuple[int, ...] = (1_000, 10_000, 100_000, 1_000_000)
+    oldway_max_samples: int = 200
+    oldway_budget_seconds: float = 4.0
+    # Memory: rows held, of which this many are a PENDING backlog streamed to a bot.
+    memory_messages: int = 1_000_000
+    memory_backlog: int = 100_000
+    memory_max_in_flight: int = 256
+    # The backlog drains at the store's settle rate; stop sampling after this long regardless.
+    memory_stream_seconds: float = 120.0
+    rss_sample_seconds: float = 0.05
+
+
+FULL = Settings()
+
+QUICK = Settings(
+    warmup_seconds=0.3,
+    measure_seconds=1.0,
+    e2e_producers=16,
+    e2e_messages=300,
+    e2e_rate_messages=200,
+    lookup_sizes=(1_000, 10_000),
+    lookup_samples=200,
+    slow_max_in_flight=16,
+    slow_messages=160,
+    oldway_sizes=(1_000, 10_000),
+    oldway_max_samples=50,
+    oldway_budget_seconds=0.5,
+    memory_messages=10_000,
+    memory_backlog=1_000,
+    memory_max_in_flight=64,
+    memory_stream_seconds=20.0,
+)

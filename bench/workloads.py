@@ -1,0 +1,549 @@
+"""The workloads of issue 3, each against real processes, each returning plain JSON-able figures.
+
+Every workload starts its own servers on a fresh database (a workload never measures another's
+leftovers) and stops them before it returns, whatever happened. Servers and client load run in
+separate processes; the coordinator (this process) only starts them, samples the server's CPU
+and memory, and reads the results back through the store's own API.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import random
+import statistics
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import grpc
+import psutil  # type: ignore[import-untyped]  # no types-psutil in the dev extras
+
+from ackbot.v1 import message_store_pb2 as pb
+from ackbot.v1 import message_store_pb2_grpc as pb_grpc
+from bench import echo, fill, oldway, peer
+from bench.loadgen import STORE_CREATE_METHOD, Result, Spec, run_child, run_loadgen
+from bench.procs import (
+    PAGE_SIZE,
+    RPC_TIMEOUT,
+    Service,
+    bot_service,
+    child_env,
+    echo_service,
+    stop_all,
+    store_service,
+    wait_until,
+)
+from bench.responders import SLOW_DELAY_SECONDS
+from bench.settings import Settings
+
+Figures = dict[str, Any]
+REDIS_ADDRESS = "127.0.0.1:6379"
+# Lookups not timed before the timed ones: connection set-up and the first page reads.
+LOOKUP_WARMUP_CALLS = 100
+
+
+@dataclass
+class Context:
+    settings: Settings
+    workdir: Path
+    env: dict[str, str] = field(default_factory=child_env)
+    _names: dict[str, int] = field(default_factory=dict)
+
+    def fresh(self, name: str) -> Path:
+        """A new folder for one server's database and log (a name may be used many times)."""
+        number = self._names[name] = self._names.get(name, 0) + 1
+        path = self.workdir / f"{name}-{number}"
+        path.mkdir(parents=True)
+        return path
+
+
+# -- helpers ------------------------------------------------------------------------------------
+
+
+@contextlib.asynccontextmanager
+async def running(*services: Service) -> AsyncIterator[None]:
+    """Starts the services in order and stops them all on the way out."""
+    try:
+        for service in services:
+            await service.astart()
+        yield
+    finally:
+        await asyncio.to_thread(stop_all, reversed(services))
+
+
+def server_pid(service: Service) -> int:
+    assert service.proc is not None
+    return service.proc.pid
+
+
+class CpuWindow:
+    """A server process's CPU seconds between `open()` and `close()`."""
+
+    def __init__(self, pid: int) -> None:
+        self._process = psutil.Process(pid)
+        self._opened = self._opened_at = 0.0
+        self.cpu_seconds = self.wall_seconds = 0.0
+
+    def _cpu(self) -> float:
+        times = self._process.cpu_times()
+        return float(times.user + times.system)
+
+    def open(self) -> None:
+        self._opened, self._opened_at = self._cpu(), time.monotonic()
+
+    def close(self) -> None:
+        self.cpu_seconds = self._cpu() - self._opened
+        self.wall_seconds = time.monotonic() - self._opened_at
+
+
+def percentiles(values_ms: Sequence[float]) -> Figures:
+    if not values_ms:
+        return {"p50_ms": None, "p95_ms": None, "p99_ms": None, "max_ms": None}
+    ordered = sorted(values_ms)
+
+    def at(fraction: float) -> float:
+        return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
+
+    return {"p50_ms": at(0.50), "p95_ms": at(0.95), "p99_ms": at(0.99), "max_ms": ordered[-1]}
+
+
+async def unary_load(
+    ctx: Context, server: Service, method: str, concurrency: int, id_prefix: str
+) -> Figures:
+    """One closed-loop client process against `method`; calls/s and both sides' CPU."""
+    cpu = CpuWindow(server_pid(server))
+    spec = Spec(
+        mode="unary",
+        address=server.address,
+        method=method,
+        concurrency=concurrency,
+        warmup_seconds=ctx.settings.warmup_seconds,
+        measure_seconds=ctx.settings.measure_seconds,
+        id_prefix=id_prefix,
+    )
+    result = await run_loadgen(spec, ctx.env, on_measuring=cpu.open)
+    cpu.close()
+    return {
+        "concurrency": concurrency,
+        "calls_per_second": result.calls / result.seconds,
+        "calls": result.calls,
+        "errors": result.errors,
+        "first_error": result.first_error,
+        "server_cpu_percent": 100 * cpu.cpu_seconds / cpu.wall_seconds,
+        "client_cpu_percent": 100 * result.client_cpu_seconds / result.seconds,
+        **({"latency": percentiles(result.latencies_ms)} if result.latencies_ms else {}),
+    }
+
+
+def store_stub(channel: grpc.aio.Channel) -> pb_grpc.MessageStoreStub:
+    return pb_grpc.MessageStoreStub(channel)
+
+
+async def list_all(stub: pb_grpc.MessageStoreStub, state: int = 0) -> list[pb.Message]:
+    messages: list[pb.Message] = []
+    token = ""
+    while True:
+        response = await stub.ListMessages(
+            pb.ListMessagesRequest(page_size=PAGE_SIZE, page_token=token, state=state),  # type: ignore[arg-type]
+            timeout=RPC_TIMEOUT,
+        )
+        messages.extend(response.messages)
+        token = response.next_page_token
+        if not token:
+            return messages
+
+
+async def nothing_unsettled(stub: pb_grpc.MessageStoreStub) -> bool:
+    for state in (pb.MESSAGE_STATE_PENDING, pb.MESSAGE_STATE_LEASED):
+        response = await stub.ListMessages(
+            pb.ListMessagesRequest(page_size=1, state=state), timeout=RPC_TIMEOUT
+        )
+        if response.messages:
+            return False
+    return True
+
+
+async def wait_settled(stub: pb_grpc.MessageStoreStub, within: float) -> None:
+    await wait_until(
+        lambda: nothing_unsettled(stub), within, interval=0.1, what="no message unsettled"
+    )
+
+
+def answer_figures(
+    returned: dict[str, int], committed: dict[str, int], produce_start_ns: int
+) -> Figures:
+    """Throughput and create-to-reply latency from the producers' return times and the
+    replies' commit times (both wall-clock ns on this machine)."""
+    answered = [message_id for message_id in returned if message_id in committed]
+    latencies = [(committed[m] - returned[m]) / 1e6 for m in answered]
+    last_ns = max((committed[m] for m in answered), default=produce_start_ns)
+    seconds = (last_ns - produce_start_ns) / 1e9
+    return {
+        "created": len(returned),
+        "answered": len(answered),
+        "answered_per_second": len(answered) / seconds if seconds > 0 else 0.0,
+        "seconds": seconds,
+        "latency": percentiles(latencies),
+    }
+
+
+def read_times(path: Path) -> dict[str, int]:
+    return {message_id: ns for message_id, ns in json.loads(path.read_text())}
+
+
+async def produce(
+    ctx: Context, *, address: str = "", count: int, concurrency: int = 1, rate: float = 0.0,
+    redis_stream: str = "", id_prefix: str, folder: Path,
+) -> tuple[Result, dict[str, int]]:  # fmt: skip
+    times_path = folder / f"{id_prefix}-times.json"
+    spec = Spec(
+        mode="produce",
+        address=address,
+        count=count,
+        concurrency=concurrency,
+        rate_per_second=rate,
+        id_prefix=id_prefix,
+        times_path=str(times_path),
+        redis_address=REDIS_ADDRESS if redis_stream else "",
+        redis_stream=redis_stream,
+    )
+    result = await run_loadgen(spec, ctx.env)
+    if result.errors:
+        raise RuntimeError(f"{result.errors} creates failed, first: {result.first_error}")
+    return result, read_times(times_path)
+
+
+def settle_deadline(count: int) -> float:
+    # Generous: a wedged run fails after this, a slow one finishes.
+    return 60.0 + count / 50
+
+
+# -- 1. the gRPC ceiling ------------------------------------------------------------------------
+
+
+async def ceiling(ctx: Context) -> Figures:
+    server = echo_service(ctx.fresh("echo"))
+    figures: Figures = {}
+    async with running(server):
+        for concurrency in ctx.settings.concurrencies:
+            figures[f"unary_c{concurrency}"] = await unary_load(
+                ctx, server, echo.CREATE_METHOD, concurrency, f"echo{concurrency}"
+            )
+        cpu = CpuWindow(server_pid(server))
+        spec = Spec(
+            mode="stream",
+            address=server.address,
+            method=echo.STREAM_METHOD,
+            warmup_seconds=ctx.settings.warmup_seconds,
+            measure_seconds=ctx.settings.measure_seconds,
+        )
+        result = await run_loadgen(spec, ctx.env, on_measuring=cpu.open)
+        cpu.close()
+        figures["stream"] = {
+            "messages_per_second": result.calls / result.seconds,
+            "server_cpu_percent": 100 * cpu.cpu_seconds / cpu.wall_seconds,
+            "client_cpu_percent": 100 * result.client_cpu_seconds / result.seconds,
+        }
+    return figures
+
+
+# -- 2. CreateMessage ---------------------------------------------------------------------------
+
+
+async def create(ctx: Context) -> Figures:
+    folder = ctx.fresh("create")
+    store = store_service(folder, folder / "store.db")
+    figures: Figures = {}
+    async with running(store):
+        for concurrency in ctx.settings.concurrencies:
+            figures[f"unary_c{concurrency}"] = await unary_load(
+                ctx, store, STORE_CREATE_METHOD, concurrency, f"create{concurrency}"
+            )
+    return figures
+
+
+# -- 3. end to end ------------------------------------------------------------------------------
+
+
+async def _ackbot_end_to_end(ctx: Context, *, count: int, concurrency: int, rate: float) -> Figures:
+    folder = ctx.fresh("e2e")
+    store = store_service(folder, folder / "store.db")
+    async with running(store):
+        bot = bot_service(
+            folder, store.address, persona="ackbot", max_in_flight=ctx.settings.bot_max_in_flight
+        )
+        async with running(bot), grpc.aio.insecure_channel(store.address) as channel:
+            stub = store_stub(channel)
+            produced, returned = await produce(
+                ctx, address=store.address, count=count, concurrency=concurrency, rate=rate,
+                id_prefix="e2e", folder=folder,
+            )  # fmt: skip
+            await wait_settled(stub, settle_deadline(count))
+            messages = await list_all(stub)
+    committed = {m.id: m.process_time.ToNanoseconds() for m in messages if m.reply_id}
+    return {
+        **answer_figures(returned, committed, produced.start_ns),
+        "producer_seconds": produced.seconds,
+        "creates_per_second": produced.calls / produced.seconds,
+    }
+
+
+async def end_to_end(ctx: Context) -> Figures:
+    s = ctx.settings
+    return {
+        "full_speed": await _ackbot_end_to_end(
+            ctx, count=s.e2e_messages, concurrency=s.e2e_producers, rate=0.0
+        ),
+        "fixed_rate": {
+            "rate_per_second": s.e2e_rate_per_second,
+            **await _ackbot_end_to_end(
+                ctx, count=s.e2e_rate_messages, concurrency=1, rate=s.e2e_rate_per_second
+            ),
+        },
+    }
+
+
+# -- 6. the Redis Streams peer ------------------------------------------------------------------
+
+
+async def redis_peer(ctx: Context) -> Figures:
+    s = ctx.settings
+    if not peer.redis_reachable(REDIS_ADDRESS):
+        return {"skipped": f"no Redis listening at {REDIS_ADDRESS}"}
+    folder = ctx.fresh("redis")
+    stream = f"ackbot-bench-{time.time_ns()}"
+    replies = f"{stream}:replies"
+    client = peer.connect(REDIS_ADDRESS)
+    try:
+        await client.xgroup_create(stream, peer.GROUP, id="0", mkstream=True)
+        consumer_ready = asyncio.Event()
+        consumer = asyncio.create_task(
+            run_child(
+                "bench.peer",
+                asdict(
+                    peer.ConsumerSpec(
+                        address=REDIS_ADDRESS,
+                        stream=stream,
+                        reply_stream=replies,
+                        count=s.e2e_messages,
+                        max_in_flight=s.bot_max_in_flight,
+                    )
+                ),
+                ctx.env,
+                on_measuring=consumer_ready.set,
+            )
+        )
+        # The bot is ready before ackbot's producers start; the consumer gets the same.
+        ready = asyncio.create_task(consumer_ready.wait())
+        await asyncio.wait({consumer, ready}, timeout=30, return_when=asyncio.FIRST_COMPLETED)
+        if not consumer_ready.is_set():
+            ready.cancel()
+            await consumer  # raises the consumer's error, if it died
+            raise RuntimeError("the Redis consumer did not start within 30 s")
+        produced, returned = await produce(
+            ctx, count=s.e2e_messages, concurrency=s.e2e_producers, redis_stream=stream,
+            id_prefix="redis", folder=folder,
+        )  # fmt: skip
+        await asyncio.wait_for(consumer, settle_deadline(s.e2e_messages))
+        committed = await peer.reply_commit_times(client, replies)
+        return {
+            **answer_figures(returned, committed, produced.start_ns),
+            "durability": await peer.durability(client),
+        }
+    finally:
+        await client.delete(stream, replies)
+        await client.aclose()
+
+
+# -- 4. lookup cost vs size ---------------------------------------------------------------------
+
+
+async def _filled_store(
+    ctx: Context, name: str, total: int, pending: int, sample: int
+) -> tuple[Path, fill.Filled]:
+    """A database made by the store, then filled directly; returns its folder."""
+    folder = ctx.fresh(name)
+    db_path = folder / "store.db"
+    async with running(store_service(folder, db_path, name="schema")):
+        pass  # the store creates its schema on start; stopping it frees the file for the fill
+    return folder, await asyncio.to_thread(fill.fill, db_path, total, pending, sample)
+
+
+async def _timed(call: Callable[..., Awaitable[Any]], requests: Sequence[Any]) -> list[float]:
+    """Milliseconds of each call, one after another (an idle system's latency)."""
+    latencies = []
+    for request in requests:
+        started = time.perf_counter()
+        await call(request, timeout=RPC_TIMEOUT)
+        latencies.append((time.perf_counter() - started) * 1e3)
+    return latencies
+
+
+async def lookup(ctx: Context) -> Figures:
+    s = ctx.settings
+    rng = random.Random(4)
+    figures: Figures = {}
+    for size in s.lookup_sizes:
+        calls = s.lookup_samples + LOOKUP_WARMUP_CALLS
+        folder, filled = await _filled_store(ctx, f"lookup{size}", size, calls, calls)
+        store = store_service(folder, folder / "store.db")
+        async with running(store), grpc.aio.insecure_channel(store.address) as channel:
+            stub = store_stub(channel)
+            get_ids = [rng.choice(filled.sample_ids) for _ in range(calls)]
+            mark_ids = rng.sample(filled.pending_ids, len(filled.pending_ids))[:calls]
+            reply = pb.Message(author="bench", text="benchmark reply")
+            get_ms = await _timed(stub.GetMessage, [pb.GetMessageRequest(id=m) for m in get_ids])
+            mark_ms = await _timed(
+                stub.MarkProcessed,
+                [pb.MarkProcessedRequest(id=m, reply=reply) for m in mark_ids],
+            )
+        figures[str(size)] = {
+            "fill_seconds": filled.seconds,
+            "get": _latency_summary(get_ms[LOOKUP_WARMUP_CALLS:]),
+            "mark_processed": _latency_summary(mark_ms[LOOKUP_WARMUP_CALLS:]),
+        }
+    return figures
+
+
+def _latency_summary(latencies_ms: list[float]) -> Figures:
+    return {
+        "calls": len(latencies_ms),
+        "mean_ms": statistics.fmean(latencies_ms),
+        **percentiles(latencies_ms),
+    }
+
+
+# -- 5. slow responder --------------------------------------------------------------------------
+
+
+async def slow_responder(ctx: Context) -> Figures:
+    s = ctx.settings
+    folder = ctx.fresh("slow")
+    store = store_service(folder, folder / "store.db")
+    async with running(store), grpc.aio.insecure_channel(store.address) as channel:
+        stub = store_stub(channel)
+        # A backlog first, so the bot is never short of work: the bound is then the bot's.
+        await produce(
+            ctx, address=store.address, count=s.slow_messages, concurrency=s.e2e_producers,
+            id_prefix="slow", folder=folder,
+        )  # fmt: skip
+        bot = bot_service(
+            folder,
+            store.address,
+            persona="slowbot",
+            max_in_flight=s.slow_max_in_flight,
+            responder="bench.responders:slow",
+        )
+        async with running(bot):
+            await wait_settled(stub, settle_deadline(s.slow_messages))
+        messages = await list_all(stub)
+    done_ns = sorted(m.process_time.ToNanoseconds() for m in messages if m.reply_id)
+    # The first replies were delivered one delay before they committed: that is when work began.
+    seconds = (done_ns[-1] - done_ns[0]) / 1e9 + SLOW_DELAY_SECONDS
+    bound = s.slow_max_in_flight / SLOW_DELAY_SECONDS
+    achieved = len(done_ns) / seconds
+    return {
+        "answered": len(done_ns),
+        "max_in_flight": s.slow_max_in_flight,
+        "delay_seconds": SLOW_DELAY_SECONDS,
+        "answered_per_second": achieved,
+        "littles_law_bound_per_second": bound,
+        "ratio": achieved / bound,
+    }
+
+
+# -- 7. the old way -----------------------------------------------------------------------------
+
+
+async def old_way(ctx: Context) -> Figures:
+    s = ctx.settings
+    figures: Figures = {}
+    for size in s.oldway_sizes:
+        result = await asyncio.to_thread(
+            oldway.measure, size, s.oldway_max_samples, s.oldway_budget_seconds
+        )
+        figures[str(size)] = asdict(result)
+    return figures
+
+
+# -- 8. memory ----------------------------------------------------------------------------------
+
+
+class RssSampler:
+    """Samples a process's resident set size until stopped; keeps the series and the peak."""
+
+    def __init__(self, pid: int, interval: float) -> None:
+        self._process = psutil.Process(pid)
+        self._interval = interval
+        self._started = time.monotonic()
+        self.series: list[tuple[float, float]] = []  # (seconds since start, MB)
+        self._task = asyncio.create_task(self._run())
+
+    async def _run(self) -> None:
+        while True:
+            rss = self._process.memory_info().rss / 2**20
+            self.series.append((time.monotonic() - self._started, rss))
+            # Deliberate pacing of the sampler, not a wait for a condition.
+            await asyncio.sleep(self._interval)
+
+    @property
+    def peak_mb(self) -> float:
+        return max(mb for _, mb in self.series)
+
+    async def stop(self) -> None:
+        self._task.cancel()
+        with contextlib.suppress(asyncio.CancelledError, psutil.NoSuchProcess):
+            await self._task
+
+
+async def memory(ctx: Context) -> Figures:
+    s = ctx.settings
+    folder, filled = await _filled_store(ctx, "memory", s.memory_messages, s.memory_backlog, 1)
+    store = store_service(folder, folder / "store.db")
+    async with running(store), grpc.aio.insecure_channel(store.address) as channel:
+        stub = store_stub(channel)
+        sampler = RssSampler(server_pid(store), s.rss_sample_seconds)
+        try:
+            await stub.GetMessage(pb.GetMessageRequest(id=filled.pending_ids[0]))
+            idle_mb = psutil.Process(server_pid(store)).memory_info().rss / 2**20
+            bot = bot_service(
+                folder, store.address, persona="membot", max_in_flight=s.memory_max_in_flight
+            )
+            started = time.monotonic()
+            async with running(bot):
+                with contextlib.suppress(TimeoutError):
+                    await wait_settled(stub, s.memory_stream_seconds)
+                streamed_seconds = time.monotonic() - started
+        finally:
+            await sampler.stop()
+        left = len(await list_all(stub, pb.MESSAGE_STATE_PENDING))
+    answered = len(filled.pending_ids) - left
+    return {
+        "messages": filled.rows,
+        "backlog": len(filled.pending_ids),
+        "fill_seconds": filled.seconds,
+        "rss_idle_mb": idle_mb,
+        "rss_peak_mb": sampler.peak_mb,
+        "backlog_answered": answered,
+        "stream_seconds": streamed_seconds,
+        "answered_per_second": answered / streamed_seconds,
+        "rss_series": [(round(t, 2), round(mb, 1)) for t, mb in sampler.series[::4]],
+    }
+
+
+WORKLOADS: dict[str, Callable[[Context], Any]] = {
+    "ceiling": ceiling,
+    "create": create,
+    "e2e": end_to_end,
+    "redis": redis_peer,
+    "lookup": lookup,
+    "slow": slow_responder,
+    "oldway": old_way,
+    "memory": memory,
+}
+# A figure and the baseline it is a ratio of, measured in the same run: running one runs both.
+BASELINES = {"create": "ceiling", "e2e": "redis"}
