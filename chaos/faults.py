@@ -124,6 +124,7 @@ FAULT_WEIGHTS = {
     "cut-bots": 3,
     "cut-producers": 1,
     "stall-bots": 2,
+    "stall-one-bot": 2,
     "stall-producers": 1,
 }
 
@@ -191,6 +192,15 @@ class FaultScheduler:
             self.cut_connections += cut
             return f"{cut} connections reset"
         seconds = rng.uniform(*self._stall)
+        if name == "stall-one-bot":
+            # One bot partitioned while the others work on: its leases expire, the others take
+            # its messages, and its late replies must be refused as duplicates.
+            stalled = await cluster.bots_proxy.stall_one(seconds, rng)
+            return (
+                f"one of the bots' connections {seconds:.2f}s without forwarding"
+                if stalled
+                else "no connection open"
+            )
         proxy = cluster.bots_proxy if name == "stall-bots" else cluster.producers_proxy
         await proxy.stall(seconds)
         return f"{seconds:.2f}s without forwarding"

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import random
 import socket
 import struct
 from dataclasses import dataclass, field
@@ -32,6 +33,11 @@ class _Link:
     client: asyncio.StreamWriter
     upstream: asyncio.StreamWriter
     pumps: list[asyncio.Task[None]] = field(default_factory=list)
+    # Cleared while this link alone is stalled (see TcpProxy.stall_one).
+    flowing: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def __post_init__(self) -> None:
+        self.flowing.set()
 
     def reset(self) -> None:
         for writer in (self.client, self.upstream):
@@ -54,7 +60,8 @@ class TcpProxy:
         self._upstream = (upstream_host, upstream_port)
         self._listen_host = listen_host
         self._server: asyncio.Server | None = None
-        self._links: set[_Link] = set()
+        # A dict for its order: stall_one picks by accept order, so a seed picks the same link.
+        self._links: dict[_Link, None] = {}
         self._flowing = asyncio.Event()
         self._flowing.set()
         self.port = 0
@@ -89,7 +96,7 @@ class TcpProxy:
 
     def cut(self) -> int:
         """Resets every open connection; returns how many there were."""
-        links, self._links = list(self._links), set()
+        links, self._links = list(self._links), {}
         for link in links:
             link.reset()
             for pump in link.pumps:
@@ -105,6 +112,21 @@ class TcpProxy:
         finally:
             self._flowing.set()
 
+    async def stall_one(self, seconds: float, rng: random.Random) -> bool:
+        """Like `stall`, but for one open connection picked by `rng` (in the order they were
+        accepted), while the others flow: one client alone partitioned. False when none is open.
+        """
+        links = list(self._links)
+        if not links:
+            return False
+        link = rng.choice(links)
+        link.flowing.clear()
+        try:
+            await asyncio.sleep(seconds)
+        finally:
+            link.flowing.set()
+        return True
+
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         # A stalled link does not even complete the upstream handshake.
         await self._flowing.wait()
@@ -114,27 +136,30 @@ class TcpProxy:
             writer.transport.abort()
             return
         link = _Link(writer, up_writer)
-        self._links.add(link)
+        self._links[link] = None
         link.pumps = [
-            asyncio.create_task(self._pump(reader, up_writer)),
-            asyncio.create_task(self._pump(up_reader, writer)),
+            asyncio.create_task(self._pump(reader, up_writer, link)),
+            asyncio.create_task(self._pump(up_reader, writer, link)),
         ]
         try:
             # Either side closing ends the link: gRPC never half-closes a connection it still
             # uses, and the other pump must not outlive a dead peer.
             await asyncio.wait(link.pumps, return_when=asyncio.FIRST_COMPLETED)
         finally:
-            self._links.discard(link)
+            self._links.pop(link, None)
             for pump in link.pumps:
                 pump.cancel()
             await asyncio.gather(*link.pumps, return_exceptions=True)
             for side in (writer, up_writer):
                 side.close()
 
-    async def _pump(self, source: asyncio.StreamReader, sink: asyncio.StreamWriter) -> None:
+    async def _pump(
+        self, source: asyncio.StreamReader, sink: asyncio.StreamWriter, link: _Link
+    ) -> None:
         with contextlib.suppress(ConnectionError, OSError):
             while data := await source.read(CHUNK_BYTES):
                 await self._flowing.wait()
+                await link.flowing.wait()
                 if sink.is_closing():
                     return
                 sink.write(data)

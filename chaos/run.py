@@ -256,7 +256,11 @@ def render(outcome: Outcome) -> str:
     figures, faults, seconds = outcome.figures, outcome.faults, outcome.seconds
     kills = faults.get("kill-store", 0), faults.get("kill-bot", 0), faults.get("stop-bot", 0)
     cuts = faults.get("cut-bots", 0), faults.get("cut-producers", 0)
-    stalls = faults.get("stall-bots", 0), faults.get("stall-producers", 0)
+    stalls = (
+        faults.get("stall-bots", 0),
+        faults.get("stall-one-bot", 0),
+        faults.get("stall-producers", 0),
+    )
     lines = [
         f"ackbot chaos run: profile {outcome.profile}, seed {outcome.seed}, "
         f"{outcome.messages} messages",
@@ -266,7 +270,8 @@ def render(outcome: Outcome) -> str:
         f"faults: store SIGKILLs {kills[0]}, bot SIGKILLs {kills[1]}, bot SIGTERMs {kills[2]}, "
         f"cuts {sum(cuts)} (bots {cuts[0]}, producers {cuts[1]}; "
         f"{faults.get('connections-reset', 0)} connections reset), "
-        f"stalls {sum(stalls)} (bots {stalls[0]}, producers {stalls[1]})",
+        f"stalls {sum(stalls)} (all bots {stalls[0]}, one bot {stalls[1]}, "
+        f"producers {stalls[2]})",
         f"creates: {figures.get('creates_acknowledged', 0)} acknowledged, "
         f"{figures.get('create_retries', 0)} retries, "
         f"{figures.get('creates_retried_already_existed', 0)} retries answered already-existed",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import random
 
 import pytest
 
@@ -90,6 +91,25 @@ async def test_stall_holds_bytes_until_it_ends_and_loses_none(proxy):
         assert stall.done()
         assert echoed == b"during the stall"
         assert await round_trip(reader, writer, b"after") == b"after"
+
+
+async def test_stall_one_holds_one_connection_while_the_other_flows(proxy):
+    async with connected(proxy) as first, connected(proxy) as second:
+        for reader, writer in (first, second):
+            assert await round_trip(reader, writer, b"up") == b"up"
+        stall = asyncio.create_task(proxy.stall_one(0.5, random.Random(0)))
+        await asyncio.sleep(0)  # let the stall begin before the bytes are sent
+        echoes = {}
+        for name, (reader, writer) in (("first", first), ("second", second)):
+            writer.write(b"ping")
+            echoes[asyncio.create_task(reader.readexactly(4))] = name
+        done, held = await asyncio.wait(echoes, timeout=WITHIN, return_when=asyncio.FIRST_COMPLETED)
+        # One connection flowed while the stall lasted; the other got its bytes after it.
+        assert len(done) == 1
+        assert not stall.done()
+        await asyncio.wait_for(asyncio.gather(*held), WITHIN)
+        assert stall.done()
+        assert stall.result() is True
 
 
 async def test_a_connection_opened_during_a_stall_waits_for_its_end(proxy):
