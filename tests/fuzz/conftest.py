@@ -10,8 +10,10 @@ import pytest
 from ackbot.v1 import message_store_pb2_grpc as pb_grpc
 from tests.integration.conftest import (  # noqa: F401  (re-exported hooks and fixtures)
     _remember_services,
+    channel,
     pytest_runtest_makereport,
     start_store,
+    stub,
 )
 from tests.integration.harness import store_service
 
@@ -27,5 +29,5 @@ def store(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def sync_stub(store):
-    with grpc.insecure_channel(store.address) as channel:
-        yield pb_grpc.MessageStoreStub(channel)
+    with grpc.insecure_channel(store.address) as sync_channel:
+        yield pb_grpc.MessageStoreStub(sync_channel)
