@@ -109,6 +109,10 @@ def check(
         "processed": sum(m.state == pb.MESSAGE_STATE_PROCESSED for m in originals),
         "dead": sum(m.state == pb.MESSAGE_STATE_DEAD for m in originals),
         "dead_expected": sum(p.must_fail for p in planned.values()),
+        "processed_slow": sum(
+            m.state == pb.MESSAGE_STATE_PROCESSED and m.id in planned and planned[m.id].slow
+            for m in originals
+        ),
         "left_unsettled": sum(m.state in _UNSETTLED for m in originals),
         "redelivered": len(redelivered),
         "redelivered_answered_once": sum(

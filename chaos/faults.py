@@ -22,7 +22,7 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
-from .harness import Service, bot_service, responder, store_service
+from .harness import Service, bot_service, store_service
 from .proxy import TcpProxy
 
 log = logging.getLogger(__name__)
@@ -85,10 +85,17 @@ class Cluster:
             persona=persona,
             max_in_flight=self._settings.max_in_flight,
             lease_seconds=self._settings.lease_seconds,
-            responder=responder("fails_on_marker"),
-            # A fixed port: a restarted bot logs the same `listening on` line as before, which
-            # is the line the harness waits for.
-            args=["--listen", f"127.0.0.1:{free_port()}"],
+            responder="chaos.responder:chaos",
+            args=[
+                # A fixed port: a restarted bot logs the same `listening on` line as before,
+                # which is the line the harness waits for.
+                "--listen",
+                f"127.0.0.1:{free_port()}",
+                # Messages made to fail wait base * 2^(attempt-1) between attempts: with this
+                # base all max_attempts of them take seconds, so they are DEAD by the drain.
+                "--retry-base-seconds",
+                "0.01",
+            ],
         )
 
     async def revive(self) -> list[str]:
@@ -161,9 +168,10 @@ class FaultScheduler:
             except TimeoutError:
                 pass
             name = self._rng.choices(names, weights)[0]
+            began = loop.time() - started
             what = await self._inject(name)
             self.counts[name] += 1
-            line = f"{loop.time() - started:7.2f}s {name}: {what}"
+            line = f"{began:7.2f}s to {loop.time() - started:7.2f}s {name}: {what}"
             self.timeline.append(line)
             log.info("%s", line)
 

@@ -70,11 +70,6 @@ def bot_service(
     )
 
 
-def responder(name: str) -> str:
-    """The --responder value of a test double in tests/support/responders.py."""
-    return cast(str, _harness.responder(name))
-
-
 async def wait_until(
     predicate: Callable[[], object | Awaitable[object]],
     within: float,

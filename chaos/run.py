@@ -55,14 +55,16 @@ class Profile:
     # message goes to another, and the late reply must be the one that is refused.
     stall_seconds: tuple[float, float]
     fail_fraction: float
+    # Messages whose reply needs a lease extension (see chaos/responder.py).
+    slow_fraction: float
     cluster: ClusterSettings = field(
         default_factory=lambda: ClusterSettings(
             max_in_flight=16,
             lease_seconds=4,
             # Above the default 5: every delivery to a bot that then dies counts as an attempt,
-            # so under this many faults a message could die of bad luck alone. With 8, DEAD in
-            # the verdict means the responder failed it, and the dead-letter path still runs.
-            max_attempts=8,
+            # and with a fault every few seconds a message could die of bad luck alone. With
+            # 10, DEAD in the verdict means the responder failed it.
+            max_attempts=10,
         )
     )
 
@@ -77,6 +79,7 @@ _CI = Profile(
     fault_pause_seconds=(0.5, 3.0),
     stall_seconds=(0.5, 7.0),
     fail_fraction=0.02,
+    slow_fraction=0.01,
 )
 PROFILES = {
     "ci": _CI,
@@ -178,7 +181,12 @@ async def run(profile: Profile, seed: int, workdir: Path) -> Outcome:
         settings={**asdict(profile), "bots": len(PERSONAS)},
     )
     plan = make_plan(
-        seed, profile.messages, profile.producers, profile.produce_seconds, profile.fail_fraction
+        seed,
+        profile.messages,
+        profile.producers,
+        profile.produce_seconds,
+        profile.fail_fraction,
+        profile.slow_fraction,
     )
     cluster = Cluster(workdir, profile.cluster)
     loop = asyncio.get_running_loop()
@@ -275,7 +283,8 @@ def render(outcome: Outcome) -> str:
         f"creates: {figures.get('creates_acknowledged', 0)} acknowledged, "
         f"{figures.get('create_retries', 0)} retries, "
         f"{figures.get('creates_retried_already_existed', 0)} retries answered already-existed",
-        f"outcome: {figures.get('processed', 0)} PROCESSED with {figures.get('replies', 0)} "
+        f"outcome: {figures.get('processed', 0)} PROCESSED ({figures.get('processed_slow', 0)} "
+        f"needing a lease extension) with {figures.get('replies', 0)} "
         f"replies, {figures.get('dead', 0)} DEAD ({figures.get('dead_expected', 0)} made to "
         f"fail), {figures.get('left_unsettled', 0)} unsettled",
         f"redeliveries: {figures.get('redelivered', 0)} messages delivered more than once "

@@ -18,6 +18,8 @@ from ackbot.v1 import message_store_pb2 as pb
 from ackbot.v1 import message_store_pb2_grpc as pb_grpc
 from tests.support.responders import FAIL_MARKER
 
+from .responder import SLOW_MARKER
+
 log = logging.getLogger(__name__)
 
 CREATE_TIMEOUT_SECONDS = 5.0
@@ -44,19 +46,30 @@ class PlannedMessage:
     due: float
     # The responder raises on it (its text carries FAIL_MARKER): it must end DEAD.
     must_fail: bool
+    # The responder takes long enough on it that the bot must extend the lease (SLOW_MARKER).
+    slow: bool = False
 
 
 def make_plan(
-    seed: int, count: int, producers: int, spread_seconds: float, fail_fraction: float
+    seed: int,
+    count: int,
+    producers: int,
+    spread_seconds: float,
+    fail_fraction: float,
+    slow_fraction: float = 0.0,
 ) -> list[PlannedMessage]:
     """The same seed always gives the same messages, authors and schedule."""
     rng = random.Random(f"{seed}:plan")
     plan = []
     for index in range(count):
-        must_fail = rng.random() < fail_fraction
+        draw = rng.random()
+        must_fail = draw < fail_fraction
+        slow = not must_fail and draw < fail_fraction + slow_fraction
         text = f"{rng.choice(_PHRASES)} #{index}"
         if must_fail:
             text = f"{text} {FAIL_MARKER}"
+        if slow:
+            text = f"{text} {SLOW_MARKER}"
         plan.append(
             PlannedMessage(
                 id=f"chaos-{seed}-{index:06d}",
@@ -64,6 +77,7 @@ def make_plan(
                 text=text,
                 due=spread_seconds * index / count,
                 must_fail=must_fail,
+                slow=slow,
             )
         )
     return plan
