@@ -303,12 +303,13 @@ def _lookup_panel(axis: Any, results: Results) -> None:
     sizes = sorted(old, key=int)
     axis.plot([int(s) for s in sizes], [old[s]["scan_mean_ms"] for s in sizes], "s--",
               color="#aa3333", label="old way: prefix scan (in-process)")  # fmt: skip
-    axis.set_xscale("log")
-    axis.set_yscale("log")
+    if lookups or old:
+        axis.set_xscale("log")
+        axis.set_yscale("log")
+        axis.legend()
     axis.set_xlabel("stored messages")
     axis.set_ylabel("ms per lookup")
     axis.set_title("Lookup cost vs size")
-    axis.legend()
 
 
 def _latency_panel(axis: Any, results: Results) -> None:
@@ -317,18 +318,23 @@ def _latency_panel(axis: Any, results: Results) -> None:
         ("ackbot 200/s", _get(results, "e2e", "fixed_rate", "latency")),
         ("Redis full speed", _get(results, "redis", "latency")),
     ]
+    drawn = 0
     for offset, (name, latency) in enumerate(series):
         if not latency or latency.get("p50_ms") is None:
             continue
+        # A log axis cannot show zero or a negative latency (a reply committed before the
+        # producer saw its create return): drawn at 0.01 ms, the table has the true value.
         values = [max(latency[k], 0.01) for k in ("p50_ms", "p95_ms", "p99_ms")]
         axis.bar([i + (offset - 1) * 0.27 for i in range(3)], values, 0.27, label=name)
+        drawn += 1
     axis.axhline(5, color="#888888", linestyle=":", linewidth=1)
     axis.axhline(50, color="#888888", linestyle=":", linewidth=1)
     axis.set_xticks(range(3), ["p50", "p95", "p99"])
-    axis.set_yscale("log")
+    if drawn:
+        axis.set_yscale("log")
+        axis.legend()
     axis.set_ylabel("ms, CreateMessage returned -> reply committed")
     axis.set_title("End-to-end latency (dotted: 5 ms and 50 ms targets)")
-    axis.legend()
 
 
 def _memory_panel(axis: Any, results: Results) -> None:

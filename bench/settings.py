@@ -46,8 +46,8 @@ class Settings:
 FULL = Settings()
 
 QUICK = Settings(
-    warmup_seconds=0.3,
-    measure_seconds=1.0,
+    warmup_seconds=0.2,
+    measure_seconds=0.5,
     e2e_producers=16,
     e2e_messages=300,
     e2e_rate_messages=200,

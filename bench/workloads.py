@@ -44,6 +44,8 @@ Figures = dict[str, Any]
 REDIS_ADDRESS = "127.0.0.1:6379"
 # Lookups not timed before the timed ones: connection set-up and the first page reads.
 LOOKUP_WARMUP_CALLS = 100
+# Timed lookups go to one size's store this many at a time, then to the next size's.
+LOOKUP_BATCH = 50
 
 
 @dataclass
@@ -384,29 +386,51 @@ async def _timed(call: Callable[..., Awaitable[Any]], requests: Sequence[Any]) -
 
 
 async def lookup(ctx: Context) -> Figures:
+    """Every size's store runs at once and the timed calls go round them in small batches, so
+    a burst of load from elsewhere on the machine hits all sizes alike instead of one."""
     s = ctx.settings
     rng = random.Random(4)
-    figures: Figures = {}
+    calls = s.lookup_samples + LOOKUP_WARMUP_CALLS
+    filled: dict[int, fill.Filled] = {}
+    stores: dict[int, Service] = {}
     for size in s.lookup_sizes:
-        calls = s.lookup_samples + LOOKUP_WARMUP_CALLS
-        folder, filled = await _filled_store(ctx, f"lookup{size}", size, calls, calls)
-        store = store_service(folder, folder / "store.db")
-        async with running(store), grpc.aio.insecure_channel(store.address) as channel:
-            stub = store_stub(channel)
-            get_ids = [rng.choice(filled.sample_ids) for _ in range(calls)]
-            mark_ids = rng.sample(filled.pending_ids, len(filled.pending_ids))[:calls]
-            reply = pb.Message(author="bench", text="benchmark reply")
-            get_ms = await _timed(stub.GetMessage, [pb.GetMessageRequest(id=m) for m in get_ids])
-            mark_ms = await _timed(
-                stub.MarkProcessed,
-                [pb.MarkProcessedRequest(id=m, reply=reply) for m in mark_ids],
+        folder, filled[size] = await _filled_store(ctx, f"lookup{size}", size, calls, calls)
+        stores[size] = store_service(folder, folder / "store.db")
+    reply = pb.Message(author="bench", text="benchmark reply")
+    get_ms: dict[int, list[float]] = {size: [] for size in stores}
+    mark_ms: dict[int, list[float]] = {size: [] for size in stores}
+    async with running(*stores.values()), contextlib.AsyncExitStack() as channels:
+        stubs = {
+            size: store_stub(
+                await channels.enter_async_context(grpc.aio.insecure_channel(store.address))
             )
-        figures[str(size)] = {
-            "fill_seconds": filled.seconds,
-            "get": _latency_summary(get_ms[LOOKUP_WARMUP_CALLS:]),
-            "mark_processed": _latency_summary(mark_ms[LOOKUP_WARMUP_CALLS:]),
+            for size, store in stores.items()
         }
-    return figures
+        get_ids = {
+            size: [rng.choice(f.sample_ids) for _ in range(calls)] for size, f in filled.items()
+        }
+        mark_ids = {size: rng.sample(f.pending_ids, calls) for size, f in filled.items()}
+        for start in range(0, calls, LOOKUP_BATCH):
+            order = list(stores)
+            rng.shuffle(order)
+            for size in order:
+                batch = slice(start, start + LOOKUP_BATCH)
+                get_ms[size] += await _timed(
+                    stubs[size].GetMessage,
+                    [pb.GetMessageRequest(id=m) for m in get_ids[size][batch]],
+                )
+                mark_ms[size] += await _timed(
+                    stubs[size].MarkProcessed,
+                    [pb.MarkProcessedRequest(id=m, reply=reply) for m in mark_ids[size][batch]],
+                )
+    return {
+        str(size): {
+            "fill_seconds": filled[size].seconds,
+            "get": _latency_summary(get_ms[size][LOOKUP_WARMUP_CALLS:]),
+            "mark_processed": _latency_summary(mark_ms[size][LOOKUP_WARMUP_CALLS:]),
+        }
+        for size in stores
+    }
 
 
 def _latency_summary(latencies_ms: list[float]) -> Figures:

@@ -1,0 +1,50 @@
+"""Smoke test of the benchmark suite: it runs, exits 0 and writes its results. Never a speed
+check: the figures of a shared CI machine mean nothing on their own."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+# The cheapest workloads that still start a real server and a client process (the gRPC
+# ceiling) and run in-process (the old way).
+WORKLOADS = ("ceiling", "oldway")
+
+
+@pytest.mark.slow
+def test_quick_run_writes_table_json_and_chart(tmp_path: Path) -> None:
+    out = tmp_path / "results"
+    run = subprocess.run(
+        [sys.executable, "-m", "bench.run", "--quick", "--only", *WORKLOADS, "--out", str(out)],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=100,
+    )
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert "Targets of issue 3" in run.stdout
+
+    document = json.loads((out / "results.json").read_text())
+    assert set(document) >= {"meta", "settings", "results", "errors", "table", "targets"}
+    assert document["errors"] == {}
+    assert document["meta"]["profile"] == "quick"
+    results = document["results"]
+    assert set(results) == set(WORKLOADS)
+    assert set(results["ceiling"]) == {"unary_c1", "unary_c64", "stream"}
+    for run_figures in (results["ceiling"]["unary_c1"], results["ceiling"]["unary_c64"]):
+        assert run_figures["calls"] > 0
+        assert run_figures["errors"] == 0
+    assert results["ceiling"]["stream"]["messages_per_second"] > 0
+    sizes = document["settings"]["oldway_sizes"]
+    assert set(results["oldway"]) == {str(size) for size in sizes}
+    # Past the first page of 1,000 keys, the old first-page scan cannot find most keys.
+    assert results["oldway"][str(max(sizes))]["first_page_miss_rate"] > 0
+    assert {row["workload"] for row in document["table"]} == set(WORKLOADS)
+    assert len(document["targets"]) == 8
+    assert (out / "results.txt").read_text().startswith("workload")
+    assert (out / "results.png").read_bytes().startswith(b"\x89PNG")
