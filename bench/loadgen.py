@@ -76,6 +76,19 @@ def announce(event: dict[str, Any]) -> None:
     print(json.dumps(event), flush=True)
 
 
+async def _create_call(
+    channel: grpc.aio.Channel, method: str
+) -> grpc.aio.UnaryUnaryMultiCallable[Any, pb.CreateMessageResponse]:
+    """CreateMessage, or the echo's copy of it, through a generic stub on a connected channel."""
+    call = channel.unary_unary(
+        method,
+        request_serializer=pb.CreateMessageRequest.SerializeToString,
+        response_deserializer=pb.CreateMessageResponse.FromString,
+    )
+    await asyncio.wait_for(channel.channel_ready(), CALL_TIMEOUT)
+    return call
+
+
 async def _unary(spec: Spec) -> Result:
     """Closed loop: `concurrency` tasks each call, wait, call again; counts calls that end in
     the measured window."""
@@ -83,12 +96,7 @@ async def _unary(spec: Spec) -> Result:
     window: dict[str, float] = {}
     stop_at = time.monotonic() + spec.warmup_seconds + spec.measure_seconds
     async with grpc.aio.insecure_channel(spec.address) as channel:
-        call = channel.unary_unary(
-            spec.method,
-            request_serializer=pb.CreateMessageRequest.SerializeToString,
-            response_deserializer=pb.CreateMessageResponse.FromString,
-        )
-        await asyncio.wait_for(channel.channel_ready(), CALL_TIMEOUT)
+        call = await _create_call(channel, spec.method)
 
         async def open_window() -> None:
             await asyncio.sleep(spec.warmup_seconds)
@@ -189,12 +197,7 @@ async def _produce(spec: Spec, send: Callable[[int, int], Awaitable[None]]) -> R
 
 async def _produce_grpc(spec: Spec) -> Result:
     async with grpc.aio.insecure_channel(spec.address) as channel:
-        call = channel.unary_unary(
-            spec.method,
-            request_serializer=pb.CreateMessageRequest.SerializeToString,
-            response_deserializer=pb.CreateMessageResponse.FromString,
-        )
-        await asyncio.wait_for(channel.channel_ready(), CALL_TIMEOUT)
+        call = await _create_call(channel, spec.method)
 
         async def send(worker: int, n: int) -> None:
             await call(create_request(spec.id_prefix, worker, n), timeout=CALL_TIMEOUT)

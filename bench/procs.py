@@ -20,6 +20,7 @@ class Service(Protocol):
     """One server process (tests.integration.harness.Service)."""
 
     name: str
+    argv: list[str]
     address: str
     log_path: Path
     proc: subprocess.Popen[bytes] | None
@@ -47,9 +48,16 @@ def child_env() -> dict[str, str]:
     return cast(dict[str, str], _harness.child_env())
 
 
-def store_service(workdir: Path, db_path: Path, *, name: str = "store") -> Service:
-    """The store at its default durability, on a free loopback port."""
-    return cast(Service, _harness.store_service(workdir, db_path=db_path, name=name))
+def store_service(
+    workdir: Path, db_path: Path, *, name: str = "store", profile_to: Path | None = None
+) -> Service:
+    """The store at its default durability, on a free loopback port; under cProfile, which
+    writes `profile_to` when the store exits, if that is set."""
+    service = cast(Service, _harness.store_service(workdir, db_path=db_path, name=name))
+    if profile_to is not None:
+        module_at = service.argv.index("ackbot.store") - 1  # the "-m" before it
+        service.argv[module_at:module_at] = ["-m", "cProfile", "-o", str(profile_to)]
+    return service
 
 
 def bot_service(
