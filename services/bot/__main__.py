@@ -24,6 +24,7 @@ from ackbot.bot.responder import (
     load_factory,
 )
 from ackbot.bot.worker import Worker
+from ackbot.common import eventloop
 from ackbot.common.logs import configure_logging
 from ackbot.common.serving import add_health_and_reflection, bind_insecure, set_serving
 
@@ -97,7 +98,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"ackbot-bot: error: argument --responder: {exc}", file=sys.stderr)
             return 2
     try:
-        asyncio.run(run(config, factory))
+        eventloop.run(run(config, factory))
     except ResponderLoadError as exc:
         print(f"ackbot-bot: error: argument --responder: {exc}", file=sys.stderr)
         return 2

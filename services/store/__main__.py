@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import sys
 from collections.abc import Sequence
 
+from ackbot.common import eventloop
 from ackbot.common.logs import configure_logging
 from ackbot.store.config import load_config
 from ackbot.store.errors import StoreError
@@ -19,7 +19,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     config = load_config(argv)
     configure_logging(config.log_level)
     try:
-        asyncio.run(run(config))
+        eventloop.run(run(config))
     except (StoreError, OSError) as exc:
         log.error("store failed to start: %s", exc)
         return 1
