@@ -20,12 +20,12 @@ import pytest
 
 from ackbot.v1 import message_store_pb2 as pb
 from tests.integration.harness import (
+    UNSETTLED_STATES,
     check_answered_once,
     create,
     create_many,
     list_all,
     responder,
-    wait_settled,
     wait_until,
 )
 
@@ -42,7 +42,7 @@ CREATED_WHILE_HUNG = 40
 
 
 async def test_a_hung_bots_messages_go_to_a_healthy_bot_and_its_late_replies_are_refused(
-    stub, start_bot
+    stub, store, start_bot
 ):
     hung = await start_bot(
         persona="hung",
@@ -61,15 +61,35 @@ async def test_a_hung_bots_messages_go_to_a_healthy_bot_and_its_late_replies_are
     os.kill(hung.proc.pid, signal.SIGSTOP)
     try:
         await start_bot(persona="healthy", max_in_flight=IN_FLIGHT)
-        hung_until = asyncio.get_running_loop().time() + HUNG_SECONDS
         during = []
         for number in range(CREATED_WHILE_HUNG):
             # Spread over the hang, so that lease expiries and new messages interleave.
             await asyncio.sleep(HUNG_SECONDS / CREATED_WHILE_HUNG)
             during.append((await create(stub, f"while hung {number}", id=f"during-{number}")).id)
         ids = before + during
-        await wait_settled(stub, expected_processed=2 * len(ids), within=60)
-        assert asyncio.get_running_loop().time() < hung_until + 60
+
+        async def settled_or_dead():
+            dead = await list_all(stub, state=pb.MESSAGE_STATE_DEAD)
+            if dead:
+                return dead
+            for state in UNSETTLED_STATES:
+                if await list_all(stub, state=state):
+                    return None
+            return True
+
+        outcome = await wait_until(settled_or_dead, within=60, what="every message settled")
+        if outcome is not True:
+            dead_ids = [m.id for m in outcome]
+            deliveries = [
+                line.split(" INFO ")[-1]
+                for line in store.log_text().splitlines()
+                if "delivered message_id=" in line
+                and line.split("message_id=")[1].split()[0] in dead_ids
+            ]
+            raise AssertionError(
+                f"{len(dead_ids)} messages went DEAD instead of moving to the healthy bot: "
+                f"{dead_ids}; their deliveries: {deliveries[:12]}"
+            )
         assert hung.proc.poll() is None, "stopped, not dead"
         replies = check_answered_once(await list_all(stub), ids, personas={"healthy"})
         assert {replies[message_id].author for message_id in held} == {"healthy"}
