@@ -1,7 +1,8 @@
 """A bot that hangs (SIGSTOP: alive, connected, but neither settling nor extending its leases):
 its leases expire and its messages go to a healthy bot, messages created while it hangs are
 answered too and none runs out of attempts, and when it wakes up its late replies are refused as
-duplicates.
+duplicates. The healthy bot is there from the start of the hang, or arrives only after the hang
+has lasted longer than max_attempts leases (a hung bot must not use up its messages' attempts).
 
 What this adds to the neighbours: tests/integration/test_bot_crash.py kills the bot (its stream
 dies, so the store releases its leases at once); here the stream stays open, so only lease expiry
@@ -31,18 +32,25 @@ from tests.integration.harness import (
 
 pytestmark = pytest.mark.slow
 
+MAX_ATTEMPTS = 3
 IN_FLIGHT = 4
 LEASE_SECONDS = 2
 # Longer than a lease, so the hung bot is mid-reply (and extending) when it is stopped.
 REPLY_SECONDS = 3
-# Under the store's keepalive (20 s ping + 10 s timeout): the hung bot's stream stays open the
-# whole time, the harder case.
-HUNG_SECONDS = 10
-CREATED_WHILE_HUNG = 40
+# More than MAX_ATTEMPTS leases, yet under the store's keepalive (20 s ping + 10 s timeout): the
+# hung bot's stream stays open the whole time, the harder case.
+HUNG_SECONDS = 8
+CREATED_WHILE_HUNG = 30
 
 
+@pytest.fixture
+def store(start_store):
+    return start_store(args=["--max-attempts", str(MAX_ATTEMPTS)])
+
+
+@pytest.mark.parametrize("healthy_joins", ["at-once", "after-the-hang"])
 async def test_a_hung_bots_messages_go_to_a_healthy_bot_and_its_late_replies_are_refused(
-    stub, store, start_bot
+    stub, store, start_bot, healthy_joins
 ):
     hung = await start_bot(
         persona="hung",
@@ -60,13 +68,16 @@ async def test_a_hung_bots_messages_go_to_a_healthy_bot_and_its_late_replies_are
     held = [m.id for m in await wait_until(hung_bot_busy, within=20, what="the bot is busy")]
     os.kill(hung.proc.pid, signal.SIGSTOP)
     try:
-        await start_bot(persona="healthy", max_in_flight=IN_FLIGHT)
+        if healthy_joins == "at-once":
+            await start_bot(persona="healthy", max_in_flight=IN_FLIGHT)
         during = []
         for number in range(CREATED_WHILE_HUNG):
             # Spread over the hang, so that lease expiries and new messages interleave.
             await asyncio.sleep(HUNG_SECONDS / CREATED_WHILE_HUNG)
             during.append((await create(stub, f"while hung {number}", id=f"during-{number}")).id)
         ids = before + during
+        if healthy_joins == "after-the-hang":
+            await start_bot(persona="healthy", max_in_flight=IN_FLIGHT)
 
         async def settled_or_dead():
             dead = await list_all(stub, state=pb.MESSAGE_STATE_DEAD)
