@@ -51,12 +51,12 @@ def child_env() -> dict[str, str]:
 def store_service(
     workdir: Path, db_path: Path, *, name: str = "store", profile_to: Path | None = None
 ) -> Service:
-    """The store at its default durability, on a free loopback port; under cProfile, which
-    writes `profile_to` when the store exits, if that is set."""
+    """The store at its default durability, on a free loopback port; under cProfile
+    (bench.profiled_store), which writes `profile_to` when the store exits, if that is set."""
     service = cast(Service, _harness.store_service(workdir, db_path=db_path, name=name))
     if profile_to is not None:
-        module_at = service.argv.index("ackbot.store") - 1  # the "-m" before it
-        service.argv[module_at:module_at] = ["-m", "cProfile", "-o", str(profile_to)]
+        module_at = service.argv.index("ackbot.store")
+        service.argv[module_at : module_at + 1] = ["bench.profiled_store", str(profile_to)]
     return service
 
 

@@ -3,8 +3,8 @@ CreateMessage at concurrency 64 (as in the benchmark), then its top functions.
 
     python -m bench.profile [--seconds 10] [--concurrency 64] [--top 30]
 
-cProfile sees the event loop's thread only: time inside SQLite, which aiosqlite runs on its own
-thread, shows as the loop waiting for results, not as SQLite's functions.
+The clock is the event loop thread's CPU time (see bench.profiled_store): SQLite's own work, on
+aiosqlite's thread, and every wait are left out, so the figures say what the loop costs.
 """
 
 from __future__ import annotations

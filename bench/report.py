@@ -101,9 +101,11 @@ def rows(results: Results) -> list[Row]:
                         f"mean {lookups[size][key]['mean_ms']:.2f} ms"))  # fmt: skip
     slow = results.get("slow")
     if slow:
+        capacity = _get(results, "e2e", "full_speed", "answered_per_second")
+        note = "" if capacity is None else f"end-to-end capacity this run {capacity:,.0f}/s"
         add(Row("slow", f"200 ms responder, max_in_flight {slow['max_in_flight']}",
                 slow["answered_per_second"], "msgs/s", "Little's law bound",
-                slow["littles_law_bound_per_second"]))  # fmt: skip
+                slow["littles_law_bound_per_second"], note))  # fmt: skip
     old = results.get("oldway") or {}
     if old:
         smallest = min(old, key=int)
