@@ -17,7 +17,7 @@ import asyncio
 import json
 import sys
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -58,9 +58,21 @@ class Result:
     first_error: str = ""
     seconds: float = 0.0
     client_cpu_seconds: float = 0.0
-    latencies_ms: list[float] = field(default_factory=list)
+    # concurrency 1 only: percentiles of the call latency (a summary: the list can be long)
+    latency: dict[str, float | None] = field(default_factory=dict)
     start_ns: int = 0
     end_ns: int = 0
+
+
+def percentiles(values_ms: Sequence[float]) -> dict[str, float | None]:
+    if not values_ms:
+        return {"p50_ms": None, "p95_ms": None, "p99_ms": None, "max_ms": None}
+    ordered = sorted(values_ms)
+
+    def at(fraction: float) -> float:
+        return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
+
+    return {"p50_ms": at(0.50), "p95_ms": at(0.95), "p99_ms": at(0.99), "max_ms": ordered[-1]}
 
 
 def create_request(id_prefix: str, worker: int, n: int) -> pb.CreateMessageRequest:
@@ -93,6 +105,7 @@ async def _unary(spec: Spec) -> Result:
     """Closed loop: `concurrency` tasks each call, wait, call again; counts calls that end in
     the measured window."""
     result = Result()
+    latencies_ms: list[float] = []
     window: dict[str, float] = {}
     stop_at = time.monotonic() + spec.warmup_seconds + spec.measure_seconds
     async with grpc.aio.insecure_channel(spec.address) as channel:
@@ -117,11 +130,13 @@ async def _unary(spec: Spec) -> Result:
                 if "start" in window:
                     result.calls += 1
                     if spec.concurrency == 1:
-                        result.latencies_ms.append((time.monotonic() - now) * 1e3)
+                        latencies_ms.append((time.monotonic() - now) * 1e3)
 
         await asyncio.gather(open_window(), *(worker(n) for n in range(spec.concurrency)))
     result.seconds = time.monotonic() - window["start"]
     result.client_cpu_seconds = time.process_time() - window["cpu"]
+    if latencies_ms:
+        result.latency = percentiles(latencies_ms)
     return result
 
 
@@ -241,6 +256,10 @@ def main() -> None:
 # -- the coordinator's side ---------------------------------------------------------------------
 
 
+# Longest JSON line a child may send; results are summaries, far below it.
+CHILD_LINE_LIMIT = 16 * 2**20
+
+
 class ChildError(RuntimeError):
     """A benchmark child process failed; the message carries its stderr."""
 
@@ -261,6 +280,7 @@ async def run_child(
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
         env=env,
+        limit=CHILD_LINE_LIMIT,
     )
     assert process.stdout is not None
     assert process.stderr is not None

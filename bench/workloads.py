@@ -25,7 +25,14 @@ import psutil  # type: ignore[import-untyped]  # no types-psutil in the dev extr
 from ackbot.v1 import message_store_pb2 as pb
 from ackbot.v1 import message_store_pb2_grpc as pb_grpc
 from bench import echo, fill, oldway, peer
-from bench.loadgen import STORE_CREATE_METHOD, Result, Spec, run_child, run_loadgen
+from bench.loadgen import (
+    STORE_CREATE_METHOD,
+    Result,
+    Spec,
+    percentiles,
+    run_child,
+    run_loadgen,
+)
 from bench.procs import (
     PAGE_SIZE,
     RPC_TIMEOUT,
@@ -102,17 +109,6 @@ class CpuWindow:
         self.wall_seconds = time.monotonic() - self._opened_at
 
 
-def percentiles(values_ms: Sequence[float]) -> Figures:
-    if not values_ms:
-        return {"p50_ms": None, "p95_ms": None, "p99_ms": None, "max_ms": None}
-    ordered = sorted(values_ms)
-
-    def at(fraction: float) -> float:
-        return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
-
-    return {"p50_ms": at(0.50), "p95_ms": at(0.95), "p99_ms": at(0.99), "max_ms": ordered[-1]}
-
-
 async def unary_load(
     ctx: Context, server: Service, method: str, concurrency: int, id_prefix: str
 ) -> Figures:
@@ -137,7 +133,7 @@ async def unary_load(
         "first_error": result.first_error,
         "server_cpu_percent": 100 * cpu.cpu_seconds / cpu.wall_seconds,
         "client_cpu_percent": 100 * result.client_cpu_seconds / result.seconds,
-        **({"latency": percentiles(result.latencies_ms)} if result.latencies_ms else {}),
+        **({"latency": result.latency} if result.latency else {}),
     }
 
 
@@ -286,6 +282,8 @@ async def _ackbot_end_to_end(ctx: Context, *, count: int, concurrency: int, rate
             )  # fmt: skip
             await wait_settled(stub, settle_deadline(count))
             messages = await list_all(stub)
+    # process_time is the store's clock when the settling transaction began; it committed
+    # (fsync included) a little later, so these latencies understate by that commit's time.
     committed = {m.id: m.process_time.ToNanoseconds() for m in messages if m.reply_id}
     return {
         **answer_figures(returned, committed, produced.start_ns),
