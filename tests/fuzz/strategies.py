@@ -7,6 +7,8 @@ Invalid UTF-8 on the wire is sent as raw bytes instead (test_wire_bytes.py)."""
 
 from __future__ import annotations
 
+import unicodedata
+
 from google.protobuf import duration_pb2, timestamp_pb2
 from hypothesis import strategies as st
 
@@ -92,3 +94,23 @@ def timestamps(draw: st.DrawFn) -> timestamp_pb2.Timestamp:
 
 enum_values = st.one_of(st.integers(-1, 6), INT32)
 int32_counts = st.one_of(st.sampled_from([-1, 0, 1, 1000, 1001]), INT32)
+
+
+def mostly(valid: st.SearchStrategy, hostile: st.SearchStrategy) -> st.SearchStrategy:
+    """A valid value three times in four, else a hostile one. Drawn independently per field,
+    so a request usually breaks few rules at once and gets past validation often enough to
+    reach the repository, where the other bugs live."""
+    return st.integers(0, 3).flatmap(lambda pick: hostile if pick == 0 else valid)
+
+
+def _is_control(char: str) -> bool:
+    return unicodedata.category(char) == "Cc"
+
+
+valid_ids = st.text(ID_ALPHABET, min_size=1, max_size=128)
+valid_authors = st.text(
+    char_or_special.filter(lambda c: not _is_control(c)), min_size=1, max_size=64
+)
+valid_texts = st.text(
+    char_or_special.filter(lambda c: c in "\t\n\r" or not _is_control(c)), min_size=1, max_size=200
+)

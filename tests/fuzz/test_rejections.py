@@ -10,6 +10,7 @@ tests, which can break a database on purpose."""
 
 from __future__ import annotations
 
+import base64
 from dataclasses import dataclass
 
 import grpc
@@ -80,6 +81,12 @@ def stream(**fields) -> pb.StreamUnprocessedRequest:
 
 def listing(**fields) -> pb.ListMessagesRequest:
     return pb.ListMessagesRequest(**fields)
+
+
+def page_token_of(text: str) -> str:
+    """A token shaped like the store's (base64 of "order:sequence"), for a sequence that no
+    message can have: a client that edits tokens gets INVALID_ARGUMENT, like any bad token."""
+    return base64.urlsafe_b64encode(text.encode()).decode()
 
 
 # Stands for a ListMessagesRequest whose page_token the store issued for "sequence desc".
@@ -304,6 +311,20 @@ REJECTIONS = [
         "list: page_token of the other order",
         "ListMessages",
         OTHER_ORDER_TOKEN,
+        "page_token",
+        "for this order_by",
+    ),
+    invalid(
+        "list: page_token past int64",
+        "ListMessages",
+        listing(page_token=page_token_of(f"sequence:{2**63}")),
+        "page_token",
+        "for this order_by",
+    ),
+    invalid(
+        "list: page_token of 5000 digits",
+        "ListMessages",
+        listing(order_by="sequence desc", page_token=page_token_of("sequence desc:" + "9" * 5000)),
         "page_token",
         "for this order_by",
     ),

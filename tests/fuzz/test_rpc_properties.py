@@ -46,6 +46,12 @@ LEASED_ID = "leased-1"
 PROCESSED_ID = "processed-1"
 KNOWN_IDS = [*PENDING_IDS, DEAD_ID, LEASED_ID, PROCESSED_ID, "never-created"]
 CONSUMER_DEFAULT_MAX_IN_FLIGHT = 16
+# Tokens shaped like the store's (hex, a colon, a sequence) that it never issued.
+WELL_FORMED_TOKENS = st.builds(
+    lambda hex_part, sequence: f"{hex_part}:{sequence}",
+    st.text("0123456789abcdef", min_size=32, max_size=32),
+    st.integers(0, 10**6),
+)
 
 
 def create_sync(stub, message_id: str, text: str = "hello") -> pb.Message:
@@ -121,10 +127,10 @@ def exercise(stub, rpc: str, request):
 @st.composite
 def messages(draw: st.DrawFn) -> pb.Message:
     message = pb.Message(
-        id=draw(fuzz.message_ids(KNOWN_IDS)),
-        author=draw(fuzz.free_text(64)),
-        text=draw(fuzz.free_text(16 * 1024)),
-        reply_to=draw(st.one_of(st.just(""), fuzz.message_ids(KNOWN_IDS))),
+        id=draw(fuzz.mostly(st.one_of(st.just(""), fuzz.valid_ids), fuzz.message_ids(KNOWN_IDS))),
+        author=draw(fuzz.mostly(fuzz.valid_authors, fuzz.free_text(64))),
+        text=draw(fuzz.mostly(fuzz.valid_texts, fuzz.free_text(16 * 1024))),
+        reply_to=draw(fuzz.mostly(st.just(""), fuzz.message_ids(KNOWN_IDS))),
         # Output-only fields: the store must ignore them, never trust them.
         sequence=draw(fuzz.INT64),
         state=draw(fuzz.enum_values),
@@ -165,52 +171,67 @@ def test_get_message(sync_stub, message_id):
         assert response.message.id == message_id
 
 
-@FUZZ
-@given(
-    page_size=fuzz.int32_counts,
-    page_token=st.one_of(
-        st.just(""),
-        st.text(fuzz.char_or_special, max_size=40),
-        # Well-formed base64 of tokens the store did not make, or made for the other order.
-        st.builds(
-            lambda order, number: base64.urlsafe_b64encode(f"{order}:{number}".encode()).decode(),
-            st.sampled_from(["sequence", "sequence desc", "", "x"]),
-            st.one_of(fuzz.INT64, st.text(max_size=5)),
-        ),
-    ),
-    state=fuzz.enum_values,
-    reply_to=st.one_of(st.just(""), fuzz.message_ids(KNOWN_IDS)),
-    after_sequence=st.one_of(st.sampled_from([-1, 0, 1, 2**63 - 1]), fuzz.INT64),
-    order_by=st.one_of(
-        st.sampled_from(["", "sequence", "SEQUENCE  DESC", " sequence asc ", "sequence desc,x"]),
-        st.text(fuzz.char_or_special, max_size=20),
-    ),
-)
-def test_list_messages(sync_stub, page_size, page_token, state, reply_to, after_sequence, order_by):
-    request = pb.ListMessagesRequest(
-        page_size=page_size,
+@st.composite
+def list_requests(draw: st.DrawFn) -> pb.ListMessagesRequest:
+    order_by = draw(
+        fuzz.mostly(
+            st.sampled_from(["", "sequence", "SEQUENCE  DESC", " sequence asc ", "sequence desc"]),
+            st.text(fuzz.char_or_special, max_size=20),
+        )
+    )
+    token_order = "sequence desc" if "desc" in order_by.lower() else "sequence"
+    sequence = st.one_of(
+        st.integers(0, 10**6),
+        fuzz.INT64,
+        # Sequences past int64, and past the 4,300 digits Python will turn into an int.
+        st.integers(2**63 - 2, 10**30),
+        st.just("9" * 4301),
+    )
+    page_token = draw(
+        st.one_of(
+            st.just(""),
+            # Shaped like the store's tokens (base64 of "order:sequence"), for any sequence.
+            st.builds(
+                lambda order, number: base64.urlsafe_b64encode(
+                    f"{order}:{number}".encode()
+                ).decode(),
+                fuzz.mostly(st.just(token_order), st.sampled_from(["sequence", "", "x"])),
+                sequence,
+            ),
+            st.text(fuzz.char_or_special, max_size=40),
+        )
+    )
+    return pb.ListMessagesRequest(
+        page_size=draw(fuzz.mostly(st.integers(0, 1000), fuzz.int32_counts)),
         page_token=page_token,
-        state=state,
-        reply_to=reply_to,
-        after_sequence=after_sequence,
+        state=draw(fuzz.mostly(st.integers(0, 4), fuzz.enum_values)),
+        reply_to=draw(fuzz.mostly(st.sampled_from(["", *KNOWN_IDS]), fuzz.message_ids())),
+        after_sequence=draw(
+            fuzz.mostly(st.integers(0, 2**63 - 1), st.sampled_from([-1, -(2**63)]))
+        ),
         order_by=order_by,
     )
+
+
+@FUZZ
+@given(request=list_requests())
+def test_list_messages(sync_stub, request):
     response = exercise(sync_stub, "ListMessages", request)
     if response is None:
         return
-    assert len(response.messages) <= (page_size or 100)
+    assert len(response.messages) <= (request.page_size or 100)
     for message in response.messages:
-        if state:
-            assert message.state == state
-        if reply_to:
-            assert message.reply_to == reply_to
-        assert message.sequence > after_sequence
+        if request.state:
+            assert message.state == request.state
+        if request.reply_to:
+            assert message.reply_to == request.reply_to
+        assert message.sequence > request.after_sequence
 
 
 @FUZZ
 @given(
-    message_id=fuzz.message_ids(KNOWN_IDS),
-    lease_token=fuzz.lease_tokens,
+    message_id=fuzz.mostly(st.sampled_from(KNOWN_IDS), fuzz.message_ids()),
+    lease_token=fuzz.mostly(st.one_of(st.just(""), WELL_FORMED_TOKENS), fuzz.lease_tokens),
     reply=st.one_of(st.none(), messages()),
 )
 def test_mark_processed(sync_stub, message_id, lease_token, reply):
@@ -232,10 +253,14 @@ def test_mark_processed(sync_stub, message_id, lease_token, reply):
 
 @FUZZ
 @given(
-    message_id=fuzz.message_ids(KNOWN_IDS),
-    lease_token=fuzz.lease_tokens,
-    reason=fuzz.free_text(1024),
-    retry_after=st.one_of(st.none(), fuzz.durations()),
+    message_id=fuzz.mostly(st.sampled_from(KNOWN_IDS), fuzz.message_ids()),
+    lease_token=fuzz.mostly(WELL_FORMED_TOKENS, fuzz.lease_tokens),
+    reason=fuzz.mostly(
+        st.text(max_size=50).filter(lambda r: "\x00" not in r), fuzz.free_text(1024)
+    ),
+    retry_after=st.one_of(
+        st.none(), fuzz.mostly(st.builds(seconds, st.floats(0, 3600)), fuzz.durations())
+    ),
 )
 def test_release_message_with_a_token_nobody_was_given(
     sync_stub, message_id, lease_token, reason, retry_after
@@ -248,9 +273,9 @@ def test_release_message_with_a_token_nobody_was_given(
 
 @FUZZ
 @given(
-    message_id=fuzz.message_ids(KNOWN_IDS),
-    lease_token=fuzz.lease_tokens,
-    lease_duration=st.one_of(st.none(), fuzz.durations()),
+    message_id=fuzz.mostly(st.sampled_from(KNOWN_IDS), fuzz.message_ids()),
+    lease_token=fuzz.mostly(WELL_FORMED_TOKENS, fuzz.lease_tokens),
+    lease_duration=fuzz.mostly(st.builds(seconds, st.floats(1, 3600)), fuzz.durations()),
 )
 def test_extend_lease_with_a_token_nobody_was_given(
     sync_stub, message_id, lease_token, lease_duration
@@ -278,7 +303,7 @@ def exercise_settle(stub, rpc: str, request) -> None:
 
 
 @FUZZ
-@given(message_id=fuzz.message_ids(KNOWN_IDS))
+@given(message_id=fuzz.mostly(st.sampled_from(KNOWN_IDS), fuzz.message_ids()))
 def test_requeue_message(sync_stub, message_id):
     response = exercise(sync_stub, "RequeueMessage", pb.RequeueMessageRequest(id=message_id))
     if response is not None:
@@ -303,9 +328,11 @@ def stream_request_is_valid(request: pb.StreamUnprocessedRequest) -> bool:
 
 @FUZZ
 @given(
-    consumer=fuzz.free_text(64),
-    max_in_flight=fuzz.int32_counts,
-    lease_duration=st.one_of(st.none(), fuzz.durations()),
+    consumer=fuzz.mostly(st.text(fuzz.ID_ALPHABET, max_size=64), fuzz.free_text(64)),
+    max_in_flight=fuzz.mostly(st.integers(0, 1000), fuzz.int32_counts),
+    lease_duration=st.one_of(
+        st.none(), fuzz.mostly(st.builds(seconds, st.floats(1, 3600)), fuzz.durations())
+    ),
 )
 def test_stream_unprocessed(sync_stub, consumer, max_in_flight, lease_duration):
     request = pb.StreamUnprocessedRequest(consumer=consumer, max_in_flight=max_in_flight)
