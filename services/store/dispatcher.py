@@ -32,6 +32,14 @@ class StreamState:
     lease_ns: int
     # message id -> (lease token, lease expiry ns)
     outstanding: dict[str, tuple[str, int]] = field(default_factory=dict)
+    # Ids whose lease lapsed on this stream before its client settled, extended or released
+    # them. The message may go to another stream, but the slot stays taken: a client that lets
+    # leases lapse may be hung (alive and connected, not reading), and refilling its slots would
+    # spend its messages' attempts on a stream that never answers (NATS JetStream counts
+    # redeliveries against max_ack_pending the same way).
+    # Keyed by id, with the lapsed lease's token: only an answer carrying that token (so from
+    # this stream's client, not from whichever bot got the message next) frees the slot.
+    lapsed: dict[str, str] = field(default_factory=dict)
     wakeup: asyncio.Event = field(default_factory=asyncio.Event)
     # False once a claim came back short and nothing has made new work since: a settle then
     # only adds room, and claiming into an empty queue would cost a write transaction.
@@ -67,38 +75,61 @@ class Dispatcher:
             if self._holder.get(lease.message_id) is stream:
                 del self._holder[lease.message_id]
         stream.outstanding.clear()
+        stream.lapsed.clear()
         return leases
 
     def room(self, stream: StreamState) -> int:
-        """How many more deliveries `stream` may send; lapsed leases no longer count."""
+        """How many more deliveries `stream` may send. A lapsed lease no longer holds its
+        message, but it keeps its slot until the client answers for it (see `lapsed`)."""
         now = self._now_ns()
         lapsed = [mid for mid, (_, expiry) in stream.outstanding.items() if expiry <= now]
         for message_id in lapsed:
-            del stream.outstanding[message_id]
+            token, _ = stream.outstanding.pop(message_id)
+            stream.lapsed[message_id] = token
             if self._holder.get(message_id) is stream:
                 del self._holder[message_id]
-        return stream.max_in_flight - len(stream.outstanding)
+        return stream.max_in_flight - len(stream.outstanding) - len(stream.lapsed)
 
     def leased(self, stream: StreamState, message_id: str, token: str, expiry_ns: int) -> None:
         previous = self._holder.get(message_id)
         if previous is not None and previous is not stream:
             previous.outstanding.pop(message_id, None)
         self._holder[message_id] = stream
+        stream.lapsed.pop(message_id, None)
         stream.outstanding[message_id] = (token, expiry_ns)
         self.wake_at(expiry_ns)
 
-    def settled(self, message_id: str) -> None:
-        """The message was processed or released: its stream has room for one more."""
+    def settled(self, message_id: str, token: str = "") -> None:
+        """The message was processed or released: the stream holding it has room for one more,
+        and so has the stream whose lapsed lease `token` was, if any."""
         stream = self._holder.pop(message_id, None)
         if stream is not None:
             stream.outstanding.pop(message_id, None)
             stream.wakeup.set()
+        self.lapse_answered(message_id, token)
+
+    def lapse_answered(self, message_id: str, token: str) -> None:
+        """The client of a lapsed lease answered for it (with its token: a mark, or a release
+        or an extension the store refused because the lease was gone): its slot is free."""
+        if not token:
+            return
+        for stream in self._streams:
+            if stream.lapsed.get(message_id) == token:
+                del stream.lapsed[message_id]
+                stream.wakeup.set()
 
     def extended(self, message_id: str, token: str, expiry_ns: int) -> None:
         stream = self._holder.get(message_id)
-        if stream is not None and message_id in stream.outstanding:
-            stream.outstanding[message_id] = (token, expiry_ns)
-            self.wake_at(expiry_ns)
+        if stream is None:
+            # The extension reached the database just before the lease's expiry, and a claim
+            # counted it as lapsed in between: the stream holds it again.
+            stream = next((s for s in self._streams if s.lapsed.get(message_id) == token), None)
+            if stream is None:
+                return
+            del stream.lapsed[message_id]
+            self._holder[message_id] = stream
+        stream.outstanding[message_id] = (token, expiry_ns)
+        self.wake_at(expiry_ns)
 
     def wake_all(self) -> None:
         """New work may be claimable (a create, a release, a timed wake): every stream looks."""

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import functools
 import inspect
 import logging
@@ -394,7 +395,7 @@ class MessageStoreServicer(pb_grpc.MessageStoreServicer):
             reply = NewMessage(author=request.reply.author, text=request.reply.text)
         v.raise_if_any()
         result = await self._repository.mark_processed(request.id, reply, request.lease_token)
-        self._dispatcher.settled(request.id)
+        self._dispatcher.settled(request.id, request.lease_token)
         if result.already_processed:
             log.info("already processed; duplicate reply prevented message_id=%s", request.id)
         else:
@@ -424,10 +425,14 @@ class MessageStoreServicer(pb_grpc.MessageStoreServicer):
         )
         v.raise_if_any()
         retry_after_ns = request.retry_after.ToNanoseconds()
-        message = await self._repository.release(
-            request.id, request.lease_token, reason=request.reason, retry_after_ns=retry_after_ns
-        )
-        self._dispatcher.settled(request.id)
+        with self._answering_for(request.id, request.lease_token):
+            message = await self._repository.release(
+                request.id,
+                request.lease_token,
+                reason=request.reason,
+                retry_after_ns=retry_after_ns,
+            )
+        self._dispatcher.settled(request.id, request.lease_token)
         log.info(
             "released message_id=%s state=%s attempts=%d reason=%r",
             message.id,
@@ -455,7 +460,8 @@ class MessageStoreServicer(pb_grpc.MessageStoreServicer):
             self._check_lease_duration(v, request.lease_duration)
         v.raise_if_any()
         lease_ns = request.lease_duration.ToNanoseconds()
-        message = await self._repository.extend_lease(request.id, request.lease_token, lease_ns)
+        with self._answering_for(request.id, request.lease_token):
+            message = await self._repository.extend_lease(request.id, request.lease_token, lease_ns)
         assert message.lease_expire_ns is not None
         self._dispatcher.extended(request.id, request.lease_token, message.lease_expire_ns)
         log.debug("lease extended message_id=%s", request.id)
@@ -586,6 +592,16 @@ class MessageStoreServicer(pb_grpc.MessageStoreServicer):
             _, still_running = await asyncio.wait(handlers, timeout=handler_wait_seconds)
             if still_running:
                 log.warning("%d stream handlers did not finish in time", len(still_running))
+
+    @contextlib.contextmanager
+    def _answering_for(self, message_id: str, lease_token: str) -> Iterator[None]:
+        """A release or extension refused because the lease is gone still tells us that its
+        client is alive and done with that lease: the slot it kept on its stream is freed."""
+        try:
+            yield
+        except FailedPrecondition:
+            self._dispatcher.lapse_answered(message_id, lease_token)
+            raise
 
     def _check_token(self, v: rules.Violations, token: str, *, required: bool) -> None:
         if not token:

@@ -15,11 +15,12 @@ def stream(name: str = "bot", max_in_flight: int = 3) -> StreamState:
     return StreamState(consumer=name, max_in_flight=max_in_flight, lease_ns=SECOND_NS)
 
 
-async def test_room_counts_outstanding_leases_and_prunes_lapsed_ones():
+async def test_a_lapsed_lease_keeps_its_slot_until_the_client_answers_for_it():
     clock = FakeClock()
     dispatcher = Dispatcher(clock_ns=clock)
-    s = stream(max_in_flight=3)
+    s, other = stream(max_in_flight=3), stream("other")
     dispatcher.open_stream(s)
+    dispatcher.open_stream(other)
     try:
         assert dispatcher.room(s) == 3
         dispatcher.leased(s, "a", "ta", clock.now_ns + SECOND_NS)
@@ -28,13 +29,58 @@ async def test_room_counts_outstanding_leases_and_prunes_lapsed_ones():
 
         clock.advance(ns=SECOND_NS)  # "a" lapses exactly now
 
-        assert dispatcher.room(s) == 2
+        # A hung client must not be refilled: "a" no longer holds its message, but its slot.
+        assert dispatcher.room(s) == 1
         assert set(s.outstanding) == {"b"}
-        # The pruned lease is forgotten by the holder map too: settling it wakes nobody.
+        assert s.lapsed == {"a": "ta"}
+        # "a" goes to another stream, whose bot processes it: that frees nothing on the first.
+        dispatcher.leased(other, "a", "ta2", clock.now_ns + SECOND_NS)
+        dispatcher.settled("a", "ta2")
+        assert dispatcher.room(s) == 1
+        # The first client answers for "a" with its own token: slot back.
         s.wakeup.clear()
-        dispatcher.settled("a")
-        assert not s.wakeup.is_set()
+        dispatcher.lapse_answered("a", "ta")
+        assert s.wakeup.is_set()
         assert dispatcher.room(s) == 2
+        assert dispatcher.room(other) == other.max_in_flight
+    finally:
+        dispatcher.close()
+
+
+async def test_a_mark_with_the_lapsed_leases_token_frees_its_slot_and_the_holders():
+    clock = FakeClock()
+    dispatcher = Dispatcher(clock_ns=clock)
+    first, second = stream("first", 1), stream("second", 1)
+    dispatcher.open_stream(first)
+    dispatcher.open_stream(second)
+    try:
+        dispatcher.leased(first, "a", "t1", clock.now_ns + SECOND_NS)
+        clock.advance(1)
+        assert dispatcher.room(first) == 0
+        dispatcher.leased(second, "a", "t2", clock.now_ns + SECOND_NS)
+
+        dispatcher.settled("a", "t1")  # the first bot's late reply, carrying its token
+
+        assert dispatcher.room(first) == 1
+        assert dispatcher.room(second) == 1
+    finally:
+        dispatcher.close()
+
+
+async def test_an_extension_that_raced_the_lapse_holds_the_message_again():
+    clock = FakeClock()
+    dispatcher = Dispatcher(clock_ns=clock)
+    s = stream(max_in_flight=2)
+    dispatcher.open_stream(s)
+    try:
+        dispatcher.leased(s, "a", "ta", clock.now_ns + SECOND_NS)
+        clock.advance(1)
+        dispatcher.room(s)  # counts "a" as lapsed
+        dispatcher.extended("a", "ta", clock.now_ns + SECOND_NS)
+
+        assert s.outstanding == {"a": ("ta", clock.now_ns + SECOND_NS)}
+        assert s.lapsed == {}
+        assert dispatcher.room(s) == 1
     finally:
         dispatcher.close()
 
@@ -153,7 +199,9 @@ async def test_a_lease_wakes_the_streams_when_it_expires():
         dispatcher.leased(holder, "a", "t", time.time_ns() + 30_000_000)
         async with asyncio.timeout(2):
             await waiting.wakeup.wait()
-        assert dispatcher.room(holder) == holder.max_in_flight
+        # The message may go elsewhere now; the holder's slot stays taken (see the next tests).
+        assert dispatcher.room(holder) == holder.max_in_flight - 1
+        assert holder.lapsed == {"a": "t"}
     finally:
         dispatcher.close()
 

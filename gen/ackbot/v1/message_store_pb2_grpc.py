@@ -140,8 +140,11 @@ class MessageStoreServicer:
 
         Each delivery leases its message to this stream for `lease_duration`; at most
         `max_in_flight` deliveries are unsettled on the stream at any time. A delivery is settled by
-        MarkProcessed or ReleaseMessage, or when its lease expires. When the stream ends for any
-        reason its leases are released at once and their messages go to the next stream. Every
+        MarkProcessed or ReleaseMessage. When its lease expires first, the message may go to another
+        stream, but its slot on this one stays taken until this stream's client answers for it with
+        its lease token (a MarkProcessed, or a ReleaseMessage or ExtendLease that is refused): a
+        client that lets leases lapse may be hung, and is not sent more work. When the stream ends
+        for any reason its leases are released at once and their messages go to the next stream. Every
         delivery counts as an attempt; a message delivered `max_attempts` times without being
         processed becomes DEAD instead of being delivered again. Replies are never delivered.
 
