@@ -33,7 +33,7 @@ from .contract import (
 # prints the minimal input to replay. deadline=None because a loaded 2-core machine makes single
 # calls slow now and then, which says nothing about correctness.
 FUZZ = settings(
-    max_examples=80,
+    max_examples=60,
     deadline=None,
     derandomize=True,
     database=None,

@@ -370,7 +370,7 @@ def test_store_follows_the_state_machine(store):
     run_state_machine_as_test(
         StoreMachine,
         settings=settings(
-            max_examples=12,
+            max_examples=10,
             stateful_step_count=25,
             deadline=None,
             derandomize=True,
