@@ -18,6 +18,7 @@ import pytest
 from google.protobuf import timestamp_pb2
 
 from ackbot.v1 import message_store_pb2 as pb
+from ackbot.v1 import message_store_pb2_grpc as pb_grpc
 from tests.integration.harness import RPC_TIMEOUT, seconds
 
 from .contract import Code, field_violations
@@ -520,8 +521,6 @@ REJECTIONS = [
 
 @pytest.fixture(scope="module")
 def stub(store):
-    from ackbot.v1 import message_store_pb2_grpc as pb_grpc
-
     with grpc.insecure_channel(store.address) as channel:
         stub = pb_grpc.MessageStoreStub(channel)
         stub.CreateMessage(
