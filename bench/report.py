@@ -75,9 +75,9 @@ def rows(results: Results) -> list[Row]:
     redis_rate = _get(results, "redis", "answered_per_second")
     full = _get(results, "e2e", "full_speed")
     if full:
+        note = f"{full['answered']}/{full['created']} answered; {_e2e_cpu_note(full)}"
         add(Row("e2e", "end to end, answered", full["answered_per_second"], "msgs/s",
-                "Redis Streams", redis_rate,
-                f"{full['answered']}/{full['created']} answered"))  # fmt: skip
+                "Redis Streams", redis_rate, note))  # fmt: skip
         _latency_rows(add, "e2e", "create->reply, full speed", full["latency"])
     fixed = _get(results, "e2e", "fixed_rate")
     if fixed:
@@ -123,6 +123,15 @@ def rows(results: Results) -> list[Row]:
                 f"streamed {mem['backlog_answered']}/{mem['backlog']} backlog in "
                 f"{mem['stream_seconds']:.0f} s"))  # fmt: skip
     return table
+
+
+def _e2e_cpu_note(figures: Figures) -> str:
+    if "store_cpu_percent" not in figures:
+        return ""
+    return (
+        f"CPU: store {figures['store_cpu_percent']:.0f}%, bot {figures['bot_cpu_percent']:.0f}%, "
+        f"producers {figures['producer_cpu_percent']:.0f}%"
+    )
 
 
 def _cpu_note(figures: Figures) -> str:

@@ -108,6 +108,11 @@ class CpuWindow:
         self.cpu_seconds = self._cpu() - self._opened
         self.wall_seconds = time.monotonic() - self._opened_at
 
+    @property
+    def percent(self) -> float:
+        """Of one core: 100 is a process that never waited."""
+        return 100 * self.cpu_seconds / self.wall_seconds
+
 
 async def unary_load(
     ctx: Context, server: Service, method: str, concurrency: int, id_prefix: str
@@ -131,7 +136,7 @@ async def unary_load(
         "calls": result.calls,
         "errors": result.errors,
         "first_error": result.first_error,
-        "server_cpu_percent": 100 * cpu.cpu_seconds / cpu.wall_seconds,
+        "server_cpu_percent": cpu.percent,
         "client_cpu_percent": 100 * result.client_cpu_seconds / result.seconds,
         **({"latency": result.latency} if result.latency else {}),
     }
@@ -243,7 +248,7 @@ async def ceiling(ctx: Context) -> Figures:
         cpu.close()
         figures["stream"] = {
             "messages_per_second": result.calls / result.seconds,
-            "server_cpu_percent": 100 * cpu.cpu_seconds / cpu.wall_seconds,
+            "server_cpu_percent": cpu.percent,
             "client_cpu_percent": 100 * result.client_cpu_seconds / result.seconds,
         }
     return figures
@@ -276,11 +281,17 @@ async def _ackbot_end_to_end(ctx: Context, *, count: int, concurrency: int, rate
         )
         async with running(bot), grpc.aio.insecure_channel(store.address) as channel:
             stub = store_stub(channel)
+            # Which process is busy, and how busy: the first thing to know about a bound.
+            store_cpu, bot_cpu = CpuWindow(server_pid(store)), CpuWindow(server_pid(bot))
+            store_cpu.open()
+            bot_cpu.open()
             produced, returned = await produce(
                 ctx, address=store.address, count=count, concurrency=concurrency, rate=rate,
                 id_prefix="e2e", folder=folder,
             )  # fmt: skip
             await wait_settled(stub, settle_deadline(count))
+            store_cpu.close()
+            bot_cpu.close()
             messages = await list_all(stub)
     # process_time is the store's clock when the settling transaction began; it committed
     # (fsync included) a little later, so these latencies understate by that commit's time.
@@ -289,6 +300,9 @@ async def _ackbot_end_to_end(ctx: Context, *, count: int, concurrency: int, rate
         **answer_figures(returned, committed, produced.start_ns),
         "producer_seconds": produced.seconds,
         "creates_per_second": produced.calls / produced.seconds,
+        "store_cpu_percent": store_cpu.percent,
+        "bot_cpu_percent": bot_cpu.percent,
+        "producer_cpu_percent": 100 * produced.client_cpu_seconds / produced.seconds,
     }
 
 
