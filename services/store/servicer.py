@@ -137,9 +137,11 @@ def decode_page_token(token: str, order_by: str) -> int | None:
     except (ValueError, UnicodeError):
         return None
     token_order, _, number = text.rpartition(":")
-    if token_order != order_by or not number.isdigit():
+    # Sequences are 64-bit: a longer number is not ours (and would overflow the database).
+    if token_order != order_by or not number.isdigit() or len(number) > 19:
         return None
-    return int(number)
+    sequence = int(number)
+    return sequence if sequence < 2**63 else None
 
 
 @dataclass(frozen=True)
@@ -298,10 +300,13 @@ class MessageStoreServicer(pb_grpc.MessageStoreServicer):
         create_time_ns = None
         if message.HasField("create_time"):
             stamp = message.create_time
-            create_time_ns = stamp.ToNanoseconds()
+            # Computed here, not by ToNanoseconds(): protobuf raises on a Timestamp outside its
+            # own range, and this request deserves INVALID_ARGUMENT naming the rule instead.
+            create_time_ns = stamp.seconds * 10**9 + stamp.nanos
             if not 0 <= stamp.nanos < 10**9:
                 v.add("message.create_time", f"nanos must be 0 to 999999999 (got {stamp.nanos})")
-            rules.check_time_ns(v, "message.create_time", create_time_ns)
+            else:
+                rules.check_time_ns(v, "message.create_time", create_time_ns)
         v.raise_if_any()
         result = await self._repository.create_message(
             NewMessage(
@@ -374,12 +379,19 @@ class MessageStoreServicer(pb_grpc.MessageStoreServicer):
             state=state,
             reply_to=request.reply_to or None,
         )
-        next_token = ""
-        if len(messages) == page_size:
-            next_token = encode_page_token(messages[-1].sequence, order_by)
-        return pb.ListMessagesResponse(
-            messages=[message_to_proto(m) for m in messages], next_page_token=next_token
-        )
+        response = pb.ListMessagesResponse()
+        size = 0
+        for message in messages:
+            proto = message_to_proto(message)
+            size += proto.ByteSize()
+            if response.messages and size > _MAX_RESPONSE_BYTES:
+                # A full page of large messages would exceed a client's default 4 MiB receive
+                # limit: end the page early ("at most page_size") and let the token continue.
+                break
+            response.messages.append(proto)
+        if len(response.messages) < len(messages) or len(messages) == page_size:
+            response.next_page_token = encode_page_token(response.messages[-1].sequence, order_by)
+        return response
 
     @maps_errors
     async def MarkProcessed(
