@@ -10,16 +10,18 @@ once: nothing ever waits for company.
 A caller is answered only after the transaction holding its write has committed, so an
 acknowledged write is exactly as durable as with one transaction per call.
 
-Requests for the same handler that sit next to each other in the queue reach it together, so a
-handler can write a whole run of them with one statement. A handler answers each request with a
-result or a StoreError; it must write nothing for a request it answers with an error, because
-the others in the transaction still commit.
+All the requests of one transaction for the same handler reach it together, so a handler can
+write them with one statement. Requests in one transaction were all waiting at the same time,
+none answered yet, so any order is a valid one: handlers run in the order they first appear,
+except `last` ones, which run after the rest (claims, so they see the messages created and
+released in the same transaction). Each handler keeps its own requests in arrival order. A
+handler answers each request with a result or a StoreError; it must write nothing for a request
+it answers with an error, because the others in the transaction still commit.
 """
 
 from __future__ import annotations
 
 import asyncio
-import itertools
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 from contextlib import AbstractAsyncContextManager
@@ -59,10 +61,12 @@ class GroupCommitter(Generic[Tx]):
         *,
         max_batch: int,
         conflict_errors: tuple[type[BaseException], ...] = (),
+        last: Sequence[Callable[..., Any]] = (),
     ) -> None:
         self._begin = begin
         self._max_batch = max_batch
         self._conflict_errors = conflict_errors
+        self._last = list(last)
         self._queue: list[_Request] = []
         self._writer: asyncio.Task[None] | None = None
         self._closed = False
@@ -122,14 +126,20 @@ class GroupCommitter(Generic[Tx]):
                 request.future.set_result(outcome)
 
     async def _run(self, batch: Sequence[_Request]) -> list[Any]:
-        outcomes: list[Any] = []
+        """Runs the batch in one transaction; returns the outcomes in the batch's order."""
+        groups: dict[Callable[..., Any], list[int]] = {}
+        for index, request in enumerate(batch):
+            groups.setdefault(request.handler, []).append(index)
+        order = sorted(groups, key=lambda handler: handler in self._last)
+        outcomes: list[Any] = [None] * len(batch)
         async with self._begin() as tx:
-            for handler, run in itertools.groupby(batch, key=lambda request: request.handler):
-                requests = list(run)
-                results = await handler(tx, [request.item for request in requests])
-                if len(results) != len(requests):
-                    raise RuntimeError(f"{handler} answered {len(results)} of {len(requests)}")
-                outcomes.extend(results)
+            for handler in order:
+                indexes = groups[handler]
+                results = await handler(tx, [batch[i].item for i in indexes])
+                if len(results) != len(indexes):
+                    raise RuntimeError(f"{handler} answered {len(results)} of {len(indexes)}")
+                for index, result in zip(indexes, results, strict=True):
+                    outcomes[index] = result
         return outcomes
 
 

@@ -32,6 +32,7 @@ from typing import Any
 from sqlalchemy import (
     Row,
     String,
+    bindparam,
     case,
     cast,
     event,
@@ -47,6 +48,7 @@ from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+from sqlalchemy.sql.dml import Update
 
 from ackbot.store.errors import (
     AlreadyExists,
@@ -160,6 +162,18 @@ REPLIES = MESSAGES.alias("replies")
 # A message with the id of its reply, if any: every read answers with both.
 _WITH_REPLY_ID = select(MESSAGES, REPLIES.c.id.label("reply_id")).outerjoin(
     REPLIES, REPLIES.c.reply_to == MESSAGES.c.id
+)
+# MarkProcessed's one statement: it skips rows already PROCESSED, so a message is processed once
+# however many marks race for it (on PostgreSQL the UPDATE re-checks the state on the row it
+# locked).
+_PROCESS_UNLESS_PROCESSED = (
+    update(MESSAGES)
+    .where(
+        MESSAGES.c.id.in_(bindparam("ids", expanding=True)),
+        MESSAGES.c.state != State.PROCESSED,
+    )
+    .values(state=State.PROCESSED, process_time_ns=bindparam("now"), lease_token=None)
+    .returning(*MESSAGES.c)
 )
 # Large enough to take a burst from every connected client, small enough that one transaction
 # stays a few milliseconds long.
@@ -278,7 +292,18 @@ class MessageRepository:
         self._now_ns = clock_ns
         self._is_sqlite = engine.dialect.name == "sqlite"
         self._writes = GroupCommitter(
-            self._begin_write, max_batch=max_batch, conflict_errors=(IntegrityError,)
+            self._begin_write,
+            max_batch=max_batch,
+            conflict_errors=(IntegrityError,),
+            last=[self._claim_each],
+        )
+        # The hot statements are built once: building one costs more Python than running it.
+        self._claim_oldest = self._build_claim()
+        dialect_insert = sqlite.insert if self._is_sqlite else postgresql.insert
+        self._insert_if_free = (
+            dialect_insert(MESSAGES)
+            .on_conflict_do_nothing(index_elements=[MESSAGES.c.id])
+            .returning(MESSAGES.c.id, MESSAGES.c.sequence)
         )
 
     @property
@@ -389,13 +414,7 @@ class MessageRepository:
         """Inserts the rows whose id is free; returns id -> sequence of those inserted."""
         if not rows:
             return {}
-        dialect_insert = sqlite.insert if self._is_sqlite else postgresql.insert
-        statement = (
-            dialect_insert(MESSAGES)
-            .on_conflict_do_nothing(index_elements=[MESSAGES.c.id])
-            .returning(MESSAGES.c.id, MESSAGES.c.sequence)
-        )
-        result = await tx.connection.execute(statement, rows)
+        result = await tx.connection.execute(self._insert_if_free, rows)
         return {row.id: row.sequence for row in result}
 
     @staticmethod
@@ -462,14 +481,8 @@ class MessageRepository:
         self, tx: _Transaction, marks: list[Mark]
     ) -> list[MarkResult | StoreError]:
         ids = list(dict.fromkeys(mark.message_id for mark in marks))
-        # One statement settles the whole run; it skips rows already PROCESSED, so a message
-        # is processed once however many marks race for it (on PostgreSQL the UPDATE re-checks
-        # the state on the row it locked).
         processed_rows = await tx.connection.execute(
-            update(MESSAGES)
-            .where(MESSAGES.c.id.in_(ids), MESSAGES.c.state != State.PROCESSED)
-            .values(state=State.PROCESSED, process_time_ns=tx.now_ns, lease_token=None)
-            .returning(*MESSAGES.c)
+            _PROCESS_UNLESS_PROCESSED, {"ids": ids, "now": tx.now_ns}
         )
         processed = {row.id: row for row in processed_rows}
         first_marks: dict[str, Mark] = {}
@@ -563,34 +576,39 @@ class MessageRepository:
             for name in names
         }
 
-    async def _claim(self, tx: _Transaction, limit: int, lease_ns: int) -> list[Delivery]:
-        # Unique per delivery without a round trip per row: a random part drawn once per claim,
-        # then the row's sequence.
-        token = literal(new_lease_token() + ":") + cast(MESSAGES.c.sequence, String)
-        expiry = tx.now_ns + lease_ns
+    def _build_claim(self) -> Update:
+        """The claim, built once: it leases the `wanted` oldest deliverable messages."""
+        # Unique per delivery without a round trip per row: a random part drawn once per
+        # claim, then the row's sequence.
+        token = bindparam("token_prefix", type_=String) + cast(MESSAGES.c.sequence, String)
+        oldest_deliverable = (
+            select(MESSAGES.c.sequence)
+            .where(UNSETTLED, MESSAGES.c.visible_at_ns <= bindparam("now"))
+            .order_by(MESSAGES.c.sequence)
+            .limit(bindparam("wanted"))
+            .with_for_update(skip_locked=True)
+        )
         leased = self._unless_exhausted(
             state=State.LEASED.value,
             delivery_attempts=MESSAGES.c.delivery_attempts + 1,
             lease_token=token,
-            visible_at_ns=expiry,
+            visible_at_ns=bindparam("expiry"),
         )
+        return (
+            update(MESSAGES)
+            .where(MESSAGES.c.sequence.in_(oldest_deliverable))
+            .values(leased)
+            .returning(*MESSAGES.c)
+        )
+
+    async def _claim(self, tx: _Transaction, limit: int, lease_ns: int) -> list[Delivery]:
+        expiry = tx.now_ns + lease_ns
+        params = {"now": tx.now_ns, "expiry": expiry, "token_prefix": new_lease_token() + ":"}
         deliveries: list[Delivery] = []
         while len(deliveries) < limit:
             wanted = limit - len(deliveries)
-            oldest_deliverable = (
-                select(MESSAGES.c.sequence)
-                .where(UNSETTLED, MESSAGES.c.visible_at_ns <= tx.now_ns)
-                .order_by(MESSAGES.c.sequence)
-                .limit(wanted)
-                .with_for_update(skip_locked=True)
-            )
             rows = (
-                await tx.connection.execute(
-                    update(MESSAGES)
-                    .where(MESSAGES.c.sequence.in_(oldest_deliverable))
-                    .values(leased)
-                    .returning(*MESSAGES.c)
-                )
+                await tx.connection.execute(self._claim_oldest, {**params, "wanted": wanted})
             ).all()
             for row in sorted(rows, key=lambda row: row.sequence):
                 if row.state == State.DEAD:

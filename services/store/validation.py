@@ -7,7 +7,6 @@ and the servicer stays a thin translation layer.
 from __future__ import annotations
 
 import re
-import unicodedata
 
 from ackbot.store.config import Limits
 from ackbot.store.errors import FieldViolation, InvalidArgument
@@ -16,7 +15,11 @@ ID_PATTERN = re.compile(r"[A-Za-z0-9._:~-]+")
 # Nanoseconds in a signed 64-bit integer: the range the database column can hold.
 MIN_TIME_NS = -(2**63)
 MAX_TIME_NS = 2**63 - 1
-_ALLOWED_CONTROLS = {"\t", "\n", "\r"}
+# Unicode categories Cc (C0 and C1 controls, NUL included: PostgreSQL cannot store NUL in text)
+# and Cs (lone surrogates, which are not valid UTF-8), as one regex: a per-character category
+# lookup was the costliest part of validating a 16 KiB text. Text may keep tab, LF and CR.
+_FORBIDDEN = re.compile("[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
+_FORBIDDEN_IN_TEXT = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\ud800-\udfff]")
 
 
 class Violations:
@@ -47,14 +50,9 @@ def check_id(
 
 
 def _first_forbidden_char(value: str, *, allow_newlines: bool) -> str | None:
-    for char in value:
-        if allow_newlines and char in _ALLOWED_CONTROLS:
-            continue
-        # Cc: C0/C1 controls (NUL included; PostgreSQL cannot store NUL in text). Cs: lone
-        # surrogates, which are not valid UTF-8.
-        if unicodedata.category(char) in ("Cc", "Cs"):
-            return char
-    return None
+    pattern = _FORBIDDEN_IN_TEXT if allow_newlines else _FORBIDDEN
+    found = pattern.search(value)
+    return found.group() if found else None
 
 
 def check_author(v: Violations, field: str, value: str, limits: Limits) -> None:

@@ -207,3 +207,38 @@ async def test_close_waits_for_queued_writes_then_refuses_new_ones():
     assert [task.result() for task in pending] == ["A", "B"]
     with pytest.raises(StorageUnavailable):
         await committer.submit(write, "late")
+
+
+async def test_a_transaction_runs_each_handler_once_in_first_seen_order_and_last_ones_after():
+    database = RecordingDatabase()
+    calls: list[tuple[str, list[str]]] = []
+
+    def named(name: str):
+        async def handler(tx: list[str], items: list[str]) -> list[str | StoreError]:
+            calls.append((name, items))
+            return await write(tx, items)
+
+        return handler
+
+    create, mark, claim = named("create"), named("mark"), named("claim")
+    committer = GroupCommitter(database.begin, max_batch=10, last=[claim])
+    database.gate.clear()
+    first = asyncio.create_task(committer.submit(create, "warm"))
+    await asyncio.sleep(0)
+    queued = [
+        asyncio.create_task(committer.submit(handler, item))
+        for handler, item in [
+            (claim, "c1"),
+            (create, "a"),
+            (mark, "m1"),
+            (create, "b"),
+            (claim, "c2"),
+            (mark, "m2"),
+        ]
+    ]
+    database.gate.set()
+
+    await first
+    assert [await task for task in queued] == ["C1", "A", "M1", "B", "C2", "M2"]
+    assert calls[1:] == [("create", ["a", "b"]), ("mark", ["m1", "m2"]), ("claim", ["c1", "c2"])]
+    assert database.committed[1] == ["a", "b", "m1", "m2", "c1", "c2"]

@@ -213,3 +213,17 @@ def test_a_label_may_be_empty_but_not_long_or_carry_control_characters():
         rules.check_label(violations, "consumer", value, 64)
         assert bool(violations.items) is broken, value
         assert all(item.field == "consumer" for item in violations.items)
+
+
+def test_the_control_character_rule_is_unicode_categories_cc_and_cs_over_every_code_point():
+    import unicodedata
+
+    from ackbot.store.validation import _first_forbidden_char
+
+    for code_point in range(0x110000):
+        char = chr(code_point)
+        forbidden = unicodedata.category(char) in ("Cc", "Cs")
+        assert (_first_forbidden_char(char, allow_newlines=False) == char) == forbidden
+        allowed_in_text = char in "\t\n\r"
+        in_text = _first_forbidden_char(char, allow_newlines=True) == char
+        assert in_text == (forbidden and not allowed_in_text), hex(code_point)
