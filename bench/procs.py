@@ -2,41 +2,20 @@
 
 They are started and awaited by tests/integration/harness.py (log file, `listening on` line,
 then health SERVING, under one deadline), so the benchmark measures exactly the services the
-integration tests check. That module is test code without full annotations; importing it by
-name keeps `mypy bench` about this package, and the Protocol below states what we rely on.
+integration tests check. That module is test code without full annotations:
+tests/integration/typed_harness.py imports it by name and types the part of it we rely on.
 """
 
 from __future__ import annotations
 
-import importlib
-import subprocess
 import sys
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Protocol, cast
+from typing import Any, cast
 
+from tests.integration.typed_harness import Service, load
 
-class Service(Protocol):
-    """One server process (tests.integration.harness.Service)."""
-
-    name: str
-    argv: list[str]
-    address: str
-    log_path: Path
-    proc: subprocess.Popen[bytes] | None
-
-    async def astart(self) -> Service: ...
-
-    async def aterminate(self, within: float = ...) -> int: ...
-
-    def cleanup(self) -> None: ...
-
-    def log_text(self) -> str: ...
-
-    def describe(self) -> str: ...
-
-
-_harness: Any = importlib.import_module("tests.integration.harness")
+_harness: Any = load()
 
 RPC_TIMEOUT: float = _harness.RPC_TIMEOUT
 PAGE_SIZE: int = _harness.PAGE_SIZE
@@ -83,17 +62,6 @@ def bot_service(
 def echo_service(workdir: Path) -> Service:
     argv = [sys.executable, "-m", "bench.echo", "--listen", "127.0.0.1:0"]
     return cast(Service, _harness.Service("echo", argv, workdir / "echo.log", child_env()))
-
-
-async def wait_until(
-    predicate: Callable[[], object | Awaitable[object]],
-    within: float,
-    interval: float = 0.1,
-    what: str = "",
-) -> object:
-    """Polls `predicate` (plain or coroutine function) until truthy; TimeoutError after
-    `within` seconds."""
-    return await _harness.wait_until(predicate, within, interval=interval, what=what)
 
 
 def stop_all(services: Iterable[Service]) -> None:

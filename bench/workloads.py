@@ -42,10 +42,10 @@ from bench.procs import (
     echo_service,
     stop_all,
     store_service,
-    wait_until,
 )
 from bench.responders import SLOW_DELAY_SECONDS
 from bench.settings import Settings
+from tests.integration.typed_harness import wait_until
 
 Figures = dict[str, Any]
 REDIS_ADDRESS = "127.0.0.1:6379"
