@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import grpc
-import psutil  # type: ignore[import-untyped]  # no types-psutil in the dev extras
+import psutil
 
 from ackbot.v1 import message_store_pb2 as pb
 from ackbot.v1 import message_store_pb2_grpc as pb_grpc
