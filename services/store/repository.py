@@ -181,12 +181,9 @@ MAX_BATCH = 256
 
 
 @dataclass(frozen=True)
-class Mark:
-    """One MarkProcessed request, as the repository sees it."""
-
+class _Mark:
     message_id: str
     reply: NewMessage | None
-    lease_token: str = ""
 
 
 @dataclass(frozen=True)
@@ -267,6 +264,11 @@ def _new_row(
         "lease_token": None,
         "process_time_ns": None if reply_to is None else now_ns,
     }
+
+
+def _stored_new(values: dict[str, Any], sequence: int, now_ns: int) -> StoredMessage:
+    """The StoredMessage of a row just inserted from `values` (see _new_row)."""
+    return _to_stored(SimpleNamespace(**values, sequence=sequence), None, now_ns)
 
 
 def _log_dead(message_id: str, attempts: int, last_error: str) -> None:
@@ -370,29 +372,15 @@ class MessageRepository:
         fresh: dict[str, NewMessage] = {}
         for new in news:
             fresh.setdefault(new.id, new)
-        rows = [
-            _new_row(new.id, new.author, new.text, new.create_time_ns, tx.now_ns)
-            for new in fresh.values()
-        ]
-        inserted = await self._insert_new(tx, rows)
-        stored: dict[str, StoredMessage] = {}
-        for message_id, sequence in inserted.items():
-            new = fresh[message_id]
-            stored[message_id] = StoredMessage(
-                id=message_id,
-                sequence=sequence,
-                author=new.author,
-                text=new.text,
-                create_time_ns=new.create_time_ns,
-                receive_time_ns=tx.now_ns,
-                state=State.PENDING,
-                reply_to=None,
-                reply_id=None,
-                delivery_attempts=0,
-                last_error=None,
-                lease_expire_ns=None,
-                process_time_ns=None,
-            )
+        rows = {
+            message_id: _new_row(message_id, new.author, new.text, new.create_time_ns, tx.now_ns)
+            for message_id, new in fresh.items()
+        }
+        inserted = await self._insert_new(tx, list(rows.values()))
+        stored = {
+            message_id: _stored_new(rows[message_id], sequence, tx.now_ns)
+            for message_id, sequence in inserted.items()
+        }
         taken = [message_id for message_id in fresh if message_id not in inserted]
         if taken:
             # Retried creates (or an id reused): compare with what is stored.
@@ -475,17 +463,17 @@ class MessageRepository:
         # The lease token is not checked: the first reply to commit wins, whoever holds the
         # lease, and every later one learns that the message was already processed.
         del lease_token
-        return await self._writes.submit(self._mark_many, Mark(message_id, reply))
+        return await self._writes.submit(self._mark_many, _Mark(message_id, reply))
 
     async def _mark_many(
-        self, tx: _Transaction, marks: list[Mark]
+        self, tx: _Transaction, marks: list[_Mark]
     ) -> list[MarkResult | StoreError]:
         ids = list(dict.fromkeys(mark.message_id for mark in marks))
         processed_rows = await tx.connection.execute(
             _PROCESS_UNLESS_PROCESSED, {"ids": ids, "now": tx.now_ns}
         )
         processed = {row.id: row for row in processed_rows}
-        first_marks: dict[str, Mark] = {}
+        first_marks: dict[str, _Mark] = {}
         for mark in marks:
             first_marks.setdefault(mark.message_id, mark)
         replies = {
@@ -506,16 +494,13 @@ class MessageRepository:
             reply: StoredMessage | None = None
             if message_id in replies:
                 values = replies[message_id]
-                sequence = reply_sequences[values["id"]]
-                reply = _to_stored(SimpleNamespace(**values, sequence=sequence), None, tx.now_ns)
+                reply = _stored_new(values, reply_sequences[values["id"]], tx.now_ns)
             message = _to_stored(row, reply.id if reply else None, tx.now_ns)
             results[message_id] = MarkResult(message, reply, already_processed=False)
         unprocessed = [message_id for message_id in ids if message_id not in processed]
         if unprocessed:
             # Unknown ids, and messages some earlier transaction processed.
-            query = select(MESSAGES).where(MESSAGES.c.id.in_(unprocessed))
-            for row in await tx.connection.execute(query):
-                results[row.id] = await self._already_processed(tx.connection, row, tx.now_ns)
+            results.update(await self._already_processed(tx.connection, unprocessed, tx.now_ns))
         outcomes: list[MarkResult | StoreError] = []
         for mark in marks:
             result = results.get(mark.message_id)
@@ -527,15 +512,24 @@ class MessageRepository:
                 outcomes.append(dataclasses.replace(result, already_processed=True))
         return outcomes
 
+    @staticmethod
     async def _already_processed(
-        self, connection: AsyncConnection, row: Row[Any], now: int
-    ) -> MarkResult:
-        reply_row = (
-            await connection.execute(select(MESSAGES).where(MESSAGES.c.reply_to == row.id))
-        ).first()
-        reply = _to_stored(reply_row, None, now) if reply_row else None
-        message = _to_stored(row, reply.id if reply else None, now)
-        return MarkResult(message, reply, already_processed=True)
+        connection: AsyncConnection, message_ids: list[str], now: int
+    ) -> dict[str, MarkResult]:
+        """Those of `message_ids` that exist, each with its reply if it has one."""
+        originals = (
+            await connection.execute(select(MESSAGES).where(MESSAGES.c.id.in_(message_ids)))
+        ).all()
+        query = select(MESSAGES).where(MESSAGES.c.reply_to.in_([row.id for row in originals]))
+        replies = {
+            row.reply_to: _to_stored(row, None, now) for row in await connection.execute(query)
+        }
+        results = {}
+        for row in originals:
+            reply = replies.get(row.id)
+            message = _to_stored(row, reply.id if reply else None, now)
+            results[row.id] = MarkResult(message, reply, already_processed=True)
+        return results
 
     async def claim(self, limit: int, lease_ns: int) -> list[Delivery]:
         """Leases up to `limit` deliverable messages, oldest first.

@@ -13,7 +13,7 @@ import functools
 import inspect
 import logging
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -62,6 +62,7 @@ _ORDERS = {
 _MAX_LEASE_TOKEN_CHARS = 64
 _MAX_CONSUMER_CHARS = 64
 _MAX_RESPONSE_BYTES = 1024 * 1024
+ProtoT = TypeVar("ProtoT", bound=Message)
 
 
 # -- protobuf mapping -----------------------------------------------------------------------
@@ -104,24 +105,23 @@ def delivery_to_proto(delivery: Delivery) -> pb.Delivery:
     )
 
 
-def _batched_responses(deliveries: list[Delivery]) -> Iterator[pb.StreamUnprocessedResponse]:
-    """Packs deliveries into responses of at most ~1 MiB each.
+def _within_response_limit(protos: Iterable[ProtoT]) -> Iterator[list[ProtoT]]:
+    """Groups `protos` into runs of at most ~1 MiB each (at least one proto per run).
 
     A response must stay well under a client's receive limit (4 MiB by default in gRPC), and a
-    full window of max_in_flight large messages would not.
+    full window of max_in_flight large deliveries, or a full page of large messages, would not.
     """
-    response = pb.StreamUnprocessedResponse()
+    run: list[ProtoT] = []
     size = 0
-    for delivery in deliveries:
-        proto = delivery_to_proto(delivery)
+    for proto in protos:
         proto_size = proto.ByteSize()
-        if response.deliveries and size + proto_size > _MAX_RESPONSE_BYTES:
-            yield response
-            response, size = pb.StreamUnprocessedResponse(), 0
-        response.deliveries.append(proto)
+        if run and size + proto_size > _MAX_RESPONSE_BYTES:
+            yield run
+            run, size = [], 0
+        run.append(proto)
         size += proto_size
-    if response.deliveries:
-        yield response
+    if run:
+        yield run
 
 
 def encode_page_token(sequence: int, order_by: str) -> str:
@@ -379,16 +379,10 @@ class MessageStoreServicer(pb_grpc.MessageStoreServicer):
             state=state,
             reply_to=request.reply_to or None,
         )
-        response = pb.ListMessagesResponse()
-        size = 0
-        for message in messages:
-            proto = message_to_proto(message)
-            size += proto.ByteSize()
-            if response.messages and size > _MAX_RESPONSE_BYTES:
-                # A full page of large messages would exceed a client's default 4 MiB receive
-                # limit: end the page early ("at most page_size") and let the token continue.
-                break
-            response.messages.append(proto)
+        # A page ends early ("at most page_size") where it would outgrow a response; the
+        # token continues from there.
+        page = next(_within_response_limit(map(message_to_proto, messages)), [])
+        response = pb.ListMessagesResponse(messages=page)
         if len(response.messages) < len(messages) or len(messages) == page_size:
             response.next_page_token = encode_page_token(response.messages[-1].sequence, order_by)
         return response
@@ -550,8 +544,8 @@ class MessageStoreServicer(pb_grpc.MessageStoreServicer):
                                 d.message.delivery_attempts,
                                 stream.consumer,
                             )
-                        for response in _batched_responses(deliveries):
-                            yield response
+                        for run in _within_response_limit(map(delivery_to_proto, deliveries)):
+                            yield pb.StreamUnprocessedResponse(deliveries=run)
                         continue
                 await stream.wakeup.wait()
             await context.abort(
