@@ -13,7 +13,8 @@ from dataclasses import dataclass, field
 
 import grpc
 
-from ackbot.bot.store_client import CALL_BACKOFF, is_retryable, open_channel
+from ackbot.bot.store_client import is_retryable, open_channel
+from ackbot.common.backoff import CALL_BACKOFF
 from ackbot.v1 import message_store_pb2 as pb
 from ackbot.v1 import message_store_pb2_grpc as pb_grpc
 from tests.support.responders import FAIL_MARKER

@@ -23,7 +23,8 @@ from typing import TextIO
 import grpc
 from google.protobuf import json_format, timestamp_pb2
 
-from ackbot.common.flags import address, int_in, seconds_in
+from ackbot.common.flags import MAX_WAIT_SECONDS, address, int_in, seconds_in
+from ackbot.common.limits import MAX_PAGE_SIZE
 from ackbot.v1 import message_store_pb2 as pb
 from ackbot.v1 import message_store_pb2_grpc as pb_grpc
 
@@ -31,8 +32,6 @@ DEFAULT_STORE = "127.0.0.1:50051"
 STORE_ENV = "ACKBOT_STORE_ADDRESS"
 # Every unary call gets a deadline, so a store that hangs cannot hang the terminal.
 CALL_TIMEOUT_SECONDS = 10.0
-# The largest page ListMessages serves; `list` and `tail` ask for full pages.
-MAX_PAGE_SIZE = 1000
 TAIL_POLL_SECONDS = 0.25
 WAIT_POLL_SECONDS = 0.05
 
@@ -188,7 +187,7 @@ def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
     )
     post.add_argument(
         "--wait",
-        type=seconds_in(0, 3600, low_inclusive=False),
+        type=seconds_in(0, MAX_WAIT_SECONDS, low_inclusive=False),
         default=None,
         metavar="SECONDS",
         help="wait up to SECONDS for the bot's reply and print it too",

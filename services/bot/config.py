@@ -4,21 +4,26 @@ from __future__ import annotations
 
 import argparse
 import os
-import unicodedata
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
-from ackbot.common.flags import EnvFlags, address, int_in, seconds_in
+from ackbot.common.backoff import MAX_RELEASE_RETRY_AFTER_SECONDS
+from ackbot.common.flags import MAX_WAIT_SECONDS, EnvFlags, address, int_in, seconds_in
+
+# The store's limits (docs/semantics.md) are checked here too, so a bad value fails at start,
+# naming the flag, instead of as INVALID_ARGUMENT on every stream attempt. The persona is the
+# author of every reply.
+from ackbot.common.limits import (
+    MAX_AUTHOR_CHARS,
+    MAX_CONSUMER_CHARS,
+    MAX_IN_FLIGHT,
+    MAX_LEASE_SECONDS,
+    MIN_IN_FLIGHT,
+    MIN_LEASE_SECONDS,
+    first_forbidden_char,
+)
 
 ENV_PREFIX = "ACKBOT_BOT_"
-# The store's limits (SEMANTICS.md): checked here so a bad value fails at start, naming the flag,
-# instead of as INVALID_ARGUMENT on every stream attempt.
-MIN_IN_FLIGHT, MAX_IN_FLIGHT = 1, 1000
-MIN_LEASE_SECONDS, MAX_LEASE_SECONDS = 1.0, 3600.0
-MAX_PERSONA_CHARS = 64  # the persona is the author of every reply
-MAX_CONSUMER_CHARS = 64
-MAX_RETRY_BASE_SECONDS = 300.0
-MAX_GRACE_SECONDS = 3600.0
 
 
 @dataclass(frozen=True)
@@ -51,7 +56,7 @@ def _name(max_chars: int) -> Callable[[str], str]:
             raise argparse.ArgumentTypeError(
                 f"must be at most {max_chars} characters, got {len(text)}"
             )
-        if any(unicodedata.category(char) in ("Cc", "Cs") for char in text):
+        if first_forbidden_char(text, allow_newlines=False) is not None:
             raise argparse.ArgumentTypeError("must not contain control characters")
         return text
 
@@ -94,7 +99,7 @@ def build_flags(env: Mapping[str, str]) -> EnvFlags:
         "--persona",
         defaults.persona,
         "the bot's name: author of its replies",
-        type=_name(MAX_PERSONA_CHARS),
+        type=_name(MAX_AUTHOR_CHARS),
         metavar="NAME",
     )
     option(
@@ -117,15 +122,15 @@ def build_flags(env: Mapping[str, str]) -> EnvFlags:
         "--grace-seconds",
         defaults.grace_seconds,
         "how long running replies may finish on shutdown before they are cancelled",
-        type=seconds_in(0.0, MAX_GRACE_SECONDS),
+        type=seconds_in(0.0, MAX_WAIT_SECONDS),
         metavar="SECONDS",
     )
     option(
         "--retry-base-seconds",
         defaults.retry_base_seconds,
         "after a responder failure the message is retried after base * 2^(attempt-1) seconds, "
-        "at most 300",
-        type=seconds_in(0.0, MAX_RETRY_BASE_SECONDS),
+        f"at most {MAX_RELEASE_RETRY_AFTER_SECONDS:g}",
+        type=seconds_in(0.0, MAX_RELEASE_RETRY_AFTER_SECONDS),
         metavar="SECONDS",
     )
     option(

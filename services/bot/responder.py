@@ -9,18 +9,15 @@ from __future__ import annotations
 import importlib
 import inspect
 import re
-import unicodedata
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Protocol
 
 from ackbot.bot.config import BotConfig
+from ackbot.common.limits import DEFAULT_MAX_TEXT_BYTES, fit_text
 
-# The store's limit on any message text, replies included (SEMANTICS.md).
-MAX_REPLY_BYTES = 16 * 1024
 MAX_QUOTE_CHARS = 280
-_ALLOWED_CONTROLS = frozenset("\t\n\r")
 _GREETINGS = frozenset(
     {"hi", "hello", "hey", "hiya", "howdy", "greetings", "hola", "hallo", "bonjour", "ciao", "yo"}
 )
@@ -61,21 +58,6 @@ class ResponderLoadError(Exception):
     """The --responder value cannot be turned into a responder."""
 
 
-def fit_reply(text: str, max_bytes: int = MAX_REPLY_BYTES) -> str:
-    """Drops what the store would reject (control characters, lone surrogates) and cuts the text
-    to `max_bytes` of UTF-8 on a character boundary."""
-    if any(_forbidden(char) for char in text):
-        text = "".join(char for char in text if not _forbidden(char))
-    encoded = text.encode("utf-8")
-    if len(encoded) <= max_bytes:
-        return text
-    return encoded[:max_bytes].decode("utf-8", errors="ignore")
-
-
-def _forbidden(char: str) -> bool:
-    return char not in _ALLOWED_CONTROLS and unicodedata.category(char) in ("Cc", "Cs")
-
-
 def _quote(text: str, max_chars: int = MAX_QUOTE_CHARS) -> str:
     flat = " ".join(text.split())
     if len(flat) <= max_chars:
@@ -99,7 +81,7 @@ class PersonaResponder:
     else a short acknowledgement with a quote. The same message always gets the same reply.
     """
 
-    def __init__(self, persona: str, *, max_bytes: int = MAX_REPLY_BYTES) -> None:
+    def __init__(self, persona: str, *, max_bytes: int = DEFAULT_MAX_TEXT_BYTES) -> None:
         self._persona = persona
         self._max_bytes = max_bytes
 
@@ -118,7 +100,7 @@ class PersonaResponder:
             parts.append(f"Thanks, {author}. {self._persona} got your message: “{quote}”")
         else:
             parts.append("Good to hear from you.")
-        return fit_reply(" ".join(parts), self._max_bytes)
+        return fit_text(" ".join(parts), self._max_bytes)
 
 
 def load_factory(spec: str) -> ResponderFactory:

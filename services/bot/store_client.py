@@ -12,12 +12,12 @@ import logging
 import random
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from typing import TypeVar
 
 import grpc
 from google.protobuf.duration_pb2 import Duration
 
+from ackbot.common.backoff import CALL_BACKOFF, Backoff
 from ackbot.v1 import message_store_pb2 as pb
 from ackbot.v1 import message_store_pb2_grpc as pb_grpc
 
@@ -30,7 +30,6 @@ RETRYABLE_CODES = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLI
 CALL_TIMEOUT_SECONDS = 10.0
 # A last attempt still gets this long, so a nearly spent budget does not doom it by timeout.
 MIN_CALL_TIMEOUT_SECONDS = 1.0
-MAX_RETRY_AFTER_SECONDS = 300.0
 
 CHANNEL_OPTIONS: list[tuple[str, int]] = [
     # gRPC's own reconnect backoff defaults to 1 s growing to 120 s; calls fail fast while it
@@ -47,36 +46,6 @@ CHANNEL_OPTIONS: list[tuple[str, int]] = [
     # store's --max-text-bytes allows, which may be set past gRPC's 4 MiB default.
     ("grpc.max_receive_message_length", 64 * 1024 * 1024),
 ]
-
-
-@dataclass(frozen=True)
-class Backoff:
-    """Exponential backoff with full jitter: retry n sleeps uniform(0, min(cap, initial * 2^n)).
-
-    Full jitter spreads the retries of many tasks (or many bots) that failed at the same moment,
-    so a store that comes back is not hit by all of them at once.
-    """
-
-    initial_seconds: float
-    cap_seconds: float
-
-    def ceiling(self, retry: int) -> float:
-        # Past 2^60 the product only overflows; the cap has long been reached by then.
-        return min(self.cap_seconds, self.initial_seconds * 2 ** min(max(retry, 0), 60))
-
-    def delay(self, retry: int, rand: Callable[[], float] = random.random) -> float:
-        return self.ceiling(retry) * rand()
-
-
-CALL_BACKOFF = Backoff(initial_seconds=0.05, cap_seconds=2.0)
-RECONNECT_BACKOFF = Backoff(initial_seconds=0.1, cap_seconds=5.0)
-
-
-def release_retry_after(
-    attempt: int, base_seconds: float, cap_seconds: float = MAX_RETRY_AFTER_SECONDS
-) -> float:
-    """How long a message waits after its `attempt`-th delivery failed: base * 2^(attempt-1)."""
-    return min(cap_seconds, base_seconds * 2 ** min(max(attempt - 1, 0), 60))
 
 
 def duration(seconds: float) -> Duration:

@@ -30,19 +30,19 @@ from types import TracebackType
 import grpc
 
 from ackbot.bot.config import BotConfig
-from ackbot.bot.responder import IncomingMessage, Responder, fit_reply
-from ackbot.bot.store_client import (
-    RECONNECT_BACKOFF,
-    StoreClient,
-    is_retryable,
-    open_channel,
-    release_retry_after,
+from ackbot.bot.responder import IncomingMessage, Responder
+from ackbot.bot.store_client import StoreClient, is_retryable, open_channel
+from ackbot.common.backoff import RECONNECT_BACKOFF, release_retry_after
+from ackbot.common.limits import (
+    DEFAULT_MAX_TEXT_BYTES,
+    MAX_REASON_CHARS,
+    REPLY_LIMIT_METADATA,
+    fit_text,
 )
 from ackbot.v1 import message_store_pb2 as pb
 
 log = logging.getLogger(__name__)
 
-MAX_REASON_CHARS = 1024
 # MarkProcessed carries a reply that may have cost an LLM call: worth retrying for a while even
 # with a short lease, since it is keyed by id and needs no lease.
 MIN_MARK_BUDGET_SECONDS = 30.0
@@ -90,7 +90,16 @@ def to_incoming(delivery: pb.Delivery) -> IncomingMessage:
 def failure_reason(exc: BaseException) -> str:
     """The reason kept as the message's last error: type and text, within the store's rules."""
     text = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
-    return fit_reply(text.replace("\x00", ""))[:MAX_REASON_CHARS]
+    return fit_text(text)[:MAX_REASON_CHARS]
+
+
+def reply_limit(headers: grpc.aio.Metadata | None) -> int:
+    """The store's text limit from a stream's initial metadata; a store too old to send it
+    enforces the contract's default."""
+    value = headers.get(REPLY_LIMIT_METADATA) if headers is not None else None
+    if isinstance(value, str) and value.isdigit() and int(value) > 0:
+        return int(value)
+    return DEFAULT_MAX_TEXT_BYTES
 
 
 class Worker:
@@ -126,6 +135,8 @@ class Worker:
         self._jobs: set[_Job] = set()
         self._held: list[_Job] = []
         self._run_task: asyncio.Task[None] | None = None
+        # The longest reply text the store accepts; each stream's headers say (see _read_forever).
+        self._max_reply_bytes = DEFAULT_MAX_TEXT_BYTES
 
     @property
     def connected(self) -> bool:
@@ -283,8 +294,9 @@ class Worker:
             try:
                 # The store sends headers as soon as the stream starts, so this returns when the
                 # stream is established; if the store is unreachable the call is already over.
-                await call.initial_metadata()
+                headers = await call.initial_metadata()
                 if not call.done():
+                    self._max_reply_bytes = reply_limit(headers)
                     was_up = True
                     retry = 0
                     self._live_generation = generation
@@ -460,7 +472,7 @@ class Worker:
     async def _mark(self, job: _Job, text: str | None) -> None:
         assert self._client is not None
         message_id = job.message_id
-        reply_text = fit_reply(text) if text else ""
+        reply_text = fit_text(text, self._max_reply_bytes) if text else ""
         if text and reply_text != text:
             log.warning(
                 "reply cut to the store's limits (%d -> %d bytes) message_id=%s",

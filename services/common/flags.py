@@ -13,6 +13,8 @@ from collections.abc import Callable, Mapping, Sequence
 from ackbot.common.serving import split_host_port
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+# Longest a shutdown grace period or a lock wait may be: beyond it, a typo, not a wish.
+MAX_WAIT_SECONDS = 3600.0
 
 
 def address(text: str) -> str:

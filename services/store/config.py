@@ -7,30 +7,12 @@ import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
-from ackbot.common.flags import EnvFlags, address, int_in, seconds_in
+from ackbot.common.flags import MAX_WAIT_SECONDS, EnvFlags, address, int_in, seconds_in
+from ackbot.common.limits import MAX_LEASE_SECONDS, MIN_LEASE_SECONDS, Limits
 
 DEFAULT_DB_URL = "sqlite+aiosqlite:///./data/ackbot.db"
 ENV_PREFIX = "ACKBOT_STORE_"
-# Longest a shutdown grace period or a lock wait may be: beyond it, a typo, not a wish.
-MAX_WAIT_SECONDS = 3600.0
 SQLITE_SYNCHRONOUS = ("FULL", "NORMAL")
-
-
-@dataclass(frozen=True)
-class Limits:
-    """Input limits from SEMANTICS.md; each rejection names the field and the limit."""
-
-    max_id_chars: int = 128
-    max_author_chars: int = 64
-    max_text_bytes: int = 16 * 1024
-    max_reason_chars: int = 1024
-    max_request_bytes: int = 64 * 1024
-    min_lease_seconds: float = 1.0
-    max_lease_seconds: float = 3600.0
-    max_retry_after_seconds: float = 3600.0
-    min_in_flight: int = 1
-    max_in_flight: int = 1000
-    max_page_size: int = 1000
 
 
 @dataclass(frozen=True)
@@ -78,7 +60,7 @@ def build_flags(env: Mapping[str, str]) -> EnvFlags:
         "--default-lease-seconds",
         defaults.default_lease_seconds,
         "lease of a delivery when the stream does not set one",
-        type=seconds_in(Limits.min_lease_seconds, Limits.max_lease_seconds),
+        type=seconds_in(MIN_LEASE_SECONDS, MAX_LEASE_SECONDS),
     )
     option(
         "--grace-seconds",

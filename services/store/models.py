@@ -17,6 +17,8 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
+from ackbot.common.limits import MAX_AUTHOR_CHARS, MAX_ID_CHARS, MAX_LEASE_TOKEN_CHARS
+
 
 class State(enum.StrEnum):
     PENDING = "PENDING"
@@ -45,8 +47,8 @@ class MessageRow(Base):
     sequence: Mapped[int] = mapped_column(
         BigInteger().with_variant(Integer, "sqlite"), SEQUENCE, primary_key=True
     )
-    id: Mapped[str] = mapped_column(String(128), unique=True)
-    author: Mapped[str] = mapped_column(String(64))
+    id: Mapped[str] = mapped_column(String(MAX_ID_CHARS), unique=True)
+    author: Mapped[str] = mapped_column(String(MAX_AUTHOR_CHARS))
     text: Mapped[str] = mapped_column(Text)
     # Times are integer nanoseconds since the epoch: exact round trips of protobuf Timestamps,
     # and the same type on every database.
@@ -55,7 +57,7 @@ class MessageRow(Base):
     state: Mapped[State] = mapped_column(String(16))
     # The unique constraint is what makes "one reply per message" true under any race.
     reply_to: Mapped[str | None] = mapped_column(
-        String(128), ForeignKey("messages.id"), unique=True
+        String(MAX_ID_CHARS), ForeignKey("messages.id"), unique=True
     )
     delivery_attempts: Mapped[int] = mapped_column(Integer, default=0)
     last_error: Mapped[str | None] = mapped_column(Text)
@@ -63,7 +65,7 @@ class MessageRow(Base):
     # once this time has passed. For LEASED it is the lease's expiry; for PENDING, the end of a
     # release's retry_after.
     visible_at_ns: Mapped[int] = mapped_column(BigInteger, default=0)
-    lease_token: Mapped[str | None] = mapped_column(String(64))
+    lease_token: Mapped[str | None] = mapped_column(String(MAX_LEASE_TOKEN_CHARS))
     process_time_ns: Mapped[int | None] = mapped_column(BigInteger)
 
     __table_args__ = (

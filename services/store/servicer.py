@@ -23,6 +23,7 @@ from google.protobuf.message import DecodeError, Message
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
+from ackbot.common.limits import MAX_CONSUMER_CHARS, MAX_LEASE_TOKEN_CHARS, REPLY_LIMIT_METADATA
 from ackbot.store import validation as rules
 from ackbot.store.config import StoreConfig
 from ackbot.store.dispatcher import Dispatcher, StreamState
@@ -59,8 +60,6 @@ _ORDERS = {
     "sequence asc": "sequence",
     "sequence desc": "sequence desc",
 }
-_MAX_LEASE_TOKEN_CHARS = 64
-_MAX_CONSUMER_CHARS = 64
 _MAX_RESPONSE_BYTES = 1024 * 1024
 ProtoT = TypeVar("ProtoT", bound=Message)
 
@@ -502,7 +501,7 @@ class MessageStoreServicer(pb_grpc.MessageStoreServicer):
         if request.HasField("lease_duration"):
             self._check_lease_duration(v, request.lease_duration)
             lease_seconds = _seconds(request.lease_duration)
-        rules.check_label(v, "consumer", request.consumer, _MAX_CONSUMER_CHARS)
+        rules.check_label(v, "consumer", request.consumer, MAX_CONSUMER_CHARS)
         v.raise_if_any()
 
         stream = StreamState(
@@ -516,8 +515,11 @@ class MessageStoreServicer(pb_grpc.MessageStoreServicer):
             self._stream_tasks.add(task)
             task.add_done_callback(self._stream_tasks.discard)
         try:
-            # Headers go out now, so the client knows the stream is up before any work exists.
-            await context.send_initial_metadata(())
+            # Headers go out now, so the client knows the stream is up before any work exists;
+            # they tell it the longest reply text this store accepts.
+            await context.send_initial_metadata(
+                ((REPLY_LIMIT_METADATA, str(self._limits.max_text_bytes)),)
+            )
             log.info(
                 "stream opened consumer=%s max_in_flight=%d lease=%gs",
                 stream.consumer,
@@ -613,10 +615,10 @@ class MessageStoreServicer(pb_grpc.MessageStoreServicer):
         if not token:
             if required:
                 v.add("lease_token", "is required")
-        elif len(token) > _MAX_LEASE_TOKEN_CHARS or not token.isascii() or not token.isprintable():
+        elif len(token) > MAX_LEASE_TOKEN_CHARS or not token.isascii() or not token.isprintable():
             v.add(
                 "lease_token",
-                f"must be at most {_MAX_LEASE_TOKEN_CHARS} printable ASCII "
+                f"must be at most {MAX_LEASE_TOKEN_CHARS} printable ASCII "
                 "characters, as issued with a delivery",
             )
 

@@ -1,4 +1,4 @@
-"""Request rules from SEMANTICS.md. Each check names the field and the rule it breaks.
+"""Request rules from docs/semantics.md. Each check names the field and the rule it breaks.
 
 Pure functions over plain values (no protobuf, no database), so they are unit-tested directly
 and the servicer stays a thin translation layer.
@@ -6,20 +6,12 @@ and the servicer stays a thin translation layer.
 
 from __future__ import annotations
 
-import re
-
-from ackbot.store.config import Limits
+from ackbot.common.limits import ID_PATTERN, Limits, first_forbidden_char, utf8_size
 from ackbot.store.errors import FieldViolation, InvalidArgument
 
-ID_PATTERN = re.compile(r"[A-Za-z0-9._:~-]+")
 # Nanoseconds in a signed 64-bit integer: the range the database column can hold.
 MIN_TIME_NS = -(2**63)
 MAX_TIME_NS = 2**63 - 1
-# Unicode categories Cc (C0 and C1 controls, NUL included: PostgreSQL cannot store NUL in text)
-# and Cs (lone surrogates, which are not valid UTF-8), as one regex: a per-character category
-# lookup was the costliest part of validating a 16 KiB text. Text may keep tab, LF and CR.
-_FORBIDDEN = re.compile("[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
-_FORBIDDEN_IN_TEXT = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\ud800-\udfff]")
 
 
 class Violations:
@@ -49,19 +41,13 @@ def check_id(
         v.add(field, "may contain only the characters A-Z a-z 0-9 . _ : ~ -")
 
 
-def _first_forbidden_char(value: str, *, allow_newlines: bool) -> str | None:
-    pattern = _FORBIDDEN_IN_TEXT if allow_newlines else _FORBIDDEN
-    found = pattern.search(value)
-    return found.group() if found else None
-
-
 def check_author(v: Violations, field: str, value: str, limits: Limits) -> None:
     if not value:
         v.add(field, "is required")
         return
     if len(value) > limits.max_author_chars:
         v.add(field, f"must be at most {limits.max_author_chars} characters (got {len(value)})")
-    bad = _first_forbidden_char(value, allow_newlines=False)
+    bad = first_forbidden_char(value, allow_newlines=False)
     if bad is not None:
         v.add(field, f"must not contain control characters (found U+{ord(bad):04X})")
 
@@ -70,7 +56,7 @@ def check_label(v: Violations, field: str, value: str, max_chars: int) -> None:
     """An optional free-form name (a stream's consumer) that ends up in log lines."""
     if len(value) > max_chars:
         v.add(field, f"must be at most {max_chars} characters (got {len(value)})")
-    bad = _first_forbidden_char(value, allow_newlines=False)
+    bad = first_forbidden_char(value, allow_newlines=False)
     if bad is not None:
         v.add(field, f"must not contain control characters (found U+{ord(bad):04X})")
 
@@ -79,10 +65,10 @@ def check_text(v: Violations, field: str, value: str, limits: Limits) -> None:
     if not value:
         v.add(field, "is required")
         return
-    size = len(value.encode("utf-8", errors="surrogatepass"))
+    size = utf8_size(value)
     if size > limits.max_text_bytes:
         v.add(field, f"must be at most {limits.max_text_bytes} bytes of UTF-8 (got {size})")
-    bad = _first_forbidden_char(value, allow_newlines=True)
+    bad = first_forbidden_char(value, allow_newlines=True)
     if bad is not None:
         v.add(
             field,

@@ -12,22 +12,21 @@ from hypothesis import strategies as st
 
 from ackbot.bot.config import BotConfig
 from ackbot.bot.responder import (
-    MAX_REPLY_BYTES,
     IncomingMessage,
     PersonaResponder,
     ResponderLoadError,
     close_responder,
     create_responder,
-    fit_reply,
     load_factory,
 )
+from ackbot.common.limits import DEFAULT_MAX_TEXT_BYTES, fit_text
 
 
 def incoming(text: str, author: str = "alice") -> IncomingMessage:
     return IncomingMessage(id="m-1", author=author, text=text, attempt=1)
 
 
-def assert_storable(reply: str, max_bytes: int = MAX_REPLY_BYTES) -> None:
+def assert_storable(reply: str, max_bytes: int = DEFAULT_MAX_TEXT_BYTES) -> None:
     """What the store accepts as a message text."""
     assert reply
     assert len(reply.encode("utf-8")) <= max_bytes
@@ -107,8 +106,8 @@ def test_every_reply_is_storable(text, author):
         ("€€", 4, "€"),
     ],
 )
-def test_fit_reply(text, max_bytes, expected):
-    assert fit_reply(text, max_bytes) == expected
+def test_fit_text(text, max_bytes, expected):
+    assert fit_text(text, max_bytes) == expected
 
 
 # -- loading ---------------------------------------------------------------------------------

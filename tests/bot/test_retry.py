@@ -7,15 +7,10 @@ from datetime import UTC, datetime
 import grpc
 import pytest
 
-from ackbot.bot.store_client import (
-    CALL_TIMEOUT_SECONDS,
-    RECONNECT_BACKOFF,
-    Backoff,
-    call_with_retry,
-    duration,
-    release_retry_after,
-)
-from ackbot.bot.worker import MAX_REASON_CHARS, failure_reason, to_incoming
+from ackbot.bot.store_client import CALL_TIMEOUT_SECONDS, call_with_retry, duration
+from ackbot.bot.worker import failure_reason, reply_limit, to_incoming
+from ackbot.common.backoff import RECONNECT_BACKOFF, Backoff, release_retry_after
+from ackbot.common.limits import DEFAULT_MAX_TEXT_BYTES, MAX_REASON_CHARS
 from ackbot.v1 import message_store_pb2 as pb
 
 
@@ -169,3 +164,17 @@ def test_to_incoming():
     assert (message.author, message.text, message.attempt) == ("alice", "hi", 2)
     assert message.create_time == datetime(2025, 10, 24, 19, 20, 53, 306_000, tzinfo=UTC)
     assert to_incoming(pb.Delivery(message=pb.Message(id="x"))).create_time is None
+
+
+@pytest.mark.parametrize(
+    ("headers", "expected"),
+    [
+        (grpc.aio.Metadata(("ackbot-max-text-bytes", "100")), 100),
+        (grpc.aio.Metadata(), DEFAULT_MAX_TEXT_BYTES),  # a store too old to say
+        (grpc.aio.Metadata(("ackbot-max-text-bytes", "lots")), DEFAULT_MAX_TEXT_BYTES),
+        (grpc.aio.Metadata(("ackbot-max-text-bytes", "0")), DEFAULT_MAX_TEXT_BYTES),
+        (None, DEFAULT_MAX_TEXT_BYTES),
+    ],
+)
+def test_the_reply_limit_comes_from_the_streams_headers(headers, expected):
+    assert reply_limit(headers) == expected

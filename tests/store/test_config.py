@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from ackbot.store.config import DEFAULT_DB_URL, Limits, StoreConfig, load_config
+from ackbot.common.limits import Limits
+from ackbot.store.config import DEFAULT_DB_URL, StoreConfig, load_config
 
 
 def test_defaults():

@@ -6,8 +6,8 @@ import math
 
 import pytest
 
+from ackbot.common.limits import Limits
 from ackbot.store import validation as rules
-from ackbot.store.config import Limits
 from ackbot.store.errors import FieldViolation, InvalidArgument
 
 LIMITS = Limits()
@@ -218,12 +218,12 @@ def test_a_label_may_be_empty_but_not_long_or_carry_control_characters():
 def test_the_control_character_rule_is_unicode_categories_cc_and_cs_over_every_code_point():
     import unicodedata
 
-    from ackbot.store.validation import _first_forbidden_char
+    from ackbot.common.limits import first_forbidden_char
 
     for code_point in range(0x110000):
         char = chr(code_point)
         forbidden = unicodedata.category(char) in ("Cc", "Cs")
-        assert (_first_forbidden_char(char, allow_newlines=False) == char) == forbidden
+        assert (first_forbidden_char(char, allow_newlines=False) == char) == forbidden
         allowed_in_text = char in "\t\n\r"
-        in_text = _first_forbidden_char(char, allow_newlines=True) == char
+        in_text = first_forbidden_char(char, allow_newlines=True) == char
         assert in_text == (forbidden and not allowed_in_text), hex(code_point)

@@ -148,6 +148,10 @@ class MessageStoreServicer:
         delivery counts as an attempt; a message delivered `max_attempts` times without being
         processed becomes DEAD instead of being delivered again. Replies are never delivered.
 
+        The stream's initial metadata carries `ackbot-max-text-bytes`: the longest text, in UTF-8
+        bytes, that this store accepts (its --max-text-bytes), so that a bot cuts its replies to
+        what MarkProcessed will take. A client that ignores it loses nothing.
+
         Returns INVALID_ARGUMENT for `max_in_flight` or `lease_duration` out of range. The stream
         ends with UNAVAILABLE when the store shuts down or loses its database: re-establish it with
         backoff.
