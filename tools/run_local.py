@@ -7,22 +7,32 @@ finish its MarkProcessed calls while the store is still there) and the store sec
 child dies on its own, the other is stopped too and this script exits 1.
 
 A second Ctrl-C while stopping kills whatever is still running.
+
+The children must never outlive this script, whatever ends it:
+- a closed terminal (SIGHUP) stops them gracefully, like Ctrl-C;
+- a broken output pipe (`make run | tee log`, then Ctrl-C, which ends tee first) costs only our
+  own output: writes that fail are dropped, so the stop still reaches the children;
+- if this script is killed outright, the kernel sends each child SIGTERM (Linux's
+  PR_SET_PDEATHSIG, set in the child before it runs), and each child stops gracefully.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import ctypes
+import ctypes.util
+import os
 import shlex
 import signal
 import subprocess
 import sys
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import FrameType
-from typing import Any
+from typing import Any, TextIO
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -35,6 +45,7 @@ CHECK_TIMEOUT_SECONDS = 1.0
 # never cut short; past it the child is killed.
 BOT_STOP_SECONDS = 15.0
 STORE_STOP_SECONDS = 10.0
+PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
 
 
 class Signals:
@@ -45,7 +56,7 @@ class Signals:
         self.received = threading.Event()
 
     def install(self) -> None:
-        for signum in (signal.SIGINT, signal.SIGTERM):
+        for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
             signal.signal(signum, self._handle)
 
     def _handle(self, signum: int, frame: FrameType | None) -> None:
@@ -53,15 +64,38 @@ class Signals:
         self.received.set()
 
 
+def say(text: str, stream: TextIO) -> None:
+    """Writes a line; a closed reader (the `tee` of `make run | tee log` ended by Ctrl-C)
+    must not stop us from stopping the children, so a failed write is dropped."""
+    with contextlib.suppress(OSError, ValueError):
+        print(text, file=stream, flush=True)
+
+
 def log(text: str) -> None:
-    print(f"run_local: {text}", file=sys.stderr, flush=True)
+    say(f"run_local: {text}", sys.stderr)
+
+
+def _exit_with_parent(parent_pid: int) -> Callable[[], None]:
+    """The child's pre-exec step: ask the kernel for SIGTERM when this script dies (Linux)."""
+    libc_name = ctypes.util.find_library("c")
+    prctl = getattr(ctypes.CDLL(libc_name, use_errno=True), "prctl", None) if libc_name else None
+
+    def in_child() -> None:
+        if prctl is None:
+            return
+        prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+        if os.getppid() != parent_pid:  # the parent died before the request took hold
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    return in_child
 
 
 def start(name: str, args: list[str]) -> subprocess.Popen[bytes]:
     command = [sys.executable, "-m", *args]
-    log(f"starting {name}: {shlex.join(command)}")
     # process_group=0: the terminal's Ctrl-C goes to this script alone, which decides the order.
-    return subprocess.Popen(command, process_group=0)
+    process = subprocess.Popen(command, process_group=0, preexec_fn=_exit_with_parent(os.getpid()))
+    log(f"started {name} (pid {process.pid}): {shlex.join(command)}")
+    return process
 
 
 def wait_serving(
@@ -187,7 +221,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         # The bot reports SERVING once its stream to the store is connected.
         if not wait_serving("bot", args.bot_listen, "", bot, signals, args.ready_timeout):
             return 0 if signals.received.is_set() else 1
-        print(banner(args.store_listen, args.bot_listen, args.db), flush=True)
+        say(banner(args.store_listen, args.bot_listen, args.db), sys.stdout)
         while not signals.received.is_set():
             for name, process in (("store", store), ("bot", bot)):
                 if process.poll() is not None:
