@@ -17,7 +17,11 @@ INIT_TEXT = '"""Generated from proto/ackbot/v1 by `make proto`. Do not edit."""\
 
 
 def generate(out_dir: Path) -> None:
-    protos = sorted(str(p.relative_to(PROTO_ROOT)) for p in PROTO_ROOT.rglob("*.proto"))
+    # proto/google/ holds googleapis files shipped for other languages' clients; Python gets
+    # their code from googleapis-common-protos.
+    protos = sorted(
+        str(p.relative_to(PROTO_ROOT)) for p in (PROTO_ROOT / "ackbot").rglob("*.proto")
+    )
     out_dir.mkdir(parents=True, exist_ok=True)
     well_known = Path(protoc.__file__).parent / "_proto"
     args = [
