@@ -162,13 +162,15 @@ def build_parser(
     for item in settings:
         spec = item.spec
         from_env = env.get(item.env_name) or None
+        # A set variable is the default that applies, so --help shows it (as argparse's
+        # %(default)s did when the variable was the flag's default).
         shown = spec.shown_default or from_env or str(item.field.default)
         # The help text is not a %-format for argparse: a variable's value may hold a '%'.
         help_text = f"{spec.help_text} (env {item.env_name}; default {shown})".replace("%", "%%")
         metavar = spec.metavar
         if metavar is None and spec.choices is None:
-            # argparse would name it after the dest (the field); the flag's name is what it
-            # showed before the field named it.
+            # argparse would name the value after the dest, the field (`--db DB_URL`); the
+            # flag's own name keeps the usage line as users know it (`--db DB`).
             metavar = item.flag.lstrip("-").replace("-", "_").upper()
         parser.add_argument(
             item.flag,
