@@ -1,14 +1,27 @@
-"""Bot settings: one frozen dataclass, read once from flags and environment in the entry point."""
+"""Bot settings: one frozen dataclass, read once from flags and environment in the entry point.
+
+Each field made with `setting()` is also a flag and an ACKBOT_BOT_* variable (see
+ackbot.common.flags).
+"""
 
 from __future__ import annotations
 
 import argparse
 import os
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from ackbot.common.backoff import MAX_RELEASE_RETRY_AFTER_SECONDS
-from ackbot.common.flags import MAX_WAIT_SECONDS, EnvFlags, address, int_in, seconds_in
+from ackbot.common.flags import (
+    MAX_WAIT_SECONDS,
+    Command,
+    address,
+    int_in,
+    load_settings,
+    log_level_setting,
+    seconds_in,
+    setting,
+)
 
 # The store's limits (docs/semantics.md) are checked here too, so a bad value fails at start,
 # naming the flag, instead of as INVALID_ARGUMENT on every stream attempt. The persona is the
@@ -25,27 +38,11 @@ from ackbot.common.limits import (
 
 ENV_PREFIX = "ACKBOT_BOT_"
 
-
-@dataclass(frozen=True)
-class BotConfig:
-    store: str = "127.0.0.1:50051"
-    listen: str = "127.0.0.1:50052"
-    persona: str = "ackbot"
-    max_in_flight: int = 16
-    lease_seconds: float = 60.0
-    log_level: str = "INFO"
-    grace_seconds: float = 10.0
-    # Base of the exponential `retry_after` sent with ReleaseMessage after a responder failure.
-    retry_base_seconds: float = 1.0
-    # MODULE:ATTR of a responder factory; None means the built-in PersonaResponder.
-    responder: str | None = None
-    # Sent as StreamUnprocessedRequest.consumer; empty means "persona-pid" (see default_consumer).
-    consumer: str = ""
-
-
-def default_consumer(persona: str, pid: int) -> str:
-    suffix = f"-{pid}"
-    return persona[: MAX_CONSUMER_CHARS - len(suffix)] + suffix
+COMMAND = Command(
+    prog="ackbot-bot",
+    summary="The ackbot bot: answers each stored message once.",
+    env_prefix=ENV_PREFIX,
+)
 
 
 def _name(max_chars: int) -> Callable[[str], str]:
@@ -70,86 +67,73 @@ def _responder_spec(text: str) -> str:
     return text
 
 
-def build_flags(env: Mapping[str, str]) -> EnvFlags:
-    defaults = BotConfig()
-    parser = argparse.ArgumentParser(
-        prog="ackbot-bot",
-        description="The ackbot bot: answers each stored message once. Every flag can also be "
-        f"set by environment: {ENV_PREFIX}<FLAG>, e.g. {ENV_PREFIX}STORE; a flag wins over it.",
+@dataclass(frozen=True)
+class BotConfig:
+    store: str = setting(
+        "127.0.0.1:50051", "HOST:PORT of the message store", type=address, metavar="HOST:PORT"
     )
-
-    flags = EnvFlags(parser, env, ENV_PREFIX)
-    option = flags.add
-
-    option(
-        "--store",
-        defaults.store,
-        "HOST:PORT of the message store",
-        type=address,
-        metavar="HOST:PORT",
-    )
-    option(
-        "--listen",
-        defaults.listen,
+    listen: str = setting(
+        "127.0.0.1:50052",
         "the bot's own health + reflection server; port 0 picks a free one",
         type=address,
         metavar="HOST:PORT",
     )
-    option(
-        "--persona",
-        defaults.persona,
+    persona: str = setting(
+        "ackbot",
         "the bot's name: author of its replies",
         type=_name(MAX_AUTHOR_CHARS),
         metavar="NAME",
     )
-    option(
-        "--max-in-flight",
-        defaults.max_in_flight,
+    max_in_flight: int = setting(
+        16,
         f"replies worked on at once ({MIN_IN_FLIGHT}-{MAX_IN_FLIGHT})",
         type=int_in(MIN_IN_FLIGHT, MAX_IN_FLIGHT),
         metavar="N",
     )
-    option(
-        "--lease-seconds",
-        defaults.lease_seconds,
+    lease_seconds: float = setting(
+        60.0,
         f"lease of each delivery ({MIN_LEASE_SECONDS:g}-{MAX_LEASE_SECONDS:g}); extended while "
         "a reply takes longer than half of it",
         type=seconds_in(MIN_LEASE_SECONDS, MAX_LEASE_SECONDS),
         metavar="SECONDS",
     )
-    flags.add_log_level(defaults.log_level)
-    option(
-        "--grace-seconds",
-        defaults.grace_seconds,
+    log_level: str = log_level_setting()
+    grace_seconds: float = setting(
+        10.0,
         "how long running replies may finish on shutdown before they are cancelled",
         type=seconds_in(0.0, MAX_WAIT_SECONDS),
         metavar="SECONDS",
     )
-    option(
-        "--retry-base-seconds",
-        defaults.retry_base_seconds,
+    # Base of the exponential `retry_after` sent with ReleaseMessage after a responder failure.
+    retry_base_seconds: float = setting(
+        1.0,
         "after a responder failure the message is retried after base * 2^(attempt-1) seconds, "
         f"at most {MAX_RELEASE_RETRY_AFTER_SECONDS:g}",
         type=seconds_in(0.0, MAX_RELEASE_RETRY_AFTER_SECONDS),
         metavar="SECONDS",
     )
-    option(
-        "--responder",
-        defaults.responder,
+    # MODULE:ATTR of a responder factory; None means the built-in PersonaResponder.
+    responder: str | None = setting(
+        None,
         "a callable that takes the BotConfig and returns a Responder",
         type=_responder_spec,
         metavar="MODULE:ATTR",
         shown_default="the built-in offline persona",
     )
-    option(
-        "--consumer",
-        defaults.consumer or None,
+    # Sent as StreamUnprocessedRequest.consumer; empty means "persona-pid" (see default_consumer,
+    # which load_config applies: the pid is known only then).
+    consumer: str = setting(
+        "",
         "name of this bot in the store's logs",
         type=_name(MAX_CONSUMER_CHARS),
         metavar="NAME",
         shown_default="PERSONA-PID",
     )
-    return flags
+
+
+def default_consumer(persona: str, pid: int) -> str:
+    suffix = f"-{pid}"
+    return persona[: MAX_CONSUMER_CHARS - len(suffix)] + suffix
 
 
 def load_config(
@@ -159,18 +143,8 @@ def load_config(
     pid: int | None = None,
 ) -> BotConfig:
     """Parses flags over ACKBOT_BOT_* variables; a bad value exits 2 with a message naming it."""
-    env = os.environ if env is None else env
-    args = build_flags(env).parse(argv)
-    consumer = args.consumer or default_consumer(args.persona, os.getpid() if pid is None else pid)
-    return BotConfig(
-        store=args.store,
-        listen=args.listen,
-        persona=args.persona,
-        max_in_flight=args.max_in_flight,
-        lease_seconds=args.lease_seconds,
-        log_level=args.log_level,
-        grace_seconds=args.grace_seconds,
-        retry_base_seconds=args.retry_base_seconds,
-        responder=args.responder,
-        consumer=consumer,
-    )
+    config = load_settings(BotConfig, COMMAND, argv, os.environ if env is None else env)
+    if config.consumer:
+        return config
+    consumer = default_consumer(config.persona, os.getpid() if pid is None else pid)
+    return replace(config, consumer=consumer)

@@ -1,4 +1,9 @@
-"""Flag parsing shared by the entry points: value types, and flags that fall back to env vars.
+"""Flag parsing shared by the entry points: value types, and settings declared once.
+
+A service's settings are the fields of one frozen dataclass. A field made with `setting()`
+declares its own flag, help, parser type, metavar and choices; `load_settings` builds the
+argparse parser from those fields, falls back to PREFIX_<FLAG> environment variables and
+constructs the dataclass. Fields made any other way are not flags and keep their defaults.
 
 Every type raises argparse.ArgumentTypeError, so argparse reports a bad value under the flag's
 name and exits 2, whether the value came from the command line or from the environment.
@@ -7,14 +12,25 @@ name and exits 2, whether the value came from the command line or from the envir
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from ackbot.common.serving import split_host_port
+
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 # Longest a shutdown grace period or a lock wait may be: beyond it, a typo, not a wish.
 MAX_WAIT_SECONDS = 3600.0
+
+T = TypeVar("T")
+C = TypeVar("C", bound="DataclassInstance")
+
+# The key under which a field's metadata carries its Flag.
+_FLAG_KEY = "ackbot.flag"
 
 
 def address(text: str) -> str:
@@ -57,39 +73,131 @@ def seconds_in(low: float, high: float, *, low_inclusive: bool = True) -> Callab
     return parse
 
 
-class EnvFlags:
-    """Adds flags whose default comes from PREFIX_<FLAG> in the environment; a flag wins, and an
-    empty variable counts as unset. argparse converts such string defaults with the flag's
-    `type` (so bad ones are reported under the flag's name) but does not check `choices`:
-    `check_choices` does, after parsing."""
+@dataclasses.dataclass(frozen=True)
+class Flag:
+    """How one setting is spelled on the command line; `flag` None means --FIELD-NAME."""
 
-    def __init__(
-        self, parser: argparse.ArgumentParser, env: Mapping[str, str], prefix: str
-    ) -> None:
-        self.parser = parser
-        self._env = env
-        self._prefix = prefix
+    help_text: str
+    flag: str | None = None
+    type: Callable[[str], Any] = str
+    metavar: str | None = None
+    choices: tuple[str, ...] | None = None
+    # What --help shows as the default, when the field's own default says nothing useful.
+    shown_default: str | None = None
 
-    def add(self, flag: str, default: object, help_text: str, **kwargs: object) -> None:
-        env_name = self._prefix + flag.lstrip("-").replace("-", "_").upper()
-        shown = kwargs.pop("shown_default", "%(default)s")
-        self.parser.add_argument(
-            flag,
-            default=self._env.get(env_name) or default,
-            help=f"{help_text} (env {env_name}; default {shown})",
-            **kwargs,  # type: ignore[arg-type]
+
+def setting(
+    default: T,
+    help_text: str,
+    *,
+    type: Callable[[str], Any] = str,
+    flag: str | None = None,
+    metavar: str | None = None,
+    choices: Sequence[str] | None = None,
+    shown_default: str | None = None,
+) -> T:
+    """A dataclass field that is also a flag (and an environment variable)."""
+    spec = Flag(
+        help_text,
+        flag=flag,
+        type=type,
+        metavar=metavar,
+        choices=tuple(choices) if choices is not None else None,
+        shown_default=shown_default,
+    )
+    return dataclasses.field(default=default, metadata={_FLAG_KEY: spec})
+
+
+def log_level_setting(default: str = "INFO") -> str:
+    return setting(default, "logging level", choices=LOG_LEVELS, type=str.upper)
+
+
+@dataclasses.dataclass(frozen=True)
+class Command:
+    """What a service's command line says about itself, around its settings."""
+
+    prog: str
+    summary: str
+    env_prefix: str
+
+
+@dataclasses.dataclass(frozen=True)
+class FlagField:
+    """A flag-backed field of a settings class, with its flag and variable names resolved."""
+
+    field: dataclasses.Field[Any]
+    spec: Flag
+    flag: str
+    env_name: str
+
+
+def flag_fields(cls: type[DataclassInstance], env_prefix: str) -> Iterator[FlagField]:
+    """The flag-backed fields of `cls`, in declaration order (the order --help lists them)."""
+    for item in dataclasses.fields(cls):
+        spec = item.metadata.get(_FLAG_KEY)
+        if spec is None:
+            continue
+        flag = spec.flag or "--" + item.name.replace("_", "-")
+        env_name = env_prefix + flag.lstrip("-").replace("-", "_").upper()
+        yield FlagField(item, spec, flag, env_name)
+
+
+def build_parser(
+    cls: type[DataclassInstance], command: Command, env: Mapping[str, str]
+) -> argparse.ArgumentParser:
+    """One flag per setting, each with its environment variable as the fallback.
+
+    A set, non-empty variable becomes the flag's default as a string; argparse converts such a
+    default with the flag's `type` only when the flag is absent, so a flag wins, and a bad
+    variable is reported under the flag's name. A setting found in neither stays out of the
+    namespace (SUPPRESS), and the dataclass supplies its default.
+    """
+    settings = list(flag_fields(cls, command.env_prefix))
+    example = settings[0].env_name if settings else f"{command.env_prefix}FLAG"
+    parser = argparse.ArgumentParser(
+        prog=command.prog,
+        description=f"{command.summary} Every flag can also be set by environment: "
+        f"{command.env_prefix}<FLAG>, e.g. {example}; a flag wins over it.",
+    )
+    for item in settings:
+        spec = item.spec
+        from_env = env.get(item.env_name) or None
+        # A set variable is the default that applies, so --help shows it (as argparse's
+        # %(default)s did when the variable was the flag's default).
+        shown = spec.shown_default or from_env or str(item.field.default)
+        # The help text is not a %-format for argparse: a variable's value may hold a '%'.
+        help_text = f"{spec.help_text} (env {item.env_name}; default {shown})".replace("%", "%%")
+        metavar = spec.metavar
+        if metavar is None and spec.choices is None:
+            # argparse would name the value after the dest, the field (`--db DB_URL`); the
+            # flag's own name keeps the usage line as users know it (`--db DB`).
+            metavar = item.flag.lstrip("-").replace("-", "_").upper()
+        parser.add_argument(
+            item.flag,
+            dest=item.field.name,
+            default=argparse.SUPPRESS if from_env is None else from_env,
+            help=help_text,
+            metavar=metavar,
+            choices=spec.choices,
+            type=spec.type,
         )
+    return parser
 
-    def add_log_level(self, default: str) -> None:
-        self.add("--log-level", default, "logging level", choices=LOG_LEVELS, type=str.upper)
 
-    def parse(self, argv: Sequence[str] | None) -> argparse.Namespace:
-        args = self.parser.parse_args(argv)
-        self.check_choices(args)
-        return args
+def _check_choices(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    # argparse checks `choices` for values on the command line, not for defaults (ours come
+    # from the environment).
+    for action in parser._actions:
+        value = getattr(args, action.dest, None)
+        if action.choices is not None and value is not None and value not in action.choices:
+            parser.error(f"argument {action.option_strings[0]}: invalid choice: {value!r}")
 
-    def check_choices(self, args: argparse.Namespace) -> None:
-        for action in self.parser._actions:
-            value = getattr(args, action.dest, None)
-            if action.choices is not None and value is not None and value not in action.choices:
-                self.parser.error(f"argument {action.option_strings[0]}: invalid choice: {value!r}")
+
+def load_settings(
+    cls: type[C], command: Command, argv: Sequence[str] | None, env: Mapping[str, str]
+) -> C:
+    """Parses `argv` (None: sys.argv) over the environment into `cls`; a bad value exits 2."""
+    parser = build_parser(cls, command, env)
+    args = parser.parse_args(argv)
+    _check_choices(parser, args)
+    return cls(**vars(args))

@@ -1,116 +1,98 @@
-"""Store settings: one frozen dataclass, read once from flags and environment in the entry point."""
+"""Store settings: one frozen dataclass, read once from flags and environment in the entry point.
+
+Each field made with `setting()` is also a flag and an ACKBOT_STORE_* variable (see
+ackbot.common.flags); the others are fixed defaults.
+"""
 
 from __future__ import annotations
 
-import argparse
 import os
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
-from ackbot.common.flags import MAX_WAIT_SECONDS, EnvFlags, address, int_in, seconds_in
-from ackbot.common.limits import MAX_LEASE_SECONDS, MIN_LEASE_SECONDS, Limits
+from ackbot.common.flags import (
+    MAX_WAIT_SECONDS,
+    Command,
+    address,
+    int_in,
+    load_settings,
+    log_level_setting,
+    seconds_in,
+    setting,
+)
+from ackbot.common.limits import (
+    DEFAULT_MAX_REQUEST_BYTES,
+    DEFAULT_MAX_TEXT_BYTES,
+    MAX_LEASE_SECONDS,
+    MIN_LEASE_SECONDS,
+    Limits,
+)
 
 DEFAULT_DB_URL = "sqlite+aiosqlite:///./data/ackbot.db"
 ENV_PREFIX = "ACKBOT_STORE_"
 SQLITE_SYNCHRONOUS = ("FULL", "NORMAL")
 
+COMMAND = Command(
+    prog="ackbot-store", summary="The ackbot message store (gRPC).", env_prefix=ENV_PREFIX
+)
+
 
 @dataclass(frozen=True)
 class StoreConfig:
-    listen: str = "127.0.0.1:50051"
-    db_url: str = DEFAULT_DB_URL
-    log_level: str = "INFO"
-    max_attempts: int = 5
-    default_lease_seconds: float = 60.0
-    default_max_in_flight: int = 16
-    default_page_size: int = 100
-    grace_seconds: float = 5.0
-    # Seconds a write waits on a locked SQLite database before the call fails with UNAVAILABLE.
-    lock_timeout_seconds: float = 5.0
-    # FULL: a commit is fsynced before the call returns (survives a power cut). NORMAL: written
-    # to the OS before the call returns, fsynced at checkpoints (survives a kill -9 of the
-    # store, may lose the last commits to a power cut or an OS crash).
-    sqlite_synchronous: str = "FULL"
-    limits: Limits = field(default_factory=Limits)
-
-
-def build_flags(env: Mapping[str, str]) -> EnvFlags:
-    defaults = StoreConfig()
-    parser = argparse.ArgumentParser(
-        prog="ackbot-store",
-        description="The ackbot message store (gRPC). Every flag can also be set by "
-        f"environment: {ENV_PREFIX}<FLAG>, e.g. {ENV_PREFIX}LISTEN; a flag wins over it.",
+    listen: str = setting(
+        "127.0.0.1:50051", "HOST:PORT to serve on; port 0 picks a free one", type=address
     )
-
-    flags = EnvFlags(parser, env, ENV_PREFIX)
-    option = flags.add
-
-    option(
-        "--listen", defaults.listen, "HOST:PORT to serve on; port 0 picks a free one", type=address
+    db_url: str = setting(DEFAULT_DB_URL, "SQLAlchemy async database URL", flag="--db")
+    log_level: str = log_level_setting()
+    max_attempts: int = setting(
+        5, "deliveries without MarkProcessed before a message becomes DEAD", type=int_in(1)
     )
-    option("--db", defaults.db_url, "SQLAlchemy async database URL")
-    flags.add_log_level(defaults.log_level)
-    option(
-        "--max-attempts",
-        defaults.max_attempts,
-        "deliveries without MarkProcessed before a message becomes DEAD",
-        type=int_in(1),
-    )
-    option(
-        "--default-lease-seconds",
-        defaults.default_lease_seconds,
+    default_lease_seconds: float = setting(
+        60.0,
         "lease of a delivery when the stream does not set one",
         type=seconds_in(MIN_LEASE_SECONDS, MAX_LEASE_SECONDS),
     )
-    option(
-        "--grace-seconds",
-        defaults.grace_seconds,
+    default_max_in_flight: int = 16
+    default_page_size: int = 100
+    grace_seconds: float = setting(
+        5.0,
         "how long in-flight calls may finish on shutdown",
         type=seconds_in(0, MAX_WAIT_SECONDS, low_inclusive=False),
     )
-    option(
-        "--lock-timeout-seconds",
-        defaults.lock_timeout_seconds,
+    # Seconds a write waits on a locked SQLite database before the call fails with UNAVAILABLE.
+    lock_timeout_seconds: float = setting(
+        5.0,
         "how long a write waits on a locked database before UNAVAILABLE",
         type=seconds_in(0, MAX_WAIT_SECONDS, low_inclusive=False),
     )
-    option(
-        "--sqlite-synchronous",
-        defaults.sqlite_synchronous,
+    # FULL: a commit is fsynced before the call returns (survives a power cut). NORMAL: written
+    # to the OS before the call returns, fsynced at checkpoints (survives a kill -9 of the
+    # store, may lose the last commits to a power cut or an OS crash).
+    sqlite_synchronous: str = setting(
+        "FULL",
         "FULL: every acknowledged write survives a power cut; NORMAL: it survives a kill of "
         "the store, not a power cut (SQLite only; see docs/performance.md)",
         choices=SQLITE_SYNCHRONOUS,
         type=str.upper,
     )
-    option(
-        "--max-text-bytes",
-        defaults.limits.max_text_bytes,
-        "largest message text, in UTF-8 bytes",
-        type=int_in(1),
+    # The two per-store limits; the rest of `limits` is fixed by the contract.
+    max_text_bytes: int = setting(
+        DEFAULT_MAX_TEXT_BYTES, "largest message text, in UTF-8 bytes", type=int_in(1)
     )
-    option(
-        "--max-request-bytes",
-        defaults.limits.max_request_bytes,
+    max_request_bytes: int = setting(
+        DEFAULT_MAX_REQUEST_BYTES,
         "largest request; larger ones get RESOURCE_EXHAUSTED",
         type=int_in(1),
     )
-    return flags
+
+    @property
+    def limits(self) -> Limits:
+        """The limits this store enforces (derived, so it cannot disagree with the fields)."""
+        return Limits(max_text_bytes=self.max_text_bytes, max_request_bytes=self.max_request_bytes)
 
 
 def load_config(
     argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
 ) -> StoreConfig:
-    env = os.environ if env is None else env
-    args = build_flags(env).parse(argv)
-    limits = Limits(max_text_bytes=args.max_text_bytes, max_request_bytes=args.max_request_bytes)
-    return StoreConfig(
-        listen=args.listen,
-        db_url=args.db,
-        log_level=args.log_level,
-        max_attempts=args.max_attempts,
-        default_lease_seconds=args.default_lease_seconds,
-        grace_seconds=args.grace_seconds,
-        lock_timeout_seconds=args.lock_timeout_seconds,
-        sqlite_synchronous=args.sqlite_synchronous,
-        limits=limits,
-    )
+    """Parses flags over ACKBOT_STORE_* variables; a bad value exits 2 with a message naming it."""
+    return load_settings(StoreConfig, COMMAND, argv, os.environ if env is None else env)

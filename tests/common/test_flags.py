@@ -1,0 +1,197 @@
+"""Settings spelled once: a `setting()` field is a flag, an environment variable and a help line.
+
+The first half pins the two services' command lines to their dataclasses; the second checks the
+generic loader on a small settings class of its own.
+"""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass
+
+import pytest
+
+from ackbot.bot import config as bot_config
+from ackbot.common.flags import Command, build_parser, flag_fields, load_settings, setting
+from ackbot.common.limits import Limits
+from ackbot.store import config as store_config
+
+# field: (flag, environment variable, a value unlike the default, what it loads as). Pinned
+# here because the flag and the variable now follow from the field: renaming a field must not
+# rename a flag unnoticed.
+STORE = {
+    "listen": ("--listen", "ACKBOT_STORE_LISTEN", "[::1]:6000", "[::1]:6000"),
+    "db_url": (
+        "--db",
+        "ACKBOT_STORE_DB",
+        "postgresql+asyncpg://u@h/db",
+        "postgresql+asyncpg://u@h/db",
+    ),
+    "log_level": ("--log-level", "ACKBOT_STORE_LOG_LEVEL", "warning", "WARNING"),
+    "max_attempts": ("--max-attempts", "ACKBOT_STORE_MAX_ATTEMPTS", "9", 9),
+    "default_lease_seconds": (
+        "--default-lease-seconds",
+        "ACKBOT_STORE_DEFAULT_LEASE_SECONDS",
+        "30",
+        30.0,
+    ),
+    "grace_seconds": ("--grace-seconds", "ACKBOT_STORE_GRACE_SECONDS", "2", 2.0),
+    "lock_timeout_seconds": (
+        "--lock-timeout-seconds",
+        "ACKBOT_STORE_LOCK_TIMEOUT_SECONDS",
+        "3",
+        3.0,
+    ),
+    "sqlite_synchronous": (
+        "--sqlite-synchronous",
+        "ACKBOT_STORE_SQLITE_SYNCHRONOUS",
+        "normal",
+        "NORMAL",
+    ),
+    "max_text_bytes": ("--max-text-bytes", "ACKBOT_STORE_MAX_TEXT_BYTES", "200", 200),
+    "max_request_bytes": ("--max-request-bytes", "ACKBOT_STORE_MAX_REQUEST_BYTES", "2000", 2000),
+}
+BOT = {
+    "store": ("--store", "ACKBOT_BOT_STORE", "[::1]:6000", "[::1]:6000"),
+    "listen": ("--listen", "ACKBOT_BOT_LISTEN", "0.0.0.0:6001", "0.0.0.0:6001"),
+    "persona": ("--persona", "ACKBOT_BOT_PERSONA", "Bea", "Bea"),
+    "max_in_flight": ("--max-in-flight", "ACKBOT_BOT_MAX_IN_FLIGHT", "3", 3),
+    "lease_seconds": ("--lease-seconds", "ACKBOT_BOT_LEASE_SECONDS", "30", 30.0),
+    "log_level": ("--log-level", "ACKBOT_BOT_LOG_LEVEL", "error", "ERROR"),
+    "grace_seconds": ("--grace-seconds", "ACKBOT_BOT_GRACE_SECONDS", "2", 2.0),
+    "retry_base_seconds": ("--retry-base-seconds", "ACKBOT_BOT_RETRY_BASE_SECONDS", "4", 4.0),
+    "responder": ("--responder", "ACKBOT_BOT_RESPONDER", "pkg.mod:make", "pkg.mod:make"),
+    "consumer": ("--consumer", "ACKBOT_BOT_CONSUMER", "bea-7", "bea-7"),
+}
+SERVICES = [
+    pytest.param(
+        store_config.StoreConfig, store_config.COMMAND, store_config.load_config, STORE, id="store"
+    ),
+    pytest.param(bot_config.BotConfig, bot_config.COMMAND, bot_config.load_config, BOT, id="bot"),
+]
+
+
+def _help(load, env, capsys, monkeypatch) -> str:
+    # Wide enough that argparse wraps nothing; the words are then compared whitespace-blind.
+    monkeypatch.setenv("COLUMNS", "1000")
+    with pytest.raises(SystemExit) as caught:
+        load(["--help"], env)
+    assert caught.value.code == 0
+    return " ".join(capsys.readouterr().out.split())
+
+
+@pytest.mark.parametrize(("cls", "command", "load", "table"), SERVICES)
+def test_every_setting_is_the_pinned_flag_and_variable(cls, command, load, table):
+    declared = {f.field.name: (f.flag, f.env_name) for f in flag_fields(cls, command.env_prefix)}
+    assert declared == {name: row[:2] for name, row in table.items()}
+    actions = build_parser(cls, command, {})._actions
+    parser_flags = {option for action in actions for option in action.option_strings}
+    assert parser_flags - {"-h", "--help"} == {flag for flag, _env in declared.values()}
+
+
+@pytest.mark.parametrize(("cls", "command", "load", "table"), SERVICES)
+def test_help_lists_every_setting_with_its_variable(cls, command, load, table, capsys, monkeypatch):
+    text = _help(load, {}, capsys, monkeypatch)
+    for item in flag_fields(cls, command.env_prefix):
+        assert f" {item.flag} " in text
+        assert f"{item.spec.help_text} (env {item.env_name}; default " in text
+
+
+@pytest.mark.parametrize(("cls", "command", "load", "table"), SERVICES)
+def test_every_setting_round_trips_from_the_environment(cls, command, load, table):
+    config = load([], {env: raw for _flag, env, raw, _loaded in table.values()})
+    defaults = cls()
+    for name, (_flag, _env, _raw, loaded) in table.items():
+        assert getattr(config, name) == loaded, name
+        assert loaded != getattr(defaults, name), f"{name}: pick a value unlike the default"
+
+
+@pytest.mark.parametrize(("cls", "command", "load", "table"), SERVICES)
+def test_every_setting_round_trips_from_its_flag(cls, command, load, table):
+    config = load([f"{flag}={raw}" for flag, _env, raw, _loaded in table.values()], {})
+    for name, (_flag, _env, _raw, loaded) in table.items():
+        assert getattr(config, name) == loaded, name
+
+
+def test_the_store_limits_follow_their_settings():
+    config = store_config.load_config(["--max-text-bytes=10", "--max-request-bytes=20"], {})
+    assert config.limits == Limits(max_text_bytes=10, max_request_bytes=20)
+
+
+def test_fields_without_a_setting_are_not_flags(capsys, monkeypatch):
+    text = _help(store_config.load_config, {}, capsys, monkeypatch)
+    assert "max-in-flight" not in text
+    assert "page-size" not in text
+
+
+# The loader on its own.
+
+LEVELS = ("LOW", "HIGH")
+
+
+@dataclass(frozen=True)
+class Toy:
+    count: int = setting(1, "how many", type=int)
+    level: str = setting("LOW", "how loud", choices=LEVELS, type=str.upper)
+    where: str = setting("here", "where to", flag="--place", metavar="PLACE")
+    note: str | None = setting(None, "a note", shown_default="none at all")
+    fixed: int = 7
+
+
+TOY = Command(prog="toy", summary="A toy.", env_prefix="TOY_")
+
+
+def load_toy(argv, env) -> Toy:
+    return load_settings(Toy, TOY, argv, env)
+
+
+def test_nothing_set_gives_the_dataclass():
+    assert load_toy([], {}) == Toy()
+
+
+def test_a_flag_wins_over_its_variable_and_an_empty_variable_is_unset():
+    env = {"TOY_COUNT": "5", "TOY_LEVEL": "", "TOY_PLACE": "there"}
+    assert load_toy(["--count=6"], env) == Toy(count=6, where="there")
+
+
+def test_a_bad_variable_is_reported_under_the_flag(capsys):
+    with pytest.raises(SystemExit) as caught:
+        load_toy([], {"TOY_COUNT": "many"})
+    assert caught.value.code == 2
+    assert "toy: error: argument --count: invalid int value: 'many'" in capsys.readouterr().err
+
+
+def test_a_bad_variable_is_ignored_when_the_flag_is_given():
+    assert load_toy(["--count=2"], {"TOY_COUNT": "many"}).count == 2
+
+
+def test_choices_are_checked_for_variables_too(capsys):
+    with pytest.raises(SystemExit) as caught:
+        load_toy([], {"TOY_LEVEL": "medium"})
+    assert caught.value.code == 2
+    assert "argument --level: invalid choice: 'MEDIUM'" in capsys.readouterr().err
+    assert load_toy([], {"TOY_LEVEL": "high"}).level == "HIGH"
+
+
+def test_a_field_without_a_setting_is_no_flag(capsys):
+    with pytest.raises(SystemExit):
+        load_toy(["--fixed=1"], {})
+    assert "unrecognized arguments: --fixed=1" in capsys.readouterr().err
+
+
+def test_help_shows_flags_variables_and_defaults(capsys, monkeypatch):
+    text = _help(load_toy, {"TOY_COUNT": "50%"}, capsys, monkeypatch)
+    assert (
+        "usage: toy [-h] [--count COUNT] [--level {LOW,HIGH}] [--place PLACE] [--note NOTE]" in text
+    )
+    assert "Every flag can also be set by environment: TOY_<FLAG>, e.g. TOY_COUNT;" in text
+    # A set variable is the default that applies, and a '%' in it is no format.
+    assert "how many (env TOY_COUNT; default 50%)" in text
+    assert "where to (env TOY_PLACE; default here)" in text
+    assert "a note (env TOY_NOTE; default none at all)" in text
+
+
+def test_the_parser_uses_argparse_as_is():
+    parser = build_parser(Toy, TOY, {})
+    assert isinstance(parser, argparse.ArgumentParser)
+    assert parser.parse_args(["--place", "x"]) == argparse.Namespace(where="x")
