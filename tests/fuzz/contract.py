@@ -1,6 +1,6 @@
-"""What SEMANTICS.md and the proto comments promise, as code the fuzz tests check against: the
-status codes each RPC may return, the request size limit, and the invariants a store's contents
-must satisfy whatever requests it was sent."""
+"""What docs/semantics.md and the proto comments promise, as code the fuzz tests check against:
+the status codes each RPC may return, the request size limit, and the invariants a store's
+contents must satisfy whatever requests it was sent."""
 
 from __future__ import annotations
 

@@ -312,7 +312,7 @@ def test_requeue_message(sync_stub, message_id):
 
 
 def stream_request_is_valid(request: pb.StreamUnprocessedRequest) -> bool:
-    """The stream rules of SEMANTICS.md, written out independently of the store's code."""
+    """The stream rules of docs/semantics.md, written out independently of the store's code."""
     max_in_flight = request.max_in_flight or CONSUMER_DEFAULT_MAX_IN_FLIGHT
     valid = 1 <= max_in_flight <= 1000
     if request.HasField("lease_duration"):

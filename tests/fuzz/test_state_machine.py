@@ -2,9 +2,11 @@
 drop, mark, release (with and without a reason, with the right, a stale or a made-up token),
 extend and requeue, checked after every step against a small model of the contract.
 
-The model is SEMANTICS.md's state diagram: PENDING -> LEASED on delivery (oldest first, one
-attempt counted), LEASED -> PROCESSED on MarkProcessed, LEASED -> PENDING on release or when the
-stream ends, -> DEAD when that happens on the last allowed attempt, DEAD -> PENDING on requeue.
+The model is the state diagram of docs/semantics.md: PENDING -> LEASED on delivery (oldest
+first, one attempt counted), LEASED -> PROCESSED on MarkProcessed, LEASED -> PENDING on release
+or when the stream ends, -> DEAD instead when a release with a reason or the stream's end comes
+on the last allowed attempt (a release without a reason gives the attempt back), DEAD -> PENDING
+on requeue.
 
 Streams take one message each (max_in_flight 1) and lease it for an hour, so leases never expire
 during a run and every delivery is caused by a step: after each step the machine waits for

@@ -85,12 +85,13 @@ class MessageStoreServicer:
         """Stores a new message and wakes the streams waiting for work.
 
         Idempotent on `message.id`: repeating a create with the same id, author and text returns the
-        stored message with `already_existed` set and changes nothing.
+        stored message with `already_existed` set and changes nothing (`create_time` is not
+        compared; the stored one is kept). A create with an empty id is not idempotent.
 
         Returns INVALID_ARGUMENT when a field is missing, too long or holds characters outside its
         rule; ALREADY_EXISTS when the id is taken by a message with a different author or text;
-        RESOURCE_EXHAUSTED when the request exceeds the size limit; UNAVAILABLE when the database
-        cannot be reached or stays locked past the deadline.
+        RESOURCE_EXHAUSTED when the request exceeds the size limit or the database is full;
+        UNAVAILABLE when the database cannot be reached or stays locked past the deadline.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -108,7 +109,8 @@ class MessageStoreServicer:
 
     def ListMessages(self, request, context):
         """Lists messages in arrival order (`sequence`, oldest or newest first), optionally filtered by
-        state and by `reply_to`.
+        state, by `reply_to` and by `after_sequence`. A page ends early where it would pass about
+        1 MiB.
 
         Returns INVALID_ARGUMENT for a bad page size, page token, state, `reply_to`,
         `after_sequence` or `order_by`; UNAVAILABLE when the database cannot be reached.
@@ -126,9 +128,9 @@ class MessageStoreServicer:
         and never stores a second reply. Omit `reply` to mark the message processed without
         answering it. A DEAD message may still be processed (a late answer beats none).
 
-        Returns INVALID_ARGUMENT for a malformed id or reply; NOT_FOUND, naming the id, when no
-        message has it (a bot drops such a delivery and does not retry); UNAVAILABLE when the
-        database cannot be reached.
+        Returns INVALID_ARGUMENT for a malformed id, lease token or reply; NOT_FOUND, naming the id,
+        when no message has it (a bot drops such a delivery and does not retry); UNAVAILABLE when
+        the database cannot be reached.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -142,9 +144,10 @@ class MessageStoreServicer:
         `max_in_flight` deliveries are unsettled on the stream at any time. A delivery is settled by
         MarkProcessed or ReleaseMessage. When its lease expires first, the message may go to another
         stream, but its slot on this one stays taken until this stream's client answers for it with
-        its lease token (a MarkProcessed, or a ReleaseMessage or ExtendLease that is refused): a
+        its lease token (a MarkProcessed, or a ReleaseMessage or ExtendLease, accepted or refused): a
         client that lets leases lapse may be hung, and is not sent more work. When the stream ends
-        for any reason its leases are released at once and their messages go to the next stream. Every
+        for any reason its leases are released at once and their messages go to the next stream;
+        their attempts stay counted, and a message on its last attempt becomes DEAD. Every
         delivery counts as an attempt; a message delivered `max_attempts` times without being
         processed becomes DEAD instead of being delivered again. Replies are never delivered.
 
@@ -152,9 +155,9 @@ class MessageStoreServicer:
         bytes, that this store accepts (its --max-text-bytes), so that a bot cuts its replies to
         what MarkProcessed will take. A client that ignores it loses nothing.
 
-        Returns INVALID_ARGUMENT for `max_in_flight` or `lease_duration` out of range. The stream
-        ends with UNAVAILABLE when the store shuts down or loses its database: re-establish it with
-        backoff.
+        Returns INVALID_ARGUMENT for `max_in_flight` or `lease_duration` out of range, or a
+        malformed `consumer`. The stream ends with UNAVAILABLE when the store shuts down or loses
+        its database (RESOURCE_EXHAUSTED when the database is full): re-establish it with backoff.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
