@@ -1,5 +1,6 @@
 """Real ackbot processes for tests, benchmarks and chaos runs: start a store and bots on free
-loopback ports, wait until they serve, read their logs, stop or kill them (`process`)."""
+loopback ports, wait until they serve, read their logs, stop or kill them (`process`), and
+responders that fail or stall on purpose (`responders`)."""
 
 from ackbot.testing.process import (
     PAGE_SIZE,

@@ -297,8 +297,8 @@ def bot_service(
 
 
 def responder(name: str) -> str:
-    """The --responder value of a test double in tests/support/responders.py."""
-    return f"tests.support.responders:{name}"
+    """The --responder value of a test double in ackbot.testing.responders."""
+    return f"ackbot.testing.responders:{name}"
 
 
 # -- RPC helpers --------------------------------------------------------------------------------
