@@ -14,13 +14,16 @@ import argparse
 import asyncio
 import itertools
 import signal
+import sys
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 import grpc
 
 from ackbot.common.serving import add_health_and_reflection, bind_insecure, set_serving
+from ackbot.testing import Service, child_env
 from ackbot.v1 import message_store_pb2 as pb
 
 SERVICE_NAME = "bench.v1.Echo"
@@ -107,6 +110,12 @@ def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
     except ImportError:  # an ackbot from before the choice of loop: asyncio's own, like it
         return None
     return loop_factory()
+
+
+def service(workdir: Path) -> Service:
+    """This server as a process on a free loopback port, its log in `workdir`."""
+    argv = [sys.executable, "-m", "bench.echo", "--listen", "127.0.0.1:0"]
+    return Service("echo", argv, workdir / "echo.log", child_env())
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -22,8 +22,9 @@ from pathlib import Path
 
 import grpc
 
+from ackbot.testing import bot_service, child_env, store_service
+from bench import profiled_store
 from bench.loadgen import STORE_CREATE_METHOD, Spec, run_loadgen
-from bench.procs import bot_service, child_env, store_service
 from bench.settings import FULL
 from bench.workloads import Context, produce, running, settle_deadline, store_stub, wait_settled
 
@@ -31,7 +32,9 @@ from bench.workloads import Context, produce, running, settle_deadline, store_st
 async def profile_create(workdir: Path, seconds: float) -> tuple[Path, str]:
     """Returns the profile's path and what the load achieved under it."""
     profile_path = workdir / "store.prof"
-    store = store_service(workdir, workdir / "store.db", profile_to=profile_path)
+    store = store_service(
+        workdir, db_path=workdir / "store.db", launcher=profiled_store.launcher(profile_path)
+    )
     async with running(store):
         spec = Spec(
             mode="unary",
@@ -49,7 +52,9 @@ async def profile_create(workdir: Path, seconds: float) -> tuple[Path, str]:
 
 async def profile_end_to_end(workdir: Path, messages: int) -> tuple[Path, str]:
     profile_path = workdir / "store.prof"
-    store = store_service(workdir, workdir / "store.db", profile_to=profile_path)
+    store = store_service(
+        workdir, db_path=workdir / "store.db", launcher=profiled_store.launcher(profile_path)
+    )
     async with running(store):
         bot = bot_service(
             workdir, store.address, persona="ackbot", max_in_flight=FULL.bot_max_in_flight

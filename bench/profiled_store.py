@@ -13,8 +13,14 @@ from __future__ import annotations
 import cProfile
 import sys
 import time
+from pathlib import Path
 
 from ackbot.store.__main__ import main as store_main
+
+
+def launcher(out: Path) -> list[str]:
+    """The command that replaces `python -m ackbot.store` (store_service's `launcher`)."""
+    return [sys.executable, "-m", "bench.profiled_store", str(out)]
 
 
 def main() -> int:

@@ -22,6 +22,15 @@ from typing import Any
 import grpc
 import psutil
 
+from ackbot.testing import (
+    PAGE_SIZE,
+    RPC_TIMEOUT,
+    Service,
+    bot_service,
+    child_env,
+    store_service,
+    wait_until,
+)
 from ackbot.v1 import message_store_pb2 as pb
 from ackbot.v1 import message_store_pb2_grpc as pb_grpc
 from bench import echo, fill, oldway, peer
@@ -33,19 +42,8 @@ from bench.loadgen import (
     run_child,
     run_loadgen,
 )
-from bench.procs import (
-    PAGE_SIZE,
-    RPC_TIMEOUT,
-    Service,
-    bot_service,
-    child_env,
-    echo_service,
-    stop_all,
-    store_service,
-)
 from bench.responders import SLOW_DELAY_SECONDS
 from bench.settings import Settings
-from tests.integration.typed_harness import wait_until
 
 Figures = dict[str, Any]
 REDIS_ADDRESS = "127.0.0.1:6379"
@@ -81,7 +79,8 @@ async def running(*services: Service) -> AsyncIterator[None]:
             await service.astart()
         yield
     finally:
-        await asyncio.to_thread(stop_all, reversed(services))
+        for service in reversed(services):
+            await asyncio.to_thread(service.cleanup)
 
 
 def server_pid(service: Service) -> int:
@@ -229,7 +228,7 @@ def settle_deadline(count: int) -> float:
 
 
 async def ceiling(ctx: Context) -> Figures:
-    server = echo_service(ctx.fresh("echo"))
+    server = echo.service(ctx.fresh("echo"))
     figures: Figures = {}
     async with running(server):
         for concurrency in ctx.settings.concurrencies:
@@ -259,7 +258,7 @@ async def ceiling(ctx: Context) -> Figures:
 
 async def create(ctx: Context) -> Figures:
     folder = ctx.fresh("create")
-    store = store_service(folder, folder / "store.db")
+    store = store_service(folder, db_path=folder / "store.db")
     figures: Figures = {}
     async with running(store):
         for concurrency in ctx.settings.concurrencies:
@@ -274,7 +273,7 @@ async def create(ctx: Context) -> Figures:
 
 async def _ackbot_end_to_end(ctx: Context, *, count: int, concurrency: int, rate: float) -> Figures:
     folder = ctx.fresh("e2e")
-    store = store_service(folder, folder / "store.db")
+    store = store_service(folder, db_path=folder / "store.db")
     async with running(store):
         bot = bot_service(
             folder, store.address, persona="ackbot", max_in_flight=ctx.settings.bot_max_in_flight
@@ -382,7 +381,7 @@ async def _filled_store(
     """A database made by the store, then filled directly; returns its folder."""
     folder = ctx.fresh(name)
     db_path = folder / "store.db"
-    async with running(store_service(folder, db_path, name="schema")):
+    async with running(store_service(folder, db_path=db_path, name="schema")):
         pass  # the store creates its schema on start; stopping it frees the file for the fill
     return folder, await asyncio.to_thread(fill.fill, db_path, total, pending, sample)
 
@@ -409,7 +408,7 @@ async def lookup(ctx: Context) -> Figures:
         # Half the table at most is PENDING (at 1k that caps the MarkProcessed calls).
         pending = min(calls, size // 2)
         folder, filled[size] = await _filled_store(ctx, f"lookup{size}", size, pending, calls)
-        stores[size] = store_service(folder, folder / "store.db")
+        stores[size] = store_service(folder, db_path=folder / "store.db")
     reply = pb.Message(author="bench", text="benchmark reply")
     get_ms: dict[int, list[float]] = {size: [] for size in stores}
     mark_ms: dict[int, list[float]] = {size: [] for size in stores}
@@ -463,7 +462,7 @@ def _latency_summary(latencies_ms: list[float]) -> Figures:
 async def slow_responder(ctx: Context) -> Figures:
     s = ctx.settings
     folder = ctx.fresh("slow")
-    store = store_service(folder, folder / "store.db")
+    store = store_service(folder, db_path=folder / "store.db")
     async with running(store), grpc.aio.insecure_channel(store.address) as channel:
         stub = store_stub(channel)
         # A backlog first, so the bot is never short of work: the bound is then the bot's.
@@ -543,7 +542,7 @@ class RssSampler:
 async def memory(ctx: Context) -> Figures:
     s = ctx.settings
     folder, filled = await _filled_store(ctx, "memory", s.memory_messages, s.memory_backlog, 1)
-    store = store_service(folder, folder / "store.db")
+    store = store_service(folder, db_path=folder / "store.db")
     async with running(store), grpc.aio.insecure_channel(store.address) as channel:
         stub = store_stub(channel)
         sampler = RssSampler(server_pid(store), s.rss_sample_seconds)

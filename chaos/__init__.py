@@ -6,7 +6,7 @@
 
 Modules: `run` (profiles, the run, the summary), `workload` (the seeded plan and the producers),
 `faults` (the cluster under test and the fault scheduler), `proxy` (TCP cut and stall), `check`
-(the verdict), `responder` (what the bots answer with), `harness` (the integration tests'
-process harness, typed). Each run leaves its database, every service's log, faults.log and
-summary.json in its workdir.
+(the verdict), `responder` (what the bots answer with). The processes are started, awaited and
+killed by ackbot.testing, as in the integration tests. Each run leaves its database, every
+service's log, faults.log and summary.json in its workdir.
 """

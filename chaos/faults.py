@@ -22,7 +22,8 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
-from .harness import Service, bot_service, store_service
+from ackbot.testing import Service, bot_service, store_service
+
 from .proxy import TcpProxy
 
 log = logging.getLogger(__name__)

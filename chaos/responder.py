@@ -1,6 +1,6 @@
 """The bots' responder in the chaos run, loaded with `--responder chaos.responder:chaos`.
 
-It answers as the test responder `fails_on_marker` does (raising on FAIL_MARKER, so those
+It answers as ackbot.testing's `fails_on_marker` does (raising on FAIL_MARKER, so those
 messages must end DEAD), and takes longer than half a lease on messages that carry SLOW_MARKER,
 so that the bot has to extend their leases while faults cut and stall its connection.
 """
@@ -11,7 +11,7 @@ import asyncio
 
 from ackbot.bot.config import BotConfig
 from ackbot.bot.responder import IncomingMessage, Responder
-from tests.support.responders import fails_on_marker
+from ackbot.testing.responders import fails_on_marker
 
 SLOW_MARKER = "SLOW-ME"
 # Past half the chaos bots' 4 s lease, where the bot extends it: each slow reply needs one

@@ -24,13 +24,12 @@ from typing import Any
 
 import grpc
 
+from ackbot.testing import PAGE_SIZE, RPC_TIMEOUT, wait_until
 from ackbot.v1 import message_store_pb2 as pb
 from ackbot.v1 import message_store_pb2_grpc as pb_grpc
-from tests.integration.typed_harness import wait_until
 
 from .check import CHECKS, Verdict, check
 from .faults import PERSONAS, Cluster, ClusterSettings, FaultScheduler
-from .harness import PAGE_SIZE, RPC_TIMEOUT
 from .workload import CreateLedger, Producers, make_plan
 
 log = logging.getLogger("chaos")

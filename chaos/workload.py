@@ -15,9 +15,9 @@ import grpc
 
 from ackbot.bot.store_client import is_retryable, open_channel
 from ackbot.common.backoff import CALL_BACKOFF
+from ackbot.testing.responders import FAIL_MARKER
 from ackbot.v1 import message_store_pb2 as pb
 from ackbot.v1 import message_store_pb2_grpc as pb_grpc
-from tests.support.responders import FAIL_MARKER
 
 from .responder import SLOW_MARKER
 

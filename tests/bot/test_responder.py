@@ -194,5 +194,6 @@ async def test_close_calls_aclose_when_there_is_one(plugin_module):
 async def test_the_test_support_responders_load_by_name():
     config = BotConfig(persona="Ava")
     for name in ("always_fails", "fails_on_marker", "slow", "silent"):
-        responder = await create_responder(config, load_factory(f"tests.support.responders:{name}"))
+        spec = f"ackbot.testing.responders:{name}"
+        responder = await create_responder(config, load_factory(spec))
         assert callable(responder.reply)

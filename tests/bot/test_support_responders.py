@@ -6,7 +6,7 @@ import pytest
 
 from ackbot.bot.config import BotConfig
 from ackbot.bot.responder import IncomingMessage
-from tests.support import responders
+from ackbot.testing import responders
 
 CONFIG = BotConfig(persona="Ava")
 

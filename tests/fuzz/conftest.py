@@ -7,6 +7,7 @@ from __future__ import annotations
 import grpc
 import pytest
 
+from ackbot.testing import store_service
 from ackbot.v1 import message_store_pb2_grpc as pb_grpc
 from tests.integration.conftest import (  # noqa: F401  (re-exported hooks and fixtures)
     _remember_services,
@@ -15,7 +16,6 @@ from tests.integration.conftest import (  # noqa: F401  (re-exported hooks and f
     start_store,
     stub,
 )
-from tests.integration.harness import store_service
 
 
 @pytest.fixture(scope="module")

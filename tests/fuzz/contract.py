@@ -8,8 +8,8 @@ import grpc
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
+from ackbot.testing import PAGE_SIZE, RPC_TIMEOUT
 from ackbot.v1 import message_store_pb2 as pb
-from tests.integration.harness import PAGE_SIZE, RPC_TIMEOUT
 
 Code = grpc.StatusCode
 

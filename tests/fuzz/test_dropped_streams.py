@@ -14,9 +14,10 @@ import grpc
 import psutil
 import pytest
 
+from ackbot.testing import RPC_TIMEOUT, wait_until
 from ackbot.v1 import message_store_pb2 as pb
 from ackbot.v1 import message_store_pb2_grpc as pb_grpc
-from tests.integration.harness import RPC_TIMEOUT, count_state, create, seconds, wait_until
+from tests.integration.harness import count_state, create, seconds
 
 ROUNDS = 10
 STREAMS = 500

@@ -17,9 +17,10 @@ import grpc
 import pytest
 from google.protobuf import timestamp_pb2
 
+from ackbot.testing import RPC_TIMEOUT
 from ackbot.v1 import message_store_pb2 as pb
 from ackbot.v1 import message_store_pb2_grpc as pb_grpc
-from tests.integration.harness import RPC_TIMEOUT, seconds
+from tests.integration.harness import seconds
 
 from .contract import Code, field_violations
 

@@ -17,8 +17,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from ackbot.testing import RPC_TIMEOUT
 from ackbot.v1 import message_store_pb2 as pb
-from tests.integration.harness import RPC_TIMEOUT, seconds
+from tests.integration.harness import seconds
 
 from . import strategies as fuzz
 from .contract import (

@@ -31,9 +31,10 @@ from hypothesis.stateful import (
     run_state_machine_as_test,
 )
 
+from ackbot.testing import RPC_TIMEOUT, store_service, sync_wait_until
 from ackbot.v1 import message_store_pb2 as pb
 from ackbot.v1 import message_store_pb2_grpc as pb_grpc
-from tests.integration.harness import RPC_TIMEOUT, seconds, store_service, sync_wait_until
+from tests.integration.harness import seconds
 
 from .contract import Code, check_invariants, list_everything
 

@@ -16,8 +16,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from ackbot.testing import RPC_TIMEOUT
 from ackbot.v1 import message_store_pb2 as pb
-from tests.integration.harness import RPC_TIMEOUT, seconds
+from tests.integration.harness import seconds
 
 from .contract import MAX_REQUEST_BYTES, RPCS, Code, check_store_healthy
 

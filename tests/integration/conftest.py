@@ -7,9 +7,8 @@ from __future__ import annotations
 import grpc
 import pytest
 
+from ackbot.testing import Service, bot_service, store_service
 from ackbot.v1 import message_store_pb2_grpc as pb_grpc
-
-from .harness import Service, bot_service, store_service
 
 _FIRST_SERVICE = pytest.StashKey[int]()
 

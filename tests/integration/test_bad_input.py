@@ -7,19 +7,10 @@ from __future__ import annotations
 import grpc
 import pytest
 
+from ackbot.testing import RPC_TIMEOUT, store_service
 from ackbot.v1 import message_store_pb2 as pb
 
-from .harness import (
-    RPC_TIMEOUT,
-    StreamReader,
-    bad_request_fields,
-    create,
-    get,
-    list_all,
-    seconds,
-    store_service,
-    wait_state,
-)
+from .harness import StreamReader, bad_request_fields, create, get, list_all, seconds, wait_state
 
 VICTIM = "victim-1"
 OK_REPLY = pb.Message(author="bot", text="fine")

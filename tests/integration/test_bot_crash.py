@@ -5,17 +5,10 @@ from __future__ import annotations
 
 import pytest
 
+from ackbot.testing import responders, wait_until
 from ackbot.v1 import message_store_pb2 as pb
 
-from .harness import (
-    check_answered_once,
-    create_many,
-    get,
-    list_all,
-    responder,
-    wait_settled,
-    wait_until,
-)
+from .harness import check_answered_once, create_many, get, list_all, wait_settled
 
 pytestmark = pytest.mark.slow
 
@@ -31,7 +24,7 @@ async def test_messages_of_a_killed_bot_are_redelivered_and_answered_once(stub, 
         persona="doomed",
         max_in_flight=IN_FLIGHT,
         lease_seconds=LEASE_SECONDS,
-        responder=responder("slow"),
+        responder=responders.spec("slow"),
         env={"ACKBOT_TEST_RESPONDER_DELAY": "30"},
     )
 

@@ -7,18 +7,10 @@ import time
 
 import pytest
 
+from ackbot.testing import responders, wait_until
 from ackbot.v1 import message_store_pb2 as pb
 
-from .harness import (
-    check_answered_once,
-    create,
-    create_many,
-    get,
-    list_all,
-    responder,
-    wait_state,
-    wait_until,
-)
+from .harness import check_answered_once, create, create_many, get, list_all, wait_state
 
 pytestmark = pytest.mark.slow
 
@@ -49,7 +41,7 @@ async def test_bot_reconnects_when_the_store_restarts(store, start_store, stub, 
 
 
 IN_FLIGHT = 4
-REPLY_SECONDS = 1.0  # shorter than the bot's 2 s grace period (see harness.bot_service)
+REPLY_SECONDS = 1.0  # shorter than the bot's 2 s grace period (see ackbot.testing.bot_service)
 
 
 async def test_sigterm_finishes_running_replies_and_hands_back_the_rest(stub, start_bot):
@@ -58,7 +50,7 @@ async def test_sigterm_finishes_running_replies_and_hands_back_the_rest(stub, st
         persona="drainer",
         max_in_flight=IN_FLIGHT,
         lease_seconds=60,
-        responder=responder("slow"),
+        responder=responders.spec("slow"),
         env={"ACKBOT_TEST_RESPONDER_DELAY": str(REPLY_SECONDS)},
     )
 

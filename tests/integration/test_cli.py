@@ -7,9 +7,10 @@ import json
 import subprocess
 import sys
 
+from ackbot.testing import child_env
 from ackbot.v1 import message_store_pb2 as pb
 
-from .harness import child_env, get, wait_state
+from .harness import get, wait_state
 
 CLI_TIMEOUT = 30
 

@@ -6,19 +6,17 @@ from __future__ import annotations
 import grpc
 import pytest
 
+from ackbot.testing import RPC_TIMEOUT, responders, wait_until
 from ackbot.v1 import message_store_pb2 as pb
 
 from .harness import (
-    RPC_TIMEOUT,
     check_answered_once,
     create,
     create_many,
     get,
     list_all,
-    responder,
     wait_settled,
     wait_state,
-    wait_until,
 )
 
 pytestmark = pytest.mark.slow
@@ -34,7 +32,7 @@ def store(start_store):
 async def test_failing_message_goes_dead_others_are_answered_and_requeue_revives_it(
     stub, start_bot
 ):
-    failing_bot = await start_bot(persona="picky", responder=responder("fails_on_marker"))
+    failing_bot = await start_bot(persona="picky", responder=responders.spec("fails_on_marker"))
     before = await create_many(stub, 5, clients=5, prefix="fine-a")
     await create(stub, "please FAIL-ME now", id="poison")
     after = await create_many(stub, 5, clients=5, prefix="fine-b")
@@ -63,7 +61,7 @@ async def test_failing_message_goes_dead_others_are_answered_and_requeue_revives
 
 
 async def test_always_failing_responder_dead_letters_every_message(stub, start_bot):
-    bot = await start_bot(persona="grumpy", responder=responder("always_fails"))
+    bot = await start_bot(persona="grumpy", responder=responders.spec("always_fails"))
     ids = await create_many(stub, 3, clients=3, prefix="doomed")
 
     async def all_dead():

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+from ackbot.testing import RPC_TIMEOUT
 from ackbot.v1 import message_store_pb2 as pb
 
-from .harness import RPC_TIMEOUT, StreamReader, count_state, create, list_all
+from .harness import StreamReader, count_state, create, list_all
 
 # How long the test watches for a delivery that must not come. Deliveries are pushed within
 # milliseconds, so a wrong one would show up well inside this window.

@@ -8,9 +8,10 @@ import asyncio
 import grpc
 import pytest
 
+from ackbot.testing import RPC_TIMEOUT
 from ackbot.v1 import message_store_pb2 as pb
 
-from .harness import RPC_TIMEOUT, StreamReader, create, get, list_all, seconds, timestamp_ms
+from .harness import StreamReader, create, get, list_all, seconds, timestamp_ms
 
 
 async def test_create_twice_with_same_content_returns_the_stored_message(stub):

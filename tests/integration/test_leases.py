@@ -9,17 +9,10 @@ import time
 import grpc
 import pytest
 
+from ackbot.testing import RPC_TIMEOUT, responders
 from ackbot.v1 import message_store_pb2 as pb
 
-from .harness import (
-    RPC_TIMEOUT,
-    StreamReader,
-    create,
-    get,
-    responder,
-    seconds,
-    wait_state,
-)
+from .harness import StreamReader, create, get, seconds, wait_state
 
 
 async def test_extend_lease_moves_the_expiry_and_keeps_the_message(stub):
@@ -109,7 +102,7 @@ async def test_a_bot_keeps_its_lease_while_a_reply_outlasts_it(stub, start_bot):
         persona="patient",
         max_in_flight=2,
         lease_seconds=2,
-        responder=responder("slow"),
+        responder=responders.spec("slow"),
         env={"ACKBOT_TEST_RESPONDER_DELAY": "4.5"},
     )
     await create(stub, "a long question", id="long-1")

@@ -8,10 +8,11 @@ import sys
 import grpc
 import pytest
 
+from ackbot.testing import RPC_TIMEOUT, child_env, sync_wait_until
 from ackbot.v1 import message_store_pb2 as pb
 from ackbot.v1 import message_store_pb2_grpc as pb_grpc
 
-from .harness import RPC_TIMEOUT, child_env, create_many, sync_wait_until
+from .harness import create_many
 
 TAIL_START_TIMEOUT = 20.0
 

@@ -9,7 +9,9 @@ import socket
 import subprocess
 import sys
 
-from .harness import REPO_ROOT, child_env, sync_wait_until
+from ackbot.testing import child_env, sync_wait_until
+
+from .harness import REPO_ROOT
 
 READY_BANNER = "ackbot is ready"
 START_TIMEOUT = 40.0

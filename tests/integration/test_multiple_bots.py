@@ -6,7 +6,9 @@ import collections
 
 import pytest
 
-from .harness import check_answered_once, create_many, list_all, responder, wait_settled
+from ackbot.testing import responders
+
+from .harness import check_answered_once, create_many, list_all, wait_settled
 
 pytestmark = pytest.mark.slow
 
@@ -20,7 +22,7 @@ async def test_three_bots_answer_every_message_exactly_once(stub, start_bot):
         await start_bot(
             persona=persona,
             max_in_flight=4,
-            responder=responder("slow"),
+            responder=responders.spec("slow"),
             env={"ACKBOT_TEST_RESPONDER_DELAY": "0.01"},
         )
 

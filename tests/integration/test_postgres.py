@@ -11,9 +11,10 @@ import grpc
 import pytest
 from sqlalchemy.engine import make_url
 
+from ackbot.testing import bot_service
 from ackbot.v1 import message_store_pb2_grpc as pb_grpc
 
-from .harness import bot_service, check_answered_once, create_many, list_all, wait_settled
+from .harness import check_answered_once, create_many, list_all, wait_settled
 
 POSTGRES_URL_ENV = "ACKBOT_TEST_POSTGRES_URL"
 

@@ -8,10 +8,11 @@ import sqlite3
 import grpc
 import pytest
 
+from ackbot.testing import RPC_TIMEOUT
 from ackbot.v1 import message_store_pb2 as pb
 from ackbot.v1 import message_store_pb2_grpc as pb_grpc
 
-from .harness import RPC_TIMEOUT, create, get, list_all
+from .harness import create, get, list_all
 
 LOCK_TIMEOUT_SECONDS = 0.5
 

@@ -7,10 +7,11 @@ from __future__ import annotations
 import grpc
 import pytest
 
+from ackbot.testing import RPC_TIMEOUT
 from ackbot.v1 import message_store_pb2 as pb
 from ackbot.v1 import message_store_pb2_grpc as pb_grpc
 
-from .harness import RPC_TIMEOUT, StreamReader, create, create_many, get, list_all
+from .harness import StreamReader, create, create_many, get, list_all
 
 pytestmark = pytest.mark.slow
 

@@ -10,10 +10,11 @@ import time
 import grpc
 import pytest
 
+from ackbot.testing import RPC_TIMEOUT, wait_until
 from ackbot.v1 import message_store_pb2 as pb
 from ackbot.v1 import message_store_pb2_grpc as pb_grpc
 
-from .harness import RPC_TIMEOUT, StreamReader, create, get, wait_until
+from .harness import StreamReader, create, get
 
 GRACE_SECONDS = 3
 ROUNDS = 6

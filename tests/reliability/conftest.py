@@ -7,6 +7,7 @@ from collections.abc import Awaitable, Callable, Iterator
 
 import pytest
 
+from ackbot.testing import Service
 from tests.integration.conftest import (  # noqa: F401 (fixtures and a hook, found by name)
     _remember_services,
     channel,
@@ -16,7 +17,6 @@ from tests.integration.conftest import (  # noqa: F401 (fixtures and a hook, fou
     store,
     stub,
 )
-from tests.integration.harness import Service
 
 
 @pytest.fixture

@@ -19,6 +19,7 @@ import signal
 
 import pytest
 
+from ackbot.testing import responders, wait_until
 from ackbot.v1 import message_store_pb2 as pb
 from tests.integration.harness import (
     UNSETTLED_STATES,
@@ -26,8 +27,6 @@ from tests.integration.harness import (
     create,
     create_many,
     list_all,
-    responder,
-    wait_until,
 )
 
 pytestmark = pytest.mark.slow
@@ -56,7 +55,7 @@ async def test_a_hung_bots_messages_go_to_a_healthy_bot_and_its_late_replies_are
         persona="hung",
         max_in_flight=IN_FLIGHT,
         lease_seconds=LEASE_SECONDS,
-        responder=responder("slow"),
+        responder=responders.spec("slow"),
         env={"ACKBOT_TEST_RESPONDER_DELAY": str(REPLY_SECONDS)},
     )
     before = await create_many(stub, 2 * IN_FLIGHT, clients=4, prefix="before")

@@ -24,14 +24,10 @@ from dataclasses import dataclass, field
 import grpc
 import pytest
 
+from ackbot.testing import RPC_TIMEOUT
 from ackbot.v1 import message_store_pb2 as pb
 from ackbot.v1 import message_store_pb2_grpc as pb_grpc
-from tests.integration.harness import (
-    RPC_TIMEOUT,
-    check_answered_once,
-    list_all,
-    wait_settled,
-)
+from tests.integration.harness import check_answered_once, list_all, wait_settled
 
 from .invariants import cross_row_problems
 

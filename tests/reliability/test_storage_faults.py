@@ -17,15 +17,17 @@ import asyncio
 import contextlib
 import resource
 import sqlite3
+import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import grpc
 import pytest
 
+from ackbot.testing import RPC_TIMEOUT, Service, store_service, wait_until
 from ackbot.v1 import message_store_pb2 as pb
 from ackbot.v1 import message_store_pb2_grpc as pb_grpc
-from tests.integration.harness import RPC_TIMEOUT, Service, create, get, store_service, wait_until
+from tests.integration.harness import create, get
 
 from .invariants import cross_row_problems, processed_without_reply
 from .page_limited_store import MAX_PAGES_ENV
@@ -160,10 +162,13 @@ def start_page_limited_store(tmp_path) -> Iterator[Callable[..., object]]:
     services: list[Service] = []
 
     async def start(db_path: Path, max_pages: int) -> Service:
-        service = store_service(tmp_path, db_path=db_path, name="page-limited-store")
-        launcher = "tests.reliability.page_limited_store"
-        service.argv = [launcher if arg == "ackbot.store" else arg for arg in service.argv]
-        service.env[MAX_PAGES_ENV] = str(max_pages)
+        service = store_service(
+            tmp_path,
+            db_path=db_path,
+            name="page-limited-store",
+            launcher=[sys.executable, "-m", "tests.reliability.page_limited_store"],
+            env={MAX_PAGES_ENV: str(max_pages)},
+        )
         services.append(service)
         return await service.astart()
 

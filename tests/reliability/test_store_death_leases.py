@@ -17,18 +17,10 @@ import socket
 import grpc
 import pytest
 
+from ackbot.testing import bot_service, responders, store_service, wait_until
 from ackbot.v1 import message_store_pb2 as pb
 from ackbot.v1 import message_store_pb2_grpc as pb_grpc
-from tests.integration.harness import (
-    bot_service,
-    check_answered_once,
-    create_many,
-    list_all,
-    responder,
-    store_service,
-    wait_settled,
-    wait_until,
-)
+from tests.integration.harness import check_answered_once, create_many, list_all, wait_settled
 
 pytestmark = pytest.mark.slow
 
@@ -63,7 +55,7 @@ async def test_leases_of_a_killed_store_are_delivered_again_and_answered_once(
                 persona="survivor",
                 max_in_flight=IN_FLIGHT,
                 lease_seconds=LEASE_SECONDS,
-                responder=responder("slow"),
+                responder=responders.spec("slow"),
                 env={"ACKBOT_TEST_RESPONDER_DELAY": str(REPLY_SECONDS)},
             )
         )

@@ -1,5 +1,5 @@
-"""Responders for tests, loaded by a real bot with `--responder tests.support.responders:NAME`
-(run it with PYTHONPATH set to the repository root). Each NAME takes the BotConfig and returns a
+"""Responders that misbehave on purpose, loaded by a real bot with `--responder
+ackbot.testing.responders:NAME` (`spec(NAME)`). Each NAME takes the BotConfig and returns a
 Responder, as every --responder factory does."""
 
 from __future__ import annotations
@@ -64,3 +64,8 @@ def slow(config: BotConfig) -> Responder:
 def silent(config: BotConfig) -> Responder:
     """Chooses never to answer: every message is marked processed without a reply."""
     return _Silent()
+
+
+def spec(name: str) -> str:
+    """The --responder value that loads the factory `name` from this module."""
+    return f"{__name__}:{name}"

@@ -1,0 +1,31 @@
+"""Real ackbot processes for tests, benchmarks and chaos runs: start a store and bots on free
+loopback ports, wait until they serve, read their logs, stop or kill them (`process`), and
+responders that fail or stall on purpose (`responders`)."""
+
+from ackbot.testing.process import (
+    PAGE_SIZE,
+    READY_TIMEOUT,
+    RPC_TIMEOUT,
+    STOP_TIMEOUT,
+    Service,
+    ServiceError,
+    bot_service,
+    child_env,
+    store_service,
+    sync_wait_until,
+    wait_until,
+)
+
+__all__ = [
+    "PAGE_SIZE",
+    "READY_TIMEOUT",
+    "RPC_TIMEOUT",
+    "STOP_TIMEOUT",
+    "Service",
+    "ServiceError",
+    "bot_service",
+    "child_env",
+    "store_service",
+    "sync_wait_until",
+    "wait_until",
+]
