@@ -24,7 +24,7 @@ def test_flags():
             "--log-level=debug",
             "--grace-seconds=0",
             "--retry-base-seconds=0.25",
-            "--responder=tests.support.responders:silent",
+            "--responder=ackbot.testing.responders:silent",
             "--consumer=ava-one",
         ],
         {},
@@ -38,7 +38,7 @@ def test_flags():
         log_level="DEBUG",
         grace_seconds=0.0,
         retry_base_seconds=0.25,
-        responder="tests.support.responders:silent",
+        responder="ackbot.testing.responders:silent",
         consumer="ava-one",
     )
 

@@ -16,7 +16,9 @@ from pathlib import Path
 import psutil
 import pytest
 
-from .harness import REPO_ROOT, child_env, sync_wait_until
+from ackbot.testing import child_env, sync_wait_until
+
+from .harness import REPO_ROOT
 
 pytestmark = pytest.mark.slow
 
