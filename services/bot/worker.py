@@ -255,7 +255,7 @@ class Worker:
             await self._set_connected(False)
             self._forget(generation)
             if self._stop_requested.is_set():
-                # replies held back for it need not wait any longer
+                # Replies held back for this stream need not wait any longer.
                 self._shutdown.stream_closed.set()
                 break
             pause = RECONNECT_BACKOFF.delay(retry)
