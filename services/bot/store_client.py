@@ -1,29 +1,38 @@
-"""The bot's side of the MessageStore contract: the channel, the stream, and the settling calls,
-retried with exponential backoff and full jitter while the store is briefly unreachable.
+"""The bot's side of the MessageStore contract, and its error boundary: the channel, the stream,
+and the settling calls, retried with exponential backoff and full jitter while the store is
+briefly unreachable.
 
 Every settling RPC is safe to retry (the proto says so): MarkProcessed is idempotent on the id,
 ReleaseMessage and ExtendLease on the lease token.
+
+No gRPC error leaves this module. A settling call answers with a `CallResult` whose `Outcome` the
+caller reads as policy, the way the store wraps driver errors at its repository boundary; the
+stream yields deliveries until it ends and then says why (`DeliveryStream.end_reason`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import enum
 import logging
 import random
 import time
-from collections.abc import Awaitable, Callable
-from typing import TypeVar
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Generic, TypeVar
 
 import grpc
 from google.protobuf.duration_pb2 import Duration
 
 from ackbot.common.backoff import CALL_BACKOFF, Backoff
+from ackbot.common.limits import DEFAULT_MAX_TEXT_BYTES, REPLY_LIMIT_METADATA
 from ackbot.v1 import message_store_pb2 as pb
 from ackbot.v1 import message_store_pb2_grpc as pb_grpc
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
+ResponseT = TypeVar("ResponseT")
 
 RETRYABLE_CODES = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED})
 # Per attempt: a store that has not answered in this long is treated as unreachable.
@@ -48,6 +57,56 @@ CHANNEL_OPTIONS: list[tuple[str, int]] = [
 ]
 
 
+class Outcome(enum.Enum):
+    """What a settling call came to, as the caller acts on it (see `outcome_of` for the codes)."""
+
+    # Done as asked.
+    SETTLED = "settled"
+    # MarkProcessed found a reply already stored (another delivery's); the response carries it.
+    ALREADY_PROCESSED = "already processed"
+    # FAILED_PRECONDITION: the lease token is not the message's lease any more.
+    LEASE_GONE = "lease gone"
+    # NOT_FOUND: the message no longer exists.
+    NOT_FOUND = "not found"
+    # INVALID_ARGUMENT: the request breaks the store's rules; sending it again cannot help.
+    REJECTED = "rejected"
+    # Any other code that retrying cannot fix (INTERNAL, RESOURCE_EXHAUSTED, ...): the store did
+    # not do it, though the request itself may be fine.
+    FAILED = "failed"
+    # UNAVAILABLE or DEADLINE_EXCEEDED until the budget was spent.
+    UNAVAILABLE = "unavailable"
+
+
+_OUTCOME_OF_CODE = {
+    grpc.StatusCode.FAILED_PRECONDITION: Outcome.LEASE_GONE,
+    grpc.StatusCode.NOT_FOUND: Outcome.NOT_FOUND,
+    grpc.StatusCode.INVALID_ARGUMENT: Outcome.REJECTED,
+    grpc.StatusCode.UNAVAILABLE: Outcome.UNAVAILABLE,
+    grpc.StatusCode.DEADLINE_EXCEEDED: Outcome.UNAVAILABLE,
+}
+
+
+def outcome_of(code: grpc.StatusCode) -> Outcome:
+    """The outcome of a call that failed with `code` (after its retries, if it had any)."""
+    return _OUTCOME_OF_CODE.get(code, Outcome.FAILED)
+
+
+@dataclass(frozen=True)
+class CallResult(Generic[ResponseT]):
+    """A settling call's outcome, with the store's response when there is one."""
+
+    outcome: Outcome
+    response: ResponseT | None = None
+    # When the call failed: the status code's name and the store's explanation.
+    status: str = ""
+    details: str = ""
+
+    @property
+    def problem(self) -> str:
+        """`CODE: details` of a failed call, one line, for logs and release reasons."""
+        return f"{self.status}: {self.details}"
+
+
 def duration(seconds: float) -> Duration:
     value = Duration()
     value.FromNanoseconds(round(seconds * 1e9))
@@ -56,6 +115,20 @@ def duration(seconds: float) -> Duration:
 
 def is_retryable(exc: grpc.aio.AioRpcError) -> bool:
     return exc.code() in RETRYABLE_CODES
+
+
+def reply_limit(headers: grpc.aio.Metadata | None) -> int:
+    """The store's text limit from a stream's initial metadata; a store too old to send it
+    enforces the contract's default."""
+    value = headers.get(REPLY_LIMIT_METADATA) if headers is not None else None
+    if isinstance(value, str) and value.isdigit() and int(value) > 0:
+        return int(value)
+    return DEFAULT_MAX_TEXT_BYTES
+
+
+def _problem(exc: grpc.aio.AioRpcError) -> str:
+    # details() is one line: the store's own text, not the multi-line repr of the error.
+    return f"{exc.code().name}: {exc.details()}"
 
 
 async def call_with_retry(
@@ -95,26 +168,97 @@ async def call_with_retry(
             await sleep(pause)
 
 
+async def _settle(
+    call: Callable[[float], Awaitable[ResponseT]],
+    *,
+    what: str,
+    message_id: str,
+    budget_seconds: float,
+) -> CallResult[ResponseT]:
+    """`call_with_retry`, with the error that ended it turned into an outcome."""
+    try:
+        response = await call_with_retry(
+            call, what=what, message_id=message_id, budget_seconds=budget_seconds
+        )
+    except grpc.aio.AioRpcError as exc:
+        return CallResult(
+            outcome_of(exc.code()), status=exc.code().name, details=exc.details() or ""
+        )
+    return CallResult(Outcome.SETTLED, response)
+
+
 def open_channel(target: str) -> grpc.aio.Channel:
     """Must run inside the event loop that will use the channel."""
     return grpc.aio.insecure_channel(target, options=CHANNEL_OPTIONS)
 
 
+class DeliveryStream:
+    """One StreamUnprocessed call. Iterating it yields the deliveries of each response until the
+    stream ends, for whatever reason, and raises no gRPC error: `end_reason` then says why.
+
+    Cancelling it locally (`cancel()`) ends a pending read with asyncio.CancelledError, as with
+    any cancelled call.
+    """
+
+    def __init__(
+        self,
+        call: grpc.aio.UnaryStreamCall[pb.StreamUnprocessedRequest, pb.StreamUnprocessedResponse],
+    ) -> None:
+        self._call = call
+        self._responses: AsyncIterator[pb.StreamUnprocessedResponse] | None = None
+        # The longest reply text the store accepts, from the headers (see wait_open).
+        self.max_reply_bytes = DEFAULT_MAX_TEXT_BYTES
+        # Empty while the stream lasts.
+        self.end_reason = ""
+
+    async def wait_open(self) -> bool:
+        """True once the stream is established; False when the store could not be reached
+        (iterating then ends at once, with the reason)."""
+        # The store sends headers as soon as the stream starts, so this returns when the stream
+        # is established; if the store is unreachable the call is already over.
+        try:
+            headers = await self._call.initial_metadata()
+        except grpc.aio.AioRpcError as exc:
+            self.end_reason = _problem(exc)
+            return False
+        if self._call.done():
+            return False
+        self.max_reply_bytes = reply_limit(headers)
+        return True
+
+    def __aiter__(self) -> DeliveryStream:
+        return self
+
+    async def __anext__(self) -> Sequence[pb.Delivery]:
+        if self._responses is None:
+            self._responses = aiter(self._call)
+        try:
+            response = await anext(self._responses)
+        except StopAsyncIteration:
+            self.end_reason = "the store ended the stream"
+            raise
+        except grpc.aio.AioRpcError as exc:
+            self.end_reason = _problem(exc)
+            raise StopAsyncIteration from None
+        return response.deliveries
+
+    def cancel(self) -> None:
+        self._call.cancel()
+
+
 class StoreClient:
-    """Typed, retrying wrappers over the MessageStore stub."""
+    """Typed, retrying wrappers over the MessageStore stub; failures come back as outcomes."""
 
     def __init__(self, channel: grpc.aio.Channel) -> None:
         self._stub = pb_grpc.MessageStoreStub(channel)
 
-    def stream(
-        self, *, consumer: str, max_in_flight: int, lease_seconds: float
-    ) -> grpc.aio.UnaryStreamCall:
+    def stream(self, *, consumer: str, max_in_flight: int, lease_seconds: float) -> DeliveryStream:
         request = pb.StreamUnprocessedRequest(
             consumer=consumer,
             max_in_flight=max_in_flight,
             lease_duration=duration(lease_seconds),
         )
-        return self._stub.StreamUnprocessed(request)
+        return DeliveryStream(self._stub.StreamUnprocessed(request))
 
     async def mark_processed(
         self,
@@ -123,14 +267,19 @@ class StoreClient:
         reply: pb.Message | None,
         *,
         budget_seconds: float,
-    ) -> pb.MarkProcessedResponse:
+    ) -> CallResult[pb.MarkProcessedResponse]:
+        """SETTLED or ALREADY_PROCESSED with the response (its `reply` is the stored reply);
+        NOT_FOUND, REJECTED, FAILED or UNAVAILABLE without one."""
         request = pb.MarkProcessedRequest(id=message_id, lease_token=lease_token, reply=reply)
-        return await call_with_retry(
+        result: CallResult[pb.MarkProcessedResponse] = await _settle(
             lambda timeout: self._stub.MarkProcessed(request, timeout=timeout),
             what="MarkProcessed",
             message_id=message_id,
             budget_seconds=budget_seconds,
         )
+        if result.response is not None and result.response.already_processed:
+            return CallResult(Outcome.ALREADY_PROCESSED, result.response)
+        return result
 
     async def release(
         self,
@@ -140,14 +289,14 @@ class StoreClient:
         reason: str,
         retry_after_seconds: float,
         budget_seconds: float,
-    ) -> pb.ReleaseMessageResponse:
+    ) -> CallResult[pb.ReleaseMessageResponse]:
         request = pb.ReleaseMessageRequest(
             id=message_id,
             lease_token=lease_token,
             reason=reason,
             retry_after=duration(retry_after_seconds) if retry_after_seconds > 0 else None,
         )
-        return await call_with_retry(
+        return await _settle(
             lambda timeout: self._stub.ReleaseMessage(request, timeout=timeout),
             what="ReleaseMessage",
             message_id=message_id,
@@ -156,11 +305,11 @@ class StoreClient:
 
     async def extend(
         self, message_id: str, lease_token: str, *, lease_seconds: float, budget_seconds: float
-    ) -> pb.ExtendLeaseResponse:
+    ) -> CallResult[pb.ExtendLeaseResponse]:
         request = pb.ExtendLeaseRequest(
             id=message_id, lease_token=lease_token, lease_duration=duration(lease_seconds)
         )
-        return await call_with_retry(
+        return await _settle(
             lambda timeout: self._stub.ExtendLease(request, timeout=timeout),
             what="ExtendLease",
             message_id=message_id,

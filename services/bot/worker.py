@@ -1,10 +1,9 @@
-"""The stream consumer: takes deliveries from the store, asks the responder, settles each one.
+"""The stream consumer: takes deliveries from the store and answers each in a task of its own.
 
 One StreamUnprocessed stream at a time, re-established with backoff whenever it breaks. Each
-delivery becomes a task bounded by a semaphore of max_in_flight; while the responder runs, a lease
-keeper extends the lease every half lease. The outcome settles the delivery: MarkProcessed (with
-the reply, or without one when the responder chose silence) or ReleaseMessage (with the reason, on
-failure).
+delivery becomes a task bounded by a semaphore of max_in_flight, in which a DeliveryHandler
+(delivery.py) asks the responder, keeps the lease alive and settles the delivery. The worker owns
+the stream, the slots, the shutdown drain and the health callback.
 
 Shutdown order matters, because the store releases every lease of a stream the moment it closes
 and counts those deliveries as attempts, and because it refills any room a settled delivery leaves
@@ -19,87 +18,36 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import inspect
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from dataclasses import dataclass
 from types import TracebackType
 
-import grpc
-
 from ackbot.bot.config import BotConfig
-from ackbot.bot.responder import IncomingMessage, Responder
-from ackbot.bot.store_client import StoreClient, is_retryable, open_channel
-from ackbot.common.backoff import RECONNECT_BACKOFF, release_retry_after
-from ackbot.common.limits import (
-    DEFAULT_MAX_TEXT_BYTES,
-    MAX_REASON_CHARS,
-    REPLY_LIMIT_METADATA,
-    fit_text,
-)
+from ackbot.bot.delivery import DeliveryHandler, Job, Shutdown
+from ackbot.bot.responder import Responder
+from ackbot.bot.store_client import DeliveryStream, Outcome, StoreClient, open_channel
+from ackbot.common.backoff import RECONNECT_BACKOFF
 from ackbot.v1 import message_store_pb2 as pb
 
 log = logging.getLogger(__name__)
 
-# MarkProcessed carries a reply that may have cost an LLM call: worth retrying for a while even
-# with a short lease, since it is keyed by id and needs no lease.
-MIN_MARK_BUDGET_SECONDS = 30.0
 # Handing back unstarted deliveries must not hold up shutdown for long; a hand-back that does not
 # get through only costs the message one attempt.
 HAND_BACK_BUDGET_SECONDS = 5.0
 # How long shutdown waits, once the stream is closed, for the replies it held back to be stored.
 SETTLE_AFTER_CLOSE_SECONDS = 10.0
-_LEASE_GONE = frozenset({grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.NOT_FOUND})
 
 ConnectionCallback = Callable[[bool], Awaitable[None]]
 
 
-@dataclass(eq=False)
-class _Job:
-    delivery: pb.Delivery
+@dataclass(eq=False, kw_only=True)
+class _Job(Job):
     # Which stream brought it: when that stream breaks, the store has already taken the lease back.
     generation: int
-    received_at: float
     task: asyncio.Task[None] | None = None
     started: bool = False
-    # Set once the responder is done with it (or gave up): what the shutdown grace period awaits.
-    replied: asyncio.Event = field(default_factory=asyncio.Event)
-
-    @property
-    def message_id(self) -> str:
-        return self.delivery.message.id
-
-
-def to_incoming(delivery: pb.Delivery) -> IncomingMessage:
-    message = delivery.message
-    create_time: datetime | None = None
-    if message.HasField("create_time"):
-        with contextlib.suppress(ValueError, OverflowError):
-            create_time = message.create_time.ToDatetime(tzinfo=UTC)
-    return IncomingMessage(
-        id=message.id,
-        author=message.author,
-        text=message.text,
-        attempt=delivery.attempt,
-        create_time=create_time,
-    )
-
-
-def failure_reason(exc: BaseException) -> str:
-    """The reason kept as the message's last error: type and text, within the store's rules."""
-    text = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
-    return fit_text(text)[:MAX_REASON_CHARS]
-
-
-def reply_limit(headers: grpc.aio.Metadata | None) -> int:
-    """The store's text limit from a stream's initial metadata; a store too old to send it
-    enforces the contract's default."""
-    value = headers.get(REPLY_LIMIT_METADATA) if headers is not None else None
-    if isinstance(value, str) and value.isdigit() and int(value) > 0:
-        return int(value)
-    return DEFAULT_MAX_TEXT_BYTES
 
 
 class Worker:
@@ -122,21 +70,19 @@ class Worker:
         self._on_connection = on_connection
         self._clock = clock
         self._client: StoreClient | None = None
+        self._handler: DeliveryHandler | None = None
         self._slots: asyncio.Semaphore | None = None
         self._stop_requested = asyncio.Event()
         self._done = asyncio.Event()
         self._running = False
-        self._stopping = False
+        self._shutdown = Shutdown()
         self._connected = False
         self._generation = 0
         self._live_generation: int | None = None
-        self._call: grpc.aio.UnaryStreamCall | None = None
-        self._stream_closed = asyncio.Event()
+        self._stream: DeliveryStream | None = None
         self._jobs: set[_Job] = set()
         self._held: list[_Job] = []
         self._run_task: asyncio.Task[None] | None = None
-        # The longest reply text the store accepts; each stream's headers say (see _read_forever).
-        self._max_reply_bytes = DEFAULT_MAX_TEXT_BYTES
 
     @property
     def connected(self) -> bool:
@@ -172,6 +118,9 @@ class Worker:
         # Created here, inside the running loop: a grpc.aio channel is bound to its loop.
         channel = open_channel(config.store)
         self._client = StoreClient(channel)
+        self._handler = DeliveryHandler(
+            self._client, self._responder, config, shutdown=self._shutdown, clock=self._clock
+        )
         self._slots = asyncio.Semaphore(config.max_in_flight)
         reader = asyncio.create_task(self._read_forever(), name="ackbot-bot-stream")
         stop_wait = asyncio.create_task(self._stop_requested.wait())
@@ -199,7 +148,7 @@ class Worker:
     # -- shutdown ---------------------------------------------------------------------------
 
     async def _drain(self) -> None:
-        self._stopping = True
+        self._shutdown.begun = True
         started = self._clock()
         for job in list(self._jobs):
             if not job.started and job.task is not None:
@@ -232,7 +181,7 @@ class Worker:
         # Deliveries that arrived while draining were held too (see _accept).
         await self._hand_back()
         self._close_stream()
-        # Replies that finished during the drain were held back until now (see _answer).
+        # Replies that finished during the drain were held back until now (see DeliveryHandler).
         settling = [job.task for job in self._jobs if job.task is not None and not job.task.done()]
         if settling:
             _, late_settles = await asyncio.wait(settling, timeout=SETTLE_AFTER_CLOSE_SECONDS)
@@ -251,71 +200,63 @@ class Worker:
 
     async def _hand_back_one(self, job: _Job) -> None:
         assert self._client is not None
-        try:
-            await self._client.release(
-                job.message_id,
-                job.delivery.lease_token,
-                reason="",
-                retry_after_seconds=0.0,
-                budget_seconds=HAND_BACK_BUDGET_SECONDS,
-            )
-        except grpc.aio.AioRpcError as exc:
-            log.warning(
-                "could not hand back (%s: %s) message_id=%s",
-                exc.code().name,
-                exc.details(),
-                job.message_id,
-            )
-        else:
+        result = await self._client.release(
+            job.message_id,
+            job.delivery.lease_token,
+            reason="",
+            retry_after_seconds=0.0,
+            budget_seconds=HAND_BACK_BUDGET_SECONDS,
+        )
+        if result.outcome is Outcome.SETTLED:
             log.info("handed back unstarted delivery message_id=%s", job.message_id)
+        else:
+            log.warning("could not hand back (%s) message_id=%s", result.problem, job.message_id)
 
     def _close_stream(self) -> None:
         # Last of all: closing the stream makes the store release every lease it still holds.
-        if self._call is not None:
-            self._call.cancel()
-            self._call = None
-        self._stream_closed.set()
+        if self._stream is not None:
+            self._stream.cancel()
+            self._stream = None
+        self._shutdown.stream_closed.set()
 
     # -- the stream -------------------------------------------------------------------------
 
     async def _read_forever(self) -> None:
         assert self._client is not None
+        assert self._handler is not None
         config = self._config
         retry = 0
         while not self._stop_requested.is_set():
             self._generation += 1
             generation = self._generation
-            self._call = call = self._client.stream(
+            self._stream = stream = self._client.stream(
                 consumer=config.consumer,
                 max_in_flight=config.max_in_flight,
                 lease_seconds=config.lease_seconds,
             )
             was_up = False
             try:
-                # The store sends headers as soon as the stream starts, so this returns when the
-                # stream is established; if the store is unreachable the call is already over.
-                headers = await call.initial_metadata()
-                if not call.done():
-                    self._max_reply_bytes = reply_limit(headers)
+                if await stream.wait_open():
+                    # Every reply from now on goes to this store: fit it to this store's limit.
+                    self._handler.max_reply_bytes = stream.max_reply_bytes
                     was_up = True
                     retry = 0
                     self._live_generation = generation
                     await self._set_connected(True)
                     log.info("stream open to %s as consumer %s", config.store, config.consumer)
-                async for response in call:
-                    for delivery in response.deliveries:
+                async for deliveries in stream:
+                    for delivery in deliveries:
                         self._accept(delivery, generation)
-                problem = "the store ended the stream"
-            except grpc.aio.AioRpcError as exc:
-                problem = f"{exc.code().name}: {exc.details()}"
             finally:
-                if self._call is call:
-                    self._call = None
-                call.cancel()
+                if self._stream is stream:
+                    self._stream = None
+                stream.cancel()
+            problem = stream.end_reason
             await self._set_connected(False)
             self._forget(generation)
             if self._stop_requested.is_set():
-                self._stream_closed.set()  # replies held back for it need not wait any longer
+                # Replies held back for this stream need not wait any longer.
+                self._shutdown.stream_closed.set()
                 break
             pause = RECONNECT_BACKOFF.delay(retry)
             retry += 1
@@ -349,9 +290,9 @@ class Worker:
             log.info("dropped unstarted delivery of a closed stream message_id=%s", job.message_id)
 
     def _accept(self, delivery: pb.Delivery, generation: int) -> None:
-        job = _Job(delivery, generation, received_at=self._clock())
+        job = _Job(delivery, received_at=self._clock(), generation=generation)
         log.debug("received message_id=%s attempt=%d", delivery.message.id, delivery.attempt)
-        if self._stopping:
+        if self._shutdown.begun:
             # Held, not released at once: a released message would come straight back on this
             # still-open stream. All held deliveries are handed back together at the end.
             self._held.append(job)
@@ -374,186 +315,14 @@ class Worker:
 
     async def _run_job(self, job: _Job) -> None:
         assert self._slots is not None
+        assert self._handler is not None
         async with self._slots:
-            if self._stopping:  # shutdown began while this job waited for its slot
+            if self._shutdown.begun:  # shutdown began while this job waited for its slot
                 if job not in self._held:
                     self._held.append(job)
                 return
             job.started = True
             try:
-                await self._answer(job)
+                await self._handler.handle(job)
             except Exception:
                 log.exception("unexpected error while answering message_id=%s", job.message_id)
-
-    async def _answer(self, job: _Job) -> None:
-        work = asyncio.create_task(self._ask(to_incoming(job.delivery)))
-        keeper = asyncio.create_task(self._keep_lease(job))
-        try:
-            await asyncio.wait({work, keeper}, return_when=asyncio.FIRST_COMPLETED)
-            if not work.done():
-                # The keeper returns only when the lease is lost: another bot may be answering
-                # by now, and this answer would be the second.
-                log.warning("abandoning the reply: lease lost message_id=%s", job.message_id)
-                return
-            job.replied.set()
-            succeeded = not work.cancelled() and work.exception() is None
-            if succeeded and self._stopping and not self._stream_closed.is_set():
-                # Settling now would make room on the stream, and the store would fill it with
-                # a delivery that the closing stream then counts as a wasted attempt. The reply
-                # waits (its lease still kept) until the stream is closed: MarkProcessed needs
-                # no lease, and if another bot got the message meanwhile, the first reply wins.
-                log.debug(
-                    "reply ready; sending it once the stream is closed message_id=%s",
-                    job.message_id,
-                )
-                await self._stream_closed.wait()
-        finally:
-            job.replied.set()
-            pending = [task for task in (work, keeper) if not task.done()]
-            for task in pending:
-                task.cancel()
-            if pending:
-                await asyncio.wait(pending)
-        if work.cancelled():
-            await self._release_failed(job, asyncio.CancelledError("the responder was cancelled"))
-            return
-        exc = work.exception()
-        if exc is not None:
-            await self._release_failed(job, exc)
-            return
-        await self._mark(job, work.result())
-
-    async def _ask(self, message: IncomingMessage) -> str | None:
-        result: object = self._responder.reply(message)
-        if inspect.isawaitable(result):
-            result = await result
-        if result is not None and not isinstance(result, str):
-            raise TypeError(f"reply() returned {type(result).__name__}, expected str or None")
-        return result
-
-    async def _keep_lease(self, job: _Job) -> None:
-        """Extends the lease every half lease; returns only when the lease is lost."""
-        assert self._client is not None
-        lease = self._config.lease_seconds
-        # Counted from receipt, on our own clock: the store's expiry time is on its clock.
-        expires = job.received_at + lease
-        while True:
-            await asyncio.sleep(max(0.0, expires - lease / 2 - self._clock()))
-            sent = self._clock()
-            try:
-                await self._client.extend(
-                    job.message_id,
-                    job.delivery.lease_token,
-                    lease_seconds=lease,
-                    budget_seconds=max(expires - sent, 0.0),
-                )
-            except grpc.aio.AioRpcError as exc:
-                # A retryable code here means the retries already ran until the lease expired.
-                remaining = expires - self._clock()
-                if exc.code() in _LEASE_GONE or is_retryable(exc) or remaining < 0.1:
-                    log.warning(
-                        "lease lost (%s: %s) message_id=%s",
-                        exc.code().name,
-                        exc.details(),
-                        job.message_id,
-                    )
-                    return
-                log.warning(
-                    "ExtendLease failed (%s: %s); trying again message_id=%s",
-                    exc.code().name,
-                    exc.details(),
-                    job.message_id,
-                )
-                await asyncio.sleep(min(1.0, remaining / 2))
-            else:
-                expires = sent + lease
-                log.debug("lease extended by %gs message_id=%s", lease, job.message_id)
-
-    async def _mark(self, job: _Job, text: str | None) -> None:
-        assert self._client is not None
-        message_id = job.message_id
-        reply_text = fit_text(text, self._max_reply_bytes) if text else ""
-        if text and reply_text != text:
-            log.warning(
-                "reply cut to the store's limits (%d -> %d bytes) message_id=%s",
-                len(text.encode("utf-8", errors="surrogatepass")),
-                len(reply_text.encode("utf-8")),
-                message_id,
-            )
-        reply = pb.Message(author=self._config.persona, text=reply_text) if reply_text else None
-        try:
-            response = await self._client.mark_processed(
-                message_id,
-                job.delivery.lease_token,
-                reply,
-                budget_seconds=max(self._config.lease_seconds, MIN_MARK_BUDGET_SECONDS),
-            )
-        except grpc.aio.AioRpcError as exc:
-            code = exc.code()
-            if code == grpc.StatusCode.NOT_FOUND:
-                log.warning("message no longer exists; dropped message_id=%s", message_id)
-            elif code == grpc.StatusCode.INVALID_ARGUMENT:
-                # Retrying the same reply cannot help; releasing with the reason lets the
-                # message go DEAD after max_attempts instead of looping.
-                log.error(
-                    "the store rejected the reply (%s) message_id=%s", exc.details(), message_id
-                )
-                await self._release_failed(job, exc)
-            else:
-                log.error(
-                    "MarkProcessed failed (%s: %s); the message will be delivered again "
-                    "message_id=%s",
-                    code.name,
-                    exc.details(),
-                    message_id,
-                )
-            return
-        if response.already_processed:
-            log.info(
-                "duplicate prevented: already answered (reply_id=%s) message_id=%s",
-                response.reply.id or "-",
-                message_id,
-            )
-        elif reply is None:
-            log.info("processed without a reply message_id=%s", message_id)
-        else:
-            log.info(
-                "answered attempt=%d reply_id=%s message_id=%s",
-                job.delivery.attempt,
-                response.reply.id,
-                message_id,
-            )
-
-    async def _release_failed(self, job: _Job, exc: BaseException) -> None:
-        assert self._client is not None
-        message_id = job.message_id
-        retry_after = release_retry_after(job.delivery.attempt, self._config.retry_base_seconds)
-        reason = failure_reason(exc)
-        log.warning(
-            "reply failed on attempt %d (%s); releasing, retry after %.1fs message_id=%s",
-            job.delivery.attempt,
-            reason,
-            retry_after,
-            message_id,
-        )
-        log.debug("responder traceback message_id=%s", message_id, exc_info=exc)
-        try:
-            await self._client.release(
-                message_id,
-                job.delivery.lease_token,
-                reason=reason,
-                retry_after_seconds=retry_after,
-                budget_seconds=self._config.lease_seconds,
-            )
-        except grpc.aio.AioRpcError as err:
-            if err.code() == grpc.StatusCode.FAILED_PRECONDITION:
-                log.info("lease already moved on; dropped message_id=%s", message_id)
-            elif err.code() == grpc.StatusCode.NOT_FOUND:
-                log.warning("message no longer exists; dropped message_id=%s", message_id)
-            else:
-                log.error(
-                    "ReleaseMessage failed (%s: %s); the lease will expire instead message_id=%s",
-                    err.code().name,
-                    err.details(),
-                    message_id,
-                )

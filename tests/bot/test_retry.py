@@ -7,8 +7,8 @@ from datetime import UTC, datetime
 import grpc
 import pytest
 
-from ackbot.bot.store_client import CALL_TIMEOUT_SECONDS, call_with_retry, duration
-from ackbot.bot.worker import failure_reason, reply_limit, to_incoming
+from ackbot.bot.delivery import failure_reason, to_incoming
+from ackbot.bot.store_client import CALL_TIMEOUT_SECONDS, call_with_retry, duration, reply_limit
 from ackbot.common.backoff import RECONNECT_BACKOFF, Backoff, release_retry_after
 from ackbot.common.limits import DEFAULT_MAX_TEXT_BYTES, MAX_REASON_CHARS
 from ackbot.v1 import message_store_pb2 as pb

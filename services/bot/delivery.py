@@ -1,0 +1,280 @@
+"""One delivery, from the responder to the store: ask the responder, keep the lease alive
+meanwhile, and settle.
+
+While the responder runs, a lease keeper extends the lease every half lease. The outcome settles
+the delivery: MarkProcessed with the reply (cut to the store's reply limit), or without one when
+the responder chose silence; ReleaseMessage with the reason and a growing retry_after when the
+responder failed or the store rejected its reply. What each store outcome means here is decided in
+this module, from the outcomes the store client reports (it handles no gRPC errors itself).
+
+While the worker shuts down, a reply that is ready is held back until the stream is closed (the
+whole shutdown order is in worker.py): settling it at once would make room on the stream, and the
+store would fill that room with a delivery the closing stream then counts as a wasted attempt.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import inspect
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+from ackbot.bot.config import BotConfig
+from ackbot.bot.responder import IncomingMessage, Responder
+from ackbot.bot.store_client import Outcome, StoreClient
+from ackbot.common.backoff import release_retry_after
+from ackbot.common.limits import DEFAULT_MAX_TEXT_BYTES, MAX_REASON_CHARS, fit_text
+from ackbot.v1 import message_store_pb2 as pb
+
+log = logging.getLogger(__name__)
+
+# MarkProcessed carries a reply that may have cost an LLM call: worth retrying for a while even
+# with a short lease, since it is keyed by id and needs no lease.
+MIN_MARK_BUDGET_SECONDS = 30.0
+# What ExtendLease outcomes mean the lease is lost. UNAVAILABLE here means the retries already
+# ran until the lease expired.
+_LEASE_LOST = frozenset({Outcome.LEASE_GONE, Outcome.NOT_FOUND, Outcome.UNAVAILABLE})
+
+
+@dataclass(eq=False)
+class Job:
+    """One delivery as the bot holds it."""
+
+    delivery: pb.Delivery
+    # On the bot's clock: the lease is counted from here (the store's expiry is on its clock).
+    received_at: float
+    # Set once the responder is done with it (or gave up): what the shutdown grace period awaits.
+    replied: asyncio.Event = field(default_factory=asyncio.Event)
+
+    @property
+    def message_id(self) -> str:
+        return self.delivery.message.id
+
+
+@dataclass
+class Shutdown:
+    """The worker's shutdown, as a delivery sees it."""
+
+    # The worker stopped taking work: replies that are ready wait for the stream to close.
+    begun: bool = False
+    # The stream is closed (or gone): held replies may be stored now.
+    stream_closed: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+def to_incoming(delivery: pb.Delivery) -> IncomingMessage:
+    message = delivery.message
+    create_time: datetime | None = None
+    if message.HasField("create_time"):
+        with contextlib.suppress(ValueError, OverflowError):
+            create_time = message.create_time.ToDatetime(tzinfo=UTC)
+    return IncomingMessage(
+        id=message.id,
+        author=message.author,
+        text=message.text,
+        attempt=delivery.attempt,
+        create_time=create_time,
+    )
+
+
+def fit_reason(text: str) -> str:
+    """A release reason within the store's rules."""
+    return fit_text(text)[:MAX_REASON_CHARS]
+
+
+def failure_reason(exc: BaseException) -> str:
+    """The reason kept as the message's last error: type and text, within the store's rules."""
+    return fit_reason(f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__)
+
+
+class DeliveryHandler:
+    """Answers deliveries, one `handle(job)` each; shared by all of a worker's deliveries.
+
+    `max_reply_bytes` is the store's reply limit; the worker updates it from each stream's headers.
+    """
+
+    def __init__(
+        self,
+        client: StoreClient,
+        responder: Responder,
+        config: BotConfig,
+        *,
+        shutdown: Shutdown,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._client = client
+        self._responder = responder
+        self._config = config
+        self._shutdown = shutdown
+        self._clock = clock
+        self.max_reply_bytes = DEFAULT_MAX_TEXT_BYTES
+
+    async def handle(self, job: Job) -> None:
+        """Asks the responder while keeping the lease, then settles the delivery."""
+        work = asyncio.create_task(self._ask(to_incoming(job.delivery)))
+        keeper = asyncio.create_task(self.keep_lease(job))
+        try:
+            await asyncio.wait({work, keeper}, return_when=asyncio.FIRST_COMPLETED)
+            if not work.done():
+                # The keeper returns only when the lease is lost: another bot may be answering
+                # by now, and this answer would be the second.
+                log.warning("abandoning the reply: lease lost message_id=%s", job.message_id)
+                return
+            job.replied.set()
+            succeeded = not work.cancelled() and work.exception() is None
+            shutdown = self._shutdown
+            if succeeded and shutdown.begun and not shutdown.stream_closed.is_set():
+                # Settling now would make room on the stream, and the store would fill it with
+                # a delivery that the closing stream then counts as a wasted attempt. The reply
+                # waits (its lease still kept) until the stream is closed: MarkProcessed needs
+                # no lease, and if another bot got the message meanwhile, the first reply wins.
+                log.debug(
+                    "reply ready; sending it once the stream is closed message_id=%s",
+                    job.message_id,
+                )
+                await shutdown.stream_closed.wait()
+        finally:
+            job.replied.set()
+            pending = [task for task in (work, keeper) if not task.done()]
+            for task in pending:
+                task.cancel()
+            if pending:
+                await asyncio.wait(pending)
+        if work.cancelled():
+            error = asyncio.CancelledError("the responder was cancelled")
+            await self._release_failed(job, failure_reason(error), error)
+            return
+        exc = work.exception()
+        if exc is not None:
+            await self._release_failed(job, failure_reason(exc), exc)
+            return
+        await self._mark(job, work.result())
+
+    async def _ask(self, message: IncomingMessage) -> str | None:
+        result: object = self._responder.reply(message)
+        if inspect.isawaitable(result):
+            result = await result
+        if result is not None and not isinstance(result, str):
+            raise TypeError(f"reply() returned {type(result).__name__}, expected str or None")
+        return result
+
+    async def keep_lease(self, job: Job) -> None:
+        """Extends the lease every half lease; returns only when the lease is lost."""
+        lease = self._config.lease_seconds
+        # Counted from receipt, on our own clock: the store's expiry time is on its clock.
+        expires = job.received_at + lease
+        while True:
+            await asyncio.sleep(max(0.0, expires - lease / 2 - self._clock()))
+            sent = self._clock()
+            result = await self._client.extend(
+                job.message_id,
+                job.delivery.lease_token,
+                lease_seconds=lease,
+                budget_seconds=max(expires - sent, 0.0),
+            )
+            if result.outcome is Outcome.SETTLED:
+                expires = sent + lease
+                log.debug("lease extended by %gs message_id=%s", lease, job.message_id)
+                continue
+            remaining = expires - self._clock()
+            if result.outcome in _LEASE_LOST or remaining < 0.1:
+                log.warning("lease lost (%s) message_id=%s", result.problem, job.message_id)
+                return
+            log.warning(
+                "ExtendLease failed (%s); trying again message_id=%s",
+                result.problem,
+                job.message_id,
+            )
+            await asyncio.sleep(min(1.0, remaining / 2))
+
+    async def _mark(self, job: Job, text: str | None) -> None:
+        message_id = job.message_id
+        reply_text = fit_text(text, self.max_reply_bytes) if text else ""
+        if text and reply_text != text:
+            log.warning(
+                "reply cut to the store's limits (%d -> %d bytes) message_id=%s",
+                len(text.encode("utf-8", errors="surrogatepass")),
+                len(reply_text.encode("utf-8")),
+                message_id,
+            )
+        reply = pb.Message(author=self._config.persona, text=reply_text) if reply_text else None
+        result = await self._client.mark_processed(
+            message_id,
+            job.delivery.lease_token,
+            reply,
+            budget_seconds=max(self._config.lease_seconds, MIN_MARK_BUDGET_SECONDS),
+        )
+        stored = result.response.reply.id if result.response is not None else ""
+        match result.outcome:
+            case Outcome.ALREADY_PROCESSED:
+                log.info(
+                    "duplicate prevented: already answered (reply_id=%s) message_id=%s",
+                    stored or "-",
+                    message_id,
+                )
+            case Outcome.SETTLED if reply is None:
+                log.info("processed without a reply message_id=%s", message_id)
+            case Outcome.SETTLED:
+                log.info(
+                    "answered attempt=%d reply_id=%s message_id=%s",
+                    job.delivery.attempt,
+                    stored,
+                    message_id,
+                )
+            case Outcome.NOT_FOUND:
+                log.warning("message no longer exists; dropped message_id=%s", message_id)
+            case Outcome.REJECTED:
+                # Retrying the same reply cannot help; releasing with the reason lets the
+                # message go DEAD after max_attempts instead of looping.
+                log.error(
+                    "the store rejected the reply (%s) message_id=%s", result.details, message_id
+                )
+                await self._release_failed(
+                    job, fit_reason(f"store rejected the reply: {result.problem}")
+                )
+            case _:
+                log.error(
+                    "MarkProcessed failed (%s); the message will be delivered again message_id=%s",
+                    result.problem,
+                    message_id,
+                )
+
+    async def _release_failed(
+        self, job: Job, reason: str, exc: BaseException | None = None
+    ) -> None:
+        """Gives the message back with `reason` as its last error, to be retried after a delay
+        that grows with the attempt."""
+        message_id = job.message_id
+        retry_after = release_retry_after(job.delivery.attempt, self._config.retry_base_seconds)
+        log.warning(
+            "reply failed on attempt %d (%s); releasing, retry after %.1fs message_id=%s",
+            job.delivery.attempt,
+            reason,
+            retry_after,
+            message_id,
+        )
+        if exc is not None:
+            log.debug("responder traceback message_id=%s", message_id, exc_info=exc)
+        result = await self._client.release(
+            message_id,
+            job.delivery.lease_token,
+            reason=reason,
+            retry_after_seconds=retry_after,
+            budget_seconds=self._config.lease_seconds,
+        )
+        match result.outcome:
+            case Outcome.SETTLED:
+                pass
+            case Outcome.LEASE_GONE:
+                log.info("lease already moved on; dropped message_id=%s", message_id)
+            case Outcome.NOT_FOUND:
+                log.warning("message no longer exists; dropped message_id=%s", message_id)
+            case _:
+                log.error(
+                    "ReleaseMessage failed (%s); the lease will expire instead message_id=%s",
+                    result.problem,
+                    message_id,
+                )
