@@ -16,7 +16,7 @@ from ackbot.bot.store_client import (
     StoreClient,
     outcome_of,
 )
-from ackbot.common.limits import DEFAULT_MAX_TEXT_BYTES, Limits
+from ackbot.common.limits import DEFAULT_MAX_TEXT_BYTES
 from ackbot.v1 import message_store_pb2 as pb
 from ackbot.v1 import message_store_pb2_grpc as pb_grpc
 
@@ -93,7 +93,7 @@ async def test_mark_processed_of_an_unknown_id_is_not_found(client):
 async def test_a_reply_over_the_stores_limit_is_rejected_with_the_stores_reason(
     start_store, channels
 ):
-    store = await start_store(limits=Limits(max_text_bytes=10))
+    store = await start_store(max_text_bytes=10)
     client = StoreClient(channels(store.address))
     await create(pb_grpc.MessageStoreStub(channels(store.address)), "m-1", "hello")
     result = await client.mark_processed("m-1", "", reply("x" * 11), budget_seconds=BUDGET)
@@ -108,7 +108,7 @@ async def test_a_request_over_the_stores_size_limit_fails_without_being_a_reject
 ):
     # gRPC itself refuses the request before the store reads it: RESOURCE_EXHAUSTED, which is
     # not about a field of the reply, so it is not REJECTED.
-    store = await start_store(limits=Limits(max_request_bytes=1024))
+    store = await start_store(max_request_bytes=1024)
     client = StoreClient(channels(store.address))
     await create(pb_grpc.MessageStoreStub(channels(store.address)), "m-1", "hello")
     result = await client.mark_processed("m-1", "", reply("x" * 2000), budget_seconds=BUDGET)
@@ -209,7 +209,7 @@ async def test_every_call_to_a_store_that_is_not_there_ends_unavailable(channels
 async def test_the_stream_opens_with_the_stores_reply_limit_and_ends_with_a_reason(
     start_store, channels
 ):
-    store = await start_store(limits=Limits(max_text_bytes=500))
+    store = await start_store(max_text_bytes=500)
     client = StoreClient(channels(store.address))
     await create(pb_grpc.MessageStoreStub(channels(store.address)), "m-1", "hello")
     stream = client.stream(consumer="test", max_in_flight=4, lease_seconds=30.0)

@@ -13,7 +13,7 @@ import pytest
 from ackbot.bot.config import BotConfig
 from ackbot.bot.responder import IncomingMessage, PersonaResponder
 from ackbot.bot.worker import Worker
-from ackbot.common.limits import MAX_AUTHOR_CHARS, Limits
+from ackbot.common.limits import MAX_AUTHOR_CHARS
 from ackbot.v1 import message_store_pb2 as pb
 from ackbot.v1 import message_store_pb2_grpc as pb_grpc
 
@@ -176,7 +176,7 @@ async def test_a_responder_that_chooses_silence_processes_without_a_reply(store,
 
 
 async def test_a_reply_over_the_stores_text_limit_is_cut_to_it(start_store, channels):
-    store = await start_store(limits=Limits(max_text_bytes=100))
+    store = await start_store(max_text_bytes=100)
     stub = pb_grpc.MessageStoreStub(channels(store.address))
     await create(stub, "m-1", "hello")
     # 160 bytes of UTF-8, two bytes a character: cut on a character boundary to 100.
