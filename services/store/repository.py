@@ -363,7 +363,7 @@ class MessageRepository:
 
     async def create_message(self, new: NewMessage) -> CreateResult:
         if not new.id:
-            new = dataclasses.replace(new, id=new_message_id())
+            new = dataclasses.replace(new, id=new_message_id(self._now_ns()))
         return await self._writes.submit(self._create_many, new)
 
     async def _create_many(
