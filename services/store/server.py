@@ -17,8 +17,9 @@ from grpc_health.v1._async import HealthServicer
 
 from ackbot.common.serving import add_health_and_reflection, bind_insecure, set_serving
 from ackbot.store.config import StoreConfig
+from ackbot.store.database import Database
 from ackbot.store.dispatcher import Dispatcher
-from ackbot.store.repository import MessageRepository, create_engine
+from ackbot.store.repository import MessageRepository
 from ackbot.store.servicer import SERVICE_NAME, MessageStoreServicer, add_to_server
 
 log = logging.getLogger(__name__)
@@ -50,17 +51,19 @@ class StoreServer:
     async def start(self) -> int:
         """Opens the database, serves, and returns the port bound."""
         config = self._config
-        engine = create_engine(
+        database = Database.from_url(
             config.db_url,
             lock_timeout_seconds=config.lock_timeout_seconds,
             sqlite_synchronous=config.sqlite_synchronous,
         )
-        self._repository = repository = MessageRepository(engine, max_attempts=config.max_attempts)
+        self._repository = repository = MessageRepository(
+            database, max_attempts=config.max_attempts
+        )
         await repository.create_schema()
         dispatcher = Dispatcher()
-        if engine.dialect.name == "sqlite":
-            # One store owns an SQLite file, so any lease in it belongs to a stream of a store
-            # that is gone: hand those messages out again now instead of at lease expiry.
+        if database.single_owner:
+            # Any lease in the database belongs to a stream of a store that is gone: hand those
+            # messages out again now instead of at lease expiry.
             released = await repository.release_all_leases()
             if released:
                 log.info("released %d leases left by a previous run", released)
@@ -75,7 +78,7 @@ class StoreServer:
         if next_visible is not None:
             dispatcher.wake_at(next_visible)
         await set_serving(health, [SERVICE_NAME], serving=True)
-        log.info("listening on %s (database %s)", address, engine.url.render_as_string())
+        log.info("listening on %s (database %s)", address, database.url)
         return int(address.rpartition(":")[2])
 
     async def stop(self) -> None:

@@ -12,7 +12,8 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
-from ackbot.store.repository import MessageRepository, create_engine
+from ackbot.store.database import Database, create_engine
+from ackbot.store.repository import MessageRepository
 
 POSTGRES_URL_ENV = "ACKBOT_TEST_POSTGRES_URL"
 SECOND_NS = 1_000_000_000
@@ -98,7 +99,9 @@ async def make_repo(engine: AsyncEngine, clock: FakeClock) -> MakeRepository:
         *, max_attempts: int = 3, clock_ns: Callable[[], int] = clock
     ) -> MessageRepository:
         nonlocal created
-        repository = MessageRepository(engine, max_attempts=max_attempts, clock_ns=clock_ns)
+        repository = MessageRepository(
+            Database(engine), max_attempts=max_attempts, clock_ns=clock_ns
+        )
         if not created:
             await repository.create_schema()
             created = True

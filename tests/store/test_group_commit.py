@@ -23,7 +23,7 @@ def count_transactions(repo: MessageRepository) -> list[int]:
     """A one-element list holding how many transactions the repository's engine began."""
     began = [0]
 
-    @event.listens_for(repo._engine.sync_engine, "begin")
+    @event.listens_for(repo._database.engine.sync_engine, "begin")
     def on_begin(_connection: object) -> None:
         began[0] += 1
 
