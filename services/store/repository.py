@@ -139,6 +139,12 @@ class _Mark:
 
 
 @dataclass(frozen=True)
+class _Claim:
+    limit: int
+    lease_ns: int
+
+
+@dataclass(frozen=True)
 class _Release:
     message_id: str
     lease_token: str
@@ -245,10 +251,7 @@ class MessageRepository:
         self._max_attempts = max_attempts
         self._now_ns = clock_ns
         self._writes = GroupCommitter(
-            self._begin_write,
-            max_batch=max_batch,
-            conflict_errors=CONFLICT_ERRORS,
-            last=[self._claim_each],
+            self._begin_write, max_batch=max_batch, conflict_errors=CONFLICT_ERRORS
         )
         # The hot statements are built once: building one costs more Python than running it.
         self._claim_oldest = self._build_claim()
@@ -463,12 +466,9 @@ class MessageRepository:
         Every claim counts an attempt. A message already delivered max_attempts times goes to
         DEAD here instead of out again, so a message that crashes every bot cannot loop.
         """
-        return await self._writes.submit(self._claim_each, (limit, lease_ns))
-
-    async def _claim_each(
-        self, tx: _Transaction, claims: list[tuple[int, int]]
-    ) -> list[list[Delivery] | StoreError]:
-        return [await self._claim(tx, limit, lease_ns) for limit, lease_ns in claims]
+        # Claims run last in their transaction, so they see the messages created and released
+        # in it: a create that shares a transaction with a claim is delivered at once.
+        return await self._writes.submit_one(self._claim, _Claim(limit, lease_ns), runs_last=True)
 
     def _unless_exhausted(self, **live: Any) -> dict[str, Any]:
         """UPDATE values: `live` for a row with attempts left, DEAD for one without.
@@ -521,12 +521,12 @@ class MessageRepository:
             .returning(*MESSAGES.c)
         )
 
-    async def _claim(self, tx: _Transaction, limit: int, lease_ns: int) -> list[Delivery]:
-        expiry = tx.now_ns + lease_ns
+    async def _claim(self, tx: _Transaction, claim: _Claim) -> list[Delivery]:
+        expiry = tx.now_ns + claim.lease_ns
         params = {"now": tx.now_ns, "expiry": expiry, "token_prefix": new_lease_token() + ":"}
         deliveries: list[Delivery] = []
-        while len(deliveries) < limit:
-            wanted = limit - len(deliveries)
+        while len(deliveries) < claim.limit:
+            wanted = claim.limit - len(deliveries)
             rows = (
                 await tx.connection.execute(self._claim_oldest, {**params, "wanted": wanted})
             ).all()
@@ -546,39 +546,33 @@ class MessageRepository:
     async def release(
         self, message_id: str, lease_token: str, *, reason: str, retry_after_ns: int
     ) -> StoredMessage:
-        return await self._writes.submit(
-            self._release_each, _Release(message_id, lease_token, reason, retry_after_ns)
+        return await self._writes.submit_one(
+            self._release, _Release(message_id, lease_token, reason, retry_after_ns)
         )
 
-    async def _release_each(
-        self, tx: _Transaction, releases: list[_Release]
-    ) -> list[StoredMessage | StoreError]:
-        outcomes: list[StoredMessage | StoreError] = []
-        for release in releases:
-            visible_at = tx.now_ns + release.retry_after_ns
-            if release.reason:
-                values = self._unless_exhausted(
-                    state=State.PENDING.value, lease_token=None, visible_at_ns=visible_at
-                )
-                # The reason replaces the last error whether the message lives or dies.
-                values["last_error"] = release.reason
-            else:
-                # "Never started": a graceful hand-back gives its attempt back and never kills.
-                attempts = MESSAGES.c.delivery_attempts
-                values = {
-                    "state": State.PENDING.value,
-                    "lease_token": None,
-                    "visible_at_ns": visible_at,
-                    "delivery_attempts": case((attempts > 0, attempts - 1), else_=0),
-                }
-            row = await self._update_leased(tx, release.message_id, release.lease_token, values)
-            if isinstance(row, StoreError):
-                outcomes.append(row)
-                continue
-            if row.state == State.DEAD:
-                _log_dead(row.id, row.delivery_attempts, row.last_error)
-            outcomes.append(_to_stored(row, None, tx.now_ns))
-        return outcomes
+    async def _release(self, tx: _Transaction, release: _Release) -> StoredMessage | StoreError:
+        visible_at = tx.now_ns + release.retry_after_ns
+        if release.reason:
+            values = self._unless_exhausted(
+                state=State.PENDING.value, lease_token=None, visible_at_ns=visible_at
+            )
+            # The reason replaces the last error whether the message lives or dies.
+            values["last_error"] = release.reason
+        else:
+            # "Never started": a graceful hand-back gives its attempt back and never kills.
+            attempts = MESSAGES.c.delivery_attempts
+            values = {
+                "state": State.PENDING.value,
+                "lease_token": None,
+                "visible_at_ns": visible_at,
+                "delivery_attempts": case((attempts > 0, attempts - 1), else_=0),
+            }
+        row = await self._update_leased(tx, release.message_id, release.lease_token, values)
+        if isinstance(row, StoreError):
+            return row
+        if row.state == State.DEAD:
+            _log_dead(row.id, row.delivery_attempts, row.last_error)
+        return _to_stored(row, None, tx.now_ns)
 
     async def _update_leased(
         self, tx: _Transaction, message_id: str, lease_token: str, values: dict[str, Any]
@@ -620,103 +614,81 @@ class MessageRepository:
         """
         if not leases:
             return 0
-        return await self._writes.submit(self._release_leases_each, list(leases))
+        return await self._writes.submit_one(self._release_leases, list(leases))
 
-    async def _release_leases_each(
-        self, tx: _Transaction, lease_lists: list[list[Lease]]
-    ) -> list[int | StoreError]:
-        outcomes: list[int | StoreError] = []
-        for leases in lease_lists:
-            held = tuple_(MESSAGES.c.id, MESSAGES.c.lease_token).in_(
-                [(lease.message_id, lease.lease_token) for lease in leases]
-            )
-            rows = (
-                await tx.connection.execute(
-                    update(MESSAGES)
-                    .where(held, MESSAGES.c.state == State.LEASED)
-                    .values(
-                        self._unless_exhausted(
-                            state=State.PENDING.value, lease_token=None, visible_at_ns=tx.now_ns
-                        )
-                    )
-                    .returning(
-                        MESSAGES.c.id,
-                        MESSAGES.c.state,
-                        MESSAGES.c.delivery_attempts,
-                        MESSAGES.c.last_error,
+    async def _release_leases(self, tx: _Transaction, leases: list[Lease]) -> int:
+        held = tuple_(MESSAGES.c.id, MESSAGES.c.lease_token).in_(
+            [(lease.message_id, lease.lease_token) for lease in leases]
+        )
+        rows = (
+            await tx.connection.execute(
+                update(MESSAGES)
+                .where(held, MESSAGES.c.state == State.LEASED)
+                .values(
+                    self._unless_exhausted(
+                        state=State.PENDING.value, lease_token=None, visible_at_ns=tx.now_ns
                     )
                 )
-            ).all()
-            for row in rows:
-                if row.state == State.DEAD:
-                    _log_dead(row.id, row.delivery_attempts, row.last_error)
-            outcomes.append(len(rows))
-        return outcomes
+                .returning(
+                    MESSAGES.c.id,
+                    MESSAGES.c.state,
+                    MESSAGES.c.delivery_attempts,
+                    MESSAGES.c.last_error,
+                )
+            )
+        ).all()
+        for row in rows:
+            if row.state == State.DEAD:
+                _log_dead(row.id, row.delivery_attempts, row.last_error)
+        return len(rows)
 
     async def extend_lease(self, message_id: str, lease_token: str, lease_ns: int) -> StoredMessage:
-        return await self._writes.submit(
-            self._extend_each, _Extension(message_id, lease_token, lease_ns)
+        return await self._writes.submit_one(
+            self._extend, _Extension(message_id, lease_token, lease_ns)
         )
 
-    async def _extend_each(
-        self, tx: _Transaction, extensions: list[_Extension]
-    ) -> list[StoredMessage | StoreError]:
-        outcomes: list[StoredMessage | StoreError] = []
-        for extension in extensions:
-            # A lapsed lease cannot be extended: the message may be on its way to another bot.
-            # The CASE keeps a lapsed row as it is, and the lapse is reported below.
-            lapsed = MESSAGES.c.visible_at_ns <= tx.now_ns
-            row = await self._update_leased(
-                tx,
-                extension.message_id,
-                extension.lease_token,
-                {
-                    "visible_at_ns": case(
-                        (lapsed, MESSAGES.c.visible_at_ns), else_=tx.now_ns + extension.lease_ns
-                    )
-                },
-            )
-            if isinstance(row, StoreError):
-                outcomes.append(row)
-            elif row.visible_at_ns <= tx.now_ns:
-                outcomes.append(
-                    FailedPrecondition(
-                        f"the lease on message {row.id!r} has expired; it may be delivered again"
-                    )
+    async def _extend(self, tx: _Transaction, extension: _Extension) -> StoredMessage | StoreError:
+        # A lapsed lease cannot be extended: the message may be on its way to another bot.
+        # The CASE keeps a lapsed row as it is, and the lapse is reported below.
+        lapsed = MESSAGES.c.visible_at_ns <= tx.now_ns
+        row = await self._update_leased(
+            tx,
+            extension.message_id,
+            extension.lease_token,
+            {
+                "visible_at_ns": case(
+                    (lapsed, MESSAGES.c.visible_at_ns), else_=tx.now_ns + extension.lease_ns
                 )
-            else:
-                outcomes.append(_to_stored(row, None, tx.now_ns))
-        return outcomes
+            },
+        )
+        if isinstance(row, StoreError):
+            return row
+        if row.visible_at_ns <= tx.now_ns:
+            return FailedPrecondition(
+                f"the lease on message {row.id!r} has expired; it may be delivered again"
+            )
+        return _to_stored(row, None, tx.now_ns)
 
     async def requeue(self, message_id: str) -> StoredMessage:
-        return await self._writes.submit(self._requeue_each, message_id)
+        return await self._writes.submit_one(self._requeue, message_id)
 
-    async def _requeue_each(
-        self, tx: _Transaction, message_ids: list[str]
-    ) -> list[StoredMessage | StoreError]:
-        outcomes: list[StoredMessage | StoreError] = []
-        for message_id in message_ids:
-            row = (
-                await tx.connection.execute(
-                    update(MESSAGES)
-                    .where(MESSAGES.c.id == message_id, MESSAGES.c.state == State.DEAD)
-                    .values(state=State.PENDING, delivery_attempts=0, visible_at_ns=tx.now_ns)
-                    .returning(*MESSAGES.c)
-                )
-            ).first()
-            if row is not None:
-                outcomes.append(_to_stored(row, None, tx.now_ns))
-                continue
-            current = await self._current_state(tx, message_id)
-            if current is None:
-                outcomes.append(NotFound(message_id))
-            else:
-                outcomes.append(
-                    FailedPrecondition(
-                        f"message {message_id!r} is {current}; only DEAD messages can be requeued"
-                    )
-                )
-        return outcomes
+    async def _requeue(self, tx: _Transaction, message_id: str) -> StoredMessage | StoreError:
+        row = (
+            await tx.connection.execute(
+                update(MESSAGES)
+                .where(MESSAGES.c.id == message_id, MESSAGES.c.state == State.DEAD)
+                .values(state=State.PENDING, delivery_attempts=0, visible_at_ns=tx.now_ns)
+                .returning(*MESSAGES.c)
+            )
+        ).first()
+        if row is not None:
+            return _to_stored(row, None, tx.now_ns)
+        current = await self._current_state(tx, message_id)
+        if current is None:
+            return NotFound(message_id)
+        return FailedPrecondition(
+            f"message {message_id!r} is {current}; only DEAD messages can be requeued"
+        )
 
     async def next_visible_ns(self) -> int | None:
         """When the earliest message that is not deliverable yet becomes deliverable."""
