@@ -2,6 +2,7 @@
 
 Modules, each with one job: `config` (settings), `validation` (request rules), `errors` (domain
 errors), `models` (tables), `database` (engine, dialect, driver errors), `repository` (all SQL
-and transactions), `group_commit` (shared write transactions), `dispatcher` (waking the
-streams), `servicer` (gRPC <-> repository), `server` (wiring, start and graceful stop).
+and transactions), `group_commit` (shared write transactions), `stream_board` (streams,
+their leases and wakes), `servicer` (gRPC <-> repository), `server` (wiring, start and graceful
+stop).
 """

@@ -18,9 +18,9 @@ from grpc_health.v1._async import HealthServicer
 from ackbot.common.serving import add_health_and_reflection, bind_insecure, set_serving
 from ackbot.store.config import StoreConfig
 from ackbot.store.database import Database
-from ackbot.store.dispatcher import Dispatcher
 from ackbot.store.repository import MessageRepository
 from ackbot.store.servicer import SERVICE_NAME, MessageStoreServicer, add_to_server
+from ackbot.store.stream_board import StreamBoard
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +60,7 @@ class StoreServer:
             database, max_attempts=config.max_attempts
         )
         await repository.create_schema()
-        dispatcher = Dispatcher()
+        dispatcher = StreamBoard()
         if database.single_owner:
             # Any lease in the database belongs to a stream of a store that is gone: hand those
             # messages out again now instead of at lease expiry.

@@ -26,7 +26,6 @@ from grpc_status import rpc_status
 from ackbot.common.limits import MAX_CONSUMER_CHARS, MAX_LEASE_TOKEN_CHARS, REPLY_LIMIT_METADATA
 from ackbot.store import validation as rules
 from ackbot.store.config import StoreConfig
-from ackbot.store.dispatcher import Dispatcher, StreamState
 from ackbot.store.errors import (
     AlreadyExists,
     FailedPrecondition,
@@ -39,6 +38,7 @@ from ackbot.store.errors import (
 )
 from ackbot.store.models import State
 from ackbot.store.repository import Delivery, Lease, MessageRepository, NewMessage, StoredMessage
+from ackbot.store.stream_board import StreamBoard, StreamState
 from ackbot.v1 import message_store_pb2 as pb
 from ackbot.v1 import message_store_pb2_grpc as pb_grpc
 
@@ -274,7 +274,7 @@ def maps_errors(handler: Handler) -> Handler:
 
 class MessageStoreServicer(pb_grpc.MessageStoreServicer):
     def __init__(
-        self, repository: MessageRepository, dispatcher: Dispatcher, config: StoreConfig
+        self, repository: MessageRepository, dispatcher: StreamBoard, config: StoreConfig
     ) -> None:
         self._repository = repository
         self._dispatcher = dispatcher
