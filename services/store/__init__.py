@@ -2,7 +2,8 @@
 
 Modules, each with one job: `config` (settings), `validation` (request rules), `errors` (domain
 errors), `models` (tables), `database` (engine, dialect, driver errors), `repository` (all SQL
-and transactions), `group_commit` (shared write transactions), `stream_board` (streams,
-their leases and wakes), `servicer` (gRPC <-> repository), `server` (wiring, start and graceful
+and transactions), `group_commit` (shared write transactions), `manager` (delivery: writes with
+their wake-ups, the streams' claim loop, shutdown), `stream_board` (the manager's ledger of
+streams, leases and wakes), `servicer` (gRPC <-> manager), `server` (wiring, start and graceful
 stop).
 """

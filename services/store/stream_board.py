@@ -1,9 +1,10 @@
-"""The ledger of open streams: which stream holds which lease, how much room each has, and when
-each wakes.
+"""The delivery manager's ledger of open streams: which stream holds which lease, how much room
+each has, and when each wakes.
 
 Work is pushed, never polled: CreateMessage, a release, a lapsed lease or a retry_after ending
 wakes the streams, and each awake stream claims what it has room for. Nothing here touches the
-database; the servicer owns the claim loop.
+database or decides anything; the manager (manager.py) runs the claim loop and tells the board
+what happened.
 
 Why an Event per stream and not one Condition: a stream clears its event *before* it claims, so
 a wake that lands while it is querying is kept for its next wait and never lost.
