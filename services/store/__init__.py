@@ -1,6 +1,9 @@
 """The store service: messages keyed by id, leased to bot streams, settled exactly once.
 
 Modules, each with one job: `config` (settings), `validation` (request rules), `errors` (domain
-errors), `models` (tables), `repository` (all SQL and transactions), `dispatcher` (waking the
-streams), `servicer` (gRPC <-> repository), `server` (wiring, start and graceful stop).
+errors), `models` (tables), `database` (engine, dialect, driver errors), `repository` (all SQL
+and transactions), `group_commit` (shared write transactions), `manager` (delivery: writes with
+their wake-ups, the streams' claim loop, shutdown), `stream_board` (the manager's ledger of
+streams, leases and wakes), `servicer` (gRPC <-> manager), `server` (wiring, start and graceful
+stop).
 """

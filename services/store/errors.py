@@ -1,7 +1,7 @@
 """Domain errors raised by validation and the repository; the servicer maps them to gRPC codes.
 
-Nothing below the servicer knows about gRPC, and no database driver error escapes the repository:
-it wraps them in StorageUnavailable or StorageFull.
+Nothing below the servicer knows about gRPC, and no database driver error escapes the database
+module: it wraps them in StorageUnavailable or StorageFull.
 """
 
 from __future__ import annotations

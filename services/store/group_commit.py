@@ -10,13 +10,16 @@ once: nothing ever waits for company.
 A caller is answered only after the transaction holding its write has committed, so an
 acknowledged write is exactly as durable as with one transaction per call.
 
-All the requests of one transaction for the same handler reach it together, so a handler can
-write them with one statement. Requests in one transaction were all waiting at the same time,
-none answered yet, so any order is a valid one: handlers run in the order they first appear,
-except `last` ones, which run after the rest (claims, so they see the messages created and
-released in the same transaction). Each handler keeps its own requests in arrival order. A
-handler answers each request with a result or a StoreError; it must write nothing for a request
-it answers with an error, because the others in the transaction still commit.
+A write is submitted with the function that performs it. `submit` takes a batch handler: all the
+requests of one transaction for it reach it together, so it can write them with one statement.
+`submit_one` takes a per-item function, called once for each of its requests in the shared
+transaction. Requests in one transaction were all waiting at the same time, none answered yet,
+so any order is a valid one: functions run in the order they first appear, except that requests
+submitted with `runs_last=True` run after all the others (the store's claims, so that they see
+the messages created and released in the same transaction). Each function gets its own requests
+in arrival order. A function answers each request with a result or a StoreError; it must write
+nothing for a request it answers with an error, because the others in the transaction still
+commit.
 """
 
 from __future__ import annotations
@@ -38,11 +41,22 @@ Result = TypeVar("Result")
 
 # Takes the open transaction and a run of requests; returns one outcome per request, in order.
 BatchHandler = Callable[[Tx, list[Item]], Awaitable[list[Result | StoreError]]]
+# Takes the open transaction and one request; returns its outcome.
+ItemHandler = Callable[[Tx, Item], Awaitable[Result | StoreError]]
+
+
+@dataclass(frozen=True)
+class _Kind:
+    """What a request is run by; the requests of one kind in a transaction run together."""
+
+    handler: Callable[..., Awaitable[Any]]
+    per_item: bool
+    runs_last: bool
 
 
 @dataclass(eq=False)
 class _Request:
-    handler: Callable[[Any, list[Any]], Awaitable[list[Any]]]
+    kind: _Kind
     item: Any
     future: asyncio.Future[Any]
 
@@ -61,21 +75,31 @@ class GroupCommitter(Generic[Tx]):
         *,
         max_batch: int,
         conflict_errors: tuple[type[BaseException], ...] = (),
-        last: Sequence[Callable[..., Any]] = (),
     ) -> None:
         self._begin = begin
         self._max_batch = max_batch
         self._conflict_errors = conflict_errors
-        self._last = list(last)
         self._queue: list[_Request] = []
         self._writer: asyncio.Task[None] | None = None
         self._closed = False
 
-    async def submit(self, handler: BatchHandler[Tx, Item, Result], item: Item) -> Result:
+    async def submit(
+        self, handler: BatchHandler[Tx, Item, Result], item: Item, *, runs_last: bool = False
+    ) -> Result:
+        """Writes `item` with `handler`, together with the transaction's other items for it."""
+        return await self._enqueue(_Kind(handler, per_item=False, runs_last=runs_last), item)
+
+    async def submit_one(
+        self, handler: ItemHandler[Tx, Item, Result], item: Item, *, runs_last: bool = False
+    ) -> Result:
+        """Writes `item` with `handler(tx, item)`, inside a shared transaction."""
+        return await self._enqueue(_Kind(handler, per_item=True, runs_last=runs_last), item)
+
+    async def _enqueue(self, kind: _Kind, item: Any) -> Any:
         if self._closed:
             raise StorageUnavailable("the store is shutting down")
-        future: asyncio.Future[Result] = asyncio.get_running_loop().create_future()
-        self._queue.append(_Request(handler, item, future))
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._queue.append(_Request(kind, item, future))
         if self._writer is None:
             self._writer = asyncio.create_task(self._drain(), name="group-commit-writer")
         # A cancelled caller (its RPC was cancelled) leaves the write to run or be skipped;
@@ -127,17 +151,24 @@ class GroupCommitter(Generic[Tx]):
 
     async def _run(self, batch: Sequence[_Request]) -> list[Any]:
         """Runs the batch in one transaction; returns the outcomes in the batch's order."""
-        groups: dict[Callable[..., Any], list[int]] = {}
+        groups: dict[_Kind, list[int]] = {}
         for index, request in enumerate(batch):
-            groups.setdefault(request.handler, []).append(index)
-        order = sorted(groups, key=lambda handler: handler in self._last)
+            groups.setdefault(request.kind, []).append(index)
+        # A stable sort: the first-seen order holds within each of the two runs.
+        order = sorted(groups, key=lambda kind: kind.runs_last)
         outcomes: list[Any] = [None] * len(batch)
         async with self._begin() as tx:
-            for handler in order:
-                indexes = groups[handler]
-                results = await handler(tx, [batch[i].item for i in indexes])
-                if len(results) != len(indexes):
-                    raise RuntimeError(f"{handler} answered {len(results)} of {len(indexes)}")
+            for kind in order:
+                indexes = groups[kind]
+                items = [batch[i].item for i in indexes]
+                if kind.per_item:
+                    results = [await kind.handler(tx, item) for item in items]
+                else:
+                    results = await kind.handler(tx, items)
+                    if len(results) != len(indexes):
+                        raise RuntimeError(
+                            f"{kind.handler} answered {len(results)} of {len(indexes)}"
+                        )
                 for index, result in zip(indexes, results, strict=True):
                     outcomes[index] = result
         return outcomes

@@ -8,13 +8,13 @@ delivery order never depends on them, it is the store's sequence.
 from __future__ import annotations
 
 import secrets
-import time
 
 _ALPHABET = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
 
 
-def new_message_id(now_ns: int | None = None) -> str:
-    millis = (time.time_ns() if now_ns is None else now_ns) // 1_000_000
+def new_message_id(now_ns: int) -> str:
+    """An id for a message received at `now_ns` (the store's clock)."""
+    millis = now_ns // 1_000_000
     value = (millis & ((1 << 48) - 1)) << 80 | secrets.randbits(80)
     chars = []
     for _ in range(26):

@@ -5,16 +5,15 @@ transaction, and the hot ones, CreateMessage and MarkProcessed, are written a ru
 one statement each. SQLAlchemy Core, not the ORM: the unit of work costs more Python per row
 than the rest of a write put together, and the queries here are plain.
 
-Dialect differences live here and only here:
+The queries are the same on SQLite and PostgreSQL; the database module (database.py) decides
+everything that differs, and wraps driver errors. What the queries count on:
 - SQLite allows one writer at a time. Every write transaction starts with an INSERT or an
-  UPDATE, before which the driver issues BEGIN IMMEDIATE: the write lock is taken before
-  anything is read, and `busy_timeout` bounds the wait on another process.
+  UPDATE, so the write lock is taken before anything is read.
 - PostgreSQL has concurrent writers: claims use FOR UPDATE SKIP LOCKED so two stores never hand
   out the same row, and every UPDATE re-checks its WHERE on the row it locked.
 Each hot write is as few statements as the SQL allows (INSERT ... ON CONFLICT DO NOTHING
 RETURNING, UPDATE ... RETURNING): with aiosqlite every statement is several round trips to the
 driver's thread, and those round trips, not the SQL, are what a write costs.
-Driver errors are wrapped at this boundary (StorageUnavailable / StorageFull) and never leak.
 """
 
 from __future__ import annotations
@@ -25,7 +24,6 @@ import logging
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
@@ -35,7 +33,6 @@ from sqlalchemy import (
     bindparam,
     case,
     cast,
-    event,
     func,
     inspect,
     literal,
@@ -43,18 +40,14 @@ from sqlalchemy import (
     tuple_,
     update,
 )
-from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.engine import Engine, make_url
-from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
-from sqlalchemy.exc import TimeoutError as PoolTimeoutError
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlalchemy.sql.dml import Update
 
+from ackbot.store.database import CONFLICT_ERRORS, Database
 from ackbot.store.errors import (
     AlreadyExists,
     FailedPrecondition,
     NotFound,
-    StorageFull,
     StorageUnavailable,
     StoreError,
 )
@@ -116,47 +109,6 @@ class Lease:
     lease_token: str
 
 
-def create_engine(
-    url: str, *, lock_timeout_seconds: float = 5.0, sqlite_synchronous: str = "FULL"
-) -> AsyncEngine:
-    """Makes the engine for `url`, with SQLite set up for WAL and real transactions."""
-    if url.startswith("sqlite"):
-        database = make_url(url).database
-        if database and database != ":memory:" and not database.startswith("file:"):
-            # The default ./data/ackbot.db must work on a fresh checkout.
-            Path(database).parent.mkdir(parents=True, exist_ok=True)
-        # No reset on return: a connection comes back either committed or rolled back by
-        # SQLAlchemy itself, and the pool's extra ROLLBACK is one more round trip to the
-        # driver's thread per transaction.
-        engine = create_async_engine(url, pool_reset_on_return=None)
-        _configure_sqlite(engine.sync_engine, lock_timeout_seconds, sqlite_synchronous)
-        return engine
-    return create_async_engine(url, pool_pre_ping=True)
-
-
-def _configure_sqlite(engine: Engine, lock_timeout_seconds: float, synchronous: str) -> None:
-    if synchronous not in ("FULL", "NORMAL"):
-        raise ValueError(f"synchronous must be FULL or NORMAL, not {synchronous!r}")
-
-    @event.listens_for(engine, "connect")
-    def on_connect(dbapi_connection: object, _record: object) -> None:
-        # The driver opens a write transaction itself, as BEGIN IMMEDIATE, right before the
-        # first INSERT, UPDATE or DELETE; every write transaction here starts with one, so it
-        # takes the write lock before it reads anything, and `busy_timeout` bounds the wait.
-        # A read outside a write is one SELECT, consistent on its own, and needs no BEGIN.
-        # Saved: a BEGIN round trip per transaction, which is most of a read's cost.
-        dbapi_connection.isolation_level = "IMMEDIATE"  # type: ignore[attr-defined]
-        cursor = dbapi_connection.cursor()  # type: ignore[attr-defined]
-        # WAL: readers never block the writer. synchronous=FULL (the default): every commit is
-        # fsynced before CreateMessage or MarkProcessed returns, so acknowledged writes survive
-        # a kill -9 and a power cut alike; NORMAL survives a kill -9 only.
-        cursor.execute("PRAGMA journal_mode=WAL")
-        cursor.execute(f"PRAGMA synchronous={synchronous}")
-        cursor.execute("PRAGMA foreign_keys=ON")
-        cursor.execute(f"PRAGMA busy_timeout={int(lock_timeout_seconds * 1000)}")
-        cursor.close()
-
-
 MESSAGES = Base.metadata.tables[MessageRow.__tablename__]
 REPLIES = MESSAGES.alias("replies")
 # A message with the id of its reply, if any: every read answers with both.
@@ -184,6 +136,12 @@ MAX_BATCH = 256
 class _Mark:
     message_id: str
     reply: NewMessage | None
+
+
+@dataclass(frozen=True)
+class _Claim:
+    limit: int
+    lease_ns: int
 
 
 @dataclass(frozen=True)
@@ -283,27 +241,22 @@ def _log_dead(message_id: str, attempts: int, last_error: str) -> None:
 class MessageRepository:
     def __init__(
         self,
-        engine: AsyncEngine,
+        database: Database,
         *,
         max_attempts: int = 5,
         clock_ns: Callable[[], int] = time.time_ns,
         max_batch: int = MAX_BATCH,
     ) -> None:
-        self._engine = engine
+        self._database = database
         self._max_attempts = max_attempts
         self._now_ns = clock_ns
-        self._is_sqlite = engine.dialect.name == "sqlite"
         self._writes = GroupCommitter(
-            self._begin_write,
-            max_batch=max_batch,
-            conflict_errors=(IntegrityError,),
-            last=[self._claim_each],
+            self._begin_write, max_batch=max_batch, conflict_errors=CONFLICT_ERRORS
         )
         # The hot statements are built once: building one costs more Python than running it.
         self._claim_oldest = self._build_claim()
-        dialect_insert = sqlite.insert if self._is_sqlite else postgresql.insert
         self._insert_if_free = (
-            dialect_insert(MESSAGES)
+            database.insert(MESSAGES)
             .on_conflict_do_nothing(index_elements=[MESSAGES.c.id])
             .returning(MESSAGES.c.id, MESSAGES.c.sequence)
         )
@@ -313,7 +266,7 @@ class MessageRepository:
         return self._max_attempts
 
     async def create_schema(self) -> None:
-        async with self._translate_errors(), self._engine.begin() as connection:
+        async with self._database.begin() as connection:
             await connection.run_sync(Base.metadata.create_all)
             primary_key = await connection.run_sync(
                 lambda sync: inspect(sync).get_pk_constraint(MESSAGES.name)
@@ -328,42 +281,18 @@ class MessageRepository:
 
     async def dispose(self) -> None:
         await self._writes.close()
-        await self._engine.dispose()
-
-    # -- transactions -----------------------------------------------------------------------
-
-    @contextlib.asynccontextmanager
-    async def _translate_errors(self) -> AsyncIterator[None]:
-        try:
-            yield
-        except IntegrityError:
-            raise
-        except (OperationalError, DBAPIError) as exc:
-            detail = str(exc.orig) if exc.orig is not None else str(exc)
-            if "full" in detail.lower() and self._is_sqlite:
-                log.error("database is full: %s", detail)
-                raise StorageFull(f"database is full: {detail}") from exc
-            log.warning("database error: %s", detail)
-            raise StorageUnavailable(f"database unavailable: {detail}") from exc
-        except (PoolTimeoutError, OSError, TimeoutError) as exc:
-            log.warning("database unreachable: %s", exc)
-            raise StorageUnavailable(f"database unreachable: {exc}") from exc
-
-    @contextlib.asynccontextmanager
-    async def _read(self) -> AsyncIterator[AsyncConnection]:
-        async with self._translate_errors(), self._engine.connect() as connection:
-            yield connection
+        await self._database.dispose()
 
     @contextlib.asynccontextmanager
     async def _begin_write(self) -> AsyncIterator[_Transaction]:
-        async with self._translate_errors(), self._engine.begin() as connection:
+        async with self._database.begin() as connection:
             yield _Transaction(connection, self._now_ns())
 
     # -- creating and reading ---------------------------------------------------------------
 
     async def create_message(self, new: NewMessage) -> CreateResult:
         if not new.id:
-            new = dataclasses.replace(new, id=new_message_id())
+            new = dataclasses.replace(new, id=new_message_id(self._now_ns()))
         return await self._writes.submit(self._create_many, new)
 
     async def _create_many(
@@ -412,7 +341,7 @@ class MessageRepository:
         return CreateResult(existing, already_existed=True)
 
     async def get_message(self, message_id: str) -> StoredMessage:
-        async with self._read() as connection:
+        async with self._database.connect() as connection:
             row = (
                 await connection.execute(_WITH_REPLY_ID.where(MESSAGES.c.id == message_id))
             ).first()
@@ -451,7 +380,7 @@ class MessageRepository:
             query = query.where(leased & (MESSAGES.c.visible_at_ns > now))
         elif state is not None:
             query = query.where(MESSAGES.c.state == state)
-        async with self._read() as connection:
+        async with self._database.connect() as connection:
             rows = (await connection.execute(query)).all()
         return [_with_reply(row, now) for row in rows]
 
@@ -537,12 +466,9 @@ class MessageRepository:
         Every claim counts an attempt. A message already delivered max_attempts times goes to
         DEAD here instead of out again, so a message that crashes every bot cannot loop.
         """
-        return await self._writes.submit(self._claim_each, (limit, lease_ns))
-
-    async def _claim_each(
-        self, tx: _Transaction, claims: list[tuple[int, int]]
-    ) -> list[list[Delivery] | StoreError]:
-        return [await self._claim(tx, limit, lease_ns) for limit, lease_ns in claims]
+        # Claims run last in their transaction, so they see the messages created and released
+        # in it: a create that shares a transaction with a claim is delivered at once.
+        return await self._writes.submit_one(self._claim, _Claim(limit, lease_ns), runs_last=True)
 
     def _unless_exhausted(self, **live: Any) -> dict[str, Any]:
         """UPDATE values: `live` for a row with attempts left, DEAD for one without.
@@ -595,12 +521,12 @@ class MessageRepository:
             .returning(*MESSAGES.c)
         )
 
-    async def _claim(self, tx: _Transaction, limit: int, lease_ns: int) -> list[Delivery]:
-        expiry = tx.now_ns + lease_ns
+    async def _claim(self, tx: _Transaction, claim: _Claim) -> list[Delivery]:
+        expiry = tx.now_ns + claim.lease_ns
         params = {"now": tx.now_ns, "expiry": expiry, "token_prefix": new_lease_token() + ":"}
         deliveries: list[Delivery] = []
-        while len(deliveries) < limit:
-            wanted = limit - len(deliveries)
+        while len(deliveries) < claim.limit:
+            wanted = claim.limit - len(deliveries)
             rows = (
                 await tx.connection.execute(self._claim_oldest, {**params, "wanted": wanted})
             ).all()
@@ -620,39 +546,33 @@ class MessageRepository:
     async def release(
         self, message_id: str, lease_token: str, *, reason: str, retry_after_ns: int
     ) -> StoredMessage:
-        return await self._writes.submit(
-            self._release_each, _Release(message_id, lease_token, reason, retry_after_ns)
+        return await self._writes.submit_one(
+            self._release, _Release(message_id, lease_token, reason, retry_after_ns)
         )
 
-    async def _release_each(
-        self, tx: _Transaction, releases: list[_Release]
-    ) -> list[StoredMessage | StoreError]:
-        outcomes: list[StoredMessage | StoreError] = []
-        for release in releases:
-            visible_at = tx.now_ns + release.retry_after_ns
-            if release.reason:
-                values = self._unless_exhausted(
-                    state=State.PENDING.value, lease_token=None, visible_at_ns=visible_at
-                )
-                # The reason replaces the last error whether the message lives or dies.
-                values["last_error"] = release.reason
-            else:
-                # "Never started": a graceful hand-back gives its attempt back and never kills.
-                attempts = MESSAGES.c.delivery_attempts
-                values = {
-                    "state": State.PENDING.value,
-                    "lease_token": None,
-                    "visible_at_ns": visible_at,
-                    "delivery_attempts": case((attempts > 0, attempts - 1), else_=0),
-                }
-            row = await self._update_leased(tx, release.message_id, release.lease_token, values)
-            if isinstance(row, StoreError):
-                outcomes.append(row)
-                continue
-            if row.state == State.DEAD:
-                _log_dead(row.id, row.delivery_attempts, row.last_error)
-            outcomes.append(_to_stored(row, None, tx.now_ns))
-        return outcomes
+    async def _release(self, tx: _Transaction, release: _Release) -> StoredMessage | StoreError:
+        visible_at = tx.now_ns + release.retry_after_ns
+        if release.reason:
+            values = self._unless_exhausted(
+                state=State.PENDING.value, lease_token=None, visible_at_ns=visible_at
+            )
+            # The reason replaces the last error whether the message lives or dies.
+            values["last_error"] = release.reason
+        else:
+            # "Never started": a graceful hand-back gives its attempt back and never kills.
+            attempts = MESSAGES.c.delivery_attempts
+            values = {
+                "state": State.PENDING.value,
+                "lease_token": None,
+                "visible_at_ns": visible_at,
+                "delivery_attempts": case((attempts > 0, attempts - 1), else_=0),
+            }
+        row = await self._update_leased(tx, release.message_id, release.lease_token, values)
+        if isinstance(row, StoreError):
+            return row
+        if row.state == State.DEAD:
+            _log_dead(row.id, row.delivery_attempts, row.last_error)
+        return _to_stored(row, None, tx.now_ns)
 
     async def _update_leased(
         self, tx: _Transaction, message_id: str, lease_token: str, values: dict[str, Any]
@@ -694,107 +614,85 @@ class MessageRepository:
         """
         if not leases:
             return 0
-        return await self._writes.submit(self._release_leases_each, list(leases))
+        return await self._writes.submit_one(self._release_leases, list(leases))
 
-    async def _release_leases_each(
-        self, tx: _Transaction, lease_lists: list[list[Lease]]
-    ) -> list[int | StoreError]:
-        outcomes: list[int | StoreError] = []
-        for leases in lease_lists:
-            held = tuple_(MESSAGES.c.id, MESSAGES.c.lease_token).in_(
-                [(lease.message_id, lease.lease_token) for lease in leases]
-            )
-            rows = (
-                await tx.connection.execute(
-                    update(MESSAGES)
-                    .where(held, MESSAGES.c.state == State.LEASED)
-                    .values(
-                        self._unless_exhausted(
-                            state=State.PENDING.value, lease_token=None, visible_at_ns=tx.now_ns
-                        )
-                    )
-                    .returning(
-                        MESSAGES.c.id,
-                        MESSAGES.c.state,
-                        MESSAGES.c.delivery_attempts,
-                        MESSAGES.c.last_error,
+    async def _release_leases(self, tx: _Transaction, leases: list[Lease]) -> int:
+        held = tuple_(MESSAGES.c.id, MESSAGES.c.lease_token).in_(
+            [(lease.message_id, lease.lease_token) for lease in leases]
+        )
+        rows = (
+            await tx.connection.execute(
+                update(MESSAGES)
+                .where(held, MESSAGES.c.state == State.LEASED)
+                .values(
+                    self._unless_exhausted(
+                        state=State.PENDING.value, lease_token=None, visible_at_ns=tx.now_ns
                     )
                 )
-            ).all()
-            for row in rows:
-                if row.state == State.DEAD:
-                    _log_dead(row.id, row.delivery_attempts, row.last_error)
-            outcomes.append(len(rows))
-        return outcomes
+                .returning(
+                    MESSAGES.c.id,
+                    MESSAGES.c.state,
+                    MESSAGES.c.delivery_attempts,
+                    MESSAGES.c.last_error,
+                )
+            )
+        ).all()
+        for row in rows:
+            if row.state == State.DEAD:
+                _log_dead(row.id, row.delivery_attempts, row.last_error)
+        return len(rows)
 
     async def extend_lease(self, message_id: str, lease_token: str, lease_ns: int) -> StoredMessage:
-        return await self._writes.submit(
-            self._extend_each, _Extension(message_id, lease_token, lease_ns)
+        return await self._writes.submit_one(
+            self._extend, _Extension(message_id, lease_token, lease_ns)
         )
 
-    async def _extend_each(
-        self, tx: _Transaction, extensions: list[_Extension]
-    ) -> list[StoredMessage | StoreError]:
-        outcomes: list[StoredMessage | StoreError] = []
-        for extension in extensions:
-            # A lapsed lease cannot be extended: the message may be on its way to another bot.
-            # The CASE keeps a lapsed row as it is, and the lapse is reported below.
-            lapsed = MESSAGES.c.visible_at_ns <= tx.now_ns
-            row = await self._update_leased(
-                tx,
-                extension.message_id,
-                extension.lease_token,
-                {
-                    "visible_at_ns": case(
-                        (lapsed, MESSAGES.c.visible_at_ns), else_=tx.now_ns + extension.lease_ns
-                    )
-                },
-            )
-            if isinstance(row, StoreError):
-                outcomes.append(row)
-            elif row.visible_at_ns <= tx.now_ns:
-                outcomes.append(
-                    FailedPrecondition(
-                        f"the lease on message {row.id!r} has expired; it may be delivered again"
-                    )
+    async def _extend(self, tx: _Transaction, extension: _Extension) -> StoredMessage | StoreError:
+        # A lapsed lease cannot be extended: the message may be on its way to another bot.
+        # The CASE keeps a lapsed row as it is, and the lapse is reported below.
+        lapsed = MESSAGES.c.visible_at_ns <= tx.now_ns
+        row = await self._update_leased(
+            tx,
+            extension.message_id,
+            extension.lease_token,
+            {
+                "visible_at_ns": case(
+                    (lapsed, MESSAGES.c.visible_at_ns), else_=tx.now_ns + extension.lease_ns
                 )
-            else:
-                outcomes.append(_to_stored(row, None, tx.now_ns))
-        return outcomes
+            },
+        )
+        if isinstance(row, StoreError):
+            return row
+        if row.visible_at_ns <= tx.now_ns:
+            return FailedPrecondition(
+                f"the lease on message {row.id!r} has expired; it may be delivered again"
+            )
+        return _to_stored(row, None, tx.now_ns)
 
     async def requeue(self, message_id: str) -> StoredMessage:
-        return await self._writes.submit(self._requeue_each, message_id)
+        return await self._writes.submit_one(self._requeue, message_id)
 
-    async def _requeue_each(
-        self, tx: _Transaction, message_ids: list[str]
-    ) -> list[StoredMessage | StoreError]:
-        outcomes: list[StoredMessage | StoreError] = []
-        for message_id in message_ids:
-            row = (
-                await tx.connection.execute(
-                    update(MESSAGES)
-                    .where(MESSAGES.c.id == message_id, MESSAGES.c.state == State.DEAD)
-                    .values(state=State.PENDING, delivery_attempts=0, visible_at_ns=tx.now_ns)
-                    .returning(*MESSAGES.c)
-                )
-            ).first()
-            if row is not None:
-                outcomes.append(_to_stored(row, None, tx.now_ns))
-                continue
-            current = await self._current_state(tx, message_id)
-            if current is None:
-                outcomes.append(NotFound(message_id))
-            else:
-                outcomes.append(
-                    FailedPrecondition(
-                        f"message {message_id!r} is {current}; only DEAD messages can be requeued"
-                    )
-                )
-        return outcomes
+    async def _requeue(self, tx: _Transaction, message_id: str) -> StoredMessage | StoreError:
+        row = (
+            await tx.connection.execute(
+                update(MESSAGES)
+                .where(MESSAGES.c.id == message_id, MESSAGES.c.state == State.DEAD)
+                .values(state=State.PENDING, delivery_attempts=0, visible_at_ns=tx.now_ns)
+                .returning(*MESSAGES.c)
+            )
+        ).first()
+        if row is not None:
+            return _to_stored(row, None, tx.now_ns)
+        current = await self._current_state(tx, message_id)
+        if current is None:
+            return NotFound(message_id)
+        return FailedPrecondition(
+            f"message {message_id!r} is {current}; only DEAD messages can be requeued"
+        )
 
     async def next_visible_ns(self) -> int | None:
         """When the earliest message that is not deliverable yet becomes deliverable."""
-        async with self._read() as connection:
+        async with self._database.connect() as connection:
             return await connection.scalar(
                 select(func.min(MESSAGES.c.visible_at_ns)).where(
                     UNSETTLED, MESSAGES.c.visible_at_ns > self._now_ns()
@@ -803,7 +701,7 @@ class MessageRepository:
 
     async def release_all_leases(self) -> int:
         """Returns every lease to PENDING: for a store starting on a database only it uses."""
-        async with self._translate_errors(), self._engine.begin() as connection:
+        async with self._database.begin() as connection:
             result = await connection.execute(
                 update(MESSAGES)
                 .where(MESSAGES.c.state == State.LEASED)

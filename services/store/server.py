@@ -1,4 +1,4 @@
-"""Wires the store together and runs it: engine, repository, dispatcher, servicer, gRPC server.
+"""Wires the store together and runs it: database, repository, manager, servicer, gRPC server.
 
 `StoreServer` is the composition root. `start()` returns the bound port; `stop()` is safe to call
 twice and shuts down in the order that loses nothing: health NOT_SERVING, streams ended and their
@@ -17,8 +17,9 @@ from grpc_health.v1._async import HealthServicer
 
 from ackbot.common.serving import add_health_and_reflection, bind_insecure, set_serving
 from ackbot.store.config import StoreConfig
-from ackbot.store.dispatcher import Dispatcher
-from ackbot.store.repository import MessageRepository, create_engine
+from ackbot.store.database import Database
+from ackbot.store.manager import MessageManager
+from ackbot.store.repository import MessageRepository
 from ackbot.store.servicer import SERVICE_NAME, MessageStoreServicer, add_to_server
 
 log = logging.getLogger(__name__)
@@ -42,7 +43,7 @@ class StoreServer:
         self._config = config
         self._server: grpc.aio.Server | None = None
         self._repository: MessageRepository | None = None
-        self._servicer: MessageStoreServicer | None = None
+        self._manager: MessageManager | None = None
         self._health: HealthServicer | None = None
         self._stopped = asyncio.Event()
         self._stopping = False
@@ -50,32 +51,31 @@ class StoreServer:
     async def start(self) -> int:
         """Opens the database, serves, and returns the port bound."""
         config = self._config
-        engine = create_engine(
+        database = Database.from_url(
             config.db_url,
             lock_timeout_seconds=config.lock_timeout_seconds,
             sqlite_synchronous=config.sqlite_synchronous,
         )
-        self._repository = repository = MessageRepository(engine, max_attempts=config.max_attempts)
+        self._repository = repository = MessageRepository(
+            database, max_attempts=config.max_attempts
+        )
         await repository.create_schema()
-        dispatcher = Dispatcher()
-        if engine.dialect.name == "sqlite":
-            # One store owns an SQLite file, so any lease in it belongs to a stream of a store
-            # that is gone: hand those messages out again now instead of at lease expiry.
+        if database.single_owner:
+            # Any lease in the database belongs to a stream of a store that is gone: hand those
+            # messages out again now instead of at lease expiry.
             released = await repository.release_all_leases()
             if released:
                 log.info("released %d leases left by a previous run", released)
-        self._servicer = MessageStoreServicer(repository, dispatcher, config)
+        self._manager = manager = MessageManager(repository)
 
         self._server = server = grpc.aio.server(options=_server_options(config))
-        add_to_server(self._servicer, server)
+        add_to_server(MessageStoreServicer(manager, config), server)
         self._health = health = await add_health_and_reflection(server, [SERVICE_NAME])
         address = bind_insecure(server, config.listen)
         await server.start()
-        next_visible = await repository.next_visible_ns()
-        if next_visible is not None:
-            dispatcher.wake_at(next_visible)
+        await manager.start()
         await set_serving(health, [SERVICE_NAME], serving=True)
-        log.info("listening on %s (database %s)", address, engine.url.render_as_string())
+        log.info("listening on %s (database %s)", address, database.url)
         return int(address.rpartition(":")[2])
 
     async def stop(self) -> None:
@@ -87,13 +87,13 @@ class StoreServer:
         try:
             if self._health is not None:
                 await self._health.enter_graceful_shutdown()
-            if self._servicer is not None:
-                await self._servicer.close_streams(handler_wait_seconds=self._config.grace_seconds)
+            if self._manager is not None:
+                await self._manager.close_streams(handler_wait_seconds=self._config.grace_seconds)
             if self._server is not None:
                 await self._server.stop(self._config.grace_seconds)
-            if self._servicer is not None:
+            if self._manager is not None:
                 # server.stop() may return before cancelled handlers ran their finally blocks.
-                await self._servicer.close_streams(handler_wait_seconds=0)
+                await self._manager.close_streams(handler_wait_seconds=0)
             if self._repository is not None:
                 await self._repository.dispose()
             log.info("stopped in %.2fs", time.monotonic() - started)

@@ -1,4 +1,4 @@
-"""The MessageStore gRPC servicer: validate, one repository call, map to protobuf.
+"""The MessageStore gRPC servicer: validate, one call to the manager, map to protobuf.
 
 Domain errors become status codes in one place (`_status_for`); anything unexpected is logged
 with its stack trace here and reaches the client as INTERNAL with no trace in it.
@@ -8,11 +8,9 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import contextlib
 import functools
 import inspect
 import logging
-import time
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -26,7 +24,6 @@ from grpc_status import rpc_status
 from ackbot.common.limits import MAX_CONSUMER_CHARS, MAX_LEASE_TOKEN_CHARS, REPLY_LIMIT_METADATA
 from ackbot.store import validation as rules
 from ackbot.store.config import StoreConfig
-from ackbot.store.dispatcher import Dispatcher, StreamState
 from ackbot.store.errors import (
     AlreadyExists,
     FailedPrecondition,
@@ -37,8 +34,9 @@ from ackbot.store.errors import (
     StorageUnavailable,
     StoreError,
 )
+from ackbot.store.manager import MessageManager
 from ackbot.store.models import State
-from ackbot.store.repository import Delivery, Lease, MessageRepository, NewMessage, StoredMessage
+from ackbot.store.repository import Delivery, NewMessage, StoredMessage
 from ackbot.v1 import message_store_pb2 as pb
 from ackbot.v1 import message_store_pb2_grpc as pb_grpc
 
@@ -273,17 +271,10 @@ def maps_errors(handler: Handler) -> Handler:
 
 
 class MessageStoreServicer(pb_grpc.MessageStoreServicer):
-    def __init__(
-        self, repository: MessageRepository, dispatcher: Dispatcher, config: StoreConfig
-    ) -> None:
-        self._repository = repository
-        self._dispatcher = dispatcher
+    def __init__(self, manager: MessageManager, config: StoreConfig) -> None:
+        self._manager = manager
         self._config = config
         self._limits = config.limits
-        self._lease_releases: set[asyncio.Task[None]] = set()
-        # The tasks grpc runs StreamUnprocessed handlers in: shutdown waits for them to finish
-        # sending their status while the server can still send it.
-        self._stream_tasks: set[asyncio.Task[Any]] = set()
 
     @maps_errors
     async def CreateMessage(
@@ -307,7 +298,7 @@ class MessageStoreServicer(pb_grpc.MessageStoreServicer):
             else:
                 rules.check_time_ns(v, "message.create_time", create_time_ns)
         v.raise_if_any()
-        result = await self._repository.create_message(
+        result = await self._manager.create_message(
             NewMessage(
                 id=message.id,
                 author=message.author,
@@ -315,13 +306,6 @@ class MessageStoreServicer(pb_grpc.MessageStoreServicer):
                 create_time_ns=create_time_ns,
             )
         )
-        if result.already_existed:
-            log.info("create retried; already stored message_id=%s", result.message.id)
-        else:
-            log.info(
-                "created message_id=%s sequence=%d", result.message.id, result.message.sequence
-            )
-            self._dispatcher.wake_all()
         return pb.CreateMessageResponse(
             message=message_to_proto(result.message), already_existed=result.already_existed
         )
@@ -333,7 +317,7 @@ class MessageStoreServicer(pb_grpc.MessageStoreServicer):
         v = rules.Violations()
         rules.check_id(v, "id", request.id, self._limits)
         v.raise_if_any()
-        message = await self._repository.get_message(request.id)
+        message = await self._manager.get_message(request.id)
         return pb.GetMessageResponse(message=message_to_proto(message))
 
     @maps_errors
@@ -370,7 +354,7 @@ class MessageStoreServicer(pb_grpc.MessageStoreServicer):
                 v.add("state", f"must be one of the MessageState values (got {request.state})")
         rules.check_id(v, "reply_to", request.reply_to, self._limits, required=False)
         v.raise_if_any()
-        messages = await self._repository.list_messages(
+        messages = await self._manager.list_messages(
             after_sequence=after,
             before_sequence=before,
             newest_first=newest_first,
@@ -399,16 +383,7 @@ class MessageStoreServicer(pb_grpc.MessageStoreServicer):
             rules.check_text(v, "reply.text", request.reply.text, self._limits)
             reply = NewMessage(author=request.reply.author, text=request.reply.text)
         v.raise_if_any()
-        result = await self._repository.mark_processed(request.id, reply, request.lease_token)
-        self._dispatcher.settled(request.id, request.lease_token)
-        if result.already_processed:
-            log.info("already processed; duplicate reply prevented message_id=%s", request.id)
-        else:
-            log.info(
-                "processed message_id=%s reply_id=%s",
-                request.id,
-                result.reply.id if result.reply else "-",
-            )
+        result = await self._manager.mark_processed(request.id, reply, request.lease_token)
         response = pb.MarkProcessedResponse(
             message=message_to_proto(result.message), already_processed=result.already_processed
         )
@@ -429,27 +404,12 @@ class MessageStoreServicer(pb_grpc.MessageStoreServicer):
             v, "retry_after", retry_after, 0.0, self._limits.max_retry_after_seconds, required=False
         )
         v.raise_if_any()
-        retry_after_ns = request.retry_after.ToNanoseconds()
-        with self._answering_for(request.id, request.lease_token):
-            message = await self._repository.release(
-                request.id,
-                request.lease_token,
-                reason=request.reason,
-                retry_after_ns=retry_after_ns,
-            )
-        self._dispatcher.settled(request.id, request.lease_token)
-        log.info(
-            "released message_id=%s state=%s attempts=%d reason=%r",
-            message.id,
-            message.state.value,
-            message.delivery_attempts,
-            request.reason,
+        message = await self._manager.release(
+            request.id,
+            request.lease_token,
+            reason=request.reason,
+            retry_after_ns=request.retry_after.ToNanoseconds(),
         )
-        if message.state is State.PENDING:
-            if retry_after_ns:
-                self._dispatcher.wake_at(time.time_ns() + retry_after_ns)
-            else:
-                self._dispatcher.wake_all()
         return pb.ReleaseMessageResponse(message=message_to_proto(message))
 
     @maps_errors
@@ -464,12 +424,9 @@ class MessageStoreServicer(pb_grpc.MessageStoreServicer):
         else:
             self._check_lease_duration(v, request.lease_duration)
         v.raise_if_any()
-        lease_ns = request.lease_duration.ToNanoseconds()
-        with self._answering_for(request.id, request.lease_token):
-            message = await self._repository.extend_lease(request.id, request.lease_token, lease_ns)
-        assert message.lease_expire_ns is not None
-        self._dispatcher.extended(request.id, request.lease_token, message.lease_expire_ns)
-        log.debug("lease extended message_id=%s", request.id)
+        message = await self._manager.extend_lease(
+            request.id, request.lease_token, request.lease_duration.ToNanoseconds()
+        )
         return pb.ExtendLeaseResponse(message=message_to_proto(message))
 
     @maps_errors
@@ -479,9 +436,7 @@ class MessageStoreServicer(pb_grpc.MessageStoreServicer):
         v = rules.Violations()
         rules.check_id(v, "id", request.id, self._limits)
         v.raise_if_any()
-        message = await self._repository.requeue(request.id)
-        log.info("requeued message_id=%s", request.id)
-        self._dispatcher.wake_all()
+        message = await self._manager.requeue(request.id)
         return pb.RequeueMessageResponse(message=message_to_proto(message))
 
     @maps_errors
@@ -504,112 +459,23 @@ class MessageStoreServicer(pb_grpc.MessageStoreServicer):
         rules.check_label(v, "consumer", request.consumer, MAX_CONSUMER_CHARS)
         v.raise_if_any()
 
-        stream = StreamState(
-            consumer=request.consumer or context.peer(),
+        async with self._manager.open_stream(
+            request.consumer or context.peer(),
             max_in_flight=max_in_flight,
             lease_ns=int(lease_seconds * 1e9),
-        )
-        self._dispatcher.open_stream(stream)
-        task = asyncio.current_task()
-        if task is not None:
-            self._stream_tasks.add(task)
-            task.add_done_callback(self._stream_tasks.discard)
-        try:
+        ) as stream:
             # Headers go out now, so the client knows the stream is up before any work exists;
             # they tell it the longest reply text this store accepts.
             await context.send_initial_metadata(
                 ((REPLY_LIMIT_METADATA, str(self._limits.max_text_bytes)),)
             )
-            log.info(
-                "stream opened consumer=%s max_in_flight=%d lease=%gs",
-                stream.consumer,
-                max_in_flight,
-                lease_seconds,
-            )
-            while not stream.closing:
-                stream.wakeup.clear()
-                room = self._dispatcher.room(stream)
-                if room > 0 and stream.work_may_exist:
-                    # Cleared before the claim, like the event: work made during it sets it again.
-                    stream.work_may_exist = False
-                    deliveries = await self._repository.claim(room, stream.lease_ns)
-                    if len(deliveries) == room:
-                        stream.work_may_exist = True
-                    if deliveries:
-                        for d in deliveries:
-                            self._dispatcher.leased(
-                                stream, d.message.id, d.lease_token, d.lease_expire_ns
-                            )
-                            log.info(
-                                "delivered message_id=%s attempt=%d consumer=%s",
-                                d.message.id,
-                                d.message.delivery_attempts,
-                                stream.consumer,
-                            )
-                        for run in _within_response_limit(map(delivery_to_proto, deliveries)):
-                            yield pb.StreamUnprocessedResponse(deliveries=run)
-                        continue
-                await stream.wakeup.wait()
+            async for batch in stream:
+                for run in _within_response_limit(map(delivery_to_proto, batch)):
+                    yield pb.StreamUnprocessedResponse(deliveries=run)
+            # The deliveries end only when the store shuts down.
             await context.abort(
                 grpc.StatusCode.UNAVAILABLE, "the store is shutting down; reconnect"
             )
-        finally:
-            await self._end_stream(stream)
-
-    async def _end_stream(self, stream: StreamState) -> None:
-        leases = self._dispatcher.close_stream(stream)
-        log.info("stream closed consumer=%s releasing=%d", stream.consumer, len(leases))
-        if not leases:
-            return
-        # Shielded: the handler is usually being cancelled (the client went away), and the
-        # release must still reach the database. Shutdown waits for these tasks too.
-        task = asyncio.create_task(self._release_leases(leases))
-        self._lease_releases.add(task)
-        task.add_done_callback(self._lease_releases.discard)
-        await asyncio.shield(task)
-
-    async def _release_leases(self, leases: list[Lease]) -> None:
-        try:
-            released = await self._repository.release_leases(leases)
-        except StoreError:
-            # The leases will expire instead; nothing is lost, only delayed.
-            log.exception("could not release %d leases of a closed stream", len(leases))
-            return
-        for lease in leases:
-            log.info("lease released on stream end message_id=%s", lease.message_id)
-        if released:
-            self._dispatcher.wake_all()
-
-    async def close_streams(self, handler_wait_seconds: float) -> None:
-        """Ends every stream, waits until the leases they held are back in the database, and
-        gives the stream handlers up to `handler_wait_seconds` to finish.
-
-        Waiting for the handlers matters: one whose client cancelled just before shutdown may
-        still be sending its status, and once the server has stopped that send never completes,
-        which would leave the process hanging on exit.
-        """
-        streams = self._dispatcher.streams
-        self._dispatcher.close()
-        for stream in streams:
-            await self._end_stream(stream)
-        if self._lease_releases:
-            await asyncio.gather(*self._lease_releases, return_exceptions=True)
-        current = asyncio.current_task()
-        handlers = [task for task in self._stream_tasks if task is not current]
-        if handlers:
-            _, still_running = await asyncio.wait(handlers, timeout=handler_wait_seconds)
-            if still_running:
-                log.warning("%d stream handlers did not finish in time", len(still_running))
-
-    @contextlib.contextmanager
-    def _answering_for(self, message_id: str, lease_token: str) -> Iterator[None]:
-        """A release or extension refused because the lease is gone still tells us that its
-        client is alive and done with that lease: the slot it kept on its stream is freed."""
-        try:
-            yield
-        except FailedPrecondition:
-            self._dispatcher.lapse_answered(message_id, lease_token)
-            raise
 
     def _check_token(self, v: rules.Violations, token: str, *, required: bool) -> None:
         if not token:

@@ -12,7 +12,8 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
-from ackbot.store.repository import MessageRepository, create_engine
+from ackbot.store.database import Database, create_engine
+from ackbot.store.repository import MessageRepository
 
 POSTGRES_URL_ENV = "ACKBOT_TEST_POSTGRES_URL"
 SECOND_NS = 1_000_000_000
@@ -20,17 +21,48 @@ SECOND_NS = 1_000_000_000
 START_NS = 1_761_333_653_000_000_000
 
 
+class FakeTimer:
+    def __init__(self, at_ns: int, callback: Callable[[], None]) -> None:
+        self.at_ns = at_ns
+        self.callback = callback
+        self.cancelled = False
+
+    def cancel(self) -> None:
+        self.cancelled = True
+
+
 class FakeClock:
-    """A clock_ns for the repository and dispatcher: it moves only when the test says so."""
+    """A clock_ns for the repository and the manager: it moves only when the test says so.
+
+    Its `call_at` stands in for the event loop's timers: a timer fires when `advance` reaches
+    its time, so timed wakes need no real waiting either.
+    """
 
     def __init__(self, start_ns: int = START_NS) -> None:
         self.now_ns = start_ns
+        self._timers: list[FakeTimer] = []
 
     def __call__(self) -> int:
         return self.now_ns
 
+    def call_at(self, at_ns: int, callback: Callable[[], None]) -> FakeTimer:
+        timer = FakeTimer(at_ns, callback)
+        self._timers.append(timer)
+        return timer
+
+    @property
+    def timers(self) -> list[int]:
+        """When the timers still to fire are due, earliest first."""
+        return sorted(t.at_ns for t in self._timers if not t.cancelled)
+
     def advance(self, seconds: float = 0, *, ns: int = 0) -> int:
         self.now_ns += round(seconds * SECOND_NS) + ns
+        # One at a time, earliest first: a callback may set or cancel timers.
+        while due := [t for t in self._timers if not t.cancelled and t.at_ns <= self.now_ns]:
+            timer = min(due, key=lambda t: t.at_ns)
+            self._timers.remove(timer)
+            timer.callback()
+        self._timers = [t for t in self._timers if not t.cancelled]
         return self.now_ns
 
 
@@ -98,7 +130,9 @@ async def make_repo(engine: AsyncEngine, clock: FakeClock) -> MakeRepository:
         *, max_attempts: int = 3, clock_ns: Callable[[], int] = clock
     ) -> MessageRepository:
         nonlocal created
-        repository = MessageRepository(engine, max_attempts=max_attempts, clock_ns=clock_ns)
+        repository = MessageRepository(
+            Database(engine), max_attempts=max_attempts, clock_ns=clock_ns
+        )
         if not created:
             await repository.create_schema()
             created = True

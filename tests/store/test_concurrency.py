@@ -9,9 +9,10 @@ from collections import Counter
 import pytest
 from sqlalchemy import func, select
 
+from ackbot.store.database import Database, create_engine
 from ackbot.store.errors import AlreadyExists
 from ackbot.store.models import MessageRow, State
-from ackbot.store.repository import MessageRepository, NewMessage, create_engine
+from ackbot.store.repository import MessageRepository, NewMessage
 
 from .conftest import SECOND_NS
 
@@ -92,7 +93,7 @@ async def test_concurrent_creators_and_claimers_answer_every_message_once(make_r
     assert {m.reply_id for m in originals} == {m.id for m in replies}
     sequences = [m.sequence for m in everything]
     assert len(set(sequences)) == len(sequences)
-    async with repo._engine.connect() as connection:
+    async with repo._database.engine.connect() as connection:
         reply_rows = await connection.scalar(
             select(func.count()).select_from(MessageRow).where(MessageRow.reply_to.is_not(None))
         )
@@ -134,7 +135,7 @@ async def test_two_repositories_on_one_sqlite_file_do_not_fail_each_other(tmp_pa
     # only SQLite's own locking (busy_timeout) keeps them apart; no write may fail for it.
     url = f"sqlite+aiosqlite:///{tmp_path}/shared.db"
     engines = [create_engine(url), create_engine(url)]
-    repos = [MessageRepository(e, clock_ns=time.time_ns) for e in engines]
+    repos = [MessageRepository(Database(e), clock_ns=time.time_ns) for e in engines]
     try:
         await repos[0].create_schema()
 

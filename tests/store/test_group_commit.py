@@ -23,7 +23,7 @@ def count_transactions(repo: MessageRepository) -> list[int]:
     """A one-element list holding how many transactions the repository's engine began."""
     began = [0]
 
-    @event.listens_for(repo._engine.sync_engine, "begin")
+    @event.listens_for(repo._database.engine.sync_engine, "begin")
     def on_begin(_connection: object) -> None:
         began[0] += 1
 
@@ -221,12 +221,12 @@ async def test_a_transaction_runs_each_handler_once_in_first_seen_order_and_last
         return handler
 
     create, mark, claim = named("create"), named("mark"), named("claim")
-    committer = GroupCommitter(database.begin, max_batch=10, last=[claim])
+    committer = GroupCommitter(database.begin, max_batch=10)
     database.gate.clear()
     first = asyncio.create_task(committer.submit(create, "warm"))
     await asyncio.sleep(0)
     queued = [
-        asyncio.create_task(committer.submit(handler, item))
+        asyncio.create_task(committer.submit(handler, item, runs_last=handler is claim))
         for handler, item in [
             (claim, "c1"),
             (create, "a"),
@@ -242,3 +242,75 @@ async def test_a_transaction_runs_each_handler_once_in_first_seen_order_and_last
     assert [await task for task in queued] == ["C1", "A", "M1", "B", "C2", "M2"]
     assert calls[1:] == [("create", ["a", "b"]), ("mark", ["m1", "m2"]), ("claim", ["c1", "c2"])]
     assert database.committed[1] == ["a", "b", "m1", "m2", "c1", "c2"]
+
+
+async def write_one(tx: list[str], item: str) -> str | StoreError:
+    (outcome,) = await write(tx, [item])
+    return outcome
+
+
+async def test_submit_one_runs_its_function_per_item_in_the_shared_transaction():
+    database = RecordingDatabase()
+    calls: list[str] = []
+
+    async def per_item(tx: list[str], item: str) -> str | StoreError:
+        calls.append(item)
+        return await write_one(tx, item)
+
+    committer = GroupCommitter(database.begin, max_batch=10)
+    database.gate.clear()
+    first = asyncio.create_task(committer.submit_one(per_item, "warm"))
+    await asyncio.sleep(0)  # the writer takes "warm" and waits at the gate
+    queued = [asyncio.create_task(committer.submit_one(per_item, x)) for x in ("a", "bad-b", "c")]
+    database.gate.set()
+
+    assert await first == "WARM"
+    assert await queued[0] == "A"
+    with pytest.raises(NotFound):
+        await queued[1]
+    assert await queued[2] == "C"
+    # One call per item, in arrival order; the three shared one transaction.
+    assert calls == ["warm", "a", "bad-b", "c"]
+    assert database.committed == [["warm"], ["a", "c"]]
+
+
+async def test_per_item_and_batch_functions_share_a_transaction_and_runs_last_goes_last():
+    database = RecordingDatabase()
+    calls: list[tuple[str, list[str] | str]] = []
+
+    async def batch(tx: list[str], items: list[str]) -> list[str | StoreError]:
+        calls.append(("batch", items))
+        return await write(tx, items)
+
+    async def release(tx: list[str], item: str) -> str | StoreError:
+        calls.append(("release", item))
+        return await write_one(tx, item)
+
+    async def claim(tx: list[str], item: str) -> str | StoreError:
+        calls.append(("claim", item))
+        return await write_one(tx, item)
+
+    committer = GroupCommitter(database.begin, max_batch=10)
+    database.gate.clear()
+    first = asyncio.create_task(committer.submit(batch, "warm"))
+    await asyncio.sleep(0)
+    queued = [
+        asyncio.create_task(committer.submit_one(claim, "c1", runs_last=True)),
+        asyncio.create_task(committer.submit_one(release, "r1")),
+        asyncio.create_task(committer.submit(batch, "a")),
+        asyncio.create_task(committer.submit_one(release, "r2")),
+        asyncio.create_task(committer.submit(batch, "b")),
+        asyncio.create_task(committer.submit_one(claim, "c2", runs_last=True)),
+    ]
+    database.gate.set()
+
+    await first
+    assert [await task for task in queued] == ["C1", "R1", "A", "R2", "B", "C2"]
+    assert calls[1:] == [
+        ("release", "r1"),
+        ("release", "r2"),
+        ("batch", ["a", "b"]),
+        ("claim", "c1"),
+        ("claim", "c2"),
+    ]
+    assert database.committed[1] == ["r1", "r2", "a", "b", "c1", "c2"]

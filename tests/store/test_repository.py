@@ -9,6 +9,7 @@ from __future__ import annotations
 import pytest
 from sqlalchemy import func, insert, select
 
+from ackbot.store.database import Database, create_engine
 from ackbot.store.errors import AlreadyExists, FailedPrecondition, NotFound, StorageUnavailable
 from ackbot.store.ids import _ALPHABET
 from ackbot.store.models import MessageRow, State
@@ -18,7 +19,6 @@ from ackbot.store.repository import (
     MessageRepository,
     NewMessage,
     StoredMessage,
-    create_engine,
 )
 from ackbot.store.validation import ID_PATTERN
 
@@ -40,7 +40,7 @@ async def claim_one(repo: MessageRepository, lease_ns: int = LEASE_NS) -> Delive
 
 
 async def count_rows(repo: MessageRepository, *where) -> int:
-    async with repo._engine.connect() as connection:
+    async with repo._database.engine.connect() as connection:
         return await connection.scalar(select(func.count()).select_from(MessageRow).where(*where))
 
 
@@ -685,7 +685,7 @@ async def test_the_database_allows_one_reply_per_message(repo, clock):
     marked = await repo.mark_processed("q1", NewMessage(author="bot", text="answer"))
 
     with pytest.raises(IntegrityError):
-        async with repo._engine.begin() as connection:
+        async with repo._database.engine.begin() as connection:
             await connection.execute(
                 insert(MessageRow).values(
                     id="second-reply",
@@ -715,26 +715,12 @@ async def test_an_unusable_sqlite_database_is_storage_unavailable(tmp_path):
     # which would surface as an error in whichever test runs next.
     (tmp_path / "t.db").write_bytes(b"this is not an SQLite database" * 100)
     engine = create_engine(f"sqlite+aiosqlite:///{tmp_path}/t.db")
-    repository = MessageRepository(engine)
+    repository = MessageRepository(Database(engine))
     try:
         with pytest.raises(StorageUnavailable):
             await repository.create_schema()
     finally:
         await repository.dispose()
-
-
-async def test_sqlite_engine_uses_wal_and_foreign_keys(tmp_path):
-    engine = create_engine(f"sqlite+aiosqlite:///{tmp_path}/t.db")
-    try:
-        async with engine.connect() as connection:
-            journal = await connection.exec_driver_sql("PRAGMA journal_mode")
-            assert journal.scalar() == "wal"
-            foreign_keys = await connection.exec_driver_sql("PRAGMA foreign_keys")
-            assert foreign_keys.scalar() == 1
-            synchronous = await connection.exec_driver_sql("PRAGMA synchronous")
-            assert synchronous.scalar() == 2  # FULL: each commit fsynced before it returns
-    finally:
-        await engine.dispose()
 
 
 async def test_a_database_of_the_old_layout_is_refused_with_what_to_do(tmp_path):
@@ -743,19 +729,9 @@ async def test_a_database_of_the_old_layout_is_refused_with_what_to_do(tmp_path)
         await connection.exec_driver_sql(
             "CREATE TABLE messages (id VARCHAR(128) PRIMARY KEY, sequence BIGINT UNIQUE)"
         )
-    repository = MessageRepository(engine)
+    repository = MessageRepository(Database(engine))
     try:
         with pytest.raises(StorageUnavailable, match="older ackbot"):
             await repository.create_schema()
     finally:
         await repository.dispose()
-
-
-async def test_sqlite_synchronous_normal_is_applied_when_asked_for(tmp_path):
-    engine = create_engine(f"sqlite+aiosqlite:///{tmp_path}/t.db", sqlite_synchronous="NORMAL")
-    try:
-        async with engine.connect() as connection:
-            synchronous = await connection.exec_driver_sql("PRAGMA synchronous")
-            assert synchronous.scalar() == 1
-    finally:
-        await engine.dispose()

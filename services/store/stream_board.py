@@ -1,8 +1,10 @@
-"""Wakes delivery streams when work may have become available, and tracks what each holds.
+"""The delivery manager's ledger of open streams: which stream holds which lease, how much room
+each has, and when each wakes.
 
 Work is pushed, never polled: CreateMessage, a release, a lapsed lease or a retry_after ending
 wakes the streams, and each awake stream claims what it has room for. Nothing here touches the
-database; the servicer owns the claim loop.
+database or decides anything; the manager (manager.py) runs the claim loop and tells the board
+what happened.
 
 Why an Event per stream and not one Condition: a stream clears its event *before* it claims, so
 a wake that lands while it is querying is kept for its next wait and never lost.
@@ -15,12 +17,21 @@ import heapq
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from ackbot.store.repository import Lease
 
 # Timed wakes are rounded up to this step so that a burst of leases sharing an expiry costs one
 # wake, not one per message.
 WAKE_STEP_NS = 10_000_000
+
+
+class Timer(Protocol):
+    def cancel(self) -> None: ...
+
+
+# Calls the callback once the clock reads the given time (ns), unless the timer is cancelled.
+CallAt = Callable[[int, Callable[[], None]], Timer]
 
 
 @dataclass(eq=False)
@@ -50,14 +61,20 @@ class StreamState:
         return [Lease(mid, token) for mid, (token, _) in self.outstanding.items()]
 
 
-class Dispatcher:
-    def __init__(self, clock_ns: Callable[[], int] = time.time_ns) -> None:
+class StreamBoard:
+    """`clock_ns` tells the time; `call_at`, when given, runs timed wakes on the same clock (a
+    test's fake clock fires them when it is moved on). By default they run on the event loop."""
+
+    def __init__(
+        self, clock_ns: Callable[[], int] = time.time_ns, call_at: CallAt | None = None
+    ) -> None:
         self._now_ns = clock_ns
+        self._call_at = call_at or self._call_at_on_loop
         self._streams: set[StreamState] = set()
         self._holder: dict[str, StreamState] = {}  # message id -> stream holding its lease
         self._timed: list[int] = []  # heap of wall-clock ns at which to wake everyone
         self._timed_set: set[int] = set()
-        self._timer: asyncio.TimerHandle | None = None
+        self._timer: Timer | None = None
         self._timer_at = 0
 
     @property
@@ -154,9 +171,12 @@ class Dispatcher:
             return
         if self._timer is not None:
             self._timer.cancel()
-        delay = max(first - self._now_ns(), 0) / 1e9
-        self._timer = asyncio.get_running_loop().call_later(delay, self._on_timer)
+        self._timer = self._call_at(first, self._on_timer)
         self._timer_at = first
+
+    def _call_at_on_loop(self, at_ns: int, callback: Callable[[], None]) -> Timer:
+        delay = max(at_ns - self._now_ns(), 0) / 1e9
+        return asyncio.get_running_loop().call_later(delay, callback)
 
     def _on_timer(self) -> None:
         self._timer = None

@@ -1,0 +1,153 @@
+"""The database the store runs on: its engine, and every difference between SQLite and PostgreSQL
+that is not plain SQL, decided here once.
+
+- Engine set-up: SQLite in WAL mode with real write transactions (see `_configure_sqlite`);
+  PostgreSQL with a pool that tests connections before use.
+- The dialect's INSERT construct: ON CONFLICT exists on both, but SQLAlchemy offers it per
+  dialect only.
+- Ownership: one store process owns an SQLite file, while several may share a PostgreSQL
+  database (`single_owner`).
+- Driver errors are wrapped at this boundary (StorageUnavailable, StorageFull) and never leak.
+
+The queries themselves are the same on both (the repository's); where a clause means nothing on
+one dialect, SQLAlchemy leaves it out (FOR UPDATE SKIP LOCKED on SQLite, whose single writer
+needs no row locks).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+from sqlalchemy import Table, event
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import Engine, make_url
+from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeoutError
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+
+from ackbot.store.errors import StorageFull, StorageUnavailable
+
+log = logging.getLogger(__name__)
+
+_SQLITE = "sqlite"
+# The errors one write can cause for a whole transaction (a unique constraint that another store
+# process won). They pass through untranslated, so that group commit can run the transaction's
+# writes again one by one.
+CONFLICT_ERRORS: tuple[type[Exception], ...] = (IntegrityError,)
+
+
+def create_engine(
+    url: str, *, lock_timeout_seconds: float = 5.0, sqlite_synchronous: str = "FULL"
+) -> AsyncEngine:
+    """Makes the engine for `url`, with SQLite set up for WAL and real transactions."""
+    parsed = make_url(url)
+    if parsed.get_backend_name() == _SQLITE:
+        database = parsed.database
+        if database and database != ":memory:" and not database.startswith("file:"):
+            # The default ./data/ackbot.db must work on a fresh checkout.
+            Path(database).parent.mkdir(parents=True, exist_ok=True)
+        # No reset on return: a connection comes back either committed or rolled back by
+        # SQLAlchemy itself, and the pool's extra ROLLBACK is one more round trip to the
+        # driver's thread per transaction.
+        engine = create_async_engine(url, pool_reset_on_return=None)
+        _configure_sqlite(engine.sync_engine, lock_timeout_seconds, sqlite_synchronous)
+        return engine
+    return create_async_engine(url, pool_pre_ping=True)
+
+
+def _configure_sqlite(engine: Engine, lock_timeout_seconds: float, synchronous: str) -> None:
+    if synchronous not in ("FULL", "NORMAL"):
+        raise ValueError(f"synchronous must be FULL or NORMAL, not {synchronous!r}")
+
+    @event.listens_for(engine, "connect")
+    def on_connect(dbapi_connection: object, _record: object) -> None:
+        # The driver opens a write transaction itself, as BEGIN IMMEDIATE, right before the
+        # first INSERT, UPDATE or DELETE; every write transaction of the store starts with one,
+        # so it takes the write lock before it reads anything, and `busy_timeout` bounds the
+        # wait. A read outside a write is one SELECT, consistent on its own, and needs no BEGIN.
+        # Saved: a BEGIN round trip per transaction, which is most of a read's cost.
+        dbapi_connection.isolation_level = "IMMEDIATE"  # type: ignore[attr-defined]
+        cursor = dbapi_connection.cursor()  # type: ignore[attr-defined]
+        # WAL: readers never block the writer. synchronous=FULL (the default): every commit is
+        # fsynced before CreateMessage or MarkProcessed returns, so acknowledged writes survive
+        # a kill -9 and a power cut alike; NORMAL survives a kill -9 only.
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute(f"PRAGMA synchronous={synchronous}")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.execute(f"PRAGMA busy_timeout={int(lock_timeout_seconds * 1000)}")
+        cursor.close()
+
+
+class Database:
+    """An engine, and what its dialect means for the store."""
+
+    def __init__(self, engine: AsyncEngine) -> None:
+        self.engine = engine
+        self._is_sqlite = engine.dialect.name == _SQLITE
+
+    @classmethod
+    def from_url(
+        cls, url: str, *, lock_timeout_seconds: float = 5.0, sqlite_synchronous: str = "FULL"
+    ) -> Database:
+        return cls(
+            create_engine(
+                url,
+                lock_timeout_seconds=lock_timeout_seconds,
+                sqlite_synchronous=sqlite_synchronous,
+            )
+        )
+
+    @property
+    def single_owner(self) -> bool:
+        """Whether one store process owns the whole database, as with an SQLite file.
+
+        Then any lease found in it on start belongs to a stream of a store that is gone, and can
+        be handed out again at once. A PostgreSQL database may be shared by several stores, whose
+        leases are not ours to release.
+        """
+        return self._is_sqlite
+
+    @property
+    def url(self) -> str:
+        """The URL, with any password masked: for logs."""
+        return self.engine.url.render_as_string()
+
+    def insert(self, table: Table) -> sqlite.Insert | postgresql.Insert:
+        """An INSERT into `table` that offers ON CONFLICT."""
+        return sqlite.insert(table) if self._is_sqlite else postgresql.insert(table)
+
+    @contextlib.asynccontextmanager
+    async def translate_errors(self) -> AsyncIterator[None]:
+        """Turns driver errors into StorageUnavailable or StorageFull (CONFLICT_ERRORS pass)."""
+        try:
+            yield
+        except CONFLICT_ERRORS:
+            raise
+        except (OperationalError, DBAPIError) as exc:
+            detail = str(exc.orig) if exc.orig is not None else str(exc)
+            if "full" in detail.lower() and self._is_sqlite:
+                log.error("database is full: %s", detail)
+                raise StorageFull(f"database is full: {detail}") from exc
+            log.warning("database error: %s", detail)
+            raise StorageUnavailable(f"database unavailable: {detail}") from exc
+        except (PoolTimeoutError, OSError, TimeoutError) as exc:
+            log.warning("database unreachable: %s", exc)
+            raise StorageUnavailable(f"database unreachable: {exc}") from exc
+
+    @contextlib.asynccontextmanager
+    async def connect(self) -> AsyncIterator[AsyncConnection]:
+        """A connection for reads, outside any transaction the store opens itself."""
+        async with self.translate_errors(), self.engine.connect() as connection:
+            yield connection
+
+    @contextlib.asynccontextmanager
+    async def begin(self) -> AsyncIterator[AsyncConnection]:
+        """A connection in a transaction, committed when the block ends without an error."""
+        async with self.translate_errors(), self.engine.begin() as connection:
+            yield connection
+
+    async def dispose(self) -> None:
+        await self.engine.dispose()

@@ -1,0 +1,276 @@
+"""Delivery's one owner, between the servicer (gRPC) and the repository (SQL).
+
+`MessageManager` does every write together with the wake-up it causes (a create or a requeue
+makes work for every stream, a settle frees a slot on one), runs the claim loop of each open
+stream, releases a stream's leases when it ends, and ends every stream on shutdown. Procrastinate's
+manager is the model: the servicer validates, makes one call here, and maps the answer to
+protobuf; nothing here knows gRPC, and nothing here writes SQL.
+
+The streams' bookkeeping (which lease each holds, its room, when it wakes) is the ledger in
+stream_board.py, which only the manager tells what happened.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
+
+from ackbot.store.errors import FailedPrecondition, StoreError
+from ackbot.store.models import State
+from ackbot.store.repository import (
+    CreateResult,
+    Delivery,
+    Lease,
+    MarkResult,
+    MessageRepository,
+    NewMessage,
+    StoredMessage,
+)
+from ackbot.store.stream_board import CallAt, StreamBoard, StreamState
+
+log = logging.getLogger(__name__)
+
+
+class DeliveryStream:
+    """The deliveries of one open stream, as an async iterator of batches.
+
+    Each batch is what the stream had room for, leased to it and counted as an attempt. The
+    iteration ends only when the store shuts down; a client that goes away ends the stream by
+    leaving `MessageManager.open_stream`.
+    """
+
+    def __init__(
+        self, state: StreamState, board: StreamBoard, repository: MessageRepository
+    ) -> None:
+        self._state = state
+        self._board = board
+        self._repository = repository
+
+    def __aiter__(self) -> DeliveryStream:
+        return self
+
+    async def __anext__(self) -> list[Delivery]:
+        stream = self._state
+        while not stream.closing:
+            stream.wakeup.clear()
+            room = self._board.room(stream)
+            if room > 0 and stream.work_may_exist:
+                # Cleared before the claim, like the event: work made during it sets it again.
+                stream.work_may_exist = False
+                deliveries = await self._repository.claim(room, stream.lease_ns)
+                if len(deliveries) == room:
+                    stream.work_may_exist = True
+                if deliveries:
+                    for d in deliveries:
+                        self._board.leased(stream, d.message.id, d.lease_token, d.lease_expire_ns)
+                        log.info(
+                            "delivered message_id=%s attempt=%d consumer=%s",
+                            d.message.id,
+                            d.message.delivery_attempts,
+                            stream.consumer,
+                        )
+                    return deliveries
+            await stream.wakeup.wait()
+        raise StopAsyncIteration
+
+
+class MessageManager:
+    """Every write with its wake-up, every stream's deliveries, and their end on shutdown.
+
+    `clock_ns` is the store's clock (the repository's too); `call_at` runs timed wakes on it
+    (see StreamBoard), by default on the event loop.
+    """
+
+    def __init__(
+        self,
+        repository: MessageRepository,
+        *,
+        clock_ns: Callable[[], int] = time.time_ns,
+        call_at: CallAt | None = None,
+    ) -> None:
+        self._repository = repository
+        self._now_ns = clock_ns
+        self._board = StreamBoard(clock_ns, call_at)
+        self._lease_releases: set[asyncio.Task[None]] = set()
+        # The tasks that run open streams (grpc's StreamUnprocessed handlers): shutdown waits
+        # for them to finish sending their status while the server can still send it.
+        self._stream_tasks: set[asyncio.Task[object]] = set()
+
+    async def start(self) -> None:
+        """Schedules a wake for the first message that becomes deliverable later (a lease or a
+        retry_after left by a previous run), since no write of ours will announce it."""
+        next_visible = await self._repository.next_visible_ns()
+        if next_visible is not None:
+            self._board.wake_at(next_visible)
+
+    # -- reads -------------------------------------------------------------------------------
+
+    async def get_message(self, message_id: str) -> StoredMessage:
+        return await self._repository.get_message(message_id)
+
+    async def list_messages(
+        self,
+        *,
+        after_sequence: int,
+        before_sequence: int | None,
+        newest_first: bool,
+        limit: int,
+        state: State | None,
+        reply_to: str | None,
+    ) -> list[StoredMessage]:
+        return await self._repository.list_messages(
+            after_sequence=after_sequence,
+            before_sequence=before_sequence,
+            newest_first=newest_first,
+            limit=limit,
+            state=state,
+            reply_to=reply_to,
+        )
+
+    # -- writes, each with the wake-up it causes ---------------------------------------------
+
+    async def create_message(self, new: NewMessage) -> CreateResult:
+        result = await self._repository.create_message(new)
+        if result.already_existed:
+            log.info("create retried; already stored message_id=%s", result.message.id)
+        else:
+            log.info(
+                "created message_id=%s sequence=%d", result.message.id, result.message.sequence
+            )
+            self._board.wake_all()
+        return result
+
+    async def mark_processed(
+        self, message_id: str, reply: NewMessage | None, lease_token: str
+    ) -> MarkResult:
+        result = await self._repository.mark_processed(message_id, reply, lease_token)
+        self._board.settled(message_id, lease_token)
+        if result.already_processed:
+            log.info("already processed; duplicate reply prevented message_id=%s", message_id)
+        else:
+            log.info(
+                "processed message_id=%s reply_id=%s",
+                message_id,
+                result.reply.id if result.reply else "-",
+            )
+        return result
+
+    async def release(
+        self, message_id: str, lease_token: str, *, reason: str, retry_after_ns: int
+    ) -> StoredMessage:
+        with self._answering_for(message_id, lease_token):
+            message = await self._repository.release(
+                message_id, lease_token, reason=reason, retry_after_ns=retry_after_ns
+            )
+        self._board.settled(message_id, lease_token)
+        log.info(
+            "released message_id=%s state=%s attempts=%d reason=%r",
+            message.id,
+            message.state.value,
+            message.delivery_attempts,
+            reason,
+        )
+        if message.state is State.PENDING:
+            if retry_after_ns:
+                self._board.wake_at(self._now_ns() + retry_after_ns)
+            else:
+                self._board.wake_all()
+        return message
+
+    async def extend_lease(self, message_id: str, lease_token: str, lease_ns: int) -> StoredMessage:
+        with self._answering_for(message_id, lease_token):
+            message = await self._repository.extend_lease(message_id, lease_token, lease_ns)
+        assert message.lease_expire_ns is not None
+        self._board.extended(message_id, lease_token, message.lease_expire_ns)
+        log.debug("lease extended message_id=%s", message_id)
+        return message
+
+    async def requeue(self, message_id: str) -> StoredMessage:
+        message = await self._repository.requeue(message_id)
+        log.info("requeued message_id=%s", message_id)
+        self._board.wake_all()
+        return message
+
+    @contextlib.contextmanager
+    def _answering_for(self, message_id: str, lease_token: str) -> Iterator[None]:
+        """A release or extension refused because the lease is gone still tells us that its
+        client is alive and done with that lease: the slot it kept on its stream is freed."""
+        try:
+            yield
+        except FailedPrecondition:
+            self._board.lapse_answered(message_id, lease_token)
+            raise
+
+    # -- streams -----------------------------------------------------------------------------
+
+    @contextlib.asynccontextmanager
+    async def open_stream(
+        self, consumer: str, *, max_in_flight: int, lease_ns: int
+    ) -> AsyncIterator[DeliveryStream]:
+        """Opens a stream for the calling task; leaving the block ends it and releases the
+        leases it still holds, even when the task is being cancelled."""
+        stream = StreamState(consumer=consumer, max_in_flight=max_in_flight, lease_ns=lease_ns)
+        self._board.open_stream(stream)
+        task = asyncio.current_task()
+        if task is not None:
+            self._stream_tasks.add(task)
+            task.add_done_callback(self._stream_tasks.discard)
+        log.info(
+            "stream opened consumer=%s max_in_flight=%d lease=%gs",
+            consumer,
+            max_in_flight,
+            lease_ns / 1e9,
+        )
+        try:
+            yield DeliveryStream(stream, self._board, self._repository)
+        finally:
+            await self._end_stream(stream)
+
+    async def _end_stream(self, stream: StreamState) -> None:
+        leases = self._board.close_stream(stream)
+        log.info("stream closed consumer=%s releasing=%d", stream.consumer, len(leases))
+        if not leases:
+            return
+        # Shielded: the handler is usually being cancelled (the client went away), and the
+        # release must still reach the database. Shutdown waits for these tasks too.
+        task = asyncio.create_task(self._release_leases(leases))
+        self._lease_releases.add(task)
+        task.add_done_callback(self._lease_releases.discard)
+        await asyncio.shield(task)
+
+    async def _release_leases(self, leases: list[Lease]) -> None:
+        try:
+            released = await self._repository.release_leases(leases)
+        except StoreError:
+            # The leases will expire instead; nothing is lost, only delayed.
+            log.exception("could not release %d leases of a closed stream", len(leases))
+            return
+        for lease in leases:
+            log.info("lease released on stream end message_id=%s", lease.message_id)
+        if released:
+            self._board.wake_all()
+
+    async def close_streams(self, handler_wait_seconds: float) -> None:
+        """Ends every stream, waits until the leases they held are back in the database, and
+        gives the tasks running them up to `handler_wait_seconds` to finish. Safe to call again
+        (the server does, for streams that opened meanwhile).
+
+        Waiting for the tasks matters: a stream handler whose client cancelled just before
+        shutdown may still be sending its status, and once the server has stopped that send
+        never completes, which would leave the process hanging on exit.
+        """
+        streams = self._board.streams
+        self._board.close()
+        for stream in streams:
+            await self._end_stream(stream)
+        if self._lease_releases:
+            await asyncio.gather(*self._lease_releases, return_exceptions=True)
+        current = asyncio.current_task()
+        handlers = [task for task in self._stream_tasks if task is not current]
+        if handlers:
+            _, still_running = await asyncio.wait(handlers, timeout=handler_wait_seconds)
+            if still_running:
+                log.warning("%d stream handlers did not finish in time", len(still_running))

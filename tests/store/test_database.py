@@ -1,0 +1,111 @@
+"""The database module: engine set-up, what the dialect decides, and driver errors wrapped at
+the boundary. Dialect-dependent tests run on SQLite and, when ACKBOT_TEST_POSTGRES_URL is set,
+on PostgreSQL."""
+
+from __future__ import annotations
+
+import pytest
+from sqlalchemy import event
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.exc import IntegrityError, OperationalError
+
+from ackbot.store.database import Database, create_engine
+from ackbot.store.errors import StorageFull, StorageUnavailable
+from ackbot.store.models import MessageRow
+from ackbot.store.repository import MessageRepository, NewMessage
+
+
+def is_sqlite(engine) -> bool:
+    return engine.url.get_backend_name() == "sqlite"
+
+
+def driver_error(message: str) -> OperationalError:
+    return OperationalError("UPDATE messages ...", {}, Exception(message))
+
+
+async def test_only_an_sqlite_database_has_a_single_owner(engine):
+    assert Database(engine).single_owner is is_sqlite(engine)
+
+
+async def test_insert_is_the_dialects_own_with_on_conflict(engine):
+    insert = Database(engine).insert(MessageRow.__table__)
+
+    assert isinstance(insert, sqlite.Insert if is_sqlite(engine) else postgresql.Insert)
+    statement = insert.on_conflict_do_nothing(index_elements=["id"])
+    assert "ON CONFLICT (id) DO NOTHING" in str(statement.compile(dialect=engine.dialect))
+
+
+async def test_driver_errors_become_storage_unavailable(engine):
+    database = Database(engine)
+
+    with pytest.raises(StorageUnavailable, match="database unavailable: database is locked"):
+        async with database.translate_errors():
+            raise driver_error("database is locked")
+    with pytest.raises(StorageUnavailable, match="database unreachable: connection refused"):
+        async with database.translate_errors():
+            raise ConnectionRefusedError("connection refused")
+
+
+async def test_full_means_storage_full_on_sqlite_only(engine):
+    # On PostgreSQL the word turns up in errors that are not about space.
+    expected = StorageFull if is_sqlite(engine) else StorageUnavailable
+
+    with pytest.raises(expected):
+        async with Database(engine).translate_errors():
+            raise driver_error("database or disk is full")
+
+
+async def test_conflicts_pass_untranslated_for_group_commit_to_rerun(engine):
+    conflict = IntegrityError("INSERT ...", {}, Exception("UNIQUE constraint failed"))
+
+    with pytest.raises(IntegrityError) as caught:
+        async with Database(engine).translate_errors():
+            raise conflict
+    assert caught.value is conflict
+
+
+async def test_a_full_sqlite_file_is_storage_full(tmp_path):
+    engine = create_engine(f"sqlite+aiosqlite:///{tmp_path}/t.db")
+
+    @event.listens_for(engine.sync_engine, "connect")
+    def limit_pages(dbapi_connection, _record) -> None:
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA max_page_count=32")  # the schema takes about ten pages
+        cursor.close()
+
+    repository = MessageRepository(Database(engine))
+    try:
+        await repository.create_schema()
+
+        async def fill() -> None:
+            for i in range(100):
+                await repository.create_message(NewMessage(author="a", text="x" * 4000, id=str(i)))
+
+        with pytest.raises(StorageFull):
+            await fill()
+    finally:
+        await repository.dispose()
+
+
+async def test_sqlite_engine_uses_wal_and_foreign_keys(tmp_path):
+    engine = create_engine(f"sqlite+aiosqlite:///{tmp_path}/t.db")
+    try:
+        async with engine.connect() as connection:
+            journal = await connection.exec_driver_sql("PRAGMA journal_mode")
+            assert journal.scalar() == "wal"
+            foreign_keys = await connection.exec_driver_sql("PRAGMA foreign_keys")
+            assert foreign_keys.scalar() == 1
+            synchronous = await connection.exec_driver_sql("PRAGMA synchronous")
+            assert synchronous.scalar() == 2  # FULL: each commit fsynced before it returns
+    finally:
+        await engine.dispose()
+
+
+async def test_sqlite_synchronous_normal_is_applied_when_asked_for(tmp_path):
+    engine = create_engine(f"sqlite+aiosqlite:///{tmp_path}/t.db", sqlite_synchronous="NORMAL")
+    try:
+        async with engine.connect() as connection:
+            synchronous = await connection.exec_driver_sql("PRAGMA synchronous")
+            assert synchronous.scalar() == 1
+    finally:
+        await engine.dispose()
