@@ -60,12 +60,11 @@ class DeliveryStream:
             if room > 0 and stream.work_may_exist:
                 # Cleared before the claim, like the event: work made during it sets it again.
                 stream.work_may_exist = False
-                deliveries = await self._repository.claim(room, stream.lease_ns)
+                deliveries = await self._claim(room)
                 if len(deliveries) == room:
                     stream.work_may_exist = True
                 if deliveries:
                     for d in deliveries:
-                        self._board.leased(stream, d.message.id, d.lease_token, d.lease_expire_ns)
                         log.info(
                             "delivered message_id=%s attempt=%d consumer=%s",
                             d.message.id,
@@ -75,6 +74,31 @@ class DeliveryStream:
                     return deliveries
             await stream.wakeup.wait()
         raise StopAsyncIteration
+
+    async def _claim(self, room: int) -> list[Delivery]:
+        """Claims up to `room` messages for this stream, and holds them on the board even when
+        the stream is cancelled meanwhile.
+
+        A claim already queued for the database commits whether or not its stream is still
+        there (group commit runs it regardless). Were its leases not on the board when the
+        stream ends, the stream's end would not release them: the messages would stay LEASED,
+        their attempt spent, until the lease expired.
+        """
+        claim = asyncio.ensure_future(self._repository.claim(room, self._state.lease_ns))
+        try:
+            deliveries = await asyncio.shield(claim)
+        except asyncio.CancelledError:
+            # Wait for the claim's outcome (it is not cancelled), put its leases on the board,
+            # then let the cancellation go on: the stream's end releases them.
+            with contextlib.suppress(Exception):
+                self._hold(await claim)
+            raise
+        self._hold(deliveries)
+        return deliveries
+
+    def _hold(self, deliveries: list[Delivery]) -> None:
+        for d in deliveries:
+            self._board.leased(self._state, d.message.id, d.lease_token, d.lease_expire_ns)
 
 
 class MessageManager:

@@ -370,3 +370,39 @@ async def test_shutdown_ends_every_stream_and_waits_for_their_leases(manager, op
         message = await repo.get_message(message_id)
         assert (message.state, message.delivery_attempts) == (State.PENDING, 1)
     await manager.close_streams(handler_wait_seconds=DEADLINE)  # a second call is harmless
+
+
+async def test_a_stream_cancelled_while_its_claim_commits_still_releases_what_it_claimed(
+    manager, open_consumer, repo
+):
+    # The claim is inside its transaction when the client goes away: group commit finishes it
+    # regardless, so the message is leased to a stream that is ending.
+    in_transaction = asyncio.Event()
+    go_on = asyncio.Event()
+    claim_rows = repo._claim
+
+    async def claim_held_open(tx, claim):
+        in_transaction.set()
+        await go_on.wait()
+        return await claim_rows(tx, claim)
+
+    repo._claim = claim_held_open
+    await create(manager, "a")
+    consumer = open_consumer()
+    async with asyncio.timeout(DEADLINE):
+        await in_transaction.wait()
+
+    consumer.task.cancel()  # the client went away mid-claim
+    await let_streams_look()
+    go_on.set()
+    with pytest.raises(asyncio.CancelledError):
+        async with asyncio.timeout(DEADLINE):
+            await consumer.task
+
+    # Once the claim has committed, its lease was released at the stream's end, not left
+    # LEASED until it expires.
+    async with asyncio.timeout(DEADLINE):
+        # The commit happens in group commit's writer: nothing to wait on but the database.
+        while (message := await repo.get_message("a")).delivery_attempts == 0:  # noqa: ASYNC110
+            await asyncio.sleep(0.01)  # poll
+    assert (message.state, message.delivery_attempts) == (State.PENDING, 1)
