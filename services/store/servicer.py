@@ -21,7 +21,12 @@ from google.protobuf.message import DecodeError, Message
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
-from ackbot.common.limits import MAX_CONSUMER_CHARS, MAX_LEASE_TOKEN_CHARS, REPLY_LIMIT_METADATA
+from ackbot.common.limits import (
+    MAX_CONSUMER_CHARS,
+    MAX_LEASE_TOKEN_CHARS,
+    MAX_RESPONSE_BYTES,
+    REPLY_LIMIT_METADATA,
+)
 from ackbot.store import validation as rules
 from ackbot.store.config import StoreConfig
 from ackbot.store.errors import (
@@ -58,7 +63,6 @@ _ORDERS = {
     "sequence asc": "sequence",
     "sequence desc": "sequence desc",
 }
-_MAX_RESPONSE_BYTES = 1024 * 1024
 ProtoT = TypeVar("ProtoT", bound=Message)
 
 
@@ -112,7 +116,7 @@ def _within_response_limit(protos: Iterable[ProtoT]) -> Iterator[list[ProtoT]]:
     size = 0
     for proto in protos:
         proto_size = proto.ByteSize()
-        if run and size + proto_size > _MAX_RESPONSE_BYTES:
+        if run and size + proto_size > MAX_RESPONSE_BYTES:
             yield run
             run, size = [], 0
         run.append(proto)
