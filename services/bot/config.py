@@ -35,6 +35,7 @@ from ackbot.common.limits import (
     MIN_LEASE_SECONDS,
     first_forbidden_char,
 )
+from ackbot.common.serving import split_host_port
 
 ENV_PREFIX = "ACKBOT_BOT_"
 
@@ -67,10 +68,42 @@ def _responder_spec(text: str) -> str:
     return text
 
 
+def store_list(text: str) -> str:
+    """HOST:PORT[,HOST:PORT...]: the stores, in failover order, spaces around entries dropped.
+
+    Hosts are compared without case and IPv6 brackets, so one store listed twice is caught
+    however it is spelled; a name and an IP literal of the same machine are not told apart.
+    """
+    entries = [entry.strip() for entry in text.split(",")]
+    if not all(entries):
+        raise argparse.ArgumentTypeError(
+            f"empty entry in {text!r}: expected HOST:PORT or HOST:PORT,HOST:PORT,..."
+        )
+    seen: set[tuple[str, int]] = set()
+    for entry in entries:
+        address(entry)
+        host, port = split_host_port(entry)
+        if (host.lower(), port) in seen:
+            raise argparse.ArgumentTypeError(f"{entry!r} is listed twice in {text!r}")
+        seen.add((host.lower(), port))
+    return ",".join(entries)
+
+
+def split_stores(text: str) -> tuple[str, ...]:
+    """The addresses of a `store_list` value (of a BotConfig made in code too, unchecked)."""
+    return tuple(entry for entry in (part.strip() for part in text.split(",")) if entry)
+
+
 @dataclass(frozen=True)
 class BotConfig:
+    # Several stores must share one database: a delivery from one is settled through another
+    # when the first is unreachable (docs/semantics.md, "What ackbot-bot does with a delivery").
     store: str = setting(
-        "127.0.0.1:50051", "HOST:PORT of the message store", type=address, metavar="HOST:PORT"
+        "127.0.0.1:50051",
+        "HOST:PORT of the message store; several, comma-separated, are stores of one database, "
+        "tried in that order when one is unreachable",
+        type=store_list,
+        metavar="HOST:PORT[,HOST:PORT...]",
     )
     listen: str = setting(
         "127.0.0.1:50052",
@@ -129,6 +162,11 @@ class BotConfig:
         metavar="NAME",
         shown_default="PERSONA-PID",
     )
+
+    @property
+    def stores(self) -> tuple[str, ...]:
+        """The store addresses of `store`, in failover order."""
+        return split_stores(self.store)
 
 
 def default_consumer(persona: str, pid: int) -> str:
