@@ -1,9 +1,17 @@
-"""The bot's side of the MessageStore contract, and its error boundary: the channel, the stream,
+"""The bot's side of the MessageStore contract, and its error boundary: the channels, the stream,
 and the settling calls, retried with exponential backoff and full jitter while the store is
 briefly unreachable.
 
 Every settling RPC is safe to retry (the proto says so): MarkProcessed is idempotent on the id,
 ReleaseMessage and ExtendLease on the lease token.
+
+A bot may be given several stores of one database. The stream is opened on one store at a time
+(the worker picks which); a settling call goes first to the store whose stream opened last, and
+on UNAVAILABLE or DEADLINE_EXCEEDED on to the next store at once, since any store of the database
+can settle any message. Only when every store failed does it back off. One channel per store
+rather than one gRPC channel over several addresses (`ipv4:a:1,b:2` with pick_first or
+round_robin): such targets take IP literals only, and the bot must know which store a stream and
+each settle went to, to prefer the stream's own store and to say so in its logs.
 
 No gRPC error leaves this module. A settling call answers with a `CallResult` whose `Outcome` the
 caller reads as policy, the way the store wraps driver errors at its repository boundary; the
@@ -14,10 +22,11 @@ from __future__ import annotations
 
 import asyncio
 import enum
+import functools
 import logging
 import random
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
@@ -33,6 +42,10 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 ResponseT = TypeVar("ResponseT")
+
+# One call to one store, given the seconds it may take; for logs, the store's address with it.
+Call = Callable[[float], Awaitable[T]]
+Target = tuple[str, Call[T]]
 
 RETRYABLE_CODES = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED})
 # Per attempt: a store that has not answered in this long is treated as unreachable.
@@ -131,8 +144,8 @@ def _problem(exc: grpc.aio.AioRpcError) -> str:
     return f"{exc.code().name}: {exc.details()}"
 
 
-async def call_with_retry(
-    call: Callable[[float], Awaitable[T]],
+async def call_with_failover(
+    targets: Sequence[Target[T]],
     *,
     what: str,
     message_id: str,
@@ -142,26 +155,50 @@ async def call_with_retry(
     sleep: Callable[[float], Awaitable[object]] = asyncio.sleep,
     rand: Callable[[], float] = random.random,
 ) -> T:
-    """Runs `call(timeout)` until it succeeds, fails with a code that retrying cannot fix, or the
-    budget is spent; then the last error propagates."""
+    """Runs each target's `call(timeout)`, from the first on, until one succeeds, one fails with a
+    code that retrying cannot fix, or the budget is spent; then the last error propagates.
+
+    A retryable failure goes on to the next target at once; only a round in which every target
+    failed is followed by a backoff pause. So a dead store costs one fast failure per round, and
+    with a single target this is plain retrying with backoff.
+    """
+    if not targets:
+        raise ValueError("no store to call")
     deadline = clock() + budget_seconds
-    retry = 0
+    tried = 0
+    pauses = 0
     while True:
+        name, call = targets[tried % len(targets)]
         timeout = max(min(CALL_TIMEOUT_SECONDS, deadline - clock()), MIN_CALL_TIMEOUT_SECONDS)
         try:
             return await call(timeout)
         except grpc.aio.AioRpcError as exc:
             if not is_retryable(exc):
                 raise
-            pause = backoff.delay(retry, rand)
-            retry += 1
+            tried += 1
+            if tried % len(targets):
+                if clock() >= deadline:
+                    raise
+                log.warning(
+                    "%s failed on %s (%s), trying %s message_id=%s",
+                    what,
+                    name,
+                    exc.code().name,
+                    targets[tried % len(targets)][0],
+                    message_id,
+                )
+                continue
+            pause = backoff.delay(pauses, rand)
+            pauses += 1
             if clock() + pause >= deadline:
                 raise
             log.warning(
-                "%s failed (%s), retry %d in %.2fs message_id=%s",
+                "%s failed on %s (%s), retry %d on %s in %.2fs message_id=%s",
                 what,
+                name,
                 exc.code().name,
-                retry,
+                pauses,
+                targets[0][0],
                 pause,
                 message_id,
             )
@@ -169,16 +206,16 @@ async def call_with_retry(
 
 
 async def _settle(
-    call: Callable[[float], Awaitable[ResponseT]],
+    targets: Sequence[Target[ResponseT]],
     *,
     what: str,
     message_id: str,
     budget_seconds: float,
 ) -> CallResult[ResponseT]:
-    """`call_with_retry`, with the error that ended it turned into an outcome."""
+    """`call_with_failover`, with the error that ended it turned into an outcome."""
     try:
-        response = await call_with_retry(
-            call, what=what, message_id=message_id, budget_seconds=budget_seconds
+        response = await call_with_failover(
+            targets, what=what, message_id=message_id, budget_seconds=budget_seconds
         )
     except grpc.aio.AioRpcError as exc:
         return CallResult(
@@ -203,8 +240,14 @@ class DeliveryStream:
     def __init__(
         self,
         call: grpc.aio.UnaryStreamCall[pb.StreamUnprocessedRequest, pb.StreamUnprocessedResponse],
+        *,
+        address: str = "the store",
+        on_open: Callable[[], None] | None = None,
     ) -> None:
         self._call = call
+        self._on_open = on_open
+        # The store this stream goes to, for logs.
+        self.address = address
         self._responses: AsyncIterator[pb.StreamUnprocessedResponse] | None = None
         # The longest reply text the store accepts, from the headers (see wait_open).
         self.max_reply_bytes = DEFAULT_MAX_TEXT_BYTES
@@ -224,6 +267,8 @@ class DeliveryStream:
         if self._call.done():
             return False
         self.max_reply_bytes = reply_limit(headers)
+        if self._on_open is not None:
+            self._on_open()
         return True
 
     def __aiter__(self) -> DeliveryStream:
@@ -247,18 +292,54 @@ class DeliveryStream:
 
 
 class StoreClient:
-    """Typed, retrying wrappers over the MessageStore stub; failures come back as outcomes."""
+    """Typed, retrying wrappers over the MessageStore stubs; failures come back as outcomes.
 
-    def __init__(self, channel: grpc.aio.Channel) -> None:
-        self._stub = pb_grpc.MessageStoreStub(channel)
+    `stores` is one channel, or several stores' channels by address, in failover order; they
+    must all be stores of one database (see the module docstring).
+    """
 
-    def stream(self, *, consumer: str, max_in_flight: int, lease_seconds: float) -> DeliveryStream:
+    def __init__(self, stores: grpc.aio.Channel | Mapping[str, grpc.aio.Channel]) -> None:
+        channels = stores if isinstance(stores, Mapping) else {"the store": stores}
+        if not channels:
+            raise ValueError("a StoreClient needs at least one store")
+        self._addresses = tuple(channels)
+        self._stubs = tuple(pb_grpc.MessageStoreStub(channel) for channel in channels.values())
+        # Where settling calls go first: the store whose stream opened last. A settle made on
+        # that store also frees the delivery's slot on its stream (the store's ledger of slots
+        # is its own, not the database's), and that store was reachable a moment ago.
+        self._preferred = 0
+
+    @property
+    def addresses(self) -> tuple[str, ...]:
+        """The stores, in failover order."""
+        return self._addresses
+
+    def stream(
+        self, *, store: int = 0, consumer: str, max_in_flight: int, lease_seconds: float
+    ) -> DeliveryStream:
+        """A stream from the store at index `store` of `addresses`."""
         request = pb.StreamUnprocessedRequest(
             consumer=consumer,
             max_in_flight=max_in_flight,
             lease_duration=duration(lease_seconds),
         )
-        return DeliveryStream(self._stub.StreamUnprocessed(request))
+
+        def opened() -> None:
+            self._preferred = store
+
+        return DeliveryStream(
+            self._stubs[store].StreamUnprocessed(request),
+            address=self._addresses[store],
+            on_open=opened,
+        )
+
+    def _targets(
+        self, invoke: Callable[[pb_grpc.MessageStoreStub, float], Awaitable[ResponseT]]
+    ) -> list[Target[ResponseT]]:
+        """`invoke` on each store, the preferred one first, then the rest in list order."""
+        count = len(self._stubs)
+        order = [(self._preferred + step) % count for step in range(count)]
+        return [(self._addresses[i], functools.partial(invoke, self._stubs[i])) for i in order]
 
     async def mark_processed(
         self,
@@ -272,7 +353,7 @@ class StoreClient:
         NOT_FOUND, REJECTED, FAILED or UNAVAILABLE without one."""
         request = pb.MarkProcessedRequest(id=message_id, lease_token=lease_token, reply=reply)
         result: CallResult[pb.MarkProcessedResponse] = await _settle(
-            lambda timeout: self._stub.MarkProcessed(request, timeout=timeout),
+            self._targets(lambda stub, timeout: stub.MarkProcessed(request, timeout=timeout)),
             what="MarkProcessed",
             message_id=message_id,
             budget_seconds=budget_seconds,
@@ -297,7 +378,7 @@ class StoreClient:
             retry_after=duration(retry_after_seconds) if retry_after_seconds > 0 else None,
         )
         return await _settle(
-            lambda timeout: self._stub.ReleaseMessage(request, timeout=timeout),
+            self._targets(lambda stub, timeout: stub.ReleaseMessage(request, timeout=timeout)),
             what="ReleaseMessage",
             message_id=message_id,
             budget_seconds=budget_seconds,
@@ -310,7 +391,7 @@ class StoreClient:
             id=message_id, lease_token=lease_token, lease_duration=duration(lease_seconds)
         )
         return await _settle(
-            lambda timeout: self._stub.ExtendLease(request, timeout=timeout),
+            self._targets(lambda stub, timeout: stub.ExtendLease(request, timeout=timeout)),
             what="ExtendLease",
             message_id=message_id,
             budget_seconds=budget_seconds,

@@ -8,7 +8,12 @@ import grpc
 import pytest
 
 from ackbot.bot.delivery import failure_reason, to_incoming
-from ackbot.bot.store_client import CALL_TIMEOUT_SECONDS, call_with_retry, duration, reply_limit
+from ackbot.bot.store_client import (
+    CALL_TIMEOUT_SECONDS,
+    call_with_failover,
+    duration,
+    reply_limit,
+)
 from ackbot.common.backoff import RECONNECT_BACKOFF, Backoff, release_retry_after
 from ackbot.common.limits import DEFAULT_MAX_TEXT_BYTES, MAX_REASON_CHARS
 from ackbot.v1 import message_store_pb2 as pb
@@ -71,7 +76,7 @@ class FakeTime:
 
 
 async def run_retry(outcomes: list[object], budget: float = 60.0):
-    """Runs call_with_retry over a call that fails or succeeds as `outcomes` says."""
+    """Runs call_with_failover over one store whose call fails or succeeds as `outcomes` says."""
     fake = FakeTime()
     timeouts: list[float] = []
 
@@ -82,8 +87,8 @@ async def run_retry(outcomes: list[object], budget: float = 60.0):
             raise outcome
         return outcome
 
-    result = await call_with_retry(
-        call,
+    result = await call_with_failover(
+        [("the store", call)],
         what="Test",
         message_id="m-1",
         budget_seconds=budget,
