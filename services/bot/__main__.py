@@ -1,7 +1,7 @@
 """Entry point of `ackbot-bot` (also `python -m ackbot.bot`): the composition root.
 
 Wires config, responder, worker and the bot's own gRPC server, which has no service of its own:
-health (SERVING only while the stream to the store is up) and reflection, so orchestrators,
+health (SERVING only while the stream to a store is up) and reflection, so orchestrators,
 `make run` and tests can tell when the bot is ready.
 """
 
@@ -65,7 +65,7 @@ async def run(config: BotConfig, factory: ResponderFactory | None = None) -> Non
         log.info(
             "persona %s, store %s, max_in_flight=%d, lease=%gs",
             config.persona,
-            config.store,
+            ", ".join(config.stores),
             config.max_in_flight,
             config.lease_seconds,
         )

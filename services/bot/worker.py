@@ -1,6 +1,8 @@
 """The stream consumer: takes deliveries from the store and answers each in a task of its own.
 
-One StreamUnprocessed stream at a time, re-established with backoff whenever it breaks. Each
+One StreamUnprocessed stream at a time, re-established with backoff whenever it breaks: on the
+next store of the list when the bot has several (round robin, so a dead store is skipped after one
+failed attempt and every store gets its turn), on the same one when it has one. Each
 delivery becomes a task bounded by a semaphore of max_in_flight, in which a DeliveryHandler
 (delivery.py) asks the responder, keeps the lease alive and settles the delivery. The worker owns
 the stream, the slots, the shutdown drain and the health callback.
@@ -116,8 +118,8 @@ class Worker:
         self._running = True
         config = self._config
         # Created here, inside the running loop: a grpc.aio channel is bound to its loop.
-        channel = open_channel(config.store)
-        self._client = StoreClient(channel)
+        channels = {address: open_channel(address) for address in config.stores}
+        self._client = StoreClient(channels)
         self._handler = DeliveryHandler(
             self._client, self._responder, config, shutdown=self._shutdown, clock=self._clock
         )
@@ -141,7 +143,7 @@ class Worker:
                 task.cancel()
             await asyncio.gather(reader, *leftovers, return_exceptions=True)
             await self._set_connected(False)
-            await channel.close()
+            await asyncio.gather(*(channel.close() for channel in channels.values()))
             self._done.set()
             log.info("worker stopped")
 
@@ -225,11 +227,14 @@ class Worker:
         assert self._client is not None
         assert self._handler is not None
         config = self._config
+        stores = self._client.addresses
+        store = 0
         retry = 0
         while not self._stop_requested.is_set():
             self._generation += 1
             generation = self._generation
             self._stream = stream = self._client.stream(
+                store=store,
                 consumer=config.consumer,
                 max_in_flight=config.max_in_flight,
                 lease_seconds=config.lease_seconds,
@@ -243,7 +248,7 @@ class Worker:
                     retry = 0
                     self._live_generation = generation
                     await self._set_connected(True)
-                    log.info("stream open to %s as consumer %s", config.store, config.consumer)
+                    log.info("stream open to %s as consumer %s", stream.address, config.consumer)
                 async for deliveries in stream:
                     for delivery in deliveries:
                         self._accept(delivery, generation)
@@ -258,18 +263,26 @@ class Worker:
                 # Replies held back for this stream need not wait any longer.
                 self._shutdown.stream_closed.set()
                 break
+            # The backoff grows across stores too: when every store is down, each is tried no
+            # more often than one reconnect pause times the number of stores.
             pause = RECONNECT_BACKOFF.delay(retry)
             retry += 1
+            store = (store + 1) % len(stores)
             if was_up:
                 log.warning(
-                    "stream to %s broke (%s); reconnecting in %.2fs", config.store, problem, pause
+                    "stream to %s broke (%s); reconnecting to %s in %.2fs",
+                    stream.address,
+                    problem,
+                    stores[store],
+                    pause,
                 )
             else:
                 log.warning(
-                    "store %s unavailable (%s); retry %d in %.2fs",
-                    config.store,
+                    "store %s unavailable (%s); retry %d on %s in %.2fs",
+                    stream.address,
                     problem,
                     retry,
+                    stores[store],
                     pause,
                 )
             with contextlib.suppress(TimeoutError):
