@@ -286,7 +286,7 @@ def store_service(
 
 def bot_service(
     workdir: Path,
-    store_address: str,
+    store_address: str | Sequence[str],
     *,
     persona: str = "bot",
     max_in_flight: int = 8,
@@ -295,15 +295,17 @@ def bot_service(
     env: Mapping[str, str] | None = None,
     args: Iterable[str] = (),
 ) -> Service:
-    """A bot named bot-PERSONA on a free loopback port, streaming from `store_address`, with a
-    short grace period and retry base; `args` come last, so they override any flag here."""
+    """A bot named bot-PERSONA on a free loopback port, streaming from `store_address` (or from
+    one of several stores of one database, in failover order), with a short grace period and
+    retry base; `args` come last, so they override any flag here."""
     name = f"bot-{persona}"
+    stores = store_address if isinstance(store_address, str) else ",".join(store_address)
     argv = [
         sys.executable,
         "-m",
         "ackbot.bot",
         "--store",
-        store_address,
+        stores,
         "--listen",
         "127.0.0.1:0",
         "--persona",
