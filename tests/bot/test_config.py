@@ -147,3 +147,50 @@ def test_bad_environment_values_exit_2_naming_the_flag(name, value, flag, capsys
         load_config([], {name: value})
     assert exit_info.value.code == 2
     assert f"argument {flag}" in capsys.readouterr().err
+
+
+# -- several stores -----------------------------------------------------------------------------
+
+
+def test_one_store_is_a_list_of_one():
+    config = load_config(["--store", "10.0.0.1:7000"], {})
+    assert config.store == "10.0.0.1:7000"
+    assert config.stores == ("10.0.0.1:7000",)
+
+
+@pytest.mark.parametrize("source", ["flag", "env"])
+def test_several_stores_in_failover_order_names_and_ip_literals_alike(source):
+    text = "store-a.internal:6001, 127.0.0.1:6002 ,[::1]:6003"
+    if source == "flag":
+        config = load_config(["--store", text], {})
+    else:
+        config = load_config([], {"ACKBOT_BOT_STORE": text})
+    assert config.store == "store-a.internal:6001,127.0.0.1:6002,[::1]:6003"
+    assert config.stores == ("store-a.internal:6001", "127.0.0.1:6002", "[::1]:6003")
+
+
+@pytest.mark.parametrize(
+    ("value", "problem"),
+    [
+        ("a:1,,b:2", "empty entry in 'a:1,,b:2'"),
+        ("a:1,", "empty entry in 'a:1,'"),
+        (",a:1", "empty entry in ',a:1'"),
+        ("a:1, ,b:2", "empty entry"),
+        ("a:1,a:1", "'a:1' is listed twice in 'a:1,a:1'"),
+        ("Store:1,b:2,store:1", "'store:1' is listed twice"),
+        ("[::1]:5,::1:5", "'::1:5' is listed twice"),
+        ("a:1,nohost", "expected HOST:PORT, got 'nohost'"),
+        ("a:1,b:99999", "expected HOST:PORT, got 'b:99999'"),
+    ],
+)
+@pytest.mark.parametrize("source", ["flag", "env"])
+def test_a_bad_store_list_exits_2_naming_the_flag_and_the_entry(value, problem, source, capsys):
+    argv, env = (["--store", value], {}) if source == "flag" else ([], {"ACKBOT_BOT_STORE": value})
+    with pytest.raises(SystemExit) as exit_info:
+        load_config(argv, env)
+    assert exit_info.value.code == 2
+    assert f"argument --store: {problem}" in capsys.readouterr().err
+
+
+def test_the_same_port_on_another_host_is_another_store():
+    assert load_config(["--store", "a:1,b:1"], {}).stores == ("a:1", "b:1")
