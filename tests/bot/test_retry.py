@@ -145,6 +145,73 @@ async def test_the_timeout_shrinks_with_the_budget_but_not_below_a_second():
     assert timeouts == [3.5, 2.5, 1.0]
 
 
+async def run_failover(outcomes: dict[str, list[object]], budget: float = 60.0):
+    """Runs call_with_failover over stores whose calls fail or succeed as `outcomes` says (per
+    store, in order); returns the result, the pauses and the stores called, in order."""
+    fake = FakeTime()
+    called: list[str] = []
+
+    def store(name: str):
+        async def call(deadline_seconds: float) -> object:
+            called.append(name)
+            outcome = outcomes[name].pop(0)
+            if isinstance(outcome, BaseException):
+                raise outcome
+            return outcome
+
+        return (name, call)
+
+    result = await call_with_failover(
+        [store(name) for name in outcomes],
+        what="Test",
+        message_id="m-1",
+        budget_seconds=budget,
+        backoff=Backoff(1.0, 8.0),
+        clock=fake.clock,
+        sleep=fake.sleep,
+        rand=lambda: 1.0,
+    )
+    return result, fake.sleeps, called
+
+
+UNAVAILABLE = grpc.StatusCode.UNAVAILABLE
+
+
+async def test_a_store_that_is_unavailable_hands_the_call_to_the_next_at_once():
+    result, sleeps, called = await run_failover(
+        {"a": [rpc_error(UNAVAILABLE)], "b": [rpc_error(grpc.StatusCode.DEADLINE_EXCEEDED)],
+         "c": ["ok"]}
+    )  # fmt: skip
+    assert result == "ok"
+    assert called == ["a", "b", "c"]
+    assert sleeps == []
+
+
+async def test_only_a_round_in_which_every_store_failed_is_followed_by_a_pause():
+    result, sleeps, called = await run_failover(
+        {"a": [rpc_error(UNAVAILABLE)] * 3, "b": [rpc_error(UNAVAILABLE)] * 2 + ["ok"]}
+    )
+    assert result == "ok"
+    # Each round starts again at the first store: the caller puts its best bet there.
+    assert called == ["a", "b", "a", "b", "a", "b"]
+    assert sleeps == [1.0, 2.0]
+
+
+async def test_an_answer_retrying_cannot_change_is_final_and_not_asked_of_the_next_store():
+    with pytest.raises(grpc.aio.AioRpcError) as error:
+        await run_failover({"a": [rpc_error(grpc.StatusCode.NOT_FOUND)], "b": ["never reached"]})
+    assert error.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+async def test_failover_stops_when_the_budget_is_spent():
+    outcomes: dict[str, list[object]] = {name: [rpc_error(UNAVAILABLE)] * 10 for name in "abc"}
+    with pytest.raises(grpc.aio.AioRpcError) as error:
+        await run_failover(outcomes, budget=10.0)
+    assert error.value.code() == UNAVAILABLE
+    # Four rounds of three calls: pauses 1, 2, 4 fit in 10 s; the next (8) would not.
+    assert [len(left) for left in outcomes.values()] == [10 - 4] * 3
+
+
 def test_failure_reason_names_the_exception_and_fits_the_store():
     assert failure_reason(RuntimeError("boom")) == "RuntimeError: boom"
     assert failure_reason(TimeoutError()) == "TimeoutError"
