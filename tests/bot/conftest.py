@@ -1,15 +1,20 @@
 """Fixtures for the bot's tests: a real store, in-process in the test's own event loop, on port 0
-and a fresh SQLite file, and the channels that talk to it."""
+and a fresh SQLite file (or a PostgreSQL database several stores share), and the channels that
+talk to it."""
 
 from __future__ import annotations
 
 import itertools
+import os
+import secrets
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
+import asyncpg
 import grpc
 import pytest
+from sqlalchemy.engine import make_url
 
 from ackbot.bot.store_client import StoreClient, open_channel
 from ackbot.store.config import StoreConfig
@@ -29,6 +34,30 @@ class RunningStore:
 
 
 StartStore = Callable[..., Awaitable[RunningStore]]
+
+POSTGRES_URL_ENV = "ACKBOT_TEST_POSTGRES_URL"
+# With pytest.mark.postgres, on tests whose stores share one database: a SQLite file has one
+# owner.
+skip_without_postgres = pytest.mark.skipif(
+    not os.environ.get(POSTGRES_URL_ENV), reason=f"{POSTGRES_URL_ENV} is not set"
+)
+
+
+@pytest.fixture
+async def postgres_url() -> AsyncIterator[str]:
+    """A database of its own on the server named by ACKBOT_TEST_POSTGRES_URL, dropped after.
+    Ask for it before `start_store`, so that the stores stop before it is dropped."""
+    base = make_url(os.environ[POSTGRES_URL_ENV])
+    name = f"ackbot_bot_{secrets.token_hex(4)}"
+    admin = await asyncpg.connect(
+        base.set(drivername="postgresql").render_as_string(hide_password=False)
+    )
+    try:
+        await admin.execute(f'CREATE DATABASE "{name}"')
+        yield base.set(database=name).render_as_string(hide_password=False)
+        await admin.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
+    finally:
+        await admin.close()
 
 
 @pytest.fixture
