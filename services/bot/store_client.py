@@ -336,7 +336,8 @@ class StoreClient:
     def _targets(
         self, invoke: Callable[[pb_grpc.MessageStoreStub, float], Awaitable[ResponseT]]
     ) -> list[Target[ResponseT]]:
-        """`invoke` on each store, the preferred one first, then the rest in list order."""
+        """`invoke` on each store: the preferred one, then those after it in the list, wrapping
+        round."""
         count = len(self._stubs)
         order = [(self._preferred + step) % count for step in range(count)]
         return [(self._addresses[i], functools.partial(invoke, self._stubs[i])) for i in order]
