@@ -4,8 +4,10 @@ meanwhile, and settle.
 While the responder runs, a lease keeper extends the lease every half lease. The outcome settles
 the delivery: MarkProcessed with the reply (cut to the store's reply limit), or without one when
 the responder chose silence; ReleaseMessage with the reason and a growing retry_after when the
-responder failed or the store rejected its reply. What each store outcome means here is decided in
-this module, from the outcomes the store client reports (it handles no gRPC errors itself).
+responder failed or the store rejected its reply; ReleaseMessage without a reason (the attempt
+given back) after the server's delay when the responder's backend said "busy" (RetryLater). What
+each responder answer and each store outcome means is decided in this module, from the outcomes
+the store client reports (it handles no gRPC errors itself).
 
 While the worker shuts down, a reply that is ready is held back until the stream is closed (the
 whole shutdown order is in worker.py): settling it at once would make room on the stream, and the
@@ -24,9 +26,9 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from ackbot.bot.config import BotConfig
-from ackbot.bot.responder import IncomingMessage, Responder
+from ackbot.bot.responder import IncomingMessage, Responder, RetryLater
 from ackbot.bot.store_client import Outcome, StoreClient
-from ackbot.common.backoff import release_retry_after
+from ackbot.common.backoff import MAX_RELEASE_RETRY_AFTER_SECONDS, release_retry_after
 from ackbot.common.limits import DEFAULT_MAX_TEXT_BYTES, MAX_REASON_CHARS, fit_text
 from ackbot.v1 import message_store_pb2 as pb
 
@@ -38,6 +40,9 @@ MIN_MARK_BUDGET_SECONDS = 30.0
 # What ExtendLease outcomes mean the lease is lost. UNAVAILABLE here means the retries already
 # ran until the lease expired.
 _LEASE_LOST = frozenset({Outcome.LEASE_GONE, Outcome.NOT_FOUND, Outcome.UNAVAILABLE})
+# The first delay after a "busy" answer that named none; it doubles while the backend stays busy.
+# A floor, not --retry-base-seconds alone: a base of 0 would hammer a rate-limited server.
+MIN_BUSY_RETRY_SECONDS = 0.5
 
 
 @dataclass(eq=False)
@@ -111,6 +116,9 @@ class DeliveryHandler:
         self._shutdown = shutdown
         self._clock = clock
         self.max_reply_bytes = DEFAULT_MAX_TEXT_BYTES
+        # Busy answers in a row, across messages: a rate limit is the backend's, not a message's,
+        # and a hand-back gives the attempt back, so the message's attempt cannot count them.
+        self._busy_in_a_row = 0
 
     async def handle(self, job: Job) -> None:
         """Asks the responder while keeping the lease, then settles the delivery."""
@@ -148,6 +156,10 @@ class DeliveryHandler:
             await self._release_failed(job, failure_reason(error), error)
             return
         exc = work.exception()
+        if isinstance(exc, RetryLater):
+            await self._hand_back_busy(job, exc)
+            return
+        self._busy_in_a_row = 0
         if exc is not None:
             await self._release_failed(job, failure_reason(exc), exc)
             return
@@ -242,6 +254,26 @@ class DeliveryHandler:
                     message_id,
                 )
 
+    async def _hand_back_busy(self, job: Job, busy: RetryLater) -> None:
+        """The backend is busy or rate limited: gives the message back without a reason, which
+        gives the attempt back (so a rate limit never makes a message DEAD), to come back after
+        the server's delay, or a backoff that grows while the backend stays busy."""
+        if busy.delay_seconds is not None:
+            delay = busy.delay_seconds
+        else:
+            base = max(self._config.retry_base_seconds, MIN_BUSY_RETRY_SECONDS)
+            delay = release_retry_after(self._busy_in_a_row + 1, base)
+        self._busy_in_a_row += 1
+        delay = min(delay, MAX_RELEASE_RETRY_AFTER_SECONDS)
+        log.warning(
+            "the model server is busy (%s); handing the message back, attempt not counted, "
+            "retry after %.1fs message_id=%s",
+            busy.detail,
+            delay,
+            job.message_id,
+        )
+        await self._release(job, reason="", retry_after=delay)
+
     async def _release_failed(
         self, job: Job, reason: str, exc: BaseException | None = None
     ) -> None:
@@ -258,6 +290,10 @@ class DeliveryHandler:
         )
         if exc is not None:
             log.debug("responder traceback message_id=%s", message_id, exc_info=exc)
+        await self._release(job, reason=reason, retry_after=retry_after)
+
+    async def _release(self, job: Job, *, reason: str, retry_after: float) -> None:
+        message_id = job.message_id
         result = await self._client.release(
             message_id,
             job.delivery.lease_token,

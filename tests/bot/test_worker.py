@@ -5,13 +5,15 @@ graceful stop. Outcomes are read back through the store's own RPCs."""
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import time
 
 import pytest
 
 from ackbot.bot.config import BotConfig
-from ackbot.bot.responder import IncomingMessage, PersonaResponder
+from ackbot.bot.delivery import MIN_BUSY_RETRY_SECONDS
+from ackbot.bot.responder import EmptyCompletion, IncomingMessage, PersonaResponder, RetryLater
 from ackbot.bot.worker import Worker
 from ackbot.common.limits import MAX_AUTHOR_CHARS
 from ackbot.v1 import message_store_pb2 as pb
@@ -313,4 +315,63 @@ async def test_a_reply_still_running_after_the_grace_period_is_cancelled(store, 
     message = await wait_state(stub, "m-1", pb.MESSAGE_STATE_PENDING)
     assert message.delivery_attempts == 1
     assert message.last_error == ""
+    assert await replies_to(stub, "m-1") == []
+
+
+class BusyFirst:
+    """Raises RetryLater (with `delay`) the first `times` times it is asked, then answers."""
+
+    def __init__(self, times: int, delay: float | None) -> None:
+        self.times = times
+        self.delay = delay
+        self.asked: list[tuple[int, float]] = []
+
+    async def reply(self, message: IncomingMessage) -> str | None:
+        self.asked.append((message.attempt, time.monotonic()))
+        if len(self.asked) <= self.times:
+            raise RetryLater("HTTP 429: slow down", self.delay)
+        return "finally"
+
+
+@pytest.mark.parametrize("delay", [0.2, None])
+async def test_a_busy_backend_hands_the_message_back_without_counting_the_attempt(
+    start_store, channels, delay
+):
+    # One attempt allowed: a counted failure would make the message DEAD at once.
+    store = await start_store(max_attempts=1)
+    stub = pb_grpc.MessageStoreStub(channels(store.address))
+    await create(stub, "m-1", "hello")
+    responder = BusyFirst(times=3, delay=delay)
+    async with running(Worker(bot_config(store), responder)):
+        processed = await wait_state(stub, "m-1", pb.MESSAGE_STATE_PROCESSED)
+    assert processed.delivery_attempts == 1, "every busy answer gave its attempt back"
+    assert processed.last_error == ""
+    assert [attempt for attempt, _ in responder.asked] == [1, 1, 1, 1]
+    [reply] = await replies_to(stub, "m-1")
+    assert reply.text == "finally"
+    gaps = [later - earlier for (_, earlier), (_, later) in itertools.pairwise(responder.asked)]
+    if delay is not None:
+        # The server's delay, counted by the store from the release (a little clock slack).
+        assert min(gaps) >= delay - 0.05
+    else:
+        # A backoff of its own that grows: 0.5 s, 1 s, 2 s (MIN_BUSY_RETRY_SECONDS doubling).
+        assert gaps[0] >= MIN_BUSY_RETRY_SECONDS - 0.05
+        assert gaps[2] >= 4 * MIN_BUSY_RETRY_SECONDS - 0.05
+
+
+class Empty:
+    async def reply(self, message: IncomingMessage) -> str | None:
+        raise EmptyCompletion("no text (finish_reason=length, 512 characters of reasoning)")
+
+
+async def test_an_empty_completion_is_a_counted_failure_with_its_cause(start_store, channels):
+    store = await start_store(max_attempts=2)
+    stub = pb_grpc.MessageStoreStub(channels(store.address))
+    await create(stub, "m-1", "hello")
+    async with running(Worker(bot_config(store, retry_base_seconds=0.05), Empty())):
+        dead = await wait_state(stub, "m-1", pb.MESSAGE_STATE_DEAD)
+    assert dead.delivery_attempts == 2
+    assert dead.last_error == (
+        "EmptyCompletion: no text (finish_reason=length, 512 characters of reasoning)"
+    )
     assert await replies_to(stub, "m-1") == []
