@@ -160,11 +160,17 @@ def load_factory(spec: str) -> ResponderFactory:
 async def create_responder(config: BotConfig, factory: ResponderFactory | None = None) -> Responder:
     """Makes the configured responder inside the running loop (a backend may open clients).
 
-    `factory` defaults to the one --responder names; without one, the persona answers.
+    `factory` defaults to the one --responder names; without one, --backend decides: the
+    persona, or an LLM backend (ackbot.bot.llm).
     """
     if factory is None:
         if config.responder is None:
-            return PersonaResponder(config.persona)
+            if config.backend == "persona":
+                return PersonaResponder(config.persona)
+            # Imported here: the HTTP clients cost start-up time the persona does not need.
+            from ackbot.bot.llm import create_llm_responder
+
+            return create_llm_responder(config)
         factory = load_factory(config.responder)
     made = factory(config)
     if inspect.isawaitable(made):
