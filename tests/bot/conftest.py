@@ -4,7 +4,7 @@ and a fresh SQLite file, and the channels that talk to it."""
 from __future__ import annotations
 
 import itertools
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -14,6 +14,7 @@ import pytest
 from ackbot.bot.store_client import StoreClient, open_channel
 from ackbot.store.config import StoreConfig
 from ackbot.store.server import StoreServer
+from ackbot.testing.fake_llm import FakeLLM
 from ackbot.v1 import message_store_pb2_grpc as pb_grpc
 
 
@@ -86,3 +87,10 @@ def stub(store: RunningStore, channels) -> pb_grpc.MessageStoreStub:
 @pytest.fixture
 def client(store: RunningStore, channels) -> StoreClient:
     return StoreClient(channels(store.address))
+
+
+@pytest.fixture
+def fake_llm() -> Iterator[FakeLLM]:
+    """A scripted chat-model server on a loopback port (ackbot.testing.fake_llm)."""
+    with FakeLLM() as server:
+        yield server
