@@ -240,6 +240,8 @@ class FakeLLM:
 
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
+    # A bot may open dozens of connections at once; the default backlog of 5 drops SYNs.
+    request_queue_size = 256
     llm: FakeLLM
 
     def __init__(self, address: tuple[str, int], handler: type[BaseHTTPRequestHandler]) -> None:
