@@ -63,8 +63,9 @@ async def run(config: BotConfig, factory: ResponderFactory | None = None) -> Non
         # Tests that pass port 0 read the real port from this exact line.
         log.info("listening on %s", address)
         log.info(
-            "persona %s, store %s, max_in_flight=%d, lease=%gs",
+            "persona %s (%s), store %s, max_in_flight=%d, lease=%gs",
             config.persona,
+            config.backend if config.responder is None else config.responder,
             ", ".join(config.stores),
             config.max_in_flight,
             config.lease_seconds,
@@ -90,6 +91,17 @@ async def run(config: BotConfig, factory: ResponderFactory | None = None) -> Non
 def main(argv: Sequence[str] | None = None) -> int:
     config = load_config(argv)
     configure_logging(config.log_level)
+    # httpx2 logs every request to the model server at INFO; the bot logs each answer itself.
+    logging.getLogger("httpx2").setLevel(logging.WARNING)
+    if config.backend != "persona":
+        # Imported only for an LLM backend: the HTTP clients take time to import.
+        from ackbot.bot.llm import BackendConfigError, chat_settings
+
+        try:
+            chat_settings(config)  # fails before anything starts, naming the flag at fault
+        except BackendConfigError as exc:
+            print(f"ackbot-bot: error: {exc}", file=sys.stderr)
+            return 2
     factory: ResponderFactory | None = None
     if config.responder is not None:
         try:

@@ -7,6 +7,7 @@ ackbot.common.flags).
 from __future__ import annotations
 
 import argparse
+import json
 import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
@@ -38,6 +39,16 @@ from ackbot.common.limits import (
 from ackbot.common.serving import split_host_port
 
 ENV_PREFIX = "ACKBOT_BOT_"
+# Where the answers come from: the built-in persona (offline), any OpenAI-compatible
+# chat-completions server, or Ollama's native chat API.
+BACKENDS = ("persona", "openai", "ollama")
+THINKING = ("auto", "off")
+# The model server's API key is read from this variable when --llm-api-key-file is not set. It
+# is deliberately not a flag: a key on the command line is visible to every user of the machine
+# (ps), and a flag's value would show as its default in --help.
+API_KEY_ENV = ENV_PREFIX + "LLM_API_KEY"
+MAX_LLM_TOKENS = 1_000_000
+MAX_LLM_TIMEOUT_SECONDS = 3600.0
 
 COMMAND = Command(
     prog="ackbot-bot",
@@ -59,6 +70,26 @@ def _name(max_chars: int) -> Callable[[str], str]:
         return text
 
     return parse
+
+
+def _json_object(text: str) -> str:
+    try:
+        value = json.loads(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"expected a JSON object: {exc}") from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError(f"expected a JSON object, got {text!r}")
+    return text
+
+
+def _temperature(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not 0.0 <= value <= 2.0:
+        raise argparse.ArgumentTypeError(f"must be between 0 and 2, got {text}")
+    return value
 
 
 def _responder_spec(text: str) -> str:
@@ -152,6 +183,77 @@ class BotConfig:
         type=_responder_spec,
         metavar="MODULE:ATTR",
         shown_default="the built-in offline persona",
+    )
+    # The LLM backends (ackbot.bot.llm). Only read when backend is not "persona".
+    backend: str = setting(
+        "persona",
+        "where replies come from: the built-in offline persona, an OpenAI-compatible "
+        "chat-completions server (vLLM, llama.cpp, Ollama's /v1, hosted APIs), or Ollama's "
+        "native /api/chat",
+        choices=BACKENDS,
+        type=str.lower,
+    )
+    llm_url: str = setting(
+        "",
+        "base URL of the model server, e.g. http://127.0.0.1:8080/v1 (openai) or "
+        "http://127.0.0.1:11434 (ollama)",
+        metavar="URL",
+        shown_default="https://api.openai.com/v1 for openai, http://127.0.0.1:11434 for ollama",
+    )
+    llm_model: str = setting(
+        "", "the model to ask (required with an LLM backend)", metavar="NAME", shown_default="none"
+    )
+    llm_api_key_file: str | None = setting(
+        None,
+        f"file holding the model server's API key; else the variable {API_KEY_ENV} is read",
+        metavar="PATH",
+        shown_default="none",
+    )
+    system_prompt: str = setting(
+        "",
+        "the model's instructions; {persona} in it becomes the persona's name",
+        metavar="TEXT",
+        shown_default="a short prompt naming the persona",
+    )
+    system_prompt_file: str | None = setting(
+        None,
+        "file holding the system prompt (instead of --system-prompt)",
+        metavar="PATH",
+        shown_default="none",
+    )
+    llm_max_tokens: int = setting(
+        1024,
+        "most tokens a reply may take; a reply cut there ends with an ellipsis",
+        type=int_in(1, MAX_LLM_TOKENS),
+        metavar="N",
+    )
+    llm_temperature: float | None = setting(
+        None,
+        "sampling temperature (0-2)",
+        type=_temperature,
+        metavar="T",
+        shown_default="the server's",
+    )
+    llm_timeout_seconds: float = setting(
+        120.0,
+        "how long one request to the model server may take",
+        type=seconds_in(0.0, MAX_LLM_TIMEOUT_SECONDS, low_inclusive=False),
+        metavar="SECONDS",
+    )
+    llm_thinking: str = setting(
+        "auto",
+        "auto: the model thinks if it does by default; off: ask it not to think from the start "
+        "(an empty reply is always retried once with thinking off)",
+        choices=THINKING,
+        type=str.lower,
+    )
+    # How an OpenAI-compatible server is asked not to think; servers spell it differently
+    # (README, "LLM backends").
+    llm_no_think_params: str = setting(
+        '{"reasoning_effort": "none"}',
+        "JSON fields added to an OpenAI-compatible request that asks the model not to think",
+        type=_json_object,
+        metavar="JSON",
     )
     # Sent as StreamUnprocessedRequest.consumer; empty means "persona-pid" (see default_consumer,
     # which load_config applies: the pid is known only then).

@@ -4,8 +4,16 @@ meanwhile, and settle.
 While the responder runs, a lease keeper extends the lease every half lease. The outcome settles
 the delivery: MarkProcessed with the reply (cut to the store's reply limit), or without one when
 the responder chose silence; ReleaseMessage with the reason and a growing retry_after when the
-responder failed or the store rejected its reply. What each store outcome means here is decided in
-this module, from the outcomes the store client reports (it handles no gRPC errors itself).
+responder failed or the store rejected its reply; ReleaseMessage without a reason (the attempt
+given back) after the server's delay when the responder's backend said "busy" (RetryLater). What
+each responder answer and each store outcome means is decided in this module, from the outcomes
+the store client reports (it handles no gRPC errors itself).
+
+A message may be delivered again while its reply is still being written: the store restarted,
+or the stream broke and came back, and handed out the message anew. The worker then lets the new
+delivery join the running job (`Job.adopt`) instead of asking the responder a second time: the
+job keeps and settles the new lease. A job whose lease is lost waits a while for such a
+redelivery before it gives up its reply.
 
 While the worker shuts down, a reply that is ready is held back until the stream is closed (the
 whole shutdown order is in worker.py): settling it at once would make room on the stream, and the
@@ -24,9 +32,9 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from ackbot.bot.config import BotConfig
-from ackbot.bot.responder import IncomingMessage, Responder
+from ackbot.bot.responder import IncomingMessage, Responder, RetryLater
 from ackbot.bot.store_client import Outcome, StoreClient
-from ackbot.common.backoff import release_retry_after
+from ackbot.common.backoff import MAX_RELEASE_RETRY_AFTER_SECONDS, release_retry_after
 from ackbot.common.limits import DEFAULT_MAX_TEXT_BYTES, MAX_REASON_CHARS, fit_text
 from ackbot.v1 import message_store_pb2 as pb
 
@@ -38,21 +46,44 @@ MIN_MARK_BUDGET_SECONDS = 30.0
 # What ExtendLease outcomes mean the lease is lost. UNAVAILABLE here means the retries already
 # ran until the lease expired.
 _LEASE_LOST = frozenset({Outcome.LEASE_GONE, Outcome.NOT_FOUND, Outcome.UNAVAILABLE})
+# A reply whose lease is lost goes on this long (or a lease, if longer) in case the message is
+# delivered to this bot again, as it is after a store restart: the bot's reconnect backoff tops
+# out at 5 s, and a store takes a few seconds to start.
+MIN_REDELIVERY_WAIT_SECONDS = 10.0
+# The first delay after a "busy" answer that named none; it doubles while the backend stays busy.
+# A floor, not --retry-base-seconds alone: a base of 0 would hammer a rate-limited server.
+MIN_BUSY_RETRY_SECONDS = 0.5
 
 
 @dataclass(eq=False)
 class Job:
-    """One delivery as the bot holds it."""
+    """One delivery as the bot holds it; after `adopt`, the latest delivery of its message."""
 
     delivery: pb.Delivery
     # On the bot's clock: the lease is counted from here (the store's expiry is on its clock).
     received_at: float
     # Set once the responder is done with it (or gave up): what the shutdown grace period awaits.
     replied: asyncio.Event = field(default_factory=asyncio.Event)
+    # Set whenever a redelivery joins the job: the lease keeper moves on to the new lease.
+    lease_changed: asyncio.Event = field(default_factory=asyncio.Event)
+    # Once the job hands its message back, a redelivery is a new attempt, not this one's.
+    releasing: bool = False
 
     @property
     def message_id(self) -> str:
         return self.delivery.message.id
+
+    @property
+    def joinable(self) -> bool:
+        """Whether a redelivery of this message should join this job rather than start anew."""
+        return not self.releasing
+
+    def adopt(self, delivery: pb.Delivery, received_at: float) -> None:
+        """A redelivery of the message joins this job: its lease is the one kept and settled
+        from now on (MarkProcessed is keyed by id, so the running reply answers it)."""
+        self.delivery = delivery
+        self.received_at = received_at
+        self.lease_changed.set()
 
 
 @dataclass
@@ -111,6 +142,9 @@ class DeliveryHandler:
         self._shutdown = shutdown
         self._clock = clock
         self.max_reply_bytes = DEFAULT_MAX_TEXT_BYTES
+        # Busy answers in a row, across messages: a rate limit is the backend's, not a message's,
+        # and a hand-back gives the attempt back, so the message's attempt cannot count them.
+        self._busy_in_a_row = 0
 
     async def handle(self, job: Job) -> None:
         """Asks the responder while keeping the lease, then settles the delivery."""
@@ -148,6 +182,10 @@ class DeliveryHandler:
             await self._release_failed(job, failure_reason(error), error)
             return
         exc = work.exception()
+        if isinstance(exc, RetryLater):
+            await self._hand_back_busy(job, exc)
+            return
+        self._busy_in_a_row = 0
         if exc is not None:
             await self._release_failed(job, failure_reason(exc), exc)
             return
@@ -162,25 +200,37 @@ class DeliveryHandler:
         return result
 
     async def keep_lease(self, job: Job) -> None:
-        """Extends the lease every half lease; returns only when the lease is lost."""
+        """Extends the lease every half lease, moving on to the lease of any redelivery that
+        joins the job; returns only when the lease is lost and no redelivery came in time."""
         lease = self._config.lease_seconds
-        # Counted from receipt, on our own clock: the store's expiry time is on its clock.
-        expires = job.received_at + lease
+        token = ""
+        expires = 0.0
         while True:
+            if job.delivery.lease_token != token:
+                # The first lease, or a redelivery's: counted from receipt, on our own clock
+                # (the store's expiry time is on its clock).
+                token = job.delivery.lease_token
+                expires = job.received_at + lease
             await asyncio.sleep(max(0.0, expires - lease / 2 - self._clock()))
+            if job.delivery.lease_token != token:
+                continue
             sent = self._clock()
             result = await self._client.extend(
                 job.message_id,
-                job.delivery.lease_token,
+                token,
                 lease_seconds=lease,
                 budget_seconds=max(expires - sent, 0.0),
             )
+            if job.delivery.lease_token != token:
+                continue  # joined meanwhile: the new lease is the one to keep
             if result.outcome is Outcome.SETTLED:
                 expires = sent + lease
                 log.debug("lease extended by %gs message_id=%s", lease, job.message_id)
                 continue
             remaining = expires - self._clock()
             if result.outcome in _LEASE_LOST or remaining < 0.1:
+                if await self._redelivered(job, token, result.problem):
+                    continue
                 log.warning("lease lost (%s) message_id=%s", result.problem, job.message_id)
                 return
             log.warning(
@@ -189,6 +239,30 @@ class DeliveryHandler:
                 job.message_id,
             )
             await asyncio.sleep(min(1.0, remaining / 2))
+
+    async def _redelivered(self, job: Job, token: str, problem: str) -> bool:
+        """Waits for a redelivery to join the job after its lease `token` was lost; False when
+        none came in time. A store that restarted hands the message out again, most likely to
+        this bot; until then the reply goes on, so it is not paid for twice."""
+        wait = max(self._config.lease_seconds, MIN_REDELIVERY_WAIT_SECONDS)
+        if job.delivery.lease_token == token:
+            log.info(
+                "lease lost (%s); the reply goes on for up to %gs in case the message comes "
+                "back message_id=%s",
+                problem,
+                wait,
+                job.message_id,
+            )
+        deadline = self._clock() + wait
+        while job.delivery.lease_token == token:
+            # Cleared only after the check above, with no await between: an adoption is never
+            # missed.
+            job.lease_changed.clear()
+            try:
+                await asyncio.wait_for(job.lease_changed.wait(), deadline - self._clock())
+            except TimeoutError:
+                return False
+        return True
 
     async def _mark(self, job: Job, text: str | None) -> None:
         message_id = job.message_id
@@ -242,6 +316,26 @@ class DeliveryHandler:
                     message_id,
                 )
 
+    async def _hand_back_busy(self, job: Job, busy: RetryLater) -> None:
+        """The backend is busy or rate limited: gives the message back without a reason, which
+        gives the attempt back (so a rate limit never makes a message DEAD), to come back after
+        the server's delay, or a backoff that grows while the backend stays busy."""
+        if busy.delay_seconds is not None:
+            delay = busy.delay_seconds
+        else:
+            base = max(self._config.retry_base_seconds, MIN_BUSY_RETRY_SECONDS)
+            delay = release_retry_after(self._busy_in_a_row + 1, base)
+        self._busy_in_a_row += 1
+        delay = min(delay, MAX_RELEASE_RETRY_AFTER_SECONDS)
+        log.warning(
+            "the model server is busy (%s); handing the message back, attempt not counted, "
+            "retry after %.1fs message_id=%s",
+            busy.detail,
+            delay,
+            job.message_id,
+        )
+        await self._release(job, reason="", retry_after=delay)
+
     async def _release_failed(
         self, job: Job, reason: str, exc: BaseException | None = None
     ) -> None:
@@ -258,6 +352,12 @@ class DeliveryHandler:
         )
         if exc is not None:
             log.debug("responder traceback message_id=%s", message_id, exc_info=exc)
+        await self._release(job, reason=reason, retry_after=retry_after)
+
+    async def _release(self, job: Job, *, reason: str, retry_after: float) -> None:
+        message_id = job.message_id
+        # From here a redelivery is the next attempt: it must not join this job, which is done.
+        job.releasing = True
         result = await self._client.release(
             message_id,
             job.delivery.lease_token,

@@ -1,4 +1,5 @@
-"""What the bot says: the Responder interface, the built-in offline persona, and the loader.
+"""What the bot says: the Responder interface, the failures a responder may report, the
+built-in offline persona, and the loader.
 
 A responder sees plain data (IncomingMessage), never protobuf, so LLM backends and test doubles
 depend on nothing but this module.
@@ -39,13 +40,47 @@ class IncomingMessage:
     create_time: datetime | None = None
 
 
+class RetryLater(Exception):
+    """The backend asked to be called again later (HTTP 429 or 503): nothing is wrong with the
+    message, so the attempt is given back.
+
+    `delay_seconds` is the server's Retry-After, or None when it named none (the bot then backs
+    off by itself).
+    """
+
+    def __init__(self, detail: str, delay_seconds: float | None = None) -> None:
+        super().__init__(detail)
+        self.detail = detail
+        self.delay_seconds = delay_seconds
+
+
+class EmptyCompletion(Exception):
+    """The model answered with no text (nothing at all, or only its thinking), even when asked
+    again with thinking off. A failure, never "no answer": `detail` says what came back."""
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(detail)
+        self.detail = detail
+
+
 class Responder(Protocol):
     """Produces the reply to one message.
 
     `reply` may take seconds (the bot extends the lease meanwhile) and may be called for many
-    messages at once. Raising means failure: the message is released and retried later. Returning
-    None or "" means "no answer": the message is marked processed without a reply. A responder that
-    holds clients may also define `async def aclose(self) -> None`; the bot calls it on shutdown.
+    messages at once. What it returns or raises decides what happens to the message
+    (ackbot.bot.delivery maps it; docs/semantics.md has the table):
+
+    - text: the reply, stored as the answer (cut to the store's limit).
+    - None or "": "no answer": the message is marked processed without a reply.
+    - `RetryLater`: the backend is busy or rate limited. The message is handed back without a
+      reason, which gives the attempt back (it can never go DEAD this way), to come back after
+      the server's delay, or after a backoff when it named none.
+    - `EmptyCompletion`, or any other exception (a timeout, a refused connection, an HTTP 5xx):
+      a failure. The message is released with the reason as its last error and retried after a
+      growing delay; the attempt counts, so after the store's max attempts it is DEAD.
+
+    A responder that holds clients may also define `async def aclose(self) -> None`; the bot
+    calls it on shutdown.
     """
 
     async def reply(self, message: IncomingMessage) -> str | None: ...
@@ -125,11 +160,17 @@ def load_factory(spec: str) -> ResponderFactory:
 async def create_responder(config: BotConfig, factory: ResponderFactory | None = None) -> Responder:
     """Makes the configured responder inside the running loop (a backend may open clients).
 
-    `factory` defaults to the one --responder names; without one, the persona answers.
+    `factory` defaults to the one --responder names; without one, --backend decides: the
+    persona, or an LLM backend (ackbot.bot.llm).
     """
     if factory is None:
         if config.responder is None:
-            return PersonaResponder(config.persona)
+            if config.backend == "persona":
+                return PersonaResponder(config.persona)
+            # Imported here: the HTTP clients cost start-up time the persona does not need.
+            from ackbot.bot.llm import create_llm_responder
+
+            return create_llm_responder(config)
         factory = load_factory(config.responder)
     made = factory(config)
     if inspect.isawaitable(made):

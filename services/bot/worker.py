@@ -7,6 +7,11 @@ delivery becomes a task bounded by a semaphore of max_in_flight, in which a Deli
 (delivery.py) asks the responder, keeps the lease alive and settles the delivery. The worker owns
 the stream, the slots, the shutdown drain and the health callback.
 
+A delivery of a message whose reply is already running (the store restarted, or the stream broke
+and came back, and handed the message out again) joins that reply instead of starting a second
+one: the running job takes over the new lease (DeliveryHandler's Job.adopt) and settles it, so
+each message costs one responder call.
+
 Shutdown order matters, because the store releases every lease of a stream the moment it closes
 and counts those deliveries as attempts, and because it refills any room a settled delivery leaves
 on an open stream. So: stop taking work; let running replies finish within the grace period (the
@@ -83,6 +88,8 @@ class Worker:
         self._live_generation: int | None = None
         self._stream: DeliveryStream | None = None
         self._jobs: set[_Job] = set()
+        # The jobs by message id, for redeliveries to join (see _accept).
+        self._replying: dict[str, _Job] = {}
         self._held: list[_Job] = []
         self._run_task: asyncio.Task[None] | None = None
 
@@ -156,6 +163,7 @@ class Worker:
             if not job.started and job.task is not None:
                 # Still waiting for a slot: never started, so it is handed back below.
                 job.task.cancel()
+                self._unregister(job)
                 self._held.append(job)
         replying = [job for job in self._jobs if job.started and not job.replied.is_set()]
         log.info(
@@ -297,14 +305,33 @@ class Worker:
         for job in dropped:
             if job.task is not None:
                 job.task.cancel()
+            self._unregister(job)
         held = [job for job in self._held if job.generation == generation]
         self._held = [job for job in self._held if job.generation != generation]
         for job in [*dropped, *held]:
             log.info("dropped unstarted delivery of a closed stream message_id=%s", job.message_id)
 
     def _accept(self, delivery: pb.Delivery, generation: int) -> None:
-        job = _Job(delivery, received_at=self._clock(), generation=generation)
         log.debug("received message_id=%s attempt=%d", delivery.message.id, delivery.attempt)
+        running = self._replying.get(delivery.message.id)
+        if (
+            running is not None
+            and running.joinable
+            and running.task is not None
+            and not running.task.done()
+        ):
+            # Its reply is already being written: that job answers this delivery too. The new
+            # lease occupies a slot on this stream until the job settles it.
+            running.generation = generation
+            running.adopt(delivery, self._clock())
+            log.info(
+                "delivered again while its reply runs (attempt %d); joined the running reply "
+                "message_id=%s",
+                delivery.attempt,
+                delivery.message.id,
+            )
+            return
+        job = _Job(delivery, received_at=self._clock(), generation=generation)
         if self._shutdown.begun:
             # Held, not released at once: a released message would come straight back on this
             # still-open stream. All held deliveries are handed back together at the end.
@@ -312,7 +339,17 @@ class Worker:
             return
         job.task = asyncio.create_task(self._run_job(job), name=f"reply {job.message_id}")
         self._jobs.add(job)
-        job.task.add_done_callback(lambda _task: self._jobs.discard(job))
+        self._replying[job.message_id] = job
+        job.task.add_done_callback(lambda _task: self._finished(job))
+
+    def _finished(self, job: _Job) -> None:
+        self._jobs.discard(job)
+        self._unregister(job)
+
+    def _unregister(self, job: _Job) -> None:
+        # Only its own entry: a newer job may have the message's id by now.
+        if self._replying.get(job.message_id) is job:
+            del self._replying[job.message_id]
 
     async def _set_connected(self, up: bool) -> None:
         if self._connected == up:

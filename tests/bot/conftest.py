@@ -7,7 +7,7 @@ from __future__ import annotations
 import itertools
 import os
 import secrets
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,6 +19,7 @@ from sqlalchemy.engine import make_url
 from ackbot.bot.store_client import StoreClient, open_channel
 from ackbot.store.config import StoreConfig
 from ackbot.store.server import StoreServer
+from ackbot.testing.fake_llm import FakeLLM
 from ackbot.v1 import message_store_pb2_grpc as pb_grpc
 
 
@@ -115,3 +116,10 @@ def stub(store: RunningStore, channels) -> pb_grpc.MessageStoreStub:
 @pytest.fixture
 def client(store: RunningStore, channels) -> StoreClient:
     return StoreClient(channels(store.address))
+
+
+@pytest.fixture
+def fake_llm() -> Iterator[FakeLLM]:
+    """A scripted chat-model server on a loopback port (ackbot.testing.fake_llm)."""
+    with FakeLLM() as server:
+        yield server

@@ -194,3 +194,52 @@ def test_a_bad_store_list_exits_2_naming_the_flag_and_the_entry(value, problem, 
 
 def test_the_same_port_on_another_host_is_another_store():
     assert load_config(["--store", "a:1,b:1"], {}).stores == ("a:1", "b:1")
+
+
+def test_llm_settings():
+    config = load_config(
+        [
+            "--backend=ollama",
+            "--llm-url=http://127.0.0.1:11434",
+            "--llm-model=qwen3:0.6b",
+            "--llm-max-tokens=256",
+            "--llm-temperature=0",
+            "--llm-timeout-seconds=30",
+            "--llm-thinking=off",
+            "--system-prompt=You are {persona}.",
+        ],
+        {},
+    )
+    assert (config.backend, config.llm_model) == ("ollama", "qwen3:0.6b")
+    assert config.llm_max_tokens == 256
+    assert (config.llm_temperature, config.llm_timeout_seconds) == (0.0, 30.0)
+    assert (config.llm_thinking, config.system_prompt) == ("off", "You are {persona}.")
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["--backend=llama"],
+        ["--llm-max-tokens=0"],
+        ["--llm-temperature=3"],
+        ["--llm-timeout-seconds=0"],
+        ["--llm-thinking=maybe"],
+        ["--llm-no-think-params=[1]"],
+        ["--llm-no-think-params={not json"],
+    ],
+)
+def test_bad_llm_settings_exit_2(argv, capsys):
+    with pytest.raises(SystemExit) as caught:
+        load_config(argv, {})
+    assert caught.value.code == 2
+    assert argv[0].split("=")[0] in capsys.readouterr().err
+
+
+def test_the_api_key_is_no_flag_and_never_shown(capsys, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "1000")
+    with pytest.raises(SystemExit):
+        load_config(["--help"], {"ACKBOT_BOT_LLM_API_KEY": "sk-very-secret"})
+    text = capsys.readouterr().out
+    assert "sk-very-secret" not in text
+    assert "--llm-api-key-file" in text
+    assert "--llm-api-key " not in text

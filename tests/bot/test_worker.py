@@ -5,13 +5,16 @@ graceful stop. Outcomes are read back through the store's own RPCs."""
 from __future__ import annotations
 
 import asyncio
+import collections
+import itertools
 import logging
 import time
 
 import pytest
 
 from ackbot.bot.config import BotConfig
-from ackbot.bot.responder import IncomingMessage, PersonaResponder
+from ackbot.bot.delivery import MIN_BUSY_RETRY_SECONDS
+from ackbot.bot.responder import EmptyCompletion, IncomingMessage, PersonaResponder, RetryLater
 from ackbot.bot.worker import Worker
 from ackbot.common.limits import MAX_AUTHOR_CHARS
 from ackbot.v1 import message_store_pb2 as pb
@@ -83,8 +86,10 @@ class Gated:
         self.finish = {message_id: asyncio.Event() for message_id in ids}
         self.fail = {message_id: asyncio.Event() for message_id in ids}
         self.cancelled: set[str] = set()
+        self.calls: collections.Counter[str] = collections.Counter()
 
     async def reply(self, message: IncomingMessage) -> str | None:
+        self.calls[message.id] += 1
         self.started[message.id].set()
         finish = asyncio.create_task(self.finish[message.id].wait())
         fail = asyncio.create_task(self.fail[message.id].wait())
@@ -314,3 +319,128 @@ async def test_a_reply_still_running_after_the_grace_period_is_cancelled(store, 
     assert message.delivery_attempts == 1
     assert message.last_error == ""
     assert await replies_to(stub, "m-1") == []
+
+
+class BusyFirst:
+    """Raises RetryLater (with `delay`) the first `times` times it is asked, then answers."""
+
+    def __init__(self, times: int, delay: float | None) -> None:
+        self.times = times
+        self.delay = delay
+        self.asked: list[tuple[int, float]] = []
+
+    async def reply(self, message: IncomingMessage) -> str | None:
+        self.asked.append((message.attempt, time.monotonic()))
+        if len(self.asked) <= self.times:
+            raise RetryLater("HTTP 429: slow down", self.delay)
+        return "finally"
+
+
+@pytest.mark.parametrize("delay", [0.2, None])
+async def test_a_busy_backend_hands_the_message_back_without_counting_the_attempt(
+    start_store, channels, delay
+):
+    # One attempt allowed: a counted failure would make the message DEAD at once.
+    store = await start_store(max_attempts=1)
+    stub = pb_grpc.MessageStoreStub(channels(store.address))
+    await create(stub, "m-1", "hello")
+    responder = BusyFirst(times=3, delay=delay)
+    async with running(Worker(bot_config(store), responder)):
+        processed = await wait_state(stub, "m-1", pb.MESSAGE_STATE_PROCESSED)
+    assert processed.delivery_attempts == 1, "every busy answer gave its attempt back"
+    assert processed.last_error == ""
+    assert [attempt for attempt, _ in responder.asked] == [1, 1, 1, 1]
+    [reply] = await replies_to(stub, "m-1")
+    assert reply.text == "finally"
+    gaps = [later - earlier for (_, earlier), (_, later) in itertools.pairwise(responder.asked)]
+    if delay is not None:
+        # The server's delay, counted by the store from the release (a little clock slack).
+        assert min(gaps) >= delay - 0.05
+    else:
+        # A backoff of its own that grows: 0.5 s, 1 s, 2 s (MIN_BUSY_RETRY_SECONDS doubling).
+        assert gaps[0] >= MIN_BUSY_RETRY_SECONDS - 0.05
+        assert gaps[2] >= 4 * MIN_BUSY_RETRY_SECONDS - 0.05
+
+
+class Empty:
+    async def reply(self, message: IncomingMessage) -> str | None:
+        raise EmptyCompletion("no text (finish_reason=length, 512 characters of reasoning)")
+
+
+async def test_an_empty_completion_is_a_counted_failure_with_its_cause(start_store, channels):
+    store = await start_store(max_attempts=2)
+    stub = pb_grpc.MessageStoreStub(channels(store.address))
+    await create(stub, "m-1", "hello")
+    async with running(Worker(bot_config(store, retry_base_seconds=0.05), Empty())):
+        dead = await wait_state(stub, "m-1", pb.MESSAGE_STATE_DEAD)
+    assert dead.delivery_attempts == 2
+    assert dead.last_error == (
+        "EmptyCompletion: no text (finish_reason=length, 512 characters of reasoning)"
+    )
+    assert await replies_to(stub, "m-1") == []
+
+
+async def test_a_redelivery_of_a_running_reply_joins_it(start_store, channels, tmp_path, caplog):
+    """The store goes away while three replies run and comes back on the same file and address:
+    it hands the three messages out again, and each joins its running reply, which keeps and
+    settles the new lease. The responder is asked once per message. The lease is short, so the
+    keeper loses the old lease first and waits for the redelivery instead of giving up."""
+    caplog.set_level(logging.INFO, logger="ackbot.bot")
+    lease = 2.0
+    db_url = f"sqlite+aiosqlite:///{tmp_path}/joined.db"
+    first = await start_store(db_url=db_url)
+    stub = pb_grpc.MessageStoreStub(channels(first.address))
+    ids = ["a", "b", "c"]
+    for message_id in ids:
+        await create(stub, message_id, f"message {message_id}")
+    responder = Gated(ids)
+
+    def logged(text: str) -> int:
+        return sum(text in record.getMessage() for record in caplog.records)
+
+    async with running(Worker(bot_config(first, lease_seconds=lease), responder)) as worker:
+        for message_id in ids:
+            await wait_event(responder.started[message_id], what=f"{message_id} to start")
+        await first.server.stop()
+        await wait_until(lambda: logged("the reply goes on") == len(ids), what="leases lost")
+        assert not worker.connected
+
+        second = await start_store(db_url=db_url, listen=first.address)
+        stub = pb_grpc.MessageStoreStub(channels(second.address))
+        await wait_until(lambda: logged("joined the running reply") == len(ids), what="joins")
+        began = time.time()
+
+        async def kept_past_two_leases() -> bool:
+            for message_id in ids:
+                message = await get(stub, message_id)
+                assert (message.state, message.delivery_attempts) == (
+                    pb.MESSAGE_STATE_LEASED,
+                    2,
+                ), message
+                if message.lease_expire_time.ToNanoseconds() / 1e9 < began + 2 * lease:
+                    return False
+            return True
+
+        # The keeper extends the new leases (with the new tokens), or they would lapse.
+        await wait_until(kept_past_two_leases, what="the joined leases extended")
+        for message_id in ids:
+            responder.finish[message_id].set()
+        for message_id in ids:
+            processed = await wait_state(stub, message_id, pb.MESSAGE_STATE_PROCESSED)
+            assert processed.delivery_attempts == 2
+            [reply] = await replies_to(stub, message_id)
+            assert reply.text == f"answer to {message_id}"
+    assert responder.calls == dict.fromkeys(ids, 1), "one responder call per message"
+    assert logged("duplicate prevented") == 0
+    assert logged("abandoning") == 0
+
+
+async def test_a_redelivery_after_a_failure_is_a_new_attempt(store, stub):
+    # No delay before the retry: the redelivery may arrive while the failed job still releases.
+    await create(stub, "m-1", "hello")
+    responder = FailsFirst()
+    async with running(Worker(bot_config(store, retry_base_seconds=0.0), responder)):
+        await wait_event(responder.second_started, what="the second attempt")
+        responder.proceed.set()
+        processed = await wait_state(stub, "m-1", pb.MESSAGE_STATE_PROCESSED)
+    assert processed.delivery_attempts == 2

@@ -61,6 +61,27 @@ BOT = {
     "grace_seconds": ("--grace-seconds", "ACKBOT_BOT_GRACE_SECONDS", "2", 2.0),
     "retry_base_seconds": ("--retry-base-seconds", "ACKBOT_BOT_RETRY_BASE_SECONDS", "4", 4.0),
     "responder": ("--responder", "ACKBOT_BOT_RESPONDER", "pkg.mod:make", "pkg.mod:make"),
+    "backend": ("--backend", "ACKBOT_BOT_BACKEND", "OpenAI", "openai"),
+    "llm_url": ("--llm-url", "ACKBOT_BOT_LLM_URL", "http://h:1/v1", "http://h:1/v1"),
+    "llm_model": ("--llm-model", "ACKBOT_BOT_LLM_MODEL", "tiny", "tiny"),
+    "llm_api_key_file": ("--llm-api-key-file", "ACKBOT_BOT_LLM_API_KEY_FILE", "/k", "/k"),
+    "system_prompt": ("--system-prompt", "ACKBOT_BOT_SYSTEM_PROMPT", "Be", "Be"),
+    "system_prompt_file": ("--system-prompt-file", "ACKBOT_BOT_SYSTEM_PROMPT_FILE", "/p", "/p"),
+    "llm_max_tokens": ("--llm-max-tokens", "ACKBOT_BOT_LLM_MAX_TOKENS", "64", 64),
+    "llm_temperature": ("--llm-temperature", "ACKBOT_BOT_LLM_TEMPERATURE", "0.5", 0.5),
+    "llm_timeout_seconds": (
+        "--llm-timeout-seconds",
+        "ACKBOT_BOT_LLM_TIMEOUT_SECONDS",
+        "9",
+        9.0,
+    ),
+    "llm_thinking": ("--llm-thinking", "ACKBOT_BOT_LLM_THINKING", "off", "off"),
+    "llm_no_think_params": (
+        "--llm-no-think-params",
+        "ACKBOT_BOT_LLM_NO_THINK_PARAMS",
+        "{}",
+        "{}",
+    ),
     "consumer": ("--consumer", "ACKBOT_BOT_CONSUMER", "bea-7", "bea-7"),
 }
 SERVICES = [

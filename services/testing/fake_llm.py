@@ -1,0 +1,380 @@
+"""A scripted chat-model server for tests and benchmarks: real HTTP on a loopback port, in a thread
+of the caller's process, speaking both APIs the bot's LLM backends use (non-streaming):
+
+- OpenAI's `POST /v1/chat/completions` (what vLLM, llama.cpp's server and Ollama's /v1 serve),
+- Ollama's native `POST /api/chat`.
+
+It is wire-faithful, not a model: each request gets the next `Action` of the script whose text
+it matches (a normal reply, empty content, thinking only, 429 or 503 with or without Retry-After,
+500, a stall, a cut connection, a reply cut by the token limit, a reply held until the test
+opens a gate), and every request is recorded, so a test can count how often the bot asked about
+a message, and check what it sent.
+
+    with FakeLLM() as llm:
+        llm.script("poison", Status(500))
+        ...  # a bot started with --llm-url llm.openai_url (or llm.url for --backend ollama)
+        assert len(llm.requests_for("poison")) == 2
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import socket
+import threading
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from http import HTTPStatus
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from types import TracebackType
+from typing import Any, Self
+
+OPENAI_PATH = "/v1/chat/completions"
+OLLAMA_PATH = "/api/chat"
+# How often a held or stalled request looks whether the server is stopping.
+_POLL_SECONDS = 0.05
+
+
+@dataclass(frozen=True)
+class Reply:
+    """A completion. `text` None answers with `answer_to(the user's text)`."""
+
+    text: str | None = None
+    finish_reason: str = "stop"
+    # Sent in the thinking channel: `reasoning` (OpenAI-compatible) or `thinking` (Ollama).
+    reasoning: str = ""
+
+
+@dataclass(frozen=True)
+class Thinks:
+    """A thinking model that spends its whole budget thinking: only `reasoning` and empty
+    content while thinking is on; `then` when the request turns thinking off (Ollama
+    `think: false`; `reasoning_effort: "none"` or `chat_template_kwargs.enable_thinking: false`)."""
+
+    reasoning: str = "Let me think about how to answer this."
+    finish_reason: str = "length"
+    then: Reply = field(default_factory=Reply)
+
+
+@dataclass(frozen=True)
+class Status:
+    """An error status, with a Retry-After header when `retry_after` is set."""
+
+    code: int
+    retry_after: str | None = None
+    message: str = "the fake model server says no"
+
+
+@dataclass(frozen=True)
+class Stall:
+    """Waits `seconds` (past the client's timeout, typically), then answers `then`."""
+
+    seconds: float
+    then: Reply = field(default_factory=Reply)
+
+
+@dataclass(frozen=True)
+class Hold:
+    """Waits until `gate` is set (or the server stops), then answers `then`."""
+
+    gate: threading.Event
+    then: Reply = field(default_factory=Reply)
+
+
+@dataclass(frozen=True)
+class Cut:
+    """Closes the connection without an answer."""
+
+
+Action = Reply | Thinks | Status | Stall | Hold | Cut
+
+
+def answer_to(text: str) -> str:
+    """The text of a default Reply."""
+    return f"An answer to: {text}"
+
+
+@dataclass(frozen=True)
+class SeenRequest:
+    """One request as the server received it."""
+
+    path: str
+    body: dict[str, Any]
+    # Header names in lower case.
+    headers: dict[str, str]
+    received_at: float
+
+    @property
+    def api(self) -> str:
+        return "ollama" if self.path == OLLAMA_PATH else "openai"
+
+    @property
+    def user_text(self) -> str:
+        """The content of the last user message."""
+        messages = self.body.get("messages") or []
+        for message in reversed(messages):
+            if isinstance(message, dict) and message.get("role") == "user":
+                return str(message.get("content", ""))
+        return ""
+
+    @property
+    def thinking_off(self) -> bool:
+        if self.api == "ollama":
+            return self.body.get("think") is False
+        template = self.body.get("chat_template_kwargs")
+        return self.body.get("reasoning_effort") == "none" or (
+            isinstance(template, dict) and template.get("enable_thinking") is False
+        )
+
+
+@dataclass
+class _Rule:
+    match: str
+    actions: list[Action]
+    then: Action | None
+    used: int = 0
+
+    def next(self) -> Action:
+        if self.used < len(self.actions):
+            action = self.actions[self.used]
+            self.used += 1
+            return action
+        return self.then if self.then is not None else self.actions[-1]
+
+
+class FakeLLM:
+    """The server; `start()` it (or use `with`), point a bot at `openai_url` or `url`, script
+    it, and read `requests` afterwards. Safe to script and read from any thread."""
+
+    def __init__(self, *, default: Action | None = None) -> None:
+        self._default: Action = default if default is not None else Reply()
+        self._rules: list[_Rule] = []
+        self._requests: list[SeenRequest] = []
+        self._lock = threading.Lock()
+        self.stopping = threading.Event()
+        self._server: _Server | None = None
+        self._thread: threading.Thread | None = None
+
+    # -- life cycle ---------------------------------------------------------------------------
+
+    def start(self) -> Self:
+        server = _Server(("127.0.0.1", 0), _Handler)
+        server.llm = self
+        self._server = server
+        self._thread = threading.Thread(
+            target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
+        )
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        """Stops serving; held and stalled requests end, open connections are closed."""
+        self.stopping.set()
+        server = self._server
+        if server is None:
+            return
+        server.shutdown()
+        server.close_connections()
+        server.server_close()
+        if self._thread is not None:
+            self._thread.join(5)
+        self._server = None
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    @property
+    def port(self) -> int:
+        assert self._server is not None, "start() the server first"
+        return int(self._server.server_address[1])
+
+    @property
+    def url(self) -> str:
+        """The base URL for --backend ollama."""
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def openai_url(self) -> str:
+        """The base URL for --backend openai."""
+        return f"{self.url}/v1"
+
+    # -- scripting ----------------------------------------------------------------------------
+
+    def script(self, match: str, *actions: Action, then: Action | None = None) -> None:
+        """Requests whose user text contains `match` get `actions` in turn, then `then` (by
+        default the last action, again and again). The first matching script wins; other
+        requests get the default action."""
+        if not actions:
+            raise ValueError("script() needs at least one action")
+        with self._lock:
+            self._rules.append(_Rule(match, list(actions), then))
+
+    def next_action(self, request: SeenRequest) -> Action:
+        with self._lock:
+            self._requests.append(request)
+            for rule in self._rules:
+                if rule.match in request.user_text:
+                    return rule.next()
+            return self._default
+
+    # -- what was asked -----------------------------------------------------------------------
+
+    @property
+    def requests(self) -> list[SeenRequest]:
+        with self._lock:
+            return list(self._requests)
+
+    def requests_for(self, match: str) -> list[SeenRequest]:
+        """The requests whose user text contains `match`."""
+        return [request for request in self.requests if match in request.user_text]
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    # A bot may open dozens of connections at once; the default backlog of 5 drops SYNs.
+    request_queue_size = 256
+    llm: FakeLLM
+
+    def __init__(self, address: tuple[str, int], handler: type[BaseHTTPRequestHandler]) -> None:
+        super().__init__(address, handler)
+        self._connections: set[socket.socket] = set()
+        self._connections_lock = threading.Lock()
+
+    def track(self, connection: socket.socket, open_: bool) -> None:
+        with self._connections_lock:
+            if open_:
+                self._connections.add(connection)
+            else:
+                self._connections.discard(connection)
+
+    def close_connections(self) -> None:
+        # Idle keep-alive connections would otherwise keep their handler threads reading.
+        with self._connections_lock:
+            connections = list(self._connections)
+        for connection in connections:
+            with contextlib.suppress(OSError):
+                connection.shutdown(socket.SHUT_RDWR)
+
+
+class _Handler(BaseHTTPRequestHandler):
+    # Keep-alive, as the clients expect; every answer carries its Content-Length.
+    protocol_version = "HTTP/1.1"
+    server: _Server
+
+    def setup(self) -> None:
+        super().setup()
+        self.server.track(self.connection, True)
+
+    def finish(self) -> None:
+        self.server.track(self.connection, False)
+        with contextlib.suppress(OSError):
+            super().finish()
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass  # the requests are recorded; a test's output stays readable
+
+    def do_POST(self) -> None:
+        length = int(self.headers.get("Content-Length") or 0)
+        raw = self.rfile.read(length) if length else b""
+        if self.path not in (OPENAI_PATH, OLLAMA_PATH):
+            self._send_json(HTTPStatus.NOT_FOUND, {"error": f"no route {self.path}"})
+            return
+        try:
+            body = json.loads(raw or b"{}")
+        except ValueError:
+            self._send_json(HTTPStatus.BAD_REQUEST, {"error": "the body is not JSON"})
+            return
+        request = SeenRequest(
+            path=self.path,
+            body=body if isinstance(body, dict) else {},
+            headers={name.lower(): value for name, value in self.headers.items()},
+            received_at=time.time(),
+        )
+        llm = self.server.llm
+        self._act(llm.next_action(request), request, llm.stopping)
+
+    def _act(self, action: Action, request: SeenRequest, stopping: threading.Event) -> None:
+        match action:
+            case Cut():
+                self.close_connection = True
+                with contextlib.suppress(OSError):
+                    self.connection.shutdown(socket.SHUT_RDWR)
+            case Status(code, retry_after, message):
+                headers = {"Retry-After": retry_after} if retry_after is not None else {}
+                self._send_json(code, _error_body(request, code, message), headers)
+            case Stall(seconds, then):
+                stopping.wait(seconds)
+                self._reply(request, then)
+            case Hold(gate, then):
+                while not gate.is_set() and not stopping.is_set():
+                    gate.wait(_POLL_SECONDS)  # poll: the server may stop meanwhile
+                self._reply(request, then)
+            case Thinks(reasoning, finish_reason, then):
+                if request.thinking_off:
+                    self._reply(request, then)
+                else:
+                    self._reply(request, Reply("", finish_reason, reasoning))
+            case Reply():
+                self._reply(request, action)
+
+    def _reply(self, request: SeenRequest, reply: Reply) -> None:
+        text = answer_to(request.user_text) if reply.text is None else reply.text
+        model = str(request.body.get("model", ""))
+        if request.api == "ollama":
+            message: dict[str, Any] = {"role": "assistant", "content": text}
+            if reply.reasoning:
+                message["thinking"] = reply.reasoning
+            body: dict[str, Any] = {
+                "model": model,
+                "created_at": datetime.now(UTC).isoformat(),
+                "message": message,
+                "done": True,
+                "done_reason": reply.finish_reason,
+                "eval_count": len(text.split()),
+            }
+        else:
+            choice_message: dict[str, Any] = {"role": "assistant", "content": text}
+            if reply.reasoning:
+                choice_message["reasoning"] = reply.reasoning
+            words = len(text.split())
+            body = {
+                "id": f"chatcmpl-fake-{int(request.received_at * 1e6)}",
+                "object": "chat.completion",
+                "created": int(request.received_at),
+                "model": model,
+                "choices": [
+                    {"index": 0, "message": choice_message, "finish_reason": reply.finish_reason}
+                ],
+                "usage": {"prompt_tokens": 1, "completion_tokens": words, "total_tokens": words},
+            }
+        self._send_json(HTTPStatus.OK, body)
+
+    def _send_json(self, code: int, body: object, headers: dict[str, str] | None = None) -> None:
+        data = json.dumps(body).encode()
+        try:
+            self.send_response(code)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            for name, value in (headers or {}).items():
+                self.send_header(name, value)
+            self.end_headers()
+            self.wfile.write(data)
+        except OSError:
+            # The client gave up first (its timeout after a stall): nobody is listening.
+            self.close_connection = True
+
+
+def _error_body(request: SeenRequest, code: int, message: str) -> object:
+    if request.api == "ollama":
+        return {"error": message}
+    kind = "rate_limit_error" if code == HTTPStatus.TOO_MANY_REQUESTS else "server_error"
+    return {"error": {"message": message, "type": kind, "param": None, "code": None}}
