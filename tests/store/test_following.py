@@ -18,10 +18,12 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from ackbot.store.database import Database
+from ackbot.store.errors import StorageUnavailable
 from ackbot.store.repository import MessageRepository, NewMessage, StoredMessage
 from ackbot.testing import wait_until
 
-from .conftest import MakeRepository
+from .conftest import SECOND_NS, FakeClock, MakeRepository
 
 pytestmark = pytest.mark.postgres
 
@@ -101,7 +103,6 @@ A_WRITES: dict[str, AWrite] = {
 }
 
 
-@pytest.mark.xfail(strict=True, reason="issue 9: PostgreSQL inserts do not take turns yet")
 @pytest.mark.parametrize("a_write", list(A_WRITES))
 async def test_a_follower_sees_a_message_that_commits_after_a_higher_one(
     make_postgres_repo: MakeRepository, postgres_engine: AsyncEngine, a_write: str
@@ -129,3 +130,94 @@ async def test_a_follower_sees_a_message_that_commits_after_a_higher_one(
     assert sorted(seen) == sorted([a_id, "b"]), f"the follower skipped a message: saw {seen}"
     sequences = [message.sequence for message in follower.seen]
     assert sequences == sorted(sequences)
+
+
+async def test_a_store_waits_for_the_insert_turn_of_another(
+    make_postgres_repo: MakeRepository, postgres_engine: AsyncEngine
+) -> None:
+    store_a, store_b = [await make_postgres_repo() for _ in range(2)]
+    follower = Follower(store_b)
+    held = HeldOpen(store_a)
+    a_task = asyncio.create_task(store_a.create_message(NewMessage(author="a", text="a", id="a")))
+    async with asyncio.timeout(WITHIN):
+        await held.inserted.wait()
+
+    b_task = asyncio.create_task(store_b.create_message(NewMessage(author="b", text="b", id="b")))
+    try:
+        await wait_until(
+            lambda: waiting_for_the_sequence_lock(postgres_engine),
+            within=WITHIN,
+            interval=0.01,
+            what="store B waits for the insert turn",
+        )
+        assert not b_task.done()
+        assert await follower.poll() == []
+    finally:
+        held.let_commit()
+    async with asyncio.timeout(WITHIN):
+        a, b = await asyncio.gather(a_task, b_task)
+
+    assert a.message.sequence < b.message.sequence
+    assert [m.id for m in await follower.poll()] == ["a", "b"]
+
+
+async def test_a_wait_for_the_insert_turn_ends_in_unavailable_at_the_lock_timeout(
+    make_postgres_repo: MakeRepository, postgres_engine: AsyncEngine, clock: FakeClock
+) -> None:
+    store_a = await make_postgres_repo()
+    impatient = MessageRepository(
+        Database(postgres_engine, lock_timeout_seconds=0.2), clock_ns=clock
+    )
+    held = HeldOpen(store_a)
+    a_task = asyncio.create_task(store_a.create_message(NewMessage(author="a", text="a", id="a")))
+    try:
+        async with asyncio.timeout(WITHIN):
+            await held.inserted.wait()
+            with pytest.raises(StorageUnavailable, match="lock timeout"):
+                await impatient.create_message(NewMessage(author="b", text="b", id="b"))
+    finally:
+        held.let_commit()
+    async with asyncio.timeout(WITHIN):
+        await a_task
+
+    # Nothing of the refused write was stored, and the next one goes through.
+    assert [m.id for m in await impatient.list_messages()] == ["a"]
+    retried = await impatient.create_message(NewMessage(author="b", text="b", id="b"))
+    assert not retried.already_existed
+
+
+async def test_waiting_for_the_turn_holds_no_row_lock_the_holder_needs(
+    make_postgres_repo: MakeRepository, postgres_engine: AsyncEngine
+) -> None:
+    # The deadlock the lock order prevents: store B releases a message and creates one in one
+    # transaction while store A, holding the turn, extends that message in its own. If B's
+    # release ran first, B would hold the row and wait for the turn, and A would wait for the
+    # row: PostgreSQL would abort one of them after deadlock_timeout.
+    store_a, store_b = [await make_postgres_repo() for _ in range(2)]
+    await store_b.create_message(NewMessage(author="u", text="x", id="x"))
+    (delivery,) = await store_b.claim(1, 60 * SECOND_NS)
+    token = delivery.lease_token
+    held = HeldOpen(store_a)
+    a_tasks = [
+        asyncio.create_task(store_a.create_message(NewMessage(author="a", text="a", id="a"))),
+        asyncio.create_task(store_a.extend_lease("x", token, 120 * SECOND_NS)),
+    ]
+    async with asyncio.timeout(WITHIN):
+        await held.inserted.wait()
+    b_tasks = [
+        asyncio.create_task(store_b.release("x", token, reason="", retry_after_ns=0)),
+        asyncio.create_task(store_b.create_message(NewMessage(author="b", text="b", id="b"))),
+    ]
+    try:
+        await wait_until(
+            lambda: waiting_for_the_sequence_lock(postgres_engine),
+            within=WITHIN,
+            interval=0.01,
+            what="store B waits for the insert turn",
+        )
+    finally:
+        held.let_commit()
+    async with asyncio.timeout(WITHIN):
+        await asyncio.gather(*a_tasks, *b_tasks)
+
+    assert [m.id for m in await store_b.list_messages()] == ["x", "a", "b"]
