@@ -15,7 +15,12 @@ import time
 import grpc
 from grpc_health.v1._async import HealthServicer
 
-from ackbot.common.serving import add_health_and_reflection, bind_insecure, set_serving
+from ackbot.common.serving import (
+    add_health_and_reflection,
+    bind_insecure,
+    create_server,
+    set_serving,
+)
 from ackbot.store.config import StoreConfig
 from ackbot.store.database import Database
 from ackbot.store.manager import MessageManager
@@ -68,7 +73,7 @@ class StoreServer:
                 log.info("released %d leases left by a previous run", released)
         self._manager = manager = MessageManager(repository)
 
-        self._server = server = grpc.aio.server(options=_server_options(config))
+        self._server = server = create_server(_server_options(config))
         add_to_server(MessageStoreServicer(manager, config), server)
         self._health = health = await add_health_and_reflection(server, [SERVICE_NAME])
         address = bind_insecure(server, config.listen)
