@@ -308,8 +308,9 @@ class MessageRepository:
         Database.inserts_take_turns); held until the transaction ends.
 
         nextval() then runs under the lock, and PostgreSQL releases it only after the commit
-        is visible: the rows any reader sees are always every sequence up to some point (with
-        the sequence's CACHE 1, the default). Taken before the transaction's first row lock
+        is visible: a reader that sees a row already sees every row with a lower sequence that
+        will ever commit (with the sequence's CACHE 1, the default: a cache would hand each
+        session numbers drawn earlier). Taken before the transaction's first row lock
         (inserting writes run first in a group commit, and marks take it before their UPDATE):
         a transaction waiting for the turn never holds a row that the holder may need.
         """

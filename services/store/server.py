@@ -111,13 +111,13 @@ class StoreServer:
                 await self._manager.close_streams(handler_wait_seconds=0)
             if self._repository is not None:
                 await self._repository.dispose()
-            if self._ownership is not None:
-                # Last: the database is closed, the next store may have it.
-                self._ownership.release()
             if self._started:
                 # A store that failed to start says only why (__main__).
                 log.info("stopped in %.2fs", time.monotonic() - started)
         finally:
+            if self._ownership is not None:
+                # Last, once the database is closed: the next store may have the file.
+                self._ownership.release()
             self._stopped.set()
 
     async def wait_stopped(self) -> None:
