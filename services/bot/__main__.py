@@ -13,8 +13,6 @@ import signal
 import sys
 from collections.abc import Sequence
 
-import grpc
-
 from ackbot.bot.config import BotConfig, load_config
 from ackbot.bot.responder import (
     ResponderFactory,
@@ -26,7 +24,12 @@ from ackbot.bot.responder import (
 from ackbot.bot.worker import Worker
 from ackbot.common import eventloop
 from ackbot.common.logs import configure_logging
-from ackbot.common.serving import add_health_and_reflection, bind_insecure, set_serving
+from ackbot.common.serving import (
+    add_health_and_reflection,
+    bind_insecure,
+    create_server,
+    set_serving,
+)
 
 log = logging.getLogger("ackbot.bot")
 
@@ -45,8 +48,10 @@ async def run(config: BotConfig, factory: ResponderFactory | None = None) -> Non
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop_requested.set)
 
+    server = create_server()
+    # Bound first: a port in use is refused before anything else starts, with nothing to undo.
+    address = bind_insecure(server, config.listen)
     responder = await create_responder(config, factory)
-    server = grpc.aio.server()
     health = await add_health_and_reflection(server, [])
     # The bot has no gRPC service of its own to reflect; its health name exists from the start
     # (NOT_SERVING) so that a Check for it answers before the stream is up.
@@ -58,7 +63,6 @@ async def run(config: BotConfig, factory: ResponderFactory | None = None) -> Non
     worker = Worker(config, responder, on_connection=on_connection)
     run_task: asyncio.Task[None] | None = None
     try:
-        address = bind_insecure(server, config.listen)
         await server.start()
         # Tests that pass port 0 read the real port from this exact line.
         log.info("listening on %s", address)

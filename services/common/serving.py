@@ -1,12 +1,21 @@
-"""The parts every ackbot gRPC server has: health checking and server reflection.
+"""The parts every ackbot gRPC server has: health checking, server reflection, and a port of
+its own.
 
 Reflection lets people debug with grpcurl without the .proto files; the standard
 grpc.health.v1 service lets tests, orchestrators and `make run` wait for readiness.
+
+gRPC servers set SO_REUSEPORT by default, so a second process binds a port that is in use
+without a word, and the kernel splits new connections between the two: clients of a store would
+get answers from two databases. `create_server` turns that off, and `bind_insecure` says when
+the address is taken.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import errno
+import socket
+from collections.abc import Iterable, Sequence
+from typing import Any
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -15,6 +24,17 @@ from grpc_reflection.v1alpha import reflection
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+# One listener per port: see the module docstring.
+NO_SHARED_PORT = ("grpc.so_reuseport", 0)
+
+
+class AddressInUse(OSError):
+    """Another socket listens on the address a server was told to listen on."""
+
+
+def create_server(options: Sequence[tuple[str, Any]] = ()) -> grpc.aio.Server:
+    """A grpc.aio server with `options` that will not share its port with another process."""
+    return grpc.aio.server(options=[*options, NO_SHARED_PORT])
 
 
 async def add_health_and_reflection(
@@ -52,12 +72,39 @@ def format_address(host: str, port: int) -> str:
 
 def bind_insecure(server: grpc.aio.Server, listen: str) -> str:
     """Binds HOST:PORT (port 0: any free one); returns HOST:PORT with the port actually bound.
-    Raises OSError naming the address when it cannot be bound."""
+    Raises OSError naming the address when it cannot be bound: AddressInUse when another
+    socket listens there."""
     host, port = split_host_port(listen)
+    in_use = AddressInUse(f"cannot listen on {listen}: the address is already in use")
+    # Asked first, because gRPC itself would also log a multi-line error of its own.
+    if port and _address_in_use(host, port):
+        raise in_use
     try:
         bound = server.add_insecure_port(format_address(host, port))
     except RuntimeError as exc:  # newer grpc raises instead of returning 0
+        if port and _address_in_use(host, port):  # taken since we asked
+            raise in_use from exc
         raise OSError(f"could not bind {listen}: {exc}") from exc
-    if bound == 0:
+    if bound == 0:  # older grpc
+        if port and _address_in_use(host, port):
+            raise in_use
         raise OSError(f"could not bind {listen}")
     return format_address(host, bound)
+
+
+def _address_in_use(host: str, port: int) -> bool:
+    """Whether binding HOST:PORT fails because another socket holds it, tried the way gRPC
+    binds (SO_REUSEADDR, so that connections in TIME_WAIT do not count; no SO_REUSEPORT)."""
+    try:
+        addresses = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except OSError:
+        return False  # an unknown host: gRPC's own error says so
+    for family, kind, protocol, _, address in addresses:
+        with socket.socket(family, kind, protocol) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                probe.bind(address)
+            except OSError as exc:
+                if exc.errno == errno.EADDRINUSE:
+                    return True
+    return False

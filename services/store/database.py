@@ -7,6 +7,8 @@ that is not plain SQL, decided here once.
   dialect only.
 - Ownership: one store process owns an SQLite file, while several may share a PostgreSQL
   database (`single_owner`).
+- Arrival order: whether transactions that insert messages must take turns so that `sequence`
+  order is commit order (`inserts_take_turns`).
 - Driver errors are wrapped at this boundary (StorageUnavailable, StorageFull) and never leak.
 
 The queries themselves are the same on both (the repository's); where a clause means nothing on
@@ -84,8 +86,9 @@ def _configure_sqlite(engine: Engine, lock_timeout_seconds: float, synchronous: 
 class Database:
     """An engine, and what its dialect means for the store."""
 
-    def __init__(self, engine: AsyncEngine) -> None:
+    def __init__(self, engine: AsyncEngine, *, lock_timeout_seconds: float = 5.0) -> None:
         self.engine = engine
+        self.lock_timeout_seconds = lock_timeout_seconds
         self._is_sqlite = engine.dialect.name == _SQLITE
 
     @classmethod
@@ -97,7 +100,8 @@ class Database:
                 url,
                 lock_timeout_seconds=lock_timeout_seconds,
                 sqlite_synchronous=sqlite_synchronous,
-            )
+            ),
+            lock_timeout_seconds=lock_timeout_seconds,
         )
 
     @property
@@ -109,6 +113,19 @@ class Database:
         leases are not ours to release.
         """
         return self._is_sqlite
+
+    @property
+    def inserts_take_turns(self) -> bool:
+        """Whether a transaction must hold the insert turn (the repository's advisory lock)
+        from before its first INSERT into messages until it commits.
+
+        Followers read `sequence > cursor`, so a row must never become visible after one with a
+        higher sequence. PostgreSQL draws a sequence at insert, and transactions commit in any
+        order: an insert that commits late would be skipped. While inserts take turns, the next
+        sequence is drawn only after the previous inserter's commit is visible. SQLite has one
+        writer, whose write lock already makes sequence order commit order.
+        """
+        return not self._is_sqlite
 
     @property
     def url(self) -> str:

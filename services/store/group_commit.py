@@ -15,11 +15,12 @@ requests of one transaction for it reach it together, so it can write them with 
 `submit_one` takes a per-item function, called once for each of its requests in the shared
 transaction. Requests in one transaction were all waiting at the same time, none answered yet,
 so any order is a valid one: functions run in the order they first appear, except that requests
-submitted with `runs_last=True` run after all the others (the store's claims, so that they see
-the messages created and released in the same transaction). Each function gets its own requests
-in arrival order. A function answers each request with a result or a StoreError; it must write
-nothing for a request it answers with an error, because the others in the transaction still
-commit.
+submitted with `runs_first=True` run before all the others (the store's inserts, so that a
+transaction takes PostgreSQL's insert lock before any row lock) and those with `runs_last=True`
+after all the others (the store's claims, so that they see the messages created and released in
+the same transaction). Each function gets its own requests in arrival order. A function
+answers each request with a result or a StoreError; it must write nothing for a request it
+answers with an error, because the others in the transaction still commit.
 """
 
 from __future__ import annotations
@@ -51,7 +52,12 @@ class _Kind:
 
     handler: Callable[..., Awaitable[Any]]
     per_item: bool
+    runs_first: bool
     runs_last: bool
+
+    @property
+    def phase(self) -> int:
+        return 0 if self.runs_first else 2 if self.runs_last else 1
 
 
 @dataclass(eq=False)
@@ -84,18 +90,32 @@ class GroupCommitter(Generic[Tx]):
         self._closed = False
 
     async def submit(
-        self, handler: BatchHandler[Tx, Item, Result], item: Item, *, runs_last: bool = False
+        self,
+        handler: BatchHandler[Tx, Item, Result],
+        item: Item,
+        *,
+        runs_first: bool = False,
+        runs_last: bool = False,
     ) -> Result:
         """Writes `item` with `handler`, together with the transaction's other items for it."""
-        return await self._enqueue(_Kind(handler, per_item=False, runs_last=runs_last), item)
+        kind = _Kind(handler, per_item=False, runs_first=runs_first, runs_last=runs_last)
+        return await self._enqueue(kind, item)
 
     async def submit_one(
-        self, handler: ItemHandler[Tx, Item, Result], item: Item, *, runs_last: bool = False
+        self,
+        handler: ItemHandler[Tx, Item, Result],
+        item: Item,
+        *,
+        runs_first: bool = False,
+        runs_last: bool = False,
     ) -> Result:
         """Writes `item` with `handler(tx, item)`, inside a shared transaction."""
-        return await self._enqueue(_Kind(handler, per_item=True, runs_last=runs_last), item)
+        kind = _Kind(handler, per_item=True, runs_first=runs_first, runs_last=runs_last)
+        return await self._enqueue(kind, item)
 
     async def _enqueue(self, kind: _Kind, item: Any) -> Any:
+        if kind.runs_first and kind.runs_last:
+            raise ValueError("a write runs first or last, not both")
         if self._closed:
             raise StorageUnavailable("the store is shutting down")
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
@@ -154,8 +174,8 @@ class GroupCommitter(Generic[Tx]):
         groups: dict[_Kind, list[int]] = {}
         for index, request in enumerate(batch):
             groups.setdefault(request.kind, []).append(index)
-        # A stable sort: the first-seen order holds within each of the two runs.
-        order = sorted(groups, key=lambda kind: kind.runs_last)
+        # A stable sort: the first-seen order holds within each of the three runs.
+        order = sorted(groups, key=lambda kind: kind.phase)
         outcomes: list[Any] = [None] * len(batch)
         async with self._begin() as tx:
             for kind in order:

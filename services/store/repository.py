@@ -10,7 +10,9 @@ everything that differs, and wraps driver errors. What the queries count on:
 - SQLite allows one writer at a time. Every write transaction starts with an INSERT or an
   UPDATE, so the write lock is taken before anything is read.
 - PostgreSQL has concurrent writers: claims use FOR UPDATE SKIP LOCKED so two stores never hand
-  out the same row, and every UPDATE re-checks its WHERE on the row it locked.
+  out the same row, and every UPDATE re-checks its WHERE on the row it locked. Transactions that
+  insert messages take turns (`_take_insert_turn`), so that `sequence` order is commit order and
+  a follower reading `sequence > cursor` never skips a row that commits late.
 Each hot write is as few statements as the SQL allows (INSERT ... ON CONFLICT DO NOTHING
 RETURNING, UPDATE ... RETURNING): with aiosqlite every statement is several round trips to the
 driver's thread, and those round trips, not the SQL, are what a write costs.
@@ -28,6 +30,7 @@ from types import SimpleNamespace
 from typing import Any
 
 from sqlalchemy import (
+    BigInteger,
     Row,
     String,
     bindparam,
@@ -130,6 +133,17 @@ _PROCESS_UNLESS_PROCESSED = (
 # Large enough to take a burst from every connected client, small enough that one transaction
 # stays a few milliseconds long.
 MAX_BATCH = 256
+# The insert turn: a transaction-level advisory lock, the same for every store on a database.
+# The key spells "ackbot:s"; in pg_locks it shows as classid 1633905506, objid 1869888115.
+INSERT_TURN_KEY = int.from_bytes(b"ackbot:s", "big")
+# The wait is bounded by --lock-timeout-seconds, as on SQLite: a store stuck inside a
+# transaction costs the others UNAVAILABLE, not a hang (the setting then holds for the rest of
+# that transaction's lock waits too). set_config comes first in the select list, which
+# PostgreSQL evaluates in order, so the timeout is in force when the wait starts.
+_TAKE_INSERT_TURN = select(
+    func.set_config("lock_timeout", bindparam("lock_timeout_ms", type_=String), True),
+    func.pg_advisory_xact_lock(bindparam("key", type_=BigInteger)),
+)
 
 
 @dataclass(frozen=True)
@@ -165,6 +179,7 @@ class _Transaction:
     def __init__(self, connection: AsyncConnection, now_ns: int) -> None:
         self.connection = connection
         self.now_ns = now_ns
+        self.has_insert_turn = False
 
 
 def _to_stored(row: Any, reply_id: str | None, now_ns: int) -> StoredMessage:
@@ -288,12 +303,31 @@ class MessageRepository:
         async with self._database.begin() as connection:
             yield _Transaction(connection, self._now_ns())
 
+    async def _take_insert_turn(self, tx: _Transaction) -> None:
+        """Waits for the insert turn where the database needs it (see
+        Database.inserts_take_turns); held until the transaction ends.
+
+        nextval() then runs under the lock, and PostgreSQL releases it only after the commit
+        is visible: a reader that sees a row already sees every row with a lower sequence that
+        will ever commit (with the sequence's CACHE 1, the default: a cache would hand each
+        session numbers drawn earlier). Taken before the transaction's first row lock
+        (inserting writes run first in a group commit, and marks take it before their UPDATE):
+        a transaction waiting for the turn never holds a row that the holder may need.
+        """
+        if tx.has_insert_turn or not self._database.inserts_take_turns:
+            return
+        timeout_ms = max(1, round(self._database.lock_timeout_seconds * 1000))
+        await tx.connection.execute(
+            _TAKE_INSERT_TURN, {"lock_timeout_ms": str(timeout_ms), "key": INSERT_TURN_KEY}
+        )
+        tx.has_insert_turn = True
+
     # -- creating and reading ---------------------------------------------------------------
 
     async def create_message(self, new: NewMessage) -> CreateResult:
         if not new.id:
             new = dataclasses.replace(new, id=new_message_id(self._now_ns()))
-        return await self._writes.submit(self._create_many, new)
+        return await self._writes.submit(self._create_many, new, runs_first=True)
 
     async def _create_many(
         self, tx: _Transaction, news: list[NewMessage]
@@ -331,6 +365,7 @@ class MessageRepository:
         """Inserts the rows whose id is free; returns id -> sequence of those inserted."""
         if not rows:
             return {}
+        await self._take_insert_turn(tx)
         result = await tx.connection.execute(self._insert_if_free, rows)
         return {row.id: row.sequence for row in result}
 
@@ -392,11 +427,14 @@ class MessageRepository:
         # The lease token is not checked: the first reply to commit wins, whoever holds the
         # lease, and every later one learns that the message was already processed.
         del lease_token
-        return await self._writes.submit(self._mark_many, _Mark(message_id, reply))
+        return await self._writes.submit(self._mark_many, _Mark(message_id, reply), runs_first=True)
 
     async def _mark_many(
         self, tx: _Transaction, marks: list[_Mark]
     ) -> list[MarkResult | StoreError]:
+        # Before the UPDATE's row locks, even when no reply is inserted: a mark may share its
+        # transaction with creates.
+        await self._take_insert_turn(tx)
         ids = list(dict.fromkeys(mark.message_id for mark in marks))
         processed_rows = await tx.connection.execute(
             _PROCESS_UNLESS_PROCESSED, {"ids": ids, "now": tx.now_ns}

@@ -15,10 +15,16 @@ import time
 import grpc
 from grpc_health.v1._async import HealthServicer
 
-from ackbot.common.serving import add_health_and_reflection, bind_insecure, set_serving
+from ackbot.common.serving import (
+    add_health_and_reflection,
+    bind_insecure,
+    create_server,
+    set_serving,
+)
 from ackbot.store.config import StoreConfig
 from ackbot.store.database import Database
 from ackbot.store.manager import MessageManager
+from ackbot.store.ownership import FileOwnership, claim_database
 from ackbot.store.repository import MessageRepository
 from ackbot.store.servicer import SERVICE_NAME, MessageStoreServicer, add_to_server
 
@@ -45,12 +51,18 @@ class StoreServer:
         self._repository: MessageRepository | None = None
         self._manager: MessageManager | None = None
         self._health: HealthServicer | None = None
+        self._ownership: FileOwnership | None = None
+        self._started = False
         self._stopped = asyncio.Event()
         self._stopping = False
 
     async def start(self) -> int:
-        """Opens the database, serves, and returns the port bound."""
+        """Opens the database, serves, and returns the port bound. Raises DatabaseInUse when
+        another store holds the SQLite file, AddressInUse when the port is taken."""
         config = self._config
+        # Before anything touches the database: a second store on an SQLite file would hand
+        # out the first one's leases below (see ownership.py).
+        self._ownership = claim_database(config.db_url, config.listen)
         database = Database.from_url(
             config.db_url,
             lock_timeout_seconds=config.lock_timeout_seconds,
@@ -61,20 +73,23 @@ class StoreServer:
         )
         await repository.create_schema()
         if database.single_owner:
-            # Any lease in the database belongs to a stream of a store that is gone: hand those
-            # messages out again now instead of at lease expiry.
+            # This store holds the file's lock, so any lease in it belongs to a stream of a
+            # store that is gone: hand those messages out again now instead of at lease expiry.
             released = await repository.release_all_leases()
             if released:
                 log.info("released %d leases left by a previous run", released)
         self._manager = manager = MessageManager(repository)
 
-        self._server = server = grpc.aio.server(options=_server_options(config))
+        self._server = server = create_server(_server_options(config))
         add_to_server(MessageStoreServicer(manager, config), server)
         self._health = health = await add_health_and_reflection(server, [SERVICE_NAME])
         address = bind_insecure(server, config.listen)
         await server.start()
         await manager.start()
         await set_serving(health, [SERVICE_NAME], serving=True)
+        if self._ownership is not None:
+            self._ownership.announce(address)
+        self._started = True
         log.info("listening on %s (database %s)", address, database.url)
         return int(address.rpartition(":")[2])
 
@@ -96,8 +111,13 @@ class StoreServer:
                 await self._manager.close_streams(handler_wait_seconds=0)
             if self._repository is not None:
                 await self._repository.dispose()
-            log.info("stopped in %.2fs", time.monotonic() - started)
+            if self._started:
+                # A store that failed to start says only why (__main__).
+                log.info("stopped in %.2fs", time.monotonic() - started)
         finally:
+            if self._ownership is not None:
+                # Last, once the database is closed: the next store may have the file.
+                self._ownership.release()
             self._stopped.set()
 
     async def wait_stopped(self) -> None:

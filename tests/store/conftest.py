@@ -118,12 +118,21 @@ async def engine(request: pytest.FixtureRequest, tmp_path) -> AsyncIterator[Asyn
             yield postgres_engine
 
 
+@pytest.fixture
+async def postgres_engine() -> AsyncIterator[AsyncEngine]:
+    """PostgreSQL alone, for what only a server with concurrent writers can show; the test
+    skips when ACKBOT_TEST_POSTGRES_URL is not set (mark it `postgres`)."""
+    url = os.environ.get(POSTGRES_URL_ENV)
+    if not url:
+        pytest.skip(f"{POSTGRES_URL_ENV} is not set")
+    async with _postgres_engine(url) as postgres:
+        yield postgres
+
+
 MakeRepository = Callable[..., Awaitable[MessageRepository]]
 
 
-@pytest.fixture
-async def make_repo(engine: AsyncEngine, clock: FakeClock) -> MakeRepository:
-    """Builds repositories over the test's database (schema created once)."""
+def _repository_maker(engine: AsyncEngine, clock: FakeClock) -> MakeRepository:
     created = False
 
     async def make(
@@ -139,6 +148,19 @@ async def make_repo(engine: AsyncEngine, clock: FakeClock) -> MakeRepository:
         return repository
 
     return make
+
+
+@pytest.fixture
+async def make_repo(engine: AsyncEngine, clock: FakeClock) -> MakeRepository:
+    """Builds repositories over the test's database (schema created once): each is a store
+    of its own, with its own group commit, sharing the database."""
+    return _repository_maker(engine, clock)
+
+
+@pytest.fixture
+async def make_postgres_repo(postgres_engine: AsyncEngine, clock: FakeClock) -> MakeRepository:
+    """make_repo on PostgreSQL alone."""
+    return _repository_maker(postgres_engine, clock)
 
 
 @pytest.fixture

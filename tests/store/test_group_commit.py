@@ -314,3 +314,24 @@ async def test_per_item_and_batch_functions_share_a_transaction_and_runs_last_go
         ("claim", "c2"),
     ]
     assert database.committed[1] == ["r1", "r2", "a", "b", "c1", "c2"]
+
+
+async def test_runs_first_goes_before_everything_else():
+    database = RecordingDatabase()
+    committer = GroupCommitter(database.begin, max_batch=10)
+    database.gate.clear()
+    first = asyncio.create_task(committer.submit_one(write_one, "warm"))
+    await asyncio.sleep(0)
+    queued = [
+        asyncio.create_task(committer.submit_one(write_one, "c", runs_last=True)),
+        asyncio.create_task(committer.submit_one(write_one, "r")),
+        asyncio.create_task(committer.submit(write, "i1", runs_first=True)),
+        asyncio.create_task(committer.submit(write, "i2", runs_first=True)),
+    ]
+    database.gate.set()
+
+    await first
+    assert [await task for task in queued] == ["C", "R", "I1", "I2"]
+    assert database.committed[1] == ["i1", "i2", "r", "c"]
+    with pytest.raises(ValueError, match="first or last"):
+        await committer.submit(write, "x", runs_first=True, runs_last=True)
