@@ -18,6 +18,8 @@ log = logging.getLogger("ackbot.store")
 def main(argv: Sequence[str] | None = None) -> int:
     config = load_config(argv)
     configure_logging(config.log_level)
+    # Alembic narrates each step at INFO; ackbot.store.migrations logs what changed in one line.
+    logging.getLogger("alembic").setLevel(logging.WARNING)
     try:
         eventloop.run(run(config))
     except (StoreError, OSError) as exc:

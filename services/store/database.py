@@ -7,6 +7,8 @@ that is not plain SQL, decided here once.
   dialect only.
 - Ownership: one store process owns an SQLite file, while several may share a PostgreSQL
   database (`single_owner`).
+- Schema changes, one store at a time (`schema_change`): SQLite's write lock, a PostgreSQL
+  advisory lock.
 - Driver errors are wrapped at this boundary (StorageUnavailable, StorageFull) and never leak.
 
 The queries themselves are the same on both (the repository's); where a clause means nothing on
@@ -21,7 +23,7 @@ import logging
 from collections.abc import AsyncIterator
 from pathlib import Path
 
-from sqlalchemy import Table, event
+from sqlalchemy import Table, event, text
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
@@ -37,6 +39,10 @@ _SQLITE = "sqlite"
 # process won). They pass through untranslated, so that group commit can run the transaction's
 # writes again one by one.
 CONFLICT_ERRORS: tuple[type[Exception], ...] = (IntegrityError,)
+# The advisory lock that serializes schema upgrades, one per schema (several ackbot schemas may
+# share a PostgreSQL database, and need not wait for each other). The text form keeps it apart
+# from any numeric key another part of ackbot may lock.
+_SCHEMA_LOCK_KEY = "hashtextextended('ackbot.store.schema:' || current_schema(), 0)"
 
 
 def create_engine(
@@ -147,6 +153,31 @@ class Database:
     async def begin(self) -> AsyncIterator[AsyncConnection]:
         """A connection in a transaction, committed when the block ends without an error."""
         async with self.translate_errors(), self.engine.begin() as connection:
+            yield connection
+
+    @contextlib.asynccontextmanager
+    async def schema_change(self) -> AsyncIterator[AsyncConnection]:
+        """A transaction in which this store alone may change the schema: stores starting at
+        once upgrade one after the other, and each finds what the one before it did.
+
+        SQLite: `BEGIN IMMEDIATE` takes the write lock before anything is read (and makes the
+        DDL one transaction: SQLite's DDL is transactional, but the driver opens transactions
+        only for INSERT, UPDATE and DELETE). PostgreSQL, whose DDL is transactional too: an
+        advisory lock held for the transaction, so commit, rollback or the session's death
+        release it, with no unlock to miss on an error path.
+        """
+        async with self.begin() as connection:
+            if self._is_sqlite:
+                await connection.exec_driver_sql("BEGIN IMMEDIATE")
+            else:
+                taken = await connection.scalar(
+                    text(f"SELECT pg_try_advisory_xact_lock({_SCHEMA_LOCK_KEY})")
+                )
+                if not taken:
+                    log.info("waiting for another store to finish upgrading the schema")
+                    await connection.execute(
+                        text(f"SELECT pg_advisory_xact_lock({_SCHEMA_LOCK_KEY})")
+                    )
             yield connection
 
     async def dispose(self) -> None:

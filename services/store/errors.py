@@ -59,3 +59,7 @@ class StorageFull(StoreError):
 
     def __init__(self, detail: str = "database is full") -> None:
         super().__init__(detail)
+
+
+class SchemaTooNew(StoreError):
+    """The database's schema is at a revision this ackbot does not know: a newer one made it."""

@@ -34,7 +34,6 @@ from sqlalchemy import (
     case,
     cast,
     func,
-    inspect,
     literal,
     select,
     tuple_,
@@ -43,12 +42,12 @@ from sqlalchemy import (
 from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlalchemy.sql.dml import Update
 
+from ackbot.store import migrations
 from ackbot.store.database import CONFLICT_ERRORS, Database
 from ackbot.store.errors import (
     AlreadyExists,
     FailedPrecondition,
     NotFound,
-    StorageUnavailable,
     StoreError,
 )
 from ackbot.store.group_commit import GroupCommitter
@@ -266,18 +265,9 @@ class MessageRepository:
         return self._max_attempts
 
     async def create_schema(self) -> None:
-        async with self._database.begin() as connection:
-            await connection.run_sync(Base.metadata.create_all)
-            primary_key = await connection.run_sync(
-                lambda sync: inspect(sync).get_pk_constraint(MESSAGES.name)
-            )
-        if primary_key["constrained_columns"] != ["sequence"]:
-            # ackbot 0.1's first layout keyed the table by id. There are no migrations yet,
-            # so say what to do rather than fail on the first insert.
-            raise StorageUnavailable(
-                "the database was made by an older ackbot (messages keyed by id, not by "
-                "sequence); move it aside and start with a new one"
-            )
+        """Brings the database to the schema this ackbot expects (Alembic, to head): creates
+        a new one, upgrades an older one, refuses one made by a newer ackbot."""
+        await migrations.upgrade_to_head(self._database)
 
     async def dispose(self) -> None:
         await self._writes.close()
