@@ -108,6 +108,15 @@ class Lease:
     lease_token: str
 
 
+@dataclass(frozen=True)
+class ReleasedLease:
+    """A lease handed back because its holder was gone: the message is now PENDING or DEAD."""
+
+    message_id: str
+    state: State
+    delivery_attempts: int
+
+
 MESSAGES = Base.metadata.tables[MessageRow.__tablename__]
 REPLIES = MESSAGES.alias("replies")
 # A message with the id of its reply, if any: every read answers with both.
@@ -123,7 +132,9 @@ _PROCESS_UNLESS_PROCESSED = (
         MESSAGES.c.id.in_(bindparam("ids", expanding=True)),
         MESSAGES.c.state != State.PROCESSED,
     )
-    .values(state=State.PROCESSED, process_time_ns=bindparam("now"), lease_token=None)
+    .values(
+        state=State.PROCESSED, process_time_ns=bindparam("now"), lease_token=None, owner_store=None
+    )
     .returning(*MESSAGES.c)
 )
 # Large enough to take a burst from every connected client, small enough that one transaction
@@ -220,6 +231,7 @@ def _new_row(
         "visible_at_ns": 0,
         "lease_token": None,
         "process_time_ns": None if reply_to is None else now_ns,
+        "owner_store": None,
     }
 
 
@@ -245,9 +257,13 @@ class MessageRepository:
         max_attempts: int = 5,
         clock_ns: Callable[[], int] = time.time_ns,
         max_batch: int = MAX_BATCH,
+        store_id: str | None = None,
     ) -> None:
         self._database = database
         self._max_attempts = max_attempts
+        # Recorded on every lease this store grants (messages.owner_store), so that the other
+        # stores on a shared database can hand them back if it dies; None on SQLite.
+        self._store_id = store_id
         self._now_ns = clock_ns
         self._writes = GroupCommitter(
             self._begin_write, max_batch=max_batch, conflict_errors=CONFLICT_ERRORS
@@ -263,6 +279,11 @@ class MessageRepository:
     @property
     def max_attempts(self) -> int:
         return self._max_attempts
+
+    @property
+    def store_id(self) -> str | None:
+        """The id this store records on its leases; None on a database it owns alone."""
+        return self._store_id
 
     async def create_schema(self) -> None:
         """Brings the database to the schema this ackbot expects (Alembic, to head): creates
@@ -470,6 +491,7 @@ class MessageRepository:
         dead = {
             "state": State.DEAD.value,
             "lease_token": None,
+            "owner_store": None,
             "last_error": func.coalesce(
                 MESSAGES.c.last_error,
                 literal("delivered ")
@@ -502,6 +524,7 @@ class MessageRepository:
             state=State.LEASED.value,
             delivery_attempts=MESSAGES.c.delivery_attempts + 1,
             lease_token=token,
+            owner_store=bindparam("owner", type_=String),
             visible_at_ns=bindparam("expiry"),
         )
         return (
@@ -513,7 +536,12 @@ class MessageRepository:
 
     async def _claim(self, tx: _Transaction, claim: _Claim) -> list[Delivery]:
         expiry = tx.now_ns + claim.lease_ns
-        params = {"now": tx.now_ns, "expiry": expiry, "token_prefix": new_lease_token() + ":"}
+        params = {
+            "now": tx.now_ns,
+            "expiry": expiry,
+            "token_prefix": new_lease_token() + ":",
+            "owner": self._store_id,
+        }
         deliveries: list[Delivery] = []
         while len(deliveries) < claim.limit:
             wanted = claim.limit - len(deliveries)
@@ -544,7 +572,10 @@ class MessageRepository:
         visible_at = tx.now_ns + release.retry_after_ns
         if release.reason:
             values = self._unless_exhausted(
-                state=State.PENDING.value, lease_token=None, visible_at_ns=visible_at
+                state=State.PENDING.value,
+                lease_token=None,
+                owner_store=None,
+                visible_at_ns=visible_at,
             )
             # The reason replaces the last error whether the message lives or dies.
             values["last_error"] = release.reason
@@ -554,6 +585,7 @@ class MessageRepository:
             values = {
                 "state": State.PENDING.value,
                 "lease_token": None,
+                "owner_store": None,
                 "visible_at_ns": visible_at,
                 "delivery_attempts": case((attempts > 0, attempts - 1), else_=0),
             }
@@ -610,13 +642,22 @@ class MessageRepository:
         held = tuple_(MESSAGES.c.id, MESSAGES.c.lease_token).in_(
             [(lease.message_id, lease.lease_token) for lease in leases]
         )
+        return len(await self._hand_back(tx, held))
+
+    async def _hand_back(self, tx: _Transaction, *where: Any) -> list[ReleasedLease]:
+        """Hands back the LEASED rows matching `where` whose holder is gone (a stream that
+        ended, a store that died or stopped): deliverable at once, the attempt still counted
+        (the delivery happened; it may have crashed the bot), DEAD if it was the last."""
         rows = (
             await tx.connection.execute(
                 update(MESSAGES)
-                .where(held, MESSAGES.c.state == State.LEASED)
+                .where(MESSAGES.c.state == State.LEASED, *where)
                 .values(
                     self._unless_exhausted(
-                        state=State.PENDING.value, lease_token=None, visible_at_ns=tx.now_ns
+                        state=State.PENDING.value,
+                        lease_token=None,
+                        owner_store=None,
+                        visible_at_ns=tx.now_ns,
                     )
                 )
                 .returning(
@@ -627,10 +668,12 @@ class MessageRepository:
                 )
             )
         ).all()
+        released = []
         for row in rows:
             if row.state == State.DEAD:
                 _log_dead(row.id, row.delivery_attempts, row.last_error)
-        return len(rows)
+            released.append(ReleasedLease(row.id, State(row.state), row.delivery_attempts))
+        return released
 
     async def extend_lease(self, message_id: str, lease_token: str, lease_ns: int) -> StoredMessage:
         return await self._writes.submit_one(
@@ -695,6 +738,6 @@ class MessageRepository:
             result = await connection.execute(
                 update(MESSAGES)
                 .where(MESSAGES.c.state == State.LEASED)
-                .values(state=State.PENDING, lease_token=None, visible_at_ns=0)
+                .values(state=State.PENDING, lease_token=None, owner_store=None, visible_at_ns=0)
             )
             return int(result.rowcount or 0)

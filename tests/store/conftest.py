@@ -92,17 +92,17 @@ async def _postgres_engine(url: str) -> AsyncIterator[AsyncEngine]:
         await admin.dispose()
 
 
+_NEEDS_POSTGRES = pytest.mark.skipif(
+    not os.environ.get(POSTGRES_URL_ENV), reason=f"{POSTGRES_URL_ENV} is not set"
+)
+
+
 @pytest.fixture(
     params=[
         "sqlite",
         pytest.param(
             "postgres",
-            marks=[
-                pytest.mark.postgres,
-                pytest.mark.skipif(
-                    not os.environ.get(POSTGRES_URL_ENV), reason=f"{POSTGRES_URL_ENV} is not set"
-                ),
-            ],
+            marks=[pytest.mark.postgres, _NEEDS_POSTGRES],
         ),
     ]
 )
@@ -127,11 +127,14 @@ async def make_repo(engine: AsyncEngine, clock: FakeClock) -> MakeRepository:
     created = False
 
     async def make(
-        *, max_attempts: int = 3, clock_ns: Callable[[], int] = clock
+        *,
+        max_attempts: int = 3,
+        clock_ns: Callable[[], int] = clock,
+        store_id: str | None = None,
     ) -> MessageRepository:
         nonlocal created
         repository = MessageRepository(
-            Database(engine), max_attempts=max_attempts, clock_ns=clock_ns
+            Database(engine), max_attempts=max_attempts, clock_ns=clock_ns, store_id=store_id
         )
         if not created:
             await repository.create_schema()
