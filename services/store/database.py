@@ -6,7 +6,8 @@ that is not plain SQL, decided here once.
 - The dialect's INSERT construct: ON CONFLICT exists on both, but SQLAlchemy offers it per
   dialect only.
 - Ownership: one store process owns an SQLite file, while several may share a PostgreSQL
-  database (`single_owner`).
+  database (`single_owner`); those register themselves and watch each other (registry.py) on
+  a session of their own (`dedicated_connection`).
 - Schema changes, one store at a time (`schema_change`): SQLite's write lock, a PostgreSQL
   advisory lock.
 - Driver errors are wrapped at this boundary (StorageUnavailable, StorageFull) and never leak.
@@ -25,7 +26,8 @@ from pathlib import Path
 
 from sqlalchemy import Table, event, text
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.engine import Engine, make_url
+from sqlalchemy.engine import Connection, Engine, make_url
+from sqlalchemy.engine.interfaces import DBAPIConnection
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
@@ -85,6 +87,18 @@ def _configure_sqlite(engine: Engine, lock_timeout_seconds: float, synchronous: 
         cursor.execute("PRAGMA foreign_keys=ON")
         cursor.execute(f"PRAGMA busy_timeout={int(lock_timeout_seconds * 1000)}")
         cursor.close()
+
+
+def _detach_in_autocommit(connection: Connection) -> DBAPIConnection:
+    # The pool forgets the connection (closing it then ends the session instead of returning
+    # it), and the driver commits each statement by itself. Set on the driver's connection,
+    # after detaching: SQLAlchemy's own isolation option would leave a reset behind in the
+    # pool, to be run on whichever connection comes next.
+    connection.detach()
+    dbapi_connection = connection.connection.dbapi_connection
+    assert dbapi_connection is not None  # a live, checked-out connection
+    connection.dialect.set_isolation_level(dbapi_connection, "AUTOCOMMIT")
+    return dbapi_connection
 
 
 class Database:
@@ -179,6 +193,28 @@ class Database:
                         text(f"SELECT pg_advisory_xact_lock({_SCHEMA_LOCK_KEY})")
                     )
             yield connection
+
+    @contextlib.asynccontextmanager
+    async def dedicated_connection(self) -> AsyncIterator[AsyncConnection]:
+        """A connection of its own, outside the pool, closed when the block ends.
+
+        Made the way the pool makes its connections (same URL, arguments and set-up), then
+        detached: a session that is always there, whose backend others can look up, and whose
+        statements never queue behind a busy pool. In autocommit: each statement commits by
+        itself, so a process stopped between two statements holds no lock.
+        """
+        async with self.translate_errors():
+            connection = await self.engine.connect()
+            dbapi_connection = await connection.run_sync(_detach_in_autocommit)
+            try:
+                yield connection
+            finally:
+                try:
+                    await connection.close()
+                finally:
+                    # After a disconnect SQLAlchemy invalidates the connection, and lets go of
+                    # a detached one without closing it: close the driver's connection anyway.
+                    self.engine.dialect.do_terminate(dbapi_connection)
 
     async def dispose(self) -> None:
         await self.engine.dispose()

@@ -63,3 +63,8 @@ class StorageFull(StoreError):
 
 class SchemaTooNew(StoreError):
     """The database's schema is at a revision this ackbot does not know: a newer one made it."""
+
+
+class DeclaredDead(StoreError):
+    """Another store declared this one dead (its registration is gone): it must stop serving,
+    since the leases it granted may be with other stores by now."""

@@ -24,18 +24,28 @@ import logging
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
+from datetime import timedelta
 from types import SimpleNamespace
 from typing import Any
 
 from sqlalchemy import (
+    DateTime,
+    Integer,
+    Interval,
     Row,
     String,
     bindparam,
     case,
     cast,
+    column,
+    delete,
+    exists,
     func,
+    insert,
     literal,
+    or_,
     select,
+    table,
     tuple_,
     update,
 )
@@ -52,7 +62,7 @@ from ackbot.store.errors import (
 )
 from ackbot.store.group_commit import GroupCommitter
 from ackbot.store.ids import new_lease_token, new_message_id
-from ackbot.store.models import UNSETTLED, Base, MessageRow, State
+from ackbot.store.models import UNSETTLED, Base, MessageRow, State, StoreRow
 
 log = logging.getLogger(__name__)
 
@@ -117,7 +127,30 @@ class ReleasedLease:
     delivery_attempts: int
 
 
+@dataclass(frozen=True)
+class DeadStore:
+    """A store that looks dead, and why."""
+
+    id: str
+    listen_address: str
+    silent_seconds: float  # since its last heartbeat, by the database's clock
+    session_gone: bool  # its registered database session no longer exists
+    # False: not registered at all, yet it holds leases (see _UNREGISTERED_OWNERS)
+    registered: bool = True
+
+
+@dataclass(frozen=True)
+class Reaped:
+    """A dead store whose leases were handed back. `finished`: its registration is deleted;
+    otherwise a lease of it was locked by another transaction, and a later reap goes on."""
+
+    store: DeadStore
+    released: list[ReleasedLease]
+    finished: bool = False
+
+
 MESSAGES = Base.metadata.tables[MessageRow.__tablename__]
+STORES = Base.metadata.tables[StoreRow.__tablename__]
 REPLIES = MESSAGES.alias("replies")
 # A message with the id of its reply, if any: every read answers with both.
 _WITH_REPLY_ID = select(MESSAGES, REPLIES.c.id.label("reply_id")).outerjoin(
@@ -137,6 +170,60 @@ _PROCESS_UNLESS_PROCESSED = (
     )
     .returning(*MESSAGES.c)
 )
+# -- the store registry's SQL (PostgreSQL only: registry.py) -----------------------------------
+# The database's clock, read when the statement runs (now() would be the transaction's start).
+_DB_NOW = func.clock_timestamp()
+_ACTIVITY = table(
+    "pg_stat_activity", column("pid", Integer), column("backend_start", DateTime(timezone=True))
+)
+# The backend of the session that runs the statement, as pg_stat_activity knows it.
+_OWN_BACKEND = {
+    "backend_pid": func.pg_backend_pid(),
+    "backend_start": select(_ACTIVITY.c.backend_start)
+    .where(_ACTIVITY.c.pid == func.pg_backend_pid())
+    .scalar_subquery(),
+}
+# que's check: the store's registered session is gone when no backend has its pid AND its start
+# (a pid is reused). Another role's backend_start reads as NULL without pg_read_all_stats: then
+# the pid alone has to do.
+_SESSION_GONE = ~exists().where(
+    _ACTIVITY.c.pid == STORES.c.backend_pid,
+    or_(
+        _ACTIVITY.c.backend_start == STORES.c.backend_start,
+        _ACTIVITY.c.backend_start.is_(None),
+        STORES.c.backend_start.is_(None),
+    ),
+)
+_SILENT = _DB_NOW - STORES.c.heartbeat_at
+_DEAD_STORES = select(
+    STORES.c.id,
+    STORES.c.listen_address,
+    func.extract("epoch", _SILENT).label("silent_seconds"),
+    _SESSION_GONE.label("session_gone"),
+).where(
+    STORES.c.id != bindparam("me"),
+    or_(
+        STORES.c.heartbeat_at < _DB_NOW - bindparam("dead_after", type_=Interval),
+        _SESSION_GONE,
+    ),
+    # Nobody is judged until the database has been up that long: a restart ends every
+    # session, and the stores need a moment to reconnect and heartbeat again.
+    func.pg_postmaster_start_time() < _DB_NOW - bindparam("dead_after", type_=Interval),
+)
+_LEASED = MESSAGES.c.state == State.LEASED
+# Stores that hold leases but are not registered: one declared dead that leased on before it
+# noticed, then died too, or one whose registration an operator deleted. Nobody else hands
+# their leases back before they expire. (Every store registers before it leases anything.)
+_UNREGISTERED_OWNERS = (
+    select(MESSAGES.c.owner_store)
+    .distinct()
+    .where(
+        _LEASED,
+        MESSAGES.c.owner_store.is_not(None),
+        ~exists().where(STORES.c.id == MESSAGES.c.owner_store),
+    )
+)
+
 # Large enough to take a burst from every connected client, small enough that one transaction
 # stays a few milliseconds long.
 MAX_BATCH = 256
@@ -238,6 +325,14 @@ def _new_row(
 def _stored_new(values: dict[str, Any], sequence: int, now_ns: int) -> StoredMessage:
     """The StoredMessage of a row just inserted from `values` (see _new_row)."""
     return _to_stored(SimpleNamespace(**values, sequence=sequence), None, now_ns)
+
+
+def _dead_store(row: Row[Any]) -> DeadStore:
+    return DeadStore(row.id, row.listen_address, float(row.silent_seconds), row.session_gone)
+
+
+def _unregistered(store_id: str) -> DeadStore:
+    return DeadStore(store_id, "", 0.0, session_gone=False, registered=False)
 
 
 def _log_dead(message_id: str, attempts: int, last_error: str) -> None:
@@ -722,6 +817,107 @@ class MessageRepository:
         return FailedPrecondition(
             f"message {message_id!r} is {current}; only DEAD messages can be requeued"
         )
+
+    # -- the store registry (a shared PostgreSQL database; registry.py drives it) -------------
+
+    async def register_store(self, session: AsyncConnection, listen_address: str) -> None:
+        """Registers this store, its heartbeat now, on `session`: the dedicated session whose
+        backend the other stores check."""
+        async with self._database.translate_errors(), session.begin():
+            await session.execute(
+                insert(STORES).values(
+                    id=self._require_store_id(),
+                    listen_address=listen_address,
+                    started_at=_DB_NOW,
+                    heartbeat_at=_DB_NOW,
+                    **_OWN_BACKEND,
+                )
+            )
+
+    async def heartbeat(self, session: AsyncConnection, *, new_session: bool = False) -> bool:
+        """Tells the other stores this one is alive; False when its registration is gone (it
+        was declared dead). After a reconnect (`new_session`), `session` is the one to check."""
+        values: dict[str, Any] = {"heartbeat_at": _DB_NOW}
+        if new_session:
+            values.update(_OWN_BACKEND)
+        async with self._database.translate_errors(), session.begin():
+            beat = await session.scalar(
+                update(STORES)
+                .where(STORES.c.id == self._require_store_id())
+                .values(values)
+                .returning(STORES.c.id)
+            )
+        return beat is not None
+
+    async def find_dead_stores(self, dead_after_seconds: float) -> list[DeadStore]:
+        """The other stores whose heartbeat is older than `dead_after_seconds`, or whose
+        registered session is gone, and those that hold leases unregistered (a read:
+        reap_dead_stores decides, under row locks)."""
+        async with self._database.connect() as connection:
+            rows = await connection.execute(_DEAD_STORES, self._dead_params(dead_after_seconds))
+            unregistered = await connection.scalars(_UNREGISTERED_OWNERS)
+            return [_dead_store(row) for row in rows] + [_unregistered(s) for s in unregistered]
+
+    async def reap_dead_stores(self, dead_after_seconds: float) -> list[Reaped]:
+        """Hands back the leases of every store that is dead (as find_dead_stores says, checked
+        again here) and deletes its registration, in one transaction; and the leases of stores
+        that are not registered.
+
+        Never waits on a lock, so it cannot hold up the writes it shares a transaction with: a
+        store another reaper is handling is skipped (SKIP LOCKED), and so is a lease another
+        transaction holds; the store's registration then stays until a later reap finds none.
+        """
+        return await self._writes.submit_one(self._reap, dead_after_seconds)
+
+    async def _reap(self, tx: _Transaction, dead_after_seconds: float) -> list[Reaped]:
+        dead = (
+            await tx.connection.execute(
+                _DEAD_STORES.with_for_update(skip_locked=True, of=STORES),
+                self._dead_params(dead_after_seconds),
+            )
+        ).all()
+        unregistered = list(await tx.connection.scalars(_UNREGISTERED_OWNERS))
+        reaped = []
+        for store in [_dead_store(row) for row in dead] + [_unregistered(s) for s in unregistered]:
+            owned = MESSAGES.c.owner_store == store.id
+            unlocked = (
+                select(MESSAGES.c.sequence)
+                .where(UNSETTLED, _LEASED, owned)
+                .with_for_update(skip_locked=True)
+            )
+            released = await self._hand_back(tx, owned, MESSAGES.c.sequence.in_(unlocked))
+            reaped.append(Reaped(store, released))
+        finished: set[str] = set()
+        if dead:
+            still_held = exists().where(UNSETTLED, _LEASED, MESSAGES.c.owner_store == STORES.c.id)
+            deleted = await tx.connection.scalars(
+                delete(STORES)
+                .where(STORES.c.id.in_([row.id for row in dead]), ~still_held)
+                .returning(STORES.c.id)
+            )
+            finished.update(deleted)
+        return [
+            dataclasses.replace(r, finished=r.store.id in finished or not r.store.registered)
+            for r in reaped
+        ]
+
+    async def deregister_store(self) -> list[ReleasedLease]:
+        """Hands back every lease this store still holds and deletes its registration: the
+        last write of a store that stops (or was declared dead, whose row is gone already)."""
+        return await self._writes.submit_one(self._deregister, self._require_store_id())
+
+    async def _deregister(self, tx: _Transaction, store_id: str) -> list[ReleasedLease]:
+        released = await self._hand_back(tx, UNSETTLED, MESSAGES.c.owner_store == store_id)
+        await tx.connection.execute(delete(STORES).where(STORES.c.id == store_id))
+        return released
+
+    def _dead_params(self, dead_after_seconds: float) -> dict[str, Any]:
+        return {"me": self._require_store_id(), "dead_after": timedelta(seconds=dead_after_seconds)}
+
+    def _require_store_id(self) -> str:
+        if self._store_id is None:
+            raise RuntimeError("the registry needs a repository made with a store_id")
+        return self._store_id
 
     async def next_visible_ns(self) -> int | None:
         """When the earliest message that is not deliverable yet becomes deliverable."""

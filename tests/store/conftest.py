@@ -118,6 +118,13 @@ async def engine(request: pytest.FixtureRequest, tmp_path) -> AsyncIterator[Asyn
             yield postgres_engine
 
 
+@pytest.fixture(params=[pytest.param("postgres", marks=[pytest.mark.postgres, _NEEDS_POSTGRES])])
+async def postgres_engine() -> AsyncIterator[AsyncEngine]:
+    """PostgreSQL alone, for what only a shared database has (the store registry)."""
+    async with _postgres_engine(os.environ[POSTGRES_URL_ENV]) as postgres_engine:
+        yield postgres_engine
+
+
 MakeRepository = Callable[..., Awaitable[MessageRepository]]
 
 
