@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from ackbot.common import eventloop
 from ackbot.common.logs import configure_logging
 from ackbot.store.config import load_config
-from ackbot.store.errors import StoreError
+from ackbot.store.errors import DeclaredDead, StoreError
 from ackbot.store.server import run
 
 log = logging.getLogger("ackbot.store")
@@ -18,8 +18,12 @@ log = logging.getLogger("ackbot.store")
 def main(argv: Sequence[str] | None = None) -> int:
     config = load_config(argv)
     configure_logging(config.log_level)
+    # Alembic narrates each step at INFO; ackbot.store.migrations logs what changed in one line.
+    logging.getLogger("alembic").setLevel(logging.WARNING)
     try:
         eventloop.run(run(config))
+    except DeclaredDead:
+        return 1  # the registry logged why, when it found out
     except (StoreError, OSError) as exc:
         log.error("store failed to start: %s", exc)
         return 1

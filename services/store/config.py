@@ -7,6 +7,7 @@ ackbot.common.flags); the others are fixed defaults.
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -75,6 +76,20 @@ class StoreConfig:
         choices=SQLITE_SYNCHRONOUS,
         type=str.upper,
     )
+    # Stores sharing a PostgreSQL database watch each other (registry.py): each heartbeats this
+    # often, and one silent for dead_after_seconds is dead, its leases handed back. A store
+    # killed outright is noticed sooner, by its database session's end. No effect on SQLite.
+    heartbeat_seconds: float = setting(
+        1.0,
+        "how often a store on PostgreSQL tells the others it is alive, and looks for dead ones",
+        type=seconds_in(0, 60, low_inclusive=False),
+    )
+    dead_after_seconds: float = setting(
+        3.0,
+        "a store on PostgreSQL whose heartbeat is this old is dead: the others hand back its "
+        "leases (at least twice --heartbeat-seconds)",
+        type=seconds_in(0, MAX_WAIT_SECONDS, low_inclusive=False),
+    )
     # The two per-store limits; the rest of `limits` is fixed by the contract.
     max_text_bytes: int = setting(
         DEFAULT_MAX_TEXT_BYTES, "largest message text, in UTF-8 bytes", type=int_in(1)
@@ -95,4 +110,14 @@ def load_config(
     argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
 ) -> StoreConfig:
     """Parses flags over ACKBOT_STORE_* variables; a bad value exits 2 with a message naming it."""
-    return load_settings(StoreConfig, COMMAND, argv, os.environ if env is None else env)
+    config = load_settings(StoreConfig, COMMAND, argv, os.environ if env is None else env)
+    if config.dead_after_seconds < 2 * config.heartbeat_seconds:
+        # One late heartbeat must not make a live store look dead.
+        print(
+            f"{COMMAND.prog}: error: argument --dead-after-seconds: must be at least twice "
+            f"--heartbeat-seconds ({config.heartbeat_seconds:g}), got "
+            f"{config.dead_after_seconds:g}",
+            file=sys.stderr,
+        )
+        raise SystemExit(2)
+    return config

@@ -6,9 +6,12 @@ that is not plain SQL, decided here once.
 - The dialect's INSERT construct: ON CONFLICT exists on both, but SQLAlchemy offers it per
   dialect only.
 - Ownership: one store process owns an SQLite file, while several may share a PostgreSQL
-  database (`single_owner`).
+  database (`single_owner`); those register themselves and watch each other (registry.py) on
+  a session of their own (`dedicated_connection`).
 - Arrival order: whether transactions that insert messages must take turns so that `sequence`
   order is commit order (`inserts_take_turns`).
+- Schema changes, one store at a time (`schema_change`): SQLite's write lock, a PostgreSQL
+  advisory lock.
 - Driver errors are wrapped at this boundary (StorageUnavailable, StorageFull) and never leak.
 
 The queries themselves are the same on both (the repository's); where a clause means nothing on
@@ -23,9 +26,10 @@ import logging
 from collections.abc import AsyncIterator
 from pathlib import Path
 
-from sqlalchemy import Table, event
+from sqlalchemy import Table, event, text
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.engine import Engine, make_url
+from sqlalchemy.engine import Connection, Engine, make_url
+from sqlalchemy.engine.interfaces import DBAPIConnection
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
@@ -39,6 +43,10 @@ _SQLITE = "sqlite"
 # process won). They pass through untranslated, so that group commit can run the transaction's
 # writes again one by one.
 CONFLICT_ERRORS: tuple[type[Exception], ...] = (IntegrityError,)
+# The advisory lock that serializes schema upgrades, one per schema (several ackbot schemas may
+# share a PostgreSQL database, and need not wait for each other). The text form keeps it apart
+# from any numeric key another part of ackbot may lock.
+_SCHEMA_LOCK_KEY = "hashtextextended('ackbot.store.schema:' || current_schema(), 0)"
 
 
 def create_engine(
@@ -81,6 +89,18 @@ def _configure_sqlite(engine: Engine, lock_timeout_seconds: float, synchronous: 
         cursor.execute("PRAGMA foreign_keys=ON")
         cursor.execute(f"PRAGMA busy_timeout={int(lock_timeout_seconds * 1000)}")
         cursor.close()
+
+
+def _detach_in_autocommit(connection: Connection) -> DBAPIConnection:
+    # The pool forgets the connection (closing it then ends the session instead of returning
+    # it), and the driver commits each statement by itself. Set on the driver's connection,
+    # after detaching: SQLAlchemy's own isolation option would leave a reset behind in the
+    # pool, to be run on whichever connection comes next.
+    connection.detach()
+    dbapi_connection = connection.connection.dbapi_connection
+    assert dbapi_connection is not None  # a live, checked-out connection
+    connection.dialect.set_isolation_level(dbapi_connection, "AUTOCOMMIT")
+    return dbapi_connection
 
 
 class Database:
@@ -165,6 +185,53 @@ class Database:
         """A connection in a transaction, committed when the block ends without an error."""
         async with self.translate_errors(), self.engine.begin() as connection:
             yield connection
+
+    @contextlib.asynccontextmanager
+    async def schema_change(self) -> AsyncIterator[AsyncConnection]:
+        """A transaction in which this store alone may change the schema: stores starting at
+        once upgrade one after the other, and each finds what the one before it did.
+
+        SQLite: `BEGIN IMMEDIATE` takes the write lock before anything is read (and makes the
+        DDL one transaction: SQLite's DDL is transactional, but the driver opens transactions
+        only for INSERT, UPDATE and DELETE). PostgreSQL, whose DDL is transactional too: an
+        advisory lock held for the transaction, so commit, rollback or the session's death
+        release it, with no unlock to miss on an error path.
+        """
+        async with self.begin() as connection:
+            if self._is_sqlite:
+                await connection.exec_driver_sql("BEGIN IMMEDIATE")
+            else:
+                taken = await connection.scalar(
+                    text(f"SELECT pg_try_advisory_xact_lock({_SCHEMA_LOCK_KEY})")
+                )
+                if not taken:
+                    log.info("waiting for another store to finish upgrading the schema")
+                    await connection.execute(
+                        text(f"SELECT pg_advisory_xact_lock({_SCHEMA_LOCK_KEY})")
+                    )
+            yield connection
+
+    @contextlib.asynccontextmanager
+    async def dedicated_connection(self) -> AsyncIterator[AsyncConnection]:
+        """A connection of its own, outside the pool, closed when the block ends.
+
+        Made the way the pool makes its connections (same URL, arguments and set-up), then
+        detached: a session that is always there, whose backend others can look up, and whose
+        statements never queue behind a busy pool. In autocommit: each statement commits by
+        itself, so a process stopped between two statements holds no lock.
+        """
+        async with self.translate_errors():
+            connection = await self.engine.connect()
+            dbapi_connection = await connection.run_sync(_detach_in_autocommit)
+            try:
+                yield connection
+            finally:
+                try:
+                    await connection.close()
+                finally:
+                    # After a disconnect SQLAlchemy invalidates the connection, and lets go of
+                    # a detached one without closing it: close the driver's connection anyway.
+                    self.engine.dialect.do_terminate(dbapi_connection)
 
     async def dispose(self) -> None:
         await self.engine.dispose()

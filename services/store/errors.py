@@ -59,3 +59,12 @@ class StorageFull(StoreError):
 
     def __init__(self, detail: str = "database is full") -> None:
         super().__init__(detail)
+
+
+class SchemaTooNew(StoreError):
+    """The database's schema is at a revision this ackbot does not know: a newer one made it."""
+
+
+class DeclaredDead(StoreError):
+    """Another store declared this one dead (its registration is gone): it must stop serving,
+    since the leases it granted may be with other stores by now."""

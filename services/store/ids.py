@@ -25,3 +25,8 @@ def new_message_id(now_ns: int) -> str:
 
 def new_lease_token() -> str:
     return secrets.token_hex(16)
+
+
+def new_store_id() -> str:
+    """A store's id in the registry (and in `messages.owner_store`): random, short to read."""
+    return secrets.token_hex(8)

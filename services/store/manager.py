@@ -218,6 +218,11 @@ class MessageManager:
         self._board.wake_all()
         return message
 
+    def on_work_made(self) -> None:
+        """Messages became deliverable by a write no call here made: the registry handed back
+        a dead store's leases (or this store's own, as it stops). Every stream looks again."""
+        self._board.wake_all()
+
     @contextlib.contextmanager
     def _answering_for(self, message_id: str, lease_token: str) -> Iterator[None]:
         """A release or extension refused because the lease is gone still tells us that its

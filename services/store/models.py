@@ -1,12 +1,16 @@
-"""The one table: messages, keyed by id. Replies are rows too, pointing at their original."""
+"""The tables at head (the migrations in migrations/versions/ make them): messages, keyed by
+id, replies being rows too, pointing at their original; and the stores serving a shared
+(PostgreSQL) database, for the registry."""
 
 from __future__ import annotations
 
 import enum
+from datetime import datetime
 
 from sqlalchemy import (
     BigInteger,
     CheckConstraint,
+    DateTime,
     ForeignKey,
     Index,
     Integer,
@@ -32,6 +36,8 @@ class State(enum.StrEnum):
 UNSETTLED = text("state IN ('PENDING', 'LEASED')")
 # PostgreSQL numbers arrivals from this; SQLite has no sequences and uses the rowid instead.
 SEQUENCE = Sequence("messages_sequence_seq")
+# A store id: what ids.new_store_id makes, with room to spare.
+MAX_STORE_ID_CHARS = 64
 
 
 class Base(DeclarativeBase):
@@ -67,6 +73,11 @@ class MessageRow(Base):
     visible_at_ns: Mapped[int] = mapped_column(BigInteger, default=0)
     lease_token: Mapped[str | None] = mapped_column(String(MAX_LEASE_TOKEN_CHARS))
     process_time_ns: Mapped[int | None] = mapped_column(BigInteger)
+    # The store whose stream holds the lease, while LEASED on a shared (PostgreSQL) database:
+    # when that store dies, the others find its leases by it (registry.py). No foreign key:
+    # the registry deletes a dead store's row in the same transaction that hands its leases
+    # back, and a key would make every claim lock the stores row it names.
+    owner_store: Mapped[str | None] = mapped_column(String(MAX_STORE_ID_CHARS))
 
     __table_args__ = (
         CheckConstraint(
@@ -89,3 +100,21 @@ class MessageRow(Base):
             postgresql_where=UNSETTLED,
         ),
     )
+
+
+class StoreRow(Base):
+    """A store serving a shared (PostgreSQL) database, alive while its heartbeat is fresh and
+    its registered database session exists. Times are the database's clock, never a store's:
+    machines may disagree about the time."""
+
+    __tablename__ = "stores"
+
+    id: Mapped[str] = mapped_column(String(MAX_STORE_ID_CHARS), primary_key=True)
+    # Where it serves (HOST:PORT), for the logs of the stores that watch it.
+    listen_address: Mapped[str] = mapped_column(String(255))
+    started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    heartbeat_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    # Its dedicated session: pg_backend_pid() and that backend's start, which tells a reused
+    # pid from the one registered.
+    backend_pid: Mapped[int] = mapped_column(Integer)
+    backend_start: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))

@@ -26,37 +26,46 @@ import logging
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
+from datetime import timedelta
 from types import SimpleNamespace
 from typing import Any
 
 from sqlalchemy import (
     BigInteger,
+    DateTime,
+    Integer,
+    Interval,
     Row,
     String,
     bindparam,
     case,
     cast,
+    column,
+    delete,
+    exists,
     func,
-    inspect,
+    insert,
     literal,
+    or_,
     select,
+    table,
     tuple_,
     update,
 )
 from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlalchemy.sql.dml import Update
 
+from ackbot.store import migrations
 from ackbot.store.database import CONFLICT_ERRORS, Database
 from ackbot.store.errors import (
     AlreadyExists,
     FailedPrecondition,
     NotFound,
-    StorageUnavailable,
     StoreError,
 )
 from ackbot.store.group_commit import GroupCommitter
 from ackbot.store.ids import new_lease_token, new_message_id
-from ackbot.store.models import UNSETTLED, Base, MessageRow, State
+from ackbot.store.models import UNSETTLED, Base, MessageRow, State, StoreRow
 
 log = logging.getLogger(__name__)
 
@@ -112,7 +121,39 @@ class Lease:
     lease_token: str
 
 
+@dataclass(frozen=True)
+class ReleasedLease:
+    """A lease handed back because its holder was gone: the message is now PENDING or DEAD."""
+
+    message_id: str
+    state: State
+    delivery_attempts: int
+
+
+@dataclass(frozen=True)
+class DeadStore:
+    """A store that looks dead, and why."""
+
+    id: str
+    listen_address: str
+    silent_seconds: float  # since its last heartbeat, by the database's clock
+    session_gone: bool  # its registered database session no longer exists
+    # False: not registered at all, yet it holds leases (see _UNREGISTERED_OWNERS)
+    registered: bool = True
+
+
+@dataclass(frozen=True)
+class Reaped:
+    """A dead store whose leases were handed back. `finished`: its registration is deleted;
+    otherwise a lease of it was locked by another transaction, and a later reap goes on."""
+
+    store: DeadStore
+    released: list[ReleasedLease]
+    finished: bool = False
+
+
 MESSAGES = Base.metadata.tables[MessageRow.__tablename__]
+STORES = Base.metadata.tables[StoreRow.__tablename__]
 REPLIES = MESSAGES.alias("replies")
 # A message with the id of its reply, if any: every read answers with both.
 _WITH_REPLY_ID = select(MESSAGES, REPLIES.c.id.label("reply_id")).outerjoin(
@@ -127,9 +168,65 @@ _PROCESS_UNLESS_PROCESSED = (
         MESSAGES.c.id.in_(bindparam("ids", expanding=True)),
         MESSAGES.c.state != State.PROCESSED,
     )
-    .values(state=State.PROCESSED, process_time_ns=bindparam("now"), lease_token=None)
+    .values(
+        state=State.PROCESSED, process_time_ns=bindparam("now"), lease_token=None, owner_store=None
+    )
     .returning(*MESSAGES.c)
 )
+# -- the store registry's SQL (PostgreSQL only: registry.py) -----------------------------------
+# The database's clock, read when the statement runs (now() would be the transaction's start).
+_DB_NOW = func.clock_timestamp()
+_ACTIVITY = table(
+    "pg_stat_activity", column("pid", Integer), column("backend_start", DateTime(timezone=True))
+)
+# The backend of the session that runs the statement, as pg_stat_activity knows it.
+_OWN_BACKEND = {
+    "backend_pid": func.pg_backend_pid(),
+    "backend_start": select(_ACTIVITY.c.backend_start)
+    .where(_ACTIVITY.c.pid == func.pg_backend_pid())
+    .scalar_subquery(),
+}
+# que's check: the store's registered session is gone when no backend has its pid AND its start
+# (a pid is reused). Another role's backend_start reads as NULL without pg_read_all_stats: then
+# the pid alone has to do.
+_SESSION_GONE = ~exists().where(
+    _ACTIVITY.c.pid == STORES.c.backend_pid,
+    or_(
+        _ACTIVITY.c.backend_start == STORES.c.backend_start,
+        _ACTIVITY.c.backend_start.is_(None),
+        STORES.c.backend_start.is_(None),
+    ),
+)
+_SILENT = _DB_NOW - STORES.c.heartbeat_at
+_DEAD_STORES = select(
+    STORES.c.id,
+    STORES.c.listen_address,
+    func.extract("epoch", _SILENT).label("silent_seconds"),
+    _SESSION_GONE.label("session_gone"),
+).where(
+    STORES.c.id != bindparam("me"),
+    or_(
+        STORES.c.heartbeat_at < _DB_NOW - bindparam("dead_after", type_=Interval),
+        _SESSION_GONE,
+    ),
+    # Nobody is judged until the database has been up that long: a restart ends every
+    # session, and the stores need a moment to reconnect and heartbeat again.
+    func.pg_postmaster_start_time() < _DB_NOW - bindparam("dead_after", type_=Interval),
+)
+_LEASED = MESSAGES.c.state == State.LEASED
+# Stores that hold leases but are not registered: one declared dead that leased on before it
+# noticed, then died too, or one whose registration an operator deleted. Nobody else hands
+# their leases back before they expire. (Every store registers before it leases anything.)
+_UNREGISTERED_OWNERS = (
+    select(MESSAGES.c.owner_store)
+    .distinct()
+    .where(
+        _LEASED,
+        MESSAGES.c.owner_store.is_not(None),
+        ~exists().where(STORES.c.id == MESSAGES.c.owner_store),
+    )
+)
+
 # Large enough to take a burst from every connected client, small enough that one transaction
 # stays a few milliseconds long.
 MAX_BATCH = 256
@@ -236,12 +333,21 @@ def _new_row(
         "visible_at_ns": 0,
         "lease_token": None,
         "process_time_ns": None if reply_to is None else now_ns,
+        "owner_store": None,
     }
 
 
 def _stored_new(values: dict[str, Any], sequence: int, now_ns: int) -> StoredMessage:
     """The StoredMessage of a row just inserted from `values` (see _new_row)."""
     return _to_stored(SimpleNamespace(**values, sequence=sequence), None, now_ns)
+
+
+def _dead_store(row: Row[Any]) -> DeadStore:
+    return DeadStore(row.id, row.listen_address, float(row.silent_seconds), row.session_gone)
+
+
+def _unregistered(store_id: str) -> DeadStore:
+    return DeadStore(store_id, "", 0.0, session_gone=False, registered=False)
 
 
 def _log_dead(message_id: str, attempts: int, last_error: str) -> None:
@@ -261,9 +367,13 @@ class MessageRepository:
         max_attempts: int = 5,
         clock_ns: Callable[[], int] = time.time_ns,
         max_batch: int = MAX_BATCH,
+        store_id: str | None = None,
     ) -> None:
         self._database = database
         self._max_attempts = max_attempts
+        # Recorded on every lease this store grants (messages.owner_store), so that the other
+        # stores on a shared database can hand them back if it dies; None on SQLite.
+        self._store_id = store_id
         self._now_ns = clock_ns
         self._writes = GroupCommitter(
             self._begin_write, max_batch=max_batch, conflict_errors=CONFLICT_ERRORS
@@ -280,19 +390,15 @@ class MessageRepository:
     def max_attempts(self) -> int:
         return self._max_attempts
 
+    @property
+    def store_id(self) -> str | None:
+        """The id this store records on its leases; None on a database it owns alone."""
+        return self._store_id
+
     async def create_schema(self) -> None:
-        async with self._database.begin() as connection:
-            await connection.run_sync(Base.metadata.create_all)
-            primary_key = await connection.run_sync(
-                lambda sync: inspect(sync).get_pk_constraint(MESSAGES.name)
-            )
-        if primary_key["constrained_columns"] != ["sequence"]:
-            # ackbot 0.1's first layout keyed the table by id. There are no migrations yet,
-            # so say what to do rather than fail on the first insert.
-            raise StorageUnavailable(
-                "the database was made by an older ackbot (messages keyed by id, not by "
-                "sequence); move it aside and start with a new one"
-            )
+        """Brings the database to the schema this ackbot expects (Alembic, to head): creates
+        a new one, upgrades an older one, refuses one made by a newer ackbot."""
+        await migrations.upgrade_to_head(self._database)
 
     async def dispose(self) -> None:
         await self._writes.close()
@@ -518,6 +624,7 @@ class MessageRepository:
         dead = {
             "state": State.DEAD.value,
             "lease_token": None,
+            "owner_store": None,
             "last_error": func.coalesce(
                 MESSAGES.c.last_error,
                 literal("delivered ")
@@ -550,6 +657,7 @@ class MessageRepository:
             state=State.LEASED.value,
             delivery_attempts=MESSAGES.c.delivery_attempts + 1,
             lease_token=token,
+            owner_store=bindparam("owner", type_=String),
             visible_at_ns=bindparam("expiry"),
         )
         return (
@@ -561,7 +669,12 @@ class MessageRepository:
 
     async def _claim(self, tx: _Transaction, claim: _Claim) -> list[Delivery]:
         expiry = tx.now_ns + claim.lease_ns
-        params = {"now": tx.now_ns, "expiry": expiry, "token_prefix": new_lease_token() + ":"}
+        params = {
+            "now": tx.now_ns,
+            "expiry": expiry,
+            "token_prefix": new_lease_token() + ":",
+            "owner": self._store_id,
+        }
         deliveries: list[Delivery] = []
         while len(deliveries) < claim.limit:
             wanted = claim.limit - len(deliveries)
@@ -592,7 +705,10 @@ class MessageRepository:
         visible_at = tx.now_ns + release.retry_after_ns
         if release.reason:
             values = self._unless_exhausted(
-                state=State.PENDING.value, lease_token=None, visible_at_ns=visible_at
+                state=State.PENDING.value,
+                lease_token=None,
+                owner_store=None,
+                visible_at_ns=visible_at,
             )
             # The reason replaces the last error whether the message lives or dies.
             values["last_error"] = release.reason
@@ -602,6 +718,7 @@ class MessageRepository:
             values = {
                 "state": State.PENDING.value,
                 "lease_token": None,
+                "owner_store": None,
                 "visible_at_ns": visible_at,
                 "delivery_attempts": case((attempts > 0, attempts - 1), else_=0),
             }
@@ -658,13 +775,22 @@ class MessageRepository:
         held = tuple_(MESSAGES.c.id, MESSAGES.c.lease_token).in_(
             [(lease.message_id, lease.lease_token) for lease in leases]
         )
+        return len(await self._hand_back(tx, held))
+
+    async def _hand_back(self, tx: _Transaction, *where: Any) -> list[ReleasedLease]:
+        """Hands back the LEASED rows matching `where` whose holder is gone (a stream that
+        ended, a store that died or stopped): deliverable at once, the attempt still counted
+        (the delivery happened; it may have crashed the bot), DEAD if it was the last."""
         rows = (
             await tx.connection.execute(
                 update(MESSAGES)
-                .where(held, MESSAGES.c.state == State.LEASED)
+                .where(MESSAGES.c.state == State.LEASED, *where)
                 .values(
                     self._unless_exhausted(
-                        state=State.PENDING.value, lease_token=None, visible_at_ns=tx.now_ns
+                        state=State.PENDING.value,
+                        lease_token=None,
+                        owner_store=None,
+                        visible_at_ns=tx.now_ns,
                     )
                 )
                 .returning(
@@ -675,10 +801,12 @@ class MessageRepository:
                 )
             )
         ).all()
+        released = []
         for row in rows:
             if row.state == State.DEAD:
                 _log_dead(row.id, row.delivery_attempts, row.last_error)
-        return len(rows)
+            released.append(ReleasedLease(row.id, State(row.state), row.delivery_attempts))
+        return released
 
     async def extend_lease(self, message_id: str, lease_token: str, lease_ns: int) -> StoredMessage:
         return await self._writes.submit_one(
@@ -728,6 +856,107 @@ class MessageRepository:
             f"message {message_id!r} is {current}; only DEAD messages can be requeued"
         )
 
+    # -- the store registry (a shared PostgreSQL database; registry.py drives it) -------------
+
+    async def register_store(self, session: AsyncConnection, listen_address: str) -> None:
+        """Registers this store, its heartbeat now, on `session`: the dedicated session whose
+        backend the other stores check."""
+        async with self._database.translate_errors(), session.begin():
+            await session.execute(
+                insert(STORES).values(
+                    id=self._require_store_id(),
+                    listen_address=listen_address,
+                    started_at=_DB_NOW,
+                    heartbeat_at=_DB_NOW,
+                    **_OWN_BACKEND,
+                )
+            )
+
+    async def heartbeat(self, session: AsyncConnection, *, new_session: bool = False) -> bool:
+        """Tells the other stores this one is alive; False when its registration is gone (it
+        was declared dead). After a reconnect (`new_session`), `session` is the one to check."""
+        values: dict[str, Any] = {"heartbeat_at": _DB_NOW}
+        if new_session:
+            values.update(_OWN_BACKEND)
+        async with self._database.translate_errors(), session.begin():
+            beat = await session.scalar(
+                update(STORES)
+                .where(STORES.c.id == self._require_store_id())
+                .values(values)
+                .returning(STORES.c.id)
+            )
+        return beat is not None
+
+    async def find_dead_stores(self, dead_after_seconds: float) -> list[DeadStore]:
+        """The other stores whose heartbeat is older than `dead_after_seconds`, or whose
+        registered session is gone, and those that hold leases unregistered (a read:
+        reap_dead_stores decides, under row locks)."""
+        async with self._database.connect() as connection:
+            rows = await connection.execute(_DEAD_STORES, self._dead_params(dead_after_seconds))
+            unregistered = await connection.scalars(_UNREGISTERED_OWNERS)
+            return [_dead_store(row) for row in rows] + [_unregistered(s) for s in unregistered]
+
+    async def reap_dead_stores(self, dead_after_seconds: float) -> list[Reaped]:
+        """Hands back the leases of every store that is dead (as find_dead_stores says, checked
+        again here) and deletes its registration, in one transaction; and the leases of stores
+        that are not registered.
+
+        Never waits on a lock, so it cannot hold up the writes it shares a transaction with: a
+        store another reaper is handling is skipped (SKIP LOCKED), and so is a lease another
+        transaction holds; the store's registration then stays until a later reap finds none.
+        """
+        return await self._writes.submit_one(self._reap, dead_after_seconds)
+
+    async def _reap(self, tx: _Transaction, dead_after_seconds: float) -> list[Reaped]:
+        dead = (
+            await tx.connection.execute(
+                _DEAD_STORES.with_for_update(skip_locked=True, of=STORES),
+                self._dead_params(dead_after_seconds),
+            )
+        ).all()
+        unregistered = list(await tx.connection.scalars(_UNREGISTERED_OWNERS))
+        reaped = []
+        for store in [_dead_store(row) for row in dead] + [_unregistered(s) for s in unregistered]:
+            owned = MESSAGES.c.owner_store == store.id
+            unlocked = (
+                select(MESSAGES.c.sequence)
+                .where(UNSETTLED, _LEASED, owned)
+                .with_for_update(skip_locked=True)
+            )
+            released = await self._hand_back(tx, owned, MESSAGES.c.sequence.in_(unlocked))
+            reaped.append(Reaped(store, released))
+        finished: set[str] = set()
+        if dead:
+            still_held = exists().where(UNSETTLED, _LEASED, MESSAGES.c.owner_store == STORES.c.id)
+            deleted = await tx.connection.scalars(
+                delete(STORES)
+                .where(STORES.c.id.in_([row.id for row in dead]), ~still_held)
+                .returning(STORES.c.id)
+            )
+            finished.update(deleted)
+        return [
+            dataclasses.replace(r, finished=r.store.id in finished or not r.store.registered)
+            for r in reaped
+        ]
+
+    async def deregister_store(self) -> list[ReleasedLease]:
+        """Hands back every lease this store still holds and deletes its registration: the
+        last write of a store that stops (or was declared dead, whose row is gone already)."""
+        return await self._writes.submit_one(self._deregister, self._require_store_id())
+
+    async def _deregister(self, tx: _Transaction, store_id: str) -> list[ReleasedLease]:
+        released = await self._hand_back(tx, UNSETTLED, MESSAGES.c.owner_store == store_id)
+        await tx.connection.execute(delete(STORES).where(STORES.c.id == store_id))
+        return released
+
+    def _dead_params(self, dead_after_seconds: float) -> dict[str, Any]:
+        return {"me": self._require_store_id(), "dead_after": timedelta(seconds=dead_after_seconds)}
+
+    def _require_store_id(self) -> str:
+        if self._store_id is None:
+            raise RuntimeError("the registry needs a repository made with a store_id")
+        return self._store_id
+
     async def next_visible_ns(self) -> int | None:
         """When the earliest message that is not deliverable yet becomes deliverable."""
         async with self._database.connect() as connection:
@@ -743,6 +972,6 @@ class MessageRepository:
             result = await connection.execute(
                 update(MESSAGES)
                 .where(MESSAGES.c.state == State.LEASED)
-                .values(state=State.PENDING, lease_token=None, visible_at_ns=0)
+                .values(state=State.PENDING, lease_token=None, owner_store=None, visible_at_ns=0)
             )
             return int(result.rowcount or 0)

@@ -2,7 +2,9 @@
 
 `StoreServer` is the composition root. `start()` returns the bound port; `stop()` is safe to call
 twice and shuts down in the order that loses nothing: health NOT_SERVING, streams ended and their
-leases released, in-flight unary calls given the grace period, engine disposed.
+leases released, in-flight unary calls given the grace period, the store deregistered (on
+PostgreSQL), engine disposed. A store that another declared dead stops itself the same way, and
+`failure` says why.
 """
 
 from __future__ import annotations
@@ -23,8 +25,11 @@ from ackbot.common.serving import (
 )
 from ackbot.store.config import StoreConfig
 from ackbot.store.database import Database
+from ackbot.store.errors import DeclaredDead, StoreError
+from ackbot.store.ids import new_store_id
 from ackbot.store.manager import MessageManager
 from ackbot.store.ownership import FileOwnership, claim_database
+from ackbot.store.registry import StoreRegistry
 from ackbot.store.repository import MessageRepository
 from ackbot.store.servicer import SERVICE_NAME, MessageStoreServicer, add_to_server
 
@@ -53,8 +58,12 @@ class StoreServer:
         self._health: HealthServicer | None = None
         self._ownership: FileOwnership | None = None
         self._started = False
+        self._registry: StoreRegistry | None = None
         self._stopped = asyncio.Event()
         self._stopping = False
+        self._self_stop: asyncio.Task[None] | None = None
+        #: why the store stopped by itself, if it did
+        self.failure: StoreError | None = None
 
     async def start(self) -> int:
         """Opens the database, serves, and returns the port bound. Raises DatabaseInUse when
@@ -63,13 +72,22 @@ class StoreServer:
         # Before anything touches the database: a second store on an SQLite file would hand
         # out the first one's leases below (see ownership.py).
         self._ownership = claim_database(config.db_url, config.listen)
+        # The port next, still before the database: a store that cannot listen must not
+        # upgrade the schema or hand out leases either. It serves only from server.start().
+        self._server = server = create_server(_server_options(config))
+        address = bind_insecure(server, config.listen)
         database = Database.from_url(
             config.db_url,
             lock_timeout_seconds=config.lock_timeout_seconds,
             sqlite_synchronous=config.sqlite_synchronous,
         )
+        # Several stores may share the database: each lease records this store's id, so that
+        # the others can hand its leases back if it dies.
+        shared = not database.single_owner
         self._repository = repository = MessageRepository(
-            database, max_attempts=config.max_attempts
+            database,
+            max_attempts=config.max_attempts,
+            store_id=new_store_id() if shared else None,
         )
         await repository.create_schema()
         if database.single_owner:
@@ -80,17 +98,28 @@ class StoreServer:
                 log.info("released %d leases left by a previous run", released)
         self._manager = manager = MessageManager(repository)
 
-        self._server = server = create_server(_server_options(config))
         add_to_server(MessageStoreServicer(manager, config), server)
         self._health = health = await add_health_and_reflection(server, [SERVICE_NAME])
-        address = bind_insecure(server, config.listen)
+        if shared:
+            # Registered before the first stream opens: every lease has a registered owner.
+            self._registry = StoreRegistry(
+                database,
+                repository,
+                listen_address=address,
+                heartbeat_seconds=config.heartbeat_seconds,
+                dead_after_seconds=config.dead_after_seconds,
+                on_work_made=manager.on_work_made,
+                on_declared_dead=self._declared_dead,
+            )
+            await self._registry.start()
         await server.start()
         await manager.start()
         await set_serving(health, [SERVICE_NAME], serving=True)
         if self._ownership is not None:
             self._ownership.announce(address)
         self._started = True
-        log.info("listening on %s (database %s)", address, database.url)
+        store = f", store={repository.store_id}" if shared else ""
+        log.info("listening on %s (database %s%s)", address, database.url, store)
         return int(address.rpartition(":")[2])
 
     async def stop(self) -> None:
@@ -109,6 +138,8 @@ class StoreServer:
             if self._manager is not None:
                 # server.stop() may return before cancelled handlers ran their finally blocks.
                 await self._manager.close_streams(handler_wait_seconds=0)
+            if self._registry is not None:
+                await self._registry.stop()
             if self._repository is not None:
                 await self._repository.dispose()
             if self._started:
@@ -123,9 +154,15 @@ class StoreServer:
     async def wait_stopped(self) -> None:
         await self._stopped.wait()
 
+    def _declared_dead(self) -> None:
+        assert self._registry is not None
+        self.failure = DeclaredDead(f"store {self._registry.store_id} was declared dead")
+        self._self_stop = asyncio.create_task(self.stop(), name="store-stop")
+
 
 async def run(config: StoreConfig) -> None:
-    """Runs until SIGTERM or SIGINT, then stops gracefully."""
+    """Runs until SIGTERM or SIGINT, then stops gracefully; or until the store stops by itself
+    (another store declared it dead), then raises why."""
     server = StoreServer(config)
     stop_requested = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -135,7 +172,14 @@ async def run(config: StoreConfig) -> None:
         loop.add_signal_handler(signum, stop_requested.set)
     try:
         await server.start()
-        await stop_requested.wait()
-        log.info("shutdown requested")
+        requested = asyncio.create_task(stop_requested.wait())
+        stopped = asyncio.create_task(server.wait_stopped())
+        await asyncio.wait([requested, stopped], return_when=asyncio.FIRST_COMPLETED)
+        requested.cancel()
+        stopped.cancel()
+        if stop_requested.is_set():
+            log.info("shutdown requested")
     finally:
         await server.stop()
+    if server.failure is not None:
+        raise server.failure

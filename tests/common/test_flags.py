@@ -49,6 +49,13 @@ STORE = {
         "NORMAL",
     ),
     "max_text_bytes": ("--max-text-bytes", "ACKBOT_STORE_MAX_TEXT_BYTES", "200", 200),
+    "heartbeat_seconds": ("--heartbeat-seconds", "ACKBOT_STORE_HEARTBEAT_SECONDS", "2", 2.0),
+    "dead_after_seconds": (
+        "--dead-after-seconds",
+        "ACKBOT_STORE_DEAD_AFTER_SECONDS",
+        "10",
+        10.0,
+    ),
     "max_request_bytes": ("--max-request-bytes", "ACKBOT_STORE_MAX_REQUEST_BYTES", "2000", 2000),
 }
 BOT = {

@@ -92,17 +92,17 @@ async def _postgres_engine(url: str) -> AsyncIterator[AsyncEngine]:
         await admin.dispose()
 
 
+_NEEDS_POSTGRES = pytest.mark.skipif(
+    not os.environ.get(POSTGRES_URL_ENV), reason=f"{POSTGRES_URL_ENV} is not set"
+)
+
+
 @pytest.fixture(
     params=[
         "sqlite",
         pytest.param(
             "postgres",
-            marks=[
-                pytest.mark.postgres,
-                pytest.mark.skipif(
-                    not os.environ.get(POSTGRES_URL_ENV), reason=f"{POSTGRES_URL_ENV} is not set"
-                ),
-            ],
+            marks=[pytest.mark.postgres, _NEEDS_POSTGRES],
         ),
     ]
 )
@@ -118,15 +118,11 @@ async def engine(request: pytest.FixtureRequest, tmp_path) -> AsyncIterator[Asyn
             yield postgres_engine
 
 
-@pytest.fixture
+@pytest.fixture(params=[pytest.param("postgres", marks=[pytest.mark.postgres, _NEEDS_POSTGRES])])
 async def postgres_engine() -> AsyncIterator[AsyncEngine]:
-    """PostgreSQL alone, for what only a server with concurrent writers can show; the test
-    skips when ACKBOT_TEST_POSTGRES_URL is not set (mark it `postgres`)."""
-    url = os.environ.get(POSTGRES_URL_ENV)
-    if not url:
-        pytest.skip(f"{POSTGRES_URL_ENV} is not set")
-    async with _postgres_engine(url) as postgres:
-        yield postgres
+    """PostgreSQL alone, for what only a shared database has (the store registry)."""
+    async with _postgres_engine(os.environ[POSTGRES_URL_ENV]) as postgres_engine:
+        yield postgres_engine
 
 
 MakeRepository = Callable[..., Awaitable[MessageRepository]]
@@ -136,11 +132,14 @@ def _repository_maker(engine: AsyncEngine, clock: FakeClock) -> MakeRepository:
     created = False
 
     async def make(
-        *, max_attempts: int = 3, clock_ns: Callable[[], int] = clock
+        *,
+        max_attempts: int = 3,
+        clock_ns: Callable[[], int] = clock,
+        store_id: str | None = None,
     ) -> MessageRepository:
         nonlocal created
         repository = MessageRepository(
-            Database(engine), max_attempts=max_attempts, clock_ns=clock_ns
+            Database(engine), max_attempts=max_attempts, clock_ns=clock_ns, store_id=store_id
         )
         if not created:
             await repository.create_schema()

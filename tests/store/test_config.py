@@ -104,6 +104,10 @@ BAD_VALUES = [
     ("--sqlite-synchronous", "SQLITE_SYNCHRONOUS", "OFF"),
     ("--max-text-bytes", "MAX_TEXT_BYTES", "-5"),
     ("--max-request-bytes", "MAX_REQUEST_BYTES", "1.5"),
+    ("--heartbeat-seconds", "HEARTBEAT_SECONDS", "0"),
+    ("--heartbeat-seconds", "HEARTBEAT_SECONDS", "61"),
+    ("--dead-after-seconds", "DEAD_AFTER_SECONDS", "0"),
+    ("--dead-after-seconds", "DEAD_AFTER_SECONDS", "inf"),
 ]
 
 
@@ -141,3 +145,27 @@ def test_infinite_seconds_are_rejected(flag, capsys):
         load_config([f"{flag}=inf"], {})
     assert caught.value.code == 2
     assert f"argument {flag}" in capsys.readouterr().err
+
+
+def test_the_store_registry_settings():
+    defaults = load_config([], {})
+    assert (defaults.heartbeat_seconds, defaults.dead_after_seconds) == (1.0, 3.0)
+    config = load_config(["--heartbeat-seconds=0.5", "--dead-after-seconds=1"], {})
+    assert (config.heartbeat_seconds, config.dead_after_seconds) == (0.5, 1.0)
+
+
+@pytest.mark.parametrize(
+    ("argv", "env"),
+    [
+        (["--dead-after-seconds=1.5"], {}),
+        (["--heartbeat-seconds=2"], {}),
+        ([], {"ACKBOT_STORE_HEARTBEAT_SECONDS": "5", "ACKBOT_STORE_DEAD_AFTER_SECONDS": "9"}),
+    ],
+)
+def test_a_store_is_not_dead_after_less_than_two_heartbeats(argv, env, capsys):
+    # One late heartbeat must not make a live store look dead.
+    with pytest.raises(SystemExit) as caught:
+        load_config(argv, env)
+    assert caught.value.code == 2
+    err = capsys.readouterr().err
+    assert "argument --dead-after-seconds: must be at least twice --heartbeat-seconds" in err

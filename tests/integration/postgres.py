@@ -1,0 +1,41 @@
+"""A PostgreSQL database of a test's own, on the server named by ACKBOT_TEST_POSTGRES_URL (tests
+that need it skip, with the reason, when it is not set)."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+from collections.abc import AsyncIterator
+
+import asyncpg
+import pytest
+from sqlalchemy.engine import make_url
+
+POSTGRES_URL_ENV = "ACKBOT_TEST_POSTGRES_URL"
+
+# With pytest.mark.postgres: skips, saying why, where no server is named.
+requires_postgres = pytest.mark.skipif(
+    not os.environ.get(POSTGRES_URL_ENV), reason=f"{POSTGRES_URL_ENV} is not set"
+)
+
+
+def asyncpg_dsn(url: str) -> str:
+    """The plain libpq DSN of a SQLAlchemy URL, for a raw asyncpg connection."""
+    return make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
+
+
+@contextlib.asynccontextmanager
+async def fresh_database(prefix: str = "ackbot_it") -> AsyncIterator[str]:
+    """A new, empty database; yields its SQLAlchemy URL and drops it after, sessions and all."""
+    base = make_url(os.environ[POSTGRES_URL_ENV])
+    name = f"{prefix}_{secrets.token_hex(4)}"
+    admin = await asyncpg.connect(asyncpg_dsn(os.environ[POSTGRES_URL_ENV]))
+    try:
+        await admin.execute(f'CREATE DATABASE "{name}"')
+        try:
+            yield base.set(database=name).render_as_string(hide_password=False)
+        finally:
+            await admin.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
+    finally:
+        await admin.close()
