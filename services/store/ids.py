@@ -2,7 +2,8 @@
 
 48 bits of milliseconds then 80 random bits, in Crockford base32: 26 characters, all inside the
 id alphabet. Ids sort by creation time only roughly (clocks differ between store processes);
-delivery order never depends on them, it is the store's sequence.
+delivery order never depends on them, it is the store's sequence. Lease tokens and store ids
+are random and carry no time.
 """
 
 from __future__ import annotations
@@ -25,3 +26,8 @@ def new_message_id(now_ns: int) -> str:
 
 def new_lease_token() -> str:
     return secrets.token_hex(16)
+
+
+def new_store_id() -> str:
+    """Names one store process for as long as it runs: the payload of its notifications."""
+    return secrets.token_hex(8)

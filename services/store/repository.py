@@ -52,7 +52,7 @@ from ackbot.store.errors import (
     StoreError,
 )
 from ackbot.store.group_commit import GroupCommitter
-from ackbot.store.ids import new_lease_token, new_message_id
+from ackbot.store.ids import new_lease_token, new_message_id, new_store_id
 from ackbot.store.models import UNSETTLED, Base, MessageRow, State
 
 log = logging.getLogger(__name__)
@@ -160,11 +160,18 @@ class _Extension:
 
 
 class _Transaction:
-    """An open write transaction, shared by every request of one group commit."""
+    """An open write transaction, shared by every request of one group commit.
+
+    A write that makes work for the streams (a create that inserted, a message back to PENDING)
+    sets `made_work`; the transaction then announces it once, just before it commits, to the
+    other stores sharing the database (Database.notify_work). Marks, extensions and claims make
+    no work and never set it.
+    """
 
     def __init__(self, connection: AsyncConnection, now_ns: int) -> None:
         self.connection = connection
         self.now_ns = now_ns
+        self.made_work = False
 
 
 def _to_stored(row: Any, reply_id: str | None, now_ns: int) -> StoredMessage:
@@ -246,8 +253,11 @@ class MessageRepository:
         max_attempts: int = 5,
         clock_ns: Callable[[], int] = time.time_ns,
         max_batch: int = MAX_BATCH,
+        store_id: str = "",
     ) -> None:
         self._database = database
+        # Names this store in the notifications its transactions send (see _Transaction).
+        self._store_id = store_id or new_store_id()
         self._max_attempts = max_attempts
         self._now_ns = clock_ns
         self._writes = GroupCommitter(
@@ -264,6 +274,16 @@ class MessageRepository:
     @property
     def max_attempts(self) -> int:
         return self._max_attempts
+
+    @property
+    def store_id(self) -> str:
+        return self._store_id
+
+    @property
+    def shared(self) -> bool:
+        """Whether other stores may write to this database (PostgreSQL), so that work and lease
+        expiries this store did not make can appear in it (Database.single_owner)."""
+        return not self._database.single_owner
 
     async def create_schema(self) -> None:
         async with self._database.begin() as connection:
@@ -286,7 +306,12 @@ class MessageRepository:
     @contextlib.asynccontextmanager
     async def _begin_write(self) -> AsyncIterator[_Transaction]:
         async with self._database.begin() as connection:
-            yield _Transaction(connection, self._now_ns())
+            tx = _Transaction(connection, self._now_ns())
+            yield tx
+            # Only reached when every write ran (an error rolls back and announces nothing);
+            # delivered to the other stores at the commit that follows.
+            if tx.made_work:
+                await self._database.notify_work(connection, self._store_id)
 
     # -- creating and reading ---------------------------------------------------------------
 
@@ -306,6 +331,8 @@ class MessageRepository:
             for message_id, new in fresh.items()
         }
         inserted = await self._insert_new(tx, list(rows.values()))
+        if inserted:
+            tx.made_work = True
         stored = {
             message_id: _stored_new(rows[message_id], sequence, tx.now_ns)
             for message_id, sequence in inserted.items()
@@ -572,6 +599,9 @@ class MessageRepository:
             return row
         if row.state == State.DEAD:
             _log_dead(row.id, row.delivery_attempts, row.last_error)
+        else:
+            # Deliverable now or after its retry_after: either way other stores must know.
+            tx.made_work = True
         return _to_stored(row, None, tx.now_ns)
 
     async def _update_leased(
@@ -640,6 +670,8 @@ class MessageRepository:
         for row in rows:
             if row.state == State.DEAD:
                 _log_dead(row.id, row.delivery_attempts, row.last_error)
+            else:
+                tx.made_work = True
         return len(rows)
 
     async def extend_lease(self, message_id: str, lease_token: str, lease_ns: int) -> StoredMessage:
@@ -682,6 +714,7 @@ class MessageRepository:
             )
         ).first()
         if row is not None:
+            tx.made_work = True
             return _to_stored(row, None, tx.now_ns)
         current = await self._current_state(tx, message_id)
         if current is None:
