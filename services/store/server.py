@@ -1,8 +1,9 @@
 """Wires the store together and runs it: database, repository, manager, servicer, gRPC server.
 
 `StoreServer` is the composition root. `start()` returns the bound port; `stop()` is safe to call
-twice and shuts down in the order that loses nothing: health NOT_SERVING, streams ended and their
-leases released, in-flight unary calls given the grace period, engine disposed.
+twice and shuts down in the order that loses nothing: health NOT_SERVING, other stores no
+longer listened to, streams ended and their leases released, in-flight unary calls given the
+grace period, engine disposed.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from grpc_health.v1._async import HealthServicer
 from ackbot.common.serving import add_health_and_reflection, bind_insecure, set_serving
 from ackbot.store.config import StoreConfig
 from ackbot.store.database import Database
+from ackbot.store.listener import WorkListener
 from ackbot.store.manager import MessageManager
 from ackbot.store.repository import MessageRepository
 from ackbot.store.servicer import SERVICE_NAME, MessageStoreServicer, add_to_server
@@ -44,6 +46,7 @@ class StoreServer:
         self._server: grpc.aio.Server | None = None
         self._repository: MessageRepository | None = None
         self._manager: MessageManager | None = None
+        self._listener: WorkListener | None = None
         self._health: HealthServicer | None = None
         self._stopped = asyncio.Event()
         self._stopping = False
@@ -74,6 +77,17 @@ class StoreServer:
         address = bind_insecure(server, config.listen)
         await server.start()
         await manager.start()
+        if repository.shared:
+            # Other stores may write to this database: hear their work (before SERVING, so a
+            # serving store hears it at once).
+            self._listener = WorkListener(
+                database,
+                repository.store_id,
+                manager.work_made_elsewhere,
+                poll_seconds=config.wake_poll_seconds,
+                check_seconds=config.listener_check_seconds,
+            )
+            await self._listener.start(first_listen_within=config.listener_check_seconds)
         await set_serving(health, [SERVICE_NAME], serving=True)
         log.info("listening on %s (database %s)", address, database.url)
         return int(address.rpartition(":")[2])
@@ -87,6 +101,8 @@ class StoreServer:
         try:
             if self._health is not None:
                 await self._health.enter_graceful_shutdown()
+            if self._listener is not None:
+                await self._listener.stop()
             if self._manager is not None:
                 await self._manager.close_streams(handler_wait_seconds=self._config.grace_seconds)
             if self._server is not None:
