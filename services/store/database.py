@@ -26,7 +26,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import asyncpg  # type: ignore[import-untyped]  # asyncpg ships no type information
-from sqlalchemy import Table, event, func, select
+from sqlalchemy import String, Table, bindparam, event, func, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
@@ -43,6 +43,8 @@ _ASYNCPG = "asyncpg"
 # store of any ackbot database on the same server hears it: a wake that finds nothing costs one
 # empty claim, nothing else.
 WORK_CHANNEL = "ackbot_work"
+# Built once: building a statement costs more Python than running this one.
+_NOTIFY_WORK = select(func.pg_notify(WORK_CHANNEL, bindparam("store_id", type_=String)))
 # The errors one write can cause for a whole transaction (a unique constraint that another store
 # process won). They pass through untranslated, so that group commit can run the transaction's
 # writes again one by one.
@@ -180,7 +182,7 @@ class Database:
         per row. Nothing on SQLite.
         """
         if self.announces_work:
-            await connection.execute(select(func.pg_notify(WORK_CHANNEL, store_id)))
+            await connection.execute(_NOTIFY_WORK, {"store_id": store_id})
 
     async def connect_listener(self, application_name: str) -> asyncpg.Connection:
         """A new asyncpg connection to this database, outside the pool, for LISTEN.
