@@ -75,6 +75,15 @@ class StoreConfig:
         choices=SQLITE_SYNCHRONOUS,
         type=str.upper,
     )
+    # The two per-store limits; the rest of `limits` is fixed by the contract.
+    max_text_bytes: int = setting(
+        DEFAULT_MAX_TEXT_BYTES, "largest message text, in UTF-8 bytes", type=int_in(1)
+    )
+    max_request_bytes: int = setting(
+        DEFAULT_MAX_REQUEST_BYTES,
+        "largest request; larger ones get RESOURCE_EXHAUSTED",
+        type=int_in(1),
+    )
     # PostgreSQL only: stores sharing a database hear each other's work by notification, and
     # poll for it this often in case one was lost (see ackbot.store.listener).
     wake_poll_seconds: float = setting(
@@ -88,15 +97,6 @@ class StoreConfig:
         "on PostgreSQL, how often the connection that hears other stores is checked (and how "
         "long it may take to answer)",
         type=seconds_in(0, MAX_WAIT_SECONDS, low_inclusive=False),
-    )
-    # The two per-store limits; the rest of `limits` is fixed by the contract.
-    max_text_bytes: int = setting(
-        DEFAULT_MAX_TEXT_BYTES, "largest message text, in UTF-8 bytes", type=int_in(1)
-    )
-    max_request_bytes: int = setting(
-        DEFAULT_MAX_REQUEST_BYTES,
-        "largest request; larger ones get RESOURCE_EXHAUSTED",
-        type=int_in(1),
     )
 
     @property
