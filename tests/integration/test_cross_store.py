@@ -124,6 +124,8 @@ async def test_a_killed_listener_reconnects_and_catches_up(two_stores, admin, da
                     PROMPT_SECONDS,
                     what="store B notices that its listener is gone",
                 )
+                # Deaf to other stores, B still serves: its poll would find their work.
+                assert await b.aserving("ackbot.v1.MessageStore")
                 # Its notification reaches nobody on B.
                 meanwhile = await create(stub, "meanwhile", id="meanwhile")
             finally:
