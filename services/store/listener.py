@@ -127,7 +127,8 @@ class WorkListener:
             # Whatever fails a connect is retried: a listener that stopped on an error nobody
             # foresaw would be the silent loss this module exists to prevent.
             except Exception as exc:
-                if retry == 0:
+                # Once per outage: a lost listener has said so already.
+                if retry == 0 and lost_at is None:
                     log.warning(
                         "cannot listen for other stores' work (%s); retrying, and polling "
                         "every %gs meanwhile",
@@ -135,7 +136,7 @@ class WorkListener:
                         self._poll_seconds,
                     )
                 else:
-                    log.debug("listener connection failed again: %s", exc)
+                    log.debug("listener connection failed: %s", exc)
                 await asyncio.sleep(self._backoff.delay(retry))  # pacing
                 retry += 1
                 continue
