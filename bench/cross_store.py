@@ -1,7 +1,8 @@
 """Stores sharing one PostgreSQL database, measured: how soon a message created through store A
 reaches a stream on store B, beside one on A itself, and what the notifications cost creates.
 
-    python -m bench.cross_store [--db URL] [--rate R] [--messages N] [--repeats K] [--out FILE]
+    python -m bench.cross_store [--db URL] [--rate R] [--messages N] [--rounds R] [--repeats K]
+                                [--only latency|cost] [--out FILE]
 
 URL names a PostgreSQL server (postgresql+asyncpg://...; default ACKBOT_BENCH_POSTGRES_URL, else
 ACKBOT_TEST_POSTGRES_URL). Every run gets a database of its own there, dropped afterwards.
@@ -9,8 +10,9 @@ ACKBOT_TEST_POSTGRES_URL). Every run gets a database of its own there, dropped a
 1. Delivery latency. Stores A and B on one database, each polling for other stores' work only
    every 30 s, so only a notification wakes B in time. An open-loop producer (bench.loadgen)
    creates N messages through A at R per second; a reader in this process streams from A (the
-   same-store baseline) or from B, and marks each delivery processed as a bot would. Two
-   latencies per message, both on this machine's wall clock:
+   same-store baseline) or from B, and marks each delivery processed as a bot would. The two
+   kinds alternate for a few rounds, each on a fresh database. Two latencies per message,
+   both on this machine's wall clock:
    - from the create's return to the producer, which came after the commit: a lower bound of
      commit-to-delivery (it leaves out the way back to the producer, ~0.1-1 ms);
    - from the store's receive time, taken when the create's transaction began: an upper bound
@@ -64,7 +66,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     default_url = next((os.environ[name] for name in URL_ENVS if os.environ.get(name)), None)
     parser.add_argument("--db", default=default_url, help="PostgreSQL server URL")
     parser.add_argument("--rate", type=float, default=100.0, help="creates per second")
-    parser.add_argument("--messages", type=int, default=2_000, help="messages per latency run")
+    parser.add_argument("--messages", type=int, default=1_000, help="messages per latency run")
+    parser.add_argument("--rounds", type=int, default=3, help="latency runs of each kind")
     parser.add_argument("--repeats", type=int, default=3, help="runs of each throughput case")
     parser.add_argument("--measure-seconds", type=float, default=5.0)
     parser.add_argument("--only", choices=("latency", "cost"), help="run one part only")
@@ -142,7 +145,16 @@ async def read(address: str, count: int, ready: asyncio.Event) -> dict[str, Rece
     return received
 
 
-async def latency(ctx: Context, url: str, *, read_from: str, count: int, rate: float) -> Any:
+@dataclass
+class Latencies:
+    """One latency run's delivery latencies, in ms, by measure (see the module docstring)."""
+
+    created: int
+    from_create_returned: list[float]
+    from_store_receive_time: list[float]
+
+
+async def latency(ctx: Context, url: str, *, read_from: str, count: int, rate: float) -> Latencies:
     """Creates through A while a reader streams from `read_from` ("a" or "b")."""
     a, b = store(ctx, "store-a", url), store(ctx, "store-b", url)
     async with running(a, b):
@@ -154,16 +166,42 @@ async def latency(ctx: Context, url: str, *, read_from: str, count: int, rate: f
             folder=ctx.fresh(f"produce-{read_from}"),
         )  # fmt: skip
         received = await asyncio.wait_for(reader, 60 + count / rate)
-    from_return = [(received[m].at_ns - ns) / 1e6 for m, ns in returned.items() if m in received]
-    from_receive = [(r.at_ns - r.receive_time_ns) / 1e6 for r in received.values()]
-    return {
-        "streams_from": read_from,
-        "created": produced.calls,
-        "delivered": len(received),
-        "rate_per_second": rate,
-        "from_create_returned": percentiles(from_return),
-        "from_store_receive_time": percentiles(from_receive),
-    }
+    return Latencies(
+        created=produced.calls,
+        from_create_returned=[
+            (received[m].at_ns - ns) / 1e6 for m, ns in returned.items() if m in received
+        ],
+        from_store_receive_time=[(r.at_ns - r.receive_time_ns) / 1e6 for r in received.values()],
+    )
+
+
+async def latencies(ctx: Context, server_url: str, args: argparse.Namespace) -> Any:
+    """Same store and across stores, alternating for `args.rounds` rounds, so a neighbour's
+    burst on the shared machine hits both alike; percentiles over all rounds, and per round."""
+    runs: dict[str, list[Latencies]] = {"same store": [], "across stores": []}
+    for round_number in range(args.rounds):
+        for read_from, name in (("a", "same store"), ("b", "across stores")):
+            print(f"[cross_store] latency, {name}, round {round_number + 1}", file=sys.stderr)
+            async with fresh_database(server_url) as url:
+                runs[name].append(
+                    await latency(
+                        ctx, url, read_from=read_from, count=args.messages, rate=args.rate
+                    )
+                )
+    figures: dict[str, Any] = {}
+    for name, results in runs.items():
+        figures[name] = {
+            "rate_per_second": args.rate,
+            "created": sum(r.created for r in results),
+            "delivered": sum(len(r.from_store_receive_time) for r in results),
+        }
+        for measure in ("from_create_returned", "from_store_receive_time"):
+            pooled = [ms for r in results for ms in getattr(r, measure)]
+            figures[name][measure] = percentiles(pooled)
+            figures[name][f"{measure}_per_round"] = [
+                percentiles(getattr(r, measure)) for r in results
+            ]
+    return figures
 
 
 # -- 2. the cost of NOTIFY ----------------------------------------------------------------------
@@ -220,9 +258,13 @@ def render(results: dict[str, Any]) -> str:
     for name, run in results["latency"].items():
         for measure in ("from_create_returned", "from_store_receive_time"):
             p = run[measure]
+            rounds = " ".join(
+                f"{r['p50_ms']:.1f}/{r['p99_ms']:.1f}" for r in run[f"{measure}_per_round"]
+            )
             lines.append(
-                f"  {name:<12} {measure:<24} {p['p50_ms']:7.2f} {p['p95_ms']:7.2f} "
-                f"{p['p99_ms']:7.2f} {p['max_ms']:7.2f}   ({run['delivered']}/{run['created']})"
+                f"  {name:<13} {measure:<24} {p['p50_ms']:7.2f} {p['p95_ms']:7.2f} "
+                f"{p['p99_ms']:7.2f} {p['max_ms']:7.2f}   ({run['delivered']}/{run['created']}; "
+                f"p50/p99 by round: {rounds})"
             )
     lines.append("CreateMessage calls/s, median (with NOTIFY / without / change)")
     for case, figures in results["notify_cost"].items():
@@ -240,12 +282,7 @@ async def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     )
     results: dict[str, Any] = {"latency": {}, "notify_cost": {}}
     if args.only in (None, "latency"):
-        for read_from, name in (("a", "same store"), ("b", "across stores")):
-            print(f"[cross_store] latency, {name} ...", file=sys.stderr, flush=True)
-            async with fresh_database(args.db) as url:
-                results["latency"][name] = await latency(
-                    ctx, url, read_from=read_from, count=args.messages, rate=args.rate
-                )
+        results["latency"] = await latencies(ctx, args.db, args)
     if args.only in (None, "cost"):
         print("[cross_store] the cost of NOTIFY ...", file=sys.stderr, flush=True)
         results["notify_cost"] = await notify_cost(ctx, args.db, args.repeats)

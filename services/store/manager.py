@@ -39,9 +39,10 @@ from ackbot.store.stream_board import WAKE_STEP_NS, CallAt, StreamBoard, StreamS
 
 log = logging.getLogger(__name__)
 
-# The least time between two reads of the next timed wake: claims that come back short in a
-# burst share one read instead of queueing one each (timed wakes are this coarse anyway).
-REARM_SPACING_SECONDS = WAKE_STEP_NS / 1e9
+# How long a request to read the next timed wake waits for company: the claims that the same
+# news sets off run first, without a read beside them, and those that come back short share the
+# read instead of queueing one each (timed wakes are this coarse anyway).
+REARM_DELAY_SECONDS = WAKE_STEP_NS / 1e9
 
 
 class DeliveryStream:
@@ -257,9 +258,10 @@ class MessageManager:
 
     def _rearm_timed_wakes(self) -> None:
         """Sets a timed wake at the next time a message becomes deliverable, read from the
-        database: on a shared one, another store's lease may lapse or its retry_after end, and
-        nothing announces either. Nothing on a database this store owns alone: every lease and
-        retry_after in it is this store's, and its board already wakes for them."""
+        database (after REARM_DELAY_SECONDS): on a shared one, another store's lease may lapse
+        or its retry_after end, and nothing announces either. Nothing on a database this store
+        owns alone: every lease and retry_after in it is this store's, and its board already
+        wakes for them."""
         if not self._repository.shared or self._closed:
             return
         self._rearm_wanted = True
@@ -269,8 +271,8 @@ class MessageManager:
     async def _rearm(self) -> None:
         try:
             while self._rearm_wanted and not self._closed:
+                await asyncio.sleep(REARM_DELAY_SECONDS)  # pacing
                 self._rearm_wanted = False
-                started = time.monotonic()
                 try:
                     next_visible = await self._repository.next_visible_ns()
                 except StoreError as exc:
@@ -279,9 +281,6 @@ class MessageManager:
                     return
                 if next_visible is not None and not self._closed:
                     self._board.wake_at(next_visible)
-                if self._rearm_wanted:
-                    spent = time.monotonic() - started
-                    await asyncio.sleep(max(REARM_SPACING_SECONDS - spent, 0))  # pacing
         except Exception:
             log.exception("reading the next timed wake failed")
         finally:
