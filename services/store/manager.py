@@ -261,8 +261,9 @@ class MessageManager:
         database (after REARM_DELAY_SECONDS): on a shared one, another store's lease may lapse
         or its retry_after end, and nothing announces either. Nothing on a database this store
         owns alone: every lease and retry_after in it is this store's, and its board already
-        wakes for them."""
-        if not self._repository.shared or self._closed:
+        wakes for them. Nothing either while no stream is open: a wake would find nobody, and
+        a new stream claims (and, if that comes back short, asks again) as it opens."""
+        if not self._repository.shared or self._closed or not self._board.has_streams:
             return
         self._rearm_wanted = True
         if self._rearm_task is None:
