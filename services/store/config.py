@@ -99,6 +99,20 @@ class StoreConfig:
         "largest request; larger ones get RESOURCE_EXHAUSTED",
         type=int_in(1),
     )
+    # PostgreSQL only: stores sharing a database hear each other's work by notification, and
+    # poll for it this often in case one was lost (see ackbot.store.listener).
+    wake_poll_seconds: float = setting(
+        2.0,
+        "on PostgreSQL, how often the streams also look for work made by other stores, in "
+        "case a notification was lost",
+        type=seconds_in(0, MAX_WAIT_SECONDS, low_inclusive=False),
+    )
+    listener_check_seconds: float = setting(
+        5.0,
+        "on PostgreSQL, how often the connection that hears other stores is checked (and how "
+        "long it may take to answer)",
+        type=seconds_in(0, MAX_WAIT_SECONDS, low_inclusive=False),
+    )
 
     @property
     def limits(self) -> Limits:

@@ -12,6 +12,10 @@ that is not plain SQL, decided here once.
   order is commit order (`inserts_take_turns`).
 - Schema changes, one store at a time (`schema_change`): SQLite's write lock, a PostgreSQL
   advisory lock.
+- Wake-ups between stores that share a database: a transaction that made work announces it with
+  one PostgreSQL notification (`notify_work`), which every store hears on a connection of its
+  own, outside the pool (`connect_listener`). SQLite needs none: its one store hears its own
+  writes in-process.
 - Driver errors are wrapped at this boundary (StorageUnavailable, StorageFull) and never leak.
 
 The queries themselves are the same on both (the repository's); where a clause means nothing on
@@ -26,7 +30,8 @@ import logging
 from collections.abc import AsyncIterator
 from pathlib import Path
 
-from sqlalchemy import Table, event, text
+import asyncpg  # type: ignore[import-untyped]  # asyncpg ships no type information
+from sqlalchemy import String, Table, bindparam, event, func, select, text
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, Engine, make_url
 from sqlalchemy.engine.interfaces import DBAPIConnection
@@ -39,6 +44,13 @@ from ackbot.store.errors import StorageFull, StorageUnavailable
 log = logging.getLogger(__name__)
 
 _SQLITE = "sqlite"
+_ASYNCPG = "asyncpg"
+# The channel on which stores sharing a PostgreSQL database announce work to each other. Any
+# store of any ackbot database on the same server hears it: a wake that finds nothing costs one
+# empty claim, nothing else.
+WORK_CHANNEL = "ackbot_work"
+# Built once: building a statement costs more Python than running this one.
+_NOTIFY_WORK = select(func.pg_notify(WORK_CHANNEL, bindparam("store_id", type_=String)))
 # The errors one write can cause for a whole transaction (a unique constraint that another store
 # process won). They pass through untranslated, so that group commit can run the transaction's
 # writes again one by one.
@@ -148,6 +160,17 @@ class Database:
         return not self._is_sqlite
 
     @property
+    def announces_work(self) -> bool:
+        """Whether other stores may share this database and so must hear of the work a
+        transaction makes (see `notify_work`)."""
+        return not self._is_sqlite
+
+    @property
+    def can_listen(self) -> bool:
+        """Whether `connect_listener` works here: PostgreSQL through asyncpg."""
+        return self.announces_work and self.engine.dialect.driver == _ASYNCPG
+
+    @property
     def url(self) -> str:
         """The URL, with any password masked: for logs."""
         return self.engine.url.render_as_string()
@@ -232,6 +255,40 @@ class Database:
                     # After a disconnect SQLAlchemy invalidates the connection, and lets go of
                     # a detached one without closing it: close the driver's connection anyway.
                     self.engine.dialect.do_terminate(dbapi_connection)
+
+    async def notify_work(self, connection: AsyncConnection, store_id: str) -> None:
+        """Announces, inside the open transaction on `connection`, that it made work.
+
+        PostgreSQL delivers the notification when (and only if) the transaction commits, to every
+        session listening on WORK_CHANNEL then; the payload names the store that made it, so
+        that store can ignore its own. A notifying commit takes a lock global to the server (to
+        keep notifications in commit order), so the caller issues one per transaction, never one
+        per row. Nothing on SQLite.
+        """
+        if self.announces_work:
+            await connection.execute(_NOTIFY_WORK, {"store_id": store_id})
+
+    async def connect_listener(self, application_name: str) -> asyncpg.Connection:
+        """A new asyncpg connection to this database, outside the pool, for LISTEN.
+
+        Not from the pool: a pooled connection is reset and handed to other work, and LISTEN
+        lives as long as its session. Made from the engine's URL (host, port, user, password,
+        database and its query options); `application_name` lets an operator find it in
+        pg_stat_activity. Driver errors come back as StorageUnavailable.
+        """
+        if not self.can_listen:
+            raise StorageUnavailable(f"cannot LISTEN on {self.url}: PostgreSQL and asyncpg only")
+        _, params = self.engine.dialect.create_connect_args(self.engine.url)
+        # SQLAlchemy's own options for its asyncpg adapter, not asyncpg's.
+        for option in ("prepared_statement_cache_size", "prepared_statement_name_func"):
+            params.pop(option, None)
+        try:
+            connection: asyncpg.Connection = await asyncpg.connect(
+                **params, server_settings={"application_name": application_name}
+            )
+        except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError) as exc:
+            raise StorageUnavailable(f"database unreachable: {exc}") from exc
+        return connection
 
     async def dispose(self) -> None:
         await self.engine.dispose()

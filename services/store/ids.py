@@ -2,7 +2,8 @@
 
 48 bits of milliseconds then 80 random bits, in Crockford base32: 26 characters, all inside the
 id alphabet. Ids sort by creation time only roughly (clocks differ between store processes);
-delivery order never depends on them, it is the store's sequence.
+delivery order never depends on them, it is the store's sequence. Lease tokens and store ids
+are random and carry no time.
 """
 
 from __future__ import annotations
@@ -28,5 +29,6 @@ def new_lease_token() -> str:
 
 
 def new_store_id() -> str:
-    """A store's id in the registry (and in `messages.owner_store`): random, short to read."""
+    """Names one store process for as long as it runs: its row in the registry, its leases
+    (`messages.owner_store`) and the payload of its notifications; random, short to read."""
     return secrets.token_hex(8)

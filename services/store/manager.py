@@ -8,6 +8,12 @@ protobuf; nothing here knows gRPC, and nothing here writes SQL.
 
 The streams' bookkeeping (which lease each holds, its room, when it wakes) is the ledger in
 stream_board.py, which only the manager tells what happened.
+
+On a database other stores share (PostgreSQL), work also appears that no write of this store
+made: another store's create or release, a lease it granted that lapses. `work_made_elsewhere`
+is the one way in for that news (another store's notification, the fallback poll, a reaper),
+and the timed wakes are read from the database then and after every claim that came back short,
+so they cover every store's leases and retry_afters, not only ours.
 """
 
 from __future__ import annotations
@@ -29,9 +35,14 @@ from ackbot.store.repository import (
     NewMessage,
     StoredMessage,
 )
-from ackbot.store.stream_board import CallAt, StreamBoard, StreamState
+from ackbot.store.stream_board import WAKE_STEP_NS, CallAt, StreamBoard, StreamState
 
 log = logging.getLogger(__name__)
+
+# How long a request to read the next timed wake waits for company: the claims that the same
+# news sets off run first, without a read beside them, and those that come back short share the
+# read instead of queueing one each (timed wakes are this coarse anyway).
+REARM_DELAY_SECONDS = WAKE_STEP_NS / 1e9
 
 
 class DeliveryStream:
@@ -43,11 +54,16 @@ class DeliveryStream:
     """
 
     def __init__(
-        self, state: StreamState, board: StreamBoard, repository: MessageRepository
+        self,
+        state: StreamState,
+        board: StreamBoard,
+        repository: MessageRepository,
+        on_short_claim: Callable[[], None],
     ) -> None:
         self._state = state
         self._board = board
         self._repository = repository
+        self._on_short_claim = on_short_claim
 
     def __aiter__(self) -> DeliveryStream:
         return self
@@ -63,6 +79,10 @@ class DeliveryStream:
                 deliveries = await self._claim(room)
                 if len(deliveries) == room:
                     stream.work_may_exist = True
+                else:
+                    # What is left is not deliverable yet: the stream waits for the next
+                    # visibility, which may be another store's lease.
+                    self._on_short_claim()
                 if deliveries:
                     for d in deliveries:
                         log.info(
@@ -122,6 +142,11 @@ class MessageManager:
         # The tasks that run open streams (grpc's StreamUnprocessed handlers): shutdown waits
         # for them to finish sending their status while the server can still send it.
         self._stream_tasks: set[asyncio.Task[object]] = set()
+        # Reading the next timed wake from the database (shared databases only): one read at
+        # a time, and a request made during one is served by the next.
+        self._rearm_task: asyncio.Task[None] | None = None
+        self._rearm_wanted = False
+        self._closed = False
 
     async def start(self) -> None:
         """Schedules a wake for the first message that becomes deliverable later (a lease or a
@@ -218,10 +243,49 @@ class MessageManager:
         self._board.wake_all()
         return message
 
-    def on_work_made(self) -> None:
-        """Messages became deliverable by a write no call here made: the registry handed back
-        a dead store's leases (or this store's own, as it stops). Every stream looks again."""
+    # -- work this store's writes did not make ------------------------------------------------
+
+    def work_made_elsewhere(self) -> None:
+        """Work may have appeared that no write of this store made: every stream looks, and the
+        timed wakes are read again from the database.
+
+        The one way in for such news: another store's notification, the catch-up after the
+        listener (re)connects, the fallback poll, and whatever hands back another store's
+        leases (a reaper). The writes of this store wake the streams themselves.
+        """
         self._board.wake_all()
+        self._rearm_timed_wakes()
+
+    def _rearm_timed_wakes(self) -> None:
+        """Sets a timed wake at the next time a message becomes deliverable, read from the
+        database (after REARM_DELAY_SECONDS): on a shared one, another store's lease may lapse
+        or its retry_after end, and nothing announces either. Nothing on a database this store
+        owns alone: every lease and retry_after in it is this store's, and its board already
+        wakes for them. Nothing either while no stream is open: a wake would find nobody, and
+        a new stream claims (and, if that comes back short, asks again) as it opens."""
+        if not self._repository.shared or self._closed or not self._board.has_streams:
+            return
+        self._rearm_wanted = True
+        if self._rearm_task is None:
+            self._rearm_task = asyncio.create_task(self._rearm(), name="rearm-timed-wakes")
+
+    async def _rearm(self) -> None:
+        try:
+            while self._rearm_wanted and not self._closed:
+                await asyncio.sleep(REARM_DELAY_SECONDS)  # pacing
+                self._rearm_wanted = False
+                try:
+                    next_visible = await self._repository.next_visible_ns()
+                except StoreError as exc:
+                    # The next short claim or the fallback poll asks again.
+                    log.warning("could not read the next timed wake: %s", exc)
+                    return
+                if next_visible is not None and not self._closed:
+                    self._board.wake_at(next_visible)
+        except Exception:
+            log.exception("reading the next timed wake failed")
+        finally:
+            self._rearm_task = None
 
     @contextlib.contextmanager
     def _answering_for(self, message_id: str, lease_token: str) -> Iterator[None]:
@@ -254,7 +318,7 @@ class MessageManager:
             lease_ns / 1e9,
         )
         try:
-            yield DeliveryStream(stream, self._board, self._repository)
+            yield DeliveryStream(stream, self._board, self._repository, self._rearm_timed_wakes)
         finally:
             await self._end_stream(stream)
 
@@ -291,6 +355,10 @@ class MessageManager:
         shutdown may still be sending its status, and once the server has stopped that send
         never completes, which would leave the process hanging on exit.
         """
+        self._closed = True
+        if self._rearm_task is not None:
+            self._rearm_task.cancel()
+            await asyncio.gather(self._rearm_task, return_exceptions=True)
         streams = self._board.streams
         self._board.close()
         for stream in streams:

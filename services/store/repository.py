@@ -64,7 +64,7 @@ from ackbot.store.errors import (
     StoreError,
 )
 from ackbot.store.group_commit import GroupCommitter
-from ackbot.store.ids import new_lease_token, new_message_id
+from ackbot.store.ids import new_lease_token, new_message_id, new_store_id
 from ackbot.store.models import UNSETTLED, Base, MessageRow, State, StoreRow
 
 log = logging.getLogger(__name__)
@@ -271,12 +271,19 @@ class _Extension:
 
 
 class _Transaction:
-    """An open write transaction, shared by every request of one group commit."""
+    """An open write transaction, shared by every request of one group commit.
+
+    A write that makes work for the streams (a create that inserted, a message back to PENDING)
+    sets `made_work`; the transaction then announces it once, just before it commits, to the
+    other stores sharing the database (Database.notify_work). Marks, extensions and claims make
+    no work and never set it.
+    """
 
     def __init__(self, connection: AsyncConnection, now_ns: int) -> None:
         self.connection = connection
         self.now_ns = now_ns
         self.has_insert_turn = False
+        self.made_work = False
 
 
 def _to_stored(row: Any, reply_id: str | None, now_ns: int) -> StoredMessage:
@@ -370,10 +377,11 @@ class MessageRepository:
         store_id: str | None = None,
     ) -> None:
         self._database = database
-        self._max_attempts = max_attempts
         # Recorded on every lease this store grants (messages.owner_store), so that the other
-        # stores on a shared database can hand them back if it dies; None on SQLite.
-        self._store_id = store_id
+        # stores on a shared database can hand them back if it dies, and named in the
+        # notifications its transactions send (see _Transaction).
+        self._store_id = store_id or new_store_id()
+        self._max_attempts = max_attempts
         self._now_ns = clock_ns
         self._writes = GroupCommitter(
             self._begin_write, max_batch=max_batch, conflict_errors=CONFLICT_ERRORS
@@ -391,9 +399,15 @@ class MessageRepository:
         return self._max_attempts
 
     @property
-    def store_id(self) -> str | None:
-        """The id this store records on its leases; None on a database it owns alone."""
+    def store_id(self) -> str:
+        """This store's id: recorded on its leases, and named in its notifications."""
         return self._store_id
+
+    @property
+    def shared(self) -> bool:
+        """Whether other stores may write to this database (PostgreSQL), so that work and lease
+        expiries this store did not make can appear in it (Database.single_owner)."""
+        return not self._database.single_owner
 
     async def create_schema(self) -> None:
         """Brings the database to the schema this ackbot expects (Alembic, to head): creates
@@ -407,7 +421,12 @@ class MessageRepository:
     @contextlib.asynccontextmanager
     async def _begin_write(self) -> AsyncIterator[_Transaction]:
         async with self._database.begin() as connection:
-            yield _Transaction(connection, self._now_ns())
+            tx = _Transaction(connection, self._now_ns())
+            yield tx
+            # Only reached when every write ran (an error rolls back and announces nothing);
+            # delivered to the other stores at the commit that follows.
+            if tx.made_work:
+                await self._database.notify_work(connection, self._store_id)
 
     async def _take_insert_turn(self, tx: _Transaction) -> None:
         """Waits for the insert turn where the database needs it (see
@@ -446,6 +465,8 @@ class MessageRepository:
             for message_id, new in fresh.items()
         }
         inserted = await self._insert_new(tx, list(rows.values()))
+        if inserted:
+            tx.made_work = True
         stored = {
             message_id: _stored_new(rows[message_id], sequence, tx.now_ns)
             for message_id, sequence in inserted.items()
@@ -727,6 +748,9 @@ class MessageRepository:
             return row
         if row.state == State.DEAD:
             _log_dead(row.id, row.delivery_attempts, row.last_error)
+        else:
+            # Deliverable now or after its retry_after: either way other stores must know.
+            tx.made_work = True
         return _to_stored(row, None, tx.now_ns)
 
     async def _update_leased(
@@ -805,6 +829,8 @@ class MessageRepository:
         for row in rows:
             if row.state == State.DEAD:
                 _log_dead(row.id, row.delivery_attempts, row.last_error)
+            else:
+                tx.made_work = True
             released.append(ReleasedLease(row.id, State(row.state), row.delivery_attempts))
         return released
 
@@ -848,6 +874,7 @@ class MessageRepository:
             )
         ).first()
         if row is not None:
+            tx.made_work = True
             return _to_stored(row, None, tx.now_ns)
         current = await self._current_state(tx, message_id)
         if current is None:
@@ -864,7 +891,7 @@ class MessageRepository:
         async with self._database.translate_errors(), session.begin():
             await session.execute(
                 insert(STORES).values(
-                    id=self._require_store_id(),
+                    id=self._store_id,
                     listen_address=listen_address,
                     started_at=_DB_NOW,
                     heartbeat_at=_DB_NOW,
@@ -881,7 +908,7 @@ class MessageRepository:
         async with self._database.translate_errors(), session.begin():
             beat = await session.scalar(
                 update(STORES)
-                .where(STORES.c.id == self._require_store_id())
+                .where(STORES.c.id == self._store_id)
                 .values(values)
                 .returning(STORES.c.id)
             )
@@ -942,7 +969,7 @@ class MessageRepository:
     async def deregister_store(self) -> list[ReleasedLease]:
         """Hands back every lease this store still holds and deletes its registration: the
         last write of a store that stops (or was declared dead, whose row is gone already)."""
-        return await self._writes.submit_one(self._deregister, self._require_store_id())
+        return await self._writes.submit_one(self._deregister, self._store_id)
 
     async def _deregister(self, tx: _Transaction, store_id: str) -> list[ReleasedLease]:
         released = await self._hand_back(tx, UNSETTLED, MESSAGES.c.owner_store == store_id)
@@ -950,12 +977,7 @@ class MessageRepository:
         return released
 
     def _dead_params(self, dead_after_seconds: float) -> dict[str, Any]:
-        return {"me": self._require_store_id(), "dead_after": timedelta(seconds=dead_after_seconds)}
-
-    def _require_store_id(self) -> str:
-        if self._store_id is None:
-            raise RuntimeError("the registry needs a repository made with a store_id")
-        return self._store_id
+        return {"me": self._store_id, "dead_after": timedelta(seconds=dead_after_seconds)}
 
     async def next_visible_ns(self) -> int | None:
         """When the earliest message that is not deliverable yet becomes deliverable."""

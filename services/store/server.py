@@ -1,10 +1,10 @@
 """Wires the store together and runs it: database, repository, manager, servicer, gRPC server.
 
 `StoreServer` is the composition root. `start()` returns the bound port; `stop()` is safe to call
-twice and shuts down in the order that loses nothing: health NOT_SERVING, streams ended and their
-leases released, in-flight unary calls given the grace period, the store deregistered (on
-PostgreSQL), engine disposed. A store that another declared dead stops itself the same way, and
-`failure` says why.
+twice and shuts down in the order that loses nothing: health NOT_SERVING, other stores no
+longer listened to, streams ended and their leases released, in-flight unary calls given the
+grace period, the store deregistered (on PostgreSQL), engine disposed. A store that another
+declared dead stops itself the same way, and `failure` says why.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from ackbot.common.serving import (
 from ackbot.store.config import StoreConfig
 from ackbot.store.database import Database
 from ackbot.store.errors import DeclaredDead, StoreError
-from ackbot.store.ids import new_store_id
+from ackbot.store.listener import WorkListener
 from ackbot.store.manager import MessageManager
 from ackbot.store.ownership import FileOwnership, claim_database
 from ackbot.store.registry import StoreRegistry
@@ -55,6 +55,7 @@ class StoreServer:
         self._server: grpc.aio.Server | None = None
         self._repository: MessageRepository | None = None
         self._manager: MessageManager | None = None
+        self._listener: WorkListener | None = None
         self._health: HealthServicer | None = None
         self._ownership: FileOwnership | None = None
         self._started = False
@@ -81,13 +82,11 @@ class StoreServer:
             lock_timeout_seconds=config.lock_timeout_seconds,
             sqlite_synchronous=config.sqlite_synchronous,
         )
-        # Several stores may share the database: each lease records this store's id, so that
-        # the others can hand its leases back if it dies.
+        # Several stores may share the database: each lease records this store's id
+        # (repository.store_id), so that the others can hand its leases back if it dies.
         shared = not database.single_owner
         self._repository = repository = MessageRepository(
-            database,
-            max_attempts=config.max_attempts,
-            store_id=new_store_id() if shared else None,
+            database, max_attempts=config.max_attempts
         )
         await repository.create_schema()
         if database.single_owner:
@@ -108,12 +107,23 @@ class StoreServer:
                 listen_address=address,
                 heartbeat_seconds=config.heartbeat_seconds,
                 dead_after_seconds=config.dead_after_seconds,
-                on_work_made=manager.on_work_made,
+                on_work_made=manager.work_made_elsewhere,
                 on_declared_dead=self._declared_dead,
             )
             await self._registry.start()
         await server.start()
         await manager.start()
+        if repository.shared:
+            # Other stores may write to this database: hear their work (before SERVING, so a
+            # serving store hears it at once).
+            self._listener = WorkListener(
+                database,
+                repository.store_id,
+                manager.work_made_elsewhere,
+                poll_seconds=config.wake_poll_seconds,
+                check_seconds=config.listener_check_seconds,
+            )
+            await self._listener.start(first_listen_within=config.listener_check_seconds)
         await set_serving(health, [SERVICE_NAME], serving=True)
         if self._ownership is not None:
             self._ownership.announce(address)
@@ -131,6 +141,8 @@ class StoreServer:
         try:
             if self._health is not None:
                 await self._health.enter_graceful_shutdown()
+            if self._listener is not None:
+                await self._listener.stop()
             if self._manager is not None:
                 await self._manager.close_streams(handler_wait_seconds=self._config.grace_seconds)
             if self._server is not None:

@@ -81,6 +81,10 @@ class StreamBoard:
     def streams(self) -> frozenset[StreamState]:
         return frozenset(self._streams)
 
+    @property
+    def has_streams(self) -> bool:
+        return bool(self._streams)
+
     def open_stream(self, stream: StreamState) -> None:
         self._streams.add(stream)
 

@@ -57,6 +57,13 @@ STORE = {
         10.0,
     ),
     "max_request_bytes": ("--max-request-bytes", "ACKBOT_STORE_MAX_REQUEST_BYTES", "2000", 2000),
+    "wake_poll_seconds": ("--wake-poll-seconds", "ACKBOT_STORE_WAKE_POLL_SECONDS", "30", 30.0),
+    "listener_check_seconds": (
+        "--listener-check-seconds",
+        "ACKBOT_STORE_LISTENER_CHECK_SECONDS",
+        "1.5",
+        1.5,
+    ),
 }
 BOT = {
     "store": ("--store", "ACKBOT_BOT_STORE", "[::1]:6000", "[::1]:6000"),

@@ -29,6 +29,8 @@ def test_flags():
             "--sqlite-synchronous=normal",
             "--max-text-bytes=100",
             "--max-request-bytes=1000",
+            "--wake-poll-seconds=0.5",
+            "--listener-check-seconds=2",
         ],
         {},
     )
@@ -43,6 +45,8 @@ def test_flags():
     assert config.limits.max_text_bytes == 100
     assert config.limits.max_request_bytes == 1000
     assert config.limits.max_id_chars == Limits().max_id_chars
+    assert config.wake_poll_seconds == 0.5
+    assert config.listener_check_seconds == 2.0
 
 
 ENV = {
@@ -55,6 +59,8 @@ ENV = {
     "ACKBOT_STORE_LOCK_TIMEOUT_SECONDS": "3",
     "ACKBOT_STORE_MAX_TEXT_BYTES": "200",
     "ACKBOT_STORE_MAX_REQUEST_BYTES": "2000",
+    "ACKBOT_STORE_WAKE_POLL_SECONDS": "30",
+    "ACKBOT_STORE_LISTENER_CHECK_SECONDS": "3",
 }
 
 
@@ -69,6 +75,8 @@ def test_environment():
     assert config.lock_timeout_seconds == 3.0
     assert config.limits.max_text_bytes == 200
     assert config.limits.max_request_bytes == 2000
+    assert config.wake_poll_seconds == 30.0
+    assert config.listener_check_seconds == 3.0
 
 
 def test_a_flag_beats_the_environment():
@@ -108,6 +116,8 @@ BAD_VALUES = [
     ("--heartbeat-seconds", "HEARTBEAT_SECONDS", "61"),
     ("--dead-after-seconds", "DEAD_AFTER_SECONDS", "0"),
     ("--dead-after-seconds", "DEAD_AFTER_SECONDS", "inf"),
+    ("--wake-poll-seconds", "WAKE_POLL_SECONDS", "0"),
+    ("--listener-check-seconds", "LISTENER_CHECK_SECONDS", "-1"),
 ]
 
 
@@ -137,7 +147,15 @@ def test_a_good_flag_overrides_a_bad_environment_value():
     )
 
 
-@pytest.mark.parametrize("flag", ["--default-lease-seconds", "--lock-timeout-seconds"])
+@pytest.mark.parametrize(
+    "flag",
+    [
+        "--default-lease-seconds",
+        "--lock-timeout-seconds",
+        "--wake-poll-seconds",
+        "--listener-check-seconds",
+    ],
+)
 def test_infinite_seconds_are_rejected(flag, capsys):
     # inf passes "> 0" but cannot be used: int(inf * 1e9) raises OverflowError when a stream
     # opens (default lease) or when SQLite's busy_timeout is set on every new connection.

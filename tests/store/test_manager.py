@@ -17,6 +17,7 @@ from ackbot.store.errors import FailedPrecondition
 from ackbot.store.manager import MessageManager
 from ackbot.store.models import State
 from ackbot.store.repository import Delivery, MessageRepository, NewMessage
+from ackbot.testing import wait_until
 
 from .conftest import SECOND_NS, START_NS, FakeClock
 
@@ -406,3 +407,26 @@ async def test_a_stream_cancelled_while_its_claim_commits_still_releases_what_it
         while (message := await repo.get_message("a")).delivery_attempts == 0:  # noqa: ASYNC110
             await asyncio.sleep(0.01)  # poll
     assert (message.state, message.delivery_attempts) == (State.PENDING, 1)
+
+
+async def test_a_short_claim_reads_the_next_timed_wake_only_from_a_shared_database(
+    manager, open_consumer, repo
+):
+    reads: list[int | None] = []
+    next_visible_ns = repo.next_visible_ns
+
+    async def counting_next_visible_ns() -> int | None:
+        reads.append(await next_visible_ns())
+        return reads[-1]
+
+    repo.next_visible_ns = counting_next_visible_ns
+    await create(manager, "a")
+    consumer = open_consumer(max_in_flight=2)
+    (a,) = await consumer.next()  # a short claim
+
+    if repo.shared:  # PostgreSQL: another store's lease may lapse first
+        await wait_until(lambda: reads, DEADLINE, interval=0.01)
+        assert reads[0] == a.lease_expire_ns
+    else:  # SQLite: every lease is this store's, and the board already wakes for it
+        await let_streams_look()
+        assert reads == []

@@ -82,12 +82,14 @@ async def test_a_message_that_dies_in_a_claim_has_no_owner(engine, make_repo, cl
     assert await owners(engine) == {"m1": None}
 
 
-async def test_a_store_that_owns_its_database_records_no_owner(engine, repo):
+async def test_a_lease_names_the_store_that_granted_it_on_every_database(engine, repo):
+    # Only a shared database reads it (to hand back a dead store's leases), but one store id
+    # names the store everywhere: its leases, its registry row, its notifications.
     await create_all(repo, "m1")
     await repo.claim(1, LEASE_NS)
 
-    assert repo.store_id is None
-    assert await owners(engine) == {"m1": None}
+    assert repo.store_id
+    assert await owners(engine) == {"m1": repo.store_id}
 
 
 # -- the registry's SQL (PostgreSQL) ------------------------------------------------------------
