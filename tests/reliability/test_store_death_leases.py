@@ -6,7 +6,8 @@ No operator acts: no requeue, no bot restart.
 tests/integration/test_store_restart.py shows the leases come back at start with a bare stream;
 this adds the bot's side (replies that finish while the store is down, settled after it returns,
 racing the redeliveries of the same messages). On SQLite a starting store releases every lease in
-the file; on PostgreSQL the same leases would come back by expiry instead.
+the file; on PostgreSQL another store hands them back once it finds the dead one
+(tests/reliability/test_dead_store_on_postgres.py).
 """
 
 from __future__ import annotations
