@@ -371,3 +371,36 @@ def test_the_allow_flag_lets_a_store_listen_beyond_loopback(tmp_path):
         assert service.is_serving()
     finally:
         service.cleanup()
+
+
+async def test_tokens_on_loopback_without_tls_and_the_bots_reflection_takes_its_token(tmp_path):
+    """Tokens without TLS work on loopback (gRPC's local credentials); the bot's own server
+    answers health openly and reflection only with the bot's token."""
+    tokens = {f"ACKBOT_STORE_{role.upper()}_TOKEN": token for role, token in TOKENS.items()}
+    store = store_service(tmp_path, name="plain-store", env=tokens)
+    services = [store]
+    try:
+        await store.astart()
+        bot = bot_service(
+            tmp_path, store.address, persona="plainbot", env={"ACKBOT_BOT_TOKEN": TOKENS["bot"]}
+        )
+        services.append(bot)
+        await bot.astart()  # SERVING: its stream to the store is up, by its token
+        async with store.aio_channel(token=TOKENS["producer"]) as channel:
+            stub = pb_grpc.MessageStoreStub(channel)
+            message = await create(stub, "Hello", id=unique_id("plain"))
+            await wait_state(stub, message.id, pb.MESSAGE_STATE_PROCESSED, within=15)
+
+        def grpcurl(*args: str) -> subprocess.CompletedProcess[str]:
+            argv = [str(GRPCURL), "-plaintext", "-max-time", "10", *args, bot.address, "list"]
+            return subprocess.run(argv, capture_output=True, text=True, timeout=30, check=False)
+
+        refused = await asyncio.to_thread(grpcurl)
+        assert refused.returncode != 0
+        assert "Unauthenticated" in refused.stderr
+        listed = await asyncio.to_thread(grpcurl, "-H", f"authorization: Bearer {TOKENS['bot']}")
+        assert listed.returncode == 0, listed.stderr
+        assert "grpc.health.v1.Health" in listed.stdout.split()
+    finally:
+        for service in reversed(services):
+            service.cleanup()
