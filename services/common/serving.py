@@ -18,7 +18,10 @@ from __future__ import annotations
 
 import errno
 import ipaddress
+import logging
+import os
 import socket
+import ssl
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -26,6 +29,8 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
+
+log = logging.getLogger(__name__)
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
@@ -145,13 +150,80 @@ def read_pem(path: str, what: str) -> bytes:
         raise OSError(f"{what}: cannot read {path}: {exc.strerror or exc}") from None
 
 
+class CertificateFiles:
+    """The server's PEM files, re-read when they change, so that a renewed certificate (or CA)
+    takes effect for new connections without a restart.
+
+    gRPC asks `fetch` before each TLS handshake (grpc.dynamic_ssl_server_credentials); it looks
+    at the files' modification times and sizes only, and reads them again when those changed.
+    A set of files that cannot be read or does not load (caught half-written, say) keeps the
+    previous configuration, with a warning, until the next change; connections already open
+    keep theirs.
+    """
+
+    def __init__(self, cert: str, key: str, client_ca: str | None = None) -> None:
+        self._paths = [path for path in (cert, key, client_ca) if path is not None]
+        self._cert, self._key, self._client_ca = cert, key, client_ca
+        self._seen = self._stamp()
+        #: how many times the files were loaded again after a change
+        self.reloads = 0
+
+    def _stamp(self) -> tuple[tuple[int, int], ...]:
+        stamps = []
+        for path in self._paths:
+            try:
+                info = os.stat(path)
+            except OSError:
+                stamps.append((-1, -1))
+            else:
+                stamps.append((info.st_mtime_ns, info.st_size))
+        return tuple(stamps)
+
+    def load(self) -> grpc.ServerCertificateConfiguration:
+        """Reads the files; OSError naming the flag when one cannot be read, or when the key
+        does not belong to the certificate (gRPC would load such a pair and fail every
+        handshake; between the renames of a renewal the files are such a pair for a moment)."""
+        pair = (read_pem(self._key, "--tls-key"), read_pem(self._cert, "--tls-cert"))
+        try:
+            # The standard library's check of the pair; an encrypted key fails it too (gRPC
+            # cannot use one), and the empty password keeps OpenSSL from prompting for one.
+            ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER).load_cert_chain(
+                self._cert, self._key, password=lambda: b""
+            )
+        except ssl.SSLError as exc:
+            raise OSError(
+                f"--tls-key {self._key} is not the key of --tls-cert {self._cert} "
+                f"(or not a PEM certificate and unencrypted key): {exc.reason}"
+            ) from None
+        root = read_pem(self._client_ca, "--tls-client-ca") if self._client_ca else None
+        return grpc.ssl_server_certificate_configuration([pair], root_certificates=root)
+
+    def fetch(self) -> grpc.ServerCertificateConfiguration | None:
+        """gRPC's fetcher: a new configuration when the files changed, else None (keep)."""
+        stamp = self._stamp()
+        if stamp == self._seen:
+            return None
+        self._seen = stamp
+        try:
+            configuration = self.load()
+        except OSError as exc:
+            log.warning("TLS files changed but cannot be used yet, keeping the old ones: %s", exc)
+            return None
+        self.reloads += 1
+        log.info("TLS files changed: new connections use the new certificate")
+        return configuration
+
+
 def server_credentials(cert: str, key: str, client_ca: str | None = None) -> grpc.ServerCredentials:
-    """TLS with the certificate chain and key in these PEM files; with `client_ca`, mutual TLS:
-    every client must present a certificate signed by that CA."""
-    pair = (read_pem(key, "--tls-key"), read_pem(cert, "--tls-cert"))
-    root = read_pem(client_ca, "--tls-client-ca") if client_ca else None
-    return grpc.ssl_server_credentials(
-        [pair], root_certificates=root, require_client_auth=root is not None
+    """TLS with the certificate chain and key in these PEM files, re-read when they change
+    (CertificateFiles); with `client_ca`, mutual TLS: every client must present a certificate
+    signed by that CA. Raises OSError naming the flag when a file cannot be read now."""
+    files = CertificateFiles(cert, key, client_ca)
+    return grpc.dynamic_ssl_server_credentials(
+        files.load(),
+        # typeshed wants a configuration back; gRPC documents None as "unchanged".
+        files.fetch,  # type: ignore[arg-type]
+        require_client_authentication=client_ca is not None,
     )
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import datetime
 import json
+import os
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -22,7 +23,14 @@ import trustme
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from ackbot import cli
-from ackbot.testing import READY_TIMEOUT, Security, Service, bot_service, store_service
+from ackbot.testing import (
+    READY_TIMEOUT,
+    Security,
+    Service,
+    bot_service,
+    store_service,
+    wait_until,
+)
 from ackbot.v1 import message_store_pb2 as pb
 from ackbot.v1 import message_store_pb2_grpc as pb_grpc
 
@@ -404,3 +412,48 @@ async def test_tokens_on_loopback_without_tls_and_the_bots_reflection_takes_its_
     finally:
         for service in reversed(services):
             service.cleanup()
+
+
+async def test_a_renewed_certificate_is_served_without_a_restart(tmp_path):
+    """The store re-reads its certificate files when they change: new connections get the new
+    certificate (here from another CA, so the change shows), without a restart."""
+    first_ca, second_ca = trustme.CA(), trustme.CA()
+    for name, ca in (("first", first_ca), ("second", second_ca)):
+        ca.cert_pem.write_to_path(str(tmp_path / f"{name}-ca.pem"))
+    live = tmp_path / "live"
+    live.mkdir()
+    cert, key = _write(first_ca.issue_cert("localhost", "127.0.0.1"), live, "server")
+    security = Security(ca=tmp_path / "first-ca.pem", cert=cert, key=key, tokens=TOKENS)
+    store = store_service(tmp_path, name="rotating-store", security=security)
+    try:
+        await store.astart()
+
+        async def serving_for(ca_name: str) -> bool:
+            credentials = grpc.ssl_channel_credentials(
+                (tmp_path / f"{ca_name}-ca.pem").read_bytes()
+            )
+            async with grpc.aio.secure_channel(store.address, credentials) as channel:
+                stub = health_pb2_grpc.HealthStub(channel)
+                try:
+                    await stub.Check(health_pb2.HealthCheckRequest(), timeout=2)
+                except grpc.aio.AioRpcError:
+                    return False
+            return True
+
+        assert await serving_for("first")
+        # Renewed the way an operator would: new files written aside, moved over the old ones.
+        # Between the two moves the key does not match the certificate: the old pair stays.
+        staged = tmp_path / "staged"
+        staged.mkdir()
+        new_cert, new_key = _write(second_ca.issue_cert("localhost", "127.0.0.1"), staged, "s")
+        os.replace(new_key, key)
+        assert await serving_for("first")
+        os.replace(new_cert, cert)
+        await wait_until(lambda: serving_for("second"), within=10, what="the new certificate")
+        assert not await serving_for("first")
+        assert "TLS files changed but cannot be used yet" in store.log_text()
+        assert "TLS files changed: new connections use the new certificate" in store.log_text()
+        assert store.proc is not None
+        assert store.proc.poll() is None  # the same process all along
+    finally:
+        store.cleanup()
