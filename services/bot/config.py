@@ -309,7 +309,8 @@ class BotConfig:
     allow_insecure_listen: bool = switch_setting(
         "serve a non-loopback --listen address without TLS and a token"
     )
-    # Filled by load_config from --token-file or ACKBOT_BOT_TOKEN; never shown or logged.
+    # ACKBOT_BOT_TOKEN's value, set by load_config (--token-file is read at start instead, by
+    # bearer_token); never shown (repr) or logged.
     token: str | None = field(default=None, repr=False, compare=False)
 
     def bearer_token(self) -> str | None:
