@@ -23,13 +23,25 @@ from typing import TextIO
 import grpc
 from google.protobuf import json_format, timestamp_pb2
 
+from ackbot.common.auth import read_token
 from ackbot.common.flags import MAX_WAIT_SECONDS, address, int_in, seconds_in
 from ackbot.common.limits import MAX_PAGE_SIZE
+from ackbot.common.serving import client_credentials
 from ackbot.v1 import message_store_pb2 as pb
 from ackbot.v1 import message_store_pb2_grpc as pb_grpc
 
 DEFAULT_STORE = "127.0.0.1:50051"
 STORE_ENV = "ACKBOT_STORE_ADDRESS"
+# The caller's bearer token: from --token-file, else this variable. No flag holds the token
+# itself, since a command line is visible to every user of the machine (ps).
+TOKEN_ENV = "ACKBOT_TOKEN"
+# TLS and token flags, and the variable each falls back to.
+SECURITY_FLAGS: Mapping[str, tuple[str, str]] = {
+    "--tls-ca": ("ACKBOT_TLS_CA", "PEM CA that signed the store's certificate: connect with TLS"),
+    "--tls-cert": ("ACKBOT_TLS_CERT", "PEM client certificate for mutual TLS (with --tls-ca)"),
+    "--tls-key": ("ACKBOT_TLS_KEY", "PEM private key of --tls-cert"),
+    "--token-file": ("ACKBOT_TOKEN_FILE", f"file holding the bearer token (else ${TOKEN_ENV})"),
+}
 # Every unary call gets a deadline, so a store that hangs cannot hang the terminal.
 CALL_TIMEOUT_SECONDS = 10.0
 TAIL_POLL_SECONDS = 0.25
@@ -167,6 +179,14 @@ def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
         "--store", type=address, default=argparse.SUPPRESS, help="the store's HOST:PORT"
     )
     common.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help=json_help)
+    for flag, (variable, help_text) in SECURITY_FLAGS.items():
+        parser.add_argument(
+            flag,
+            default=env.get(variable) or None,
+            metavar="PATH",
+            help=f"{help_text} (env {variable})",
+        )
+        common.add_argument(flag, default=argparse.SUPPRESS, metavar="PATH", help=help_text)
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     post = commands.add_parser("post", parents=[common], help="create a message")
@@ -364,10 +384,34 @@ COMMANDS: Mapping[str, Callable[[pb_grpc.MessageStoreStub, argparse.Namespace, T
 }
 
 
+def open_channel(args: argparse.Namespace, env: Mapping[str, str]) -> grpc.Channel:
+    """The channel to the store: TLS by --tls-ca (mutual with --tls-cert/--tls-key), the token
+    from --token-file or ACKBOT_TOKEN on every call. Raises ValueError or OSError, naming the
+    flag, when they cannot be used."""
+    token = env.get(TOKEN_ENV, "").strip() or None
+    if args.token_file is not None:
+        token = read_token(args.token_file, "--token-file")
+    if (args.tls_cert is None) != (args.tls_key is None) or (
+        args.tls_cert is not None and args.tls_ca is None
+    ):
+        raise ValueError("--tls-cert and --tls-key go together, with --tls-ca")
+    credentials = client_credentials(
+        args.store, ca=args.tls_ca, cert=args.tls_cert, key=args.tls_key, token=token
+    )
+    if credentials is None:
+        return grpc.insecure_channel(args.store)
+    return grpc.secure_channel(args.store, credentials)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser(os.environ).parse_args(argv)
+    parser = build_parser(os.environ)
+    args = parser.parse_args(argv)
     try:
-        with grpc.insecure_channel(args.store) as channel:
+        channel = open_channel(args, os.environ)
+    except (ValueError, OSError) as exc:
+        parser.error(str(exc))
+    try:
+        with channel:
             stub = pb_grpc.MessageStoreStub(channel)
             return COMMANDS[args.command](stub, args, sys.stdout)
     except grpc.RpcError as exc:

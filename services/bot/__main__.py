@@ -12,8 +12,9 @@ import logging
 import signal
 import sys
 from collections.abc import Sequence
+from dataclasses import replace
 
-from ackbot.bot.config import BotConfig, load_config
+from ackbot.bot.config import ALLOW_INSECURE_FLAG, BotConfig, load_config
 from ackbot.bot.responder import (
     ResponderFactory,
     ResponderLoadError,
@@ -23,11 +24,15 @@ from ackbot.bot.responder import (
 )
 from ackbot.bot.worker import Worker
 from ackbot.common import eventloop
+from ackbot.common.auth import Authenticator, AuthInterceptor, Role
 from ackbot.common.logs import configure_logging
 from ackbot.common.serving import (
+    InsecureListen,
     add_health_and_reflection,
-    bind_insecure,
+    bind,
+    check_listen,
     create_server,
+    server_credentials,
     set_serving,
 )
 
@@ -48,9 +53,26 @@ async def run(config: BotConfig, factory: ResponderFactory | None = None) -> Non
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop_requested.set)
 
-    server = create_server()
+    # The token file is read once, here; the worker's channels carry what it held.
+    config = replace(config, token=config.bearer_token())
+    # The bot's server has health (open to probes) and reflection; reflection takes the bot's
+    # own token, the one it sends to its stores (auth.py's table: any role).
+    authenticator = Authenticator({Role.BOT: config.token} if config.token else {})
+    check_listen(
+        config.listen,
+        tls=config.tls_cert is not None,
+        authenticated=authenticator.enabled,
+        allow_flag=ALLOW_INSECURE_FLAG,
+        allowed=config.allow_insecure_listen,
+    )
+    credentials = None
+    if config.tls_cert is not None and config.tls_key is not None:
+        credentials = server_credentials(config.tls_cert, config.tls_key, config.tls_client_ca)
+    server = create_server(
+        interceptors=[AuthInterceptor(authenticator)] if authenticator.enabled else []
+    )
     # Bound first: a port in use is refused before anything else starts, with nothing to undo.
-    address = bind_insecure(server, config.listen)
+    address = bind(server, config.listen, credentials)
     responder = await create_responder(config, factory)
     health = await add_health_and_reflection(server, [])
     # The bot has no gRPC service of its own to reflect; its health name exists from the start
@@ -118,7 +140,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ResponderLoadError as exc:
         print(f"ackbot-bot: error: argument --responder: {exc}", file=sys.stderr)
         return 2
-    except OSError as exc:
+    except (OSError, InsecureListen) as exc:
         log.error("bot failed to start: %s", exc)
         return 1
     return 0

@@ -9,9 +9,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
+from ackbot.common.auth import read_token
 from ackbot.common.backoff import MAX_RELEASE_RETRY_AFTER_SECONDS
 from ackbot.common.flags import (
     MAX_WAIT_SECONDS,
@@ -22,6 +24,7 @@ from ackbot.common.flags import (
     log_level_setting,
     seconds_in,
     setting,
+    switch_setting,
 )
 
 # The store's limits (docs/semantics.md) are checked here too, so a bad value fails at start,
@@ -36,7 +39,7 @@ from ackbot.common.limits import (
     MIN_LEASE_SECONDS,
     first_forbidden_char,
 )
-from ackbot.common.serving import split_host_port
+from ackbot.common.serving import is_loopback, split_host_port, tls_settings_problem
 
 ENV_PREFIX = "ACKBOT_BOT_"
 # Where the answers come from: the built-in persona (offline), any OpenAI-compatible
@@ -47,6 +50,9 @@ THINKING = ("auto", "off")
 # is deliberately not a flag: a key on the command line is visible to every user of the machine
 # (ps), and a flag's value would show as its default in --help.
 API_KEY_ENV = ENV_PREFIX + "LLM_API_KEY"
+# The bot's bearer token for the store, when --token-file is not set; not a flag, like the key.
+TOKEN_ENV = ENV_PREFIX + "TOKEN"
+ALLOW_INSECURE_FLAG = "--allow-insecure-listen"
 MAX_LLM_TOKENS = 1_000_000
 MAX_LLM_TIMEOUT_SECONDS = 3600.0
 
@@ -264,6 +270,55 @@ class BotConfig:
         metavar="NAME",
         shown_default="PERSONA-PID",
     )
+    # Security (README "Security"). The bot's calls to its stores: TLS when --store-ca is given,
+    # mutual TLS with --store-cert/--store-key, and the bot role's token on every call.
+    store_ca: str | None = setting(
+        None,
+        "PEM CA that signed the stores' certificates: connect to them with TLS",
+        metavar="PATH",
+        shown_default="none (plaintext)",
+    )
+    store_cert: str | None = setting(
+        None,
+        "PEM client certificate to present to the stores (mutual TLS, with --store-ca)",
+        metavar="PATH",
+        shown_default="none",
+    )
+    store_key: str | None = setting(
+        None, "PEM private key of --store-cert", metavar="PATH", shown_default="none"
+    )
+    token_file: str | None = setting(
+        None,
+        f"file holding the bot role's bearer token for the stores; else {TOKEN_ENV}",
+        metavar="PATH",
+        shown_default="none",
+    )
+    # The bot's own health + reflection server.
+    tls_cert: str | None = setting(
+        None, "PEM certificate chain for the bot's own server", metavar="PATH", shown_default="none"
+    )
+    tls_key: str | None = setting(
+        None, "PEM private key of --tls-cert", metavar="PATH", shown_default="none"
+    )
+    tls_client_ca: str | None = setting(
+        None,
+        "PEM CA that client certificates of the bot's own server must be signed by (mutual TLS)",
+        metavar="PATH",
+        shown_default="none",
+    )
+    allow_insecure_listen: bool = switch_setting(
+        "serve a non-loopback --listen address without TLS and a token"
+    )
+    # ACKBOT_BOT_TOKEN's value, set by load_config (--token-file is read at start instead, by
+    # bearer_token); never shown (repr) or logged.
+    token: str | None = field(default=None, repr=False, compare=False)
+
+    def bearer_token(self) -> str | None:
+        """The token sent to the stores: --token-file's, read now (OSError naming the flag when
+        it cannot be), else ACKBOT_BOT_TOKEN's."""
+        if self.token_file is not None:
+            return read_token(self.token_file, "--token-file")
+        return self.token
 
     @property
     def stores(self) -> tuple[str, ...]:
@@ -283,8 +338,26 @@ def load_config(
     pid: int | None = None,
 ) -> BotConfig:
     """Parses flags over ACKBOT_BOT_* variables; a bad value exits 2 with a message naming it."""
-    config = load_settings(BotConfig, COMMAND, argv, os.environ if env is None else env)
-    if config.consumer:
-        return config
-    consumer = default_consumer(config.persona, os.getpid() if pid is None else pid)
-    return replace(config, consumer=consumer)
+    env = os.environ if env is None else env
+    config = load_settings(BotConfig, COMMAND, argv, env)
+    problem = tls_settings_problem(config.tls_cert, config.tls_key, config.tls_client_ca)
+    if problem is not None:
+        _fail(*problem)
+    if (config.store_cert is None) != (config.store_key is None) or (
+        config.store_cert is not None and config.store_ca is None
+    ):
+        _fail("--store-cert", "--store-cert and --store-key go together, with --store-ca")
+    token = env.get(TOKEN_ENV, "").strip() or None
+    if (token or config.token_file) and config.store_ca is None:
+        remote = [s for s in config.stores if not is_loopback(split_host_port(s)[0])]
+        if remote:
+            _fail("--store-ca", f"the token goes to {remote[0]} only over TLS: give the store's CA")
+    consumer = config.consumer or default_consumer(
+        config.persona, os.getpid() if pid is None else pid
+    )
+    return replace(config, consumer=consumer, token=token)
+
+
+def _fail(flag: str, problem: str) -> None:
+    print(f"{COMMAND.prog}: error: argument {flag}: {problem}", file=sys.stderr)
+    raise SystemExit(2)

@@ -33,8 +33,10 @@ from typing import Generic, TypeVar
 import grpc
 from google.protobuf.duration_pb2 import Duration
 
+from ackbot.bot.config import BotConfig
 from ackbot.common.backoff import CALL_BACKOFF, Backoff
 from ackbot.common.limits import DEFAULT_MAX_TEXT_BYTES, REPLY_LIMIT_METADATA
+from ackbot.common.serving import client_credentials
 from ackbot.v1 import message_store_pb2 as pb
 from ackbot.v1 import message_store_pb2_grpc as pb_grpc
 
@@ -224,9 +226,27 @@ async def _settle(
     return CallResult(Outcome.SETTLED, response)
 
 
-def open_channel(target: str) -> grpc.aio.Channel:
-    """Must run inside the event loop that will use the channel."""
-    return grpc.aio.insecure_channel(target, options=CHANNEL_OPTIONS)
+def open_channel(
+    target: str, credentials: grpc.ChannelCredentials | None = None
+) -> grpc.aio.Channel:
+    """Must run inside the event loop that will use the channel. `credentials` (see
+    `store_credentials`) carry TLS and the bot's token; None: plaintext, no token."""
+    if credentials is None:
+        return grpc.aio.insecure_channel(target, options=CHANNEL_OPTIONS)
+    return grpc.aio.secure_channel(target, credentials, options=CHANNEL_OPTIONS)
+
+
+def store_credentials(config: BotConfig, target: str) -> grpc.ChannelCredentials | None:
+    """The channel credentials of the bot's calls to the store at `target`: TLS by --store-ca
+    (mutual with --store-cert/--store-key) and the bot's token on every call."""
+    return client_credentials(
+        target,
+        ca=config.store_ca,
+        cert=config.store_cert,
+        key=config.store_key,
+        token=config.token,
+        flags="--store",
+    )
 
 
 class DeliveryStream:

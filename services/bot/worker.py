@@ -34,7 +34,13 @@ from types import TracebackType
 from ackbot.bot.config import BotConfig
 from ackbot.bot.delivery import DeliveryHandler, Job, Shutdown
 from ackbot.bot.responder import Responder
-from ackbot.bot.store_client import DeliveryStream, Outcome, StoreClient, open_channel
+from ackbot.bot.store_client import (
+    DeliveryStream,
+    Outcome,
+    StoreClient,
+    open_channel,
+    store_credentials,
+)
 from ackbot.common.backoff import RECONNECT_BACKOFF
 from ackbot.v1 import message_store_pb2 as pb
 
@@ -125,7 +131,10 @@ class Worker:
         self._running = True
         config = self._config
         # Created here, inside the running loop: a grpc.aio channel is bound to its loop.
-        channels = {address: open_channel(address) for address in config.stores}
+        channels = {
+            address: open_channel(address, store_credentials(config, address))
+            for address in config.stores
+        }
         self._client = StoreClient(channels)
         self._handler = DeliveryHandler(
             self._client, self._responder, config, shutdown=self._shutdown, clock=self._clock

@@ -84,6 +84,8 @@ class Flag:
     choices: tuple[str, ...] | None = None
     # What --help shows as the default, when the field's own default says nothing useful.
     shown_default: str | None = None
+    # A switch: the flag alone means True (`--x`); `--x=no` and the variable go through `type`.
+    switch: bool = False
 
 
 def setting(
@@ -105,6 +107,23 @@ def setting(
         choices=tuple(choices) if choices is not None else None,
         shown_default=shown_default,
     )
+    return dataclasses.field(default=default, metadata={_FLAG_KEY: spec})
+
+
+def boolean(text: str) -> bool:
+    """yes/no, true/false, on/off, 1/0."""
+    value = text.strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected yes or no, got {text!r}")
+
+
+def switch_setting(help_text: str) -> bool:
+    """A False-by-default field whose flag alone turns it on (its variable: 1/yes/true)."""
+    spec = Flag(help_text, type=boolean, metavar="yes|no", switch=True)
+    default = False
     return dataclasses.field(default=default, metadata={_FLAG_KEY: spec})
 
 
@@ -172,6 +191,7 @@ def build_parser(
             # argparse would name the value after the dest, the field (`--db DB_URL`); the
             # flag's own name keeps the usage line as users know it (`--db DB`).
             metavar = item.flag.lstrip("-").replace("-", "_").upper()
+        switch: dict[str, Any] = {"nargs": "?", "const": True} if spec.switch else {}
         parser.add_argument(
             item.flag,
             dest=item.field.name,
@@ -180,6 +200,7 @@ def build_parser(
             metavar=metavar,
             choices=spec.choices,
             type=spec.type,
+            **switch,
         )
     return parser
 

@@ -8,6 +8,7 @@ from collections.abc import Sequence
 
 from ackbot.common import eventloop
 from ackbot.common.logs import configure_logging
+from ackbot.common.serving import InsecureListen
 from ackbot.store.config import load_config
 from ackbot.store.errors import DeclaredDead, StoreError
 from ackbot.store.server import run
@@ -24,7 +25,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         eventloop.run(run(config))
     except DeclaredDead:
         return 1  # the registry logged why, when it found out
-    except (StoreError, OSError) as exc:
+    except (StoreError, OSError, InsecureListen) as exc:
         log.error("store failed to start: %s", exc)
         return 1
     return 0

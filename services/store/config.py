@@ -6,11 +6,13 @@ ackbot.common.flags); the others are fixed defaults.
 
 from __future__ import annotations
 
+import argparse
 import os
 import sys
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 
+from ackbot.common.auth import ROLE_NAMES, Authenticator, Role, parse_cert_roles, read_token
 from ackbot.common.flags import (
     MAX_WAIT_SECONDS,
     Command,
@@ -20,6 +22,7 @@ from ackbot.common.flags import (
     log_level_setting,
     seconds_in,
     setting,
+    switch_setting,
 )
 from ackbot.common.limits import (
     DEFAULT_MAX_REQUEST_BYTES,
@@ -28,14 +31,28 @@ from ackbot.common.limits import (
     MIN_LEASE_SECONDS,
     Limits,
 )
+from ackbot.common.serving import tls_settings_problem
 
 DEFAULT_DB_URL = "sqlite+aiosqlite:///./data/ackbot.db"
 ENV_PREFIX = "ACKBOT_STORE_"
 SQLITE_SYNCHRONOUS = ("FULL", "NORMAL")
 
+# A role's token comes from its --ROLE-token-file, else from this variable (ROLE upper-case).
+# Deliberately no flag for a token itself: the command line is visible to every user (ps).
+TOKEN_ENV = ENV_PREFIX + "{}_TOKEN"
+ALLOW_INSECURE_FLAG = "--allow-insecure-listen"
+
 COMMAND = Command(
     prog="ackbot-store", summary="The ackbot message store (gRPC).", env_prefix=ENV_PREFIX
 )
+
+
+def _cert_roles(text: str) -> str:
+    try:
+        parse_cert_roles(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
 
 
 @dataclass(frozen=True)
@@ -113,6 +130,68 @@ class StoreConfig:
         "long it may take to answer)",
         type=seconds_in(0, MAX_WAIT_SECONDS, low_inclusive=False),
     )
+    # Security (README "Security", docs/operations.md). Files are read at start; a certificate
+    # with its key turns TLS on, a client CA turns mutual TLS on (clients must present one).
+    tls_cert: str | None = setting(
+        None, "PEM certificate chain to serve TLS with", metavar="PATH", shown_default="none"
+    )
+    tls_key: str | None = setting(
+        None, "PEM private key of --tls-cert", metavar="PATH", shown_default="none"
+    )
+    tls_client_ca: str | None = setting(
+        None,
+        "PEM CA that client certificates must be signed by: mutual TLS, every client presents one",
+        metavar="PATH",
+        shown_default="none",
+    )
+    producer_token_file: str | None = setting(
+        None,
+        f"file holding the producer role's bearer token; else {TOKEN_ENV.format('PRODUCER')}",
+        metavar="PATH",
+        shown_default="none",
+    )
+    bot_token_file: str | None = setting(
+        None,
+        f"file holding the bot role's bearer token; else {TOKEN_ENV.format('BOT')}",
+        metavar="PATH",
+        shown_default="none",
+    )
+    admin_token_file: str | None = setting(
+        None,
+        f"file holding the admin role's bearer token; else {TOKEN_ENV.format('ADMIN')}",
+        metavar="PATH",
+        shown_default="none",
+    )
+    cert_roles: str = setting(
+        "",
+        "client certificate identities (a SAN or the CN) and their roles "
+        f"({'|'.join(ROLE_NAMES)}), with --tls-client-ca",
+        type=_cert_roles,
+        metavar="IDENTITY=ROLE[,IDENTITY=ROLE...]",
+        shown_default="none",
+    )
+    allow_insecure_listen: bool = switch_setting(
+        "serve a non-loopback --listen address without TLS and authentication"
+    )
+    # Filled by load_config from the token files or variables; never shown (repr) or logged.
+    tokens: Mapping[Role, str] = field(default_factory=dict, repr=False, compare=False)
+
+    @property
+    def tls(self) -> bool:
+        return self.tls_cert is not None
+
+    def authenticator(self) -> Authenticator:
+        """Reads the token files (at start, like the TLS files: OSError naming the flag, never
+        the token, when one cannot be used) over the tokens from the variables."""
+        tokens = dict(self.tokens)
+        for role in Role:
+            path = getattr(self, f"{role.value}_token_file")
+            if path is not None:
+                tokens[role] = read_token(path, f"--{role.value}-token-file")
+        if len(set(tokens.values())) < len(tokens):
+            # One token for two roles would make the narrower role's limits meaningless.
+            raise OSError("two roles have the same token; give each role its own")
+        return Authenticator(tokens, parse_cert_roles(self.cert_roles))
 
     @property
     def limits(self) -> Limits:
@@ -120,11 +199,22 @@ class StoreConfig:
         return Limits(max_text_bytes=self.max_text_bytes, max_request_bytes=self.max_request_bytes)
 
 
+def _fail(flag: str, problem: str) -> None:
+    print(f"{COMMAND.prog}: error: argument {flag}: {problem}", file=sys.stderr)
+    raise SystemExit(2)
+
+
 def load_config(
     argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None
 ) -> StoreConfig:
     """Parses flags over ACKBOT_STORE_* variables; a bad value exits 2 with a message naming it."""
-    config = load_settings(StoreConfig, COMMAND, argv, os.environ if env is None else env)
+    env = os.environ if env is None else env
+    config = load_settings(StoreConfig, COMMAND, argv, env)
+    problem = tls_settings_problem(config.tls_cert, config.tls_key, config.tls_client_ca)
+    if problem is not None:
+        _fail(*problem)
+    if config.cert_roles and config.tls_client_ca is None:
+        _fail("--cert-roles", "needs --tls-client-ca: only a verified certificate has an identity")
     if config.dead_after_seconds < 2 * config.heartbeat_seconds:
         # One late heartbeat must not make a live store look dead.
         print(
@@ -134,4 +224,9 @@ def load_config(
             file=sys.stderr,
         )
         raise SystemExit(2)
-    return config
+    tokens = {
+        role: env[TOKEN_ENV.format(role.name)].strip()
+        for role in Role
+        if env.get(TOKEN_ENV.format(role.name), "").strip()
+    }
+    return replace(config, tokens=tokens)

@@ -17,13 +17,16 @@ import time
 import grpc
 from grpc_health.v1._async import HealthServicer
 
+from ackbot.common.auth import AuthInterceptor
 from ackbot.common.serving import (
     add_health_and_reflection,
-    bind_insecure,
+    bind,
+    check_listen,
     create_server,
+    server_credentials,
     set_serving,
 )
-from ackbot.store.config import StoreConfig
+from ackbot.store.config import ALLOW_INSECURE_FLAG, StoreConfig
 from ackbot.store.database import Database
 from ackbot.store.errors import DeclaredDead, StoreError
 from ackbot.store.listener import WorkListener
@@ -49,6 +52,12 @@ def _server_options(config: StoreConfig) -> list[tuple[str, int]]:
     ]
 
 
+def _describe_tls(config: StoreConfig) -> str:
+    if not config.tls:
+        return "plaintext"
+    return "mutual TLS" if config.tls_client_ca else "TLS"
+
+
 class StoreServer:
     def __init__(self, config: StoreConfig) -> None:
         self._config = config
@@ -68,15 +77,29 @@ class StoreServer:
 
     async def start(self) -> int:
         """Opens the database, serves, and returns the port bound. Raises DatabaseInUse when
-        another store holds the SQLite file, AddressInUse when the port is taken."""
+        another store holds the SQLite file, AddressInUse when the port is taken, InsecureListen
+        when a non-loopback address would be served without TLS and authentication."""
         config = self._config
+        authenticator = config.authenticator()
+        # First of all: a store that must not serve this address touches nothing.
+        check_listen(
+            config.listen,
+            tls=config.tls,
+            authenticated=authenticator.enabled,
+            allow_flag=ALLOW_INSECURE_FLAG,
+            allowed=config.allow_insecure_listen,
+        )
+        credentials = None
+        if config.tls_cert is not None and config.tls_key is not None:
+            credentials = server_credentials(config.tls_cert, config.tls_key, config.tls_client_ca)
         # Before anything touches the database: a second store on an SQLite file would hand
         # out the first one's leases below (see ownership.py).
         self._ownership = claim_database(config.db_url, config.listen)
         # The port next, still before the database: a store that cannot listen must not
         # upgrade the schema or hand out leases either. It serves only from server.start().
-        self._server = server = create_server(_server_options(config))
-        address = bind_insecure(server, config.listen)
+        interceptors = [AuthInterceptor(authenticator)] if authenticator.enabled else []
+        self._server = server = create_server(_server_options(config), interceptors)
+        address = bind(server, config.listen, credentials)
         database = Database.from_url(
             config.db_url,
             lock_timeout_seconds=config.lock_timeout_seconds,
@@ -129,7 +152,14 @@ class StoreServer:
             self._ownership.announce(address)
         self._started = True
         store = f", store={repository.store_id}" if shared else ""
-        log.info("listening on %s (database %s%s)", address, database.url, store)
+        log.info(
+            "listening on %s (database %s%s; %s; %s)",
+            address,
+            database.url,
+            store,
+            _describe_tls(config),
+            authenticator,
+        )
         return int(address.rpartition(":")[2])
 
     async def stop(self) -> None:

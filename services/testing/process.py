@@ -22,6 +22,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Self, TypeVar, overload
 
@@ -29,6 +30,7 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from ackbot.common.limits import MAX_PAGE_SIZE
+from ackbot.common.serving import client_credentials
 
 # Every RPC a harness client makes carries this deadline, so a hung store fails the caller
 # instead of hanging it.
@@ -44,6 +46,45 @@ SERVING = health_pb2.HealthCheckResponse.SERVING
 LISTENING = re.compile(r"listening on (\S+):(\d+)")
 
 T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Security:
+    """TLS files and tokens of a store under test, and what its clients need to reach it.
+
+    The store serves with `cert` and `key`; with `client_ca` it wants client certificates (mutual
+    TLS), and the harness's own clients (health probes) present `client_cert`/`client_key`.
+    `tokens` maps a role name (producer, bot, admin) to its token; the store gets them by
+    environment, a bot started with this Security sends the bot token."""
+
+    ca: Path
+    cert: Path
+    key: Path
+    client_ca: Path | None = None
+    client_cert: Path | None = None
+    client_key: Path | None = None
+    tokens: Mapping[str, str] = field(default_factory=dict)
+
+    def store_args(self) -> list[str]:
+        args = ["--tls-cert", str(self.cert), "--tls-key", str(self.key)]
+        if self.client_ca is not None:
+            args += ["--tls-client-ca", str(self.client_ca)]
+        return args
+
+    def store_env(self) -> dict[str, str]:
+        return {f"ACKBOT_STORE_{role.upper()}_TOKEN": token for role, token in self.tokens.items()}
+
+    def credentials(self, target: str, token: str | None = None) -> grpc.ChannelCredentials:
+        """TLS to the store (with the client certificate, if any), and `token` on every call."""
+        credentials = client_credentials(
+            target,
+            ca=str(self.ca),
+            cert=str(self.client_cert) if self.client_cert else None,
+            key=str(self.client_key) if self.client_key else None,
+            token=token,
+        )
+        assert credentials is not None  # a CA always makes TLS credentials
+        return credentials
 
 
 class ServiceError(AssertionError):
@@ -101,8 +142,17 @@ class Service:
     #: every service started in this process, in order (pytest shows their logs on failure)
     registry: ClassVar[list[Service]] = []
 
-    def __init__(self, name: str, argv: Sequence[str], log_path: Path, env: dict[str, str]) -> None:
+    def __init__(
+        self,
+        name: str,
+        argv: Sequence[str],
+        log_path: Path,
+        env: dict[str, str],
+        security: Security | None = None,
+    ) -> None:
         self.name = name
+        #: how to reach it when it serves TLS (None: plaintext)
+        self.security = security
         self.argv = list(argv)
         self.log_path = log_path
         self.env = env
@@ -153,7 +203,7 @@ class Service:
 
     def is_serving(self, service: str = "") -> bool:
         self._fail_if_exited("exited while the caller waited for it")
-        with grpc.insecure_channel(self.address) as channel:
+        with self.sync_channel() as channel:
             # Any: typeshed's HealthStub declares no methods.
             stub: Any = health_pb2_grpc.HealthStub(channel)
             try:
@@ -161,6 +211,22 @@ class Service:
             except grpc.RpcError:
                 return False
         return response.status == SERVING
+
+    def sync_channel(self, token: str | None = None) -> grpc.Channel:
+        """A sync channel to the service, with TLS when it serves TLS, and `token` if given."""
+        if self.security is None:
+            return grpc.insecure_channel(self.address)
+        return grpc.secure_channel(self.address, self.security.credentials(self.address, token))
+
+    def aio_channel(self, token: str | None = None) -> grpc.aio.Channel:
+        """`sync_channel` for grpc.aio; must be made inside the loop that uses it."""
+        if self.security is None:
+            if token is None:
+                return grpc.aio.insecure_channel(self.address)
+            loopback = client_credentials(self.address, token=token)
+            assert loopback is not None
+            return grpc.aio.secure_channel(self.address, loopback)
+        return grpc.aio.secure_channel(self.address, self.security.credentials(self.address, token))
 
     def terminate(self, timeout: float = STOP_TIMEOUT) -> int:
         """SIGTERM, then SIGKILL if it has not exited after `timeout`; returns the exit code."""
@@ -263,11 +329,12 @@ def store_service(
     name: str = "store",
     launcher: Sequence[str] | None = None,
     env: Mapping[str, str] | None = None,
+    security: Security | None = None,
 ) -> Service:
     """A store on a free loopback port and a SQLite file (`db_path`, default NAME.db in
     `workdir`, where its log goes too). `launcher` replaces `python -m ackbot.store` for a
     wrapped store (a profiler, a fault injector) that takes the same flags; `env` is added to
-    `child_env()`."""
+    `child_env()`. With `security` it serves TLS and knows the tokens (see Security)."""
     db_path = db_path or workdir / f"{name}.db"
     argv = [
         *(launcher or [sys.executable, "-m", "ackbot.store"]),
@@ -279,9 +346,11 @@ def store_service(
         "INFO",
         "--grace-seconds",
         "5",
+        *(security.store_args() if security is not None else ()),
         *args,
     ]
-    return Service(name, argv, workdir / f"{name}.log", child_env(env))
+    extra = {**(security.store_env() if security is not None else {}), **(env or {})}
+    return Service(name, argv, workdir / f"{name}.log", child_env(extra), security)
 
 
 def bot_service(
@@ -294,10 +363,12 @@ def bot_service(
     responder: str | None = None,
     env: Mapping[str, str] | None = None,
     args: Iterable[str] = (),
+    store_security: Security | None = None,
 ) -> Service:
     """A bot named bot-PERSONA on a free loopback port, streaming from `store_address` (or from
     one of several stores of one database, in failover order), with a short grace period and
-    retry base; `args` come last, so they override any flag here."""
+    retry base; `args` come last, so they override any flag here. With `store_security` it
+    reaches the stores by TLS (presenting the client certificate, if any) with the bot token."""
     name = f"bot-{persona}"
     stores = store_address if isinstance(store_address, str) else ",".join(store_address)
     argv = [
@@ -325,5 +396,13 @@ def bot_service(
     ]
     if responder is not None:
         argv += ["--responder", responder]
+    extra: dict[str, str] = {}
+    if store_security is not None:
+        argv += ["--store-ca", str(store_security.ca)]
+        if store_security.client_cert is not None and store_security.client_key is not None:
+            argv += ["--store-cert", str(store_security.client_cert)]
+            argv += ["--store-key", str(store_security.client_key)]
+        if "bot" in store_security.tokens:
+            extra["ACKBOT_BOT_TOKEN"] = store_security.tokens["bot"]
     argv += list(args)
-    return Service(name, argv, workdir / f"{name}.log", child_env(env))
+    return Service(name, argv, workdir / f"{name}.log", child_env({**extra, **(env or {})}))

@@ -64,6 +64,24 @@ STORE = {
         "1.5",
         1.5,
     ),
+    "tls_cert": ("--tls-cert", "ACKBOT_STORE_TLS_CERT", "/c.pem", "/c.pem"),
+    "tls_key": ("--tls-key", "ACKBOT_STORE_TLS_KEY", "/k.pem", "/k.pem"),
+    "tls_client_ca": ("--tls-client-ca", "ACKBOT_STORE_TLS_CLIENT_CA", "/ca.pem", "/ca.pem"),
+    "producer_token_file": (
+        "--producer-token-file",
+        "ACKBOT_STORE_PRODUCER_TOKEN_FILE",
+        "/p",
+        "/p",
+    ),
+    "bot_token_file": ("--bot-token-file", "ACKBOT_STORE_BOT_TOKEN_FILE", "/b", "/b"),
+    "admin_token_file": ("--admin-token-file", "ACKBOT_STORE_ADMIN_TOKEN_FILE", "/a", "/a"),
+    "cert_roles": ("--cert-roles", "ACKBOT_STORE_CERT_ROLES", "ops=admin", "ops=admin"),
+    "allow_insecure_listen": (
+        "--allow-insecure-listen",
+        "ACKBOT_STORE_ALLOW_INSECURE_LISTEN",
+        "yes",
+        True,
+    ),
 }
 BOT = {
     "store": ("--store", "ACKBOT_BOT_STORE", "[::1]:6000", "[::1]:6000"),
@@ -97,6 +115,19 @@ BOT = {
         "{}",
     ),
     "consumer": ("--consumer", "ACKBOT_BOT_CONSUMER", "bea-7", "bea-7"),
+    "store_ca": ("--store-ca", "ACKBOT_BOT_STORE_CA", "/ca.pem", "/ca.pem"),
+    "store_cert": ("--store-cert", "ACKBOT_BOT_STORE_CERT", "/c.pem", "/c.pem"),
+    "store_key": ("--store-key", "ACKBOT_BOT_STORE_KEY", "/k.pem", "/k.pem"),
+    "token_file": ("--token-file", "ACKBOT_BOT_TOKEN_FILE", "/t", "/t"),
+    "tls_cert": ("--tls-cert", "ACKBOT_BOT_TLS_CERT", "/sc.pem", "/sc.pem"),
+    "tls_key": ("--tls-key", "ACKBOT_BOT_TLS_KEY", "/sk.pem", "/sk.pem"),
+    "tls_client_ca": ("--tls-client-ca", "ACKBOT_BOT_TLS_CLIENT_CA", "/cca.pem", "/cca.pem"),
+    "allow_insecure_listen": (
+        "--allow-insecure-listen",
+        "ACKBOT_BOT_ALLOW_INSECURE_LISTEN",
+        "1",
+        True,
+    ),
 }
 SERVICES = [
     pytest.param(
@@ -151,6 +182,57 @@ def test_every_setting_round_trips_from_its_flag(cls, command, load, table):
 def test_the_store_limits_follow_their_settings():
     config = store_config.load_config(["--max-text-bytes=10", "--max-request-bytes=20"], {})
     assert config.limits == Limits(max_text_bytes=10, max_request_bytes=20)
+
+
+@pytest.mark.parametrize("load", [store_config.load_config, bot_config.load_config])
+def test_a_switch_alone_turns_it_on_and_no_turns_it_off(load):
+    assert load(["--allow-insecure-listen"], {}).allow_insecure_listen is True
+    assert load(["--allow-insecure-listen=no"], {}).allow_insecure_listen is False
+    assert load([], {}).allow_insecure_listen is False
+
+
+def test_tokens_come_from_variables_and_are_never_shown():
+    env = {"ACKBOT_STORE_BOT_TOKEN": " b0t-secret\n", "ACKBOT_STORE_ADMIN_TOKEN": "adm1n"}
+    config = store_config.load_config([], env)
+    assert {role.value: token for role, token in config.tokens.items()} == {
+        "bot": "b0t-secret",
+        "admin": "adm1n",
+    }
+    assert "secret" not in repr(config)
+    assert "adm1n" not in repr(config.authenticator())
+    bot = bot_config.load_config([], {"ACKBOT_BOT_TOKEN": "b0t-secret"})
+    assert bot.token == "b0t-secret"
+    assert "secret" not in repr(bot)
+
+
+@pytest.mark.parametrize(
+    ("argv", "flag"),
+    [
+        (["--tls-cert", "/c"], "--tls-cert"),
+        (["--tls-key", "/k"], "--tls-cert"),
+        (["--tls-client-ca", "/ca"], "--tls-client-ca"),
+        (["--cert-roles", "ops=admin"], "--cert-roles"),
+        (["--cert-roles", "ops=root"], "--cert-roles"),
+    ],
+)
+def test_store_tls_flags_that_do_not_go_together_exit_2(argv, flag, capsys):
+    with pytest.raises(SystemExit) as caught:
+        store_config.load_config(argv, {})
+    assert caught.value.code == 2
+    assert f"argument {flag}" in capsys.readouterr().err
+
+
+def test_a_bot_token_goes_to_a_remote_store_only_over_tls(capsys):
+    with pytest.raises(SystemExit) as caught:
+        bot_config.load_config(["--store", "10.0.0.5:6001"], {"ACKBOT_BOT_TOKEN": "tok-XYZ"})
+    assert caught.value.code == 2
+    err = capsys.readouterr().err
+    assert "argument --store-ca" in err
+    assert "tok-XYZ" not in err
+    config = bot_config.load_config(
+        ["--store", "10.0.0.5:6001", "--store-ca", "/ca"], {"ACKBOT_BOT_TOKEN": "tok-XYZ"}
+    )
+    assert config.token == "tok-XYZ"
 
 
 def test_fields_without_a_setting_are_not_flags(capsys, monkeypatch):

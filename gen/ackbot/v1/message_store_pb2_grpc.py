@@ -27,6 +27,15 @@ if _version_not_supported:
 
 class MessageStoreStub:
     """Stores chat messages and hands each one to exactly one bot at a time until it is answered.
+
+    Authentication (docs/operations.md): a store may serve TLS or mutual TLS and give each caller
+    a role, by a bearer token (`authorization: Bearer TOKEN`) or by its client certificate.
+    producer: CreateMessage, GetMessage, ListMessages. bot: StreamUnprocessed, MarkProcessed,
+    ReleaseMessage, ExtendLease, GetMessage, ListMessages. admin: every RPC, RequeueMessage
+    included. When the store checks roles, any RPC may return UNAUTHENTICATED (no credentials, or
+    a token it does not know) or PERMISSION_DENIED (a role that may not call it); both name the
+    method, never the token, and StreamUnprocessed ends with them before its first response.
+    Health checks need no credentials; reflection needs any role.
     """
 
     def __init__(self, channel):
@@ -79,6 +88,15 @@ class MessageStoreStub:
 
 class MessageStoreServicer:
     """Stores chat messages and hands each one to exactly one bot at a time until it is answered.
+
+    Authentication (docs/operations.md): a store may serve TLS or mutual TLS and give each caller
+    a role, by a bearer token (`authorization: Bearer TOKEN`) or by its client certificate.
+    producer: CreateMessage, GetMessage, ListMessages. bot: StreamUnprocessed, MarkProcessed,
+    ReleaseMessage, ExtendLease, GetMessage, ListMessages. admin: every RPC, RequeueMessage
+    included. When the store checks roles, any RPC may return UNAUTHENTICATED (no credentials, or
+    a token it does not know) or PERMISSION_DENIED (a role that may not call it); both name the
+    method, never the token, and StreamUnprocessed ends with them before its first response.
+    Health checks need no credentials; reflection needs any role.
     """
 
     def CreateMessage(self, request, context):
@@ -255,6 +273,15 @@ def add_MessageStoreServicer_to_server(servicer, server):
  # This class is part of an EXPERIMENTAL API.
 class MessageStore:
     """Stores chat messages and hands each one to exactly one bot at a time until it is answered.
+
+    Authentication (docs/operations.md): a store may serve TLS or mutual TLS and give each caller
+    a role, by a bearer token (`authorization: Bearer TOKEN`) or by its client certificate.
+    producer: CreateMessage, GetMessage, ListMessages. bot: StreamUnprocessed, MarkProcessed,
+    ReleaseMessage, ExtendLease, GetMessage, ListMessages. admin: every RPC, RequeueMessage
+    included. When the store checks roles, any RPC may return UNAUTHENTICATED (no credentials, or
+    a token it does not know) or PERMISSION_DENIED (a role that may not call it); both name the
+    method, never the token, and StreamUnprocessed ends with them before its first response.
+    Health checks need no credentials; reflection needs any role.
     """
 
     @staticmethod
