@@ -61,6 +61,10 @@ class StorageFull(StoreError):
         super().__init__(detail)
 
 
+class CannotOpenDatabase(StoreError):
+    """The store could not open its database at start; the message names it and the cause."""
+
+
 class SchemaTooNew(StoreError):
     """The database's schema is at a revision this ackbot does not know: a newer one made it."""
 
