@@ -329,8 +329,13 @@ class MessageStoreServicer(pb_grpc.MessageStoreServicer):
         self, request: pb.ListMessagesRequest, context: grpc.aio.ServicerContext
     ) -> pb.ListMessagesResponse:
         v = rules.Violations()
-        page_size = request.page_size or self._config.default_page_size
-        rules.check_range(v, "page_size", page_size, 1, self._limits.max_page_size)
+        if request.page_size < 0:
+            v.add("page_size", f"must be 0 or more (got {request.page_size})")
+        # Above the maximum is capped, not refused (AIP-158): a client asking for "everything"
+        # gets full pages and a token, and one written for a larger limit keeps working.
+        page_size = min(
+            request.page_size or self._config.default_page_size, self._limits.max_page_size
+        )
         after = request.after_sequence
         if after < 0:
             v.add("after_sequence", f"must be 0 or more (got {after})")

@@ -112,7 +112,7 @@ class MessageStoreServicer:
         state, by `reply_to` and by `after_sequence`. A page ends early where it would pass about
         1 MiB.
 
-        Returns INVALID_ARGUMENT for a bad page size, page token, state, `reply_to`,
+        Returns INVALID_ARGUMENT for a negative page size, a bad page token, state, `reply_to`,
         `after_sequence` or `order_by`; UNAVAILABLE when the database cannot be reached.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
