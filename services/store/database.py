@@ -90,6 +90,21 @@ def _sqlite_path(database: str | None) -> Path | None:
     return Path(database)
 
 
+def _sqlite_file_problem(path: Path) -> str | None:
+    """Why SQLite could not open or create `path`, where the file system can tell (SQLite
+    itself says only "unable to open database file"); None when nothing is in the way."""
+    if path.is_dir():
+        return f"{path} is a directory"
+    folder = path.parent
+    if not folder.is_dir():
+        return f"folder {folder} does not exist"
+    if not path.exists() and not os.access(folder, os.W_OK | os.X_OK):
+        return f"no permission to create a file in {folder}"
+    if path.exists() and not os.access(path, os.R_OK | os.W_OK):
+        return f"no permission to read and write {path}"
+    return None
+
+
 def _configure_sqlite(engine: Engine, lock_timeout_seconds: float, synchronous: str) -> None:
     if synchronous not in ("FULL", "NORMAL"):
         raise ValueError(f"synchronous must be FULL or NORMAL, not {synchronous!r}")
@@ -193,30 +208,20 @@ class Database:
     async def check_open(self) -> None:
         """Opens one connection and runs a query, or raises CannotOpenDatabase naming the
         database and why (one line for the operator, no driver log on the way)."""
+        path = _sqlite_path(self.engine.url.database) if self._is_sqlite else None
+        # Asked of the file system first, without connecting: aiosqlite does not wait for the
+        # thread of a connection that failed to open, which may then answer into the closed
+        # event loop with a traceback on the way out.
+        problem = _sqlite_file_problem(path) if path is not None else None
+        if problem is not None:
+            raise CannotOpenDatabase(f"cannot open the database {self.url}: {problem}")
         try:
             async with self.engine.connect() as connection:
                 await connection.exec_driver_sql("SELECT 1")
         except (OperationalError, DBAPIError, PoolTimeoutError, OSError, TimeoutError) as exc:
-            why = self._why(exc)
+            orig = getattr(exc, "orig", None)
+            why = str(orig if orig is not None else exc).strip() or type(exc).__name__
             raise CannotOpenDatabase(f"cannot open the database {self.url}: {why}") from exc
-
-    def _why(self, exc: Exception) -> str:
-        orig = getattr(exc, "orig", None)
-        detail = str(orig if orig is not None else exc).strip() or type(exc).__name__
-        path = _sqlite_path(self.engine.url.database) if self._is_sqlite else None
-        if path is None:
-            return detail
-        # SQLite says only "unable to open database file": name what is in the way.
-        if path.is_dir():
-            return f"{path} is a directory"
-        folder = path.parent
-        if not folder.is_dir():
-            return f"folder {folder} does not exist"
-        if not path.exists() and not os.access(folder, os.W_OK | os.X_OK):
-            return f"no permission to create a file in {folder}"
-        if path.exists() and not os.access(path, os.R_OK | os.W_OK):
-            return f"no permission to read and write {path}"
-        return detail
 
     def insert(self, table: Table) -> sqlite.Insert | postgresql.Insert:
         """An INSERT into `table` that offers ON CONFLICT."""
