@@ -1,4 +1,4 @@
-"""The `ackbot` command line: post, get, list, tail and requeue messages on a store.
+"""The `ackbot` command line: post, get, list, tail, dead and requeue messages on a store.
 
 It is for people and shell scripts; the services talk to the store through the generated stubs.
 Output is one line per message, or with `--json` one JSON object per line (the proto's field
@@ -12,6 +12,7 @@ a store; the commands below them are thin loops over the unary RPCs, on the sync
 from __future__ import annotations
 
 import argparse
+import importlib.metadata
 import json
 import os
 import sys
@@ -156,6 +157,14 @@ def default_author(env: Mapping[str, str]) -> str:
     return env.get("USER") or "anonymous"
 
 
+def version_line() -> str:
+    """`ackbot X.Y.Z`, the installed package's version (what a bug report needs)."""
+    try:
+        return f"ackbot {importlib.metadata.version('ackbot')}"
+    except importlib.metadata.PackageNotFoundError:  # run from a source tree, not installed
+        return "ackbot (version unknown: not installed)"
+
+
 # -- argument parsing -------------------------------------------------------------------------
 
 
@@ -174,7 +183,9 @@ def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
         "--store", type=address, default=env.get(STORE_ENV, DEFAULT_STORE), help=store_help
     )
     parser.add_argument("--json", action="store_true", help=json_help)
+    parser.add_argument("--version", action="version", version=version_line())
     common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--version", action="version", version=version_line())
     common.add_argument(
         "--store", type=address, default=argparse.SUPPRESS, help="the store's HOST:PORT"
     )
@@ -190,7 +201,11 @@ def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     post = commands.add_parser("post", parents=[common], help="create a message")
-    post.add_argument("text", metavar="TEXT")
+    post.add_argument(
+        "text",
+        metavar="TEXT",
+        help="the text; - reads it from standard input (one final newline dropped)",
+    )
     author = default_author(env)
     post.add_argument(
         "--author", default=author, help=f"who writes it (default $USER or anonymous: {author})"
@@ -235,10 +250,25 @@ def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
     )
     tail.add_argument("--from-start", action="store_true", help="print the existing messages first")
 
-    requeue = commands.add_parser(
-        "requeue", parents=[common], help="move a DEAD message back to PENDING"
+    commands.add_parser(
+        "dead",
+        parents=[common],
+        help="list the DEAD messages with their attempts and last error",
     )
-    requeue.add_argument("id", metavar="ID")
+
+    requeue = commands.add_parser(
+        "requeue", parents=[common], help="move a DEAD message (or every one) back to PENDING"
+    )
+    which = requeue.add_mutually_exclusive_group(required=True)
+    which.add_argument("id", metavar="ID", nargs="?", help="the message to requeue")
+    which.add_argument(
+        "--all-dead", action="store_true", help="requeue every DEAD message (asks first)"
+    )
+    requeue.add_argument(
+        "--yes",
+        action="store_true",
+        help="do not ask before --all-dead (required when standard input is not a terminal)",
+    )
     return parser
 
 
@@ -288,10 +318,22 @@ def iter_messages(
             return
 
 
+def read_text(text: str, stdin: TextIO) -> str:
+    """TEXT, or for `-` all of standard input less one final newline (what `echo` and most
+    editors add, and what `$(...)` would drop)."""
+    if text != "-":
+        return text
+    read = stdin.read()
+    return read[:-1] if read.endswith("\n") else read
+
+
 def cmd_post(stub: pb_grpc.MessageStoreStub, args: argparse.Namespace, out: TextIO) -> int:
     create_ms = args.create_time_ms if args.create_time_ms is not None else time.time_ns() // 10**6
     message = pb.Message(
-        id=args.id, author=args.author, text=args.text, create_time=timestamp_from_ms(create_ms)
+        id=args.id,
+        author=args.author,
+        text=read_text(args.text, sys.stdin),
+        create_time=timestamp_from_ms(create_ms),
     )
     request = pb.CreateMessageRequest(message=message)
     response = stub.CreateMessage(request, timeout=CALL_TIMEOUT_SECONDS)
@@ -368,11 +410,57 @@ def cmd_tail(
         sleep(TAIL_POLL_SECONDS)
 
 
-def cmd_requeue(stub: pb_grpc.MessageStoreStub, args: argparse.Namespace, out: TextIO) -> int:
-    request = pb.RequeueMessageRequest(id=args.id)
-    response = stub.RequeueMessage(request, timeout=CALL_TIMEOUT_SECONDS)
-    _emit(out, response.message, args)
+def cmd_dead(stub: pb_grpc.MessageStoreStub, args: argparse.Namespace, out: TextIO) -> int:
+    # Each line ends with [attempts N; last error: ...] (format_message), or the JSON fields.
+    for message in iter_messages(stub, state=pb.MESSAGE_STATE_DEAD):
+        _emit(out, message, args)
     return 0
+
+
+def confirm(question: str, stdin: TextIO, stderr: TextIO) -> bool:
+    print(f"{question} [y/N] ", end="", file=stderr, flush=True)
+    return stdin.readline().strip().lower() in ("y", "yes")
+
+
+def cmd_requeue(stub: pb_grpc.MessageStoreStub, args: argparse.Namespace, out: TextIO) -> int:
+    if not args.all_dead:
+        request = pb.RequeueMessageRequest(id=args.id)
+        response = stub.RequeueMessage(request, timeout=CALL_TIMEOUT_SECONDS)
+        _emit(out, response.message, args)
+        return 0
+    # Listed first, then requeued: the count asked about is the count acted on.
+    dead = [message.id for message in iter_messages(stub, state=pb.MESSAGE_STATE_DEAD)]
+    if not dead:
+        print("no DEAD messages", file=sys.stderr)
+        return 0
+    if not args.yes:
+        # A script must say --yes: a prompt nobody answers would hang it, or act by default.
+        if not sys.stdin.isatty():
+            print(
+                f"error: --all-dead would requeue {len(dead)} messages: add --yes to confirm "
+                "when standard input is not a terminal",
+                file=sys.stderr,
+            )
+            return 2
+        if not confirm(f"Requeue {len(dead)} DEAD messages?", sys.stdin, sys.stderr):
+            print("nothing requeued", file=sys.stderr)
+            return 1
+    failed = 0
+    for message_id in dead:
+        try:
+            response = stub.RequeueMessage(
+                pb.RequeueMessageRequest(id=message_id), timeout=CALL_TIMEOUT_SECONDS
+            )
+        except grpc.RpcError as exc:
+            call: grpc.Call = exc  # type: ignore[assignment]
+            if call.code() not in (grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.NOT_FOUND):
+                raise
+            # Settled since it was listed (a late MarkProcessed, another operator): say so, go on.
+            print(format_error(call.code(), call.details()), file=sys.stderr)
+            failed += 1
+            continue
+        _emit(out, response.message, args)
+    return 1 if failed else 0
 
 
 COMMANDS: Mapping[str, Callable[[pb_grpc.MessageStoreStub, argparse.Namespace, TextIO], int]] = {
@@ -380,6 +468,7 @@ COMMANDS: Mapping[str, Callable[[pb_grpc.MessageStoreStub, argparse.Namespace, T
     "get": cmd_get,
     "list": cmd_list,
     "tail": cmd_tail,
+    "dead": cmd_dead,
     "requeue": cmd_requeue,
 }
 

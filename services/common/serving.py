@@ -16,13 +16,14 @@ encrypted nor authenticating on loopback unless told otherwise (safe by default)
 
 from __future__ import annotations
 
+import asyncio
 import errno
 import ipaddress
 import logging
 import os
 import socket
 import ssl
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, MutableMapping, Sequence
 from typing import Any
 
 import grpc
@@ -34,8 +35,60 @@ log = logging.getLogger(__name__)
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+SERVICE_UNKNOWN = health_pb2.HealthCheckResponse.SERVICE_UNKNOWN
 # One listener per port: see the module docstring.
 NO_SHARED_PORT = ("grpc.so_reuseport", 0)
+
+
+class EndingHealthServicer(HealthServicer):
+    """grpc's aio health servicer, whose Watch streams end at graceful shutdown.
+
+    grpc's own Watch waits for the next change forever: an open Watch (an orchestrator, a load
+    balancer, `grpcurl ... Health/Watch`) is an RPC in flight, so every graceful stop waited
+    the whole grace period for it and then cancelled it. Here, once `enter_graceful_shutdown`
+    has set NOT_SERVING, each watcher sends that last change and its stream ends with OK: the
+    watcher learns the server is going, and `server.stop(grace)` need not wait for it.
+
+    Watch is grpc's loop with that one exit added; it shares the parent's status table and
+    conditions (`_server_status`, `_server_watchers`), so `set` and `Check` stay grpc's.
+    """
+
+    # grpc's servicer sets these in __init__; its type stubs leave them out.
+    _server_status: MutableMapping[str, int]  # ServingStatus values
+    _server_watchers: MutableMapping[str, asyncio.Condition]
+    _watcher_count_by_service: MutableMapping[str, int]
+    _gracefully_shutting_down: bool
+
+    async def Watch(
+        self, request: health_pb2.HealthCheckRequest, context: grpc.aio.ServicerContext
+    ) -> None:
+        service = request.service
+        condition = self._server_watchers[service]
+        self._watcher_count_by_service[service] += 1
+        last_status = None
+        try:
+            async with condition:
+                while True:
+                    status = self._server_status.get(service, SERVICE_UNKNOWN)
+                    if status != last_status:
+                        await context.write(health_pb2.HealthCheckResponse(status=status))
+                        last_status = status
+                    if self._gracefully_shutting_down:
+                        return  # after the NOT_SERVING above: the stream ends with OK
+                    await condition.wait()
+        finally:
+            self._watcher_count_by_service[service] -= 1
+            if self._watcher_count_by_service[service] == 0:
+                del self._server_watchers[service]
+                del self._watcher_count_by_service[service]
+
+    async def enter_graceful_shutdown(self) -> None:
+        await super().enter_graceful_shutdown()
+        # grpc wakes the watchers of the services it knows; a watcher of an unknown service
+        # (SERVICE_UNKNOWN) waits too, and must also end.
+        for condition in list(self._server_watchers.values()):
+            async with condition:
+                condition.notify_all()
 
 
 class AddressInUse(OSError):
@@ -56,7 +109,7 @@ async def add_health_and_reflection(
     """Registers health and reflection for `service_names` on `server`; every status starts
     NOT_SERVING (grpc's servicer would start the overall one at SERVING) until set_serving."""
     service_names = list(service_names)
-    health = HealthServicer()
+    health = EndingHealthServicer()
     await set_serving(health, service_names, serving=False)
     health_pb2_grpc.add_HealthServicer_to_server(health, server)
     names = [*service_names, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name]

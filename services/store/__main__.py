@@ -9,14 +9,30 @@ from collections.abc import Sequence
 from ackbot.common import eventloop
 from ackbot.common.logs import configure_logging
 from ackbot.common.serving import InsecureListen
-from ackbot.store.config import load_config
+from ackbot.store.config import COMMAND, load_config
 from ackbot.store.errors import DeclaredDead, StoreError
-from ackbot.store.server import run
 
 log = logging.getLogger("ackbot.store")
 
+# The top-level modules of the `store` extra (pyproject.toml); uvloop is optional even there.
+STORE_EXTRA_MODULES = ("sqlalchemy", "aiosqlite", "asyncpg", "alembic")
+
 
 def main(argv: Sequence[str] | None = None) -> int:
+    # First, before flags (--db is checked with SQLAlchemy): a client-only install has no
+    # database drivers, and one line says what to install instead of an ImportError traceback.
+    try:
+        from ackbot.store.server import run
+    except ModuleNotFoundError as exc:
+        missing = (exc.name or "").partition(".")[0]
+        if missing not in STORE_EXTRA_MODULES:
+            raise
+        print(
+            f"{COMMAND.prog}: error: {missing} is not installed: the store needs "
+            "ackbot[store] (pip install 'ackbot[store]')",
+            file=sys.stderr,
+        )
+        return 1
     config = load_config(argv)
     configure_logging(config.log_level)
     # Alembic narrates each step at INFO; ackbot.store.migrations logs what changed in one line.

@@ -60,7 +60,11 @@ class StoreConfig:
     listen: str = setting(
         "127.0.0.1:50051", "HOST:PORT to serve on; port 0 picks a free one", type=address
     )
-    db_url: str = setting(DEFAULT_DB_URL, "SQLAlchemy async database URL", flag="--db")
+    db_url: str = setting(
+        DEFAULT_DB_URL,
+        "database URL: sqlite+aiosqlite:///PATH or postgresql+asyncpg://USER:PASSWORD@HOST/DB",
+        flag="--db",
+    )
     log_level: str = log_level_setting()
     max_attempts: int = setting(
         5, "deliveries without MarkProcessed before a message becomes DEAD", type=int_in(1)
@@ -210,6 +214,11 @@ def load_config(
     """Parses flags over ACKBOT_STORE_* variables; a bad value exits 2 with a message naming it."""
     env = os.environ if env is None else env
     config = load_settings(StoreConfig, COMMAND, argv, env)
+    db_problem = check_db_url(config.db_url)
+    if db_problem is not None:
+        # One line, not argparse's usage block: the usage does not help fix a URL, the line does.
+        print(f"{COMMAND.prog}: error: {db_problem}", file=sys.stderr)
+        raise SystemExit(2)
     problem = tls_settings_problem(config.tls_cert, config.tls_key, config.tls_client_ca)
     if problem is not None:
         _fail(*problem)
@@ -230,3 +239,39 @@ def load_config(
         if env.get(TOKEN_ENV.format(role.name), "").strip()
     }
     return replace(config, tokens=tokens)
+
+
+# The drivers the store runs on: async ones (it serves from one event loop), and asyncpg for
+# PostgreSQL because the listener (listener.py) speaks asyncpg directly.
+_ASYNC_DRIVERS = {"sqlite": "aiosqlite", "postgresql": "asyncpg"}
+_DB_EXAMPLES = "sqlite+aiosqlite:///PATH or postgresql+asyncpg://USER:PASSWORD@HOST/DB"
+
+
+def check_db_url(url: str) -> str | None:
+    """What is wrong with `url` as the store's --db, and what to write instead, in one line
+    (any password masked); None when the store can run on it. Only the URL's form is checked:
+    whether the database opens is found out at start (exit 1, not 2)."""
+    # Imported here: the flags of every command are parsed before anything heavy is loaded.
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        parsed = make_url(url)
+    except (ArgumentError, ValueError):
+        return f"--db {url}: not a database URL; write {_DB_EXAMPLES}"
+    shown = parsed.render_as_string(hide_password=True)
+    # Read from the name itself: SQLAlchemy's own getters load the dialect, which fails for
+    # names it does not know (e.g. `postgres`).
+    backend, _, driver = parsed.drivername.partition("+")
+    if backend == "postgres":  # SQLAlchemy dropped this alias, people still write it
+        backend = "postgresql"
+    wanted = _ASYNC_DRIVERS.get(backend)
+    if wanted is None:
+        return f"--db {shown}: {backend} is not supported; use {_DB_EXAMPLES}"
+    if driver != wanted:
+        fixed = parsed.set(drivername=f"{backend}+{wanted}")
+        return (
+            f"--db {shown}: use {fixed.render_as_string(hide_password=True)} "
+            f"(the store needs the async driver {wanted})"
+        )
+    return None

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -39,7 +40,7 @@ from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
-from ackbot.store.errors import StorageFull, StorageUnavailable
+from ackbot.store.errors import CannotOpenDatabase, StorageFull, StorageUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -69,8 +70,10 @@ def create_engine(
     if parsed.get_backend_name() == _SQLITE:
         database = parsed.database
         if database and database != ":memory:" and not database.startswith("file:"):
-            # The default ./data/ackbot.db must work on a fresh checkout.
-            Path(database).parent.mkdir(parents=True, exist_ok=True)
+            # The default ./data/ackbot.db must work on a fresh checkout. A folder that cannot
+            # be made is reported by Database.check_open, with the path.
+            with contextlib.suppress(OSError):
+                Path(database).parent.mkdir(parents=True, exist_ok=True)
         # No reset on return: a connection comes back either committed or rolled back by
         # SQLAlchemy itself, and the pool's extra ROLLBACK is one more round trip to the
         # driver's thread per transaction.
@@ -78,6 +81,28 @@ def create_engine(
         _configure_sqlite(engine.sync_engine, lock_timeout_seconds, sqlite_synchronous)
         return engine
     return create_async_engine(url, pool_pre_ping=True)
+
+
+def _sqlite_path(database: str | None) -> Path | None:
+    """The file an SQLite database name opens; None when in memory or a URI filename."""
+    if not database or database == ":memory:" or database.startswith("file:"):
+        return None
+    return Path(database)
+
+
+def _sqlite_file_problem(path: Path) -> str | None:
+    """Why SQLite could not open or create `path`, where the file system can tell (SQLite
+    itself says only "unable to open database file"); None when nothing is in the way."""
+    if path.is_dir():
+        return f"{path} is a directory"
+    folder = path.parent
+    if not folder.is_dir():
+        return f"folder {folder} does not exist"
+    if not path.exists() and not os.access(folder, os.W_OK | os.X_OK):
+        return f"no permission to create a file in {folder}"
+    if path.exists() and not os.access(path, os.R_OK | os.W_OK):
+        return f"no permission to read and write {path}"
+    return None
 
 
 def _configure_sqlite(engine: Engine, lock_timeout_seconds: float, synchronous: str) -> None:
@@ -172,8 +197,31 @@ class Database:
 
     @property
     def url(self) -> str:
-        """The URL, with any password masked: for logs."""
-        return self.engine.url.render_as_string()
+        """The URL, with any password masked and an SQLite file's path made absolute: for logs,
+        which should name the database really used, not one relative to a forgotten folder."""
+        url = self.engine.url
+        path = _sqlite_path(url.database) if self._is_sqlite else None
+        if path is not None:
+            url = url.set(database=str(path.resolve()))
+        return url.render_as_string(hide_password=True)
+
+    async def check_open(self) -> None:
+        """Opens one connection and runs a query, or raises CannotOpenDatabase naming the
+        database and why (one line for the operator, no driver log on the way)."""
+        path = _sqlite_path(self.engine.url.database) if self._is_sqlite else None
+        # Asked of the file system first, without connecting: aiosqlite does not wait for the
+        # thread of a connection that failed to open, which may then answer into the closed
+        # event loop with a traceback on the way out.
+        problem = _sqlite_file_problem(path) if path is not None else None
+        if problem is not None:
+            raise CannotOpenDatabase(f"cannot open the database {self.url}: {problem}")
+        try:
+            async with self.engine.connect() as connection:
+                await connection.exec_driver_sql("SELECT 1")
+        except (OperationalError, DBAPIError, PoolTimeoutError, OSError, TimeoutError) as exc:
+            orig = getattr(exc, "orig", None)
+            why = str(orig if orig is not None else exc).strip() or type(exc).__name__
+            raise CannotOpenDatabase(f"cannot open the database {self.url}: {why}") from exc
 
     def insert(self, table: Table) -> sqlite.Insert | postgresql.Insert:
         """An INSERT into `table` that offers ON CONFLICT."""

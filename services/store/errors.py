@@ -7,10 +7,26 @@ module: it wraps them in StorageUnavailable or StorageFull.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
+
+# The `domain` of the google.rpc.ErrorInfo that the servicer attaches to an error with a reason.
+ERROR_DOMAIN = "ackbot.dev"
 
 
 class StoreError(Exception):
-    """Base of the errors a caller can act on."""
+    """Base of the errors a caller can act on.
+
+    `reason` is the machine-readable google.rpc.ErrorInfo reason a client tells errors of one
+    status code apart by (UPPER_SNAKE_CASE, AIP-193): part of the contract, never renamed.
+    None where the status code and its other details say it all (BadRequest for
+    INVALID_ARGUMENT). `metadata` goes with it (the message id, for errors about a message).
+    """
+
+    reason: ClassVar[str | None] = None
+
+    @property
+    def metadata(self) -> dict[str, str]:
+        return {}
 
 
 @dataclass(frozen=True)
@@ -30,35 +46,92 @@ class InvalidArgument(StoreError):
 class NotFound(StoreError):
     """No message has this id."""
 
+    reason = "MESSAGE_NOT_FOUND"
+
     def __init__(self, message_id: str) -> None:
         self.message_id = message_id
         super().__init__(f"message {message_id!r} not found")
+
+    @property
+    def metadata(self) -> dict[str, str]:
+        return {"message_id": self.message_id}
 
 
 class AlreadyExists(StoreError):
     """The id is taken by a message with different content."""
 
+    reason = "ID_TAKEN"
+
     def __init__(self, message_id: str) -> None:
         self.message_id = message_id
         super().__init__(f"message {message_id!r} already exists with a different author or text")
 
+    @property
+    def metadata(self) -> dict[str, str]:
+        return {"message_id": self.message_id}
+
 
 class FailedPrecondition(StoreError):
-    """The message is not in the state the call needs (wrong lease, not DEAD, ...)."""
+    """The message is not in the state the call needs; the subclasses say which way."""
+
+    reason = "FAILED_PRECONDITION"
+
+    def __init__(self, message_id: str, detail: str) -> None:
+        self.message_id = message_id
+        super().__init__(detail)
+
+    @property
+    def metadata(self) -> dict[str, str]:
+        return {"message_id": self.message_id}
+
+
+class LeaseNotCurrent(FailedPrecondition):
+    """The lease token is not the message's current lease (it moved on, or was settled)."""
+
+    reason = "LEASE_NOT_CURRENT"
+
+
+class LeaseExpired(FailedPrecondition):
+    """The lease is the current one but has expired: the message may be delivered again."""
+
+    reason = "LEASE_EXPIRED"
+
+
+class NotDead(FailedPrecondition):
+    """RequeueMessage of a message that is not DEAD."""
+
+    reason = "NOT_DEAD"
 
 
 class StorageUnavailable(StoreError):
     """The database cannot be reached, or stayed locked past the deadline; retry with backoff."""
 
+    reason = "STORAGE_UNAVAILABLE"
+
     def __init__(self, detail: str = "database unavailable") -> None:
+        super().__init__(detail)
+
+
+class ShuttingDown(StorageUnavailable):
+    """The store is stopping: retry, with backoff, on another store or once it is back."""
+
+    reason = "SHUTTING_DOWN"
+
+    def __init__(self, detail: str = "the store is shutting down") -> None:
         super().__init__(detail)
 
 
 class StorageFull(StoreError):
     """The database cannot grow (disk or page limit full)."""
 
+    reason = "STORAGE_FULL"
+
     def __init__(self, detail: str = "database is full") -> None:
         super().__init__(detail)
+
+
+class CannotOpenDatabase(StoreError):
+    """The store could not open its database at start; the message names it and the cause."""
 
 
 class SchemaTooNew(StoreError):

@@ -32,7 +32,7 @@ from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
-from ackbot.store.errors import StorageUnavailable, StoreError
+from ackbot.store.errors import ShuttingDown, StoreError
 
 log = logging.getLogger(__name__)
 
@@ -117,7 +117,7 @@ class GroupCommitter(Generic[Tx]):
         if kind.runs_first and kind.runs_last:
             raise ValueError("a write runs first or last, not both")
         if self._closed:
-            raise StorageUnavailable("the store is shutting down")
+            raise ShuttingDown()
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self._queue.append(_Request(kind, item, future))
         if self._writer is None:
@@ -154,7 +154,7 @@ class GroupCommitter(Generic[Tx]):
                 await self._commit([request])
             return
         except asyncio.CancelledError:
-            _fail(batch, StorageUnavailable("the store is shutting down"))
+            _fail(batch, ShuttingDown())
             raise
         except Exception as exc:
             # Nothing of the batch committed; every caller learns why (StorageUnavailable and

@@ -59,7 +59,9 @@ from ackbot.store import migrations
 from ackbot.store.database import CONFLICT_ERRORS, Database
 from ackbot.store.errors import (
     AlreadyExists,
-    FailedPrecondition,
+    LeaseExpired,
+    LeaseNotCurrent,
+    NotDead,
     NotFound,
     StoreError,
 )
@@ -775,9 +777,10 @@ class MessageRepository:
         current = await self._current_state(tx, message_id)
         if current is None:
             return NotFound(message_id)
-        return FailedPrecondition(
+        return LeaseNotCurrent(
+            message_id,
             f"lease_token is not the current lease of message {message_id!r} (the message is "
-            f"{current}; a lease ends when it expires or the message is settled)"
+            f"{current}; a lease ends when it expires or the message is settled)",
         )
 
     @staticmethod
@@ -856,8 +859,8 @@ class MessageRepository:
         if isinstance(row, StoreError):
             return row
         if row.visible_at_ns <= tx.now_ns:
-            return FailedPrecondition(
-                f"the lease on message {row.id!r} has expired; it may be delivered again"
+            return LeaseExpired(
+                row.id, f"the lease on message {row.id!r} has expired; it may be delivered again"
             )
         return _to_stored(row, None, tx.now_ns)
 
@@ -879,8 +882,8 @@ class MessageRepository:
         current = await self._current_state(tx, message_id)
         if current is None:
             return NotFound(message_id)
-        return FailedPrecondition(
-            f"message {message_id!r} is {current}; only DEAD messages can be requeued"
+        return NotDead(
+            message_id, f"message {message_id!r} is {current}; only DEAD messages can be requeued"
         )
 
     # -- the store registry (a shared PostgreSQL database; registry.py drives it) -------------

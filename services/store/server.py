@@ -28,7 +28,7 @@ from ackbot.common.serving import (
 )
 from ackbot.store.config import ALLOW_INSECURE_FLAG, StoreConfig
 from ackbot.store.database import Database
-from ackbot.store.errors import DeclaredDead, StoreError
+from ackbot.store.errors import CannotOpenDatabase, DeclaredDead, StoreError
 from ackbot.store.listener import WorkListener
 from ackbot.store.manager import MessageManager
 from ackbot.store.ownership import FileOwnership, claim_database
@@ -94,7 +94,14 @@ class StoreServer:
             credentials = server_credentials(config.tls_cert, config.tls_key, config.tls_client_ca)
         # Before anything touches the database: a second store on an SQLite file would hand
         # out the first one's leases below (see ownership.py).
-        self._ownership = claim_database(config.db_url, config.listen)
+        try:
+            self._ownership = claim_database(config.db_url, config.listen)
+        except OSError as exc:  # the folder or the lock file next to the database
+            if isinstance(exc, FileExistsError):  # mkdir found a file where the folder goes
+                why = f"{exc.filename} is a file, not a folder"
+            else:
+                why = f"{exc.strerror or exc} ({exc.filename})" if exc.filename else str(exc)
+            raise CannotOpenDatabase(f"cannot open the database {config.db_url}: {why}") from exc
         # The port next, still before the database: a store that cannot listen must not
         # upgrade the schema or hand out leases either. It serves only from server.start().
         interceptors = [AuthInterceptor(authenticator)] if authenticator.enabled else []
@@ -108,6 +115,8 @@ class StoreServer:
         # Several stores may share the database: each lease records this store's id
         # (repository.store_id), so that the others can hand its leases back if it dies.
         shared = not database.single_owner
+        # Before the schema: a database that cannot be opened is one line naming it and why.
+        await database.check_open()
         self._repository = repository = MessageRepository(
             database, max_attempts=config.max_attempts
         )

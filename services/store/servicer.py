@@ -30,11 +30,13 @@ from ackbot.common.limits import (
 from ackbot.store import validation as rules
 from ackbot.store.config import StoreConfig
 from ackbot.store.errors import (
+    ERROR_DOMAIN,
     AlreadyExists,
     FailedPrecondition,
     FieldViolation,
     InvalidArgument,
     NotFound,
+    ShuttingDown,
     StorageFull,
     StorageUnavailable,
     StoreError,
@@ -221,7 +223,18 @@ def _status_for(error: StoreError) -> status_pb2.Status:
         code = code_pb2.UNAVAILABLE
     elif isinstance(error, StorageFull):
         code = code_pb2.RESOURCE_EXHAUSTED
+    if error.reason is not None:
+        # What a program branches on (AIP-193): the message text is for people and may change.
+        details.append(_error_info(error.reason, error.metadata))
     return status_pb2.Status(code=code, message=str(error), details=details)
+
+
+def _error_info(reason: str, metadata: dict[str, str] | None = None) -> any_pb2.Any:
+    detail = any_pb2.Any()
+    detail.Pack(
+        error_details_pb2.ErrorInfo(reason=reason, domain=ERROR_DOMAIN, metadata=metadata or {})
+    )
+    return detail
 
 
 async def _abort(context: grpc.aio.ServicerContext, error: BaseException, method: str) -> None:
@@ -329,8 +342,13 @@ class MessageStoreServicer(pb_grpc.MessageStoreServicer):
         self, request: pb.ListMessagesRequest, context: grpc.aio.ServicerContext
     ) -> pb.ListMessagesResponse:
         v = rules.Violations()
-        page_size = request.page_size or self._config.default_page_size
-        rules.check_range(v, "page_size", page_size, 1, self._limits.max_page_size)
+        if request.page_size < 0:
+            v.add("page_size", f"must be 0 or more (got {request.page_size})")
+        # Above the maximum is capped, not refused (AIP-158): a client asking for "everything"
+        # gets full pages and a token, and one written for a larger limit keeps working.
+        page_size = min(
+            request.page_size or self._config.default_page_size, self._limits.max_page_size
+        )
         after = request.after_sequence
         if after < 0:
             v.add("after_sequence", f"must be 0 or more (got {after})")
@@ -477,8 +495,10 @@ class MessageStoreServicer(pb_grpc.MessageStoreServicer):
                 for run in _within_response_limit(map(delivery_to_proto, batch)):
                     yield pb.StreamUnprocessedResponse(deliveries=run)
             # The deliveries end only when the store shuts down.
-            await context.abort(
-                grpc.StatusCode.UNAVAILABLE, "the store is shutting down; reconnect"
+            await context.abort_with_status(
+                rpc_status.to_status(
+                    _status_for(ShuttingDown("the store is shutting down; reconnect"))
+                )
             )
 
     def _check_token(self, v: rules.Violations, token: str, *, required: bool) -> None:

@@ -107,7 +107,8 @@ class MessageStoreServicer:
         compared; the stored one is kept). A create with an empty id is not idempotent.
 
         Returns INVALID_ARGUMENT when a field is missing, too long or holds characters outside its
-        rule; ALREADY_EXISTS when the id is taken by a message with a different author or text;
+        rule; ALREADY_EXISTS [ID_TAKEN] when the id is taken by a message with a different author or
+        text;
         RESOURCE_EXHAUSTED when the request exceeds the size limit or the database is full;
         UNAVAILABLE when the database cannot be reached or stays locked past the deadline.
         """
@@ -130,7 +131,7 @@ class MessageStoreServicer:
         state, by `reply_to` and by `after_sequence`. A page ends early where it would pass about
         1 MiB.
 
-        Returns INVALID_ARGUMENT for a bad page size, page token, state, `reply_to`,
+        Returns INVALID_ARGUMENT for a negative page size, a bad page token, state, `reply_to`,
         `after_sequence` or `order_by`; UNAVAILABLE when the database cannot be reached.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
@@ -174,8 +175,9 @@ class MessageStoreServicer:
         what MarkProcessed will take. A client that ignores it loses nothing.
 
         Returns INVALID_ARGUMENT for `max_in_flight` or `lease_duration` out of range, or a
-        malformed `consumer`. The stream ends with UNAVAILABLE when the store shuts down or loses
-        its database (RESOURCE_EXHAUSTED when the database is full): re-establish it with backoff.
+        malformed `consumer`. The stream ends with UNAVAILABLE when the store shuts down
+        [SHUTTING_DOWN] or loses its database [STORAGE_UNAVAILABLE] (RESOURCE_EXHAUSTED
+        [STORAGE_FULL] when the database is full): re-establish it with backoff.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -188,9 +190,9 @@ class MessageStoreServicer:
         last allowed attempt makes the message DEAD.
 
         Returns INVALID_ARGUMENT for a malformed id, lease token, reason or `retry_after`;
-        NOT_FOUND, naming the id, when no message has it; FAILED_PRECONDITION when `lease_token` is
-        not the message's current lease (it expired and moved on, or the message was settled);
-        UNAVAILABLE when the database cannot be reached.
+        NOT_FOUND, naming the id, when no message has it; FAILED_PRECONDITION [LEASE_NOT_CURRENT]
+        when `lease_token` is not the message's current lease (it expired and moved on, or the
+        message was settled); UNAVAILABLE when the database cannot be reached.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -201,9 +203,10 @@ class MessageStoreServicer:
         new expiry is now + `lease_duration`.
 
         Returns INVALID_ARGUMENT for a malformed id or lease token, or `lease_duration` out of
-        range; NOT_FOUND, naming the id, when no message has it; FAILED_PRECONDITION when
-        `lease_token` is not the message's current, unexpired lease; UNAVAILABLE when the database
-        cannot be reached.
+        range; NOT_FOUND, naming the id, when no message has it; FAILED_PRECONDITION
+        [LEASE_NOT_CURRENT] when `lease_token` is not the message's current lease, or
+        [LEASE_EXPIRED] when it is but has expired (the message may be delivered again);
+        UNAVAILABLE when the database cannot be reached.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -213,8 +216,8 @@ class MessageStoreServicer:
         """Moves a DEAD message back to PENDING with a fresh attempt count (an operators' tool).
 
         Returns INVALID_ARGUMENT for a malformed id; NOT_FOUND, naming the id, when no message has
-        it; FAILED_PRECONDITION when the message is not DEAD; UNAVAILABLE when the database cannot be
-        reached.
+        it; FAILED_PRECONDITION [NOT_DEAD] when the message is not DEAD; UNAVAILABLE when the
+        database cannot be reached.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

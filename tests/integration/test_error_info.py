@@ -1,0 +1,156 @@
+"""Errors a caller must tell apart carry a google.rpc.ErrorInfo (reason, domain "ackbot.dev",
+the message id in its metadata), decoded from real RPCs of a real store with grpc_status."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+
+import grpc
+import pytest
+from google.rpc import error_details_pb2
+from grpc_status import rpc_status
+
+from ackbot.store.errors import ERROR_DOMAIN, StorageFull
+from ackbot.store.servicer import _status_for
+from ackbot.testing import RPC_TIMEOUT, wait_until
+from ackbot.v1 import message_store_pb2 as pb
+from ackbot.v1 import message_store_pb2_grpc as pb_grpc
+
+from .harness import StreamReader, bad_request_fields, create, seconds
+
+LEASE_SECONDS = 1.0
+
+
+def error_info(error: grpc.aio.AioRpcError) -> error_details_pb2.ErrorInfo | None:
+    status = rpc_status.from_call(error)
+    assert status is not None, f"no grpc-status-details-bin in {error}"
+    infos = []
+    for detail in status.details:
+        if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
+            info = error_details_pb2.ErrorInfo()
+            detail.Unpack(info)
+            infos.append(info)
+    assert len(infos) <= 1, infos
+    return infos[0] if infos else None
+
+
+async def refused(call) -> grpc.aio.AioRpcError:
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await call
+    return caught.value
+
+
+def assert_reason(error: grpc.aio.AioRpcError, code: grpc.StatusCode, reason: str, **metadata):
+    assert error.code() == code, error
+    info = error_info(error)
+    assert info is not None, error
+    assert (info.reason, info.domain) == (reason, ERROR_DOMAIN)
+    assert dict(info.metadata) == metadata
+
+
+async def test_not_found_and_id_taken(stub):
+    error = await refused(stub.GetMessage(pb.GetMessageRequest(id="nope"), timeout=RPC_TIMEOUT))
+    assert_reason(error, grpc.StatusCode.NOT_FOUND, "MESSAGE_NOT_FOUND", message_id="nope")
+
+    await create(stub, "first", id="taken")
+    error = await refused(
+        stub.CreateMessage(
+            pb.CreateMessageRequest(message=pb.Message(id="taken", author="b", text="other")),
+            timeout=RPC_TIMEOUT,
+        )
+    )
+    assert_reason(error, grpc.StatusCode.ALREADY_EXISTS, "ID_TAKEN", message_id="taken")
+
+
+async def test_the_failed_preconditions_are_told_apart(stub):
+    await create(stub, "to lease", id="leased")
+    reader = StreamReader(stub, consumer="info", max_in_flight=1, lease_seconds=LEASE_SECONDS)
+    try:
+        delivery = await reader.next()
+        assert delivery.message.id == "leased"
+
+        # A token that was never this message's lease.
+        error = await refused(
+            stub.ReleaseMessage(
+                pb.ReleaseMessageRequest(id="leased", lease_token="not-the-lease"),
+                timeout=RPC_TIMEOUT,
+            )
+        )
+        assert_reason(
+            error, grpc.StatusCode.FAILED_PRECONDITION, "LEASE_NOT_CURRENT", message_id="leased"
+        )
+
+        # The current lease, once it has lapsed (a lapsed lease is shown as PENDING; the stream
+        # does not deliver it again while its one slot waits for this client's answer).
+        async def lapsed() -> bool:
+            got = await stub.GetMessage(pb.GetMessageRequest(id="leased"), timeout=RPC_TIMEOUT)
+            return got.message.state == pb.MESSAGE_STATE_PENDING
+
+        await wait_until(lapsed, within=10, what="the lease to lapse")
+        error = await refused(
+            stub.ExtendLease(
+                pb.ExtendLeaseRequest(
+                    id="leased", lease_token=delivery.lease_token, lease_duration=seconds(30)
+                ),
+                timeout=RPC_TIMEOUT,
+            )
+        )
+        assert_reason(
+            error, grpc.StatusCode.FAILED_PRECONDITION, "LEASE_EXPIRED", message_id="leased"
+        )
+    finally:
+        await reader.close()
+
+    error = await refused(
+        stub.RequeueMessage(pb.RequeueMessageRequest(id="leased"), timeout=RPC_TIMEOUT)
+    )
+    assert_reason(error, grpc.StatusCode.FAILED_PRECONDITION, "NOT_DEAD", message_id="leased")
+
+
+async def test_invalid_argument_keeps_bad_request_and_has_no_reason(stub):
+    error = await refused(stub.GetMessage(pb.GetMessageRequest(id="bad id"), timeout=RPC_TIMEOUT))
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert bad_request_fields(error) == ["id"]
+    assert error_info(error) is None
+
+
+async def test_a_locked_database_is_storage_unavailable(start_store, tmp_path):
+    db_path = tmp_path / "locked.db"
+    store = await start_store.started(db_path=db_path, args=["--lock-timeout-seconds", "0.5"])
+    async with grpc.aio.insecure_channel(store.address) as channel:
+        stub = pb_grpc.MessageStoreStub(channel)
+        intruder = sqlite3.connect(db_path, isolation_level=None)
+        try:
+            intruder.execute("BEGIN IMMEDIATE")
+            error = await refused(
+                stub.CreateMessage(
+                    pb.CreateMessageRequest(message=pb.Message(author="a", text="t")),
+                    timeout=RPC_TIMEOUT,
+                )
+            )
+        finally:
+            intruder.close()
+    assert_reason(error, grpc.StatusCode.UNAVAILABLE, "STORAGE_UNAVAILABLE")
+
+
+async def test_a_stream_ended_by_shutdown_says_shutting_down(store, stub):
+    reader = StreamReader(stub, consumer="until-shutdown")
+    try:
+        await reader.wait_open()
+        assert await store.aterminate() == 0, store.describe()
+        await asyncio.wait_for(reader._task, RPC_TIMEOUT)
+    finally:
+        await reader.close()
+    assert isinstance(reader.error, grpc.aio.AioRpcError), reader.error
+    assert_reason(reader.error, grpc.StatusCode.UNAVAILABLE, "SHUTTING_DOWN")
+
+
+def test_a_full_database_is_storage_full():
+    # Filling a disk is out of reach of a test; the mapping is what a full database meets.
+    status = _status_for(StorageFull())
+    assert status.code == grpc.StatusCode.RESOURCE_EXHAUSTED.value[0]
+    [detail] = status.details
+    info = error_details_pb2.ErrorInfo()
+    assert detail.Unpack(info)
+    assert (info.reason, info.domain) == ("STORAGE_FULL", ERROR_DOMAIN)
