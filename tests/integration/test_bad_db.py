@@ -115,7 +115,7 @@ def test_the_ready_line_names_the_database_really_used(tmp_path):
     ).start()
     try:
         store.wait_ready()
-        assert f"(database sqlite+aiosqlite:///{tmp_path.resolve()}/data/here.db)" in (
+        assert f"(database sqlite+aiosqlite:///{tmp_path.resolve()}/data/here.db;" in (
             store.log_text()
         ), store.describe()
         assert store.terminate() == 0, store.describe()
