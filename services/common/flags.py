@@ -131,6 +131,15 @@ def log_level_setting(default: str = "INFO") -> str:
     return setting(default, "logging level", choices=LOG_LEVELS, type=str.upper)
 
 
+def metrics_listen_setting() -> str | None:
+    return setting(
+        None,
+        "HOST:PORT to serve Prometheus metrics on (/metrics); port 0 picks a free one",
+        type=address,
+        shown_default="off",
+    )
+
+
 @dataclasses.dataclass(frozen=True)
 class Command:
     """What a service's command line says about itself, around its settings."""

@@ -18,6 +18,7 @@ import grpc
 from grpc_health.v1._async import HealthServicer
 
 from ackbot.common.auth import AuthInterceptor
+from ackbot.common.metrics import MetricsInterceptor, MetricsServer
 from ackbot.common.serving import (
     add_health_and_reflection,
     bind,
@@ -31,6 +32,7 @@ from ackbot.store.database import Database
 from ackbot.store.errors import DeclaredDead, StoreError
 from ackbot.store.listener import WorkListener
 from ackbot.store.manager import MessageManager
+from ackbot.store.metrics import StateSampler, StoreMetrics
 from ackbot.store.ownership import FileOwnership, claim_database
 from ackbot.store.registry import StoreRegistry
 from ackbot.store.repository import MessageRepository
@@ -69,6 +71,8 @@ class StoreServer:
         self._ownership: FileOwnership | None = None
         self._started = False
         self._registry: StoreRegistry | None = None
+        self._sampler: StateSampler | None = None
+        self._metrics_server: MetricsServer | None = None
         self._stopped = asyncio.Event()
         self._stopping = False
         self._self_stop: asyncio.Task[None] | None = None
@@ -97,7 +101,11 @@ class StoreServer:
         self._ownership = claim_database(config.db_url, config.listen)
         # The port next, still before the database: a store that cannot listen must not
         # upgrade the schema or hand out leases either. It serves only from server.start().
-        interceptors = [AuthInterceptor(authenticator)] if authenticator.enabled else []
+        metrics = StoreMetrics()
+        # Metrics outermost: a call the auth interceptor refuses is counted with its code.
+        interceptors: list[grpc.aio.ServerInterceptor] = [MetricsInterceptor(metrics.grpc)]
+        if authenticator.enabled:
+            interceptors.append(AuthInterceptor(authenticator))
         self._server = server = create_server(_server_options(config), interceptors)
         address = bind(server, config.listen, credentials)
         database = Database.from_url(
@@ -109,7 +117,10 @@ class StoreServer:
         # (repository.store_id), so that the others can hand its leases back if it dies.
         shared = not database.single_owner
         self._repository = repository = MessageRepository(
-            database, max_attempts=config.max_attempts
+            database,
+            max_attempts=config.max_attempts,
+            on_commit=metrics.group_commit_batch.observe,
+            on_dead=metrics.dead.inc,
         )
         await repository.create_schema()
         if database.single_owner:
@@ -118,7 +129,12 @@ class StoreServer:
             released = await repository.release_all_leases()
             if released:
                 log.info("released %d leases left by a previous run", released)
-        self._manager = manager = MessageManager(repository)
+        self._manager = manager = MessageManager(repository, metrics=metrics)
+        if config.metrics_listen is not None:
+            self._sampler = StateSampler(metrics, repository.sample_states)
+            self._sampler.start()
+            self._metrics_server = MetricsServer(metrics.registry, config.metrics_listen)
+            self._metrics_server.start()
 
         add_to_server(MessageStoreServicer(manager, config), server)
         self._health = health = await add_health_and_reflection(server, [SERVICE_NAME])
@@ -182,6 +198,10 @@ class StoreServer:
                 await self._manager.close_streams(handler_wait_seconds=0)
             if self._registry is not None:
                 await self._registry.stop()
+            if self._sampler is not None:
+                await self._sampler.stop()
+            if self._metrics_server is not None:
+                self._metrics_server.stop()
             if self._repository is not None:
                 await self._repository.dispose()
             if self._started:
