@@ -132,7 +132,7 @@ async def run(config: BotConfig, factory: ResponderFactory | None = None) -> Non
 
 def main(argv: Sequence[str] | None = None) -> int:
     config = load_config(argv)
-    configure_logging(config.log_level)
+    configure_logging(config.log_level, config.log_format)
     # httpx2 logs every request to the model server at INFO; the bot logs each answer itself.
     logging.getLogger("httpx2").setLevel(logging.WARNING)
     if config.backend != "persona":

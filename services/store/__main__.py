@@ -18,7 +18,7 @@ log = logging.getLogger("ackbot.store")
 
 def main(argv: Sequence[str] | None = None) -> int:
     config = load_config(argv)
-    configure_logging(config.log_level)
+    configure_logging(config.log_level, config.log_format)
     # Alembic narrates each step at INFO; ackbot.store.migrations logs what changed in one line.
     logging.getLogger("alembic").setLevel(logging.WARNING)
     try:
