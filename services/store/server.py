@@ -45,10 +45,17 @@ def _server_options(config: StoreConfig) -> list[tuple[str, int]]:
     return [
         # gRPC itself rejects larger requests with RESOURCE_EXHAUSTED before they are decoded.
         ("grpc.max_receive_message_length", config.limits.max_request_bytes),
-        # Pings find a bot whose network vanished without a FIN, so its stream ends and its
-        # leases are released long before they would expire.
+        # Pings find a bot whose network vanished without a FIN, or that hangs (SIGSTOP: its
+        # kernel still ACKs, only the ping goes unanswered), so its stream ends and its leases
+        # are released ~30 s later instead of at lease expiry.
         ("grpc.keepalive_time_ms", 20_000),
         ("grpc.keepalive_timeout_ms", 10_000),
+        # Measured: without it an unanswered keepalive ping is given gRPC core's ping timeout
+        # (60 s), not keepalive_timeout_ms, and a hung bot kept its stream ~80 s (20 + 60).
+        ("grpc.http2.ping_timeout_ms", 10_000),
+        # By default a server sends only 2 pings while it sends no data: a stream idle for
+        # a minute (no work) would then stop being checked at all.
+        ("grpc.http2.max_pings_without_data", 0),
         ("grpc.http2.min_ping_interval_without_data_ms", 5_000),
         ("grpc.keepalive_permit_without_calls", 1),
     ]
