@@ -184,7 +184,8 @@ def _measured(handler: Any, method: str, metrics: GrpcServerMetrics) -> grpc.Rpc
             request = counted(request)
         error: BaseException | None = None
         try:
-            async for response in finish(inner_stream(request, context)):
+            counting = _CountingContext(context, sent.inc)
+            async for response in finish(inner_stream(request, counting)):
                 yield response
         except BaseException as exc:
             error = exc
@@ -198,6 +199,22 @@ def _measured(handler: Any, method: str, metrics: GrpcServerMetrics) -> grpc.Rpc
         else grpc.stream_stream_rpc_method_handler
     )
     return make_stream(streaming, **common)
+
+
+class _CountingContext:
+    """A handler's context whose write() is counted: streaming handlers that send with
+    context.write() instead of yielding (grpc's own health Watch) send messages too."""
+
+    def __init__(self, context: grpc.aio.ServicerContext, on_write: Callable[[], None]) -> None:
+        self._context = context
+        self._on_write = on_write
+
+    async def write(self, message: Any) -> None:
+        await self._context.write(message)
+        self._on_write()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._context, name)
 
 
 class MetricsServer:
