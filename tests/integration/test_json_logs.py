@@ -40,3 +40,20 @@ async def test_store_logs_json_lines_with_the_message_id(start_store):
 def test_text_stays_the_default(store):
     first = store.log_text().splitlines()[0]
     assert not first.startswith("{")
+
+
+async def test_bot_logs_json_lines_with_the_message_id(store, stub, start_bot):
+    bot = await start_bot(args=["--log-format", "json"])
+    message = await create(stub, "a question")
+
+    def answered() -> dict | None:
+        for line in bot.log_text().splitlines():
+            entry = json.loads(line)
+            if entry["message"].startswith("answered ") and entry.get("message_id") == message.id:
+                return entry
+        return None
+
+    entry = await wait_until(answered, 20, what="the bot's JSON line about its answer")
+    assert entry["attempt"] == "1"
+    assert entry["reply_id"]
+    assert entry["logger"].startswith("ackbot.bot")

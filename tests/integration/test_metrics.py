@@ -5,13 +5,16 @@ from __future__ import annotations
 
 import asyncio
 import re
+import socket
+import subprocess
+import sys
 import urllib.request
 
 import grpc
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from ackbot.testing import RPC_TIMEOUT, Service, responders, wait_until
+from ackbot.testing import RPC_TIMEOUT, Service, child_env, responders, wait_until
 from ackbot.v1 import message_store_pb2 as pb
 
 from .harness import create
@@ -156,3 +159,29 @@ async def test_a_failing_responder_counts_failures(store, stub, start_bot):
 def test_metrics_are_off_by_default(start_store):
     plain = start_store(name="plain")
     assert METRICS_ON.search(plain.log_text()) is None
+
+
+def test_a_metrics_address_in_use_stops_the_store_with_one_line(tmp_path):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "ackbot.store",
+                "--listen",
+                "127.0.0.1:0",
+                "--db",
+                f"sqlite+aiosqlite:///{tmp_path / 'in-use.db'}",
+                "--metrics-listen",
+                f"127.0.0.1:{port}",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            env=child_env(),
+        )
+    assert result.returncode == 1, result.stderr
+    assert f"cannot serve metrics on 127.0.0.1:{port}" in result.stderr
