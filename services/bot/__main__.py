@@ -14,7 +14,10 @@ import sys
 from collections.abc import Sequence
 from dataclasses import replace
 
+import grpc
+
 from ackbot.bot.config import ALLOW_INSECURE_FLAG, BotConfig, load_config
+from ackbot.bot.metrics import BotMetrics
 from ackbot.bot.responder import (
     ResponderFactory,
     ResponderLoadError,
@@ -26,6 +29,7 @@ from ackbot.bot.worker import Worker
 from ackbot.common import eventloop
 from ackbot.common.auth import Authenticator, AuthInterceptor, Role
 from ackbot.common.logs import configure_logging
+from ackbot.common.metrics import MetricsInterceptor, MetricsServer
 from ackbot.common.serving import (
     InsecureListen,
     add_health_and_reflection,
@@ -68,11 +72,21 @@ async def run(config: BotConfig, factory: ResponderFactory | None = None) -> Non
     credentials = None
     if config.tls_cert is not None and config.tls_key is not None:
         credentials = server_credentials(config.tls_cert, config.tls_key, config.tls_client_ca)
-    server = create_server(
-        interceptors=[AuthInterceptor(authenticator)] if authenticator.enabled else []
-    )
+    metrics = BotMetrics()
+    interceptors: list[grpc.aio.ServerInterceptor] = [MetricsInterceptor(metrics.grpc)]
+    if authenticator.enabled:
+        interceptors.append(AuthInterceptor(authenticator))
+    server = create_server(interceptors=interceptors)
     # Bound first: a port in use is refused before anything else starts, with nothing to undo.
     address = bind(server, config.listen, credentials)
+    metrics_server: MetricsServer | None = None
+    if config.metrics_listen is not None:
+        metrics_server = MetricsServer(metrics.registry, config.metrics_listen)
+        try:
+            metrics_server.start()
+        except OSError:
+            await server.stop(None)
+            raise
     responder = await create_responder(config, factory)
     health = await add_health_and_reflection(server, [])
     # The bot has no gRPC service of its own to reflect; its health name exists from the start
@@ -82,7 +96,7 @@ async def run(config: BotConfig, factory: ResponderFactory | None = None) -> Non
     async def on_connection(up: bool) -> None:
         await set_serving(health, [HEALTH_SERVICE_NAME], serving=up)
 
-    worker = Worker(config, responder, on_connection=on_connection)
+    worker = Worker(config, responder, on_connection=on_connection, metrics=metrics)
     run_task: asyncio.Task[None] | None = None
     try:
         await server.start()
@@ -109,6 +123,8 @@ async def run(config: BotConfig, factory: ResponderFactory | None = None) -> Non
         await worker.stop()
         await close_responder(responder)
         await server.stop(SERVER_GRACE_SECONDS)
+        if metrics_server is not None:
+            metrics_server.stop()
         log.info("bot stopped")
     if run_task is not None:
         await run_task  # surfaces a worker that failed on its own
@@ -116,7 +132,7 @@ async def run(config: BotConfig, factory: ResponderFactory | None = None) -> Non
 
 def main(argv: Sequence[str] | None = None) -> int:
     config = load_config(argv)
-    configure_logging(config.log_level)
+    configure_logging(config.log_level, config.log_format)
     # httpx2 logs every request to the model server at INFO; the bot logs each answer itself.
     logging.getLogger("httpx2").setLevel(logging.WARNING)
     if config.backend != "persona":

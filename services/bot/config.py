@@ -21,7 +21,9 @@ from ackbot.common.flags import (
     address,
     int_in,
     load_settings,
+    log_format_setting,
     log_level_setting,
+    metrics_listen_setting,
     seconds_in,
     setting,
     switch_setting,
@@ -168,6 +170,8 @@ class BotConfig:
         metavar="SECONDS",
     )
     log_level: str = log_level_setting()
+    log_format: str = log_format_setting()
+    metrics_listen: str | None = metrics_listen_setting()
     grace_seconds: float = setting(
         10.0,
         "how long running replies may finish on shutdown before they are cancelled",

@@ -31,7 +31,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
+from ackbot.bot import metrics as bot_metrics
 from ackbot.bot.config import BotConfig
+from ackbot.bot.metrics import BotMetrics
 from ackbot.bot.responder import IncomingMessage, Responder, RetryLater
 from ackbot.bot.store_client import Outcome, StoreClient
 from ackbot.common.backoff import MAX_RELEASE_RETRY_AFTER_SECONDS, release_retry_after
@@ -135,7 +137,10 @@ class DeliveryHandler:
         *,
         shutdown: Shutdown,
         clock: Callable[[], float] = time.monotonic,
+        metrics: BotMetrics | None = None,
     ) -> None:
+        # A registry of its own when none is given (unit tests), so the counting needs no ifs.
+        self._metrics = metrics or BotMetrics()
         self._client = client
         self._responder = responder
         self._config = config
@@ -156,6 +161,8 @@ class DeliveryHandler:
                 # The keeper returns only when the lease is lost: another bot may be answering
                 # by now, and this answer would be the second.
                 log.warning("abandoning the reply: lease lost message_id=%s", job.message_id)
+                self._metrics.reply(bot_metrics.LEASE_LOST)
+                self._metrics.failure(bot_metrics.LEASE_LOST)
                 return
             job.replied.set()
             succeeded = not work.cancelled() and work.exception() is None
@@ -179,22 +186,31 @@ class DeliveryHandler:
                 await asyncio.wait(pending)
         if work.cancelled():
             error = asyncio.CancelledError("the responder was cancelled")
+            self._metrics.reply(bot_metrics.FAILED)
+            self._metrics.failure(bot_metrics.RESPONDER_CANCELLED)
             await self._release_failed(job, failure_reason(error), error)
             return
         exc = work.exception()
         if isinstance(exc, RetryLater):
+            self._metrics.reply(bot_metrics.RATE_LIMITED)
             await self._hand_back_busy(job, exc)
             return
         self._busy_in_a_row = 0
         if exc is not None:
+            self._metrics.reply(bot_metrics.FAILED)
+            self._metrics.failure(bot_metrics.RESPONDER_ERROR)
             await self._release_failed(job, failure_reason(exc), exc)
             return
         await self._mark(job, work.result())
 
     async def _ask(self, message: IncomingMessage) -> str | None:
-        result: object = self._responder.reply(message)
-        if inspect.isawaitable(result):
-            result = await result
+        began = time.perf_counter()
+        try:
+            result: object = self._responder.reply(message)
+            if inspect.isawaitable(result):
+                result = await result
+        finally:
+            self._metrics.responder_seconds.observe(time.perf_counter() - began)
         if result is not None and not isinstance(result, str):
             raise TypeError(f"reply() returned {type(result).__name__}, expected str or None")
         return result
@@ -284,14 +300,17 @@ class DeliveryHandler:
         stored = result.response.reply.id if result.response is not None else ""
         match result.outcome:
             case Outcome.ALREADY_PROCESSED:
+                self._metrics.reply(bot_metrics.DUPLICATE)
                 log.info(
                     "duplicate prevented: already answered (reply_id=%s) message_id=%s",
                     stored or "-",
                     message_id,
                 )
             case Outcome.SETTLED if reply is None:
+                self._metrics.reply(bot_metrics.SILENT if text is None else bot_metrics.EMPTY)
                 log.info("processed without a reply message_id=%s", message_id)
             case Outcome.SETTLED:
+                self._metrics.reply(bot_metrics.ANSWERED)
                 log.info(
                     "answered attempt=%d reply_id=%s message_id=%s",
                     job.delivery.attempt,
@@ -299,8 +318,11 @@ class DeliveryHandler:
                     message_id,
                 )
             case Outcome.NOT_FOUND:
+                self._metrics.reply(bot_metrics.GONE)
                 log.warning("message no longer exists; dropped message_id=%s", message_id)
             case Outcome.REJECTED:
+                self._metrics.reply(bot_metrics.FAILED)
+                self._metrics.failure(bot_metrics.STORE_REJECTED)
                 # Retrying the same reply cannot help; releasing with the reason lets the
                 # message go DEAD after max_attempts instead of looping.
                 log.error(
@@ -310,6 +332,8 @@ class DeliveryHandler:
                     job, fit_reason(f"store rejected the reply: {result.problem}")
                 )
             case _:
+                self._metrics.reply(bot_metrics.FAILED)
+                self._metrics.failure(bot_metrics.MARK_FAILED)
                 log.error(
                     "MarkProcessed failed (%s); the message will be delivered again message_id=%s",
                     result.problem,

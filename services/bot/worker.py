@@ -33,6 +33,7 @@ from types import TracebackType
 
 from ackbot.bot.config import BotConfig
 from ackbot.bot.delivery import DeliveryHandler, Job, Shutdown
+from ackbot.bot.metrics import BotMetrics
 from ackbot.bot.responder import Responder
 from ackbot.bot.store_client import (
     DeliveryStream,
@@ -77,7 +78,9 @@ class Worker:
         *,
         on_connection: ConnectionCallback | None = None,
         clock: Callable[[], float] = time.monotonic,
+        metrics: BotMetrics | None = None,
     ) -> None:
+        self._metrics = metrics
         self._config = config
         self._responder = responder
         self._on_connection = on_connection
@@ -137,7 +140,12 @@ class Worker:
         }
         self._client = StoreClient(channels)
         self._handler = DeliveryHandler(
-            self._client, self._responder, config, shutdown=self._shutdown, clock=self._clock
+            self._client,
+            self._responder,
+            config,
+            shutdown=self._shutdown,
+            clock=self._clock,
+            metrics=self._metrics,
         )
         self._slots = asyncio.Semaphore(config.max_in_flight)
         reader = asyncio.create_task(self._read_forever(), name="ackbot-bot-stream")

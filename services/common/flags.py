@@ -23,6 +23,7 @@ if TYPE_CHECKING:
     from _typeshed import DataclassInstance
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+LOG_FORMATS = ("text", "json")
 # Longest a shutdown grace period or a lock wait may be: beyond it, a typo, not a wish.
 MAX_WAIT_SECONDS = 3600.0
 
@@ -129,6 +130,24 @@ def switch_setting(help_text: str) -> bool:
 
 def log_level_setting(default: str = "INFO") -> str:
     return setting(default, "logging level", choices=LOG_LEVELS, type=str.upper)
+
+
+def log_format_setting() -> str:
+    return setting(
+        "text",
+        "log lines as text, or as one JSON object per line",
+        choices=LOG_FORMATS,
+        type=str.lower,
+    )
+
+
+def metrics_listen_setting() -> str | None:
+    return setting(
+        None,
+        "HOST:PORT to serve Prometheus metrics on (/metrics); port 0 picks a free one",
+        type=address,
+        shown_default="off",
+    )
 
 
 @dataclasses.dataclass(frozen=True)

@@ -34,7 +34,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         return 1
     config = load_config(argv)
-    configure_logging(config.log_level)
+    configure_logging(config.log_level, config.log_format)
     # Alembic narrates each step at INFO; ackbot.store.migrations logs what changed in one line.
     logging.getLogger("alembic").setLevel(logging.WARNING)
     try:

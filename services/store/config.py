@@ -19,7 +19,9 @@ from ackbot.common.flags import (
     address,
     int_in,
     load_settings,
+    log_format_setting,
     log_level_setting,
+    metrics_listen_setting,
     seconds_in,
     setting,
     switch_setting,
@@ -66,6 +68,8 @@ class StoreConfig:
         flag="--db",
     )
     log_level: str = log_level_setting()
+    log_format: str = log_format_setting()
+    metrics_listen: str | None = metrics_listen_setting()
     max_attempts: int = setting(
         5, "deliveries without MarkProcessed before a message becomes DEAD", type=int_in(1)
     )

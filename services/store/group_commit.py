@@ -81,8 +81,11 @@ class GroupCommitter(Generic[Tx]):
         *,
         max_batch: int,
         conflict_errors: tuple[type[BaseException], ...] = (),
+        on_commit: Callable[[int], None] | None = None,
     ) -> None:
         self._begin = begin
+        # Told the size of each batch that committed (the store's batch-size histogram).
+        self._on_commit = on_commit
         self._max_batch = max_batch
         self._conflict_errors = conflict_errors
         self._queue: list[_Request] = []
@@ -161,6 +164,8 @@ class GroupCommitter(Generic[Tx]):
             # StorageFull are retryable, anything else is reported as internal).
             _fail(batch, exc)
             return
+        if self._on_commit is not None:
+            self._on_commit(len(batch))
         for request, outcome in zip(batch, outcomes, strict=True):
             if request.future.done():
                 continue

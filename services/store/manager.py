@@ -25,6 +25,7 @@ import time
 from collections.abc import AsyncIterator, Callable, Iterator
 
 from ackbot.store.errors import FailedPrecondition, StoreError
+from ackbot.store.metrics import StoreMetrics
 from ackbot.store.models import State
 from ackbot.store.repository import (
     CreateResult,
@@ -59,7 +60,9 @@ class DeliveryStream:
         board: StreamBoard,
         repository: MessageRepository,
         on_short_claim: Callable[[], None],
+        metrics: StoreMetrics | None = None,
     ) -> None:
+        self._metrics = metrics
         self._state = state
         self._board = board
         self._repository = repository
@@ -85,6 +88,8 @@ class DeliveryStream:
                     self._on_short_claim()
                 if deliveries:
                     for d in deliveries:
+                        if self._metrics is not None:
+                            self._metrics.delivered(d.message.delivery_attempts)
                         log.info(
                             "delivered message_id=%s attempt=%d consumer=%s",
                             d.message.id,
@@ -134,7 +139,9 @@ class MessageManager:
         *,
         clock_ns: Callable[[], int] = time.time_ns,
         call_at: CallAt | None = None,
+        metrics: StoreMetrics | None = None,
     ) -> None:
+        self._metrics = metrics
         self._repository = repository
         self._now_ns = clock_ns
         self._board = StreamBoard(clock_ns, call_at)
@@ -200,6 +207,9 @@ class MessageManager:
         if result.already_processed:
             log.info("already processed; duplicate reply prevented message_id=%s", message_id)
         else:
+            if self._metrics is not None:
+                # The mark has committed: the message's whole wait, seen from the store.
+                self._metrics.processed(result.message.receive_time_ns, self._now_ns())
             log.info(
                 "processed message_id=%s reply_id=%s",
                 message_id,
@@ -318,7 +328,9 @@ class MessageManager:
             lease_ns / 1e9,
         )
         try:
-            yield DeliveryStream(stream, self._board, self._repository, self._rearm_timed_wakes)
+            yield DeliveryStream(
+                stream, self._board, self._repository, self._rearm_timed_wakes, self._metrics
+            )
         finally:
             await self._end_stream(stream)
 

@@ -377,8 +377,12 @@ class MessageRepository:
         clock_ns: Callable[[], int] = time.time_ns,
         max_batch: int = MAX_BATCH,
         store_id: str | None = None,
+        on_commit: Callable[[int], None] | None = None,
+        on_dead: Callable[[], None] | None = None,
     ) -> None:
         self._database = database
+        # Metrics hooks: the size of each committed write batch; each message that goes DEAD.
+        self._on_dead = on_dead
         # Recorded on every lease this store grants (messages.owner_store), so that the other
         # stores on a shared database can hand them back if it dies, and named in the
         # notifications its transactions send (see _Transaction).
@@ -386,7 +390,10 @@ class MessageRepository:
         self._max_attempts = max_attempts
         self._now_ns = clock_ns
         self._writes = GroupCommitter(
-            self._begin_write, max_batch=max_batch, conflict_errors=CONFLICT_ERRORS
+            self._begin_write,
+            max_batch=max_batch,
+            conflict_errors=CONFLICT_ERRORS,
+            on_commit=on_commit,
         )
         # The hot statements are built once: building one costs more Python than running it.
         self._claim_oldest = self._build_claim()
@@ -395,6 +402,11 @@ class MessageRepository:
             .on_conflict_do_nothing(index_elements=[MESSAGES.c.id])
             .returning(MESSAGES.c.id, MESSAGES.c.sequence)
         )
+
+    def _dead(self, message_id: str, attempts: int, last_error: str) -> None:
+        _log_dead(message_id, attempts, last_error)
+        if self._on_dead is not None:
+            self._on_dead()
 
     @property
     def max_attempts(self) -> int:
@@ -706,7 +718,7 @@ class MessageRepository:
             ).all()
             for row in sorted(rows, key=lambda row: row.sequence):
                 if row.state == State.DEAD:
-                    _log_dead(row.id, row.delivery_attempts, row.last_error)
+                    self._dead(row.id, row.delivery_attempts, row.last_error)
                 else:
                     deliveries.append(
                         Delivery(_to_stored(row, None, tx.now_ns), row.lease_token, expiry)
@@ -749,7 +761,7 @@ class MessageRepository:
         if isinstance(row, StoreError):
             return row
         if row.state == State.DEAD:
-            _log_dead(row.id, row.delivery_attempts, row.last_error)
+            self._dead(row.id, row.delivery_attempts, row.last_error)
         else:
             # Deliverable now or after its retry_after: either way other stores must know.
             tx.made_work = True
@@ -831,7 +843,7 @@ class MessageRepository:
         released = []
         for row in rows:
             if row.state == State.DEAD:
-                _log_dead(row.id, row.delivery_attempts, row.last_error)
+                self._dead(row.id, row.delivery_attempts, row.last_error)
             else:
                 tx.made_work = True
             released.append(ReleasedLease(row.id, State(row.state), row.delivery_attempts))
@@ -990,6 +1002,23 @@ class MessageRepository:
                     UNSETTLED, MESSAGES.c.visible_at_ns > self._now_ns()
                 )
             )
+
+    async def sample_states(self) -> tuple[dict[str, int], int | None]:
+        """(messages by state, receive time of the oldest PENDING or None), for the metrics'
+        sampler: a count over the state index, and the oldest PENDING from the partial index of
+        unsettled rows, which holds only the backlog however many rows are PROCESSED."""
+        async with self._database.connect() as connection:
+            rows = await connection.execute(
+                select(MESSAGES.c.state, func.count()).group_by(MESSAGES.c.state)
+            )
+            counts = {State(state).value: int(count) for state, count in rows.all()}
+            oldest = await connection.scalar(
+                select(MESSAGES.c.receive_time_ns)
+                .where(UNSETTLED, MESSAGES.c.state == State.PENDING)
+                .order_by(MESSAGES.c.sequence)
+                .limit(1)
+            )
+        return counts, oldest
 
     async def release_all_leases(self) -> int:
         """Returns every lease to PENDING: for a store starting on a database only it uses."""

@@ -18,6 +18,7 @@ import grpc
 from grpc_health.v1._async import HealthServicer
 
 from ackbot.common.auth import AuthInterceptor
+from ackbot.common.metrics import MetricsInterceptor, MetricsServer
 from ackbot.common.serving import (
     add_health_and_reflection,
     bind,
@@ -31,6 +32,7 @@ from ackbot.store.database import Database
 from ackbot.store.errors import CannotOpenDatabase, DeclaredDead, StoreError
 from ackbot.store.listener import WorkListener
 from ackbot.store.manager import MessageManager
+from ackbot.store.metrics import StateSampler, StoreMetrics
 from ackbot.store.ownership import FileOwnership, claim_database
 from ackbot.store.registry import StoreRegistry
 from ackbot.store.repository import MessageRepository
@@ -43,10 +45,17 @@ def _server_options(config: StoreConfig) -> list[tuple[str, int]]:
     return [
         # gRPC itself rejects larger requests with RESOURCE_EXHAUSTED before they are decoded.
         ("grpc.max_receive_message_length", config.limits.max_request_bytes),
-        # Pings find a bot whose network vanished without a FIN, so its stream ends and its
-        # leases are released long before they would expire.
+        # Pings find a bot whose network vanished without a FIN, or that hangs (SIGSTOP: its
+        # kernel still ACKs, only the ping goes unanswered), so its stream ends and its leases
+        # are released ~30 s later instead of at lease expiry.
         ("grpc.keepalive_time_ms", 20_000),
         ("grpc.keepalive_timeout_ms", 10_000),
+        # Measured: without it an unanswered keepalive ping is given gRPC core's ping timeout
+        # (60 s), not keepalive_timeout_ms, and a hung bot kept its stream ~80 s (20 + 60).
+        ("grpc.http2.ping_timeout_ms", 10_000),
+        # By default a server sends only 2 pings while it sends no data: a stream idle for
+        # a minute (no work) would then stop being checked at all.
+        ("grpc.http2.max_pings_without_data", 0),
         ("grpc.http2.min_ping_interval_without_data_ms", 5_000),
         ("grpc.keepalive_permit_without_calls", 1),
     ]
@@ -69,6 +78,8 @@ class StoreServer:
         self._ownership: FileOwnership | None = None
         self._started = False
         self._registry: StoreRegistry | None = None
+        self._sampler: StateSampler | None = None
+        self._metrics_server: MetricsServer | None = None
         self._stopped = asyncio.Event()
         self._stopping = False
         self._self_stop: asyncio.Task[None] | None = None
@@ -104,7 +115,11 @@ class StoreServer:
             raise CannotOpenDatabase(f"cannot open the database {config.db_url}: {why}") from exc
         # The port next, still before the database: a store that cannot listen must not
         # upgrade the schema or hand out leases either. It serves only from server.start().
-        interceptors = [AuthInterceptor(authenticator)] if authenticator.enabled else []
+        metrics = StoreMetrics()
+        # Metrics outermost: a call the auth interceptor refuses is counted with its code.
+        interceptors: list[grpc.aio.ServerInterceptor] = [MetricsInterceptor(metrics.grpc)]
+        if authenticator.enabled:
+            interceptors.append(AuthInterceptor(authenticator))
         self._server = server = create_server(_server_options(config), interceptors)
         address = bind(server, config.listen, credentials)
         database = Database.from_url(
@@ -118,7 +133,10 @@ class StoreServer:
         # Before the schema: a database that cannot be opened is one line naming it and why.
         await database.check_open()
         self._repository = repository = MessageRepository(
-            database, max_attempts=config.max_attempts
+            database,
+            max_attempts=config.max_attempts,
+            on_commit=metrics.group_commit_batch.observe,
+            on_dead=metrics.dead.inc,
         )
         await repository.create_schema()
         if database.single_owner:
@@ -127,7 +145,12 @@ class StoreServer:
             released = await repository.release_all_leases()
             if released:
                 log.info("released %d leases left by a previous run", released)
-        self._manager = manager = MessageManager(repository)
+        self._manager = manager = MessageManager(repository, metrics=metrics)
+        if config.metrics_listen is not None:
+            self._sampler = StateSampler(metrics, repository.sample_states)
+            self._sampler.start()
+            self._metrics_server = MetricsServer(metrics.registry, config.metrics_listen)
+            self._metrics_server.start()
 
         add_to_server(MessageStoreServicer(manager, config), server)
         self._health = health = await add_health_and_reflection(server, [SERVICE_NAME])
@@ -191,6 +214,10 @@ class StoreServer:
                 await self._manager.close_streams(handler_wait_seconds=0)
             if self._registry is not None:
                 await self._registry.stop()
+            if self._sampler is not None:
+                await self._sampler.stop()
+            if self._metrics_server is not None:
+                self._metrics_server.stop()
             if self._repository is not None:
                 await self._repository.dispose()
             if self._started:

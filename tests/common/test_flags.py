@@ -28,6 +28,13 @@ STORE = {
         "postgresql+asyncpg://u@h/db",
     ),
     "log_level": ("--log-level", "ACKBOT_STORE_LOG_LEVEL", "warning", "WARNING"),
+    "log_format": ("--log-format", "ACKBOT_STORE_LOG_FORMAT", "JSON", "json"),
+    "metrics_listen": (
+        "--metrics-listen",
+        "ACKBOT_STORE_METRICS_LISTEN",
+        "0.0.0.0:9464",
+        "0.0.0.0:9464",
+    ),
     "max_attempts": ("--max-attempts", "ACKBOT_STORE_MAX_ATTEMPTS", "9", 9),
     "default_lease_seconds": (
         "--default-lease-seconds",
@@ -90,6 +97,8 @@ BOT = {
     "max_in_flight": ("--max-in-flight", "ACKBOT_BOT_MAX_IN_FLIGHT", "3", 3),
     "lease_seconds": ("--lease-seconds", "ACKBOT_BOT_LEASE_SECONDS", "30", 30.0),
     "log_level": ("--log-level", "ACKBOT_BOT_LOG_LEVEL", "error", "ERROR"),
+    "log_format": ("--log-format", "ACKBOT_BOT_LOG_FORMAT", "json", "json"),
+    "metrics_listen": ("--metrics-listen", "ACKBOT_BOT_METRICS_LISTEN", "[::1]:0", "[::1]:0"),
     "grace_seconds": ("--grace-seconds", "ACKBOT_BOT_GRACE_SECONDS", "2", 2.0),
     "retry_base_seconds": ("--retry-base-seconds", "ACKBOT_BOT_RETRY_BASE_SECONDS", "4", 4.0),
     "responder": ("--responder", "ACKBOT_BOT_RESPONDER", "pkg.mod:make", "pkg.mod:make"),

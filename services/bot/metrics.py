@@ -1,0 +1,63 @@
+"""The bot's Prometheus metrics, beside the gRPC ones of its health server
+(ackbot.common.metrics): what became of each delivery, and how long the responder took."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Histogram
+
+from ackbot.common.metrics import GrpcServerMetrics
+
+# What became of a delivery (ackbot_bot_replies_total{outcome}).
+ANSWERED = "answered"  # a reply stored
+SILENT = "silent"  # the responder returned None: processed without a reply
+EMPTY = "empty"  # the responder returned "": processed without a reply
+DUPLICATE = "duplicate"  # another reply had already been stored
+RATE_LIMITED = "rate_limited"  # the backend was busy: handed back, attempt not counted
+FAILED = "failed"  # the responder failed or the store refused the reply: released to retry
+LEASE_LOST = "lease_lost"  # the lease was gone before the reply: abandoned
+GONE = "gone"  # the message no longer exists
+OUTCOMES = (ANSWERED, SILENT, EMPTY, DUPLICATE, RATE_LIMITED, FAILED, LEASE_LOST, GONE)
+
+# Why a delivery failed (ackbot_bot_failures_total{kind}).
+RESPONDER_ERROR = "responder_error"
+RESPONDER_CANCELLED = "responder_cancelled"
+STORE_REJECTED = "store_rejected"
+MARK_FAILED = "mark_failed"
+FAILURE_KINDS = (RESPONDER_ERROR, RESPONDER_CANCELLED, STORE_REJECTED, MARK_FAILED, LEASE_LOST)
+
+# From a canned persona (milliseconds) to a local LLM on a CPU (a minute or more).
+_RESPONDER_BUCKETS = (0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
+
+
+class BotMetrics:
+    """Everything a bot exports, in one registry of its own."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry = registry or CollectorRegistry()
+        self.grpc = GrpcServerMetrics(registry)
+        self.replies = Counter(
+            "ackbot_bot_replies",
+            "deliveries by what became of them",
+            ("outcome",),
+            registry=registry,
+        )
+        self.responder_seconds = Histogram(
+            "ackbot_bot_responder_seconds",
+            "time the responder took for one message (successful or not)",
+            buckets=_RESPONDER_BUCKETS,
+            registry=registry,
+        )
+        self.failures = Counter(
+            "ackbot_bot_failures", "failed deliveries by kind", ("kind",), registry=registry
+        )
+        # Every label exists from the start, so a rate() over it has a zero to start from.
+        for outcome in OUTCOMES:
+            self.replies.labels(outcome)
+        for kind in FAILURE_KINDS:
+            self.failures.labels(kind)
+
+    def reply(self, outcome: str) -> None:
+        self.replies.labels(outcome).inc()
+
+    def failure(self, kind: str) -> None:
+        self.failures.labels(kind).inc()

@@ -1,0 +1,187 @@
+"""Prometheus metrics, scraped over HTTP from a real store and a real bot started with
+--metrics-listen 127.0.0.1:0, and checked against what the test did."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import socket
+import subprocess
+import sys
+import urllib.request
+
+import grpc
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from ackbot.testing import RPC_TIMEOUT, Service, child_env, responders, wait_until
+from ackbot.v1 import message_store_pb2 as pb
+
+from .harness import create
+
+METRICS_ON = re.compile(r"metrics on (\S+):(\d+)")
+METRICS = ["--metrics-listen", "127.0.0.1:0"]
+SERVICE = "ackbot.v1.MessageStore"
+# The store samples its state gauges every 5 s; a little more for a slow machine.
+SAMPLED_WITHIN = 20.0
+
+Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
+
+
+def metrics_address(service: Service) -> str:
+    match = METRICS_ON.search(service.log_text())
+    assert match is not None, service.describe()
+    return f"{match.group(1)}:{match.group(2)}"
+
+
+def scrape_sync(address: str) -> Samples:
+    with urllib.request.urlopen(f"http://{address}/metrics", timeout=RPC_TIMEOUT) as response:
+        text = response.read().decode()
+    samples: Samples = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            samples[(sample.name, frozenset(sample.labels.items()))] = sample.value
+    return samples
+
+
+async def scrape(service: Service) -> Samples:
+    return await asyncio.to_thread(scrape_sync, metrics_address(service))
+
+
+def value(samples: Samples, name: str, **labels: str) -> float:
+    return samples.get((name, frozenset(labels.items())), 0.0)
+
+
+def handled(samples: Samples, method: str, code: str, kind: str = "unary") -> float:
+    return value(
+        samples,
+        "grpc_server_handled_total",
+        grpc_type=kind,
+        grpc_service=SERVICE,
+        grpc_method=method,
+        grpc_code=code,
+    )
+
+
+@pytest.fixture
+def store(start_store) -> Service:
+    return start_store(args=METRICS)
+
+
+async def test_store_counts_calls_by_method_and_code(store, stub):
+    for number in range(3):
+        await create(stub, f"hello {number}")
+    with pytest.raises(grpc.aio.AioRpcError) as bad:
+        await stub.CreateMessage(
+            pb.CreateMessageRequest(message=pb.Message(author="", text="")), timeout=RPC_TIMEOUT
+        )
+    assert bad.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    with pytest.raises(grpc.aio.AioRpcError) as missing:
+        await stub.GetMessage(pb.GetMessageRequest(id="no-such"), timeout=RPC_TIMEOUT)
+    assert missing.value.code() == grpc.StatusCode.NOT_FOUND
+
+    samples = await scrape(store)
+    labels = {"grpc_type": "unary", "grpc_service": SERVICE, "grpc_method": "CreateMessage"}
+    assert handled(samples, "CreateMessage", "OK") == 3
+    assert handled(samples, "CreateMessage", "INVALID_ARGUMENT") == 1
+    assert handled(samples, "GetMessage", "NOT_FOUND") == 1
+    assert value(samples, "grpc_server_started_total", **labels) == 4
+    assert value(samples, "grpc_server_msg_received_total", **labels) == 4
+    assert value(samples, "grpc_server_msg_sent_total", **labels) == 3
+    assert value(samples, "grpc_server_handling_seconds_count", **labels) == 4
+    # Three creates in a row from one client: each a transaction of its own, or shared.
+    assert 1 <= value(samples, "ackbot_group_commit_batch_size_count") <= 3
+    assert value(samples, "ackbot_group_commit_batch_size_sum") == 3
+
+    async def pending_sampled() -> Samples | None:
+        current = await scrape(store)
+        return current if value(current, "ackbot_messages", state="PENDING") == 3 else None
+
+    sampled = await wait_until(pending_sampled, SAMPLED_WITHIN, what="3 PENDING sampled")
+    assert value(sampled, "ackbot_oldest_pending_age_seconds") > 0
+
+
+async def test_a_bot_answering_two_messages_shows_in_both(store, stub, start_bot):
+    bot = await start_bot(args=METRICS)
+    for number in range(2):
+        await create(stub, f"question {number}")
+
+    async def store_settled() -> Samples | None:
+        current = await scrape(store)
+        return current if value(current, "ackbot_messages", state="PROCESSED") == 4 else None
+
+    # 2 originals + 2 replies, once the sampler has seen them.
+    samples = await wait_until(store_settled, SAMPLED_WITHIN, what="4 PROCESSED sampled")
+    assert value(samples, "ackbot_deliveries_total") == 2
+    assert value(samples, "ackbot_redeliveries_total", cause="retry") == 0
+    assert value(samples, "ackbot_dead_total") == 0
+    assert value(samples, "ackbot_create_to_processed_seconds_count") == 2
+    assert value(samples, "ackbot_messages", state="PENDING") == 0
+    assert value(samples, "ackbot_oldest_pending_age_seconds") == 0
+    assert handled(samples, "MarkProcessed", "OK") == 2
+    # The stream is open: started, not yet handled; each delivery batch is one message sent.
+    stream = {"grpc_type": "server_stream", "grpc_service": SERVICE}
+    assert value(samples, "grpc_server_started_total", grpc_method="StreamUnprocessed", **stream)
+    assert (
+        value(samples, "grpc_server_msg_sent_total", grpc_method="StreamUnprocessed", **stream) >= 1
+    )
+
+    bot_samples = await scrape(bot)
+    assert value(bot_samples, "ackbot_bot_replies_total", outcome="answered") == 2
+    assert value(bot_samples, "ackbot_bot_replies_total", outcome="failed") == 0
+    assert value(bot_samples, "ackbot_bot_responder_seconds_count") == 2
+    assert value(bot_samples, "ackbot_bot_failures_total", kind="responder_error") == 0
+    # The bot's own server: the harness's health checks went through the interceptor.
+    assert value(
+        bot_samples,
+        "grpc_server_handled_total",
+        grpc_type="unary",
+        grpc_service="grpc.health.v1.Health",
+        grpc_method="Check",
+        grpc_code="OK",
+    )
+
+
+async def test_a_failing_responder_counts_failures(store, stub, start_bot):
+    bot = await start_bot(responder=responders.spec("always_fails"), args=METRICS)
+    await create(stub, "this one fails")
+
+    async def failed() -> Samples | None:
+        current = await scrape(bot)
+        kind = value(current, "ackbot_bot_failures_total", kind="responder_error")
+        return current if kind >= 1 else None
+
+    samples = await wait_until(failed, RPC_TIMEOUT, what="a responder failure counted")
+    assert value(samples, "ackbot_bot_replies_total", outcome="failed") >= 1
+    assert value(samples, "ackbot_bot_replies_total", outcome="answered") == 0
+
+
+def test_metrics_are_off_by_default(start_store):
+    plain = start_store(name="plain")
+    assert METRICS_ON.search(plain.log_text()) is None
+
+
+def test_a_metrics_address_in_use_stops_the_store_with_one_line(tmp_path):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "ackbot.store",
+                "--listen",
+                "127.0.0.1:0",
+                "--db",
+                f"sqlite+aiosqlite:///{tmp_path / 'in-use.db'}",
+                "--metrics-listen",
+                f"127.0.0.1:{port}",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            env=child_env(),
+        )
+    assert result.returncode == 1, result.stderr
+    assert f"cannot serve metrics on 127.0.0.1:{port}" in result.stderr
