@@ -224,7 +224,9 @@ class FaultScheduler:
 
     async def _watch_reap(self, killed_at: float, reaped_before: int) -> None:
         """Records when the survivors' logs say the killed store is dead. A log poll, not a
-        wait the fault depends on: the fault goes on (restart, next fault) meanwhile."""
+        wait the fault depends on: the fault goes on (restart, next fault) meanwhile. It counts
+        "is dead" lines, not whose: should a reap outlast the next store kill (kills are seconds
+        apart, reaps take about one), that kill's reap could end this watch, understating it."""
         deadline = killed_at + REAP_WATCH_SECONDS
         while time.monotonic() < deadline:
             reaped = sum(text.count(REAPED_LINE) for text in self._cluster.store_logs())

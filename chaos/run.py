@@ -334,12 +334,8 @@ def replay_command(outcome: Outcome) -> str:
     return (
         f"python -m chaos.run --profile {outcome.profile} --seed {outcome.seed} "
         f"--messages {outcome.messages}"
-        # The server's URL is left out: it may carry a password; the run reads the variable.
-        + (
-            f" (with {POSTGRES_URL_ENV} or --db-url set)"
-            if outcome.profile.startswith("pg-")
-            else ""
-        )
+        # The server's URL may carry a password: the command names the variable instead.
+        + (f' --db-url "${POSTGRES_URL_ENV}"' if outcome.profile.startswith("pg-") else "")
     )
 
 
