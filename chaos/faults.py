@@ -6,7 +6,13 @@ or stall also loses the answers of creates that did commit: that is the case a c
 must survive (a store kill alone only loses answers when it lands mid-call). Their own proxy,
 not the bots', so a fault can hit either side on its own.
 
-The store always comes back on the same port and database file, so bots and producers reconnect
+On PostgreSQL (`db_url`) there are several stores on one database, each with its own pair of
+proxies: the first bots stream from one store each and the last from all of them in failover
+order, and the producers are spread over the stores, so work created through one store is
+delivered by another (woken by NOTIFY), and a killed store's leases must come back through the
+survivors' reaper.
+
+A store always comes back on the same port (and database), so bots and producers reconnect
 to it without being told anything. Faults run one after another: each one, including a restart
 and the wait for the restarted service to be ready, is over before the next starts, so the run
 never ends with a service left down.
@@ -18,9 +24,12 @@ import asyncio
 import logging
 import random
 import socket
+import time
 from collections import Counter
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 from ackbot.testing import Service, bot_service, store_service
 
@@ -29,6 +38,13 @@ from .proxy import TcpProxy
 log = logging.getLogger(__name__)
 
 PERSONAS = ("chaos-a", "chaos-b", "chaos-c")
+# What a store logs when it finds another one dead and hands back its leases (registry.py).
+REAPED_LINE = ") is dead: "
+# How long after a store's SIGKILL the run waits to see it declared dead: far beyond the 5 s
+# target, so a slow reap is measured, not cut off.
+REAP_WATCH_SECONDS = 30.0
+
+T = TypeVar("T")
 
 
 def free_port() -> int:
@@ -45,44 +61,76 @@ class ClusterSettings:
     max_in_flight: int
     lease_seconds: float
     max_attempts: int
+    # More than one only on PostgreSQL, where stores can share a database.
+    stores: int = 1
 
 
 class Cluster:
-    def __init__(self, workdir: Path, settings: ClusterSettings) -> None:
+    def __init__(self, workdir: Path, settings: ClusterSettings, db_url: str | None = None) -> None:
+        if settings.stores > 1 and db_url is None:
+            raise ValueError("several stores need a shared PostgreSQL database (db_url)")
         self.db_path = workdir / "chaos.db"
-        self.store_port = free_port()
-        self.store = store_service(
-            workdir,
-            db_path=self.db_path,
-            name="store",
-            args=[
-                "--listen",
-                f"127.0.0.1:{self.store_port}",
-                "--max-attempts",
-                str(settings.max_attempts),
-            ],
-        )
-        self.bots_proxy = TcpProxy("127.0.0.1", self.store_port)
-        self.producers_proxy = TcpProxy("127.0.0.1", self.store_port)
+        self.db_url = db_url
         self._workdir = workdir
         self._settings = settings
+        ports = [free_port() for _ in range(settings.stores)]
+        self.stores = [self._store(index, port) for index, port in enumerate(ports)]
+        self.bots_proxies = [TcpProxy("127.0.0.1", port) for port in ports]
+        self.producers_proxies = [TcpProxy("127.0.0.1", port) for port in ports]
         self.bots: list[Service] = []
+
+    def _store(self, index: int, port: int) -> Service:
+        args = ["--listen", f"127.0.0.1:{port}", "--max-attempts", str(self._settings.max_attempts)]
+        if self.db_url is not None:
+            args += ["--db", self.db_url]
+        # One store keeps its historical name (and log file), so the SQLite runs look as before.
+        name = "store" if self._settings.stores == 1 else f"store-{'abcdefgh'[index]}"
+        return store_service(self._workdir, db_path=self.db_path, name=name, args=args)
+
+    @property
+    def store(self) -> Service:
+        """The store the run lists and drains through (any would do: they share a database)."""
+        return self.stores[0]
+
+    @property
+    def bots_proxy(self) -> TcpProxy:
+        return self.bots_proxies[0]
+
+    @property
+    def producers_proxy(self) -> TcpProxy:
+        return self.producers_proxies[0]
 
     @property
     def services(self) -> list[Service]:
-        return [self.store, *self.bots]
+        return [*self.stores, *self.bots]
+
+    def store_logs(self) -> list[str]:
+        return [store.log_text() for store in self.stores]
 
     async def start(self) -> None:
-        await self.store.astart()
-        await self.bots_proxy.start()
-        await self.producers_proxy.start()
-        self.bots = [self._bot(persona) for persona in PERSONAS]
+        # One after another: stores starting at once on a new database would race to create
+        # its tables (the migrations handle it, but that is another test's subject).
+        for store in self.stores:
+            await store.astart()
+        for proxy in [*self.bots_proxies, *self.producers_proxies]:
+            await proxy.start()
+        self.bots = [self._bot(index, persona) for index, persona in enumerate(PERSONAS)]
         await asyncio.gather(*(bot.astart() for bot in self.bots))
 
-    def _bot(self, persona: str) -> Service:
+    def bot_stores(self, index: int) -> list[str]:
+        """The proxies bot `index` streams through: its own store's while there are more stores
+        than bots before it, else every store in failover order (bot3 `--store A,B`)."""
+        proxies = self.bots_proxies
+        if index < len(proxies) and len(proxies) > 1:
+            return [proxies[index].address]
+        if len(proxies) == 1:
+            return [proxies[0].address]
+        return [proxy.address for proxy in proxies]
+
+    def _bot(self, index: int, persona: str) -> Service:
         return bot_service(
             self._workdir,
-            self.bots_proxy.address,
+            self.bot_stores(index),
             persona=persona,
             max_in_flight=self._settings.max_in_flight,
             lease_seconds=self._settings.lease_seconds,
@@ -114,9 +162,10 @@ class Cluster:
     async def stop(self) -> None:
         """Graceful: the bots first, so they can still settle and hand back their work."""
         await asyncio.gather(*(bot.aterminate() for bot in self.bots))
-        await self.store.aterminate()
-        await self.bots_proxy.close()
-        await self.producers_proxy.close()
+        for store in self.stores:
+            await store.aterminate()
+        for proxy in [*self.bots_proxies, *self.producers_proxies]:
+            await proxy.close()
 
     def cleanup(self) -> None:
         """Whatever happened, no process outlives the run."""
@@ -150,18 +199,46 @@ class FaultScheduler:
         rng: random.Random,
         pause_seconds: tuple[float, float],
         stall_seconds: tuple[float, float],
+        weights: Mapping[str, int] = FAULT_WEIGHTS,
     ) -> None:
         self._cluster = cluster
+        self._weights = dict(weights)
         self._rng = rng
         self._pause = pause_seconds
         self._stall = stall_seconds
         self.counts: Counter[str] = Counter()
         self.cut_connections = 0
         self.timeline: list[str] = []
+        # Several stores: seconds from a store's SIGKILL to another store declaring it dead
+        # (and handing back its leases), one figure per kill; None where none was seen.
+        self.reap_seconds: list[float | None] = []
+        self._watches: list[asyncio.Task[None]] = []
+
+    def _pick(self, items: Sequence[T]) -> T:
+        # No draw with one choice, so the single-store runs replay the seeds they always did.
+        return items[0] if len(items) == 1 else self._rng.choice(items)
+
+    async def finish_watches(self) -> None:
+        """Waits for the last kills' reap watches (each ends by its own deadline)."""
+        await asyncio.gather(*self._watches)
+
+    async def _watch_reap(self, killed_at: float, reaped_before: int) -> None:
+        """Records when the survivors' logs say the killed store is dead. A log poll, not a
+        wait the fault depends on: the fault goes on (restart, next fault) meanwhile. It counts
+        "is dead" lines, not whose: should a reap outlast the next store kill (kills are seconds
+        apart, reaps take about one), that kill's reap could end this watch, understating it."""
+        deadline = killed_at + REAP_WATCH_SECONDS
+        while time.monotonic() < deadline:
+            reaped = sum(text.count(REAPED_LINE) for text in self._cluster.store_logs())
+            if reaped > reaped_before:
+                self.reap_seconds.append(round(time.monotonic() - killed_at, 2))
+                return
+            await asyncio.sleep(0.05)  # poll
+        self.reap_seconds.append(None)
 
     async def run(self, stop: asyncio.Event, started: float) -> None:
         loop = asyncio.get_running_loop()
-        names, weights = zip(*FAULT_WEIGHTS.items(), strict=True)
+        names, weights = zip(*self._weights.items(), strict=True)
         while True:
             try:
                 await asyncio.wait_for(stop.wait(), self._rng.uniform(*self._pause))
@@ -179,11 +256,18 @@ class FaultScheduler:
     async def _inject(self, name: str) -> str:
         cluster, rng = self._cluster, self._rng
         if name == "kill-store":
+            store = self._pick(cluster.stores)
             down = rng.uniform(0.1, 2.0)
-            await cluster.store.akill()
+            reaped_before = sum(text.count(REAPED_LINE) for text in cluster.store_logs())
+            await store.akill()
+            if len(cluster.stores) > 1:
+                watch = self._watch_reap(time.monotonic(), reaped_before)
+                self._watches.append(asyncio.create_task(watch))
             await asyncio.sleep(down)  # seeded downtime
-            await cluster.store.astart()
-            return f"SIGKILL, down {down:.2f}s, restarted on the same file and port"
+            await store.astart()
+            where = "file" if cluster.db_url is None else "database"
+            named = "" if len(cluster.stores) == 1 else f"{store.name} "
+            return f"{named}SIGKILL, down {down:.2f}s, restarted on the same {where} and port"
         if name in ("kill-bot", "stop-bot"):
             bot = rng.choice(cluster.bots)
             down = rng.uniform(0.0, 2.0)
@@ -196,20 +280,28 @@ class FaultScheduler:
             signal = "SIGKILL" if name == "kill-bot" else "SIGTERM"
             return f"{bot.name} {signal}, down {down:.2f}s, restarted"
         if name.startswith("cut-"):
-            proxy = cluster.bots_proxy if name == "cut-bots" else cluster.producers_proxy
-            cut = proxy.cut()
+            proxies = cluster.bots_proxies if name == "cut-bots" else cluster.producers_proxies
+            index = self._pick(range(len(proxies)))
+            cut = proxies[index].cut()
             self.cut_connections += cut
-            return f"{cut} connections reset"
+            return f"{cut} connections reset{self._which(index)}"
         seconds = rng.uniform(*self._stall)
         if name == "stall-one-bot":
             # One bot partitioned while the others work on: its leases expire, the others take
             # its messages, and its late replies must be refused as duplicates.
-            stalled = await cluster.bots_proxy.stall_one(seconds, rng)
+            index = self._pick(range(len(cluster.bots_proxies)))
+            stalled = await cluster.bots_proxies[index].stall_one(seconds, rng)
             return (
                 f"one of the bots' connections {seconds:.2f}s without forwarding"
+                f"{self._which(index)}"
                 if stalled
                 else "no connection open"
             )
-        proxy = cluster.bots_proxy if name == "stall-bots" else cluster.producers_proxy
-        await proxy.stall(seconds)
-        return f"{seconds:.2f}s without forwarding"
+        proxies = cluster.bots_proxies if name == "stall-bots" else cluster.producers_proxies
+        index = self._pick(range(len(proxies)))
+        await proxies[index].stall(seconds)
+        return f"{seconds:.2f}s without forwarding{self._which(index)}"
+
+    def _which(self, index: int) -> str:
+        stores = self._cluster.stores
+        return "" if len(stores) == 1 else f" (to {stores[index].name})"

@@ -1,8 +1,11 @@
-"""The chaos run: `python -m chaos.run --profile {ci,long} [--seed N] [--messages N] [--workdir D]`.
+"""The chaos run: `python -m chaos.run --profile {ci,long,pg-ci,pg-long} [--seed N] [--messages N]
+[--workdir D] [--db-url URL]`.
 
 Producers create the seeded plan of messages while three bots answer them and the fault
 scheduler kills, restarts, cuts and stalls. Then the faults stop, the bots drain, and the
 store's whole contents are checked against what the producers were told (chaos/check.py).
+The pg-* profiles run two stores on a fresh PostgreSQL database of their own (on the server
+--db-url or ACKBOT_TEST_POSTGRES_URL names), dropped after the run.
 Prints a one-screen summary, writes it to WORKDIR/summary.json, and exits 1 on any violation
 (2 when the run itself could not be carried out), naming the seed that replays it.
 """
@@ -13,7 +16,10 @@ import argparse
 import asyncio
 import json
 import logging
+import os
 import random
+import re
+import statistics
 import sys
 import tempfile
 import traceback
@@ -29,7 +35,8 @@ from ackbot.v1 import message_store_pb2 as pb
 from ackbot.v1 import message_store_pb2_grpc as pb_grpc
 
 from .check import CHECKS, Verdict, check
-from .faults import PERSONAS, Cluster, ClusterSettings, FaultScheduler
+from .faults import FAULT_WEIGHTS, PERSONAS, Cluster, ClusterSettings, FaultScheduler
+from .postgres import POSTGRES_URL_ENV, fresh_database
 from .workload import CreateLedger, Producers, make_plan
 
 log = logging.getLogger("chaos")
@@ -67,6 +74,9 @@ class Profile:
             max_attempts=10,
         )
     )
+    # Runs on a fresh PostgreSQL database (cluster.stores may then be more than one).
+    postgres: bool = False
+    fault_weights: dict[str, int] = field(default_factory=lambda: dict(FAULT_WEIGHTS))
 
 
 # Sized for a 2-core CI machine: under 2 minutes from start to verdict.
@@ -93,6 +103,28 @@ PROFILES = {
         drain_seconds=300,
     ),
 }
+# Two stores on one PostgreSQL database, the same bots, faults and checks as `ci`, and what
+# several stores add: a store killed while it holds leases must have them handed back by the
+# reaper (so store kills are more frequent, and more replies are slow enough to be in flight
+# at a kill), and work created through one store is delivered through the other.
+_PG_CI = replace(
+    _CI,
+    name="pg-ci",
+    slow_fraction=0.03,
+    cluster=replace(_CI.cluster, stores=2),
+    postgres=True,
+    fault_weights={**FAULT_WEIGHTS, "kill-store": 5},
+)
+PROFILES["pg-ci"] = _PG_CI
+# The same rate of messages and faults, for 25 minutes.
+PROFILES["pg-long"] = replace(
+    _PG_CI,
+    name="pg-long",
+    messages=50_000,
+    producers=16,
+    produce_seconds=1_875,
+    drain_seconds=300,
+)
 
 
 @dataclass
@@ -172,7 +204,18 @@ def count_log_lines(services_logs: Sequence[str], needle: str) -> int:
     return sum(text.count(needle) for text in services_logs)
 
 
-async def run(profile: Profile, seed: int, workdir: Path) -> Outcome:
+async def run(profile: Profile, seed: int, workdir: Path, server_url: str | None = None) -> Outcome:
+    """The run; a postgres profile gets a database of its own on `server_url`'s server."""
+    if not profile.postgres:
+        return await _run(profile, seed, workdir, None)
+    if server_url is None:
+        raise ValueError(f"profile {profile.name} needs a PostgreSQL server URL")
+    async with fresh_database(server_url) as db_url:
+        log.info("running on a fresh database %s", db_url.rsplit("/", 1)[-1])
+        return await _run(profile, seed, workdir, db_url)
+
+
+async def _run(profile: Profile, seed: int, workdir: Path, db_url: str | None) -> Outcome:
     outcome = Outcome(
         seed=seed,
         profile=profile.name,
@@ -188,7 +231,7 @@ async def run(profile: Profile, seed: int, workdir: Path) -> Outcome:
         profile.fail_fraction,
         profile.slow_fraction,
     )
-    cluster = Cluster(workdir, profile.cluster)
+    cluster = Cluster(workdir, profile.cluster, db_url)
     loop = asyncio.get_running_loop()
     started = loop.time()
     try:
@@ -199,11 +242,12 @@ async def run(profile: Profile, seed: int, workdir: Path) -> Outcome:
             random.Random(f"{seed}:faults"),
             profile.fault_pause_seconds,
             profile.stall_seconds,
+            profile.fault_weights,
         )
         stop_faults = asyncio.Event()
         faults = asyncio.create_task(scheduler.run(stop_faults, started))
         producers = Producers(
-            cluster.producers_proxy.address,
+            [proxy.address for proxy in cluster.producers_proxies],
             plan,
             profile.producers,
             give_up_after=profile.produce_seconds + profile.drain_seconds,
@@ -218,6 +262,7 @@ async def run(profile: Profile, seed: int, workdir: Path) -> Outcome:
             progress.cancel()
             stop_faults.set()
             await faults
+            await scheduler.finish_watches()
         outcome.seconds["produce"] = round(loop.time() - producing, 1)
 
         exited = await cluster.revive()
@@ -239,7 +284,7 @@ async def run(profile: Profile, seed: int, workdir: Path) -> Outcome:
 def _fill(outcome: Outcome, verdict: Verdict, scheduler: FaultScheduler, cluster: Cluster) -> None:
     outcome.faults = dict(sorted(scheduler.counts.items()))
     outcome.faults["connections-reset"] = scheduler.cut_connections
-    store_log = [cluster.store.log_text()]
+    store_log = cluster.store_logs()
     bot_logs = [bot.log_text() for bot in cluster.bots]
     outcome.figures = {
         **verdict.figures,
@@ -249,14 +294,48 @@ def _fill(outcome: Outcome, verdict: Verdict, scheduler: FaultScheduler, cluster
         "replies_abandoned_lease_lost": count_log_lines(bot_logs, "abandoning the reply"),
         "store_unexpected_errors": count_log_lines(store_log, "unexpected error"),
     }
+    if len(cluster.stores) > 1:
+        outcome.figures.update(_store_figures(store_log, scheduler))
     outcome.checks = {name: verdict.count(name) for name in CHECKS}
     outcome.violations = [f"{v.check}: {v.detail}" for v in verdict.violations]
+
+
+_CREATED = re.compile(r"created message_id=(\S+)")
+_DELIVERED = re.compile(r"delivered message_id=(\S+)")
+
+
+def _store_figures(store_logs: Sequence[str], scheduler: FaultScheduler) -> dict[str, int]:
+    """What only several stores show: deliveries across stores (each woken by a notification
+    or the fallback poll) and the reaper's work after each store kill."""
+    created_on = {
+        message_id: index
+        for index, text in enumerate(store_logs)
+        for message_id in _CREATED.findall(text)
+    }
+    across = {
+        message_id
+        for index, text in enumerate(store_logs)
+        for message_id in _DELIVERED.findall(text)
+        if created_on.get(message_id, index) != index
+    }
+    seen = [seconds for seconds in scheduler.reap_seconds if seconds is not None]
+    return {
+        "delivered_on_another_store": len(across),
+        "stores_declared_dead": count_log_lines(store_logs, ") is dead: "),
+        "leases_released_by_reaper": count_log_lines(store_logs, "lease of a dead store released"),
+        "store_kills_not_reaped": len(scheduler.reap_seconds) - len(seen),
+        # Milliseconds, so that figures stay integers: kill to "is dead", median and worst.
+        "reap_ms_median": round(1000 * statistics.median(seen)) if seen else 0,
+        "reap_ms_max": round(1000 * max(seen)) if seen else 0,
+    }
 
 
 def replay_command(outcome: Outcome) -> str:
     return (
         f"python -m chaos.run --profile {outcome.profile} --seed {outcome.seed} "
         f"--messages {outcome.messages}"
+        # The server's URL may carry a password: the command names the variable instead.
+        + (f' --db-url "${POSTGRES_URL_ENV}"' if outcome.profile.startswith("pg-") else "")
     )
 
 
@@ -292,14 +371,25 @@ def render(outcome: Outcome) -> str:
         f"at most {figures.get('max_delivery_attempts', 0)} deliveries), "
         f"{figures.get('duplicate_replies_prevented', 0)} duplicate replies prevented, "
         f"{figures.get('replies_abandoned_lease_lost', 0)} replies abandoned on a lost lease",
-        "checks:",
     ]
+    if "reap_ms_max" in figures:
+        lines.append(
+            f"stores: {figures['delivered_on_another_store']} messages delivered on another "
+            f"store than the one that created them; {figures['stores_declared_dead']} store "
+            f"deaths seen by the reaper, {figures['leases_released_by_reaper']} leases handed "
+            f"back, kill to reap median {figures['reap_ms_median'] / 1000:.2f}s, worst "
+            f"{figures['reap_ms_max'] / 1000:.2f}s, {figures['store_kills_not_reaped']} kills "
+            "never reaped"
+        )
+    lines.append("checks:")
     if not outcome.drained:
         lines.append(f"  FAIL  bots drained within the deadline (after {seconds['drain']:.0f}s)")
     for name, count in outcome.checks.items():
         lines.append(
             f"  {'ok  ' if count == 0 else 'FAIL'}  {name}" + (f": {count}" if count else "")
         )
+    if figures.get("store_kills_not_reaped"):
+        lines.append(f"  note: {figures['store_kills_not_reaped']} store kills were never reaped")
     if figures.get("store_unexpected_errors"):
         lines.append(
             f"  note: the store logged {figures['store_unexpected_errors']} unexpected errors"
@@ -334,6 +424,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, help="replays a run's faults and messages")
     parser.add_argument("--messages", type=int, help="overrides the profile's message count")
     parser.add_argument("--workdir", help="database, logs and summary.json (default: a temp dir)")
+    parser.add_argument(
+        "--db-url",
+        default=os.environ.get(POSTGRES_URL_ENV),
+        help=f"pg-* profiles: a PostgreSQL server's SQLAlchemy URL (default: ${POSTGRES_URL_ENV});"
+        " the run creates a database of its own there and drops it after",
+    )
     return parser.parse_args(argv)
 
 
@@ -349,6 +445,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         profile = replace(
             profile, messages=args.messages, produce_seconds=profile.produce_seconds * scale
         )
+    if profile.postgres and not args.db_url:
+        print(f"profile {profile.name} needs --db-url or {POSTGRES_URL_ENV}", file=sys.stderr)
+        return EXIT_BROKEN_RUN
     seed = args.seed if args.seed is not None else random.SystemRandom().randrange(1, 2**31)
     workdir = prepare_workdir(args.workdir, seed)
     logging.basicConfig(
@@ -357,7 +456,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     try:
-        outcome = asyncio.run(run(profile, seed, workdir))
+        outcome = asyncio.run(
+            run(profile, seed, workdir, args.db_url if profile.postgres else None)
+        )
     except Exception:
         log.exception("the chaos run broke")
         traceback.print_exc()

@@ -98,12 +98,17 @@ class CreateLedger:
 
 
 class Producers:
-    """`count` concurrent clients sharing the plan round-robin, on one channel each."""
+    """`count` concurrent clients sharing the plan round-robin, on one channel each; with several
+    targets (stores of one database), producer N creates through target N mod len(targets)."""
 
     def __init__(
-        self, target: str, plan: Sequence[PlannedMessage], count: int, give_up_after: float
+        self,
+        target: str | Sequence[str],
+        plan: Sequence[PlannedMessage],
+        count: int,
+        give_up_after: float,
     ) -> None:
-        self._target = target
+        self._targets = [target] if isinstance(target, str) else list(target)
         self._plan = plan
         self._count = count
         self._give_up_after = give_up_after
@@ -117,7 +122,7 @@ class Producers:
     async def _producer(self, number: int, started: float) -> None:
         # Created here, inside the running loop: a grpc.aio channel is bound to its loop. The
         # bot's channel settings, so producers reconnect to a restarted store as fast as bots.
-        async with open_channel(self._target) as channel:
+        async with open_channel(self._targets[number % len(self._targets)]) as channel:
             stub = pb_grpc.MessageStoreStub(channel)
             jitter = random.Random(number)  # timing only: what is created stays seeded
             for planned in self._plan[number :: self._count]:

@@ -2,6 +2,9 @@
 leases has those leases handed back by another store within seconds, not at lease expiry; so
 does a store that stalls (SIGSTOP), which stops by itself once it runs again and finds it was
 declared dead, as does a store whose registration is deleted; a store that stops deregisters.
+And a store killed mid-burst, while producers still create through both stores and three bots
+work on both: every message is answered once, none DEAD, the dead store's leases back within
+seconds (the figure is recorded).
 
 Real processes (ackbot.testing) on a database of the test's own; skipped, with the reason,
 without ACKBOT_TEST_POSTGRES_URL.
@@ -29,6 +32,7 @@ from tests.integration.harness import (
     wait_settled,
 )
 from tests.integration.postgres import asyncpg_dsn, fresh_database, requires_postgres
+from tests.integration.two_stores import BOT_STORES, Burst, start_bots, start_stores
 
 pytestmark = [pytest.mark.slow, pytest.mark.postgres, requires_postgres]
 
@@ -232,3 +236,85 @@ async def test_a_stalled_store_is_declared_dead_by_its_silence_and_stops_when_it
     assert re.search(rf"store={a_id} \(\S+\) is dead: no heartbeat for", store_b.log_text())
     check_answered_once(messages, ids, personas={"on-b"})
     assert {m.delivery_attempts for m in messages if not m.reply_to} == {2}
+
+
+BURST = 800
+# Each reply takes this long, so the bots on store A hold leases whenever it is killed.
+REPLY_SECONDS = 0.5
+
+
+async def test_a_store_killed_mid_burst_loses_nothing_and_its_leases_come_back_in_seconds(
+    postgres_url, run_service, tmp_path, record_property
+):
+    stores = await start_stores(run_service, tmp_path, postgres_url)
+    store_a, store_b = stores
+    # A lease far beyond the test: a lease of A's that comes back was handed back by the reaper.
+    await start_bots(
+        run_service,
+        tmp_path,
+        stores,
+        max_in_flight=8,
+        lease_seconds=LEASE_SECONDS,
+        responder=responders.spec("slow"),
+        env={responders.DELAY_ENV: str(REPLY_SECONDS)},
+    )
+    a_id = store_id(store_a)
+    async with (
+        grpc.aio.insecure_channel(store_a.address) as channel_a,
+        grpc.aio.insecure_channel(store_b.address) as channel_b,
+    ):
+        stub_b = pb_grpc.MessageStoreStub(channel_b)
+        burst = Burst([pb_grpc.MessageStoreStub(channel_a), stub_b], BURST, prefix="mid")
+        # About 16 s of creates at 8 clients; the kill lands in the middle.
+        producing = asyncio.create_task(burst.run(pace_seconds=0.15))
+
+        async def a_holds_leases_mid_burst() -> set[str] | None:
+            if burst.created < BURST // 3:
+                return None
+            rows = await fetch(
+                postgres_url,
+                "SELECT id FROM messages WHERE owner_store = $1 AND state = 'LEASED'",
+                a_id,
+            )
+            return {row["id"] for row in rows} or None
+
+        # Read just before the kill: some of these may settle in the milliseconds between.
+        held = await wait_until(a_holds_leases_mid_burst, within=60, what="a third created")
+        created_at_kill = burst.created
+        killed_at = time.monotonic()
+        assert await store_a.akill() == -9
+        assert not producing.done(), "the kill must land while producers still create"
+
+        async def a_owns_nothing() -> bool:
+            rows = await fetch(
+                postgres_url, "SELECT count(*) AS n FROM messages WHERE owner_store = $1", a_id
+            )
+            return rows[0]["n"] == 0
+
+        await wait_until(a_owns_nothing, within=30, interval=0.02, what="A's leases handed back")
+        recovery = time.monotonic() - killed_at
+        figure = (
+            f"store A SIGKILLed after {created_at_kill}/{BURST} creates holding {len(held)} "
+            f"leases; all handed back after {recovery:.2f} s"
+        )
+        print(f"\n{figure}")
+        record_property("dead_store_leases_back_seconds", round(recovery, 2))
+        assert recovery < RECOVERY_BOUND, figure
+
+        # A comes back on its address, so its own bot (on-a) has a store again.
+        await store_a.astart()
+        await producing
+        assert burst.created == BURST
+        await wait_settled(stub_b, expected_processed=2 * BURST, within=120)
+        messages = await list_all(stub_b)
+
+    check_answered_once(messages, burst.ids, personas=set(BOT_STORES))
+    assert not [m.id for m in messages if m.state == pb.MESSAGE_STATE_DEAD]
+    originals = {m.id: m for m in messages if not m.reply_to}
+    redelivered = sum(originals[i].delivery_attempts > 1 for i in burst.ids)
+    most = max(originals[i].delivery_attempts for i in burst.ids)
+    assert re.search(rf"store={a_id} \(\S+\) is dead: ", store_b.log_text() + store_a.log_text())
+    print(
+        f"creates retried on the other store: {burst.retries}; delivered more than once: "
+        f"{redelivered} (at most {most} times)"
+    )
