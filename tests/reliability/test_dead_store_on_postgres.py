@@ -42,7 +42,7 @@ HELD = 4
 LEASE_SECONDS = 600
 # The target is under 5 s after the kill; the assertion leaves room for a loaded CI box.
 RECOVERY_BOUND = 10.0
-STORE_ID = re.compile(r"store=([0-9a-f]+)\)")
+STORE_ID = re.compile(r"registered store=([0-9a-f]+)")
 
 
 @pytest.fixture
