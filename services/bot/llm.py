@@ -22,6 +22,7 @@ The message's text only ever goes in the user role; the instructions are the sys
 
 from __future__ import annotations
 
+import abc
 import email.utils
 import json
 import logging
@@ -230,7 +231,7 @@ def completion(content: str | None, reasoning: str | None, finish_reason: str | 
     )
 
 
-class _ChatResponder:
+class _ChatResponder(abc.ABC):
     """What both protocols share: the prompt, the empty-reply retry and the cut marker."""
 
     def __init__(self, settings: ChatSettings) -> None:
@@ -269,9 +270,9 @@ class _ChatResponder:
         )
         return answer.text.rstrip() + CUT_MARKER
 
+    @abc.abstractmethod
     async def _complete(self, message: IncomingMessage, *, thinking_off: bool) -> Completion:
         """One request: the system prompt, then the message's text as the user's turn."""
-        raise NotImplementedError
 
 
 class OpenAIChatResponder(_ChatResponder):
