@@ -72,7 +72,7 @@ async def test_a_hung_bots_messages_go_to_a_healthy_bot_and_its_late_replies_are
         during = []
         for number in range(CREATED_WHILE_HUNG):
             # Spread over the hang, so that lease expiries and new messages interleave.
-            await asyncio.sleep(HUNG_SECONDS / CREATED_WHILE_HUNG)
+            await asyncio.sleep(HUNG_SECONDS / CREATED_WHILE_HUNG)  # pacing
             during.append((await create(stub, f"while hung {number}", id=f"during-{number}")).id)
         ids = before + during
         if healthy_joins == "after-the-hang":

@@ -61,7 +61,7 @@ async def producer(stub, number: int, stop_at: float, stats: ProducerStats) -> N
     sequence = 0
     while next_at < stop_at:
         # Pacing a load generator to its schedule, not waiting for a condition.
-        await asyncio.sleep(max(0.0, next_at - time.monotonic()))
+        await asyncio.sleep(max(0.0, next_at - time.monotonic()))  # pacing
         message_id = f"soak-p{number:02d}-{sequence:07d}"
         message = pb.Message(id=message_id, author=f"producer-{number}", text=f"hi {message_id}")
         started = time.monotonic()
