@@ -127,9 +127,6 @@ class StoreServer:
             lock_timeout_seconds=config.lock_timeout_seconds,
             sqlite_synchronous=config.sqlite_synchronous,
         )
-        # Several stores may share the database: each lease records this store's id
-        # (repository.store_id), so that the others can hand its leases back if it dies.
-        shared = not database.single_owner
         # Before the schema: a database that cannot be opened is one line naming it and why.
         await database.check_open()
         self._repository = repository = MessageRepository(
@@ -154,7 +151,9 @@ class StoreServer:
 
         add_to_server(MessageStoreServicer(manager, config), server)
         self._health = health = await add_health_and_reflection(server, [SERVICE_NAME])
-        if shared:
+        # Several stores may share the database: each lease records this store's id
+        # (repository.store_id), so that the others can hand its leases back if it dies.
+        if repository.shared:
             # Registered before the first stream opens: every lease has a registered owner.
             self._registry = StoreRegistry(
                 database,
@@ -183,7 +182,7 @@ class StoreServer:
         if self._ownership is not None:
             self._ownership.announce(address)
         self._started = True
-        store = f", store={repository.store_id}" if shared else ""
+        store = f", store={repository.store_id}" if repository.shared else ""
         log.info(
             "listening on %s (database %s%s; %s; %s)",
             address,
