@@ -10,14 +10,10 @@ the bot streams from: those wake its stream, which claims what the other store t
 
 from __future__ import annotations
 
-import os
 import re
-import secrets
 
-import asyncpg
 import grpc
 import pytest
-from sqlalchemy.engine import make_url
 
 from ackbot.testing import Service, bot_service, wait_until
 from ackbot.v1 import message_store_pb2 as pb
@@ -25,16 +21,9 @@ from ackbot.v1 import message_store_pb2_grpc as pb_grpc
 
 from .gated_responder import GATE_ENV, GATED
 from .harness import check_answered_once, create_many, get, list_all, wait_settled
+from .postgres import fresh_database, requires_postgres
 
-POSTGRES_URL_ENV = "ACKBOT_TEST_POSTGRES_URL"
-
-pytestmark = [
-    pytest.mark.postgres,
-    pytest.mark.slow,
-    pytest.mark.skipif(
-        not os.environ.get(POSTGRES_URL_ENV), reason=f"{POSTGRES_URL_ENV} is not set"
-    ),
-]
+pytestmark = [pytest.mark.postgres, pytest.mark.slow, requires_postgres]
 
 BATCH = 12
 IN_FLIGHT = 4
@@ -49,16 +38,8 @@ STREAM_OPEN = re.compile(r"stream open to (\S+) as consumer")
 @pytest.fixture
 async def postgres_url():
     """A database of its own on the server named by ACKBOT_TEST_POSTGRES_URL, dropped after."""
-    base = make_url(os.environ[POSTGRES_URL_ENV])
-    name = f"ackbot_it_{secrets.token_hex(4)}"
-    admin_dsn = base.set(drivername="postgresql").render_as_string(hide_password=False)
-    admin = await asyncpg.connect(admin_dsn)
-    try:
-        await admin.execute(f'CREATE DATABASE "{name}"')
-        yield base.set(database=name).render_as_string(hide_password=False)
-        await admin.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
-    finally:
-        await admin.close()
+    async with fresh_database() as url:
+        yield url
 
 
 def stream_store(bot: Service) -> str | None:
