@@ -3,43 +3,23 @@ message answered exactly once. Runs when ACKBOT_TEST_POSTGRES_URL is set (CI set
 
 from __future__ import annotations
 
-import os
-import secrets
-
-import asyncpg
 import grpc
 import pytest
-from sqlalchemy.engine import make_url
 
 from ackbot.testing import bot_service
 from ackbot.v1 import message_store_pb2_grpc as pb_grpc
 
 from .harness import check_answered_once, create_many, list_all, wait_settled
+from .postgres import fresh_database, requires_postgres
 
-POSTGRES_URL_ENV = "ACKBOT_TEST_POSTGRES_URL"
-
-pytestmark = [
-    pytest.mark.postgres,
-    pytest.mark.slow,
-    pytest.mark.skipif(
-        not os.environ.get(POSTGRES_URL_ENV), reason=f"{POSTGRES_URL_ENV} is not set"
-    ),
-]
+pytestmark = [pytest.mark.postgres, pytest.mark.slow, requires_postgres]
 
 
 @pytest.fixture
 async def postgres_url():
     """A database of its own on the server named by ACKBOT_TEST_POSTGRES_URL, dropped after."""
-    base = make_url(os.environ[POSTGRES_URL_ENV])
-    name = f"ackbot_it_{secrets.token_hex(4)}"
-    admin_dsn = base.set(drivername="postgresql").render_as_string(hide_password=False)
-    admin = await asyncpg.connect(admin_dsn)
-    try:
-        await admin.execute(f'CREATE DATABASE "{name}"')
-        yield base.set(database=name).render_as_string(hide_password=False)
-        await admin.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
-    finally:
-        await admin.close()
+    async with fresh_database() as url:
+        yield url
 
 
 async def test_two_bots_on_a_postgresql_store_answer_every_message_once(
