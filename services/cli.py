@@ -12,7 +12,6 @@ a store; the commands below them are thin loops over the unary RPCs, on the sync
 from __future__ import annotations
 
 import argparse
-import importlib.metadata
 import json
 import os
 import sys
@@ -22,10 +21,11 @@ from datetime import UTC, datetime
 from typing import TextIO
 
 import grpc
+import shtab
 from google.protobuf import json_format, timestamp_pb2
 
 from ackbot.common.auth import read_token
-from ackbot.common.flags import MAX_WAIT_SECONDS, address, int_in, seconds_in
+from ackbot.common.flags import MAX_WAIT_SECONDS, address, int_in, seconds_in, version_line
 from ackbot.common.limits import MAX_PAGE_SIZE
 from ackbot.common.serving import client_credentials
 from ackbot.v1 import message_store_pb2 as pb
@@ -47,6 +47,7 @@ SECURITY_FLAGS: Mapping[str, tuple[str, str]] = {
 CALL_TIMEOUT_SECONDS = 10.0
 TAIL_POLL_SECONDS = 0.25
 WAIT_POLL_SECONDS = 0.05
+COMPLETION_SHELLS = ("bash", "zsh", "tcsh")
 
 STATES: Mapping[str, pb.MessageState] = {
     "pending": pb.MESSAGE_STATE_PENDING,
@@ -157,14 +158,6 @@ def default_author(env: Mapping[str, str]) -> str:
     return env.get("USER") or "anonymous"
 
 
-def version_line() -> str:
-    """`ackbot X.Y.Z`, the installed package's version (what a bug report needs)."""
-    try:
-        return f"ackbot {importlib.metadata.version('ackbot')}"
-    except importlib.metadata.PackageNotFoundError:  # run from a source tree, not installed
-        return "ackbot (version unknown: not installed)"
-
-
 # -- argument parsing -------------------------------------------------------------------------
 
 
@@ -269,6 +262,13 @@ def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
         action="store_true",
         help="do not ask before --all-dead (required when standard input is not a terminal)",
     )
+
+    completion = commands.add_parser(
+        "completion",
+        help="print a shell completion script (bash: "
+        "`source <(ackbot completion bash)`; zsh: `ackbot completion zsh > ~/.zfunc/_ackbot`)",
+    )
+    completion.add_argument("shell", choices=COMPLETION_SHELLS)
     return parser
 
 
@@ -495,6 +495,11 @@ def open_channel(args: argparse.Namespace, env: Mapping[str, str]) -> grpc.Chann
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser(os.environ)
     args = parser.parse_args(argv)
+    if args.command == "completion":
+        # Generated from the parser itself, so it always offers exactly today's commands and
+        # flags; needs no store.
+        print(shtab.complete(parser, shell=args.shell))
+        return 0
     try:
         channel = open_channel(args, os.environ)
     except (ValueError, OSError) as exc:

@@ -28,6 +28,7 @@ from ackbot.bot.responder import (
 from ackbot.bot.worker import Worker
 from ackbot.common import eventloop
 from ackbot.common.auth import Authenticator, AuthInterceptor, Role
+from ackbot.common.flags import missing_extra
 from ackbot.common.logs import configure_logging
 from ackbot.common.metrics import MetricsInterceptor, MetricsServer
 from ackbot.common.serving import (
@@ -44,6 +45,8 @@ log = logging.getLogger("ackbot.bot")
 
 # The health service name for the bot, next to the overall status "".
 HEALTH_SERVICE_NAME = "ackbot.bot"
+# The top-level modules of the `bot` extra (pyproject.toml), which only the LLM backends use.
+BOT_EXTRA_MODULES = ("openai", "httpx2")
 # The bot's server only answers health checks; they finish at once.
 SERVER_GRACE_SECONDS = 1.0
 
@@ -136,8 +139,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     # httpx2 logs every request to the model server at INFO; the bot logs each answer itself.
     logging.getLogger("httpx2").setLevel(logging.WARNING)
     if config.backend != "persona":
-        # Imported only for an LLM backend: the HTTP clients take time to import.
-        from ackbot.bot.llm import BackendConfigError, chat_settings
+        # Imported only for an LLM backend: the HTTP clients take time to import, and a
+        # client-only or persona-only install does not have them.
+        try:
+            from ackbot.bot.llm import BackendConfigError, chat_settings
+        except ModuleNotFoundError as exc:
+            missing = missing_extra(exc, BOT_EXTRA_MODULES)
+            if missing is None:
+                raise
+            print(
+                f"ackbot-bot: error: argument --backend: {missing} is not installed: the "
+                f"{config.backend} backend needs ackbot[bot] (pip install 'ackbot[bot]')",
+                file=sys.stderr,
+            )
+            return 2
 
         try:
             chat_settings(config)  # fails before anything starts, naming the flag at fault

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import importlib.metadata
 import math
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -180,6 +181,22 @@ def flag_fields(cls: type[DataclassInstance], env_prefix: str) -> Iterator[FlagF
         yield FlagField(item, spec, flag, env_name)
 
 
+def version_line() -> str:
+    """`ackbot X.Y.Z`, the installed package's version (what a bug report needs), the same on
+    every command."""
+    try:
+        return f"ackbot {importlib.metadata.version('ackbot')}"
+    except importlib.metadata.PackageNotFoundError:  # run from a source tree, not installed
+        return "ackbot (version unknown: not installed)"
+
+
+def missing_extra(exc: ModuleNotFoundError, extra_modules: Sequence[str]) -> str | None:
+    """The module of an optional extra that `exc` found missing (then the entry point says in
+    one line which extra to install), or None when something else is missing (a real bug)."""
+    missing = (exc.name or "").partition(".")[0]
+    return missing if missing in extra_modules else None
+
+
 def build_parser(
     cls: type[DataclassInstance], command: Command, env: Mapping[str, str]
 ) -> argparse.ArgumentParser:
@@ -197,6 +214,7 @@ def build_parser(
         description=f"{command.summary} Every flag can also be set by environment: "
         f"{command.env_prefix}<FLAG>, e.g. {example}; a flag wins over it.",
     )
+    parser.add_argument("--version", action="version", version=version_line())
     for item in settings:
         spec = item.spec
         from_env = env.get(item.env_name) or None

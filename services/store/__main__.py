@@ -7,6 +7,7 @@ import sys
 from collections.abc import Sequence
 
 from ackbot.common import eventloop
+from ackbot.common.flags import missing_extra
 from ackbot.common.logs import configure_logging
 from ackbot.common.serving import InsecureListen
 from ackbot.store.config import COMMAND, load_config
@@ -24,8 +25,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         from ackbot.store.server import run
     except ModuleNotFoundError as exc:
-        missing = (exc.name or "").partition(".")[0]
-        if missing not in STORE_EXTRA_MODULES:
+        missing = missing_extra(exc, STORE_EXTRA_MODULES)
+        if missing is None:
             raise
         print(
             f"{COMMAND.prog}: error: {missing} is not installed: the store needs "

@@ -1,4 +1,5 @@
-"""The operator commands of `ackbot` against a real store, run as a subprocess: --version,
+"""The operator commands of `ackbot` against a real store, run as a subprocess: --version
+(on the services too),
 `post -` from standard input, `dead`, and `requeue --all-dead` with its confirmation."""
 
 from __future__ import annotations
@@ -82,6 +83,50 @@ async def test_version_on_the_command_and_on_every_subcommand():
         result = await ackbot(*args)
         assert result.returncode == 0, result.stderr
         assert result.stdout.strip() == expected
+
+
+@pytest.mark.parametrize("module", ["ackbot.store", "ackbot.bot"])
+def test_version_on_the_services(module):
+    """`ackbot-store --version` and `ackbot-bot --version` answer before anything starts."""
+    result = subprocess.run(
+        [sys.executable, "-m", module, "--version"],
+        capture_output=True,
+        text=True,
+        timeout=CLI_TIMEOUT,
+        env=child_env(),
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == f"ackbot {importlib.metadata.version('ackbot')}"
+
+
+def test_bash_completion_offers_the_commands_and_their_flags(tmp_path):
+    """The script `ackbot completion bash` prints, sourced in a real bash, completes a command
+    and a subcommand's flag."""
+    script = ackbot_sync("completion", "bash")
+    assert script.returncode == 0, script.stderr
+    path = tmp_path / "ackbot.bash"
+    path.write_text(script.stdout)
+    probe = (
+        f"source {path}\n"
+        "COMP_WORDS=(ackbot re); COMP_CWORD=1; _shtab_ackbot ackbot re ackbot\n"
+        'echo "${COMPREPLY[*]}"\n'
+        "COMP_WORDS=(ackbot requeue --all); COMP_CWORD=2; _shtab_ackbot ackbot --all requeue\n"
+        'echo "${COMPREPLY[*]}"\n'
+    )
+    result = subprocess.run(
+        ["bash", "--norc", "-c", probe], capture_output=True, text=True, timeout=CLI_TIMEOUT
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == ["requeue", "--all-dead"]
+
+
+@pytest.mark.parametrize("shell", ["zsh", "tcsh"])
+def test_completion_scripts_for_the_other_shells_name_every_command(shell):
+    script = ackbot_sync("completion", shell)
+    assert script.returncode == 0, script.stderr
+    for command in ("post", "get", "list", "tail", "dead", "requeue", "completion"):
+        assert command in script.stdout
 
 
 async def test_post_dash_reads_the_text_from_standard_input(store, stub):

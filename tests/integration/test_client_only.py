@@ -1,5 +1,7 @@
-"""A client-only install: `ackbot` (the CLI) needs none of the store's dependencies, and
-`ackbot-store` without them says in one line to install ackbot[store].
+"""A client-only install: `ackbot` (the CLI) needs none of the store's or the bot's extra
+dependencies, `ackbot-store` without them says in one line to install ackbot[store], and
+`ackbot-bot` answers with its persona without the LLM clients (ackbot[bot]), and says in one
+line to install them when an LLM backend is asked for.
 
 "Not installed" is made real with a meta-path finder, installed by `-c` before anything is
 imported, that refuses those modules and records every attempt."""
@@ -8,20 +10,24 @@ from __future__ import annotations
 
 import asyncio
 import importlib.metadata
+import re
 import subprocess
 import sys
 
-from ackbot.testing import child_env
+import pytest
 
-from .harness import get
+from ackbot.testing import child_env, wait_until
+
+from .harness import create, get
 
 CLI_TIMEOUT = 30
 STORE_ONLY = ("sqlalchemy", "aiosqlite", "asyncpg", "alembic", "uvloop")
+BOT_ONLY = ("openai", "httpx2")
 
 BLOCKER = f"""
 import atexit, sys
 
-BLOCKED = {STORE_ONLY!r}
+BLOCKED = {STORE_ONLY + BOT_ONLY!r}
 attempts = []
 
 
@@ -38,10 +44,14 @@ atexit.register(lambda: attempts and print("imported:", *attempts, file=sys.stde
 """
 
 
+def without_extras(entry: str) -> str:
+    """`python -c` code that runs `entry`'s main as if neither extra were installed."""
+    return f"{BLOCKER}\nfrom {entry} import main\nsys.exit(main(sys.argv[1:]))\n"
+
+
 def run_without_store_extra(entry: str, *args: str) -> subprocess.CompletedProcess[str]:
-    code = f"{BLOCKER}\nfrom {entry} import main\nsys.exit(main(sys.argv[1:]))\n"
     return subprocess.run(
-        [sys.executable, "-c", code, *args],
+        [sys.executable, "-c", without_extras(entry), *args],
         capture_output=True,
         text=True,
         timeout=CLI_TIMEOUT,
@@ -99,3 +109,57 @@ def test_the_store_dependencies_are_behind_the_store_extra():
     for name in STORE_ONLY:
         [requirement] = [r for r in requirements if r.lower().startswith(name)]
         assert 'extra == "store"' in requirement, requirement
+
+
+async def test_the_persona_bot_runs_without_the_llm_clients(store, stub):
+    bot = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-c",
+        without_extras("ackbot.bot.__main__"),
+        "--store",
+        store.address,
+        "--listen",
+        "127.0.0.1:0",
+        "--persona",
+        "Lean",
+        env=child_env(),
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        await create(stub, "hello from a lean install", id="lean")
+        await wait_until(
+            lambda: _is_processed(stub, "lean"), within=CLI_TIMEOUT, what="the persona reply"
+        )
+    finally:
+        bot.terminate()
+        _, stderr = await asyncio.wait_for(bot.communicate(), CLI_TIMEOUT)
+    # uvloop is the one optional module (ackbot.common.eventloop falls back without it).
+    reached = [line.split()[1:] for line in stderr.decode().splitlines() if "imported:" in line]
+    assert reached in ([], [["uvloop"]]), stderr.decode()
+
+
+async def _is_processed(stub, message_id: str) -> bool:
+    return (await get(stub, message_id)).reply_id != ""
+
+
+@pytest.mark.parametrize("backend", ["openai", "ollama"])
+def test_an_llm_backend_without_the_bot_extra_is_one_line(backend):
+    result = run_without_store_extra(
+        "ackbot.bot.__main__", "--backend", backend, "--llm-model", "m", "--listen", "127.0.0.1:0"
+    )
+    assert result.returncode == 2
+    lines = [line for line in result.stderr.splitlines() if not line.startswith("imported:")]
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("ackbot-bot: error: argument --backend: ")
+    assert lines[0].endswith(
+        f"is not installed: the {backend} backend needs ackbot[bot] (pip install 'ackbot[bot]')"
+    )
+
+
+def test_the_llm_clients_are_behind_the_bot_extra():
+    requirements = importlib.metadata.requires("ackbot") or []
+    for name in BOT_ONLY:
+        [requirement] = [r for r in requirements if re.match(rf"{name}\b", r.lower())]
+        assert 'extra == "bot"' in requirement, requirement
