@@ -10,7 +10,7 @@ GEN_DIR := gen
 STORE_LISTEN ?= 127.0.0.1:50051
 BOT_LISTEN ?= 127.0.0.1:50052
 
-.PHONY: help install proto run test lint format check-generated bench chaos clean
+.PHONY: help install proto run test lint format check-generated proto-check bench chaos clean
 
 help:
 	@echo "make run               set up, then start store + bot on the embedded SQLite default"
@@ -18,6 +18,7 @@ help:
 	@echo "make lint              ruff check + format check + mypy"
 	@echo "make proto             regenerate gen/ from proto/"
 	@echo "make check-generated   fail when gen/ is stale"
+	@echo "make proto-check       buf lint, and buf breaking against the last release (needs npm)"
 	@echo "make bench             run the benchmark suite (docs/performance.md)"
 	@echo "make chaos             run the long chaos profile (docs/reliability.md)"
 
@@ -40,6 +41,20 @@ proto: $(STAMP)
 
 check-generated: $(STAMP)
 	$(BIN)/python -m pytest -q tests/test_generated.py
+
+# buf comes from npm (@bufbuild/buf carries the binary), pinned, into .tools/.
+BUF_VERSION := 1.75.0
+BUF := .tools/node_modules/.bin/buf
+# The contract as released, a buf image (`buf build --exclude-source-info -o FILE`); a release
+# adds its own, and this names the newest.
+LAST_RELEASE := proto/releases/v0.1.0.json
+
+$(BUF):
+	npm install --silent --no-audit --no-fund --prefix .tools @bufbuild/buf@$(BUF_VERSION)
+
+proto-check: $(BUF)
+	$(BUF) lint
+	$(BUF) breaking --against $(LAST_RELEASE)
 
 run: $(STAMP)
 	$(BIN)/python tools/run_local.py --store-listen $(STORE_LISTEN) --bot-listen $(BOT_LISTEN)
@@ -64,4 +79,4 @@ format: $(STAMP)
 	$(BIN)/ruff format .
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache build *.egg-info
+	rm -rf $(VENV) .pytest_cache .ruff_cache build *.egg-info .tools
