@@ -249,6 +249,12 @@ def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
         help="list the DEAD messages with their attempts and last error",
     )
 
+    commands.add_parser(
+        "stats",
+        parents=[common],
+        help="show messages by state, the oldest PENDING's wait and the open streams",
+    )
+
     requeue = commands.add_parser(
         "requeue", parents=[common], help="move a DEAD message (or every one) back to PENDING"
     )
@@ -410,6 +416,44 @@ def cmd_tail(
         sleep(TAIL_POLL_SECONDS)
 
 
+def format_stats(stats: pb.GetStatsResponse) -> str:
+    """A few aligned lines: counts by state, the oldest PENDING's wait, each open stream."""
+    oldest = (
+        f"{stats.oldest_pending_age.ToNanoseconds() / 1e9:.1f} s"
+        if stats.HasField("oldest_pending_age")
+        else "none pending"
+    )
+    lines = [
+        f"store           {stats.store_id}",
+        f"pending         {stats.pending_count}",
+        f"leased          {stats.leased_count}",
+        f"processed       {stats.processed_count}",
+        f"dead            {stats.dead_count}",
+        f"oldest pending  {oldest}",
+        f"streams         {len(stats.streams)}",
+    ]
+    for stream in stats.streams:
+        lease = stream.lease_duration.ToNanoseconds() / 1e9
+        lines.append(
+            f"  {stream.consumer}  in flight {stream.in_flight}/{stream.max_in_flight}"
+            f"  lease {lease:g} s"
+        )
+    return "\n".join(lines)
+
+
+def cmd_stats(stub: pb_grpc.MessageStoreStub, args: argparse.Namespace, out: TextIO) -> int:
+    stats = stub.GetStats(pb.GetStatsRequest(), timeout=CALL_TIMEOUT_SECONDS)
+    if args.json:
+        # Zero counts are printed too: a script reads `dead_count` whether or not it is 0.
+        data = json_format.MessageToDict(
+            stats, preserving_proto_field_name=True, always_print_fields_with_no_presence=True
+        )
+        print(json.dumps(data, ensure_ascii=False, separators=(",", ":")), file=out, flush=True)
+    else:
+        print(format_stats(stats), file=out, flush=True)
+    return 0
+
+
 def cmd_dead(stub: pb_grpc.MessageStoreStub, args: argparse.Namespace, out: TextIO) -> int:
     # Each line ends with [attempts N; last error: ...] (format_message), or the JSON fields.
     for message in iter_messages(stub, state=pb.MESSAGE_STATE_DEAD):
@@ -469,6 +513,7 @@ COMMANDS: Mapping[str, Callable[[pb_grpc.MessageStoreStub, argparse.Namespace, T
     "list": cmd_list,
     "tail": cmd_tail,
     "dead": cmd_dead,
+    "stats": cmd_stats,
     "requeue": cmd_requeue,
 }
 

@@ -22,7 +22,8 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
+from dataclasses import dataclass
 
 from ackbot.store.errors import FailedPrecondition, StoreError
 from ackbot.store.metrics import StoreMetrics
@@ -44,6 +45,27 @@ log = logging.getLogger(__name__)
 # news sets off run first, without a read beside them, and those that come back short share the
 # read instead of queueing one each (timed wakes are this coarse anyway).
 REARM_DELAY_SECONDS = WAKE_STEP_NS / 1e9
+
+
+@dataclass(frozen=True)
+class StreamStats:
+    consumer: str
+    max_in_flight: int
+    # Unsettled deliveries, lapsed leases not yet answered for included.
+    in_flight: int
+    lease_ns: int
+
+
+@dataclass(frozen=True)
+class StoreStats:
+    """Messages by state (lapsed leases as PENDING), the oldest PENDING's receive time, and
+    this store's open streams, read at `read_ns`."""
+
+    counts: Mapping[str, int]
+    oldest_pending_ns: int | None
+    streams: list[StreamStats]
+    store_id: str
+    read_ns: int
 
 
 class DeliveryStream:
@@ -184,6 +206,26 @@ class MessageManager:
             limit=limit,
             state=state,
             reply_to=reply_to,
+        )
+
+    async def stats(self) -> StoreStats:
+        counts, oldest_pending_ns = await self._repository.sample_states()
+        streams = [
+            StreamStats(
+                consumer=stream.consumer,
+                max_in_flight=stream.max_in_flight,
+                in_flight=stream.max_in_flight - self._board.room(stream),
+                lease_ns=stream.lease_ns,
+            )
+            for stream in self._board.streams
+        ]
+        streams.sort(key=lambda stream: stream.consumer)
+        return StoreStats(
+            counts=counts,
+            oldest_pending_ns=oldest_pending_ns,
+            streams=streams,
+            store_id=self._repository.store_id,
+            read_ns=self._now_ns(),
         )
 
     # -- writes, each with the wake-up it causes ---------------------------------------------

@@ -1004,20 +1004,28 @@ class MessageRepository:
             )
 
     async def sample_states(self) -> tuple[dict[str, int], int | None]:
-        """(messages by state, receive time of the oldest PENDING or None), for the metrics'
-        sampler: a count over the state index, and the oldest PENDING from the partial index of
+        """(messages by state, receive time of the oldest PENDING or None), for GetStats and
+        the metrics' sampler, with lapsed leases counted as PENDING, as every read shows them:
+        a count over the state index, and the oldest PENDING from the partial index of
         unsettled rows, which holds only the backlog however many rows are PROCESSED."""
+        now = self._now_ns()
+        lapsed = (MESSAGES.c.state == State.LEASED) & (MESSAGES.c.visible_at_ns <= now)
         async with self._database.connect() as connection:
             rows = await connection.execute(
                 select(MESSAGES.c.state, func.count()).group_by(MESSAGES.c.state)
             )
-            counts = {State(state).value: int(count) for state, count in rows.all()}
+            counts = {state.value: 0 for state in State}
+            counts.update({State(state).value: int(count) for state, count in rows.all()})
+            lapsed_count = await connection.scalar(select(func.count()).where(lapsed))
             oldest = await connection.scalar(
                 select(MESSAGES.c.receive_time_ns)
-                .where(UNSETTLED, MESSAGES.c.state == State.PENDING)
+                .where(UNSETTLED, (MESSAGES.c.state == State.PENDING) | lapsed)
                 .order_by(MESSAGES.c.sequence)
                 .limit(1)
             )
+        moved = int(lapsed_count or 0)
+        counts[State.LEASED.value] -= moved
+        counts[State.PENDING.value] += moved
         return counts, oldest
 
     async def release_all_leases(self) -> int:

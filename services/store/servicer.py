@@ -191,6 +191,12 @@ def add_to_server(servicer: MessageStoreServicer, server: grpc.aio.Server) -> No
     server.add_registered_method_handlers(service.full_name, handlers)
 
 
+def _duration(ns: int) -> duration_pb2.Duration:
+    duration = duration_pb2.Duration()
+    duration.FromNanoseconds(ns)
+    return duration
+
+
 def _seconds(duration: duration_pb2.Duration) -> float:
     return duration.seconds + duration.nanos / 1e9
 
@@ -460,6 +466,33 @@ class MessageStoreServicer(pb_grpc.MessageStoreServicer):
         v.raise_if_any()
         message = await self._manager.requeue(request.id)
         return pb.RequeueMessageResponse(message=message_to_proto(message))
+
+    @maps_errors
+    async def GetStats(
+        self, request: pb.GetStatsRequest, context: grpc.aio.ServicerContext
+    ) -> pb.GetStatsResponse:
+        stats = await self._manager.stats()
+        response = pb.GetStatsResponse(
+            pending_count=stats.counts.get(State.PENDING.value, 0),
+            leased_count=stats.counts.get(State.LEASED.value, 0),
+            processed_count=stats.counts.get(State.PROCESSED.value, 0),
+            dead_count=stats.counts.get(State.DEAD.value, 0),
+            streams=[
+                pb.StreamStats(
+                    consumer=stream.consumer,
+                    max_in_flight=stream.max_in_flight,
+                    in_flight=stream.in_flight,
+                    lease_duration=_duration(stream.lease_ns),
+                )
+                for stream in stats.streams
+            ],
+            store_id=stats.store_id,
+            read_time=_timestamp(stats.read_ns),
+        )
+        if stats.oldest_pending_ns is not None:
+            age_ns = max(0, stats.read_ns - stats.oldest_pending_ns)
+            response.oldest_pending_age.CopyFrom(_duration(age_ns))
+        return response
 
     @maps_errors
     async def StreamUnprocessed(

@@ -193,3 +193,43 @@ async def test_requeue_all_dead_asks_on_a_terminal(dead_store, answer, code, sta
     assert "Requeue 3 DEAD messages? [y/N]" in result.stderr
     for message_id in DEAD_IDS:
         assert (await get(stub, message_id)).state == state
+
+
+async def test_stats_shows_counts_the_oldest_pending_and_the_open_streams(dead_store):
+    store, stub = dead_store
+    reader = StreamReader(stub, consumer="stats-bot", max_in_flight=1, lease_seconds=60)
+    try:
+        await reader.wait_open()
+        leased = await reader.next()  # "alive", the only deliverable message
+        assert leased.message.id == "alive"
+        await create(stub, "waiting", id="waiting")  # the stream has no room: stays PENDING
+
+        result = await ackbot("stats", "--store", store.address, "--json")
+        assert result.returncode == 0, result.stderr
+        stats = json.loads(result.stdout)
+        # int64 fields are strings in proto JSON.
+        assert (stats["pending_count"], stats["leased_count"]) == ("1", "1")
+        assert (stats["processed_count"], stats["dead_count"]) == ("0", str(len(DEAD_IDS)))
+        assert stats["oldest_pending_age"].endswith("s")
+        [stream] = stats["streams"]
+        assert stream == {
+            "consumer": "stats-bot",
+            "max_in_flight": 1,
+            "in_flight": 1,
+            "lease_duration": "60s",
+        }
+        assert stats["store_id"]
+
+        text = await ackbot("stats", "--store", store.address)
+        assert text.returncode == 0, text.stderr
+        fields = dict(line.split(None, 1) for line in text.stdout.splitlines()[:5])
+        assert fields == {
+            "store": stats["store_id"],
+            "pending": "1",
+            "leased": "1",
+            "processed": "0",
+            "dead": str(len(DEAD_IDS)),
+        }
+        assert "stats-bot  in flight 1/1  lease 60 s" in text.stdout
+    finally:
+        await reader.close()

@@ -248,6 +248,10 @@ async def test_producer_creates_bot_streams_and_settles_admin_requeues(tls_store
             admin.RequeueMessage(pb.RequeueMessageRequest(id=message.id), timeout=CALL_TIMEOUT)
         )
         assert error.code() == grpc.StatusCode.FAILED_PRECONDITION
+        # Every role may read the stats.
+        for stub in (producer, bot, admin):
+            stats = await stub.GetStats(pb.GetStatsRequest(), timeout=CALL_TIMEOUT)
+            assert stats.processed_count >= 2  # the message and its reply
 
 
 def _grpcurl(pki: Pki, *args: str) -> subprocess.CompletedProcess[str]:

@@ -430,3 +430,36 @@ async def test_a_short_claim_reads_the_next_timed_wake_only_from_a_shared_databa
     else:  # SQLite: every lease is this store's, and the board already wakes for it
         await let_streams_look()
         assert reads == []
+
+
+async def test_stats_count_lapsed_leases_as_pending_and_keep_their_slots(
+    manager, open_consumer, clock
+):
+    """GetStats' numbers: a lapsed lease is PENDING in the counts, as every read shows it, but
+    still takes its slot on the stream that has not answered for it."""
+    await create(manager, "a", "b", "c")
+    created_ns = clock()
+    bot = open_consumer("bot-1", max_in_flight=2, lease_ns=SECOND_NS)
+    assert sorted(await bot.next_ids()) == ["a", "b"]
+    clock.advance(0.5)
+
+    stats = await manager.stats()
+    assert (stats.counts["PENDING"], stats.counts["LEASED"]) == (1, 2)
+    assert (stats.counts["PROCESSED"], stats.counts["DEAD"]) == (0, 0)
+    assert stats.oldest_pending_ns == created_ns  # c, whose wait is what the age shows
+    [stream] = stats.streams
+    assert (stream.consumer, stream.in_flight, stream.max_in_flight) == ("bot-1", 2, 2)
+    assert stream.lease_ns == SECOND_NS
+    assert stats.read_ns == clock()
+
+    clock.advance(1)  # both leases lapse
+    stats = await manager.stats()
+    assert (stats.counts["PENDING"], stats.counts["LEASED"]) == (3, 0)
+    assert stats.streams[0].in_flight == 2
+
+
+async def test_stats_with_nothing_stored(manager):
+    stats = await manager.stats()
+    assert stats.counts == {"PENDING": 0, "LEASED": 0, "PROCESSED": 0, "DEAD": 0}
+    assert stats.oldest_pending_ns is None
+    assert stats.streams == []

@@ -197,3 +197,39 @@ class RequeueMessageResponse(_message.Message):
     MESSAGE_FIELD_NUMBER: _ClassVar[int]
     message: Message
     def __init__(self, message: _Optional[_Union[Message, _Mapping]] = ...) -> None: ...
+
+class GetStatsRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class GetStatsResponse(_message.Message):
+    __slots__ = ("pending_count", "leased_count", "processed_count", "dead_count", "oldest_pending_age", "streams", "store_id", "read_time")
+    PENDING_COUNT_FIELD_NUMBER: _ClassVar[int]
+    LEASED_COUNT_FIELD_NUMBER: _ClassVar[int]
+    PROCESSED_COUNT_FIELD_NUMBER: _ClassVar[int]
+    DEAD_COUNT_FIELD_NUMBER: _ClassVar[int]
+    OLDEST_PENDING_AGE_FIELD_NUMBER: _ClassVar[int]
+    STREAMS_FIELD_NUMBER: _ClassVar[int]
+    STORE_ID_FIELD_NUMBER: _ClassVar[int]
+    READ_TIME_FIELD_NUMBER: _ClassVar[int]
+    pending_count: int
+    leased_count: int
+    processed_count: int
+    dead_count: int
+    oldest_pending_age: _duration_pb2.Duration
+    streams: _containers.RepeatedCompositeFieldContainer[StreamStats]
+    store_id: str
+    read_time: _timestamp_pb2.Timestamp
+    def __init__(self, pending_count: _Optional[int] = ..., leased_count: _Optional[int] = ..., processed_count: _Optional[int] = ..., dead_count: _Optional[int] = ..., oldest_pending_age: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., streams: _Optional[_Iterable[_Union[StreamStats, _Mapping]]] = ..., store_id: _Optional[str] = ..., read_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+
+class StreamStats(_message.Message):
+    __slots__ = ("consumer", "max_in_flight", "in_flight", "lease_duration")
+    CONSUMER_FIELD_NUMBER: _ClassVar[int]
+    MAX_IN_FLIGHT_FIELD_NUMBER: _ClassVar[int]
+    IN_FLIGHT_FIELD_NUMBER: _ClassVar[int]
+    LEASE_DURATION_FIELD_NUMBER: _ClassVar[int]
+    consumer: str
+    max_in_flight: int
+    in_flight: int
+    lease_duration: _duration_pb2.Duration
+    def __init__(self, consumer: _Optional[str] = ..., max_in_flight: _Optional[int] = ..., in_flight: _Optional[int] = ..., lease_duration: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ...) -> None: ...

@@ -30,9 +30,9 @@ class MessageStoreStub:
 
     Authentication (docs/operations.md): a store may serve TLS or mutual TLS and give each caller
     a role, by a bearer token (`authorization: Bearer TOKEN`) or by its client certificate.
-    producer: CreateMessage, GetMessage, ListMessages. bot: StreamUnprocessed, MarkProcessed,
-    ReleaseMessage, ExtendLease, GetMessage, ListMessages. admin: every RPC, RequeueMessage
-    included. When the store checks roles, any RPC may return UNAUTHENTICATED (no credentials, or
+    producer: CreateMessage, GetMessage, ListMessages, GetStats. bot: StreamUnprocessed,
+    MarkProcessed, ReleaseMessage, ExtendLease, GetMessage, ListMessages, GetStats. admin: every
+    RPC, RequeueMessage included. When the store checks roles, any RPC may return UNAUTHENTICATED (no credentials, or
     a token it does not know) or PERMISSION_DENIED (a role that may not call it); both name the
     method, never the token, and StreamUnprocessed ends with them before its first response.
     Health checks need no credentials; reflection needs any role.
@@ -84,6 +84,11 @@ class MessageStoreStub:
                 request_serializer=ackbot_dot_v1_dot_message__store__pb2.RequeueMessageRequest.SerializeToString,
                 response_deserializer=ackbot_dot_v1_dot_message__store__pb2.RequeueMessageResponse.FromString,
                 _registered_method=True)
+        self.GetStats = channel.unary_unary(
+                '/ackbot.v1.MessageStore/GetStats',
+                request_serializer=ackbot_dot_v1_dot_message__store__pb2.GetStatsRequest.SerializeToString,
+                response_deserializer=ackbot_dot_v1_dot_message__store__pb2.GetStatsResponse.FromString,
+                _registered_method=True)
 
 
 class MessageStoreServicer:
@@ -91,9 +96,9 @@ class MessageStoreServicer:
 
     Authentication (docs/operations.md): a store may serve TLS or mutual TLS and give each caller
     a role, by a bearer token (`authorization: Bearer TOKEN`) or by its client certificate.
-    producer: CreateMessage, GetMessage, ListMessages. bot: StreamUnprocessed, MarkProcessed,
-    ReleaseMessage, ExtendLease, GetMessage, ListMessages. admin: every RPC, RequeueMessage
-    included. When the store checks roles, any RPC may return UNAUTHENTICATED (no credentials, or
+    producer: CreateMessage, GetMessage, ListMessages, GetStats. bot: StreamUnprocessed,
+    MarkProcessed, ReleaseMessage, ExtendLease, GetMessage, ListMessages, GetStats. admin: every
+    RPC, RequeueMessage included. When the store checks roles, any RPC may return UNAUTHENTICATED (no credentials, or
     a token it does not know) or PERMISSION_DENIED (a role that may not call it); both name the
     method, never the token, and StreamUnprocessed ends with them before its first response.
     Health checks need no credentials; reflection needs any role.
@@ -223,6 +228,19 @@ class MessageStoreServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetStats(self, request, context):
+        """Counts for operators (`ackbot stats`): messages by state, the age of the oldest PENDING
+        message, and the streams open on the store that answers. The counts are read from the
+        database when called (one pass over the state index), with lapsed leases counted as
+        PENDING, as every read shows them; with several stores on one database they are the
+        database's, while the streams are those of the store that answered.
+
+        Returns UNAVAILABLE when the database cannot be reached.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_MessageStoreServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -266,6 +284,11 @@ def add_MessageStoreServicer_to_server(servicer, server):
                     request_deserializer=ackbot_dot_v1_dot_message__store__pb2.RequeueMessageRequest.FromString,
                     response_serializer=ackbot_dot_v1_dot_message__store__pb2.RequeueMessageResponse.SerializeToString,
             ),
+            'GetStats': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetStats,
+                    request_deserializer=ackbot_dot_v1_dot_message__store__pb2.GetStatsRequest.FromString,
+                    response_serializer=ackbot_dot_v1_dot_message__store__pb2.GetStatsResponse.SerializeToString,
+            ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
             'ackbot.v1.MessageStore', rpc_method_handlers)
@@ -279,9 +302,9 @@ class MessageStore:
 
     Authentication (docs/operations.md): a store may serve TLS or mutual TLS and give each caller
     a role, by a bearer token (`authorization: Bearer TOKEN`) or by its client certificate.
-    producer: CreateMessage, GetMessage, ListMessages. bot: StreamUnprocessed, MarkProcessed,
-    ReleaseMessage, ExtendLease, GetMessage, ListMessages. admin: every RPC, RequeueMessage
-    included. When the store checks roles, any RPC may return UNAUTHENTICATED (no credentials, or
+    producer: CreateMessage, GetMessage, ListMessages, GetStats. bot: StreamUnprocessed,
+    MarkProcessed, ReleaseMessage, ExtendLease, GetMessage, ListMessages, GetStats. admin: every
+    RPC, RequeueMessage included. When the store checks roles, any RPC may return UNAUTHENTICATED (no credentials, or
     a token it does not know) or PERMISSION_DENIED (a role that may not call it); both name the
     method, never the token, and StreamUnprocessed ends with them before its first response.
     Health checks need no credentials; reflection needs any role.
@@ -493,6 +516,33 @@ class MessageStore:
             '/ackbot.v1.MessageStore/RequeueMessage',
             ackbot_dot_v1_dot_message__store__pb2.RequeueMessageRequest.SerializeToString,
             ackbot_dot_v1_dot_message__store__pb2.RequeueMessageResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetStats(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/ackbot.v1.MessageStore/GetStats',
+            ackbot_dot_v1_dot_message__store__pb2.GetStatsRequest.SerializeToString,
+            ackbot_dot_v1_dot_message__store__pb2.GetStatsResponse.FromString,
             options,
             channel_credentials,
             insecure,
