@@ -45,7 +45,11 @@ SECURITY_FLAGS: Mapping[str, tuple[str, str]] = {
 }
 # Every unary call gets a deadline, so a store that hangs cannot hang the terminal.
 CALL_TIMEOUT_SECONDS = 10.0
-TAIL_POLL_SECONDS = 0.25
+WATCH_RECONNECT_SECONDS = 1.0
+WATCH_EVENT_NAMES = {
+    pb.WATCH_EVENT_TYPE_CREATED: "created",
+    pb.WATCH_EVENT_TYPE_STATE_CHANGED: "changed",
+}
 WAIT_POLL_SECONDS = 0.05
 COMPLETION_SHELLS = ("bash", "zsh", "tcsh")
 
@@ -242,6 +246,15 @@ def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
         "tail", parents=[common], help="print messages and replies as they arrive (Ctrl-C stops)"
     )
     tail.add_argument("--from-start", action="store_true", help="print the existing messages first")
+    watch = commands.add_parser(
+        "watch",
+        parents=[common],
+        help="print arrivals and every change of state (delivered, processed, dead, ...) "
+        "as the store makes it (Ctrl-C stops)",
+    )
+    watch.add_argument(
+        "--from-start", action="store_true", help="print the existing messages first"
+    )
 
     commands.add_parser(
         "dead",
@@ -395,25 +408,55 @@ def cmd_list(stub: pb_grpc.MessageStoreStub, args: argparse.Namespace, out: Text
     return 0
 
 
-def cmd_tail(
+def watch_events(
     stub: pb_grpc.MessageStoreStub,
-    args: argparse.Namespace,
-    out: TextIO,
+    *,
+    from_start: bool,
+    stderr: TextIO,
     sleep: Callable[[float], None] = time.sleep,
-) -> int:
-    """Follows arrivals by `after_sequence` (see ListMessagesRequest): the last sequence seen is
-    where the next poll starts, so nothing is skipped or printed twice. Each message is printed
-    once, in the state it had when it arrived (replies are born PROCESSED)."""
+) -> Iterator[pb.WatchMessagesResponse]:
+    """WatchMessages' events, from the current end (or from the first message), pushed by the
+    store, until Ctrl-C. Each watch starts after the last sequence already shown (see
+    WatchMessagesRequest), so when it ends with UNAVAILABLE (a store restart) the next one
+    misses no arrival and repeats none."""
     last = 0
-    if not args.from_start:
+    if not from_start:
         # One row, newest first: where the list ends now, whatever its length.
         for message in iter_messages(stub, limit=1, newest_first=True):
             last = message.sequence
     while True:
-        for message in iter_messages(stub, after_sequence=last):
-            _emit(out, message, args)
-            last = message.sequence
-        sleep(TAIL_POLL_SECONDS)
+        try:
+            for event in stub.WatchMessages(pb.WatchMessagesRequest(after_sequence=last)):
+                if event.type == pb.WATCH_EVENT_TYPE_CREATED:
+                    last = event.message.sequence
+                yield event
+        except grpc.RpcError as exc:
+            call: grpc.Call = exc  # type: ignore[assignment]
+            if call.code() != grpc.StatusCode.UNAVAILABLE:
+                raise
+            print(f"store unavailable ({call.details()}); watching again", file=stderr)
+            sleep(WATCH_RECONNECT_SECONDS)
+
+
+def cmd_tail(stub: pb_grpc.MessageStoreStub, args: argparse.Namespace, out: TextIO) -> int:
+    """Each message once, in the state it had when it arrived (replies are born PROCESSED)."""
+    for event in watch_events(stub, from_start=args.from_start, stderr=sys.stderr):
+        if event.type == pb.WATCH_EVENT_TYPE_CREATED:
+            _emit(out, event.message, args)
+    return 0
+
+
+def cmd_watch(stub: pb_grpc.MessageStoreStub, args: argparse.Namespace, out: TextIO) -> int:
+    """Arrivals and the changes of state this store makes, one line each."""
+    for event in watch_events(stub, from_start=args.from_start, stderr=sys.stderr):
+        kind = WATCH_EVENT_NAMES.get(event.type, "unknown")
+        if args.json:
+            data = json_format.MessageToDict(event.message, preserving_proto_field_name=True)
+            line = json.dumps({"event": kind, "message": data}, ensure_ascii=False)
+        else:
+            line = f"{kind:<8} {format_message(event.message)}"
+        print(line, file=out, flush=True)
+    return 0
 
 
 def format_stats(stats: pb.GetStatsResponse) -> str:
@@ -512,6 +555,7 @@ COMMANDS: Mapping[str, Callable[[pb_grpc.MessageStoreStub, argparse.Namespace, T
     "get": cmd_get,
     "list": cmd_list,
     "tail": cmd_tail,
+    "watch": cmd_watch,
     "dead": cmd_dead,
     "stats": cmd_stats,
     "requeue": cmd_requeue,

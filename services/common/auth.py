@@ -48,6 +48,7 @@ METHOD_ROLES: Mapping[str, frozenset[Role]] = {
     f"/{SERVICE}/ExtendLease": frozenset({Role.BOT, Role.ADMIN}),
     f"/{SERVICE}/RequeueMessage": frozenset({Role.ADMIN}),
     f"/{SERVICE}/GetStats": _READERS,
+    f"/{SERVICE}/WatchMessages": _READERS,
 }
 # Probes (orchestrators, `make run`, the harness) carry no credentials.
 OPEN_PREFIXES = ("/grpc.health.v1.Health/",)

@@ -130,6 +130,19 @@ class StorageFull(StoreError):
         super().__init__(detail)
 
 
+class WatchFellBehind(StoreError):
+    """A WatchMessages client reads slower than the store changes messages: its watch ends
+    (RESOURCE_EXHAUSTED) rather than hold an ever longer list of changes."""
+
+    reason = "WATCH_FELL_BEHIND"
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(
+            f"this watch fell more than {limit} changes behind; "
+            "watch again from the last sequence seen"
+        )
+
+
 class CannotOpenDatabase(StoreError):
     """The store could not open its database at start; the message names it and the cause."""
 

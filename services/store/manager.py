@@ -38,6 +38,7 @@ from ackbot.store.repository import (
     StoredMessage,
 )
 from ackbot.store.stream_board import WAKE_STEP_NS, CallAt, StreamBoard, StreamState
+from ackbot.store.watch import WatchEvent, WatchHub
 
 log = logging.getLogger(__name__)
 
@@ -83,8 +84,10 @@ class DeliveryStream:
         repository: MessageRepository,
         on_short_claim: Callable[[], None],
         metrics: StoreMetrics | None = None,
+        watches: WatchHub | None = None,
     ) -> None:
         self._metrics = metrics
+        self._watches = watches
         self._state = state
         self._board = board
         self._repository = repository
@@ -112,6 +115,8 @@ class DeliveryStream:
                     for d in deliveries:
                         if self._metrics is not None:
                             self._metrics.delivered(d.message.delivery_attempts)
+                        if self._watches is not None:
+                            self._watches.changed(d.message.id)
                         log.info(
                             "delivered message_id=%s attempt=%d consumer=%s",
                             d.message.id,
@@ -167,6 +172,8 @@ class MessageManager:
         self._repository = repository
         self._now_ns = clock_ns
         self._board = StreamBoard(clock_ns, call_at)
+        # Told of every change this store makes, for WatchMessages; costs nothing unwatched.
+        self.watches = WatchHub(repository)
         self._lease_releases: set[asyncio.Task[None]] = set()
         # The tasks that run open streams (grpc's StreamUnprocessed handlers): shutdown waits
         # for them to finish sending their status while the server can still send it.
@@ -239,6 +246,7 @@ class MessageManager:
                 "created message_id=%s sequence=%d", result.message.id, result.message.sequence
             )
             self._board.wake_all()
+            self.watches.created()
         return result
 
     async def mark_processed(
@@ -246,6 +254,9 @@ class MessageManager:
     ) -> MarkResult:
         result = await self._repository.mark_processed(message_id, reply, lease_token)
         self._board.settled(message_id, lease_token)
+        if not result.already_processed:
+            self.watches.changed(message_id)
+            self.watches.created()  # its reply
         if result.already_processed:
             log.info("already processed; duplicate reply prevented message_id=%s", message_id)
         else:
@@ -267,6 +278,7 @@ class MessageManager:
                 message_id, lease_token, reason=reason, retry_after_ns=retry_after_ns
             )
         self._board.settled(message_id, lease_token)
+        self.watches.changed(message_id)
         log.info(
             "released message_id=%s state=%s attempts=%d reason=%r",
             message.id,
@@ -293,6 +305,7 @@ class MessageManager:
         message = await self._repository.requeue(message_id)
         log.info("requeued message_id=%s", message_id)
         self._board.wake_all()
+        self.watches.changed(message_id)
         return message
 
     # -- work this store's writes did not make ------------------------------------------------
@@ -306,6 +319,7 @@ class MessageManager:
         leases (a reaper). The writes of this store wake the streams themselves.
         """
         self._board.wake_all()
+        self.watches.created()
         self._rearm_timed_wakes()
 
     def _rearm_timed_wakes(self) -> None:
@@ -359,10 +373,7 @@ class MessageManager:
         leases it still holds, even when the task is being cancelled."""
         stream = StreamState(consumer=consumer, max_in_flight=max_in_flight, lease_ns=lease_ns)
         self._board.open_stream(stream)
-        task = asyncio.current_task()
-        if task is not None:
-            self._stream_tasks.add(task)
-            task.add_done_callback(self._stream_tasks.discard)
+        self._track_handler()
         log.info(
             "stream opened consumer=%s max_in_flight=%d lease=%gs",
             consumer,
@@ -371,10 +382,29 @@ class MessageManager:
         )
         try:
             yield DeliveryStream(
-                stream, self._board, self._repository, self._rearm_timed_wakes, self._metrics
+                stream,
+                self._board,
+                self._repository,
+                self._rearm_timed_wakes,
+                self._metrics,
+                self.watches,
             )
         finally:
             await self._end_stream(stream)
+
+    @contextlib.asynccontextmanager
+    async def watch(self, after_sequence: int | None) -> AsyncIterator[AsyncIterator[WatchEvent]]:
+        """Opens a WatchMessages watch for the calling task (see watch.py); shutdown ends it
+        and waits for its task like a stream's."""
+        self._track_handler()
+        async with self.watches.watch(after_sequence) as events:
+            yield events
+
+    def _track_handler(self) -> None:
+        task = asyncio.current_task()
+        if task is not None:
+            self._stream_tasks.add(task)
+            task.add_done_callback(self._stream_tasks.discard)
 
     async def _end_stream(self, stream: StreamState) -> None:
         leases = self._board.close_stream(stream)
@@ -397,6 +427,7 @@ class MessageManager:
             return
         for lease in leases:
             log.info("lease released on stream end message_id=%s", lease.message_id)
+            self.watches.changed(lease.message_id)
         if released:
             self._board.wake_all()
 
@@ -415,6 +446,7 @@ class MessageManager:
             await asyncio.gather(self._rearm_task, return_exceptions=True)
         streams = self._board.streams
         self._board.close()
+        self.watches.close()
         for stream in streams:
             await self._end_stream(stream)
         if self._lease_releases:

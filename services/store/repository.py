@@ -279,6 +279,9 @@ class _Transaction:
     sets `made_work`; the transaction then announces it once, just before it commits, to the
     other stores sharing the database (Database.notify_work). Marks, extensions and claims make
     no work and never set it.
+
+    The messages a write made DEAD are told (logged, counted, watched) only once the
+    transaction has committed: a watcher told earlier would read the message as it was.
     """
 
     def __init__(self, connection: AsyncConnection, now_ns: int) -> None:
@@ -286,6 +289,8 @@ class _Transaction:
         self.now_ns = now_ns
         self.has_insert_turn = False
         self.made_work = False
+        # (message id, attempts, last error) of each message this transaction made DEAD
+        self.went_dead: list[tuple[str, int, str]] = []
 
 
 def _to_stored(row: Any, reply_id: str | None, now_ns: int) -> StoredMessage:
@@ -378,10 +383,11 @@ class MessageRepository:
         max_batch: int = MAX_BATCH,
         store_id: str | None = None,
         on_commit: Callable[[int], None] | None = None,
-        on_dead: Callable[[], None] | None = None,
+        on_dead: Callable[[str], None] | None = None,
     ) -> None:
         self._database = database
-        # Metrics hooks: the size of each committed write batch; each message that goes DEAD.
+        # Hooks: the size of each committed write batch (metrics); the id of each message that
+        # goes DEAD (metrics, watches).
         self._on_dead = on_dead
         # Recorded on every lease this store grants (messages.owner_store), so that the other
         # stores on a shared database can hand them back if it dies, and named in the
@@ -406,7 +412,7 @@ class MessageRepository:
     def _dead(self, message_id: str, attempts: int, last_error: str) -> None:
         _log_dead(message_id, attempts, last_error)
         if self._on_dead is not None:
-            self._on_dead()
+            self._on_dead(message_id)
 
     @property
     def max_attempts(self) -> int:
@@ -441,6 +447,8 @@ class MessageRepository:
             # delivered to the other stores at the commit that follows.
             if tx.made_work:
                 await self._database.notify_work(connection, self._store_id)
+        for message_id, attempts, last_error in tx.went_dead:
+            self._dead(message_id, attempts, last_error)
 
     async def _take_insert_turn(self, tx: _Transaction) -> None:
         """Waits for the insert turn where the database needs it (see
@@ -718,7 +726,7 @@ class MessageRepository:
             ).all()
             for row in sorted(rows, key=lambda row: row.sequence):
                 if row.state == State.DEAD:
-                    self._dead(row.id, row.delivery_attempts, row.last_error)
+                    tx.went_dead.append((row.id, row.delivery_attempts, row.last_error))
                 else:
                     deliveries.append(
                         Delivery(_to_stored(row, None, tx.now_ns), row.lease_token, expiry)
@@ -761,7 +769,7 @@ class MessageRepository:
         if isinstance(row, StoreError):
             return row
         if row.state == State.DEAD:
-            self._dead(row.id, row.delivery_attempts, row.last_error)
+            tx.went_dead.append((row.id, row.delivery_attempts, row.last_error))
         else:
             # Deliverable now or after its retry_after: either way other stores must know.
             tx.made_work = True
@@ -843,7 +851,7 @@ class MessageRepository:
         released = []
         for row in rows:
             if row.state == State.DEAD:
-                self._dead(row.id, row.delivery_attempts, row.last_error)
+                tx.went_dead.append((row.id, row.delivery_attempts, row.last_error))
             else:
                 tx.made_work = True
             released.append(ReleasedLease(row.id, State(row.state), row.delivery_attempts))

@@ -129,11 +129,18 @@ class StoreServer:
         )
         # Before the schema: a database that cannot be opened is one line naming it and why.
         await database.check_open()
+
+        def message_dead(message_id: str) -> None:
+            metrics.dead.inc()
+            # The manager exists before anything can write (and so make a message DEAD).
+            if self._manager is not None:
+                self._manager.watches.changed(message_id)
+
         self._repository = repository = MessageRepository(
             database,
             max_attempts=config.max_attempts,
             on_commit=metrics.group_commit_batch.observe,
-            on_dead=metrics.dead.inc,
+            on_dead=message_dead,
         )
         await repository.create_schema()
         if database.single_owner:

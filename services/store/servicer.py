@@ -40,10 +40,12 @@ from ackbot.store.errors import (
     StorageFull,
     StorageUnavailable,
     StoreError,
+    WatchFellBehind,
 )
 from ackbot.store.manager import MessageManager
 from ackbot.store.models import State
 from ackbot.store.repository import Delivery, NewMessage, StoredMessage
+from ackbot.store.watch import EventType
 from ackbot.v1 import message_store_pb2 as pb
 from ackbot.v1 import message_store_pb2_grpc as pb_grpc
 
@@ -227,7 +229,7 @@ def _status_for(error: StoreError) -> status_pb2.Status:
         code = code_pb2.FAILED_PRECONDITION
     elif isinstance(error, StorageUnavailable):
         code = code_pb2.UNAVAILABLE
-    elif isinstance(error, StorageFull):
+    elif isinstance(error, (StorageFull, WatchFellBehind)):
         code = code_pb2.RESOURCE_EXHAUSTED
     if error.reason is not None:
         # What a program branches on (AIP-193): the message text is for people and may change.
@@ -241,6 +243,16 @@ def _error_info(reason: str, metadata: dict[str, str] | None = None) -> any_pb2.
         error_details_pb2.ErrorInfo(reason=reason, domain=ERROR_DOMAIN, metadata=metadata or {})
     )
     return detail
+
+
+# How a stream or watch ends when the store shuts down: the client reconnects, with backoff.
+_SHUTTING_DOWN = rpc_status.to_status(
+    _status_for(ShuttingDown("the store is shutting down; reconnect"))
+)
+_WATCH_EVENT_TYPES = {
+    EventType.CREATED: pb.WATCH_EVENT_TYPE_CREATED,
+    EventType.STATE_CHANGED: pb.WATCH_EVENT_TYPE_STATE_CHANGED,
+}
 
 
 async def _abort(context: grpc.aio.ServicerContext, error: BaseException, method: str) -> None:
@@ -495,6 +507,26 @@ class MessageStoreServicer(pb_grpc.MessageStoreServicer):
         return response
 
     @maps_errors
+    async def WatchMessages(
+        self, request: pb.WatchMessagesRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[pb.WatchMessagesResponse]:
+        after_sequence: int | None = None
+        if request.HasField("after_sequence"):
+            after_sequence = request.after_sequence
+            if after_sequence < 0:
+                v = rules.Violations()
+                v.add("after_sequence", f"must be 0 or more (got {after_sequence})")
+                v.raise_if_any()
+        async with self._manager.watch(after_sequence) as events:
+            # Headers now: the client knows the watch is registered before anything happens.
+            await context.send_initial_metadata(())
+            async for event in events:
+                yield pb.WatchMessagesResponse(
+                    type=_WATCH_EVENT_TYPES[event.type], message=message_to_proto(event.message)
+                )
+        await context.abort_with_status(_SHUTTING_DOWN)
+
+    @maps_errors
     async def StreamUnprocessed(
         self, request: pb.StreamUnprocessedRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.StreamUnprocessedResponse]:
@@ -528,11 +560,7 @@ class MessageStoreServicer(pb_grpc.MessageStoreServicer):
                 for run in _within_response_limit(map(delivery_to_proto, batch)):
                     yield pb.StreamUnprocessedResponse(deliveries=run)
             # The deliveries end only when the store shuts down.
-            await context.abort_with_status(
-                rpc_status.to_status(
-                    _status_for(ShuttingDown("the store is shutting down; reconnect"))
-                )
-            )
+            await context.abort_with_status(_SHUTTING_DOWN)
 
     def _check_token(self, v: rules.Violations, token: str, *, required: bool) -> None:
         if not token:

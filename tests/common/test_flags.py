@@ -161,7 +161,9 @@ def test_every_setting_is_the_pinned_flag_and_variable(cls, command, load, table
     assert declared == {name: row[:2] for name, row in table.items()}
     actions = build_parser(cls, command, {})._actions
     parser_flags = {option for action in actions for option in action.option_strings}
-    assert parser_flags - {"-h", "--help"} == {flag for flag, _env in declared.values()}
+    assert parser_flags - {"-h", "--help", "--version"} == {
+        flag for flag, _env in declared.values()
+    }
 
 
 @pytest.mark.parametrize(("cls", "command", "load", "table"), SERVICES)
@@ -308,7 +310,8 @@ def test_a_field_without_a_setting_is_no_flag(capsys):
 def test_help_shows_flags_variables_and_defaults(capsys, monkeypatch):
     text = _help(load_toy, {"TOY_COUNT": "50%"}, capsys, monkeypatch)
     assert (
-        "usage: toy [-h] [--count COUNT] [--level {LOW,HIGH}] [--place PLACE] [--note NOTE]" in text
+        "usage: toy [-h] [--version] [--count COUNT] [--level {LOW,HIGH}] [--place PLACE]"
+        " [--note NOTE]" in text
     )
     assert "Every flag can also be set by environment: TOY_<FLAG>, e.g. TOY_COUNT;" in text
     # A set variable is the default that applies, and a '%' in it is no format.

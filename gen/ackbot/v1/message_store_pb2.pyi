@@ -18,11 +18,20 @@ class MessageState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     MESSAGE_STATE_LEASED: _ClassVar[MessageState]
     MESSAGE_STATE_PROCESSED: _ClassVar[MessageState]
     MESSAGE_STATE_DEAD: _ClassVar[MessageState]
+
+class WatchEventType(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    WATCH_EVENT_TYPE_UNSPECIFIED: _ClassVar[WatchEventType]
+    WATCH_EVENT_TYPE_CREATED: _ClassVar[WatchEventType]
+    WATCH_EVENT_TYPE_STATE_CHANGED: _ClassVar[WatchEventType]
 MESSAGE_STATE_UNSPECIFIED: MessageState
 MESSAGE_STATE_PENDING: MessageState
 MESSAGE_STATE_LEASED: MessageState
 MESSAGE_STATE_PROCESSED: MessageState
 MESSAGE_STATE_DEAD: MessageState
+WATCH_EVENT_TYPE_UNSPECIFIED: WatchEventType
+WATCH_EVENT_TYPE_CREATED: WatchEventType
+WATCH_EVENT_TYPE_STATE_CHANGED: WatchEventType
 
 class Message(_message.Message):
     __slots__ = ("id", "author", "text", "create_time", "receive_time", "sequence", "state", "reply_to", "reply_id", "delivery_attempts", "last_error", "lease_expire_time", "process_time")
@@ -233,3 +242,17 @@ class StreamStats(_message.Message):
     in_flight: int
     lease_duration: _duration_pb2.Duration
     def __init__(self, consumer: _Optional[str] = ..., max_in_flight: _Optional[int] = ..., in_flight: _Optional[int] = ..., lease_duration: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ...) -> None: ...
+
+class WatchMessagesRequest(_message.Message):
+    __slots__ = ("after_sequence",)
+    AFTER_SEQUENCE_FIELD_NUMBER: _ClassVar[int]
+    after_sequence: int
+    def __init__(self, after_sequence: _Optional[int] = ...) -> None: ...
+
+class WatchMessagesResponse(_message.Message):
+    __slots__ = ("type", "message")
+    TYPE_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    type: WatchEventType
+    message: Message
+    def __init__(self, type: _Optional[_Union[WatchEventType, str]] = ..., message: _Optional[_Union[Message, _Mapping]] = ...) -> None: ...

@@ -89,6 +89,11 @@ class MessageStoreStub:
                 request_serializer=ackbot_dot_v1_dot_message__store__pb2.GetStatsRequest.SerializeToString,
                 response_deserializer=ackbot_dot_v1_dot_message__store__pb2.GetStatsResponse.FromString,
                 _registered_method=True)
+        self.WatchMessages = channel.unary_stream(
+                '/ackbot.v1.MessageStore/WatchMessages',
+                request_serializer=ackbot_dot_v1_dot_message__store__pb2.WatchMessagesRequest.SerializeToString,
+                response_deserializer=ackbot_dot_v1_dot_message__store__pb2.WatchMessagesResponse.FromString,
+                _registered_method=True)
 
 
 class MessageStoreServicer:
@@ -241,6 +246,27 @@ class MessageStoreServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def WatchMessages(self, request, context):
+        """Pushes what happens to messages as it happens, for operators and dashboards (`ackbot
+        watch`); no polling. First the messages after `after_sequence`, when it is set, oldest
+        first; then each new message as it is stored, replies included, from every store on the
+        database, in arrival order without a gap; and each change of state that the store answering
+        makes (delivered, processed, released, gone DEAD, requeued), as the message is once the
+        change has committed. A message is shown created before any change of it. A change that
+        leaves the message in the state it was last shown in is not sent, and quick changes to one
+        message may be sent as one. Changes that other stores on the same database make are not seen: watch
+        each store for those.
+
+        The stream sends its headers as soon as the watch is registered. Returns INVALID_ARGUMENT
+        for a negative `after_sequence`. The stream ends with
+        RESOURCE_EXHAUSTED [WATCH_FELL_BEHIND] when the client reads so slowly that more than
+        10,000 changed messages wait to be sent (watch again from the last `sequence` seen); with UNAVAILABLE
+        [SHUTTING_DOWN] when the store shuts down, or when the database cannot be reached.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_MessageStoreServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -288,6 +314,11 @@ def add_MessageStoreServicer_to_server(servicer, server):
                     servicer.GetStats,
                     request_deserializer=ackbot_dot_v1_dot_message__store__pb2.GetStatsRequest.FromString,
                     response_serializer=ackbot_dot_v1_dot_message__store__pb2.GetStatsResponse.SerializeToString,
+            ),
+            'WatchMessages': grpc.unary_stream_rpc_method_handler(
+                    servicer.WatchMessages,
+                    request_deserializer=ackbot_dot_v1_dot_message__store__pb2.WatchMessagesRequest.FromString,
+                    response_serializer=ackbot_dot_v1_dot_message__store__pb2.WatchMessagesResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -543,6 +574,33 @@ class MessageStore:
             '/ackbot.v1.MessageStore/GetStats',
             ackbot_dot_v1_dot_message__store__pb2.GetStatsRequest.SerializeToString,
             ackbot_dot_v1_dot_message__store__pb2.GetStatsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WatchMessages(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/ackbot.v1.MessageStore/WatchMessages',
+            ackbot_dot_v1_dot_message__store__pb2.WatchMessagesRequest.SerializeToString,
+            ackbot_dot_v1_dot_message__store__pb2.WatchMessagesResponse.FromString,
             options,
             channel_credentials,
             insecure,
