@@ -155,8 +155,8 @@ def rows(results: Results) -> list[Row]:
     return table
 
 
-# The ackbot end-to-end runs at full speed (bench.workloads.E2E_PRODUCERS), how their
-# producers create, and the Redis run each is measured against.
+# The ackbot end-to-end runs at full speed (bench.workloads.E2E_RUNS), how their producers
+# create, and the durable Redis run each is measured against.
 E2E_RUNS = {"full_speed": "unary producers", "batched": "batching client"}
 E2E_PEERS = {"full_speed": "durable", "batched": "durable_pipelined"}
 # The Redis peer's runs: the label in the table, and what they are.
@@ -354,9 +354,9 @@ def chart(results: Results, path: Path, title: str) -> None:
 def _throughput_panel(axis: Any, results: Results) -> None:
     pairs = [
         ("c1", _get(results, "ceiling", "unary_c1", "calls_per_second"),
-         _get(results, "create", "unary_c1", "calls_per_second"), "echo", "CreateMessage"),
+         _get(results, "create", "unary_c1", "calls_per_second"), "echo", "Create"),
         ("c64", _get(results, "ceiling", "unary_c64", "calls_per_second"),
-         _get(results, "create", "unary_c64", "calls_per_second"), "echo", "CreateMessage"),
+         _get(results, "create", "unary_c64", "calls_per_second"), "echo", "Create"),
         ("end to end", _get(results, "redis", "durable", "answered_per_second"),
          _get(results, "e2e", "full_speed", "answered_per_second"), "durable Redis", "ackbot"),
         ("on PostgreSQL", _get(results, "postgres_peer", "answered_per_second"),

@@ -262,12 +262,24 @@ async def create(ctx: Context) -> Figures:
 # -- 3. end to end ------------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class Producers:
+    """How an end-to-end run's producer tasks create messages: through bench.loadgen's
+    `producer`, one message per round trip, or `Settings.e2e_per_round_trip` at once."""
+
+    producer: str = "grpc"
+    several_per_round_trip: bool = False
+
+    def per_round_trip(self, settings: Settings) -> int:
+        return settings.e2e_per_round_trip if self.several_per_round_trip else 1
+
+
 async def _ackbot_end_to_end(
     ctx: Context, *, count: int, concurrency: int, rate: float, database: str = "",
-    producer: str = "grpc",
+    producers: Producers = Producers(),
 ) -> Figures:  # fmt: skip
     """A store (on a fresh SQLite file, or on `database`), one bot, and `count` messages from
-    bench.loadgen's `producer`; throughput, create-to-reply latency and each process's CPU."""
+    `producers`; throughput, create-to-reply latency and each process's CPU."""
     folder = ctx.fresh("e2e")
     store = store_service(folder, args=["--db", database] if database else [])
     async with running(store):
@@ -292,7 +304,9 @@ async def _ackbot_end_to_end(
 
             produced, returned = await produce(
                 ctx, address=store.address, count=count, concurrency=concurrency, rate=rate,
-                producer=producer, id_prefix="e2e", folder=folder, on_measuring=open_windows,
+                producer=producers.producer,
+                per_round_trip=producers.per_round_trip(ctx.settings), id_prefix="e2e",
+                folder=folder, on_measuring=open_windows,
             )  # fmt: skip
             store_producing.close()
             await wait_settled(stub, settle_deadline(count))
@@ -336,19 +350,20 @@ async def _echo_at_rate(ctx: Context, *, count: int, rate: float) -> Figures:
     }
 
 
-# The full-speed ackbot runs, by the bench.loadgen producer that creates their messages; each is
-# set beside the Redis peer's run whose producers work the same way (report.py). A producer that
-# batches adds its run here, named "batched".
-E2E_PRODUCERS = {"full_speed": "grpc"}
+# The full-speed ackbot runs, by how their producers create messages; report.py sets each beside
+# the durable Redis peer's run whose producers work the same way. A client that batches creates
+# adds its producer to bench.loadgen.PRODUCERS and its run here, as
+# "batched": Producers(that producer, several_per_round_trip=True), beside the pipelined peer.
+E2E_RUNS: dict[str, Producers] = {"full_speed": Producers()}
 
 
 async def end_to_end(ctx: Context) -> Figures:
     s = ctx.settings
     figures: Figures = {
         name: await _ackbot_end_to_end(
-            ctx, count=s.e2e_messages, concurrency=s.e2e_producers, rate=0.0, producer=producer
+            ctx, count=s.e2e_messages, concurrency=s.e2e_producers, rate=0.0, producers=producers
         )
-        for name, producer in E2E_PRODUCERS.items()
+        for name, producers in E2E_RUNS.items()
     }
     rate, count = s.e2e_rate_per_second, s.e2e_rate_messages
     figures["fixed_rate"] = {
