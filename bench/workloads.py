@@ -288,15 +288,14 @@ async def _ackbot_end_to_end(
         )
         async with running(bot), grpc.aio.insecure_channel(store.address) as channel:
             stub = store_stub(channel)
-            # Which process is busy, and how busy: the first thing to know about a bound. The
-            # store's CPU twice: while the producers create (steady at a fixed rate), and to
-            # the last reply (full speed drains a backlog after the producers are done).
-            store_producing = process_window(server_pid(store))
+            # Which process is busy, and how busy: the first thing to know about a bound. From
+            # the first create to the last reply: at a fixed rate a steady state, with a tail of
+            # milliseconds; at full speed the backlog's drain included.
             store_cpu = process_window(server_pid(store))
             bot_cpu = process_window(server_pid(bot))
             # On PostgreSQL the database does much of the work, in processes of its own.
             database_cpu = postgres_window()
-            windows = (store_producing, store_cpu, bot_cpu, database_cpu)
+            windows = (store_cpu, bot_cpu, database_cpu)
 
             def open_windows() -> None:
                 for window in windows:
@@ -308,23 +307,20 @@ async def _ackbot_end_to_end(
                 per_round_trip=producers.per_round_trip(ctx.settings), id_prefix="e2e",
                 folder=folder, on_measuring=open_windows,
             )  # fmt: skip
-            store_producing.close()
             await wait_settled(stub, settle_deadline(count))
-            for window in windows[1:]:
+            for window in windows:
                 window.close()
             messages = await list_all(stub)
     # process_time is the store's clock when the settling transaction began; it committed
     # (fsync included) a little later, so these latencies understate by that commit's time.
     committed = {m.id: m.process_time.ToNanoseconds() for m in messages if m.reply_id}
+    answered = answer_figures(returned, committed, produced.start_ns)
     return {
-        **answer_figures(returned, committed, produced.start_ns),
+        **answered,
         "producer_seconds": produced.seconds,
         "creates_per_second": produced.calls / produced.seconds,
         "store_cpu_percent": store_cpu.percent,
-        # Per message created while the producers ran: at a fixed rate the store is in a
-        # steady state then, and the few messages still in flight at the end are milliseconds
-        # from their reply.
-        "store_cpu_ms_per_answered": 1e3 * store_producing.cpu_seconds / produced.calls,
+        "store_cpu_ms_per_answered": 1e3 * store_cpu.cpu_seconds / max(answered["answered"], 1),
         "bot_cpu_percent": bot_cpu.percent,
         "producer_cpu_percent": 100 * produced.client_cpu_seconds / produced.seconds,
         **({"postgres_cpu_percent": database_cpu.percent} if database else {}),
