@@ -507,6 +507,7 @@ async def postgres_peer(ctx: Context) -> Figures:
     figures = answer_figures(returned, committed, produced.start_ns)
     return {
         **figures,
+        "producer_seconds": produced.seconds,
         "durability": durability,
         "postgres_cpu_percent": database_cpu.percent,
         "consumer_cpu_percent": 100 * consumed["cpu_seconds"] / consumed["seconds"],
