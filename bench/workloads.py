@@ -392,13 +392,13 @@ async def _redis_run(ctx: Context, address: str, name: str, per_round_trip: int)
             count=s.e2e_messages,
             max_in_flight=s.bot_max_in_flight,
         )
-        consumer = await _started_consumer(ctx, "bench.peer", asdict(consumer_spec))
-        produced, returned = await produce(
-            ctx, address=address, count=s.e2e_messages, concurrency=s.e2e_producers,
-            producer="redis", queue=stream, per_round_trip=per_round_trip, id_prefix="redis",
-            folder=folder,
-        )  # fmt: skip
-        await asyncio.wait_for(consumer, settle_deadline(s.e2e_messages))
+        async with consumer_process(ctx, "bench.peer", asdict(consumer_spec)) as consumer:
+            produced, returned = await produce(
+                ctx, address=address, count=s.e2e_messages, concurrency=s.e2e_producers,
+                producer="redis", queue=stream, per_round_trip=per_round_trip,
+                id_prefix="redis", folder=folder,
+            )  # fmt: skip
+            await asyncio.wait_for(consumer, settle_deadline(s.e2e_messages))
         committed = await peer.reply_commit_times(client, replies)
         return {
             **answer_figures(returned, committed, produced.start_ns),
@@ -410,22 +410,28 @@ async def _redis_run(ctx: Context, address: str, name: str, per_round_trip: int)
         await client.aclose()
 
 
-async def _started_consumer(
+@contextlib.asynccontextmanager
+async def consumer_process(
     ctx: Context, module: str, spec: dict[str, Any]
-) -> asyncio.Task[dict[str, Any]]:
-    """A peer's consumer process (bench.loadgen.run_child), once it is ready to consume: the bot
-    is ready before ackbot's producers start, and the peers' consumers get the same."""
+) -> AsyncIterator[asyncio.Task[dict[str, Any]]]:
+    """A peer's consumer process (bench.loadgen.run_child), yielded once it is ready to consume
+    (the bot is ready before ackbot's producers start; the peers' consumers get the same), and
+    killed on the way out if it has not finished."""
     ready = asyncio.Event()
     consumer = asyncio.create_task(run_child(module, spec, ctx.env, on_measuring=ready.set))
-    waiting = asyncio.create_task(ready.wait())
-    await asyncio.wait({consumer, waiting}, timeout=30, return_when=asyncio.FIRST_COMPLETED)
-    if not ready.is_set():
+    try:
+        waiting = asyncio.create_task(ready.wait())
+        await asyncio.wait({consumer, waiting}, timeout=30, return_when=asyncio.FIRST_COMPLETED)
         waiting.cancel()
-        if consumer.done():
-            await consumer  # raises the consumer's error
-        consumer.cancel()
-        raise RuntimeError(f"the {module} consumer did not start within 30 s")
-    return consumer
+        if not ready.is_set():
+            if consumer.done():
+                await consumer  # raises the consumer's error
+            raise RuntimeError(f"the {module} consumer did not start within 30 s")
+        yield consumer
+    finally:
+        consumer.cancel()  # run_child kills the process when cancelled
+        with contextlib.suppress(asyncio.CancelledError):
+            await consumer
 
 
 async def redis_peer(ctx: Context) -> Figures:
@@ -494,13 +500,13 @@ async def postgres_peer(ctx: Context) -> Figures:
         consumer_spec = pg_peer.ConsumerSpec(
             dsn=dsn, table=table, count=s.e2e_messages, max_in_flight=s.bot_max_in_flight
         )
-        consumer = await _started_consumer(ctx, "bench.pg_peer", asdict(consumer_spec))
-        produced, returned = await produce(
-            ctx, address=dsn, count=s.e2e_messages, concurrency=s.e2e_producers,
-            producer="postgres", queue=table, id_prefix="pg", folder=folder,
-            on_measuring=database_cpu.open,
-        )  # fmt: skip
-        consumed = await asyncio.wait_for(consumer, settle_deadline(s.e2e_messages))
+        async with consumer_process(ctx, "bench.pg_peer", asdict(consumer_spec)) as consumer:
+            produced, returned = await produce(
+                ctx, address=dsn, count=s.e2e_messages, concurrency=s.e2e_producers,
+                producer="postgres", queue=table, id_prefix="pg", folder=folder,
+                on_measuring=database_cpu.open,
+            )  # fmt: skip
+            consumed = await asyncio.wait_for(consumer, settle_deadline(s.e2e_messages))
         database_cpu.close()
         committed = await pg_peer.reply_commit_times(dsn, table)
         durability = await pg_peer.durability(dsn)
