@@ -27,23 +27,19 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import json
 import os
-import secrets
 import statistics
 import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import asyncpg  # type: ignore[import-untyped]  # asyncpg ships no type information
 import grpc
 from google.protobuf import duration_pb2
-from sqlalchemy.engine import make_url
 
 from ackbot.testing import RPC_TIMEOUT, Service, store_service
 from ackbot.v1 import message_store_pb2 as pb
@@ -52,6 +48,7 @@ from bench import quiet_store
 from bench.loadgen import STORE_CREATE_METHOD, percentiles
 from bench.settings import Settings
 from bench.workloads import Context, produce, running, unary_load
+from chaos.postgres import fresh_database
 
 DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "cross_store.json"
 URL_ENVS = ("ACKBOT_BENCH_POSTGRES_URL", "ACKBOT_TEST_POSTGRES_URL")
@@ -76,24 +73,6 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     if not args.db:
         parser.error(f"no PostgreSQL URL: pass --db or set {' or '.join(URL_ENVS)}")
     return args
-
-
-@contextlib.asynccontextmanager
-async def fresh_database(server_url: str) -> AsyncIterator[str]:
-    """The URL of a new database on the server, dropped on the way out."""
-    base = make_url(server_url)
-    name = f"ackbot_bench_{secrets.token_hex(4)}"
-    admin = await asyncpg.connect(
-        base.set(drivername="postgresql").render_as_string(hide_password=False)
-    )
-    try:
-        await admin.execute(f'CREATE DATABASE "{name}"')
-        try:
-            yield base.set(database=name).render_as_string(hide_password=False)
-        finally:
-            await admin.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
-    finally:
-        await admin.close()
 
 
 def store(ctx: Context, name: str, url: str, *, quiet: bool = False) -> Service:
@@ -182,7 +161,7 @@ async def latencies(ctx: Context, server_url: str, args: argparse.Namespace) -> 
     for round_number in range(args.rounds):
         for read_from, name in (("a", "same store"), ("b", "across stores")):
             print(f"[cross_store] latency, {name}, round {round_number + 1}", file=sys.stderr)
-            async with fresh_database(server_url) as url:
+            async with fresh_database(server_url, "ackbot_bench") as url:
                 runs[name].append(
                     await latency(
                         ctx, url, read_from=read_from, count=args.messages, rate=args.rate
@@ -233,7 +212,7 @@ async def notify_cost(ctx: Context, server_url: str, repeats: int) -> Any:
         for _ in range(repeats):
             # Alternating, so a neighbour's burst on the shared machine hits both alike.
             for variant in ("notify", "quiet"):
-                async with fresh_database(server_url) as url:
+                async with fresh_database(server_url, "ackbot_bench") as url:
                     runs[variant].append(
                         await create_rate(
                             ctx, url, stores=stores, concurrency=concurrency,

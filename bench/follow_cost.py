@@ -18,45 +18,20 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import os
 import secrets
 import statistics
 import tempfile
-import time
-from collections.abc import AsyncIterator, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import psutil
-from sqlalchemy import text
-from sqlalchemy.engine import make_url
-from sqlalchemy.ext.asyncio import create_async_engine
-
 from ackbot.testing import Service, child_env, store_service
+from bench.cpu import postgres_window, process_window
 from bench.loadgen import Spec, run_loadgen
+from chaos.postgres import fresh_database
 
 WARMUP_SECONDS = 1.0
-
-
-@asynccontextmanager
-async def fresh_database(url: str) -> AsyncIterator[str]:
-    """A new database on the server of `url`, dropped afterwards; yields its URL."""
-    base = make_url(url)
-    name = f"ackbot_cost_{secrets.token_hex(4)}"
-    # CREATE DATABASE cannot run inside a transaction.
-    admin = create_async_engine(url, isolation_level="AUTOCOMMIT")
-    try:
-        async with admin.connect() as connection:
-            await connection.execute(text(f'CREATE DATABASE "{name}"'))
-        try:
-            yield base.set(database=name).render_as_string(hide_password=False)
-        finally:
-            async with admin.connect() as connection:
-                await connection.execute(text(f'DROP DATABASE "{name}" WITH (FORCE)'))
-    finally:
-        await admin.dispose()
 
 
 @dataclass(frozen=True)
@@ -68,21 +43,6 @@ class RunFigures:
     postgres_cores: float
 
 
-def _cpu_seconds(process: psutil.Process) -> float:
-    times = process.cpu_times()
-    return float(times.user + times.system)
-
-
-def _postgres_cpu() -> dict[int, float]:
-    """CPU seconds so far of every PostgreSQL server process on this machine, by pid."""
-    seconds: dict[int, float] = {}
-    for process in psutil.process_iter(["name"]):
-        if process.info["name"] in ("postgres", "postmaster"):
-            with contextlib.suppress(psutil.Error):  # ended meanwhile
-                seconds[process.pid] = _cpu_seconds(process)
-    return seconds
-
-
 async def one_run(
     url: str, stores: int, concurrency: int, seconds: float, code: Path | None, workdir: Path
 ) -> RunFigures:
@@ -92,7 +52,7 @@ async def one_run(
         extra["PYTHONPATH"] = os.pathsep.join([str(code), child_env()["PYTHONPATH"]])
     # A folder per run: a store's log is appended to, and readiness reads it.
     workdir = Path(tempfile.mkdtemp(dir=workdir))
-    async with fresh_database(url) as database:
+    async with fresh_database(url, "ackbot_cost") as database:
         services: list[Service] = []
         try:
             for number in range(stores):
@@ -115,23 +75,14 @@ async def one_run(
                 )
                 for service in services
             ]
-            store_processes = [
-                psutil.Process(service.proc.pid) for service in services if service.proc
-            ]
-            store_before = [_cpu_seconds(process) for process in store_processes]
-            postgres_before = _postgres_cpu()
-            started = time.monotonic()
+            windows = [process_window(service.proc.pid) for service in services if service.proc]
+            windows.append(postgres_window())
+            for window in windows:
+                window.open()
             results = await asyncio.gather(*(run_loadgen(spec, child_env()) for spec in specs))
-            wall = time.monotonic() - started
-            store_cores = [
-                (_cpu_seconds(process) - before) / wall
-                for process, before in zip(store_processes, store_before, strict=True)
-            ]
-            postgres_after = _postgres_cpu()
-            postgres_cores = (
-                sum(after - postgres_before.get(pid, 0.0) for pid, after in postgres_after.items())
-                / wall
-            )
+            for window in windows:
+                window.close()
+            *store_cores, postgres_cores = [window.percent / 100 for window in windows]
         finally:
             for service in services:
                 await service.aterminate()

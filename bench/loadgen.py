@@ -3,8 +3,8 @@
 The machine has two cores; a client in the server's process would take the server's CPU, and a
 client that differs between echo and store would make their ratio meaningless. So every load runs
 here, in a separate process, through one generic grpc.aio stub on one channel: only the method
-path differs between the echo ceiling and CreateMessage. The Redis producer follows the same
-loop with XADD in place of the RPC.
+path differs between the echo ceiling and CreateMessage. The peers' producers follow the same
+loop with XADD (Redis) or INSERT (PostgreSQL) in place of the RPC; `PRODUCERS` names them all.
 
 The coordinator (`run_loadgen`) passes a JSON spec as the only argument and reads JSON lines from
 stdout: `{"event": "measuring"}` when the measured window opens (so it can sample the server's
@@ -35,7 +35,8 @@ TEXT = "hello from the benchmark, message {n}"
 @dataclass
 class Spec:
     mode: str  # "unary" | "stream" | "produce"
-    address: str = ""  # HOST:PORT of a gRPC server
+    # HOST:PORT of a gRPC server or a Redis; for the "postgres" producer, a libpq DSN
+    address: str = ""
     method: str = STORE_CREATE_METHOD
     concurrency: int = 1
     warmup_seconds: float = 0.0
@@ -46,9 +47,13 @@ class Spec:
     id_prefix: str = "bench"
     # produce: where to write [[id, create_returned_time_ns], ...]
     times_path: str = ""
-    # produce to Redis instead of gRPC: host:port and the stream key
-    redis_address: str = ""
-    redis_stream: str = ""
+    # produce: which of PRODUCERS creates the messages, and the Redis stream key or the
+    # PostgreSQL table it creates them in
+    producer: str = "grpc"
+    queue: str = ""
+    # produce, closed loop: messages each producer task sends per round trip (a Redis
+    # pipeline); 1 is a call per message
+    per_round_trip: int = 1
 
 
 @dataclass
@@ -75,10 +80,14 @@ def percentiles(values_ms: Sequence[float]) -> dict[str, float | None]:
     return {"p50_ms": at(0.50), "p95_ms": at(0.95), "p99_ms": at(0.99), "max_ms": ordered[-1]}
 
 
+def message_id(id_prefix: str, worker: int, n: int) -> str:
+    return f"{id_prefix}-{worker}-{n}"
+
+
 def create_request(id_prefix: str, worker: int, n: int) -> pb.CreateMessageRequest:
     return pb.CreateMessageRequest(
         message=pb.Message(
-            id=f"{id_prefix}-{worker}-{n}", author=f"producer{worker}", text=TEXT.format(n=n)
+            id=message_id(id_prefix, worker, n), author=f"producer{worker}", text=TEXT.format(n=n)
         )
     )
 
@@ -167,20 +176,26 @@ async def _stream(spec: Spec) -> Result:
     return result
 
 
-async def _produce(spec: Spec, send: Callable[[int, int], Awaitable[None]]) -> Result:
-    """Creates `count` messages, closed loop from `concurrency` tasks or open loop at
-    `rate_per_second`; writes each id's wall-clock time at the moment its create returned."""
+# Sends one round trip: creates the messages numbered `numbers` for producer task `worker`.
+Send = Callable[[int, Sequence[int]], Awaitable[None]]
+
+
+async def _produce(spec: Spec, send: Send) -> Result:
+    """Creates `count` messages, closed loop from `concurrency` tasks (each sending
+    `per_round_trip` messages per round trip) or open loop at `rate_per_second`; writes each
+    id's wall-clock time at the moment its create returned."""
     result = Result()
     returned: list[tuple[str, int]] = []
 
-    async def one(worker: int, n: int) -> None:
+    async def one_trip(worker: int, numbers: Sequence[int]) -> None:
         try:
-            await send(worker, n)
+            await send(worker, numbers)
         except Exception as exc:  # any client error counts; the run goes on and reports it
-            result.errors += 1
+            result.errors += len(numbers)
             result.first_error = result.first_error or repr(exc)
             return
-        returned.append((f"{spec.id_prefix}-{worker}-{n}", time.time_ns()))
+        now = time.time_ns()
+        returned.extend((message_id(spec.id_prefix, worker, n), now) for n in numbers)
 
     announce({"event": "measuring"})
     start, cpu = time.monotonic(), time.process_time()
@@ -193,13 +208,14 @@ async def _produce(spec: Spec, send: Callable[[int, int], Awaitable[None]]) -> R
             delay = start + n / spec.rate_per_second - time.monotonic()
             if delay > 0:
                 await asyncio.sleep(delay)
-            tasks.append(asyncio.create_task(one(0, n)))
+            tasks.append(asyncio.create_task(one_trip(0, [n])))
         await asyncio.gather(*tasks)
     else:
 
         async def worker(number: int) -> None:
-            for n in range(number, spec.count, spec.concurrency):
-                await one(number, n)
+            mine = range(number, spec.count, spec.concurrency)
+            for first in range(0, len(mine), spec.per_round_trip):
+                await one_trip(number, mine[first : first + spec.per_round_trip])
 
         await asyncio.gather(*(worker(n) for n in range(spec.concurrency)))
     result.end_ns = time.time_ns()
@@ -211,30 +227,65 @@ async def _produce(spec: Spec, send: Callable[[int, int], Awaitable[None]]) -> R
 
 
 async def _produce_grpc(spec: Spec) -> Result:
+    """CreateMessage (or `spec.method`), one unary call per message."""
     async with grpc.aio.insecure_channel(spec.address) as channel:
         call = await _create_call(channel, spec.method)
 
-        async def send(worker: int, n: int) -> None:
-            await call(create_request(spec.id_prefix, worker, n), timeout=CALL_TIMEOUT)
+        async def send(worker: int, numbers: Sequence[int]) -> None:
+            for n in numbers:
+                await call(create_request(spec.id_prefix, worker, n), timeout=CALL_TIMEOUT)
 
         return await _produce(spec, send)
 
 
+def _fields(spec: Spec, worker: int, n: int) -> dict[str, str]:
+    message = create_request(spec.id_prefix, worker, n).message
+    return {"id": message.id, "author": message.author, "text": message.text}
+
+
 async def _produce_redis(spec: Spec) -> Result:
+    """XADD to the stream `spec.queue`; several per round trip are one pipeline (not a
+    transaction: like separate calls, each entry is added or not on its own)."""
     from redis.asyncio import Redis
 
-    host, _, port = spec.redis_address.rpartition(":")
+    host, _, port = spec.address.rpartition(":")
     client = Redis(host=host, port=int(port))
     try:
 
-        async def send(worker: int, n: int) -> None:
-            message = create_request(spec.id_prefix, worker, n).message
-            fields = {"id": message.id, "author": message.author, "text": message.text}
-            await client.xadd(spec.redis_stream, fields)  # type: ignore[arg-type]
+        async def send(worker: int, numbers: Sequence[int]) -> None:
+            async with client.pipeline(transaction=False) as pipe:
+                for n in numbers:
+                    pipe.xadd(spec.queue, _fields(spec, worker, n))  # type: ignore[arg-type]
+                await pipe.execute()
 
         return await _produce(spec, send)
     finally:
         await client.aclose()
+
+
+async def _produce_postgres(spec: Spec) -> Result:
+    """INSERT into the table `spec.queue` (bench.pg_peer's), each its own transaction, through
+    a pool of a connection per producer task (pg_peer.MAX_CONNECTIONS at most)."""
+    from bench import pg_peer
+
+    pool = await pg_peer.pool(spec.address, size=spec.concurrency)
+    try:
+
+        async def send(worker: int, numbers: Sequence[int]) -> None:
+            for n in numbers:
+                await pg_peer.insert(pool, spec.queue, _fields(spec, worker, n))
+
+        return await _produce(spec, send)
+    finally:
+        await pool.close()
+
+
+# How each kind of producer creates messages (Spec.producer): one function of the spec.
+PRODUCERS: dict[str, Callable[[Spec], Awaitable[Result]]] = {
+    "grpc": _produce_grpc,
+    "redis": _produce_redis,
+    "postgres": _produce_postgres,
+}
 
 
 async def _run(spec: Spec) -> Result:
@@ -243,7 +294,7 @@ async def _run(spec: Spec) -> Result:
     if spec.mode == "stream":
         return await _stream(spec)
     if spec.mode == "produce":
-        return await (_produce_redis(spec) if spec.redis_stream else _produce_grpc(spec))
+        return await PRODUCERS[spec.producer](spec)
     raise ValueError(f"unknown mode {spec.mode!r}")
 
 

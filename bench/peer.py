@@ -15,13 +15,15 @@ import asyncio
 import json
 import socket
 import sys
-import time
 from dataclasses import dataclass
 from typing import Any
 
 from redis.asyncio import Redis
+from redis.exceptions import RedisError
 
-from ackbot.bot.responder import IncomingMessage, PersonaResponder
+from ackbot.bot.responder import PersonaResponder
+from bench import consumer
+from bench.consumer import reply_text
 from bench.loadgen import announce
 
 GROUP = "bots"
@@ -53,11 +55,18 @@ def connect(address: str) -> Redis:
     return Redis(host=host, port=int(port))
 
 
-async def durability(client: Redis) -> str:
-    """Redis's persistence settings, for the note beside its figures."""
-    appendonly = (await client.config_get("appendonly")).get("appendonly", "?")
-    fsync = (await client.config_get("appendfsync")).get("appendfsync", "?")
-    return f"appendonly={appendonly} appendfsync={fsync}"
+async def persistence(client: Redis) -> dict[str, str]:
+    """Redis's persistence settings, for the note beside its figures: what an acknowledged
+    write survives (appendfsync always: a power cut; everysec: a crash of Redis, not of the
+    machine; appendonly no: only the snapshots that `save` schedules)."""
+    settings: dict[str, str] = {}
+    for name in ("appendonly", "appendfsync", "save"):
+        try:
+            value = (await client.config_get(name)).get(name)
+        except RedisError:  # CONFIG renamed or disabled on a managed Redis
+            value = None
+        settings[name] = "unknown" if value is None else str(value)
+    return settings
 
 
 async def reply_commit_times(client: Redis, reply_stream: str) -> dict[str, int]:
@@ -78,58 +87,30 @@ async def reply_commit_times(client: Redis, reply_stream: str) -> dict[str, int]
 async def consume(spec: ConsumerSpec) -> dict[str, Any]:
     client = connect(spec.address)
     responder = PersonaResponder(PERSONA)
-    changed = asyncio.Condition()
-    in_flight = settled = 0
-    failures: list[BaseException] = []
+    Entry = tuple[bytes, dict[bytes, bytes]]
 
-    async def settle(entry_id: bytes, fields: dict[bytes, bytes]) -> None:
-        nonlocal in_flight, settled
-        try:
-            message = IncomingMessage(
-                id=fields[b"id"].decode(),
-                author=fields[b"author"].decode(),
-                text=fields[b"text"].decode(),
-                attempt=1,
-            )
-            text = await responder.reply(message) or ""
-            reply = {"reply_to": message.id, "author": PERSONA, "text": text}
-            async with client.pipeline(transaction=True) as pipe:
-                pipe.xadd(spec.reply_stream, reply)  # type: ignore[arg-type]
-                pipe.xack(spec.stream, GROUP, entry_id)
-                await pipe.execute()
-            settled += 1
-        except Exception as exc:  # reported at the end; the run cannot count this message
-            failures.append(exc)
-        async with changed:
-            in_flight -= 1
-            changed.notify_all()
+    async def claim(room: int) -> list[Entry]:
+        batch: Any = await client.xreadgroup(
+            GROUP, "consumer-1", {spec.stream: ">"}, count=room, block=BLOCK_MS
+        )
+        return [entry for _stream, entries in batch or [] for entry in entries]
 
-    def has_room() -> bool:
-        return in_flight < spec.max_in_flight
+    async def settle(entry: Entry) -> None:
+        entry_id, fields = entry
+        original_id = fields[b"id"].decode()
+        text = await reply_text(
+            responder, original_id, fields[b"author"].decode(), fields[b"text"].decode()
+        )
+        reply = {"reply_to": original_id, "author": PERSONA, "text": text}
+        async with client.pipeline(transaction=True) as pipe:
+            pipe.xadd(spec.reply_stream, reply)  # type: ignore[arg-type]
+            pipe.xack(spec.stream, GROUP, entry_id)
+            await pipe.execute()
 
-    tasks: set[asyncio.Task[None]] = set()
-    announce({"event": "measuring"})
-    start = time.monotonic()
     try:
-        while settled < spec.count and not failures:
-            async with changed:
-                await changed.wait_for(has_room)
-                free = spec.max_in_flight - in_flight
-            batch: Any = await client.xreadgroup(
-                GROUP, "consumer-1", {spec.stream: ">"}, count=free, block=BLOCK_MS
-            )
-            for _stream, entries in batch or []:
-                for entry_id, fields in entries:
-                    in_flight += 1
-                    task = asyncio.create_task(settle(entry_id, fields))
-                    tasks.add(task)
-                    task.add_done_callback(tasks.discard)
-        await asyncio.gather(*tasks)
+        return await consumer.consume(spec.count, spec.max_in_flight, claim, settle)
     finally:
         await client.aclose()
-    if failures:
-        raise failures[0]
-    return {"settled": settled, "seconds": time.monotonic() - start}
 
 
 def main() -> None:

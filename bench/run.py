@@ -2,11 +2,15 @@
 
     python -m bench.run [--quick] [--only NAME ...] [--out DIR]
 
-Starts real store, bot and echo servers (and uses the Redis at 127.0.0.1:6379 when one runs),
-runs each workload, prints one table with every figure beside its baseline and the ratio, then
-the issue's targets with PASS or MISS, and writes results.json, results.txt and results.png to
-DIR (default bench/results). Missing a target is a finding, not a failure: the exit code is 0
-unless a workload could not run.
+Starts real store, bot and echo servers, runs each workload, prints one table with every figure
+beside its baseline and the ratio, then the targets (issues 10 and 3) with PASS or MISS, and
+writes results.json, results.txt and results.png to DIR (default bench/results). Missing a
+target is a finding, not a failure: the exit code is 0 unless a workload could not run.
+
+The peers need more than Python: the Redis Streams peer uses the Redis at 127.0.0.1:6379 as
+configured, and a private, durable `redis-server` it starts itself; the PostgreSQL runs use the
+server of ACKBOT_BENCH_POSTGRES_URL (default postgresql+asyncpg://postgres@127.0.0.1:5432/test),
+a fresh database per run. What is missing is skipped, with a note in the table.
 """
 
 from __future__ import annotations

@@ -22,6 +22,9 @@ class Settings:
     # The idle-system latency run: an open-loop producer at this rate, for this many messages.
     e2e_rate_per_second: float = 200.0
     e2e_rate_messages: int = 2_000
+    # The Redis peer's pipelined producers: XADDs per round trip, from each of the e2e_producers
+    # tasks (the counterpart of a client that batches creates).
+    e2e_per_round_trip: int = 16
     # The bot's max_in_flight in the end-to-end runs; the Redis consumer reads as many at a time.
     # 64, not the bot's default 16: end-to-end throughput is in-flight / time per message
     # (Little's law), and at 16 it measures the window, not the store (16: ~240/s, 64: ~360/s,

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 import random
 import statistics
 import time
@@ -19,8 +20,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import asyncpg  # type: ignore[import-untyped]  # asyncpg ships no type information
 import grpc
 import psutil
+from sqlalchemy.engine import make_url
 
 from ackbot.testing import (
     PAGE_SIZE,
@@ -33,7 +36,8 @@ from ackbot.testing import (
 )
 from ackbot.v1 import message_store_pb2 as pb
 from ackbot.v1 import message_store_pb2_grpc as pb_grpc
-from bench import echo, fill, oldway, peer
+from bench import echo, fill, oldway, peer, pg_peer, redis_server
+from bench.cpu import postgres_window, process_window
 from bench.loadgen import (
     STORE_CREATE_METHOD,
     Result,
@@ -44,9 +48,15 @@ from bench.loadgen import (
 )
 from bench.responders import SLOW_DELAY_SECONDS
 from bench.settings import Settings
+from chaos.postgres import asyncpg_dsn, fresh_database
 
 Figures = dict[str, Any]
+# The shared Redis, as its owner configured it (the peer reports how durable that is).
 REDIS_ADDRESS = "127.0.0.1:6379"
+POSTGRES_URL_ENV = "ACKBOT_BENCH_POSTGRES_URL"
+POSTGRES_DEFAULT_URL = "postgresql+asyncpg://postgres@127.0.0.1:5432/test"
+# Each PostgreSQL run gets a database of its own, named with this and dropped afterwards.
+POSTGRES_DATABASE_PREFIX = "ackbot_bench"
 # Lookups not timed before the timed ones: connection set-up and the first page reads.
 LOOKUP_WARMUP_CALLS = 100
 # Timed lookups go to one size's store this many at a time, then to the next size's.
@@ -88,36 +98,11 @@ def server_pid(service: Service) -> int:
     return service.proc.pid
 
 
-class CpuWindow:
-    """A server process's CPU seconds between `open()` and `close()`."""
-
-    def __init__(self, pid: int) -> None:
-        self._process = psutil.Process(pid)
-        self._opened = self._opened_at = 0.0
-        self.cpu_seconds = self.wall_seconds = 0.0
-
-    def _cpu(self) -> float:
-        times = self._process.cpu_times()
-        return float(times.user + times.system)
-
-    def open(self) -> None:
-        self._opened, self._opened_at = self._cpu(), time.monotonic()
-
-    def close(self) -> None:
-        self.cpu_seconds = self._cpu() - self._opened
-        self.wall_seconds = time.monotonic() - self._opened_at
-
-    @property
-    def percent(self) -> float:
-        """Of one core: 100 is a process that never waited."""
-        return 100 * self.cpu_seconds / self.wall_seconds
-
-
 async def unary_load(
     ctx: Context, server: Service, method: str, concurrency: int, id_prefix: str
 ) -> Figures:
     """One closed-loop client process against `method`; calls/s and both sides' CPU."""
-    cpu = CpuWindow(server_pid(server))
+    cpu = process_window(server_pid(server))
     spec = Spec(
         mode="unary",
         address=server.address,
@@ -198,22 +183,28 @@ def read_times(path: Path) -> dict[str, int]:
 
 
 async def produce(
-    ctx: Context, *, address: str = "", count: int, concurrency: int = 1, rate: float = 0.0,
-    redis_stream: str = "", id_prefix: str, folder: Path,
+    ctx: Context, *, address: str, count: int, concurrency: int = 1, rate: float = 0.0,
+    producer: str = "grpc", method: str = STORE_CREATE_METHOD, queue: str = "",
+    per_round_trip: int = 1, id_prefix: str, folder: Path,
+    on_measuring: Callable[[], None] = lambda: None,
 ) -> tuple[Result, dict[str, int]]:  # fmt: skip
+    """Creates `count` messages through bench.loadgen's `producer` (see its Spec); returns its
+    figures and each id's time (ns) at the moment its create returned."""
     times_path = folder / f"{id_prefix}-times.json"
     spec = Spec(
         mode="produce",
         address=address,
+        method=method,
         count=count,
         concurrency=concurrency,
         rate_per_second=rate,
         id_prefix=id_prefix,
         times_path=str(times_path),
-        redis_address=REDIS_ADDRESS if redis_stream else "",
-        redis_stream=redis_stream,
+        producer=producer,
+        queue=queue,
+        per_round_trip=per_round_trip,
     )
-    result = await run_loadgen(spec, ctx.env)
+    result = await run_loadgen(spec, ctx.env, on_measuring=on_measuring)
     if result.errors:
         raise RuntimeError(f"{result.errors} creates failed, first: {result.first_error}")
     return result, read_times(times_path)
@@ -235,7 +226,7 @@ async def ceiling(ctx: Context) -> Figures:
             figures[f"unary_c{concurrency}"] = await unary_load(
                 ctx, server, echo.CREATE_METHOD, concurrency, f"echo{concurrency}"
             )
-        cpu = CpuWindow(server_pid(server))
+        cpu = process_window(server_pid(server))
         spec = Spec(
             mode="stream",
             address=server.address,
@@ -271,105 +262,263 @@ async def create(ctx: Context) -> Figures:
 # -- 3. end to end ------------------------------------------------------------------------------
 
 
-async def _ackbot_end_to_end(ctx: Context, *, count: int, concurrency: int, rate: float) -> Figures:
+@dataclass(frozen=True)
+class Producers:
+    """How an end-to-end run's producer tasks create messages: through bench.loadgen's
+    `producer`, one message per round trip, or `Settings.e2e_per_round_trip` at once."""
+
+    producer: str = "grpc"
+    several_per_round_trip: bool = False
+
+    def per_round_trip(self, settings: Settings) -> int:
+        return settings.e2e_per_round_trip if self.several_per_round_trip else 1
+
+
+async def _ackbot_end_to_end(
+    ctx: Context, *, count: int, concurrency: int, rate: float, database: str = "",
+    producers: Producers = Producers(),
+) -> Figures:  # fmt: skip
+    """A store (on a fresh SQLite file, or on `database`), one bot, and `count` messages from
+    `producers`; throughput, create-to-reply latency and each process's CPU."""
     folder = ctx.fresh("e2e")
-    store = store_service(folder, db_path=folder / "store.db")
+    store = store_service(folder, args=["--db", database] if database else [])
     async with running(store):
         bot = bot_service(
             folder, store.address, persona="ackbot", max_in_flight=ctx.settings.bot_max_in_flight
         )
         async with running(bot), grpc.aio.insecure_channel(store.address) as channel:
             stub = store_stub(channel)
-            # Which process is busy, and how busy: the first thing to know about a bound.
-            store_cpu, bot_cpu = CpuWindow(server_pid(store)), CpuWindow(server_pid(bot))
-            store_cpu.open()
-            bot_cpu.open()
+            # Which process is busy, and how busy: the first thing to know about a bound. From
+            # the first create to the last reply: at a fixed rate a steady state, with a tail of
+            # milliseconds; at full speed the backlog's drain included.
+            store_cpu = process_window(server_pid(store))
+            bot_cpu = process_window(server_pid(bot))
+            # On PostgreSQL the database does much of the work, in processes of its own.
+            database_cpu = postgres_window()
+            windows = (store_cpu, bot_cpu, database_cpu)
+
+            def open_windows() -> None:
+                for window in windows:
+                    window.open()
+
             produced, returned = await produce(
                 ctx, address=store.address, count=count, concurrency=concurrency, rate=rate,
-                id_prefix="e2e", folder=folder,
+                producer=producers.producer,
+                per_round_trip=producers.per_round_trip(ctx.settings), id_prefix="e2e",
+                folder=folder, on_measuring=open_windows,
             )  # fmt: skip
             await wait_settled(stub, settle_deadline(count))
-            store_cpu.close()
-            bot_cpu.close()
+            for window in windows:
+                window.close()
             messages = await list_all(stub)
     # process_time is the store's clock when the settling transaction began; it committed
     # (fsync included) a little later, so these latencies understate by that commit's time.
     committed = {m.id: m.process_time.ToNanoseconds() for m in messages if m.reply_id}
+    answered = answer_figures(returned, committed, produced.start_ns)
     return {
-        **answer_figures(returned, committed, produced.start_ns),
+        **answered,
         "producer_seconds": produced.seconds,
         "creates_per_second": produced.calls / produced.seconds,
         "store_cpu_percent": store_cpu.percent,
+        "store_cpu_ms_per_answered": 1e3 * store_cpu.cpu_seconds / max(answered["answered"], 1),
         "bot_cpu_percent": bot_cpu.percent,
         "producer_cpu_percent": 100 * produced.client_cpu_seconds / produced.seconds,
+        **({"postgres_cpu_percent": database_cpu.percent} if database else {}),
     }
+
+
+async def _echo_at_rate(ctx: Context, *, count: int, rate: float) -> Figures:
+    """The echo server's CPU per call under the fixed-rate producer: the floor under the
+    store's CPU per answered message at that rate (a create costs at least one such call)."""
+    folder = ctx.fresh("echo-rate")
+    server = echo.service(folder)
+    async with running(server):
+        cpu = process_window(server_pid(server))
+        produced, _ = await produce(
+            ctx, address=server.address, method=echo.CREATE_METHOD, count=count, rate=rate,
+            id_prefix="echo-rate", folder=folder, on_measuring=cpu.open,
+        )  # fmt: skip
+        cpu.close()
+    return {
+        "calls": produced.calls,
+        "server_cpu_percent": cpu.percent,
+        "server_cpu_ms_per_call": 1e3 * cpu.cpu_seconds / produced.calls,
+    }
+
+
+# The full-speed ackbot runs, by how their producers create messages; report.py sets each beside
+# the durable Redis peer's run whose producers work the same way. A client that batches creates
+# adds its producer to bench.loadgen.PRODUCERS and its run here, as
+# "batched": Producers(that producer, several_per_round_trip=True), beside the pipelined peer.
+E2E_RUNS: dict[str, Producers] = {"full_speed": Producers()}
 
 
 async def end_to_end(ctx: Context) -> Figures:
     s = ctx.settings
-    return {
-        "full_speed": await _ackbot_end_to_end(
-            ctx, count=s.e2e_messages, concurrency=s.e2e_producers, rate=0.0
-        ),
-        "fixed_rate": {
-            "rate_per_second": s.e2e_rate_per_second,
-            **await _ackbot_end_to_end(
-                ctx, count=s.e2e_rate_messages, concurrency=1, rate=s.e2e_rate_per_second
-            ),
-        },
+    figures: Figures = {
+        name: await _ackbot_end_to_end(
+            ctx, count=s.e2e_messages, concurrency=s.e2e_producers, rate=0.0, producers=producers
+        )
+        for name, producers in E2E_RUNS.items()
     }
+    rate, count = s.e2e_rate_per_second, s.e2e_rate_messages
+    figures["fixed_rate"] = {
+        "rate_per_second": rate,
+        **await _ackbot_end_to_end(ctx, count=count, concurrency=1, rate=rate),
+        # The same load against the echo server, right after: its CPU per call is the baseline
+        # of the store's CPU per answered message.
+        "echo": await _echo_at_rate(ctx, count=count, rate=rate),
+    }
+    return figures
 
 
 # -- 6. the Redis Streams peer ------------------------------------------------------------------
 
 
-async def redis_peer(ctx: Context) -> Figures:
+async def _redis_run(ctx: Context, address: str, name: str, per_round_trip: int) -> Figures:
+    """The end-to-end job on the Redis at `address`: bench.peer's consumer, and the producers
+    sending `per_round_trip` XADDs per round trip."""
     s = ctx.settings
-    if not peer.redis_reachable(REDIS_ADDRESS):
-        return {"skipped": f"no Redis listening at {REDIS_ADDRESS}"}
-    folder = ctx.fresh("redis")
+    folder = ctx.fresh(f"redis-{name}")
     stream = f"ackbot-bench-{time.time_ns()}"
     replies = f"{stream}:replies"
-    client = peer.connect(REDIS_ADDRESS)
+    client = peer.connect(address)
     try:
         await client.xgroup_create(stream, peer.GROUP, id="0", mkstream=True)
-        consumer_ready = asyncio.Event()
-        consumer = asyncio.create_task(
-            run_child(
-                "bench.peer",
-                asdict(
-                    peer.ConsumerSpec(
-                        address=REDIS_ADDRESS,
-                        stream=stream,
-                        reply_stream=replies,
-                        count=s.e2e_messages,
-                        max_in_flight=s.bot_max_in_flight,
-                    )
-                ),
-                ctx.env,
-                on_measuring=consumer_ready.set,
-            )
+        consumer_spec = peer.ConsumerSpec(
+            address=address,
+            stream=stream,
+            reply_stream=replies,
+            count=s.e2e_messages,
+            max_in_flight=s.bot_max_in_flight,
         )
-        # The bot is ready before ackbot's producers start; the consumer gets the same.
-        ready = asyncio.create_task(consumer_ready.wait())
-        await asyncio.wait({consumer, ready}, timeout=30, return_when=asyncio.FIRST_COMPLETED)
-        if not consumer_ready.is_set():
-            ready.cancel()
-            await consumer  # raises the consumer's error, if it died
-            raise RuntimeError("the Redis consumer did not start within 30 s")
-        produced, returned = await produce(
-            ctx, count=s.e2e_messages, concurrency=s.e2e_producers, redis_stream=stream,
-            id_prefix="redis", folder=folder,
-        )  # fmt: skip
-        await asyncio.wait_for(consumer, settle_deadline(s.e2e_messages))
+        async with consumer_process(ctx, "bench.peer", asdict(consumer_spec)) as consumer:
+            produced, returned = await produce(
+                ctx, address=address, count=s.e2e_messages, concurrency=s.e2e_producers,
+                producer="redis", queue=stream, per_round_trip=per_round_trip,
+                id_prefix="redis", folder=folder,
+            )  # fmt: skip
+            await asyncio.wait_for(consumer, settle_deadline(s.e2e_messages))
         committed = await peer.reply_commit_times(client, replies)
         return {
             **answer_figures(returned, committed, produced.start_ns),
-            "durability": await peer.durability(client),
+            "per_round_trip": per_round_trip,
+            "persistence": await peer.persistence(client),
         }
     finally:
         await client.delete(stream, replies)
         await client.aclose()
+
+
+@contextlib.asynccontextmanager
+async def consumer_process(
+    ctx: Context, module: str, spec: dict[str, Any]
+) -> AsyncIterator[asyncio.Task[dict[str, Any]]]:
+    """A peer's consumer process (bench.loadgen.run_child), yielded once it is ready to consume
+    (the bot is ready before ackbot's producers start; the peers' consumers get the same), and
+    killed on the way out if it has not finished."""
+    ready = asyncio.Event()
+    consumer = asyncio.create_task(run_child(module, spec, ctx.env, on_measuring=ready.set))
+    try:
+        waiting = asyncio.create_task(ready.wait())
+        await asyncio.wait({consumer, waiting}, timeout=30, return_when=asyncio.FIRST_COMPLETED)
+        waiting.cancel()
+        if not ready.is_set():
+            if consumer.done():
+                await consumer  # raises the consumer's error
+            raise RuntimeError(f"the {module} consumer did not start within 30 s")
+        yield consumer
+    finally:
+        consumer.cancel()  # run_child kills the process when cancelled
+        with contextlib.suppress(asyncio.CancelledError):
+            await consumer
+
+
+async def redis_peer(ctx: Context) -> Figures:
+    """The shared Redis as configured, and a private one as durable as the store (see
+    bench.redis_server), with unary and with pipelined producers; a missing one is a note."""
+    s = ctx.settings
+    figures: Figures = {}
+    if peer.redis_reachable(REDIS_ADDRESS):
+        figures["shared"] = await _redis_run(ctx, REDIS_ADDRESS, "shared", 1)
+    else:
+        figures["shared"] = {"skipped": f"no Redis listening at {REDIS_ADDRESS}"}
+    if redis_server.binary() is None:
+        figures["durable"] = {"skipped": "no redis-server on this machine to start a durable one"}
+        return figures
+    async with redis_server.durable_redis(ctx.fresh("redis-durable-server")) as address:
+        figures["durable"] = await _redis_run(ctx, address, "durable", 1)
+        figures["durable_pipelined"] = await _redis_run(
+            ctx, address, "durable-pipelined", s.e2e_per_round_trip
+        )
+    return figures
+
+
+# -- 9. PostgreSQL: the store on it, and the direct peer ----------------------------------------
+
+
+def postgres_url() -> str:
+    return os.environ.get(POSTGRES_URL_ENV) or POSTGRES_DEFAULT_URL
+
+
+async def postgres_unreachable(url: str) -> str:
+    """Why the PostgreSQL server of `url` cannot be used, or "" when it can."""
+    try:
+        connection = await asyncpg.connect(asyncpg_dsn(url), timeout=2.0)
+    except (OSError, TimeoutError, asyncpg.PostgresError) as exc:
+        where = make_url(url).render_as_string(hide_password=True)
+        return f"no PostgreSQL at {where} ({type(exc).__name__}: {exc}); see {POSTGRES_URL_ENV}"
+    await connection.close()
+    return ""
+
+
+async def postgres_end_to_end(ctx: Context) -> Figures:
+    """The SQLite end-to-end run's full-speed load, with the store on PostgreSQL."""
+    s = ctx.settings
+    url = postgres_url()
+    if why := await postgres_unreachable(url):
+        return {"skipped": why}
+    async with fresh_database(url, POSTGRES_DATABASE_PREFIX) as database:
+        figures = await _ackbot_end_to_end(
+            ctx, count=s.e2e_messages, concurrency=s.e2e_producers, rate=0.0, database=database
+        )
+        return {**figures, "durability": await pg_peer.durability(asyncpg_dsn(database))}
+
+
+async def postgres_peer(ctx: Context) -> Figures:
+    """The same job and load on a SKIP LOCKED table with asyncpg (bench.pg_peer)."""
+    s = ctx.settings
+    url = postgres_url()
+    if why := await postgres_unreachable(url):
+        return {"skipped": why}
+    folder = ctx.fresh("pg-peer")
+    table = "queue"
+    async with fresh_database(url, POSTGRES_DATABASE_PREFIX) as database:
+        dsn = asyncpg_dsn(database)
+        await pg_peer.create_queue(dsn, table)
+        database_cpu = postgres_window()
+        consumer_spec = pg_peer.ConsumerSpec(
+            dsn=dsn, table=table, count=s.e2e_messages, max_in_flight=s.bot_max_in_flight
+        )
+        async with consumer_process(ctx, "bench.pg_peer", asdict(consumer_spec)) as consumer:
+            produced, returned = await produce(
+                ctx, address=dsn, count=s.e2e_messages, concurrency=s.e2e_producers,
+                producer="postgres", queue=table, id_prefix="pg", folder=folder,
+                on_measuring=database_cpu.open,
+            )  # fmt: skip
+            consumed = await asyncio.wait_for(consumer, settle_deadline(s.e2e_messages))
+        database_cpu.close()
+        committed = await pg_peer.reply_commit_times(dsn, table)
+        durability = await pg_peer.durability(dsn)
+    figures = answer_figures(returned, committed, produced.start_ns)
+    return {
+        **figures,
+        "producer_seconds": produced.seconds,
+        "durability": durability,
+        "postgres_cpu_percent": database_cpu.percent,
+        "consumer_cpu_percent": 100 * consumed["cpu_seconds"] / consumed["seconds"],
+        "producer_cpu_percent": 100 * produced.client_cpu_seconds / produced.seconds,
+    }
 
 
 # -- 4. lookup cost vs size ---------------------------------------------------------------------
@@ -579,10 +728,12 @@ WORKLOADS: dict[str, Callable[[Context], Any]] = {
     "create": create,
     "e2e": end_to_end,
     "redis": redis_peer,
+    "postgres_peer": postgres_peer,
+    "postgres_e2e": postgres_end_to_end,
     "lookup": lookup,
     "slow": slow_responder,
     "oldway": old_way,
     "memory": memory,
 }
 # A figure and the baseline it is a ratio of, measured in the same run: running one runs both.
-BASELINES = {"create": "ceiling", "e2e": "redis"}
+BASELINES = {"create": "ceiling", "e2e": "redis", "postgres_e2e": "postgres_peer"}

@@ -4,6 +4,7 @@ check: the figures of a shared CI machine mean nothing on their own."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -27,7 +28,7 @@ def test_quick_run_writes_table_json_and_chart(tmp_path: Path) -> None:
         timeout=100,
     )
     assert run.returncode == 0, run.stdout + run.stderr
-    assert "Targets of issue 3" in run.stdout
+    assert "Targets of issues 10 and 3" in run.stdout
 
     document = json.loads((out / "results.json").read_text())
     assert set(document) >= {"meta", "settings", "results", "errors", "table", "targets"}
@@ -45,6 +46,26 @@ def test_quick_run_writes_table_json_and_chart(tmp_path: Path) -> None:
     # Past the first page of 1,000 keys, the old first-page scan cannot find most keys.
     assert results["oldway"][str(max(sizes))]["first_page_miss_rate"] > 0
     assert {row["workload"] for row in document["table"]} == set(WORKLOADS)
-    assert len(document["targets"]) == 8
+    assert len(document["targets"]) == 11
     assert (out / "results.txt").read_text().startswith("workload")
     assert (out / "results.png").read_bytes().startswith(b"\x89PNG")
+
+
+def test_postgres_workloads_skip_with_a_note_when_no_server_answers(tmp_path: Path) -> None:
+    # Port 1 on loopback: nothing listens there, so the connection is refused at once.
+    env = {**os.environ, "ACKBOT_BENCH_POSTGRES_URL": "postgresql+asyncpg://postgres@127.0.0.1:1/x"}
+    out = tmp_path / "results"
+    run = subprocess.run(
+        [sys.executable, "-m", "bench.run", "--quick", "--only", "postgres_e2e", "--out", str(out)],
+        cwd=REPO_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert run.returncode == 0, run.stdout + run.stderr
+    results = json.loads((out / "results.json").read_text())["results"]
+    assert set(results) == {"postgres_e2e", "postgres_peer"}
+    for figures in results.values():
+        assert "127.0.0.1:1" in figures["skipped"]
+    assert "n/a   End to end on PostgreSQL" in run.stdout
