@@ -39,7 +39,14 @@ atexit.register(lambda: attempts and print("imported:", *attempts, file=sys.stde
 
 
 def run_without_store_extra(entry: str, *args: str) -> subprocess.CompletedProcess[str]:
-    code = f"{BLOCKER}\nfrom {entry} import main\nsys.exit(main(sys.argv[1:]))\n"
+    return run_without(STORE_ONLY, f"from {entry} import main\nsys.exit(main(sys.argv[1:]))", *args)
+
+
+def run_without(
+    blocked: tuple[str, ...], script: str, *args: str
+) -> subprocess.CompletedProcess[str]:
+    """Runs `script` in a Python where the modules `blocked` are not installed."""
+    code = f"{BLOCKER.replace(repr(STORE_ONLY), repr(blocked))}\n{script}\n"
     return subprocess.run(
         [sys.executable, "-c", code, *args],
         capture_output=True,
@@ -99,3 +106,27 @@ def test_the_store_dependencies_are_behind_the_store_extra():
     for name in STORE_ONLY:
         [requirement] = [r for r in requirements if r.lower().startswith(name)]
         assert 'extra == "store"' in requirement, requirement
+
+
+CLIENT_SCRIPT = """
+import asyncio, sys
+from ackbot.client import Client, Publisher
+
+async def main():
+    async with Client.connect(sys.argv[1]) as client:
+        async with Publisher(client) as publisher:
+            future = publisher.publish("from the client library", author="lib", id="client-lib")
+        print(future.result().message.id)
+
+asyncio.run(main())
+"""
+# Beyond the store's extra, the client library needs none of the bot's dependencies either.
+NOT_FOR_THE_CLIENT = (*STORE_ONLY, "openai", "httpx", "httpx2", "prometheus_client")
+
+
+async def test_the_client_library_runs_without_the_store_or_bot_dependencies(store, stub):
+    result = await asyncio.to_thread(run_without, NOT_FOR_THE_CLIENT, CLIENT_SCRIPT, store.address)
+    assert result.returncode == 0, result.stderr
+    assert result.stderr == ""  # nothing tried to import a blocked module
+    assert result.stdout.strip() == "client-lib"
+    assert (await get(stub, "client-lib")).text == "from the client library"
