@@ -14,7 +14,9 @@ because the publisher chooses every id the caller left empty, so a retried item 
 message stored (`already_existed`) instead of storing it twice. A store too old for
 BatchCreateMessages (UNIMPLEMENTED) gets the items by CreateMessage, concurrently, from then on.
 Batches are independent: messages published together may be stored out of publish order (as
-with Pub/Sub without ordering keys); the store's `sequence` is the order of delivery.
+with Pub/Sub without ordering keys); the store's `sequence` is the order of delivery. A batch
+refused for its size (a store whose --max-request-bytes is below `max_bytes`) is sent again in
+halves.
 """
 
 from __future__ import annotations
@@ -58,6 +60,12 @@ class _Batch:
     futures: list[asyncio.Future[pb.CreateMessageResponse]] = field(default_factory=list)
     size: int = 0
     timer: asyncio.TimerHandle | None = None
+
+
+def _too_large(error: StoreError) -> bool:
+    """Refused by gRPC for its size, before the store read it: no ErrorInfo, unlike a full
+    database's RESOURCE_EXHAUSTED [STORAGE_FULL]."""
+    return error.code is grpc.StatusCode.RESOURCE_EXHAUSTED and not error.reason
 
 
 def _item_size(request: pb.CreateMessageRequest) -> int:
@@ -145,24 +153,12 @@ class Publisher:
         task.add_done_callback(self._sending.discard)
 
     async def _answer(self, batch: _Batch) -> None:
-        results: Sequence[pb.CreateMessageResponse | BaseException] = []
+        results: Sequence[pb.CreateMessageResponse | BaseException]
         try:
-            if self._batch_rpc:
-                try:
-                    results = await self._send_batch(batch.requests)
-                except StoreError as exc:
-                    if exc.code is not grpc.StatusCode.UNIMPLEMENTED:
-                        raise
-                    log.warning("the store has no BatchCreateMessages; creating one by one")
-                    self._batch_rpc = False
-            if not self._batch_rpc:
-                results = await asyncio.gather(
-                    *(self._send_one(request) for request in batch.requests),
-                    return_exceptions=True,
-                )
+            results = await self._outcomes(batch.requests)
         except Exception as exc:
-            # The whole call failed (too large, unreachable past the budget, refused): every
-            # item learns why.
+            # Not the store's answer (a bug, a broken channel): every item learns of it.
+            log.exception("a batch of %d creates failed", len(batch.requests))
             results = [exc] * len(batch.requests)
         for future, result in zip(batch.futures, results, strict=True):
             if future.done():  # the caller cancelled it
@@ -171,6 +167,33 @@ class Publisher:
                 future.set_exception(result)
             else:
                 future.set_result(result)
+
+    async def _outcomes(
+        self, requests: list[pb.CreateMessageRequest]
+    ) -> Sequence[pb.CreateMessageResponse | BaseException]:
+        """One outcome per request: by BatchCreateMessages while the store has it, else by
+        CreateMessage each."""
+        if self._batch_rpc:
+            try:
+                return await self._send_batch(requests)
+            except StoreError as exc:
+                if exc.code is grpc.StatusCode.UNIMPLEMENTED:
+                    log.warning("the store has no BatchCreateMessages; creating one by one")
+                    self._batch_rpc = False
+                elif _too_large(exc) and len(requests) > 1:
+                    # The store takes less than max_bytes (its --max-request-bytes is lower):
+                    # halves, until they fit or one message alone is refused.
+                    half = len(requests) // 2
+                    first, second = await asyncio.gather(
+                        self._outcomes(requests[:half]), self._outcomes(requests[half:])
+                    )
+                    return [*first, *second]
+                else:
+                    # The whole call was refused: every item learns why.
+                    return [exc] * len(requests)
+        return await asyncio.gather(
+            *(self._send_one(request) for request in requests), return_exceptions=True
+        )
 
     async def _send_batch(
         self, requests: list[pb.CreateMessageRequest]

@@ -22,6 +22,7 @@ from ackbot.client import (
     NotFound,
     PermissionDenied,
     Publisher,
+    ResourceExhausted,
 )
 from ackbot.testing import Security, store_service, wait_until
 from ackbot.v1 import message_store_pb2 as pb
@@ -294,3 +295,24 @@ async def test_the_consumer_answers_fails_and_stops(recorded, stub):
     assert two.reply_id == ""
     assert boom.state == pb.MESSAGE_STATE_PENDING
     assert boom.last_error == "RuntimeError: cannot answer boom"
+
+
+async def test_a_batch_too_large_for_the_store_is_sent_in_halves(start_store):
+    store = await start_store.started(args=["--max-request-bytes", "4096"])
+    recorder = Recorder()
+    channel = grpc.aio.insecure_channel(store.address, interceptors=[recorder])
+    async with Client(channel, address=store.address) as client:
+        # max_bytes says 60 KiB; the store takes 4 KiB: ten 1000-byte texts do not fit.
+        async with Publisher(client, BatchSettings(max_latency=NEVER)) as publisher:
+            fits = [publisher.publish("x" * 1000, author="ana") for _ in range(10)]
+            alone = publisher.publish("y" * 5000, author="ana")  # too large even alone
+        assert all(not f.result().already_existed for f in fits)
+        with pytest.raises(ResourceExhausted):
+            alone.result()
+        sent = recorder.batches()
+        # The whole batch, then ever smaller halves, down to the big one alone.
+        assert sent[0] == 11
+        assert max(sent[1:]) <= 6
+        assert 1 in sent
+        stored = [m async for page in client.list() for m in page]
+        assert len(stored) == 10
