@@ -4,6 +4,8 @@ the stored result identical to CreateMessage's for the same input."""
 
 from __future__ import annotations
 
+import asyncio
+
 import grpc
 import pytest
 from google.rpc import code_pb2, error_details_pb2
@@ -22,6 +24,7 @@ from .harness import (
     timestamp_ms,
     unique_id,
 )
+from .postgres import fresh_database, requires_postgres
 from .test_metrics import METRICS, scrape, value
 
 
@@ -196,3 +199,36 @@ def _comparable(message: pb.Message) -> pb.Message:
     for field in ("id", "sequence", "receive_time"):
         copy.ClearField(field)
     return copy
+
+
+@pytest.mark.postgres
+@pytest.mark.slow
+@requires_postgres
+async def test_two_stores_on_postgres_batch_the_same_ids_once(start_store):
+    """Batches with the same ids sent at once to two stores of one database: each id is
+    stored once, and every item is answered created or already existed, never ID_TAKEN."""
+    async with fresh_database() as url:
+        stores = [await start_store.started(name=f"pg{n}", args=["--db", url]) for n in range(2)]
+        ids = [unique_id("pg") for _ in range(200)]
+        items = [item(message_id, text=f"same {message_id}") for message_id in ids]
+        channels = [store.aio_channel() for store in stores]
+        try:
+            stubs = [pb_grpc.MessageStoreStub(channel) for channel in channels]
+            answers = await asyncio.gather(
+                *(
+                    batch(stub, *items[offset:], *items[:offset])
+                    for stub in stubs
+                    for offset in (0, 100)
+                )
+            )
+            outcomes: dict[str, list[bool]] = {}
+            for results in answers:
+                for result in results:
+                    assert result.WhichOneof("result") == "response", result
+                    message = result.response.message
+                    outcomes.setdefault(message.id, []).append(result.response.already_existed)
+            assert set(outcomes) == set(ids)
+            assert all(sorted(flags) == [False, True, True, True] for flags in outcomes.values())
+        finally:
+            for channel in channels:
+                await channel.close()
