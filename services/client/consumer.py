@@ -6,9 +6,10 @@ lease is extended every half lease; what it returns settles the message: a text 
 the reply (MarkProcessed, cut to the store's text limit), None marks it processed without one;
 an exception releases it with the exception as its reason and a retry_after that doubles with
 each attempt (after `max_attempts` the store makes it DEAD). A broken stream is re-opened with
-backoff. `stop()` closes the stream first (so the store sends no more), lets running handlers
-finish within `grace_seconds`, and releases the rest without a reason, which gives their
-attempt back.
+backoff. `stop()` stops reading the stream, lets running handlers finish within
+`grace_seconds` and cancels the rest, closes the stream (the store then hands back what was not
+settled; a started delivery's attempt counts), and only then settles what finished: a settle
+on an open stream would free room that the store fills with a delivery only to waste it.
 """
 
 from __future__ import annotations
@@ -59,8 +60,15 @@ class Consumer:
         self._handler = handler
         self.settings = settings or ConsumerSettings()
         self._jobs: set[asyncio.Task[None]] = set()
+        # The jobs whose handler is still running (a finished one may be waiting to settle).
+        self._working: set[asyncio.Task[None]] = set()
+        self._idle = asyncio.Event()
+        self._stream: DeliveryStream | None = None
         self._reader: asyncio.Task[None] | None = None
         self._stopping = asyncio.Event()
+        # Set once the stream is closed on stop: settles made before it would free room that
+        # the store fills with a delivery the closing stream then wastes (an attempt).
+        self._stream_closed = asyncio.Event()
         self._max_reply_bytes = 0
         self._opened = False
 
@@ -74,23 +82,22 @@ class Consumer:
         failures = 0
         try:
             while not self._stopping.is_set():
-                stream = self._store.stream(
+                self._stream = self._store.stream(
                     consumer=self.settings.consumer,
                     max_in_flight=self.settings.max_in_flight,
                     lease_seconds=self.settings.lease_seconds,
                 )
-                self._reader = asyncio.create_task(self._read(stream))
+                self._reader = asyncio.create_task(self._read(self._stream))
                 with contextlib.suppress(asyncio.CancelledError):
                     await self._reader
-                stream.cancel()
                 if self._stopping.is_set():
                     break
-                log.warning("stream ended (%s); reconnecting", stream.end_reason)
+                self._stream.cancel()
+                log.warning("stream ended (%s); reconnecting", self._stream.end_reason)
                 # A stream that opened starts the backoff over; one that never did grows it.
                 failures = 0 if self._opened else failures + 1
-                pause = RECONNECT_BACKOFF.delay(failures)
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._stopping.wait(), pause)
+                    await asyncio.wait_for(self._stopping.wait(), RECONNECT_BACKOFF.delay(failures))
         finally:
             await self._drain()
 
@@ -103,15 +110,32 @@ class Consumer:
             for delivery in deliveries:
                 job = asyncio.create_task(self._handle(delivery))
                 self._jobs.add(job)
+                self._working.add(job)
+                self._idle.clear()
                 job.add_done_callback(self._jobs.discard)
 
     async def _drain(self) -> None:
-        if not self._jobs:
-            return
-        _, late = await asyncio.wait(set(self._jobs), timeout=self.settings.grace_seconds)
-        for job in late:
+        """Running handlers get `grace_seconds`; those still running then are cancelled, and
+        the stream's close hands their messages back (the attempt counts: they were started).
+        Then the stream is closed and the held-back settles are made."""
+        if self._working:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._idle.wait(), self.settings.grace_seconds)
+        for job in self._working:
             job.cancel()
-        await asyncio.gather(*late, return_exceptions=True)
+        if self._stream is not None:
+            self._stream.cancel()
+        self._stream_closed.set()
+        await asyncio.gather(*self._jobs, return_exceptions=True)
+
+    def _done_working(self, job: asyncio.Task[None] | None) -> None:
+        self._working.discard(job)
+        if not self._working:
+            self._idle.set()
+
+    async def _settle_gate(self) -> None:
+        if self._stopping.is_set():
+            await self._stream_closed.wait()
 
     async def _handle(self, delivery: pb.Delivery) -> None:
         message_id, token = delivery.message.id, delivery.lease_token
@@ -119,18 +143,12 @@ class Consumer:
         keeper = asyncio.create_task(self._keep_lease(message_id, token))
         try:
             text = await self._handler(delivery)
-        except asyncio.CancelledError:
-            # Stopped before it finished: handed back unstarted, its attempt not counted.
-            await asyncio.shield(
-                self._store.release(
-                    message_id, token, reason="", retry_after_seconds=0, budget_seconds=5.0
-                )
-            )
-            raise
         except Exception as exc:
             reason = f"{type(exc).__name__}: {exc}".replace("\x00", "")[:MAX_REASON_CHARS]
             retry_after = release_retry_after(delivery.attempt, self.settings.retry_base_seconds)
             log.warning("handler failed message_id=%s: %s", message_id, reason)
+            self._done_working(asyncio.current_task())
+            await self._settle_gate()
             await self._store.release(
                 message_id,
                 token,
@@ -141,10 +159,12 @@ class Consumer:
             return
         finally:
             keeper.cancel()
+            self._done_working(asyncio.current_task())
         reply = None
         if text:
             limit = self._max_reply_bytes or DEFAULT_MAX_TEXT_BYTES
             reply = pb.Message(author=self.settings.author, text=fit_text(text, limit))
+        await self._settle_gate()
         result = await self._store.mark_processed(message_id, token, reply, budget_seconds=budget)
         if result.outcome not in (Outcome.SETTLED, Outcome.ALREADY_PROCESSED):
             log.warning("could not mark message_id=%s: %s", message_id, result.problem)

@@ -316,3 +316,78 @@ async def test_a_batch_too_large_for_the_store_is_sent_in_halves(start_store):
         assert 1 in sent
         stored = [m async for page in client.list() for m in page]
         assert len(stored) == 10
+
+
+async def test_the_consumer_keeps_the_lease_and_stops_after_its_grace_period(recorded, stub):
+    client, _ = recorded
+    slow_id = (await create(stub, "slow")).id
+    stuck_id = (await create(stub, "stuck")).id
+    release_slow = asyncio.Event()
+
+    async def handler(delivery: pb.Delivery) -> str | None:
+        if delivery.message.text == "slow":
+            await release_slow.wait()
+            return "done at last"
+        await asyncio.Event().wait()  # never finishes
+        return None
+
+    settings = ConsumerSettings(lease_seconds=2.0, grace_seconds=0.5, max_in_flight=2)
+    consumer = Consumer(client, handler, settings)
+    running = asyncio.create_task(consumer.run())
+    try:
+        leased = await wait_until(
+            lambda: _leased(stub, slow_id), WITHIN, what="the slow message leased"
+        )
+        first_expiry = leased.lease_expire_time.ToNanoseconds()
+
+        async def extended() -> bool:
+            message = await get(stub, slow_id)
+            return message.lease_expire_time.ToNanoseconds() > first_expiry
+
+        await wait_until(extended, WITHIN, what="the lease extended while the handler ran")
+        release_slow.set()
+        await wait_until(
+            lambda: _state_is(stub, slow_id, pb.MESSAGE_STATE_PROCESSED), WITHIN, what="slow done"
+        )
+    finally:
+        consumer.stop()
+        await asyncio.wait_for(running, WITHIN)
+    stuck = await get(stub, stuck_id)
+    # Cancelled after the grace period and handed back by the stream's close: pending again,
+    # its attempt counted (the handler had started), no error recorded.
+    assert stuck.state == pb.MESSAGE_STATE_PENDING
+    assert stuck.delivery_attempts == 1
+    assert stuck.last_error == ""
+    assert (await get(stub, (await get(stub, slow_id)).reply_id)).text == "done at last"
+
+
+async def _leased(stub, message_id: str) -> pb.Message | None:
+    message = await get(stub, message_id)
+    return message if message.state == pb.MESSAGE_STATE_LEASED else None
+
+
+async def _state_is(stub, message_id: str, state: int) -> bool:
+    return (await get(stub, message_id)).state == state
+
+
+async def test_a_reply_finished_after_stop_is_stored_without_wasting_a_delivery(recorded, stub):
+    client, _ = recorded
+    first_id = (await create(stub, "first")).id
+    second_id = (await create(stub, "second")).id
+    started, finish = asyncio.Event(), asyncio.Event()
+
+    async def handler(delivery: pb.Delivery) -> str | None:
+        started.set()
+        await finish.wait()
+        return f"re: {delivery.message.text}"
+
+    consumer = Consumer(client, handler, ConsumerSettings(max_in_flight=1, grace_seconds=WITHIN))
+    running = asyncio.create_task(consumer.run())
+    await asyncio.wait_for(started.wait(), WITHIN)
+    consumer.stop()
+    finish.set()  # within the grace period
+    await asyncio.wait_for(running, WITHIN)
+    assert (await get(stub, first_id)).state == pb.MESSAGE_STATE_PROCESSED
+    # The mark waited for the stream's close, so its freed slot was never filled.
+    second = await get(stub, second_id)
+    assert (second.state, second.delivery_attempts) == (pb.MESSAGE_STATE_PENDING, 0)
