@@ -18,15 +18,15 @@ import sys
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from datetime import UTC, datetime
-from typing import TextIO
+from typing import TextIO, Unpack
 
 import grpc
 import shtab
 from google.protobuf import json_format, timestamp_pb2
 
+from ackbot.client.listing import LAST_MESSAGE_REQUEST, ListFilters, PageWalk
 from ackbot.common.auth import read_token
 from ackbot.common.flags import MAX_WAIT_SECONDS, address, int_in, seconds_in, version_line
-from ackbot.common.limits import MAX_PAGE_SIZE
 from ackbot.common.serving import client_credentials
 from ackbot.v1 import message_store_pb2 as pb
 from ackbot.v1 import message_store_pb2_grpc as pb_grpc
@@ -306,35 +306,15 @@ def _get(stub: pb_grpc.MessageStoreStub, message_id: str) -> pb.Message:
 
 
 def iter_messages(
-    stub: pb_grpc.MessageStoreStub,
-    *,
-    state: pb.MessageState = pb.MESSAGE_STATE_UNSPECIFIED,
-    reply_to: str = "",
-    after_sequence: int = 0,
-    limit: int | None = None,
-    newest_first: bool = False,
+    stub: pb_grpc.MessageStoreStub, **filters: Unpack[ListFilters]
 ) -> Iterator[pb.Message]:
     """Every matching message in arrival order (or newest first), one page at a time,
     following page tokens."""
-    token = ""
-    remaining = limit
-    while remaining is None or remaining > 0:
-        page_size = MAX_PAGE_SIZE if remaining is None else min(remaining, MAX_PAGE_SIZE)
-        request = pb.ListMessagesRequest(
-            page_size=page_size,
-            page_token=token,
-            state=state,
-            reply_to=reply_to,
-            after_sequence=after_sequence,
-            order_by="sequence desc" if newest_first else "",
-        )
-        response = stub.ListMessages(request, timeout=CALL_TIMEOUT_SECONDS)
+    walk = PageWalk(**filters)
+    while walk.request is not None:
+        response = stub.ListMessages(walk.request, timeout=CALL_TIMEOUT_SECONDS)
+        walk.advance(response)
         yield from response.messages
-        if remaining is not None:
-            remaining -= len(response.messages)
-        token = response.next_page_token
-        if not token:
-            return
 
 
 def read_text(text: str, stdin: TextIO) -> str:
@@ -421,9 +401,8 @@ def watch_events(
     misses no arrival and repeats none."""
     last = 0
     if not from_start:
-        # One row, newest first: where the list ends now, whatever its length.
-        for message in iter_messages(stub, limit=1, newest_first=True):
-            last = message.sequence
+        response = stub.ListMessages(LAST_MESSAGE_REQUEST, timeout=CALL_TIMEOUT_SECONDS)
+        last = response.messages[0].sequence if response.messages else 0
     while True:
         try:
             for event in stub.WatchMessages(pb.WatchMessagesRequest(after_sequence=last)):

@@ -40,6 +40,7 @@ _READERS = frozenset({Role.PRODUCER, Role.BOT, Role.ADMIN})
 
 METHOD_ROLES: Mapping[str, frozenset[Role]] = {
     f"/{SERVICE}/CreateMessage": frozenset({Role.PRODUCER, Role.ADMIN}),
+    f"/{SERVICE}/BatchCreateMessages": frozenset({Role.PRODUCER, Role.ADMIN}),
     f"/{SERVICE}/GetMessage": _READERS,
     f"/{SERVICE}/ListMessages": _READERS,
     f"/{SERVICE}/StreamUnprocessed": frozenset({Role.BOT, Role.ADMIN}),

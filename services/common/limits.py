@@ -26,6 +26,9 @@ MAX_RETRY_AFTER_SECONDS = 3600.0
 MIN_IN_FLIGHT = 1
 MAX_IN_FLIGHT = 1000
 MAX_PAGE_SIZE = 1000
+# Most items in one BatchCreateMessages call (AIP-233 asks for a documented maximum); the
+# whole call is also bound by the store's --max-request-bytes.
+MAX_BATCH_CREATE_ITEMS = 1000
 # A ListMessages page or a stream response ends where it would pass this (it always holds at
 # least one message): well under a client's default 4 MiB receive limit.
 MAX_RESPONSE_BYTES = 1024 * 1024

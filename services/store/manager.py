@@ -69,6 +69,15 @@ class StoreStats:
     read_ns: int
 
 
+def _log_created(result: CreateResult) -> bool:
+    """Logs a create's outcome; True when it stored a new message (work for the streams)."""
+    if result.already_existed:
+        log.info("create retried; already stored message_id=%s", result.message.id)
+        return False
+    log.info("created message_id=%s sequence=%d", result.message.id, result.message.sequence)
+    return True
+
+
 class DeliveryStream:
     """The deliveries of one open stream, as an async iterator of batches.
 
@@ -239,15 +248,20 @@ class MessageManager:
 
     async def create_message(self, new: NewMessage) -> CreateResult:
         result = await self._repository.create_message(new)
-        if result.already_existed:
-            log.info("create retried; already stored message_id=%s", result.message.id)
-        else:
-            log.info(
-                "created message_id=%s sequence=%d", result.message.id, result.message.sequence
-            )
+        if _log_created(result):
             self._board.wake_all()
             self.watches.created()
         return result
+
+    async def create_messages(self, news: list[NewMessage]) -> list[CreateResult | StoreError]:
+        """CreateMessage for many, in one transaction, with one wake-up for all of them. Each
+        item's outcome is its own: a result, or the error it alone was refused with."""
+        outcomes = await self._repository.create_messages(news)
+        created = [_log_created(o) for o in outcomes if not isinstance(o, StoreError)]
+        if any(created):
+            self._board.wake_all()
+            self.watches.created()
+        return outcomes
 
     async def mark_processed(
         self, message_id: str, reply: NewMessage | None, lease_token: str

@@ -476,6 +476,29 @@ class MessageRepository:
             new = dataclasses.replace(new, id=new_message_id(self._now_ns()))
         return await self._writes.submit(self._create_many, new, runs_first=True)
 
+    async def create_messages(self, news: list[NewMessage]) -> list[CreateResult | StoreError]:
+        """Creates `news` in one transaction (BatchCreateMessages); one outcome per item, in
+        order, an item's refusal (ID_TAKEN) among them. A failure of the transaction itself
+        raises, and then nothing was written."""
+        news = [
+            new if new.id else dataclasses.replace(new, id=new_message_id(self._now_ns()))
+            for new in news
+        ]
+        # Submitted as one request, so a group commit never splits it over two transactions.
+        return await self._writes.submit(self._create_runs, news, runs_first=True)
+
+    async def _create_runs(
+        self, tx: _Transaction, runs: list[list[NewMessage]]
+    ) -> list[list[CreateResult | StoreError] | StoreError]:
+        """The batch creates of one transaction, written by `_create_many` as one run."""
+        outcomes = await self._create_many(tx, [new for run in runs for new in run])
+        answers: list[list[CreateResult | StoreError] | StoreError] = []
+        start = 0
+        for run in runs:
+            answers.append(outcomes[start : start + len(run)])
+            start += len(run)
+        return answers
+
     async def _create_many(
         self, tx: _Transaction, news: list[NewMessage]
     ) -> list[CreateResult | StoreError]:

@@ -22,6 +22,7 @@ from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
 from ackbot.common.limits import (
+    MAX_BATCH_CREATE_ITEMS,
     MAX_CONSUMER_CHARS,
     MAX_LEASE_TOKEN_CHARS,
     MAX_RESPONSE_BYTES,
@@ -44,7 +45,7 @@ from ackbot.store.errors import (
 )
 from ackbot.store.manager import MessageManager
 from ackbot.store.models import State
-from ackbot.store.repository import Delivery, NewMessage, StoredMessage
+from ackbot.store.repository import CreateResult, Delivery, NewMessage, StoredMessage
 from ackbot.store.watch import EventType
 from ackbot.v1 import message_store_pb2 as pb
 from ackbot.v1 import message_store_pb2_grpc as pb_grpc
@@ -99,6 +100,12 @@ def message_to_proto(message: StoredMessage) -> pb.Message:
     if message.process_time_ns is not None:
         proto.process_time.CopyFrom(_timestamp(message.process_time_ns))
     return proto
+
+
+def _create_response(result: CreateResult) -> pb.CreateMessageResponse:
+    return pb.CreateMessageResponse(
+        message=message_to_proto(result.message), already_existed=result.already_existed
+    )
 
 
 def delivery_to_proto(delivery: Delivery) -> pb.Delivery:
@@ -315,13 +322,52 @@ class MessageStoreServicer(pb_grpc.MessageStoreServicer):
     async def CreateMessage(
         self, request: pb.CreateMessageRequest, context: grpc.aio.ServicerContext
     ) -> pb.CreateMessageResponse:
-        message = request.message
         v = rules.Violations()
-        rules.check_id(v, "message.id", message.id, self._limits, required=False)
-        rules.check_author(v, "message.author", message.author, self._limits)
-        rules.check_text(v, "message.text", message.text, self._limits)
+        new = self._new_message(v, "message", request.message)
+        v.raise_if_any()
+        return _create_response(await self._manager.create_message(new))
+
+    @maps_errors
+    async def BatchCreateMessages(
+        self, request: pb.BatchCreateMessagesRequest, context: grpc.aio.ServicerContext
+    ) -> pb.BatchCreateMessagesResponse:
+        count = len(request.requests)
+        if not 1 <= count <= MAX_BATCH_CREATE_ITEMS:
+            raise InvalidArgument(
+                [
+                    FieldViolation(
+                        "requests", f"must hold 1 to {MAX_BATCH_CREATE_ITEMS} items (got {count})"
+                    )
+                ]
+            )
+        # Each item is checked on its own; a bad one is answered here and the rest go on.
+        results: list[pb.BatchCreateMessagesResult] = [
+            pb.BatchCreateMessagesResult() for _ in range(count)
+        ]
+        valid: list[tuple[int, NewMessage]] = []
+        for index, item in enumerate(request.requests):
+            v = rules.Violations()
+            new = self._new_message(v, f"requests[{index}].message", item.message)
+            if v.items:
+                results[index].error.CopyFrom(_status_for(InvalidArgument(v.items)))
+            else:
+                valid.append((index, new))
+        if valid:
+            outcomes = await self._manager.create_messages([new for _, new in valid])
+            for (index, _), outcome in zip(valid, outcomes, strict=True):
+                if isinstance(outcome, StoreError):
+                    results[index].error.CopyFrom(_status_for(outcome))
+                else:
+                    results[index].response.CopyFrom(_create_response(outcome))
+        return pb.BatchCreateMessagesResponse(results=results)
+
+    def _new_message(self, v: rules.Violations, field: str, message: pb.Message) -> NewMessage:
+        """The message a create asks for, its broken rules added to `v` under `field`."""
+        rules.check_id(v, f"{field}.id", message.id, self._limits, required=False)
+        rules.check_author(v, f"{field}.author", message.author, self._limits)
+        rules.check_text(v, f"{field}.text", message.text, self._limits)
         if message.reply_to:
-            v.add("message.reply_to", "must be empty; replies are stored by MarkProcessed")
+            v.add(f"{field}.reply_to", "must be empty; replies are stored by MarkProcessed")
         create_time_ns = None
         if message.HasField("create_time"):
             stamp = message.create_time
@@ -329,20 +375,11 @@ class MessageStoreServicer(pb_grpc.MessageStoreServicer):
             # own range, and this request deserves INVALID_ARGUMENT naming the rule instead.
             create_time_ns = stamp.seconds * 10**9 + stamp.nanos
             if not 0 <= stamp.nanos < 10**9:
-                v.add("message.create_time", f"nanos must be 0 to 999999999 (got {stamp.nanos})")
+                v.add(f"{field}.create_time", f"nanos must be 0 to 999999999 (got {stamp.nanos})")
             else:
-                rules.check_time_ns(v, "message.create_time", create_time_ns)
-        v.raise_if_any()
-        result = await self._manager.create_message(
-            NewMessage(
-                id=message.id,
-                author=message.author,
-                text=message.text,
-                create_time_ns=create_time_ns,
-            )
-        )
-        return pb.CreateMessageResponse(
-            message=message_to_proto(result.message), already_existed=result.already_existed
+                rules.check_time_ns(v, f"{field}.create_time", create_time_ns)
+        return NewMessage(
+            id=message.id, author=message.author, text=message.text, create_time_ns=create_time_ns
         )
 
     @maps_errors

@@ -34,6 +34,7 @@ def test_every_rpc_of_the_service_has_a_row():
     ("method", "roles"),
     [
         ("CreateMessage", {"producer", "admin"}),
+        ("BatchCreateMessages", {"producer", "admin"}),
         ("GetMessage", {"producer", "bot", "admin"}),
         ("ListMessages", {"producer", "bot", "admin"}),
         ("StreamUnprocessed", {"bot", "admin"}),

@@ -160,6 +160,11 @@ def bad_request_fields(error: grpc.aio.AioRpcError) -> list[str]:
     """The fields named by the google.rpc.BadRequest in an error's status details."""
     status = rpc_status.from_call(error)
     assert status is not None, f"no grpc-status-details-bin in {error}"
+    return status_bad_request_fields(status)
+
+
+def status_bad_request_fields(status) -> list[str]:
+    """The fields named by the google.rpc.BadRequest in a google.rpc.Status."""
     fields = []
     for detail in status.details:
         if detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):

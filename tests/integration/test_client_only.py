@@ -50,8 +50,19 @@ def without_extras(entry: str) -> str:
 
 
 def run_without_store_extra(entry: str, *args: str) -> subprocess.CompletedProcess[str]:
+    """Runs `entry`'s main as if neither extra were installed."""
+    return run_without(
+        STORE_ONLY + BOT_ONLY, f"from {entry} import main\nsys.exit(main(sys.argv[1:]))", *args
+    )
+
+
+def run_without(
+    blocked: tuple[str, ...], script: str, *args: str
+) -> subprocess.CompletedProcess[str]:
+    """Runs `script` in a Python where the modules `blocked` are not installed."""
+    code = f"{BLOCKER.replace(repr(STORE_ONLY + BOT_ONLY), repr(blocked))}\n{script}\n"
     return subprocess.run(
-        [sys.executable, "-c", without_extras(entry), *args],
+        [sys.executable, "-c", code, *args],
         capture_output=True,
         text=True,
         timeout=CLI_TIMEOUT,
@@ -163,3 +174,27 @@ def test_the_llm_clients_are_behind_the_bot_extra():
     for name in BOT_ONLY:
         [requirement] = [r for r in requirements if re.match(rf"{name}\b", r.lower())]
         assert 'extra == "bot"' in requirement, requirement
+
+
+CLIENT_SCRIPT = """
+import asyncio, sys
+from ackbot.client import Client, Publisher
+
+async def main():
+    async with Client.connect(sys.argv[1]) as client:
+        async with Publisher(client) as publisher:
+            future = publisher.publish("from the client library", author="lib", id="client-lib")
+        print(future.result().message.id)
+
+asyncio.run(main())
+"""
+# Beyond the store's extra, the client library needs none of the bot's dependencies either.
+NOT_FOR_THE_CLIENT = (*STORE_ONLY, *BOT_ONLY, "httpx", "prometheus_client")
+
+
+async def test_the_client_library_runs_without_the_store_or_bot_dependencies(store, stub):
+    result = await asyncio.to_thread(run_without, NOT_FOR_THE_CLIENT, CLIENT_SCRIPT, store.address)
+    assert result.returncode == 0, result.stderr
+    assert result.stderr == ""  # nothing tried to import a blocked module
+    assert result.stdout.strip() == "client-lib"
+    assert (await get(stub, "client-lib")).text == "from the client library"

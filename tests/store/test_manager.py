@@ -127,6 +127,18 @@ async def test_a_create_wakes_a_waiting_stream(manager, open_consumer):
     assert await consumer.next_ids() == ["new"]
 
 
+async def test_a_batch_create_wakes_a_waiting_stream_once_for_all(manager, open_consumer):
+    consumer = open_consumer(max_in_flight=10)
+    await let_streams_look()
+    news = [NewMessage(author="a", text="t", id=f"b{n}") for n in range(5)]
+
+    outcomes = await manager.create_messages([*news, NewMessage(author="x", text="y", id="b0")])
+
+    assert [type(o).__name__ for o in outcomes] == [*["CreateResult"] * 5, "AlreadyExists"]
+    # The wake comes after the one commit: the stream claims all five in one batch.
+    assert await consumer.next_ids() == [f"b{n}" for n in range(5)]
+
+
 async def test_a_settle_frees_a_slot(manager, open_consumer):
     await create(manager, "a", "b")
     consumer = open_consumer(max_in_flight=1)

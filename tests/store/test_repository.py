@@ -6,6 +6,8 @@ schema of its own. Time is the fake clock from conftest, so leases and retry_aft
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 from sqlalchemy import func, insert, select
 
@@ -735,3 +737,27 @@ async def test_a_database_of_the_old_layout_is_refused_with_what_to_do(tmp_path)
             await repository.create_schema()
     finally:
         await repository.dispose()
+
+
+async def test_create_messages_answers_each_item_in_order(repo):
+    await create(repo, "stored", id="old")
+    news = [
+        NewMessage(author="alice", text="one", id="b1"),
+        NewMessage(author="alice", text="stored", id="old"),
+        NewMessage(author="bob", text="taken", id="old"),
+        NewMessage(author="alice", text="no id"),
+        NewMessage(author="alice", text="one", id="b1"),
+    ]
+    # A unary create of the same id racing the batch: one of them creates, the other finds it.
+    unary, outcomes = await asyncio.gather(
+        repo.create_message(NewMessage(author="alice", text="one", id="b1")),
+        repo.create_messages(news),
+    )
+    assert isinstance(outcomes[2], AlreadyExists)
+    results = [o for o in outcomes if not isinstance(o, BaseException)]
+    assert len(results) == 4
+    assert [r.already_existed for r in results[1:]] == [True, False, True]
+    assert results[0].message.sequence == unary.message.sequence
+    assert results[0].already_existed != unary.already_existed
+    assert results[2].message.id
+    assert await count_rows(repo) == 3

@@ -24,65 +24,72 @@ _sym_db = _symbol_database.Default()
 
 from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
+from google.rpc import status_pb2 as google_dot_rpc_dot_status__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1d\x61\x63kbot/v1/message_store.proto\x12\tackbot.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x8c\x03\n\x07Message\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0e\n\x06\x61uthor\x18\x02 \x01(\t\x12\x0c\n\x04text\x18\x03 \x01(\t\x12/\n\x0b\x63reate_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x30\n\x0creceive_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x10\n\x08sequence\x18\x06 \x01(\x03\x12&\n\x05state\x18\x07 \x01(\x0e\x32\x17.ackbot.v1.MessageState\x12\x10\n\x08reply_to\x18\x08 \x01(\t\x12\x10\n\x08reply_id\x18\t \x01(\t\x12\x19\n\x11\x64\x65livery_attempts\x18\n \x01(\x05\x12\x12\n\nlast_error\x18\x0b \x01(\t\x12\x35\n\x11lease_expire_time\x18\x0c \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x30\n\x0cprocess_time\x18\r \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x8c\x01\n\x08\x44\x65livery\x12#\n\x07message\x18\x01 \x01(\x0b\x32\x12.ackbot.v1.Message\x12\x13\n\x0blease_token\x18\x02 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x03 \x01(\x05\x12\x35\n\x11lease_expire_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\";\n\x14\x43reateMessageRequest\x12#\n\x07message\x18\x01 \x01(\x0b\x32\x12.ackbot.v1.Message\"U\n\x15\x43reateMessageResponse\x12#\n\x07message\x18\x01 \x01(\x0b\x32\x12.ackbot.v1.Message\x12\x17\n\x0f\x61lready_existed\x18\x02 \x01(\x08\"\x1f\n\x11GetMessageRequest\x12\n\n\x02id\x18\x01 \x01(\t\"9\n\x12GetMessageResponse\x12#\n\x07message\x18\x01 \x01(\x0b\x32\x12.ackbot.v1.Message\"\xa0\x01\n\x13ListMessagesRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\x12&\n\x05state\x18\x03 \x01(\x0e\x32\x17.ackbot.v1.MessageState\x12\x10\n\x08reply_to\x18\x04 \x01(\t\x12\x16\n\x0e\x61\x66ter_sequence\x18\x05 \x01(\x03\x12\x10\n\x08order_by\x18\x06 \x01(\t\"U\n\x14ListMessagesResponse\x12$\n\x08messages\x18\x01 \x03(\x0b\x32\x12.ackbot.v1.Message\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"Z\n\x14MarkProcessedRequest\x12\n\n\x02id\x18\x01 \x01(\t\x12\x13\n\x0blease_token\x18\x02 \x01(\t\x12!\n\x05reply\x18\x03 \x01(\x0b\x32\x12.ackbot.v1.Message\"z\n\x15MarkProcessedResponse\x12#\n\x07message\x18\x01 \x01(\x0b\x32\x12.ackbot.v1.Message\x12!\n\x05reply\x18\x02 \x01(\x0b\x32\x12.ackbot.v1.Message\x12\x19\n\x11\x61lready_processed\x18\x03 \x01(\x08\"v\n\x18StreamUnprocessedRequest\x12\x10\n\x08\x63onsumer\x18\x01 \x01(\t\x12\x15\n\rmax_in_flight\x18\x02 \x01(\x05\x12\x31\n\x0elease_duration\x18\x03 \x01(\x0b\x32\x19.google.protobuf.Duration\"D\n\x19StreamUnprocessedResponse\x12\'\n\ndeliveries\x18\x01 \x03(\x0b\x32\x13.ackbot.v1.Delivery\"x\n\x15ReleaseMessageRequest\x12\n\n\x02id\x18\x01 \x01(\t\x12\x13\n\x0blease_token\x18\x02 \x01(\t\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12.\n\x0bretry_after\x18\x04 \x01(\x0b\x32\x19.google.protobuf.Duration\"=\n\x16ReleaseMessageResponse\x12#\n\x07message\x18\x01 \x01(\x0b\x32\x12.ackbot.v1.Message\"h\n\x12\x45xtendLeaseRequest\x12\n\n\x02id\x18\x01 \x01(\t\x12\x13\n\x0blease_token\x18\x02 \x01(\t\x12\x31\n\x0elease_duration\x18\x03 \x01(\x0b\x32\x19.google.protobuf.Duration\":\n\x13\x45xtendLeaseResponse\x12#\n\x07message\x18\x01 \x01(\x0b\x32\x12.ackbot.v1.Message\"#\n\x15RequeueMessageRequest\x12\n\n\x02id\x18\x01 \x01(\t\"=\n\x16RequeueMessageResponse\x12#\n\x07message\x18\x01 \x01(\x0b\x32\x12.ackbot.v1.Message\"\x11\n\x0fGetStatsRequest\"\x8d\x02\n\x10GetStatsResponse\x12\x15\n\rpending_count\x18\x01 \x01(\x03\x12\x14\n\x0cleased_count\x18\x02 \x01(\x03\x12\x17\n\x0fprocessed_count\x18\x03 \x01(\x03\x12\x12\n\ndead_count\x18\x04 \x01(\x03\x12\x35\n\x12oldest_pending_age\x18\x05 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\'\n\x07streams\x18\x06 \x03(\x0b\x32\x16.ackbot.v1.StreamStats\x12\x10\n\x08store_id\x18\x07 \x01(\t\x12-\n\tread_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"|\n\x0bStreamStats\x12\x10\n\x08\x63onsumer\x18\x01 \x01(\t\x12\x15\n\rmax_in_flight\x18\x02 \x01(\x05\x12\x11\n\tin_flight\x18\x03 \x01(\x05\x12\x31\n\x0elease_duration\x18\x04 \x01(\x0b\x32\x19.google.protobuf.Duration\"F\n\x14WatchMessagesRequest\x12\x1b\n\x0e\x61\x66ter_sequence\x18\x01 \x01(\x03H\x00\x88\x01\x01\x42\x11\n\x0f_after_sequence\"e\n\x15WatchMessagesResponse\x12\'\n\x04type\x18\x01 \x01(\x0e\x32\x19.ackbot.v1.WatchEventType\x12#\n\x07message\x18\x02 \x01(\x0b\x32\x12.ackbot.v1.Message*\x97\x01\n\x0cMessageState\x12\x1d\n\x19MESSAGE_STATE_UNSPECIFIED\x10\x00\x12\x19\n\x15MESSAGE_STATE_PENDING\x10\x01\x12\x18\n\x14MESSAGE_STATE_LEASED\x10\x02\x12\x1b\n\x17MESSAGE_STATE_PROCESSED\x10\x03\x12\x16\n\x12MESSAGE_STATE_DEAD\x10\x04*t\n\x0eWatchEventType\x12 \n\x1cWATCH_EVENT_TYPE_UNSPECIFIED\x10\x00\x12\x1c\n\x18WATCH_EVENT_TYPE_CREATED\x10\x01\x12\"\n\x1eWATCH_EVENT_TYPE_STATE_CHANGED\x10\x02\x32\xcb\x06\n\x0cMessageStore\x12R\n\rCreateMessage\x12\x1f.ackbot.v1.CreateMessageRequest\x1a .ackbot.v1.CreateMessageResponse\x12I\n\nGetMessage\x12\x1c.ackbot.v1.GetMessageRequest\x1a\x1d.ackbot.v1.GetMessageResponse\x12O\n\x0cListMessages\x12\x1e.ackbot.v1.ListMessagesRequest\x1a\x1f.ackbot.v1.ListMessagesResponse\x12R\n\rMarkProcessed\x12\x1f.ackbot.v1.MarkProcessedRequest\x1a .ackbot.v1.MarkProcessedResponse\x12`\n\x11StreamUnprocessed\x12#.ackbot.v1.StreamUnprocessedRequest\x1a$.ackbot.v1.StreamUnprocessedResponse0\x01\x12U\n\x0eReleaseMessage\x12 .ackbot.v1.ReleaseMessageRequest\x1a!.ackbot.v1.ReleaseMessageResponse\x12L\n\x0b\x45xtendLease\x12\x1d.ackbot.v1.ExtendLeaseRequest\x1a\x1e.ackbot.v1.ExtendLeaseResponse\x12U\n\x0eRequeueMessage\x12 .ackbot.v1.RequeueMessageRequest\x1a!.ackbot.v1.RequeueMessageResponse\x12\x43\n\x08GetStats\x12\x1a.ackbot.v1.GetStatsRequest\x1a\x1b.ackbot.v1.GetStatsResponse\x12T\n\rWatchMessages\x12\x1f.ackbot.v1.WatchMessagesRequest\x1a .ackbot.v1.WatchMessagesResponse0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1d\x61\x63kbot/v1/message_store.proto\x12\tackbot.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x17google/rpc/status.proto\"\x8c\x03\n\x07Message\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0e\n\x06\x61uthor\x18\x02 \x01(\t\x12\x0c\n\x04text\x18\x03 \x01(\t\x12/\n\x0b\x63reate_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x30\n\x0creceive_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x10\n\x08sequence\x18\x06 \x01(\x03\x12&\n\x05state\x18\x07 \x01(\x0e\x32\x17.ackbot.v1.MessageState\x12\x10\n\x08reply_to\x18\x08 \x01(\t\x12\x10\n\x08reply_id\x18\t \x01(\t\x12\x19\n\x11\x64\x65livery_attempts\x18\n \x01(\x05\x12\x12\n\nlast_error\x18\x0b \x01(\t\x12\x35\n\x11lease_expire_time\x18\x0c \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x30\n\x0cprocess_time\x18\r \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x8c\x01\n\x08\x44\x65livery\x12#\n\x07message\x18\x01 \x01(\x0b\x32\x12.ackbot.v1.Message\x12\x13\n\x0blease_token\x18\x02 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x03 \x01(\x05\x12\x35\n\x11lease_expire_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\";\n\x14\x43reateMessageRequest\x12#\n\x07message\x18\x01 \x01(\x0b\x32\x12.ackbot.v1.Message\"U\n\x15\x43reateMessageResponse\x12#\n\x07message\x18\x01 \x01(\x0b\x32\x12.ackbot.v1.Message\x12\x17\n\x0f\x61lready_existed\x18\x02 \x01(\x08\"O\n\x1a\x42\x61tchCreateMessagesRequest\x12\x31\n\x08requests\x18\x01 \x03(\x0b\x32\x1f.ackbot.v1.CreateMessageRequest\"\x80\x01\n\x19\x42\x61tchCreateMessagesResult\x12\x34\n\x08response\x18\x01 \x01(\x0b\x32 .ackbot.v1.CreateMessageResponseH\x00\x12#\n\x05\x65rror\x18\x02 \x01(\x0b\x32\x12.google.rpc.StatusH\x00\x42\x08\n\x06result\"T\n\x1b\x42\x61tchCreateMessagesResponse\x12\x35\n\x07results\x18\x01 \x03(\x0b\x32$.ackbot.v1.BatchCreateMessagesResult\"\x1f\n\x11GetMessageRequest\x12\n\n\x02id\x18\x01 \x01(\t\"9\n\x12GetMessageResponse\x12#\n\x07message\x18\x01 \x01(\x0b\x32\x12.ackbot.v1.Message\"\xa0\x01\n\x13ListMessagesRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\x12&\n\x05state\x18\x03 \x01(\x0e\x32\x17.ackbot.v1.MessageState\x12\x10\n\x08reply_to\x18\x04 \x01(\t\x12\x16\n\x0e\x61\x66ter_sequence\x18\x05 \x01(\x03\x12\x10\n\x08order_by\x18\x06 \x01(\t\"U\n\x14ListMessagesResponse\x12$\n\x08messages\x18\x01 \x03(\x0b\x32\x12.ackbot.v1.Message\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"Z\n\x14MarkProcessedRequest\x12\n\n\x02id\x18\x01 \x01(\t\x12\x13\n\x0blease_token\x18\x02 \x01(\t\x12!\n\x05reply\x18\x03 \x01(\x0b\x32\x12.ackbot.v1.Message\"z\n\x15MarkProcessedResponse\x12#\n\x07message\x18\x01 \x01(\x0b\x32\x12.ackbot.v1.Message\x12!\n\x05reply\x18\x02 \x01(\x0b\x32\x12.ackbot.v1.Message\x12\x19\n\x11\x61lready_processed\x18\x03 \x01(\x08\"v\n\x18StreamUnprocessedRequest\x12\x10\n\x08\x63onsumer\x18\x01 \x01(\t\x12\x15\n\rmax_in_flight\x18\x02 \x01(\x05\x12\x31\n\x0elease_duration\x18\x03 \x01(\x0b\x32\x19.google.protobuf.Duration\"D\n\x19StreamUnprocessedResponse\x12\'\n\ndeliveries\x18\x01 \x03(\x0b\x32\x13.ackbot.v1.Delivery\"x\n\x15ReleaseMessageRequest\x12\n\n\x02id\x18\x01 \x01(\t\x12\x13\n\x0blease_token\x18\x02 \x01(\t\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12.\n\x0bretry_after\x18\x04 \x01(\x0b\x32\x19.google.protobuf.Duration\"=\n\x16ReleaseMessageResponse\x12#\n\x07message\x18\x01 \x01(\x0b\x32\x12.ackbot.v1.Message\"h\n\x12\x45xtendLeaseRequest\x12\n\n\x02id\x18\x01 \x01(\t\x12\x13\n\x0blease_token\x18\x02 \x01(\t\x12\x31\n\x0elease_duration\x18\x03 \x01(\x0b\x32\x19.google.protobuf.Duration\":\n\x13\x45xtendLeaseResponse\x12#\n\x07message\x18\x01 \x01(\x0b\x32\x12.ackbot.v1.Message\"#\n\x15RequeueMessageRequest\x12\n\n\x02id\x18\x01 \x01(\t\"=\n\x16RequeueMessageResponse\x12#\n\x07message\x18\x01 \x01(\x0b\x32\x12.ackbot.v1.Message\"\x11\n\x0fGetStatsRequest\"\x8d\x02\n\x10GetStatsResponse\x12\x15\n\rpending_count\x18\x01 \x01(\x03\x12\x14\n\x0cleased_count\x18\x02 \x01(\x03\x12\x17\n\x0fprocessed_count\x18\x03 \x01(\x03\x12\x12\n\ndead_count\x18\x04 \x01(\x03\x12\x35\n\x12oldest_pending_age\x18\x05 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\'\n\x07streams\x18\x06 \x03(\x0b\x32\x16.ackbot.v1.StreamStats\x12\x10\n\x08store_id\x18\x07 \x01(\t\x12-\n\tread_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"|\n\x0bStreamStats\x12\x10\n\x08\x63onsumer\x18\x01 \x01(\t\x12\x15\n\rmax_in_flight\x18\x02 \x01(\x05\x12\x11\n\tin_flight\x18\x03 \x01(\x05\x12\x31\n\x0elease_duration\x18\x04 \x01(\x0b\x32\x19.google.protobuf.Duration\"F\n\x14WatchMessagesRequest\x12\x1b\n\x0e\x61\x66ter_sequence\x18\x01 \x01(\x03H\x00\x88\x01\x01\x42\x11\n\x0f_after_sequence\"e\n\x15WatchMessagesResponse\x12\'\n\x04type\x18\x01 \x01(\x0e\x32\x19.ackbot.v1.WatchEventType\x12#\n\x07message\x18\x02 \x01(\x0b\x32\x12.ackbot.v1.Message*\x97\x01\n\x0cMessageState\x12\x1d\n\x19MESSAGE_STATE_UNSPECIFIED\x10\x00\x12\x19\n\x15MESSAGE_STATE_PENDING\x10\x01\x12\x18\n\x14MESSAGE_STATE_LEASED\x10\x02\x12\x1b\n\x17MESSAGE_STATE_PROCESSED\x10\x03\x12\x16\n\x12MESSAGE_STATE_DEAD\x10\x04*t\n\x0eWatchEventType\x12 \n\x1cWATCH_EVENT_TYPE_UNSPECIFIED\x10\x00\x12\x1c\n\x18WATCH_EVENT_TYPE_CREATED\x10\x01\x12\"\n\x1eWATCH_EVENT_TYPE_STATE_CHANGED\x10\x02\x32\xb1\x07\n\x0cMessageStore\x12R\n\rCreateMessage\x12\x1f.ackbot.v1.CreateMessageRequest\x1a .ackbot.v1.CreateMessageResponse\x12\x64\n\x13\x42\x61tchCreateMessages\x12%.ackbot.v1.BatchCreateMessagesRequest\x1a&.ackbot.v1.BatchCreateMessagesResponse\x12I\n\nGetMessage\x12\x1c.ackbot.v1.GetMessageRequest\x1a\x1d.ackbot.v1.GetMessageResponse\x12O\n\x0cListMessages\x12\x1e.ackbot.v1.ListMessagesRequest\x1a\x1f.ackbot.v1.ListMessagesResponse\x12R\n\rMarkProcessed\x12\x1f.ackbot.v1.MarkProcessedRequest\x1a .ackbot.v1.MarkProcessedResponse\x12`\n\x11StreamUnprocessed\x12#.ackbot.v1.StreamUnprocessedRequest\x1a$.ackbot.v1.StreamUnprocessedResponse0\x01\x12U\n\x0eReleaseMessage\x12 .ackbot.v1.ReleaseMessageRequest\x1a!.ackbot.v1.ReleaseMessageResponse\x12L\n\x0b\x45xtendLease\x12\x1d.ackbot.v1.ExtendLeaseRequest\x1a\x1e.ackbot.v1.ExtendLeaseResponse\x12U\n\x0eRequeueMessage\x12 .ackbot.v1.RequeueMessageRequest\x1a!.ackbot.v1.RequeueMessageResponse\x12\x43\n\x08GetStats\x12\x1a.ackbot.v1.GetStatsRequest\x1a\x1b.ackbot.v1.GetStatsResponse\x12T\n\rWatchMessages\x12\x1f.ackbot.v1.WatchMessagesRequest\x1a .ackbot.v1.WatchMessagesResponse0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'ackbot.v1.message_store_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_MESSAGESTATE']._serialized_start=2591
-  _globals['_MESSAGESTATE']._serialized_end=2742
-  _globals['_WATCHEVENTTYPE']._serialized_start=2744
-  _globals['_WATCHEVENTTYPE']._serialized_end=2860
-  _globals['_MESSAGE']._serialized_start=110
-  _globals['_MESSAGE']._serialized_end=506
-  _globals['_DELIVERY']._serialized_start=509
-  _globals['_DELIVERY']._serialized_end=649
-  _globals['_CREATEMESSAGEREQUEST']._serialized_start=651
-  _globals['_CREATEMESSAGEREQUEST']._serialized_end=710
-  _globals['_CREATEMESSAGERESPONSE']._serialized_start=712
-  _globals['_CREATEMESSAGERESPONSE']._serialized_end=797
-  _globals['_GETMESSAGEREQUEST']._serialized_start=799
-  _globals['_GETMESSAGEREQUEST']._serialized_end=830
-  _globals['_GETMESSAGERESPONSE']._serialized_start=832
-  _globals['_GETMESSAGERESPONSE']._serialized_end=889
-  _globals['_LISTMESSAGESREQUEST']._serialized_start=892
-  _globals['_LISTMESSAGESREQUEST']._serialized_end=1052
-  _globals['_LISTMESSAGESRESPONSE']._serialized_start=1054
-  _globals['_LISTMESSAGESRESPONSE']._serialized_end=1139
-  _globals['_MARKPROCESSEDREQUEST']._serialized_start=1141
-  _globals['_MARKPROCESSEDREQUEST']._serialized_end=1231
-  _globals['_MARKPROCESSEDRESPONSE']._serialized_start=1233
-  _globals['_MARKPROCESSEDRESPONSE']._serialized_end=1355
-  _globals['_STREAMUNPROCESSEDREQUEST']._serialized_start=1357
-  _globals['_STREAMUNPROCESSEDREQUEST']._serialized_end=1475
-  _globals['_STREAMUNPROCESSEDRESPONSE']._serialized_start=1477
-  _globals['_STREAMUNPROCESSEDRESPONSE']._serialized_end=1545
-  _globals['_RELEASEMESSAGEREQUEST']._serialized_start=1547
-  _globals['_RELEASEMESSAGEREQUEST']._serialized_end=1667
-  _globals['_RELEASEMESSAGERESPONSE']._serialized_start=1669
-  _globals['_RELEASEMESSAGERESPONSE']._serialized_end=1730
-  _globals['_EXTENDLEASEREQUEST']._serialized_start=1732
-  _globals['_EXTENDLEASEREQUEST']._serialized_end=1836
-  _globals['_EXTENDLEASERESPONSE']._serialized_start=1838
-  _globals['_EXTENDLEASERESPONSE']._serialized_end=1896
-  _globals['_REQUEUEMESSAGEREQUEST']._serialized_start=1898
-  _globals['_REQUEUEMESSAGEREQUEST']._serialized_end=1933
-  _globals['_REQUEUEMESSAGERESPONSE']._serialized_start=1935
-  _globals['_REQUEUEMESSAGERESPONSE']._serialized_end=1996
-  _globals['_GETSTATSREQUEST']._serialized_start=1998
-  _globals['_GETSTATSREQUEST']._serialized_end=2015
-  _globals['_GETSTATSRESPONSE']._serialized_start=2018
-  _globals['_GETSTATSRESPONSE']._serialized_end=2287
-  _globals['_STREAMSTATS']._serialized_start=2289
-  _globals['_STREAMSTATS']._serialized_end=2413
-  _globals['_WATCHMESSAGESREQUEST']._serialized_start=2415
-  _globals['_WATCHMESSAGESREQUEST']._serialized_end=2485
-  _globals['_WATCHMESSAGESRESPONSE']._serialized_start=2487
-  _globals['_WATCHMESSAGESRESPONSE']._serialized_end=2588
-  _globals['_MESSAGESTORE']._serialized_start=2863
-  _globals['_MESSAGESTORE']._serialized_end=3706
+  _globals['_MESSAGESTATE']._serialized_start=2914
+  _globals['_MESSAGESTATE']._serialized_end=3065
+  _globals['_WATCHEVENTTYPE']._serialized_start=3067
+  _globals['_WATCHEVENTTYPE']._serialized_end=3183
+  _globals['_MESSAGE']._serialized_start=135
+  _globals['_MESSAGE']._serialized_end=531
+  _globals['_DELIVERY']._serialized_start=534
+  _globals['_DELIVERY']._serialized_end=674
+  _globals['_CREATEMESSAGEREQUEST']._serialized_start=676
+  _globals['_CREATEMESSAGEREQUEST']._serialized_end=735
+  _globals['_CREATEMESSAGERESPONSE']._serialized_start=737
+  _globals['_CREATEMESSAGERESPONSE']._serialized_end=822
+  _globals['_BATCHCREATEMESSAGESREQUEST']._serialized_start=824
+  _globals['_BATCHCREATEMESSAGESREQUEST']._serialized_end=903
+  _globals['_BATCHCREATEMESSAGESRESULT']._serialized_start=906
+  _globals['_BATCHCREATEMESSAGESRESULT']._serialized_end=1034
+  _globals['_BATCHCREATEMESSAGESRESPONSE']._serialized_start=1036
+  _globals['_BATCHCREATEMESSAGESRESPONSE']._serialized_end=1120
+  _globals['_GETMESSAGEREQUEST']._serialized_start=1122
+  _globals['_GETMESSAGEREQUEST']._serialized_end=1153
+  _globals['_GETMESSAGERESPONSE']._serialized_start=1155
+  _globals['_GETMESSAGERESPONSE']._serialized_end=1212
+  _globals['_LISTMESSAGESREQUEST']._serialized_start=1215
+  _globals['_LISTMESSAGESREQUEST']._serialized_end=1375
+  _globals['_LISTMESSAGESRESPONSE']._serialized_start=1377
+  _globals['_LISTMESSAGESRESPONSE']._serialized_end=1462
+  _globals['_MARKPROCESSEDREQUEST']._serialized_start=1464
+  _globals['_MARKPROCESSEDREQUEST']._serialized_end=1554
+  _globals['_MARKPROCESSEDRESPONSE']._serialized_start=1556
+  _globals['_MARKPROCESSEDRESPONSE']._serialized_end=1678
+  _globals['_STREAMUNPROCESSEDREQUEST']._serialized_start=1680
+  _globals['_STREAMUNPROCESSEDREQUEST']._serialized_end=1798
+  _globals['_STREAMUNPROCESSEDRESPONSE']._serialized_start=1800
+  _globals['_STREAMUNPROCESSEDRESPONSE']._serialized_end=1868
+  _globals['_RELEASEMESSAGEREQUEST']._serialized_start=1870
+  _globals['_RELEASEMESSAGEREQUEST']._serialized_end=1990
+  _globals['_RELEASEMESSAGERESPONSE']._serialized_start=1992
+  _globals['_RELEASEMESSAGERESPONSE']._serialized_end=2053
+  _globals['_EXTENDLEASEREQUEST']._serialized_start=2055
+  _globals['_EXTENDLEASEREQUEST']._serialized_end=2159
+  _globals['_EXTENDLEASERESPONSE']._serialized_start=2161
+  _globals['_EXTENDLEASERESPONSE']._serialized_end=2219
+  _globals['_REQUEUEMESSAGEREQUEST']._serialized_start=2221
+  _globals['_REQUEUEMESSAGEREQUEST']._serialized_end=2256
+  _globals['_REQUEUEMESSAGERESPONSE']._serialized_start=2258
+  _globals['_REQUEUEMESSAGERESPONSE']._serialized_end=2319
+  _globals['_GETSTATSREQUEST']._serialized_start=2321
+  _globals['_GETSTATSREQUEST']._serialized_end=2338
+  _globals['_GETSTATSRESPONSE']._serialized_start=2341
+  _globals['_GETSTATSRESPONSE']._serialized_end=2610
+  _globals['_STREAMSTATS']._serialized_start=2612
+  _globals['_STREAMSTATS']._serialized_end=2736
+  _globals['_WATCHMESSAGESREQUEST']._serialized_start=2738
+  _globals['_WATCHMESSAGESREQUEST']._serialized_end=2808
+  _globals['_WATCHMESSAGESRESPONSE']._serialized_start=2810
+  _globals['_WATCHMESSAGESRESPONSE']._serialized_end=2911
+  _globals['_MESSAGESTORE']._serialized_start=3186
+  _globals['_MESSAGESTORE']._serialized_end=4131
 # @@protoc_insertion_point(module_scope)

@@ -2,6 +2,7 @@ import datetime
 
 from google.protobuf import duration_pb2 as _duration_pb2
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
+from google.rpc import status_pb2 as _status_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from google.protobuf import descriptor as _descriptor
@@ -88,6 +89,26 @@ class CreateMessageResponse(_message.Message):
     message: Message
     already_existed: bool
     def __init__(self, message: _Optional[_Union[Message, _Mapping]] = ..., already_existed: _Optional[bool] = ...) -> None: ...
+
+class BatchCreateMessagesRequest(_message.Message):
+    __slots__ = ("requests",)
+    REQUESTS_FIELD_NUMBER: _ClassVar[int]
+    requests: _containers.RepeatedCompositeFieldContainer[CreateMessageRequest]
+    def __init__(self, requests: _Optional[_Iterable[_Union[CreateMessageRequest, _Mapping]]] = ...) -> None: ...
+
+class BatchCreateMessagesResult(_message.Message):
+    __slots__ = ("response", "error")
+    RESPONSE_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    response: CreateMessageResponse
+    error: _status_pb2.Status
+    def __init__(self, response: _Optional[_Union[CreateMessageResponse, _Mapping]] = ..., error: _Optional[_Union[_status_pb2.Status, _Mapping]] = ...) -> None: ...
+
+class BatchCreateMessagesResponse(_message.Message):
+    __slots__ = ("results",)
+    RESULTS_FIELD_NUMBER: _ClassVar[int]
+    results: _containers.RepeatedCompositeFieldContainer[BatchCreateMessagesResult]
+    def __init__(self, results: _Optional[_Iterable[_Union[BatchCreateMessagesResult, _Mapping]]] = ...) -> None: ...
 
 class GetMessageRequest(_message.Message):
     __slots__ = ("id",)

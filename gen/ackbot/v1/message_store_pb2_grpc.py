@@ -30,9 +30,10 @@ class MessageStoreStub:
 
     Authentication (docs/operations.md): a store may serve TLS or mutual TLS and give each caller
     a role, by a bearer token (`authorization: Bearer TOKEN`) or by its client certificate.
-    producer: CreateMessage, GetMessage, ListMessages, GetStats. bot: StreamUnprocessed,
-    MarkProcessed, ReleaseMessage, ExtendLease, GetMessage, ListMessages, GetStats. admin: every
-    RPC, RequeueMessage included. When the store checks roles, any RPC may return UNAUTHENTICATED (no credentials, or
+    producer: CreateMessage, BatchCreateMessages, GetMessage, ListMessages, GetStats,
+    WatchMessages. bot: StreamUnprocessed, MarkProcessed, ReleaseMessage, ExtendLease, GetMessage,
+    ListMessages, GetStats, WatchMessages. admin: every RPC, RequeueMessage included. When the
+    store checks roles, any RPC may return UNAUTHENTICATED (no credentials, or
     a token it does not know) or PERMISSION_DENIED (a role that may not call it); both name the
     method, never the token, and StreamUnprocessed ends with them before its first response.
     Health checks need no credentials; reflection needs any role.
@@ -48,6 +49,11 @@ class MessageStoreStub:
                 '/ackbot.v1.MessageStore/CreateMessage',
                 request_serializer=ackbot_dot_v1_dot_message__store__pb2.CreateMessageRequest.SerializeToString,
                 response_deserializer=ackbot_dot_v1_dot_message__store__pb2.CreateMessageResponse.FromString,
+                _registered_method=True)
+        self.BatchCreateMessages = channel.unary_unary(
+                '/ackbot.v1.MessageStore/BatchCreateMessages',
+                request_serializer=ackbot_dot_v1_dot_message__store__pb2.BatchCreateMessagesRequest.SerializeToString,
+                response_deserializer=ackbot_dot_v1_dot_message__store__pb2.BatchCreateMessagesResponse.FromString,
                 _registered_method=True)
         self.GetMessage = channel.unary_unary(
                 '/ackbot.v1.MessageStore/GetMessage',
@@ -101,9 +107,10 @@ class MessageStoreServicer:
 
     Authentication (docs/operations.md): a store may serve TLS or mutual TLS and give each caller
     a role, by a bearer token (`authorization: Bearer TOKEN`) or by its client certificate.
-    producer: CreateMessage, GetMessage, ListMessages, GetStats. bot: StreamUnprocessed,
-    MarkProcessed, ReleaseMessage, ExtendLease, GetMessage, ListMessages, GetStats. admin: every
-    RPC, RequeueMessage included. When the store checks roles, any RPC may return UNAUTHENTICATED (no credentials, or
+    producer: CreateMessage, BatchCreateMessages, GetMessage, ListMessages, GetStats,
+    WatchMessages. bot: StreamUnprocessed, MarkProcessed, ReleaseMessage, ExtendLease, GetMessage,
+    ListMessages, GetStats, WatchMessages. admin: every RPC, RequeueMessage included. When the
+    store checks roles, any RPC may return UNAUTHENTICATED (no credentials, or
     a token it does not know) or PERMISSION_DENIED (a role that may not call it); both name the
     method, never the token, and StreamUnprocessed ends with them before its first response.
     Health checks need no credentials; reflection needs any role.
@@ -121,6 +128,31 @@ class MessageStoreServicer:
         text;
         RESOURCE_EXHAUSTED when the request exceeds the size limit or the database is full;
         UNAVAILABLE when the database cannot be reached or stays locked past the deadline.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def BatchCreateMessages(self, request, context):
+        """Stores up to 1,000 new messages in one call (AIP-233), each answered on its own, in order:
+        created, already existed (a retried create: the same rules as CreateMessage), or refused
+        with its own `google.rpc.Status`, carrying what CreateMessage would have answered for it
+        alone: INVALID_ARGUMENT with a BadRequest whose fields are named
+        `requests[N].message.FIELD`, or ALREADY_EXISTS [ID_TAKEN] naming the id. One item's error
+        writes nothing for it and does not stop the others. The items that succeed commit in one
+        transaction, and the streams waiting for work are woken once. Two items with the same id
+        in one call are answered as if sent one after the other: the first creates it, the second
+        finds it (already existed, or ID_TAKEN).
+
+        Items with an empty id are not idempotent, as with CreateMessage: a client that may retry
+        the call chooses every id (the ackbot.client Publisher does).
+
+        The whole call fails only for what concerns the call: INVALID_ARGUMENT when `requests` is
+        empty or holds more than 1,000 items (the field violation names `requests`);
+        RESOURCE_EXHAUSTED when the request exceeds the size limit (--max-request-bytes, for the
+        whole call) or the database is full; UNAVAILABLE when the database cannot be reached or the
+        store is shutting down. Then no item was stored, and the call is safe to retry whole.
+        A store older than this RPC answers UNIMPLEMENTED: send the items by CreateMessage.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -275,6 +307,11 @@ def add_MessageStoreServicer_to_server(servicer, server):
                     request_deserializer=ackbot_dot_v1_dot_message__store__pb2.CreateMessageRequest.FromString,
                     response_serializer=ackbot_dot_v1_dot_message__store__pb2.CreateMessageResponse.SerializeToString,
             ),
+            'BatchCreateMessages': grpc.unary_unary_rpc_method_handler(
+                    servicer.BatchCreateMessages,
+                    request_deserializer=ackbot_dot_v1_dot_message__store__pb2.BatchCreateMessagesRequest.FromString,
+                    response_serializer=ackbot_dot_v1_dot_message__store__pb2.BatchCreateMessagesResponse.SerializeToString,
+            ),
             'GetMessage': grpc.unary_unary_rpc_method_handler(
                     servicer.GetMessage,
                     request_deserializer=ackbot_dot_v1_dot_message__store__pb2.GetMessageRequest.FromString,
@@ -333,9 +370,10 @@ class MessageStore:
 
     Authentication (docs/operations.md): a store may serve TLS or mutual TLS and give each caller
     a role, by a bearer token (`authorization: Bearer TOKEN`) or by its client certificate.
-    producer: CreateMessage, GetMessage, ListMessages, GetStats. bot: StreamUnprocessed,
-    MarkProcessed, ReleaseMessage, ExtendLease, GetMessage, ListMessages, GetStats. admin: every
-    RPC, RequeueMessage included. When the store checks roles, any RPC may return UNAUTHENTICATED (no credentials, or
+    producer: CreateMessage, BatchCreateMessages, GetMessage, ListMessages, GetStats,
+    WatchMessages. bot: StreamUnprocessed, MarkProcessed, ReleaseMessage, ExtendLease, GetMessage,
+    ListMessages, GetStats, WatchMessages. admin: every RPC, RequeueMessage included. When the
+    store checks roles, any RPC may return UNAUTHENTICATED (no credentials, or
     a token it does not know) or PERMISSION_DENIED (a role that may not call it); both name the
     method, never the token, and StreamUnprocessed ends with them before its first response.
     Health checks need no credentials; reflection needs any role.
@@ -358,6 +396,33 @@ class MessageStore:
             '/ackbot.v1.MessageStore/CreateMessage',
             ackbot_dot_v1_dot_message__store__pb2.CreateMessageRequest.SerializeToString,
             ackbot_dot_v1_dot_message__store__pb2.CreateMessageResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def BatchCreateMessages(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/ackbot.v1.MessageStore/BatchCreateMessages',
+            ackbot_dot_v1_dot_message__store__pb2.BatchCreateMessagesRequest.SerializeToString,
+            ackbot_dot_v1_dot_message__store__pb2.BatchCreateMessagesResponse.FromString,
             options,
             channel_credentials,
             insecure,

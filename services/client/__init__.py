@@ -1,0 +1,40 @@
+"""ackbot.client: an async client of the MessageStore for internal services.
+
+`Client` (create, get, list, follow), `Publisher` (creates batched into BatchCreateMessages,
+a future per message) and `Consumer` (deliveries handed to a function, then settled). It needs
+grpcio, protobuf and grpcio-status, none of the store's dependencies (`pip install ackbot`).
+"""
+
+from ackbot.client.client import Client, new_id
+from ackbot.client.consumer import Consumer, ConsumerSettings, Handler
+from ackbot.client.errors import (
+    AlreadyExists,
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    PermissionDenied,
+    ResourceExhausted,
+    StoreError,
+    Unauthenticated,
+    Unavailable,
+)
+from ackbot.client.publisher import BatchSettings, Publisher
+
+__all__ = [
+    "AlreadyExists",
+    "BatchSettings",
+    "Client",
+    "Consumer",
+    "ConsumerSettings",
+    "FailedPrecondition",
+    "Handler",
+    "InvalidArgument",
+    "NotFound",
+    "PermissionDenied",
+    "Publisher",
+    "ResourceExhausted",
+    "StoreError",
+    "Unauthenticated",
+    "Unavailable",
+    "new_id",
+]

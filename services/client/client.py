@@ -1,0 +1,199 @@
+"""`Client`: the MessageStore for internal services, async, typed, retrying where it is safe.
+
+Every call is retried on UNAVAILABLE and DEADLINE_EXCEEDED with exponential backoff and full
+jitter (the bot's `call_with_failover`, one store), within `retry_budget_seconds`; what is still
+failing then, and every other refusal, is raised as a typed `StoreError`. A create is made safe
+to retry by choosing its id here when the caller gave none (the store's own id layout), so a
+retried create is answered `already_existed` instead of storing the message twice.
+
+Channels, TLS and tokens are the CLI's and the bot's: `connect` takes the same options
+(`client_credentials`), and the channel has the bot's reconnect and keepalive settings.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from types import TracebackType
+from typing import Self, TypeVar, Unpack
+
+import grpc
+
+from ackbot.bot.store_client import call_with_failover, open_channel
+from ackbot.client.errors import from_rpc_error
+from ackbot.client.listing import LAST_MESSAGE_REQUEST, ListFilters, PageWalk
+from ackbot.common.backoff import RECONNECT_BACKOFF
+from ackbot.common.serving import client_credentials
+from ackbot.store.ids import new_message_id
+from ackbot.v1 import message_store_pb2 as pb
+from ackbot.v1 import message_store_pb2_grpc as pb_grpc
+
+T = TypeVar("T")
+# One page of ListMessages (named here: inside Client, `list` is its method).
+Page = list[pb.Message]
+
+# How long a call keeps being retried while the store is unreachable before it fails.
+DEFAULT_RETRY_BUDGET_SECONDS = 30.0
+
+
+def new_id() -> str:
+    """A message id in the store's layout (time-sortable, 26 characters), chosen by the client
+    so that a create can be retried."""
+    return new_message_id(time.time_ns())
+
+
+class Client:
+    """An async client of one store. Make it inside the event loop that uses it (gRPC channels
+    belong to one loop); `async with Client.connect(...) as client:` closes it."""
+
+    def __init__(
+        self,
+        channel: grpc.aio.Channel,
+        *,
+        address: str = "the store",
+        retry_budget_seconds: float = DEFAULT_RETRY_BUDGET_SECONDS,
+    ) -> None:
+        self.channel = channel
+        self.address = address
+        self.stub = pb_grpc.MessageStoreStub(channel)
+        self.retry_budget_seconds = retry_budget_seconds
+
+    @classmethod
+    def connect(
+        cls,
+        target: str,
+        *,
+        ca: str | None = None,
+        cert: str | None = None,
+        key: str | None = None,
+        token: str | None = None,
+        retry_budget_seconds: float = DEFAULT_RETRY_BUDGET_SECONDS,
+    ) -> Client:
+        """A client of the store at `target` (HOST:PORT): TLS when `ca` is given (mutual with
+        `cert` and `key`), `token` as the bearer token on every call, the same rules as the
+        CLI's --tls-ca/--tls-cert/--tls-key/--token-file (a token goes to a non-loopback
+        address only over TLS: ValueError otherwise)."""
+        credentials = client_credentials(target, ca=ca, cert=cert, key=key, token=token)
+        return cls(
+            open_channel(target, credentials),
+            address=target,
+            retry_budget_seconds=retry_budget_seconds,
+        )
+
+    async def close(self) -> None:
+        await self.channel.close()
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    async def call(
+        self, what: str, invoke: Callable[[float], Awaitable[T]], *, message_id: str = "-"
+    ) -> T:
+        """`invoke(timeout)`, retried while the store is unreachable; a typed StoreError when
+        it is refused, or still unreachable after the retry budget."""
+        try:
+            return await call_with_failover(
+                [(self.address, invoke)],
+                what=what,
+                message_id=message_id,
+                budget_seconds=self.retry_budget_seconds,
+            )
+        except grpc.aio.AioRpcError as exc:
+            raise from_rpc_error(exc) from None
+
+    # -- the calls ------------------------------------------------------------------------------
+
+    async def create(
+        self,
+        text: str,
+        *,
+        author: str,
+        id: str = "",
+        create_time_ns: int | None = None,
+    ) -> pb.CreateMessageResponse:
+        """Stores a message (CreateMessage). The id is chosen here when not given, so that the
+        retries are safe; `already_existed` says a retry found it stored."""
+        request = pb.CreateMessageRequest(
+            message=message(text, author=author, id=id, create_time_ns=create_time_ns)
+        )
+        return await self.send_create(request)
+
+    async def send_create(self, request: pb.CreateMessageRequest) -> pb.CreateMessageResponse:
+        """CreateMessage as given, retried like every call (safe only when it names its id)."""
+        return await self.call(
+            "CreateMessage",
+            lambda timeout: self.stub.CreateMessage(request, timeout=timeout),
+            message_id=request.message.id,
+        )
+
+    async def get(self, message_id: str) -> pb.Message:
+        """One message by id; NotFound when no message has it."""
+        request = pb.GetMessageRequest(id=message_id)
+        response = await self.call(
+            "GetMessage",
+            lambda timeout: self.stub.GetMessage(request, timeout=timeout),
+            message_id=message_id,
+        )
+        return response.message
+
+    async def list(self, **filters: Unpack[ListFilters]) -> AsyncIterator[Page]:
+        """The matching messages, a page at a time (ListMessages), following page tokens to
+        the end or to `limit` messages. Filters: `state`, `reply_to`, `after_sequence`,
+        `limit`, `newest_first`, `page_size` (see ListFilters)."""
+        walk = PageWalk(**filters)
+        while walk.request is not None:
+            response = await self._list_page(walk.request)
+            walk.advance(response)
+            if response.messages:
+                yield list(response.messages)
+
+    async def follow(self, *, from_start: bool = False) -> AsyncIterator[pb.Message]:
+        """Each message and reply as it arrives, from now on (or from the first one), pushed
+        by the store (WatchMessages), as `ackbot tail` follows them. Each watch starts after
+        the last message seen, so when one ends with UNAVAILABLE (a store restart) the next,
+        opened with backoff, misses nothing and repeats nothing. It ends only when the caller
+        stops iterating; any other refusal is raised as a typed StoreError."""
+        last = 0
+        if not from_start:
+            response = await self._list_page(LAST_MESSAGE_REQUEST)
+            last = response.messages[0].sequence if response.messages else 0
+        retry = 0
+        while True:
+            call = self.stub.WatchMessages(pb.WatchMessagesRequest(after_sequence=last))
+            try:
+                async for event in call:
+                    retry = 0
+                    if event.type == pb.WATCH_EVENT_TYPE_CREATED:
+                        last = event.message.sequence
+                        yield event.message
+            except grpc.aio.AioRpcError as exc:
+                if exc.code() != grpc.StatusCode.UNAVAILABLE:
+                    raise from_rpc_error(exc) from None
+            finally:
+                call.cancel()
+            await asyncio.sleep(RECONNECT_BACKOFF.delay(retry))  # backoff before watching again
+            retry += 1
+
+    async def _list_page(self, request: pb.ListMessagesRequest) -> pb.ListMessagesResponse:
+        return await self.call(
+            "ListMessages", lambda timeout: self.stub.ListMessages(request, timeout=timeout)
+        )
+
+
+def message(
+    text: str, *, author: str, id: str = "", create_time_ns: int | None = None
+) -> pb.Message:
+    """The message of a create, with an id chosen here when none is given."""
+    proto = pb.Message(id=id or new_id(), author=author, text=text)
+    if create_time_ns is not None:
+        proto.create_time.FromNanoseconds(create_time_ns)
+    return proto
