@@ -19,7 +19,7 @@ from ackbot.store.models import State
 from ackbot.store.repository import Delivery, MessageRepository, NewMessage
 from ackbot.testing import wait_until
 
-from .conftest import SECOND_NS, START_NS, FakeClock
+from .conftest import SECOND_NS, START_NS, FakeClock, Gate
 
 DEADLINE = 5  # seconds, for anything the test waits for
 LEASE_NS = 60 * SECOND_NS
@@ -378,14 +378,13 @@ async def test_a_stream_cancelled_while_its_claim_commits_still_releases_what_it
 ):
     # The claim is inside its transaction when the client goes away: group commit finishes it
     # regardless, so the message is leased to a stream that is ending.
-    in_transaction = asyncio.Event()
-    go_on = asyncio.Event()
+    gate = Gate()
+    in_transaction = gate.reached
     claim_rows = repo._claim
 
-    async def claim_held_open(tx, claim):
-        in_transaction.set()
-        await go_on.wait()
-        return await claim_rows(tx, claim)
+    def claim_held_open(tx, claim):
+        gate.wait_here()
+        return claim_rows(tx, claim)
 
     repo._claim = claim_held_open
     await create(manager, "a")
@@ -395,7 +394,7 @@ async def test_a_stream_cancelled_while_its_claim_commits_still_releases_what_it
 
     consumer.task.cancel()  # the client went away mid-claim
     await let_streams_look()
-    go_on.set()
+    gate.open()
     with pytest.raises(asyncio.CancelledError):
         async with asyncio.timeout(DEADLINE):
             await consumer.task
