@@ -11,7 +11,7 @@ import threading
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 import pytest
-from sqlalchemy import text
+from sqlalchemy import event, text
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.util import await_only
 
@@ -96,6 +96,18 @@ class Gate:
     def open(self) -> None:
         self._opened.set()
         self._opened_for_threads.set()
+
+
+def count_events(repo: MessageRepository, name: str) -> list[int]:
+    """A one-element list counting the `name` events ("begin", "commit") of the engine the
+    repository's transactions run on. Reads begin too, but never commit."""
+    seen = [0]
+
+    @event.listens_for(repo._database.sync_engine, name)
+    def on_event(_connection: object) -> None:
+        seen[0] += 1
+
+    return seen
 
 
 @pytest.fixture

@@ -11,27 +11,17 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
-from sqlalchemy import event
 
 from ackbot.store.errors import AlreadyExists, NotFound, StorageUnavailable, StoreError
 from ackbot.store.group_commit import GroupCommitter
 from ackbot.store.models import State
-from ackbot.store.repository import MessageRepository, NewMessage
+from ackbot.store.repository import NewMessage
 
-
-def count_transactions(repo: MessageRepository) -> list[int]:
-    """A one-element list holding how many transactions the repository's engine began."""
-    began = [0]
-
-    @event.listens_for(repo._database.sync_engine, "begin")
-    def on_begin(_connection: object) -> None:
-        began[0] += 1
-
-    return began
+from .conftest import count_events
 
 
 async def test_concurrent_creates_share_transactions_and_all_commit(repo):
-    began = count_transactions(repo)
+    began = count_events(repo, "begin")
 
     results = await asyncio.gather(
         *(repo.create_message(NewMessage(author="a", text=f"t{i}", id=f"m{i}")) for i in range(200))
