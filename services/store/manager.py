@@ -65,7 +65,9 @@ class DeliveryStream:
         self._state = state
         self._board = board
         self._claim = claim
-        self.claim_error: StoreError | None = None
+        # Why the stream's own last claim failed: raised from the iteration, which ends the
+        # stream with that error, as a claim made in the stream's own task would.
+        self.claim_error: Exception | None = None
 
     def __aiter__(self) -> DeliveryStream:
         return self
@@ -331,7 +333,7 @@ class MessageManager:
     async def _claim_for(self, stream: StreamState, room: int, rides_with_create: bool) -> None:
         try:
             deliveries = await self._repository.claim(room, stream.lease_ns)
-        except StoreError as exc:
+        except Exception as exc:  # a StoreError, or a bug: either way the stream must go on
             stream.claiming = False
             del self._claims[stream]
             if rides_with_create:

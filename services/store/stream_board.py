@@ -115,7 +115,9 @@ class StreamBoard:
         for stream in self._streams:
             if stream.closing or stream.claiming:
                 continue
-            room = self.room(stream)
+            # room() without its bookkeeping: a lapse moves a lease from `outstanding` to
+            # `lapsed`, which leaves the room as it is; this runs for every create.
+            room = stream.max_in_flight - len(stream.outstanding) - len(stream.lapsed)
             if room > 0 and (best is None or room > best[1]):
                 best = (stream, room)
         return best
