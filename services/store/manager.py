@@ -86,7 +86,14 @@ class DeliveryStream:
                 room = self._board.room(stream)
                 if room > 0 and stream.work_may_exist:
                     self._claim(stream, room)
-            await stream.wakeup.wait()
+            # Only a stream parked here is one a create may claim for: a handler suspended
+            # elsewhere (sending, or dropped by its client and not yet finalized) would sit on
+            # the messages.
+            stream.waiting = True
+            try:
+                await stream.wakeup.wait()
+            finally:
+                stream.waiting = False
         raise StopAsyncIteration
 
 

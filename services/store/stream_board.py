@@ -56,6 +56,8 @@ class StreamState:
     # A claim for this stream is in flight (its own, or one riding with a create): the only
     # thing that takes room away, so one at a time keeps every delivery within the room.
     claiming: bool = False
+    # Its iteration is parked, waiting for a wake (DeliveryStream.__anext__).
+    waiting: bool = False
     wakeup: asyncio.Event = field(default_factory=asyncio.Event)
     # False once a claim came back short and nothing has made new work since: a settle then
     # only adds room, and claiming into an empty queue would cost a write transaction.
@@ -108,12 +110,12 @@ class StreamBoard:
         return stream in self._streams
 
     def waiting_stream(self) -> tuple[StreamState, int] | None:
-        """A stream that could take a new message now, with its room: open, not closing, no
-        claim in flight, room left. The one with the most room, so that new messages spread
-        over the streams instead of filling the first."""
+        """A stream that could take a new message now, with its room: open, not closing, its
+        iteration parked waiting for work, no claim in flight, room left. The one with the most
+        room, so that new messages spread over the streams instead of filling the first."""
         best: tuple[StreamState, int] | None = None
         for stream in self._streams:
-            if stream.closing or stream.claiming:
+            if stream.closing or stream.claiming or not stream.waiting:
                 continue
             # room() without its bookkeeping: a lapse moves a lease from `outstanding` to
             # `lapsed`, which leaves the room as it is; this runs for every create.

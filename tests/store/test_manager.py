@@ -542,3 +542,12 @@ async def test_a_create_whose_claim_fails_leaves_the_message_to_the_streams(
     # The stream was woken and claimed by itself: no lost wake-up, and it stays open.
     assert await consumer.next_ids() == ["a"]
     assert failed == [2]
+
+
+async def test_a_create_claims_only_for_a_stream_whose_iteration_waits(manager, repo):
+    # A handler suspended elsewhere (sending, or dropped by its client and not yet finalized)
+    # is not asking for work: a create leaves its message to the streams that are.
+    async with manager.open_stream("busy", max_in_flight=5, lease_ns=LEASE_NS):
+        await create(manager, "a")
+        await let_streams_look()
+        assert (await repo.get_message("a")).state is State.PENDING
