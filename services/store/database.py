@@ -17,6 +17,12 @@ that is not plain SQL, decided here once.
   own, outside the pool (`connect_listener`). SQLite needs none: its one store hears its own
   writes in-process.
 - Driver errors are wrapped at this boundary (StorageUnavailable, StorageFull) and never leak.
+- One hop per transaction (`run_in_transaction`, `run_read`): the store's transactions are plain
+  synchronous functions of a connection, run whole where the driver lives. On an SQLite file that
+  is a thread of ours holding a pysqlite connection: one crossing from the event loop per
+  transaction, not several per statement as through aiosqlite (each crossing costs 50-80 us of
+  CPU, more than most statements). On PostgreSQL asyncpg has no thread, and the function runs in
+  SQLAlchemy's greenlet bridge (`AsyncConnection.run_sync`).
 
 The queries themselves are the same on both (the repository's); where a clause means nothing on
 one dialect, SQLAlchemy leaves it out (FOR UPDATE SKIP LOCKED on SQLite, whose single writer
@@ -25,14 +31,18 @@ needs no row locks).
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
+from concurrent.futures import Executor, ThreadPoolExecutor
 from pathlib import Path
+from typing import TypeVar
 
 import asyncpg  # type: ignore[import-untyped]  # asyncpg ships no type information
 from sqlalchemy import String, Table, bindparam, event, func, select, text
+from sqlalchemy import create_engine as create_sync_engine
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, Engine, make_url
 from sqlalchemy.engine.interfaces import DBAPIConnection
@@ -43,6 +53,8 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_en
 from ackbot.store.errors import CannotOpenDatabase, StorageFull, StorageUnavailable
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 _SQLITE = "sqlite"
 _ASYNCPG = "asyncpg"
@@ -60,6 +72,8 @@ CONFLICT_ERRORS: tuple[type[Exception], ...] = (IntegrityError,)
 # share a PostgreSQL database, and need not wait for each other). The text form keeps it apart
 # from any numeric key another part of ackbot may lock.
 _SCHEMA_LOCK_KEY = "hashtextextended('ackbot.store.schema:' || current_schema(), 0)"
+# Threads that run reads on an SQLite file beside the writer's (WAL: readers never wait for it).
+SQLITE_READERS = 2
 
 
 def create_engine(
@@ -143,10 +157,32 @@ def _detach_in_autocommit(connection: Connection) -> DBAPIConnection:
 class Database:
     """An engine, and what its dialect means for the store."""
 
-    def __init__(self, engine: AsyncEngine, *, lock_timeout_seconds: float = 5.0) -> None:
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        *,
+        lock_timeout_seconds: float = 5.0,
+        sqlite_synchronous: str = "FULL",
+    ) -> None:
         self.engine = engine
         self.lock_timeout_seconds = lock_timeout_seconds
         self._is_sqlite = engine.dialect.name == _SQLITE
+        # An SQLite file's transactions and reads run on threads of ours, each whole (see
+        # run_in_transaction); the async engine stays for start-up work (schema, checks). One
+        # writer thread: group commit already runs one write transaction at a time. In memory
+        # (tests of URL handling only) the async engine's own connection has the data.
+        self._sync_engine: Engine | None = None
+        self._writer: Executor | None = None
+        self._readers: Executor | None = None
+        if self._is_sqlite and _sqlite_path(engine.url.database) is not None:
+            self._sync_engine = create_sync_engine(
+                engine.url.set(drivername="sqlite+pysqlite"), pool_reset_on_return=None
+            )
+            _configure_sqlite(self._sync_engine, lock_timeout_seconds, sqlite_synchronous)
+            self._writer = ThreadPoolExecutor(1, thread_name_prefix="ackbot-sqlite-writer")
+            self._readers = ThreadPoolExecutor(
+                SQLITE_READERS, thread_name_prefix="ackbot-sqlite-reader"
+            )
 
     @classmethod
     def from_url(
@@ -159,7 +195,14 @@ class Database:
                 sqlite_synchronous=sqlite_synchronous,
             ),
             lock_timeout_seconds=lock_timeout_seconds,
+            sqlite_synchronous=sqlite_synchronous,
         )
+
+    @property
+    def sync_engine(self) -> Engine:
+        """The engine whose connections the store's transactions run on (see
+        run_in_transaction): its events (begin, commit, connect) are those of every write."""
+        return self._sync_engine or self.engine.sync_engine
 
     @property
     def single_owner(self) -> bool:
@@ -257,6 +300,39 @@ class Database:
         async with self.translate_errors(), self.engine.begin() as connection:
             yield connection
 
+    async def run_in_transaction(self, body: Callable[[Connection], T]) -> T:
+        """Runs `body` in one transaction, committed when it returns, rolled back when it
+        raises; its result is returned, and driver errors come back translated.
+
+        `body` is synchronous and runs whole in one hop to the driver: on an SQLite file on the
+        writer thread, on PostgreSQL in SQLAlchemy's greenlet. It must not touch the event loop.
+        """
+        return await self._run_whole(body, self._writer, self.begin, Engine.begin)
+
+    async def run_read(self, body: Callable[[Connection], T]) -> T:
+        """Runs the reads of `body` outside any transaction of ours (a single SELECT is
+        consistent on its own), in one hop, like run_in_transaction."""
+        return await self._run_whole(body, self._readers, self.connect, Engine.connect)
+
+    async def _run_whole(
+        self,
+        body: Callable[[Connection], T],
+        executor: Executor | None,
+        open_async: Callable[[], contextlib.AbstractAsyncContextManager[AsyncConnection]],
+        open_sync: Callable[[Engine], contextlib.AbstractContextManager[Connection]],
+    ) -> T:
+        engine = self._sync_engine
+        if engine is None or executor is None:
+            async with open_async() as connection:
+                return await connection.run_sync(body)
+
+        def run() -> T:
+            with open_sync(engine) as connection:
+                return body(connection)
+
+        async with self.translate_errors():
+            return await _on_thread(executor, run)
+
     @contextlib.asynccontextmanager
     async def schema_change(self) -> AsyncIterator[AsyncConnection]:
         """A transaction in which this store alone may change the schema: stores starting at
@@ -304,7 +380,7 @@ class Database:
                     # a detached one without closing it: close the driver's connection anyway.
                     self.engine.dialect.do_terminate(dbapi_connection)
 
-    async def notify_work(self, connection: AsyncConnection, store_id: str) -> None:
+    def notify_work(self, connection: Connection, store_id: str) -> None:
         """Announces, inside the open transaction on `connection`, that it made work.
 
         PostgreSQL delivers the notification when (and only if) the transaction commits, to every
@@ -314,7 +390,7 @@ class Database:
         per row. Nothing on SQLite.
         """
         if self.announces_work:
-            await connection.execute(_NOTIFY_WORK, {"store_id": store_id})
+            connection.execute(_NOTIFY_WORK, {"store_id": store_id})
 
     async def connect_listener(self, application_name: str) -> asyncpg.Connection:
         """A new asyncpg connection to this database, outside the pool, for LISTEN.
@@ -339,4 +415,24 @@ class Database:
         return connection
 
     async def dispose(self) -> None:
+        # Called once the writes have committed (group commit closed first); a read still on a
+        # reader thread finishes on its own connection, which dispose does not close.
+        for executor in (self._writer, self._readers):
+            if executor is not None:
+                executor.shutdown(wait=False)
+        if self._sync_engine is not None:
+            self._sync_engine.dispose()
         await self.engine.dispose()
+
+
+async def _on_thread(executor: Executor, work: Callable[[], T]) -> T:
+    """`work()` on `executor`'s thread. A caller cancelled meanwhile still waits for it to end
+    before the cancellation goes on: the thread cannot be stopped, and its connection must not
+    be used by the next transaction while it is still in this one."""
+    future = asyncio.get_running_loop().run_in_executor(executor, work)
+    try:
+        return await asyncio.shield(future)
+    except asyncio.CancelledError:
+        with contextlib.suppress(BaseException):
+            await future
+        raise

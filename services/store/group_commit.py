@@ -10,6 +10,11 @@ once: nothing ever waits for company.
 A caller is answered only after the transaction holding its write has committed, so an
 acknowledged write is exactly as durable as with one transaction per call.
 
+A transaction is one hop to the database driver: the writer hands the whole batch, as one
+synchronous function, to `run` (Database.run_in_transaction), which runs it on the driver's side
+(SQLite's writer thread, PostgreSQL's greenlet) and commits. So the handlers below are plain
+functions of the open transaction, never coroutines, and must not touch the event loop.
+
 A write is submitted with the function that performs it. `submit` takes a batch handler: all the
 requests of one transaction for it reach it together, so it can write them with one statement.
 `submit_one` takes a per-item function, called once for each of its requests in the shared
@@ -28,7 +33,6 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Sequence
-from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
@@ -41,16 +45,18 @@ Item = TypeVar("Item")
 Result = TypeVar("Result")
 
 # Takes the open transaction and a run of requests; returns one outcome per request, in order.
-BatchHandler = Callable[[Tx, list[Item]], Awaitable[list[Result | StoreError]]]
+BatchHandler = Callable[[Tx, list[Item]], list[Result | StoreError]]
 # Takes the open transaction and one request; returns its outcome.
-ItemHandler = Callable[[Tx, Item], Awaitable[Result | StoreError]]
+ItemHandler = Callable[[Tx, Item], Result | StoreError]
+# Runs a function of the open transaction in one transaction, committed if it returns.
+RunTransaction = Callable[[Callable[[Tx], list[Any]]], Awaitable[list[Any]]]
 
 
 @dataclass(frozen=True)
 class _Kind:
     """What a request is run by; the requests of one kind in a transaction run together."""
 
-    handler: Callable[..., Awaitable[Any]]
+    handler: Callable[..., Any]
     per_item: bool
     runs_first: bool
     runs_last: bool
@@ -68,7 +74,7 @@ class _Request:
 
 
 class GroupCommitter(Generic[Tx]):
-    """Runs submitted writes in shared transactions opened by `begin`.
+    """Runs submitted writes in shared transactions, each run whole by `run`.
 
     `conflict_errors` are the errors one request can cause for the whole transaction (a unique
     constraint another process won): a batch failing with one is run again one request per
@@ -77,13 +83,13 @@ class GroupCommitter(Generic[Tx]):
 
     def __init__(
         self,
-        begin: Callable[[], AbstractAsyncContextManager[Tx]],
+        run: RunTransaction[Tx],
         *,
         max_batch: int,
         conflict_errors: tuple[type[BaseException], ...] = (),
         on_commit: Callable[[int], None] | None = None,
     ) -> None:
-        self._begin = begin
+        self._run_transaction = run
         # Told the size of each batch that committed (the store's batch-size histogram).
         self._on_commit = on_commit
         self._max_batch = max_batch
@@ -181,22 +187,25 @@ class GroupCommitter(Generic[Tx]):
             groups.setdefault(request.kind, []).append(index)
         # A stable sort: the first-seen order holds within each of the three runs.
         order = sorted(groups, key=lambda kind: kind.phase)
-        outcomes: list[Any] = [None] * len(batch)
-        async with self._begin() as tx:
-            for kind in order:
-                indexes = groups[kind]
-                items = [batch[i].item for i in indexes]
+        runs = [(kind, groups[kind], [batch[i].item for i in groups[kind]]) for kind in order]
+        size = len(batch)
+
+        def transaction(tx: Tx) -> list[Any]:
+            outcomes: list[Any] = [None] * size
+            for kind, indexes, items in runs:
                 if kind.per_item:
-                    results = [await kind.handler(tx, item) for item in items]
+                    results = [kind.handler(tx, item) for item in items]
                 else:
-                    results = await kind.handler(tx, items)
+                    results = kind.handler(tx, items)
                     if len(results) != len(indexes):
                         raise RuntimeError(
                             f"{kind.handler} answered {len(results)} of {len(indexes)}"
                         )
                 for index, result in zip(indexes, results, strict=True):
                     outcomes[index] = result
-        return outcomes
+            return outcomes
+
+        return await self._run_transaction(transaction)
 
 
 def _fail(batch: Sequence[_Request], error: BaseException) -> None:

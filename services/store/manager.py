@@ -84,23 +84,22 @@ class DeliveryStream:
     Each batch is what the stream had room for, leased to it and counted as an attempt. The
     iteration ends only when the store shuts down; a client that goes away ends the stream by
     leaving `MessageManager.open_stream`.
+
+    Claims run in tasks of their own (`MessageManager._start_claim`), never in the stream's: the
+    stream's own when it has room and work may exist, or one that rides in the transaction of a
+    CreateMessage while the stream waits. Either puts its leases on the board as it completes,
+    whatever happened to the stream meanwhile, and hands them here through `claimed`.
     """
 
     def __init__(
-        self,
-        state: StreamState,
-        board: StreamBoard,
-        repository: MessageRepository,
-        on_short_claim: Callable[[], None],
-        metrics: StoreMetrics | None = None,
-        watches: WatchHub | None = None,
+        self, state: StreamState, board: StreamBoard, claim: Callable[[StreamState, int], None]
     ) -> None:
-        self._metrics = metrics
-        self._watches = watches
         self._state = state
         self._board = board
-        self._repository = repository
-        self._on_short_claim = on_short_claim
+        self._claim = claim
+        # Why the stream's own last claim failed: raised from the iteration, which ends the
+        # stream with that error, as a claim made in the stream's own task would.
+        self.claim_error: Exception | None = None
 
     def __aiter__(self) -> DeliveryStream:
         return self
@@ -109,57 +108,25 @@ class DeliveryStream:
         stream = self._state
         while not stream.closing:
             stream.wakeup.clear()
-            room = self._board.room(stream)
-            if room > 0 and stream.work_may_exist:
-                # Cleared before the claim, like the event: work made during it sets it again.
-                stream.work_may_exist = False
-                deliveries = await self._claim(room)
-                if len(deliveries) == room:
-                    stream.work_may_exist = True
-                else:
-                    # What is left is not deliverable yet: the stream waits for the next
-                    # visibility, which may be another store's lease.
-                    self._on_short_claim()
-                if deliveries:
-                    for d in deliveries:
-                        if self._metrics is not None:
-                            self._metrics.delivered(d.message.delivery_attempts)
-                        if self._watches is not None:
-                            self._watches.changed(d.message.id)
-                        log.info(
-                            "delivered message_id=%s attempt=%d consumer=%s",
-                            d.message.id,
-                            d.message.delivery_attempts,
-                            stream.consumer,
-                        )
-                    return deliveries
-            await stream.wakeup.wait()
+            if stream.claimed:
+                deliveries, stream.claimed = stream.claimed, []
+                return deliveries
+            if self.claim_error is not None:
+                error, self.claim_error = self.claim_error, None
+                raise error
+            if not stream.claiming:
+                room = self._board.room(stream)
+                if room > 0 and stream.work_may_exist:
+                    self._claim(stream, room)
+            # Only a stream parked here is one a create may claim for: a handler suspended
+            # elsewhere (sending, or dropped by its client and not yet finalized) would sit on
+            # the messages.
+            stream.waiting = True
+            try:
+                await stream.wakeup.wait()
+            finally:
+                stream.waiting = False
         raise StopAsyncIteration
-
-    async def _claim(self, room: int) -> list[Delivery]:
-        """Claims up to `room` messages for this stream, and holds them on the board even when
-        the stream is cancelled meanwhile.
-
-        A claim already queued for the database commits whether or not its stream is still
-        there (group commit runs it regardless). Were its leases not on the board when the
-        stream ends, the stream's end would not release them: the messages would stay LEASED,
-        their attempt spent, until the lease expired.
-        """
-        claim = asyncio.ensure_future(self._repository.claim(room, self._state.lease_ns))
-        try:
-            deliveries = await asyncio.shield(claim)
-        except asyncio.CancelledError:
-            # Wait for the claim's outcome (it is not cancelled), put its leases on the board,
-            # then let the cancellation go on: the stream's end releases them.
-            with contextlib.suppress(Exception):
-                self._hold(await claim)
-            raise
-        self._hold(deliveries)
-        return deliveries
-
-    def _hold(self, deliveries: list[Delivery]) -> None:
-        for d in deliveries:
-            self._board.leased(self._state, d.message.id, d.lease_token, d.lease_expire_ns)
 
 
 class MessageManager:
@@ -184,6 +151,9 @@ class MessageManager:
         # Told of every change this store makes, for WatchMessages; costs nothing unwatched.
         self.watches = WatchHub(repository)
         self._lease_releases: set[asyncio.Task[None]] = set()
+        # Claims in flight, each in a task of its own (see _start_claim), by stream.
+        self._claims: dict[StreamState, asyncio.Task[None]] = {}
+        self._iterations: dict[StreamState, DeliveryStream] = {}
         # The tasks that run open streams (grpc's StreamUnprocessed handlers): shutdown waits
         # for them to finish sending their status while the server can still send it.
         self._stream_tasks: set[asyncio.Task[object]] = set()
@@ -247,20 +217,35 @@ class MessageManager:
     # -- writes, each with the wake-up it causes ---------------------------------------------
 
     async def create_message(self, new: NewMessage) -> CreateResult:
+        # Claim on create: a stream waiting with room gets a claim queued right behind the
+        # create. Group commit runs claims last in a transaction, and the claim can only land in
+        # the create's transaction or a later one, so it sees the new message: the message is
+        # leased in the transaction that stores it, without a claim transaction of its own.
+        # The claim then decides who else must look (see _claim_for); a create that found no
+        # stream waiting wakes them all, as any work does.
+        waiting = self._board.waiting_stream()
+        if waiting is not None:
+            self._start_claim(*waiting, rides_with_create=True)
         result = await self._repository.create_message(new)
         if _log_created(result):
-            self._board.wake_all()
             self.watches.created()
+            if waiting is None:
+                self._board.wake_all()
         return result
 
     async def create_messages(self, news: list[NewMessage]) -> list[CreateResult | StoreError]:
         """CreateMessage for many, in one transaction, with one wake-up for all of them. Each
         item's outcome is its own: a result, or the error it alone was refused with."""
+        # Claim on create, as for one message (see create_message).
+        waiting = self._board.waiting_stream()
+        if waiting is not None:
+            self._start_claim(*waiting, rides_with_create=True)
         outcomes = await self._repository.create_messages(news)
         created = [_log_created(o) for o in outcomes if not isinstance(o, StoreError)]
         if any(created):
-            self._board.wake_all()
             self.watches.created()
+            if waiting is None:
+                self._board.wake_all()
         return outcomes
 
     async def mark_processed(
@@ -394,15 +379,10 @@ class MessageManager:
             max_in_flight,
             lease_ns / 1e9,
         )
+        iteration = DeliveryStream(stream, self._board, self._start_claim)
+        self._iterations[stream] = iteration
         try:
-            yield DeliveryStream(
-                stream,
-                self._board,
-                self._repository,
-                self._rearm_timed_wakes,
-                self._metrics,
-                self.watches,
-            )
+            yield iteration
         finally:
             await self._end_stream(stream)
 
@@ -420,17 +400,94 @@ class MessageManager:
             self._stream_tasks.add(task)
             task.add_done_callback(self._stream_tasks.discard)
 
+    # -- claims ------------------------------------------------------------------------------
+
+    def _start_claim(
+        self, stream: StreamState, room: int, *, rides_with_create: bool = False
+    ) -> None:
+        """Claims up to `room` messages for `stream` in a task of its own.
+
+        Not in the stream's task: a claim queued for the database commits whether or not its
+        stream is still there (group commit runs it regardless), so the task that waits for it
+        must be one nothing cancels, and it puts the leases on the board the moment they exist.
+        The stream's end waits for it (see _end_stream), so the end releases them.
+        """
+        stream.claiming = True
+        # Cleared before the claim, as the event is: work made during it sets it again.
+        stream.work_may_exist = False
+        self._claims[stream] = asyncio.create_task(
+            self._claim_for(stream, room, rides_with_create), name="claim"
+        )
+
+    async def _claim_for(self, stream: StreamState, room: int, rides_with_create: bool) -> None:
+        try:
+            deliveries = await self._repository.claim(room, stream.lease_ns)
+        except Exception as exc:  # a StoreError, or a bug: either way the stream must go on
+            stream.claiming = False
+            del self._claims[stream]
+            if rides_with_create:
+                # The create's message may be unclaimed: every stream looks, this one too.
+                self._board.wake_all()
+            else:
+                iteration = self._iterations.get(stream)
+                if iteration is not None:
+                    iteration.claim_error = exc
+                stream.wakeup.set()
+            return
+        stream.claiming = False
+        del self._claims[stream]
+        if not self._board.is_open(stream):
+            # Cannot happen while _end_stream waits for the claim first; should it ever, the
+            # leases go back now instead of when they expire.
+            if deliveries:
+                self._release_in_background(
+                    [Lease(d.message.id, d.lease_token) for d in deliveries]
+                )
+            return
+        for d in deliveries:
+            self._board.leased(stream, d.message.id, d.lease_token, d.lease_expire_ns)
+            if self._metrics is not None:
+                self._metrics.delivered(d.message.delivery_attempts)
+            self.watches.changed(d.message.id)
+            log.info(
+                "delivered message_id=%s attempt=%d consumer=%s",
+                d.message.id,
+                d.message.delivery_attempts,
+                stream.consumer,
+            )
+        stream.claimed.extend(deliveries)
+        if len(deliveries) == room:
+            # More may be waiting, the create's message among them: every stream looks.
+            if rides_with_create:
+                self._board.wake_all()
+            stream.work_may_exist = True
+        else:
+            # Everything deliverable was claimed (a create's message included: its claim ran
+            # after it). What is left is not deliverable yet: wait for the next visibility,
+            # which may be another store's lease.
+            self._rearm_timed_wakes()
+        stream.wakeup.set()
+
     async def _end_stream(self, stream: StreamState) -> None:
+        claim = self._claims.get(stream)
+        if claim is not None:
+            # Shielded, as the release below: its leases must reach the board before the
+            # stream's end collects them.
+            await asyncio.shield(claim)
+        self._iterations.pop(stream, None)
         leases = self._board.close_stream(stream)
         log.info("stream closed consumer=%s releasing=%d", stream.consumer, len(leases))
         if not leases:
             return
         # Shielded: the handler is usually being cancelled (the client went away), and the
         # release must still reach the database. Shutdown waits for these tasks too.
+        await asyncio.shield(self._release_in_background(leases))
+
+    def _release_in_background(self, leases: list[Lease]) -> asyncio.Task[None]:
         task = asyncio.create_task(self._release_leases(leases))
         self._lease_releases.add(task)
         task.add_done_callback(self._lease_releases.discard)
-        await asyncio.shield(task)
+        return task
 
     async def _release_leases(self, leases: list[Lease]) -> None:
         try:

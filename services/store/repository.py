@@ -14,17 +14,17 @@ everything that differs, and wraps driver errors. What the queries count on:
   insert messages take turns (`_take_insert_turn`), so that `sequence` order is commit order and
   a follower reading `sequence > cursor` never skips a row that commits late.
 Each hot write is as few statements as the SQL allows (INSERT ... ON CONFLICT DO NOTHING
-RETURNING, UPDATE ... RETURNING): with aiosqlite every statement is several round trips to the
-driver's thread, and those round trips, not the SQL, are what a write costs.
+RETURNING, UPDATE ... RETURNING): SQLAlchemy's Python per statement, not the SQL, is most of what
+a write costs. Each transaction is one synchronous function of its connection, run whole in one
+hop to the driver (Database.run_in_transaction), so the handlers below are plain functions.
 """
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import logging
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from types import SimpleNamespace
@@ -52,6 +52,7 @@ from sqlalchemy import (
     tuple_,
     update,
 )
+from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlalchemy.sql.dml import Update
 
@@ -284,7 +285,7 @@ class _Transaction:
     transaction has committed: a watcher told earlier would read the message as it was.
     """
 
-    def __init__(self, connection: AsyncConnection, now_ns: int) -> None:
+    def __init__(self, connection: Connection, now_ns: int) -> None:
         self.connection = connection
         self.now_ns = now_ns
         self.has_insert_turn = False
@@ -396,7 +397,7 @@ class MessageRepository:
         self._max_attempts = max_attempts
         self._now_ns = clock_ns
         self._writes = GroupCommitter(
-            self._begin_write,
+            self._run_write,
             max_batch=max_batch,
             conflict_errors=CONFLICT_ERRORS,
             on_commit=on_commit,
@@ -438,19 +439,29 @@ class MessageRepository:
         await self._writes.close()
         await self._database.dispose()
 
-    @contextlib.asynccontextmanager
-    async def _begin_write(self) -> AsyncIterator[_Transaction]:
-        async with self._database.begin() as connection:
-            tx = _Transaction(connection, self._now_ns())
-            yield tx
+    async def _run_write(self, body: Callable[[_Transaction], list[Any]]) -> list[Any]:
+        """Runs a group commit's batch (`body`) in one transaction, in one hop to the driver."""
+        now_ns = self._now_ns()
+        went_dead: list[tuple[str, int, str]] = []
+
+        def transaction(connection: Connection) -> list[Any]:
+            tx = _Transaction(connection, now_ns)
+            outcomes = body(tx)
             # Only reached when every write ran (an error rolls back and announces nothing);
             # delivered to the other stores at the commit that follows.
             if tx.made_work:
-                await self._database.notify_work(connection, self._store_id)
-        for message_id, attempts, last_error in tx.went_dead:
-            self._dead(message_id, attempts, last_error)
+                self._database.notify_work(connection, self._store_id)
+            went_dead[:] = tx.went_dead
+            return outcomes
 
-    async def _take_insert_turn(self, tx: _Transaction) -> None:
+        outcomes = await self._database.run_in_transaction(transaction)
+        # Told only now: the transaction has committed, and this is the event loop (the body
+        # may have run on the driver's thread, where a watcher's wake-up must not be set).
+        for message_id, attempts, last_error in went_dead:
+            self._dead(message_id, attempts, last_error)
+        return outcomes
+
+    def _take_insert_turn(self, tx: _Transaction) -> None:
         """Waits for the insert turn where the database needs it (see
         Database.inserts_take_turns); held until the transaction ends.
 
@@ -464,7 +475,7 @@ class MessageRepository:
         if tx.has_insert_turn or not self._database.inserts_take_turns:
             return
         timeout_ms = max(1, round(self._database.lock_timeout_seconds * 1000))
-        await tx.connection.execute(
+        tx.connection.execute(
             _TAKE_INSERT_TURN, {"lock_timeout_ms": str(timeout_ms), "key": INSERT_TURN_KEY}
         )
         tx.has_insert_turn = True
@@ -487,11 +498,11 @@ class MessageRepository:
         # Submitted as one request, so a group commit never splits it over two transactions.
         return await self._writes.submit(self._create_runs, news, runs_first=True)
 
-    async def _create_runs(
+    def _create_runs(
         self, tx: _Transaction, runs: list[list[NewMessage]]
     ) -> list[list[CreateResult | StoreError] | StoreError]:
         """The batch creates of one transaction, written by `_create_many` as one run."""
-        outcomes = await self._create_many(tx, [new for run in runs for new in run])
+        outcomes = self._create_many(tx, [new for run in runs for new in run])
         answers: list[list[CreateResult | StoreError] | StoreError] = []
         start = 0
         for run in runs:
@@ -499,7 +510,7 @@ class MessageRepository:
             start += len(run)
         return answers
 
-    async def _create_many(
+    def _create_many(
         self, tx: _Transaction, news: list[NewMessage]
     ) -> list[CreateResult | StoreError]:
         fresh: dict[str, NewMessage] = {}
@@ -509,7 +520,7 @@ class MessageRepository:
             message_id: _new_row(message_id, new.author, new.text, new.create_time_ns, tx.now_ns)
             for message_id, new in fresh.items()
         }
-        inserted = await self._insert_new(tx, list(rows.values()))
+        inserted = self._insert_new(tx, list(rows.values()))
         if inserted:
             tx.made_work = True
         stored = {
@@ -520,7 +531,7 @@ class MessageRepository:
         if taken:
             # Retried creates (or an id reused): compare with what is stored.
             query = _WITH_REPLY_ID.where(MESSAGES.c.id.in_(taken))
-            for row in await tx.connection.execute(query):
+            for row in tx.connection.execute(query):
                 stored[row.id] = _with_reply(row, tx.now_ns)
         outcomes: list[CreateResult | StoreError] = []
         for new in news:
@@ -533,12 +544,12 @@ class MessageRepository:
                 outcomes.append(exc)
         return outcomes
 
-    async def _insert_new(self, tx: _Transaction, rows: list[dict[str, Any]]) -> dict[str, int]:
+    def _insert_new(self, tx: _Transaction, rows: list[dict[str, Any]]) -> dict[str, int]:
         """Inserts the rows whose id is free; returns id -> sequence of those inserted."""
         if not rows:
             return {}
-        await self._take_insert_turn(tx)
-        result = await tx.connection.execute(self._insert_if_free, rows)
+        self._take_insert_turn(tx)
+        result = tx.connection.execute(self._insert_if_free, rows)
         return {row.id: row.sequence for row in result}
 
     @staticmethod
@@ -548,10 +559,8 @@ class MessageRepository:
         return CreateResult(existing, already_existed=True)
 
     async def get_message(self, message_id: str) -> StoredMessage:
-        async with self._database.connect() as connection:
-            row = (
-                await connection.execute(_WITH_REPLY_ID.where(MESSAGES.c.id == message_id))
-            ).first()
+        query = _WITH_REPLY_ID.where(MESSAGES.c.id == message_id)
+        row = await self._database.run_read(lambda connection: connection.execute(query).first())
         if row is None:
             raise NotFound(message_id)
         return _with_reply(row, self._now_ns())
@@ -587,8 +596,7 @@ class MessageRepository:
             query = query.where(leased & (MESSAGES.c.visible_at_ns > now))
         elif state is not None:
             query = query.where(MESSAGES.c.state == state)
-        async with self._database.connect() as connection:
-            rows = (await connection.execute(query)).all()
+        rows = await self._database.run_read(lambda connection: connection.execute(query).all())
         return [_with_reply(row, now) for row in rows]
 
     # -- settling ---------------------------------------------------------------------------
@@ -601,14 +609,12 @@ class MessageRepository:
         del lease_token
         return await self._writes.submit(self._mark_many, _Mark(message_id, reply), runs_first=True)
 
-    async def _mark_many(
-        self, tx: _Transaction, marks: list[_Mark]
-    ) -> list[MarkResult | StoreError]:
+    def _mark_many(self, tx: _Transaction, marks: list[_Mark]) -> list[MarkResult | StoreError]:
         # Before the UPDATE's row locks, even when no reply is inserted: a mark may share its
         # transaction with creates.
-        await self._take_insert_turn(tx)
+        self._take_insert_turn(tx)
         ids = list(dict.fromkeys(mark.message_id for mark in marks))
-        processed_rows = await tx.connection.execute(
+        processed_rows = tx.connection.execute(
             _PROCESS_UNLESS_PROCESSED, {"ids": ids, "now": tx.now_ns}
         )
         processed = {row.id: row for row in processed_rows}
@@ -627,7 +633,7 @@ class MessageRepository:
             for message_id, mark in first_marks.items()
             if message_id in processed and mark.reply is not None
         }
-        reply_sequences = await self._insert_new(tx, list(replies.values()))
+        reply_sequences = self._insert_new(tx, list(replies.values()))
         results: dict[str, MarkResult] = {}
         for message_id, row in processed.items():
             reply: StoredMessage | None = None
@@ -639,7 +645,7 @@ class MessageRepository:
         unprocessed = [message_id for message_id in ids if message_id not in processed]
         if unprocessed:
             # Unknown ids, and messages some earlier transaction processed.
-            results.update(await self._already_processed(tx.connection, unprocessed, tx.now_ns))
+            results.update(self._already_processed(tx.connection, unprocessed, tx.now_ns))
         outcomes: list[MarkResult | StoreError] = []
         for mark in marks:
             result = results.get(mark.message_id)
@@ -652,17 +658,15 @@ class MessageRepository:
         return outcomes
 
     @staticmethod
-    async def _already_processed(
-        connection: AsyncConnection, message_ids: list[str], now: int
+    def _already_processed(
+        connection: Connection, message_ids: list[str], now: int
     ) -> dict[str, MarkResult]:
         """Those of `message_ids` that exist, each with its reply if it has one."""
         originals = (
-            await connection.execute(select(MESSAGES).where(MESSAGES.c.id.in_(message_ids)))
+            connection.execute(select(MESSAGES).where(MESSAGES.c.id.in_(message_ids)))
         ).all()
         query = select(MESSAGES).where(MESSAGES.c.reply_to.in_([row.id for row in originals]))
-        replies = {
-            row.reply_to: _to_stored(row, None, now) for row in await connection.execute(query)
-        }
+        replies = {row.reply_to: _to_stored(row, None, now) for row in connection.execute(query)}
         results = {}
         for row in originals:
             reply = replies.get(row.id)
@@ -733,7 +737,7 @@ class MessageRepository:
             .returning(*MESSAGES.c)
         )
 
-    async def _claim(self, tx: _Transaction, claim: _Claim) -> list[Delivery]:
+    def _claim(self, tx: _Transaction, claim: _Claim) -> list[Delivery]:
         expiry = tx.now_ns + claim.lease_ns
         params = {
             "now": tx.now_ns,
@@ -744,9 +748,7 @@ class MessageRepository:
         deliveries: list[Delivery] = []
         while len(deliveries) < claim.limit:
             wanted = claim.limit - len(deliveries)
-            rows = (
-                await tx.connection.execute(self._claim_oldest, {**params, "wanted": wanted})
-            ).all()
+            rows = (tx.connection.execute(self._claim_oldest, {**params, "wanted": wanted})).all()
             for row in sorted(rows, key=lambda row: row.sequence):
                 if row.state == State.DEAD:
                     tx.went_dead.append((row.id, row.delivery_attempts, row.last_error))
@@ -767,7 +769,7 @@ class MessageRepository:
             self._release, _Release(message_id, lease_token, reason, retry_after_ns)
         )
 
-    async def _release(self, tx: _Transaction, release: _Release) -> StoredMessage | StoreError:
+    def _release(self, tx: _Transaction, release: _Release) -> StoredMessage | StoreError:
         visible_at = tx.now_ns + release.retry_after_ns
         if release.reason:
             values = self._unless_exhausted(
@@ -788,7 +790,7 @@ class MessageRepository:
                 "visible_at_ns": visible_at,
                 "delivery_attempts": case((attempts > 0, attempts - 1), else_=0),
             }
-        row = await self._update_leased(tx, release.message_id, release.lease_token, values)
+        row = self._update_leased(tx, release.message_id, release.lease_token, values)
         if isinstance(row, StoreError):
             return row
         if row.state == State.DEAD:
@@ -798,13 +800,13 @@ class MessageRepository:
             tx.made_work = True
         return _to_stored(row, None, tx.now_ns)
 
-    async def _update_leased(
+    def _update_leased(
         self, tx: _Transaction, message_id: str, lease_token: str, values: dict[str, Any]
     ) -> Row[Any] | StoreError:
         """Applies `values` to the message if `lease_token` is its current lease; otherwise
         says why not (unknown id, or not that lease)."""
         row = (
-            await tx.connection.execute(
+            tx.connection.execute(
                 update(MESSAGES)
                 .where(
                     MESSAGES.c.id == message_id,
@@ -817,7 +819,7 @@ class MessageRepository:
         ).first()
         if row is not None:
             return row
-        current = await self._current_state(tx, message_id)
+        current = self._current_state(tx, message_id)
         if current is None:
             return NotFound(message_id)
         return LeaseNotCurrent(
@@ -827,10 +829,8 @@ class MessageRepository:
         )
 
     @staticmethod
-    async def _current_state(tx: _Transaction, message_id: str) -> str | None:
-        return await tx.connection.scalar(
-            select(MESSAGES.c.state).where(MESSAGES.c.id == message_id)
-        )
+    def _current_state(tx: _Transaction, message_id: str) -> str | None:
+        return tx.connection.scalar(select(MESSAGES.c.state).where(MESSAGES.c.id == message_id))
 
     async def release_leases(self, leases: Sequence[Lease]) -> int:
         """Hands back the leases of a stream that ended; returns how many were still held.
@@ -841,18 +841,18 @@ class MessageRepository:
             return 0
         return await self._writes.submit_one(self._release_leases, list(leases))
 
-    async def _release_leases(self, tx: _Transaction, leases: list[Lease]) -> int:
+    def _release_leases(self, tx: _Transaction, leases: list[Lease]) -> int:
         held = tuple_(MESSAGES.c.id, MESSAGES.c.lease_token).in_(
             [(lease.message_id, lease.lease_token) for lease in leases]
         )
-        return len(await self._hand_back(tx, held))
+        return len(self._hand_back(tx, held))
 
-    async def _hand_back(self, tx: _Transaction, *where: Any) -> list[ReleasedLease]:
+    def _hand_back(self, tx: _Transaction, *where: Any) -> list[ReleasedLease]:
         """Hands back the LEASED rows matching `where` whose holder is gone (a stream that
         ended, a store that died or stopped): deliverable at once, the attempt still counted
         (the delivery happened; it may have crashed the bot), DEAD if it was the last."""
         rows = (
-            await tx.connection.execute(
+            tx.connection.execute(
                 update(MESSAGES)
                 .where(MESSAGES.c.state == State.LEASED, *where)
                 .values(
@@ -885,11 +885,11 @@ class MessageRepository:
             self._extend, _Extension(message_id, lease_token, lease_ns)
         )
 
-    async def _extend(self, tx: _Transaction, extension: _Extension) -> StoredMessage | StoreError:
+    def _extend(self, tx: _Transaction, extension: _Extension) -> StoredMessage | StoreError:
         # A lapsed lease cannot be extended: the message may be on its way to another bot.
         # The CASE keeps a lapsed row as it is, and the lapse is reported below.
         lapsed = MESSAGES.c.visible_at_ns <= tx.now_ns
-        row = await self._update_leased(
+        row = self._update_leased(
             tx,
             extension.message_id,
             extension.lease_token,
@@ -910,9 +910,9 @@ class MessageRepository:
     async def requeue(self, message_id: str) -> StoredMessage:
         return await self._writes.submit_one(self._requeue, message_id)
 
-    async def _requeue(self, tx: _Transaction, message_id: str) -> StoredMessage | StoreError:
+    def _requeue(self, tx: _Transaction, message_id: str) -> StoredMessage | StoreError:
         row = (
-            await tx.connection.execute(
+            tx.connection.execute(
                 update(MESSAGES)
                 .where(MESSAGES.c.id == message_id, MESSAGES.c.state == State.DEAD)
                 .values(state=State.PENDING, delivery_attempts=0, visible_at_ns=tx.now_ns)
@@ -922,7 +922,7 @@ class MessageRepository:
         if row is not None:
             tx.made_work = True
             return _to_stored(row, None, tx.now_ns)
-        current = await self._current_state(tx, message_id)
+        current = self._current_state(tx, message_id)
         if current is None:
             return NotFound(message_id)
         return NotDead(
@@ -964,10 +964,14 @@ class MessageRepository:
         """The other stores whose heartbeat is older than `dead_after_seconds`, or whose
         registered session is gone, and those that hold leases unregistered (a read:
         reap_dead_stores decides, under row locks)."""
-        async with self._database.connect() as connection:
-            rows = await connection.execute(_DEAD_STORES, self._dead_params(dead_after_seconds))
-            unregistered = await connection.scalars(_UNREGISTERED_OWNERS)
+        params = self._dead_params(dead_after_seconds)
+
+        def read(connection: Connection) -> list[DeadStore]:
+            rows = connection.execute(_DEAD_STORES, params)
+            unregistered = connection.scalars(_UNREGISTERED_OWNERS)
             return [_dead_store(row) for row in rows] + [_unregistered(s) for s in unregistered]
+
+        return await self._database.run_read(read)
 
     async def reap_dead_stores(self, dead_after_seconds: float) -> list[Reaped]:
         """Hands back the leases of every store that is dead (as find_dead_stores says, checked
@@ -980,14 +984,14 @@ class MessageRepository:
         """
         return await self._writes.submit_one(self._reap, dead_after_seconds)
 
-    async def _reap(self, tx: _Transaction, dead_after_seconds: float) -> list[Reaped]:
+    def _reap(self, tx: _Transaction, dead_after_seconds: float) -> list[Reaped]:
         dead = (
-            await tx.connection.execute(
+            tx.connection.execute(
                 _DEAD_STORES.with_for_update(skip_locked=True, of=STORES),
                 self._dead_params(dead_after_seconds),
             )
         ).all()
-        unregistered = list(await tx.connection.scalars(_UNREGISTERED_OWNERS))
+        unregistered = list(tx.connection.scalars(_UNREGISTERED_OWNERS))
         reaped = []
         for store in [_dead_store(row) for row in dead] + [_unregistered(s) for s in unregistered]:
             owned = MESSAGES.c.owner_store == store.id
@@ -996,12 +1000,12 @@ class MessageRepository:
                 .where(UNSETTLED, _LEASED, owned)
                 .with_for_update(skip_locked=True)
             )
-            released = await self._hand_back(tx, owned, MESSAGES.c.sequence.in_(unlocked))
+            released = self._hand_back(tx, owned, MESSAGES.c.sequence.in_(unlocked))
             reaped.append(Reaped(store, released))
         finished: set[str] = set()
         if dead:
             still_held = exists().where(UNSETTLED, _LEASED, MESSAGES.c.owner_store == STORES.c.id)
-            deleted = await tx.connection.scalars(
+            deleted = tx.connection.scalars(
                 delete(STORES)
                 .where(STORES.c.id.in_([row.id for row in dead]), ~still_held)
                 .returning(STORES.c.id)
@@ -1017,9 +1021,9 @@ class MessageRepository:
         last write of a store that stops (or was declared dead, whose row is gone already)."""
         return await self._writes.submit_one(self._deregister, self._store_id)
 
-    async def _deregister(self, tx: _Transaction, store_id: str) -> list[ReleasedLease]:
-        released = await self._hand_back(tx, UNSETTLED, MESSAGES.c.owner_store == store_id)
-        await tx.connection.execute(delete(STORES).where(STORES.c.id == store_id))
+    def _deregister(self, tx: _Transaction, store_id: str) -> list[ReleasedLease]:
+        released = self._hand_back(tx, UNSETTLED, MESSAGES.c.owner_store == store_id)
+        tx.connection.execute(delete(STORES).where(STORES.c.id == store_id))
         return released
 
     def _dead_params(self, dead_after_seconds: float) -> dict[str, Any]:
@@ -1027,12 +1031,13 @@ class MessageRepository:
 
     async def next_visible_ns(self) -> int | None:
         """When the earliest message that is not deliverable yet becomes deliverable."""
-        async with self._database.connect() as connection:
-            return await connection.scalar(
-                select(func.min(MESSAGES.c.visible_at_ns)).where(
-                    UNSETTLED, MESSAGES.c.visible_at_ns > self._now_ns()
-                )
-            )
+        query = select(func.min(MESSAGES.c.visible_at_ns)).where(
+            UNSETTLED, MESSAGES.c.visible_at_ns > self._now_ns()
+        )
+        next_visible: int | None = await self._database.run_read(
+            lambda connection: connection.scalar(query)
+        )
+        return next_visible
 
     async def sample_states(self) -> tuple[dict[str, int], int | None]:
         """(messages by state, receive time of the oldest PENDING or None), for GetStats and
@@ -1041,23 +1046,26 @@ class MessageRepository:
         unsettled rows, which holds only the backlog however many rows are PROCESSED."""
         now = self._now_ns()
         lapsed = (MESSAGES.c.state == State.LEASED) & (MESSAGES.c.visible_at_ns <= now)
-        async with self._database.connect() as connection:
-            rows = await connection.execute(
+
+        def read(connection: Connection) -> tuple[dict[str, int], int | None]:
+            rows = connection.execute(
                 select(MESSAGES.c.state, func.count()).group_by(MESSAGES.c.state)
             )
             counts = {state.value: 0 for state in State}
             counts.update({State(state).value: int(count) for state, count in rows.all()})
-            lapsed_count = await connection.scalar(select(func.count()).where(lapsed))
-            oldest = await connection.scalar(
+            lapsed_count = connection.scalar(select(func.count()).where(lapsed))
+            moved = int(lapsed_count or 0)
+            counts[State.LEASED.value] -= moved
+            counts[State.PENDING.value] += moved
+            oldest = connection.scalar(
                 select(MESSAGES.c.receive_time_ns)
                 .where(UNSETTLED, (MESSAGES.c.state == State.PENDING) | lapsed)
                 .order_by(MESSAGES.c.sequence)
                 .limit(1)
             )
-        moved = int(lapsed_count or 0)
-        counts[State.LEASED.value] -= moved
-        counts[State.PENDING.value] += moved
-        return counts, oldest
+            return counts, oldest
+
+        return await self._database.run_read(read)
 
     async def release_all_leases(self) -> int:
         """Returns every lease to PENDING: for a store starting on a database only it uses."""

@@ -19,7 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from ackbot.store.repository import Lease
+from ackbot.store.repository import Delivery, Lease
 
 # Timed wakes are rounded up to this step so that a burst of leases sharing an expiry costs one
 # wake, not one per message.
@@ -51,6 +51,13 @@ class StreamState:
     # Keyed by id, with the lapsed lease's token: only an answer carrying that token (so from
     # this stream's client, not from whichever bot got the message next) frees the slot.
     lapsed: dict[str, str] = field(default_factory=dict)
+    # Claimed for this stream and on the board already, not yet handed to its iteration.
+    claimed: list[Delivery] = field(default_factory=list)
+    # A claim for this stream is in flight (its own, or one riding with a create): the only
+    # thing that takes room away, so one at a time keeps every delivery within the room.
+    claiming: bool = False
+    # Its iteration is parked, waiting for a wake (DeliveryStream.__anext__).
+    waiting: bool = False
     wakeup: asyncio.Event = field(default_factory=asyncio.Event)
     # False once a claim came back short and nothing has made new work since: a settle then
     # only adds room, and claiming into an empty queue would cost a write transaction.
@@ -98,6 +105,24 @@ class StreamBoard:
         stream.outstanding.clear()
         stream.lapsed.clear()
         return leases
+
+    def is_open(self, stream: StreamState) -> bool:
+        return stream in self._streams
+
+    def waiting_stream(self) -> tuple[StreamState, int] | None:
+        """A stream that could take a new message now, with its room: open, not closing, its
+        iteration parked waiting for work, no claim in flight, room left. The one with the most
+        room, so that new messages spread over the streams instead of filling the first."""
+        best: tuple[StreamState, int] | None = None
+        for stream in self._streams:
+            if stream.closing or stream.claiming or not stream.waiting:
+                continue
+            # room() without its bookkeeping: a lapse moves a lease from `outstanding` to
+            # `lapsed`, which leaves the room as it is; this runs for every create.
+            room = stream.max_in_flight - len(stream.outstanding) - len(stream.lapsed)
+            if room > 0 and (best is None or room > best[1]):
+                best = (stream, room)
+        return best
 
     def room(self, stream: StreamState) -> int:
         """How many more deliveries `stream` may send. A lapsed lease no longer holds its

@@ -3,14 +3,17 @@ ACKBOT_TEST_POSTGRES_URL is set) and a clock the test moves by hand."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import secrets
+import threading
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 import pytest
-from sqlalchemy import text
+from sqlalchemy import event, text
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy.util import await_only
 
 from ackbot.store.database import Database, create_engine
 from ackbot.store.repository import MessageRepository
@@ -64,6 +67,47 @@ class FakeClock:
             timer.callback()
         self._timers = [t for t in self._timers if not t.cancelled]
         return self.now_ns
+
+
+class Gate:
+    """Holds a write transaction inside one of its handlers until `open()`, wherever the
+    handler runs: on an SQLite file the writer thread, on PostgreSQL a greenlet on the event
+    loop (Database.run_in_transaction). `reached` is set once a handler waits at it."""
+
+    # Long enough for any test, short enough that a forgotten `open()` does not hang the run.
+    HOLD_SECONDS = 30.0
+
+    def __init__(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._loop_thread = threading.get_ident()
+        self.reached = asyncio.Event()
+        self._opened = asyncio.Event()
+        self._opened_for_threads = threading.Event()
+
+    def wait_here(self) -> None:
+        """Called by a handler: blocks its transaction until the gate opens."""
+        if threading.get_ident() == self._loop_thread:
+            self.reached.set()
+            await_only(asyncio.wait_for(self._opened.wait(), self.HOLD_SECONDS))
+        else:
+            self._loop.call_soon_threadsafe(self.reached.set)
+            self._opened_for_threads.wait(self.HOLD_SECONDS)
+
+    def open(self) -> None:
+        self._opened.set()
+        self._opened_for_threads.set()
+
+
+def count_events(repo: MessageRepository, name: str) -> list[int]:
+    """A one-element list counting the `name` events ("begin", "commit") of the engine the
+    repository's transactions run on. Reads begin too, but never commit."""
+    seen = [0]
+
+    @event.listens_for(repo._database.sync_engine, name)
+    def on_event(_connection: object) -> None:
+        seen[0] += 1
+
+    return seen
 
 
 @pytest.fixture

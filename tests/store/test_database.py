@@ -66,14 +66,18 @@ async def test_conflicts_pass_untranslated_for_group_commit_to_rerun(engine):
 
 async def test_a_full_sqlite_file_is_storage_full(tmp_path):
     engine = create_engine(f"sqlite+aiosqlite:///{tmp_path}/t.db")
+    database = Database(engine)
 
+    # The writes run on the database's own engine (one hop per transaction), the schema on the
+    # async one: both are limited.
+    @event.listens_for(database.sync_engine, "connect")
     @event.listens_for(engine.sync_engine, "connect")
     def limit_pages(dbapi_connection, _record) -> None:
         cursor = dbapi_connection.cursor()
         cursor.execute("PRAGMA max_page_count=32")  # the schema takes about ten pages
         cursor.close()
 
-    repository = MessageRepository(Database(engine))
+    repository = MessageRepository(database)
     try:
         await repository.create_schema()
 

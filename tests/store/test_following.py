@@ -23,7 +23,7 @@ from ackbot.store.errors import StorageUnavailable
 from ackbot.store.repository import MessageRepository, NewMessage, StoredMessage
 from ackbot.testing import wait_until
 
-from .conftest import SECOND_NS, FakeClock, MakeRepository
+from .conftest import SECOND_NS, FakeClock, Gate, MakeRepository
 
 pytestmark = pytest.mark.postgres
 
@@ -36,21 +36,23 @@ class HeldOpen:
     committing them."""
 
     def __init__(self, repository: MessageRepository) -> None:
-        self.inserted = asyncio.Event()
-        self._commit = asyncio.Event()
+        self._gate = Gate()
+        self.inserted = self._gate.reached
         insert = repository._insert_new
+        held = False
 
-        async def insert_then_wait(tx: Any, rows: list[dict[str, Any]]) -> dict[str, int]:
-            sequences = await insert(tx, rows)
-            if rows and not self.inserted.is_set():
-                self.inserted.set()
-                await self._commit.wait()
+        def insert_then_wait(tx: Any, rows: list[dict[str, Any]]) -> dict[str, int]:
+            nonlocal held
+            sequences = insert(tx, rows)
+            if rows and not held:
+                held = True
+                self._gate.wait_here()
             return sequences
 
         repository._insert_new = insert_then_wait  # type: ignore[method-assign]
 
     def let_commit(self) -> None:
-        self._commit.set()
+        self._gate.open()
 
 
 class Follower:

@@ -7,31 +7,21 @@ with a transaction that only records what ran, to pin down its queueing rules ex
 from __future__ import annotations
 
 import asyncio
-import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import Callable
+from typing import Any
 
 import pytest
-from sqlalchemy import event
 
 from ackbot.store.errors import AlreadyExists, NotFound, StorageUnavailable, StoreError
 from ackbot.store.group_commit import GroupCommitter
 from ackbot.store.models import State
-from ackbot.store.repository import MessageRepository, NewMessage
+from ackbot.store.repository import NewMessage
 
-
-def count_transactions(repo: MessageRepository) -> list[int]:
-    """A one-element list holding how many transactions the repository's engine began."""
-    began = [0]
-
-    @event.listens_for(repo._database.engine.sync_engine, "begin")
-    def on_begin(_connection: object) -> None:
-        began[0] += 1
-
-    return began
+from .conftest import count_events
 
 
 async def test_concurrent_creates_share_transactions_and_all_commit(repo):
-    began = count_transactions(repo)
+    began = count_events(repo, "begin")
 
     results = await asyncio.gather(
         *(repo.create_message(NewMessage(author="a", text=f"t{i}", id=f"m{i}")) for i in range(200))
@@ -99,18 +89,18 @@ class RecordingDatabase:
         self.gate = asyncio.Event()
         self.gate.set()
 
-    @contextlib.asynccontextmanager
-    async def begin(self) -> AsyncIterator[list[str]]:
+    async def run(self, body: Callable[[list[str]], list[Any]]) -> list[Any]:
         await self.gate.wait()
         written: list[str] = []
-        yield written
+        outcomes = body(written)
         if self.fail_next_with is not None:
             error, self.fail_next_with = self.fail_next_with, None
             raise error
         self.committed.append(written)
+        return outcomes
 
 
-async def write(tx: list[str], items: list[str]) -> list[str | StoreError]:
+def write(tx: list[str], items: list[str]) -> list[str | StoreError]:
     outcomes: list[str | StoreError] = []
     for item in items:
         if item.startswith("bad"):
@@ -127,7 +117,7 @@ class Conflict(Exception):
 
 async def test_requests_queued_behind_a_running_transaction_commit_together():
     database = RecordingDatabase()
-    committer = GroupCommitter(database.begin, max_batch=100)
+    committer = GroupCommitter(database.run, max_batch=100)
     database.gate.clear()
     first = asyncio.create_task(committer.submit(write, "a"))
     await asyncio.sleep(0)  # the writer takes "a" and waits at the gate
@@ -144,7 +134,7 @@ async def test_requests_queued_behind_a_running_transaction_commit_together():
 
 async def test_max_batch_bounds_a_transaction():
     database = RecordingDatabase()
-    committer = GroupCommitter(database.begin, max_batch=2)
+    committer = GroupCommitter(database.run, max_batch=2)
 
     await asyncio.gather(*(committer.submit(write, str(i)) for i in range(5)))
 
@@ -153,7 +143,7 @@ async def test_max_batch_bounds_a_transaction():
 
 async def test_a_conflict_reruns_the_batch_one_request_per_transaction():
     database = RecordingDatabase()
-    committer = GroupCommitter(database.begin, max_batch=10, conflict_errors=(Conflict,))
+    committer = GroupCommitter(database.run, max_batch=10, conflict_errors=(Conflict,))
     database.fail_next_with = Conflict()
 
     results = await asyncio.gather(*(committer.submit(write, x) for x in ("a", "b", "c")))
@@ -164,7 +154,7 @@ async def test_a_conflict_reruns_the_batch_one_request_per_transaction():
 
 async def test_a_failed_transaction_fails_every_caller_in_it():
     database = RecordingDatabase()
-    committer = GroupCommitter(database.begin, max_batch=10)
+    committer = GroupCommitter(database.run, max_batch=10)
     database.fail_next_with = StorageUnavailable("locked")
 
     results = await asyncio.gather(
@@ -178,7 +168,7 @@ async def test_a_failed_transaction_fails_every_caller_in_it():
 
 async def test_a_cancelled_caller_is_skipped_if_its_write_has_not_started():
     database = RecordingDatabase()
-    committer = GroupCommitter(database.begin, max_batch=10)
+    committer = GroupCommitter(database.run, max_batch=10)
     database.gate.clear()
     running = asyncio.create_task(committer.submit(write, "a"))
     await asyncio.sleep(0)
@@ -195,7 +185,7 @@ async def test_a_cancelled_caller_is_skipped_if_its_write_has_not_started():
 
 async def test_close_waits_for_queued_writes_then_refuses_new_ones():
     database = RecordingDatabase()
-    committer = GroupCommitter(database.begin, max_batch=10)
+    committer = GroupCommitter(database.run, max_batch=10)
     database.gate.clear()
     pending = [asyncio.create_task(committer.submit(write, x)) for x in ("a", "b")]
     await asyncio.sleep(0)
@@ -214,14 +204,14 @@ async def test_a_transaction_runs_each_handler_once_in_first_seen_order_and_last
     calls: list[tuple[str, list[str]]] = []
 
     def named(name: str):
-        async def handler(tx: list[str], items: list[str]) -> list[str | StoreError]:
+        def handler(tx: list[str], items: list[str]) -> list[str | StoreError]:
             calls.append((name, items))
-            return await write(tx, items)
+            return write(tx, items)
 
         return handler
 
     create, mark, claim = named("create"), named("mark"), named("claim")
-    committer = GroupCommitter(database.begin, max_batch=10)
+    committer = GroupCommitter(database.run, max_batch=10)
     database.gate.clear()
     first = asyncio.create_task(committer.submit(create, "warm"))
     await asyncio.sleep(0)
@@ -244,8 +234,8 @@ async def test_a_transaction_runs_each_handler_once_in_first_seen_order_and_last
     assert database.committed[1] == ["a", "b", "m1", "m2", "c1", "c2"]
 
 
-async def write_one(tx: list[str], item: str) -> str | StoreError:
-    (outcome,) = await write(tx, [item])
+def write_one(tx: list[str], item: str) -> str | StoreError:
+    (outcome,) = write(tx, [item])
     return outcome
 
 
@@ -253,11 +243,11 @@ async def test_submit_one_runs_its_function_per_item_in_the_shared_transaction()
     database = RecordingDatabase()
     calls: list[str] = []
 
-    async def per_item(tx: list[str], item: str) -> str | StoreError:
+    def per_item(tx: list[str], item: str) -> str | StoreError:
         calls.append(item)
-        return await write_one(tx, item)
+        return write_one(tx, item)
 
-    committer = GroupCommitter(database.begin, max_batch=10)
+    committer = GroupCommitter(database.run, max_batch=10)
     database.gate.clear()
     first = asyncio.create_task(committer.submit_one(per_item, "warm"))
     await asyncio.sleep(0)  # the writer takes "warm" and waits at the gate
@@ -278,19 +268,19 @@ async def test_per_item_and_batch_functions_share_a_transaction_and_runs_last_go
     database = RecordingDatabase()
     calls: list[tuple[str, list[str] | str]] = []
 
-    async def batch(tx: list[str], items: list[str]) -> list[str | StoreError]:
+    def batch(tx: list[str], items: list[str]) -> list[str | StoreError]:
         calls.append(("batch", items))
-        return await write(tx, items)
+        return write(tx, items)
 
-    async def release(tx: list[str], item: str) -> str | StoreError:
+    def release(tx: list[str], item: str) -> str | StoreError:
         calls.append(("release", item))
-        return await write_one(tx, item)
+        return write_one(tx, item)
 
-    async def claim(tx: list[str], item: str) -> str | StoreError:
+    def claim(tx: list[str], item: str) -> str | StoreError:
         calls.append(("claim", item))
-        return await write_one(tx, item)
+        return write_one(tx, item)
 
-    committer = GroupCommitter(database.begin, max_batch=10)
+    committer = GroupCommitter(database.run, max_batch=10)
     database.gate.clear()
     first = asyncio.create_task(committer.submit(batch, "warm"))
     await asyncio.sleep(0)
@@ -318,7 +308,7 @@ async def test_per_item_and_batch_functions_share_a_transaction_and_runs_last_go
 
 async def test_runs_first_goes_before_everything_else():
     database = RecordingDatabase()
-    committer = GroupCommitter(database.begin, max_batch=10)
+    committer = GroupCommitter(database.run, max_batch=10)
     database.gate.clear()
     first = asyncio.create_task(committer.submit_one(write_one, "warm"))
     await asyncio.sleep(0)

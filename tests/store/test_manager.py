@@ -13,13 +13,13 @@ from collections.abc import AsyncIterator, Callable
 
 import pytest
 
-from ackbot.store.errors import FailedPrecondition
+from ackbot.store.errors import FailedPrecondition, StorageUnavailable
 from ackbot.store.manager import MessageManager
 from ackbot.store.models import State
 from ackbot.store.repository import Delivery, MessageRepository, NewMessage
 from ackbot.testing import wait_until
 
-from .conftest import SECOND_NS, START_NS, FakeClock
+from .conftest import SECOND_NS, START_NS, FakeClock, Gate, count_events
 
 DEADLINE = 5  # seconds, for anything the test waits for
 LEASE_NS = 60 * SECOND_NS
@@ -390,14 +390,13 @@ async def test_a_stream_cancelled_while_its_claim_commits_still_releases_what_it
 ):
     # The claim is inside its transaction when the client goes away: group commit finishes it
     # regardless, so the message is leased to a stream that is ending.
-    in_transaction = asyncio.Event()
-    go_on = asyncio.Event()
+    gate = Gate()
+    in_transaction = gate.reached
     claim_rows = repo._claim
 
-    async def claim_held_open(tx, claim):
-        in_transaction.set()
-        await go_on.wait()
-        return await claim_rows(tx, claim)
+    def claim_held_open(tx, claim):
+        gate.wait_here()
+        return claim_rows(tx, claim)
 
     repo._claim = claim_held_open
     await create(manager, "a")
@@ -407,7 +406,7 @@ async def test_a_stream_cancelled_while_its_claim_commits_still_releases_what_it
 
     consumer.task.cancel()  # the client went away mid-claim
     await let_streams_look()
-    go_on.set()
+    gate.open()
     with pytest.raises(asyncio.CancelledError):
         async with asyncio.timeout(DEADLINE):
             await consumer.task
@@ -475,3 +474,125 @@ async def test_stats_with_nothing_stored(manager):
     assert stats.counts == {"PENDING": 0, "LEASED": 0, "PROCESSED": 0, "DEAD": 0}
     assert stats.oldest_pending_ns is None
     assert stats.streams == []
+
+
+# -- claim on create ----------------------------------------------------------------------------
+
+
+async def streams_idle(manager: MessageManager, count: int) -> None:
+    """Waits until `count` streams are open with no claim in flight (their first, empty claim
+    has committed): a create may then claim for them."""
+    await wait_until(
+        lambda: (
+            len(manager._board.streams) == count
+            and not any(s.claiming for s in manager._board.streams)
+        ),
+        DEADLINE,
+        interval=0.01,
+        what=f"{count} streams waiting",
+    )
+
+
+async def test_a_create_leases_its_message_to_a_waiting_stream_in_the_same_transaction(
+    manager, open_consumer, repo
+):
+    consumer = open_consumer(max_in_flight=2)
+    await streams_idle(manager, 1)
+    committed = count_events(repo, "commit")
+
+    await create(manager, "new")
+    (delivery,) = await consumer.next()
+
+    assert delivery.message.id == "new"
+    assert delivery.message.delivery_attempts == 1
+    assert committed[0] == 1  # the create and its claim: no claim transaction of its own
+    stored = await repo.get_message("new")
+    assert (stored.state, stored.lease_expire_ns) == (State.LEASED, delivery.lease_expire_ns)
+
+
+async def test_a_create_finds_no_stream_without_room(manager, open_consumer, repo):
+    await create(manager, "a")
+    consumer = open_consumer(max_in_flight=1)
+    (a,) = await consumer.next()
+    await streams_idle(manager, 1)
+
+    await create(manager, "b")
+    await let_streams_look()
+
+    assert consumer.batches.empty()
+    assert (await repo.get_message("b")).state is State.PENDING
+    await manager.mark_processed("a", None, a.lease_token)
+    assert await consumer.next_ids() == ["b"]
+
+
+async def test_new_messages_spread_over_the_waiting_streams(manager, open_consumer):
+    first, second = open_consumer("one", max_in_flight=2), open_consumer("two", max_in_flight=2)
+    await streams_idle(manager, 2)
+
+    await create(manager, "a")
+    await create(manager, "b")
+
+    got = [await first.next_ids(), await second.next_ids()]
+    assert sorted(got) == [["a"], ["b"]]
+
+
+async def test_a_stream_cancelled_while_a_create_claims_for_it_releases_the_lease(
+    manager, open_consumer, repo
+):
+    consumer = open_consumer()
+    await streams_idle(manager, 1)
+    gate = Gate()
+    claim_rows = repo._claim
+
+    def claim_held_open(tx, claim):
+        gate.wait_here()
+        return claim_rows(tx, claim)
+
+    repo._claim = claim_held_open
+    creating = asyncio.create_task(create(manager, "a"))
+    async with asyncio.timeout(DEADLINE):
+        await gate.reached.wait()
+
+    consumer.task.cancel()  # the client goes away while the create's transaction claims for it
+    await let_streams_look()
+    gate.open()
+    async with asyncio.timeout(DEADLINE):
+        await creating
+        with pytest.raises(asyncio.CancelledError):
+            await consumer.task
+
+    # The stream's end waited for the claim, and released what it leased.
+    message = await repo.get_message("a")
+    assert (message.state, message.delivery_attempts) == (State.PENDING, 1)
+    assert consumer.batches.empty()
+
+
+async def test_a_create_whose_claim_fails_leaves_the_message_to_the_streams(
+    manager, open_consumer, repo
+):
+    consumer = open_consumer(max_in_flight=2)
+    await streams_idle(manager, 1)
+    claim = repo.claim
+    failed: list[int] = []
+
+    async def failing_once(limit: int, lease_ns: int) -> list[Delivery]:
+        if not failed:
+            failed.append(limit)
+            raise StorageUnavailable("the claim's transaction failed")
+        return await claim(limit, lease_ns)
+
+    repo.claim = failing_once
+    await create(manager, "a")
+
+    # The stream was woken and claimed by itself: no lost wake-up, and it stays open.
+    assert await consumer.next_ids() == ["a"]
+    assert failed == [2]
+
+
+async def test_a_create_claims_only_for_a_stream_whose_iteration_waits(manager, repo):
+    # A handler suspended elsewhere (sending, or dropped by its client and not yet finalized)
+    # is not asking for work: a create leaves its message to the streams that are.
+    async with manager.open_stream("busy", max_in_flight=5, lease_ns=LEASE_NS):
+        await create(manager, "a")
+        await let_streams_look()
+        assert (await repo.get_message("a")).state is State.PENDING
