@@ -22,7 +22,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 
 from ackbot.store.errors import FailedPrecondition, StoreError
 from ackbot.store.metrics import StoreMetrics
@@ -51,7 +51,8 @@ class DeliveryStream:
 
     Each batch is what the stream had room for, leased to it and counted as an attempt. The
     iteration ends only when the store shuts down; a client that goes away ends the stream by
-    leaving `MessageManager.open_stream`.
+    leaving `MessageManager.open_stream`. After `drain()` no batch comes any more, and the
+    iteration waits for the shutdown.
     """
 
     def __init__(
@@ -60,6 +61,7 @@ class DeliveryStream:
         board: StreamBoard,
         repository: MessageRepository,
         on_short_claim: Callable[[], None],
+        give_back: Callable[[list[Delivery]], Awaitable[None]],
         metrics: StoreMetrics | None = None,
     ) -> None:
         self._metrics = metrics
@@ -67,6 +69,22 @@ class DeliveryStream:
         self._board = board
         self._repository = repository
         self._on_short_claim = on_short_claim
+        self._give_back = give_back
+
+    def set_max_in_flight(self, max_in_flight: int) -> None:
+        """Changes the most unsettled deliveries the stream may hold (Consume's flow control)."""
+        log.info(
+            "stream window changed consumer=%s max_in_flight=%d",
+            self._state.consumer,
+            max_in_flight,
+        )
+        self._board.limit(self._state, max_in_flight)
+
+    def drain(self) -> None:
+        """No more deliveries on this stream: its client is stopping (Consume's drain)."""
+        if not self._state.draining:
+            log.info("stream draining consumer=%s", self._state.consumer)
+        self._board.drain(self._state)
 
     def __aiter__(self) -> DeliveryStream:
         return self
@@ -76,10 +94,15 @@ class DeliveryStream:
         while not stream.closing:
             stream.wakeup.clear()
             room = self._board.room(stream)
-            if room > 0 and stream.work_may_exist:
+            if room > 0 and stream.work_may_exist and not stream.draining:
                 # Cleared before the claim, like the event: work made during it sets it again.
                 stream.work_may_exist = False
                 deliveries = await self._claim(room)
+                if deliveries and stream.draining:
+                    # The drain came while the claim ran: the client would only hand these
+                    # back, so the store does, and gives their attempts back.
+                    await self._give_back(deliveries)
+                    continue
                 if len(deliveries) == room:
                     stream.work_may_exist = True
                 else:
@@ -146,8 +169,9 @@ class MessageManager:
         self._now_ns = clock_ns
         self._board = StreamBoard(clock_ns, call_at)
         self._lease_releases: set[asyncio.Task[None]] = set()
-        # The tasks that run open streams (grpc's StreamUnprocessed handlers): shutdown waits
-        # for them to finish sending their status while the server can still send it.
+        # The tasks that run open streams (grpc's StreamUnprocessed and Consume handlers):
+        # shutdown waits for them to finish sending their status while the server can still
+        # send it.
         self._stream_tasks: set[asyncio.Task[object]] = set()
         # Reading the next timed wake from the database (shared databases only): one read at
         # a time, and a request made during one is served by the next.
@@ -239,6 +263,23 @@ class MessageManager:
                 self._board.wake_all()
         return message
 
+    async def _give_back(self, deliveries: list[Delivery]) -> None:
+        """Releases deliveries that were leased but never sent (their stream was draining):
+        without a reason, so their attempts are given back."""
+        outcomes = await asyncio.gather(
+            *(
+                self.release(d.message.id, d.lease_token, reason="", retry_after_ns=0)
+                for d in deliveries
+            ),
+            return_exceptions=True,
+        )
+        for d, outcome in zip(deliveries, outcomes, strict=True):
+            if isinstance(outcome, StoreError):
+                # It stays on the stream's board: the stream's end releases it.
+                log.warning("could not give back message_id=%s: %s", d.message.id, outcome)
+            elif isinstance(outcome, BaseException):
+                raise outcome
+
     async def extend_lease(self, message_id: str, lease_token: str, lease_ns: int) -> StoredMessage:
         with self._answering_for(message_id, lease_token):
             message = await self._repository.extend_lease(message_id, lease_token, lease_ns)
@@ -329,7 +370,12 @@ class MessageManager:
         )
         try:
             yield DeliveryStream(
-                stream, self._board, self._repository, self._rearm_timed_wakes, self._metrics
+                stream,
+                self._board,
+                self._repository,
+                self._rearm_timed_wakes,
+                self._give_back,
+                self._metrics,
             )
         finally:
             await self._end_stream(stream)

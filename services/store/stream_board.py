@@ -36,7 +36,7 @@ CallAt = Callable[[int, Callable[[], None]], Timer]
 
 @dataclass(eq=False)
 class StreamState:
-    """One StreamUnprocessed call: its limits and the leases it holds right now."""
+    """One StreamUnprocessed or Consume call: its limits and the leases it holds right now."""
 
     consumer: str
     max_in_flight: int
@@ -55,6 +55,8 @@ class StreamState:
     # False once a claim came back short and nothing has made new work since: a settle then
     # only adds room, and claiming into an empty queue would cost a write transaction.
     work_may_exist: bool = True
+    # Its client asked for no more deliveries (Consume's drain); its settlements still count.
+    draining: bool = False
     closing: bool = False
 
     def leases(self) -> list[Lease]:
@@ -138,6 +140,18 @@ class StreamBoard:
             if stream.lapsed.get(message_id) == token:
                 del stream.lapsed[message_id]
                 stream.wakeup.set()
+
+    def limit(self, stream: StreamState, max_in_flight: int) -> None:
+        """The stream's client changed its window. A lower one takes nothing back: the stream
+        gets no delivery until its unsettled ones are below it."""
+        stream.max_in_flight = max_in_flight
+        stream.wakeup.set()
+
+    def drain(self, stream: StreamState) -> None:
+        """The stream's client wants no more deliveries; its leases stay until it settles them
+        or the stream ends."""
+        stream.draining = True
+        stream.wakeup.set()
 
     def extended(self, message_id: str, token: str, expiry_ns: int) -> None:
         stream = self._holder.get(message_id)
