@@ -93,6 +93,22 @@ async def let_streams_look() -> None:
         await asyncio.sleep(0)  # pacing
 
 
+def hold_claims_open(repo: MessageRepository) -> tuple[asyncio.Event, asyncio.Event]:
+    """Makes every claim wait inside its transaction: the first event is set once one does,
+    and the claims go on once the test sets the second."""
+    in_transaction = asyncio.Event()
+    go_on = asyncio.Event()
+    claim_rows = repo._claim
+
+    async def claim_held_open(tx, claim):
+        in_transaction.set()
+        await go_on.wait()
+        return await claim_rows(tx, claim)
+
+    repo._claim = claim_held_open
+    return in_transaction, go_on
+
+
 async def create(manager: MessageManager, *ids: str) -> None:
     for message_id in ids:
         await manager.create_message(NewMessage(author="alice", text=message_id, id=message_id))
@@ -380,16 +396,7 @@ async def test_a_stream_cancelled_while_its_claim_commits_still_releases_what_it
 ):
     # The claim is inside its transaction when the client goes away: group commit finishes it
     # regardless, so the message is leased to a stream that is ending.
-    in_transaction = asyncio.Event()
-    go_on = asyncio.Event()
-    claim_rows = repo._claim
-
-    async def claim_held_open(tx, claim):
-        in_transaction.set()
-        await go_on.wait()
-        return await claim_rows(tx, claim)
-
-    repo._claim = claim_held_open
+    in_transaction, go_on = hold_claims_open(repo)
     await create(manager, "a")
     consumer = open_consumer()
     async with asyncio.timeout(DEADLINE):
@@ -414,16 +421,7 @@ async def test_a_stream_cancelled_while_its_claim_commits_still_releases_what_it
 async def test_a_drained_stream_claims_no_more_and_gives_back_a_claim_it_was_running(
     manager, open_consumer, repo
 ):
-    in_transaction = asyncio.Event()
-    go_on = asyncio.Event()
-    claim_rows = repo._claim
-
-    async def claim_held_open(tx, claim):
-        in_transaction.set()
-        await go_on.wait()
-        return await claim_rows(tx, claim)
-
-    repo._claim = claim_held_open
+    in_transaction, go_on = hold_claims_open(repo)
     await create(manager, "a", "b")
     consumer = open_consumer(max_in_flight=1)
     async with asyncio.timeout(DEADLINE):
