@@ -19,11 +19,15 @@ from .harness import (
     ConsumeSession,
     StreamReader,
     bad_request_fields,
+    check_answered_once,
     count_state,
     create,
+    create_many,
     get,
+    list_all,
     seconds,
     status_fields,
+    wait_settled,
     wait_state,
 )
 
@@ -296,3 +300,16 @@ async def test_settlements_in_the_first_request_are_made(stub):
         assert await session.half_close() == grpc.StatusCode.OK
     finally:
         await session.close()
+
+
+async def test_store_and_bot_processes_answer_each_message_once_over_consume(stub, start_bot):
+    bot = await start_bot(persona="session", max_in_flight=8)
+    ids = await create_many(stub, 60, clients=6, prefix="e2e")
+    await wait_settled(stub, expected_processed=120, within=90)
+    replies = check_answered_once(await list_all(stub), ids, personas=["session"])
+    assert len(replies) == 60
+    assert "(Consume)" in bot.log_text(), "the bot streamed on a Consume session"
+    for message_id in ids:
+        assert (await get(stub, message_id)).delivery_attempts == 1
+    # The stop drains, then half-closes: the store ends the session with OK.
+    assert await asyncio.to_thread(bot.terminate) == 0

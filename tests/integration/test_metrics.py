@@ -118,13 +118,14 @@ async def test_a_bot_answering_two_messages_shows_in_both(store, stub, start_bot
     assert value(samples, "ackbot_create_to_processed_seconds_count") == 2
     assert value(samples, "ackbot_messages", state="PENDING") == 0
     assert value(samples, "ackbot_oldest_pending_age_seconds") == 0
-    assert handled(samples, "MarkProcessed", "OK") == 2
-    # The stream is open: started, not yet handled; each delivery batch is one message sent.
-    stream = {"grpc_type": "server_stream", "grpc_service": SERVICE}
-    assert value(samples, "grpc_server_started_total", grpc_method="StreamUnprocessed", **stream)
-    assert (
-        value(samples, "grpc_server_msg_sent_total", grpc_method="StreamUnprocessed", **stream) >= 1
-    )
+    # The bot settles on its Consume session, not by unary calls.
+    assert handled(samples, "MarkProcessed", "OK") == 0
+    # The session is open: started, not yet handled; each response is one message sent, each
+    # request (the opening one, then frames of settlements) one received.
+    session = {"grpc_type": "bidi_stream", "grpc_service": SERVICE, "grpc_method": "Consume"}
+    assert value(samples, "grpc_server_started_total", **session) == 1
+    assert value(samples, "grpc_server_msg_sent_total", **session) >= 2
+    assert value(samples, "grpc_server_msg_received_total", **session) >= 2
 
     bot_samples = await scrape(bot)
     assert value(bot_samples, "ackbot_bot_replies_total", outcome="answered") == 2
