@@ -218,7 +218,7 @@ async def test_request_over_64_kib_is_resource_exhausted(store, stub, victim):
     await assert_still_serving(store, stub)
 
 
-async def test_wrong_lease_token_is_failed_precondition(store, stub, victim, settler):
+async def test_wrong_lease_token_is_failed_precondition(store, stub, victim):
     reader = StreamReader(stub, consumer="wrong-token", max_in_flight=1, lease_seconds=300)
     try:
         delivery = await reader.next()
@@ -237,7 +237,7 @@ async def test_wrong_lease_token_is_failed_precondition(store, stub, victim, set
         ]
         for rpc, request in wrong:
             with pytest.raises(grpc.aio.AioRpcError) as caught:
-                await call(settler, rpc, request)
+                await call(stub, rpc, request)
             assert caught.value.code() == grpc.StatusCode.FAILED_PRECONDITION, (rpc, caught.value)
         assert await snapshot(stub) == before, "the lease and the message are untouched"
         leased = await get(stub, VICTIM)
@@ -245,12 +245,12 @@ async def test_wrong_lease_token_is_failed_precondition(store, stub, victim, set
         assert leased.lease_expire_time == delivery.lease_expire_time
 
         # The right token works, and then the old token is stale.
-        await settler.ReleaseMessage(
+        await stub.ReleaseMessage(
             pb.ReleaseMessageRequest(id=VICTIM, lease_token=delivery.lease_token),
             timeout=RPC_TIMEOUT,
         )
         with pytest.raises(grpc.aio.AioRpcError) as caught:
-            await settler.ExtendLease(
+            await stub.ExtendLease(
                 pb.ExtendLeaseRequest(
                     id=VICTIM, lease_token=delivery.lease_token, lease_duration=seconds(60)
                 ),
