@@ -15,9 +15,11 @@ delivery join the running job (`Job.adopt`) instead of asking the responder a se
 job keeps and settles the new lease. A job whose lease is lost waits a while for such a
 redelivery before it gives up its reply.
 
-While the worker shuts down, a reply that is ready is held back until the stream is closed (the
-whole shutdown order is in worker.py): settling it at once would make room on the stream, and the
-store would fill that room with a delivery the closing stream then counts as a wasted attempt.
+While the worker shuts down on a StreamUnprocessed stream, a reply that is ready is held back
+until the stream is closed (the whole shutdown order is in worker.py): settling it at once would
+make room on the stream, and the store would fill that room with a delivery the closing stream
+then counts as a wasted attempt. On a Consume session the worker has told the store to send
+nothing more (drain), so a ready reply is settled at once.
 """
 
 from __future__ import annotations
@@ -94,6 +96,9 @@ class Shutdown:
 
     # The worker stopped taking work: replies that are ready wait for the stream to close.
     begun: bool = False
+    # The store was told to send no more deliveries (Consume's drain): settling makes no room
+    # that a new delivery would fill, so ready replies need not wait.
+    drained: bool = False
     # The stream is closed (or gone): held replies may be stored now.
     stream_closed: asyncio.Event = field(default_factory=asyncio.Event)
 
@@ -167,7 +172,12 @@ class DeliveryHandler:
             job.replied.set()
             succeeded = not work.cancelled() and work.exception() is None
             shutdown = self._shutdown
-            if succeeded and shutdown.begun and not shutdown.stream_closed.is_set():
+            if (
+                succeeded
+                and shutdown.begun
+                and not shutdown.drained
+                and not shutdown.stream_closed.is_set()
+            ):
                 # Settling now would make room on the stream, and the store would fill it with
                 # a delivery that the closing stream then counts as a wasted attempt. The reply
                 # waits (its lease still kept) until the stream is closed: MarkProcessed needs

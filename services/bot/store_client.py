@@ -5,6 +5,13 @@ briefly unreachable.
 Every settling RPC is safe to retry (the proto says so): MarkProcessed is idempotent on the id,
 ReleaseMessage and ExtendLease on the lease token.
 
+The stream is a Consume session where the store has it (`ConsumeSession`), and a settling call
+then goes on the session first: one request carries every settlement made in the same turn of
+the event loop, and the store writes them in one transaction. The session's answer is the unary
+call's, code and details alike; a settlement the session cannot answer (it ended, the store
+said UNAVAILABLE, no result in time) is made by the unary call instead, which retries and fails
+over as below. Doing it again is safe for the same reason a retry is.
+
 A bot may be given several stores of one database. The stream is opened on one store at a time
 (the worker picks which); a settling call goes first to the store whose stream opened last, and
 on UNAVAILABLE or DEADLINE_EXCEEDED on to the next store at once, since any store of the database
@@ -21,14 +28,16 @@ stream yields deliveries until it ends and then says why (`DeliveryStream.end_re
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import enum
 import functools
+import itertools
 import logging
 import random
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 import grpc
 from google.protobuf.duration_pb2 import Duration
@@ -259,7 +268,8 @@ class DeliveryStream:
 
     def __init__(
         self,
-        call: grpc.aio.UnaryStreamCall[pb.StreamUnprocessedRequest, pb.StreamUnprocessedResponse],
+        call: grpc.aio.UnaryStreamCall[pb.StreamUnprocessedRequest, pb.StreamUnprocessedResponse]
+        | grpc.aio.StreamStreamCall[pb.ConsumeRequest, pb.ConsumeResponse],
         *,
         address: str = "the store",
         on_open: Callable[[], None] | None = None,
@@ -268,11 +278,13 @@ class DeliveryStream:
         self._on_open = on_open
         # The store this stream goes to, for logs.
         self.address = address
-        self._responses: AsyncIterator[pb.StreamUnprocessedResponse] | None = None
+        self._responses: AsyncIterator[Any] | None = None
         # The longest reply text the store accepts, from the headers (see wait_open).
         self.max_reply_bytes = DEFAULT_MAX_TEXT_BYTES
         # Empty while the stream lasts.
         self.end_reason = ""
+        # The status code it ended with, once known (None: still open, or not yet read).
+        self.end_code: grpc.StatusCode | None = None
 
     async def wait_open(self) -> bool:
         """True once the stream is established; False when the store could not be reached
@@ -282,9 +294,11 @@ class DeliveryStream:
         try:
             headers = await self._call.initial_metadata()
         except grpc.aio.AioRpcError as exc:
-            self.end_reason = _problem(exc)
+            self._ended(exc.code(), _problem(exc))
             return False
         if self._call.done():
+            code = await self._call.code()
+            self._ended(code, f"{code.name}: {await self._call.details()}")
             return False
         self.max_reply_bytes = reply_limit(headers)
         if self._on_open is not None:
@@ -300,15 +314,185 @@ class DeliveryStream:
         try:
             response = await anext(self._responses)
         except StopAsyncIteration:
-            self.end_reason = "the store ended the stream"
+            self._ended(grpc.StatusCode.OK, "the store ended the stream")
             raise
         except grpc.aio.AioRpcError as exc:
-            self.end_reason = _problem(exc)
+            self._ended(exc.code(), _problem(exc))
             raise StopAsyncIteration from None
-        return response.deliveries
+        self._received(response)
+        deliveries: Sequence[pb.Delivery] = response.deliveries
+        return deliveries
+
+    def _received(self, response: Any) -> None:
+        """A response arrived (a ConsumeSession also reads its settlement results here)."""
+
+    def _ended(self, code: grpc.StatusCode, reason: str) -> None:
+        self.end_code = code
+        self.end_reason = reason
 
     def cancel(self) -> None:
         self._call.cancel()
+
+
+class ConsumeSession(DeliveryStream):
+    """One Consume call: deliveries as a DeliveryStream, and settlements sent on the same
+    stream (`settle`), each answered by its result.
+
+    Settlements made in the same turn of the event loop go out in one request, so the store
+    writes them in one transaction. `drain()` asks the store for no further deliveries;
+    `finish()` half-closes and waits for the store to answer what it was sent and end the call.
+    Once open, a task of its own reads the responses, so results arrive whether or not anyone
+    is iterating the deliveries.
+    """
+
+    def __init__(
+        self,
+        stub: pb_grpc.MessageStoreStub,
+        opening: pb.StreamUnprocessedRequest,
+        *,
+        address: str = "the store",
+        on_open: Callable[[], None] | None = None,
+    ) -> None:
+        self._opening = opening
+        self._pending: list[pb.Settlement] = []
+        self._drain = False
+        self._closing = False
+        self._wake = asyncio.Event()
+        self._results: dict[int, asyncio.Future[pb.SettlementResult]] = {}
+        self._correlation_ids = itertools.count(1)
+        self._over = asyncio.Event()
+        self._reader: asyncio.Task[None] | None = None
+        # Batches of deliveries, then None once the session is over.
+        self._inbox: asyncio.Queue[Sequence[pb.Delivery] | None] = asyncio.Queue()
+        super().__init__(stub.Consume(self._requests()), address=address, on_open=on_open)
+
+    async def wait_open(self) -> bool:
+        opened = await super().wait_open()
+        if opened:
+            self._start_reading()
+        return opened
+
+    def _start_reading(self) -> None:
+        if self._reader is None:
+            self._reader = asyncio.create_task(self._read(), name=f"consume {self.address}")
+
+    async def _read(self) -> None:
+        try:
+            async for response in self._call:
+                self._received(response)
+                if response.deliveries:
+                    self._inbox.put_nowait(list(response.deliveries))
+            self._ended(grpc.StatusCode.OK, "the store ended the stream")
+        except grpc.aio.AioRpcError as exc:
+            self._ended(exc.code(), _problem(exc))
+        except asyncio.CancelledError:
+            self._ended(grpc.StatusCode.CANCELLED, "cancelled")
+            raise
+        finally:
+            self._inbox.put_nowait(None)
+
+    async def __anext__(self) -> Sequence[pb.Delivery]:
+        if self._over.is_set() and self._inbox.empty():
+            raise StopAsyncIteration
+        self._start_reading()
+        batch = await self._inbox.get()
+        if batch is None:
+            self._inbox.put_nowait(None)  # for the next reader, if any
+            raise StopAsyncIteration
+        return batch
+
+    async def _requests(self) -> AsyncIterator[pb.ConsumeRequest]:
+        yield pb.ConsumeRequest(open=self._opening)
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            if self._pending or self._drain:
+                request = pb.ConsumeRequest(settlements=self._pending, drain=self._drain)
+                self._pending, self._drain = [], False
+                yield request
+            if self._closing:
+                return
+
+    @property
+    def accepting(self) -> bool:
+        """Whether a settlement may still be sent on this session."""
+        return not self._closing and not self._over.is_set()
+
+    async def settle(
+        self, settlement: pb.Settlement, wait_seconds: float
+    ) -> pb.SettlementResult | None:
+        """Sends `settlement` and returns its result; None when the session ended, or gave no
+        result within `wait_seconds` (the caller settles another way: every settlement is
+        safe to repeat)."""
+        if not self.accepting:
+            return None
+        correlation_id = next(self._correlation_ids)
+        settlement.correlation_id = correlation_id
+        future: asyncio.Future[pb.SettlementResult] = asyncio.get_running_loop().create_future()
+        self._results[correlation_id] = future
+        self._pending.append(settlement)
+        self._wake.set()
+        try:
+            return await asyncio.wait_for(asyncio.shield(future), wait_seconds)
+        except (TimeoutError, _SessionOver):
+            return None
+        finally:
+            self._results.pop(correlation_id, None)
+
+    def drain(self) -> None:
+        """Asks the store to send no further delivery on this session."""
+        self._drain = True
+        self._wake.set()
+
+    async def finish(self, wait_seconds: float) -> None:
+        """Half-closes the session and waits up to `wait_seconds` for the store to end it
+        (after answering every settlement sent); the caller then cancels it either way."""
+        self._closing = True
+        self._wake.set()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._over.wait(), wait_seconds)
+
+    def _received(self, response: Any) -> None:
+        for result in response.settlement_results:
+            future = self._results.get(result.correlation_id)
+            if future is not None and not future.done():
+                future.set_result(result)
+
+    def _ended(self, code: grpc.StatusCode, reason: str) -> None:
+        if self._over.is_set():
+            return
+        super()._ended(code, reason)
+        self._over.set()
+        for future in self._results.values():
+            if not future.done():
+                future.set_exception(_SessionOver())
+
+    def cancel(self) -> None:
+        super().cancel()
+        self._ended(grpc.StatusCode.CANCELLED, "cancelled")
+        if self._reader is not None:
+            self._reader.cancel()
+        else:
+            self._inbox.put_nowait(None)
+
+
+class _SessionOver(Exception):
+    """The session ended before a settlement's result came."""
+
+
+def result_of(result: pb.SettlementResult) -> CallResult[Any] | None:
+    """A settlement's result as the unary call's CallResult; None when its code is one a retry
+    may cure (UNAVAILABLE: the caller retries by the unary calls, which fail over)."""
+    code = _STATUS_CODES.get(result.status.code, grpc.StatusCode.UNKNOWN)
+    if code is grpc.StatusCode.OK:
+        which = result.WhichOneof("response")
+        return CallResult(Outcome.SETTLED, getattr(result, which) if which else None)
+    if code in RETRYABLE_CODES:
+        return None
+    return CallResult(outcome_of(code), status=code.name, details=result.status.message)
+
+
+_STATUS_CODES = {code.value[0]: code for code in grpc.StatusCode}
 
 
 class StoreClient:
@@ -328,6 +512,11 @@ class StoreClient:
         # that store also frees the delivery's slot on its stream (the store's ledger of slots
         # is its own, not the database's), and that store was reachable a moment ago.
         self._preferred = 0
+        # The open Consume session settlements go on first, if any.
+        self._session: ConsumeSession | None = None
+        # Stores that answered Consume with UNIMPLEMENTED (older ones), by index.
+        self._without_consume: set[int] = set()
+        self._clock = time.monotonic
 
     @property
     def addresses(self) -> tuple[str, ...]:
@@ -353,6 +542,76 @@ class StoreClient:
             on_open=opened,
         )
 
+    def has_consume(self, store: int) -> bool:
+        """False once the store at index `store` answered Consume with UNIMPLEMENTED."""
+        return store not in self._without_consume
+
+    def lacks_consume(self, store: int) -> None:
+        """The store at index `store` is older than Consume: use StreamUnprocessed there."""
+        self._without_consume.add(store)
+
+    def session(
+        self, *, store: int = 0, consumer: str, max_in_flight: int, lease_seconds: float
+    ) -> ConsumeSession:
+        """A Consume session with the store at index `store` of `addresses`; once it is open,
+        settling calls go on it first."""
+        opening = pb.StreamUnprocessedRequest(
+            consumer=consumer,
+            max_in_flight=max_in_flight,
+            lease_duration=duration(lease_seconds),
+        )
+
+        def opened() -> None:
+            self._preferred = store
+            self._session = session
+
+        session = ConsumeSession(
+            self._stubs[store], opening, address=self._addresses[store], on_open=opened
+        )
+        return session
+
+    async def _on_session(
+        self, settlement: pb.Settlement, budget_seconds: float
+    ) -> CallResult[Any] | None:
+        """The settlement made on the open session; None when there is none, or it gave no
+        usable answer: the caller then makes the unary call."""
+        session = self._session
+        if session is None or not session.accepting:
+            return None
+        result = await session.settle(
+            settlement, max(min(CALL_TIMEOUT_SECONDS, budget_seconds), MIN_CALL_TIMEOUT_SECONDS)
+        )
+        if result is None:
+            log.warning(
+                "%s got no answer on the session to %s; making the call instead",
+                settlement.WhichOneof("action"),
+                session.address,
+            )
+            return None
+        return result_of(result)
+
+    async def _settle_both_ways(
+        self,
+        settlement: pb.Settlement,
+        invoke: Callable[[pb_grpc.MessageStoreStub, float], Awaitable[ResponseT]],
+        *,
+        what: str,
+        message_id: str,
+        budget_seconds: float,
+    ) -> CallResult[ResponseT]:
+        """On the session first; by the unary call `invoke` (with its retries and failover)
+        for what is left of the budget when the session cannot answer."""
+        started = self._clock()
+        on_session = await self._on_session(settlement, budget_seconds)
+        if on_session is not None:
+            return on_session
+        return await _settle(
+            self._targets(invoke),
+            what=what,
+            message_id=message_id,
+            budget_seconds=max(budget_seconds - (self._clock() - started), 0.0),
+        )
+
     def _targets(
         self, invoke: Callable[[pb_grpc.MessageStoreStub, float], Awaitable[ResponseT]]
     ) -> list[Target[ResponseT]]:
@@ -373,8 +632,9 @@ class StoreClient:
         """SETTLED or ALREADY_PROCESSED with the response (its `reply` is the stored reply);
         NOT_FOUND, REJECTED, FAILED or UNAVAILABLE without one."""
         request = pb.MarkProcessedRequest(id=message_id, lease_token=lease_token, reply=reply)
-        result: CallResult[pb.MarkProcessedResponse] = await _settle(
-            self._targets(lambda stub, timeout: stub.MarkProcessed(request, timeout=timeout)),
+        result = await self._settle_both_ways(
+            pb.Settlement(mark_processed=request),
+            lambda stub, timeout: stub.MarkProcessed(request, timeout=timeout),
             what="MarkProcessed",
             message_id=message_id,
             budget_seconds=budget_seconds,
@@ -398,8 +658,9 @@ class StoreClient:
             reason=reason,
             retry_after=duration(retry_after_seconds) if retry_after_seconds > 0 else None,
         )
-        return await _settle(
-            self._targets(lambda stub, timeout: stub.ReleaseMessage(request, timeout=timeout)),
+        return await self._settle_both_ways(
+            pb.Settlement(release=request),
+            lambda stub, timeout: stub.ReleaseMessage(request, timeout=timeout),
             what="ReleaseMessage",
             message_id=message_id,
             budget_seconds=budget_seconds,
@@ -411,8 +672,9 @@ class StoreClient:
         request = pb.ExtendLeaseRequest(
             id=message_id, lease_token=lease_token, lease_duration=duration(lease_seconds)
         )
-        return await _settle(
-            self._targets(lambda stub, timeout: stub.ExtendLease(request, timeout=timeout)),
+        return await self._settle_both_ways(
+            pb.Settlement(extend_lease=request),
+            lambda stub, timeout: stub.ExtendLease(request, timeout=timeout),
             what="ExtendLease",
             message_id=message_id,
             budget_seconds=budget_seconds,

@@ -1,11 +1,13 @@
 """The stream consumer: takes deliveries from the store and answers each in a task of its own.
 
-One StreamUnprocessed stream at a time, re-established with backoff whenever it breaks: on the
-next store of the list when the bot has several (round robin, so a dead store is skipped after one
-failed attempt and every store gets its turn), on the same one when it has one. Each
-delivery becomes a task bounded by a semaphore of max_in_flight, in which a DeliveryHandler
-(delivery.py) asks the responder, keeps the lease alive and settles the delivery. The worker owns
-the stream, the slots, the shutdown drain and the health callback.
+One stream at a time, re-established with backoff whenever it breaks: on the next store of the
+list when the bot has several (round robin, so a dead store is skipped after one failed attempt
+and every store gets its turn), on the same one when it has one. The stream is a Consume session,
+on which the settlements go too (store_client.py); a store that answers Consume with
+UNIMPLEMENTED (older than it) gets a StreamUnprocessed stream and unary settling calls instead,
+at once and from then on. Each delivery becomes a task bounded by a semaphore of max_in_flight,
+in which a DeliveryHandler (delivery.py) asks the responder, keeps the lease alive and settles
+the delivery. The worker owns the stream, the slots, the shutdown drain and the health callback.
 
 A delivery of a message whose reply is already running (the store restarted, or the stream broke
 and came back, and handed the message out again) joins that reply instead of starting a second
@@ -14,10 +16,12 @@ each message costs one responder call.
 
 Shutdown order matters, because the store releases every lease of a stream the moment it closes
 and counts those deliveries as attempts, and because it refills any room a settled delivery leaves
-on an open stream. So: stop taking work; let running replies finish within the grace period (the
-stream stays open so their leases hold), but keep their MarkProcessed until the stream is closed,
-so no new delivery arrives only to be wasted; cancel replies still running after the grace period;
-hand back what never started with an empty reason (which gives the attempt back); close the
+on an open stream. On a Consume session: tell the store to send nothing more (drain); let running
+replies finish and settle within the grace period (the session stays open so their leases hold);
+cancel replies still running after it; hand back what never started with an empty reason (which
+gives the attempt back); half-close and wait for the store to end the session. On a
+StreamUnprocessed stream, which cannot say "no more": as above, but keep the replies'
+MarkProcessed until the stream is closed, so no new delivery arrives only to be wasted; close the
 stream; then store the replies that were held back (MarkProcessed needs no lease).
 """
 
@@ -31,11 +35,14 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from types import TracebackType
 
+import grpc
+
 from ackbot.bot.config import BotConfig
 from ackbot.bot.delivery import DeliveryHandler, Job, Shutdown
 from ackbot.bot.metrics import BotMetrics
 from ackbot.bot.responder import Responder
 from ackbot.bot.store_client import (
+    ConsumeSession,
     DeliveryStream,
     Outcome,
     StoreClient,
@@ -176,6 +183,10 @@ class Worker:
     async def _drain(self) -> None:
         self._shutdown.begun = True
         started = self._clock()
+        session = self._live_session()
+        if session is not None:
+            session.drain()
+            self._shutdown.drained = True
         for job in list(self._jobs):
             if not job.started and job.task is not None:
                 # Still waiting for a slot: never started, so it is handed back below.
@@ -207,8 +218,23 @@ class Worker:
                         task.cancel()
         # Deliveries that arrived while draining were held too (see _accept).
         await self._hand_back()
+        if session is not None and session is self._live_session():
+            # Their settlements go on the session; then the store answers what it was sent and
+            # ends the session, releasing whatever is left (a reply cancelled above).
+            await self._wait_settling()
+            await session.finish(SETTLE_AFTER_CLOSE_SECONDS)
         self._close_stream()
         # Replies that finished during the drain were held back until now (see DeliveryHandler).
+        await self._wait_settling()
+        log.info("drained in %.2fs", self._clock() - started)
+
+    def _live_session(self) -> ConsumeSession | None:
+        stream = self._stream
+        if isinstance(stream, ConsumeSession) and self._live_generation == self._generation:
+            return stream
+        return None
+
+    async def _wait_settling(self) -> None:
         settling = [job.task for job in self._jobs if job.task is not None and not job.task.done()]
         if settling:
             _, late_settles = await asyncio.wait(settling, timeout=SETTLE_AFTER_CLOSE_SECONDS)
@@ -217,7 +243,6 @@ class Worker:
             if late_settles:
                 log.warning("gave up settling %d replies on shutdown", len(late_settles))
                 await asyncio.wait(late_settles)
-        log.info("drained in %.2fs", self._clock() - started)
 
     async def _hand_back(self) -> None:
         held, self._held = self._held, []
@@ -258,7 +283,10 @@ class Worker:
         while not self._stop_requested.is_set():
             self._generation += 1
             generation = self._generation
-            self._stream = stream = self._client.stream(
+            open_stream = (
+                self._client.session if self._client.has_consume(store) else self._client.stream
+            )
+            self._stream = stream = open_stream(
                 store=store,
                 consumer=config.consumer,
                 max_in_flight=config.max_in_flight,
@@ -266,14 +294,32 @@ class Worker:
             )
             was_up = False
             try:
-                if await stream.wait_open():
+                opened = await stream.wait_open()
+                if (
+                    not opened
+                    and isinstance(stream, ConsumeSession)
+                    and stream.end_code is grpc.StatusCode.UNIMPLEMENTED
+                ):
+                    log.info(
+                        "store %s has no Consume; streaming with StreamUnprocessed and "
+                        "settling by unary calls",
+                        stream.address,
+                    )
+                    self._client.lacks_consume(store)
+                    continue
+                if opened:
                     # Every reply from now on goes to this store: fit it to this store's limit.
                     self._handler.max_reply_bytes = stream.max_reply_bytes
                     was_up = True
                     retry = 0
                     self._live_generation = generation
                     await self._set_connected(True)
-                    log.info("stream open to %s as consumer %s", stream.address, config.consumer)
+                    log.info(
+                        "stream open to %s as consumer %s (%s)",
+                        stream.address,
+                        config.consumer,
+                        "Consume" if isinstance(stream, ConsumeSession) else "StreamUnprocessed",
+                    )
                 async for deliveries in stream:
                     for delivery in deliveries:
                         self._accept(delivery, generation)

@@ -44,6 +44,7 @@ METHOD_ROLES: Mapping[str, frozenset[Role]] = {
     f"/{SERVICE}/GetMessage": _READERS,
     f"/{SERVICE}/ListMessages": _READERS,
     f"/{SERVICE}/StreamUnprocessed": frozenset({Role.BOT, Role.ADMIN}),
+    f"/{SERVICE}/Consume": frozenset({Role.BOT, Role.ADMIN}),
     f"/{SERVICE}/MarkProcessed": frozenset({Role.BOT, Role.ADMIN}),
     f"/{SERVICE}/ReleaseMessage": frozenset({Role.BOT, Role.ADMIN}),
     f"/{SERVICE}/ExtendLease": frozenset({Role.BOT, Role.ADMIN}),

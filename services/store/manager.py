@@ -22,7 +22,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Callable, Iterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass
 
 from ackbot.store.errors import FailedPrecondition, StoreError
@@ -83,7 +83,8 @@ class DeliveryStream:
 
     Each batch is what the stream had room for, leased to it and counted as an attempt. The
     iteration ends only when the store shuts down; a client that goes away ends the stream by
-    leaving `MessageManager.open_stream`.
+    leaving `MessageManager.open_stream`. After `drain()` no batch comes any more, and the
+    iteration waits for the shutdown.
 
     Claims run in tasks of their own (`MessageManager._start_claim`), never in the stream's: the
     stream's own when it has room and work may exist, or one that rides in the transaction of a
@@ -92,14 +93,34 @@ class DeliveryStream:
     """
 
     def __init__(
-        self, state: StreamState, board: StreamBoard, claim: Callable[[StreamState, int], None]
+        self,
+        state: StreamState,
+        board: StreamBoard,
+        claim: Callable[[StreamState, int], None],
+        give_back: Callable[[list[Delivery]], Awaitable[None]],
     ) -> None:
         self._state = state
         self._board = board
         self._claim = claim
+        self._give_back = give_back
         # Why the stream's own last claim failed: raised from the iteration, which ends the
         # stream with that error, as a claim made in the stream's own task would.
         self.claim_error: Exception | None = None
+
+    def set_max_in_flight(self, max_in_flight: int) -> None:
+        """Changes the most unsettled deliveries the stream may hold (Consume's flow control)."""
+        log.info(
+            "stream window changed consumer=%s max_in_flight=%d",
+            self._state.consumer,
+            max_in_flight,
+        )
+        self._board.limit(self._state, max_in_flight)
+
+    def drain(self) -> None:
+        """No more deliveries on this stream: its client is stopping (Consume's drain)."""
+        if not self._state.draining:
+            log.info("stream draining consumer=%s", self._state.consumer)
+        self._board.drain(self._state)
 
     def __aiter__(self) -> DeliveryStream:
         return self
@@ -110,17 +131,22 @@ class DeliveryStream:
             stream.wakeup.clear()
             if stream.claimed:
                 deliveries, stream.claimed = stream.claimed, []
+                if stream.draining:
+                    # The drain came while the claim ran: the client would only hand these
+                    # back, so the store does, and gives their attempts back.
+                    await self._give_back(deliveries)
+                    continue
                 return deliveries
             if self.claim_error is not None:
                 error, self.claim_error = self.claim_error, None
                 raise error
-            if not stream.claiming:
+            if not stream.claiming and not stream.draining:
                 room = self._board.room(stream)
                 if room > 0 and stream.work_may_exist:
                     self._claim(stream, room)
             # Only a stream parked here is one a create may claim for: a handler suspended
             # elsewhere (sending, or dropped by its client and not yet finalized) would sit on
-            # the messages.
+            # the messages. (A draining one never is: StreamBoard.waiting_stream.)
             stream.waiting = True
             try:
                 await stream.wakeup.wait()
@@ -154,8 +180,9 @@ class MessageManager:
         # Claims in flight, each in a task of its own (see _start_claim), by stream.
         self._claims: dict[StreamState, asyncio.Task[None]] = {}
         self._iterations: dict[StreamState, DeliveryStream] = {}
-        # The tasks that run open streams (grpc's StreamUnprocessed handlers): shutdown waits
-        # for them to finish sending their status while the server can still send it.
+        # The tasks that run open streams (grpc's StreamUnprocessed and Consume handlers):
+        # shutdown waits for them to finish sending their status while the server can still
+        # send it.
         self._stream_tasks: set[asyncio.Task[object]] = set()
         # Reading the next timed wake from the database (shared databases only): one read at
         # a time, and a request made during one is served by the next.
@@ -292,6 +319,23 @@ class MessageManager:
                 self._board.wake_all()
         return message
 
+    async def _give_back(self, deliveries: list[Delivery]) -> None:
+        """Releases deliveries that were leased but never sent (their stream was draining):
+        without a reason, so their attempts are given back."""
+        outcomes = await asyncio.gather(
+            *(
+                self.release(d.message.id, d.lease_token, reason="", retry_after_ns=0)
+                for d in deliveries
+            ),
+            return_exceptions=True,
+        )
+        for d, outcome in zip(deliveries, outcomes, strict=True):
+            if isinstance(outcome, StoreError):
+                # It stays on the stream's board: the stream's end releases it.
+                log.warning("could not give back message_id=%s: %s", d.message.id, outcome)
+            elif isinstance(outcome, BaseException):
+                raise outcome
+
     async def extend_lease(self, message_id: str, lease_token: str, lease_ns: int) -> StoredMessage:
         with self._answering_for(message_id, lease_token):
             message = await self._repository.extend_lease(message_id, lease_token, lease_ns)
@@ -379,7 +423,7 @@ class MessageManager:
             max_in_flight,
             lease_ns / 1e9,
         )
-        iteration = DeliveryStream(stream, self._board, self._start_claim)
+        iteration = DeliveryStream(stream, self._board, self._start_claim, self._give_back)
         self._iterations[stream] = iteration
         try:
             yield iteration

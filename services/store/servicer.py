@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import functools
 import inspect
 import logging
@@ -43,7 +44,7 @@ from ackbot.store.errors import (
     StoreError,
     WatchFellBehind,
 )
-from ackbot.store.manager import MessageManager
+from ackbot.store.manager import DeliveryStream, MessageManager
 from ackbot.store.models import State
 from ackbot.store.repository import CreateResult, Delivery, NewMessage, StoredMessage
 from ackbot.store.watch import EventType
@@ -176,6 +177,13 @@ def _tolerant_deserializer(message_class: type[Message]) -> Callable[[bytes], An
     return deserialize
 
 
+_HANDLER_KINDS: dict[tuple[bool, bool], Callable[..., grpc.RpcMethodHandler]] = {
+    (False, False): grpc.unary_unary_rpc_method_handler,
+    (False, True): grpc.unary_stream_rpc_method_handler,
+    (True, True): grpc.stream_stream_rpc_method_handler,
+}
+
+
 def add_to_server(servicer: MessageStoreServicer, server: grpc.aio.Server) -> None:
     """Registers the servicer like the generated add_MessageStoreServicer_to_server, except
     that requests which do not decode reach the handler as UndecodableRequest."""
@@ -184,11 +192,7 @@ def add_to_server(servicer: MessageStoreServicer, server: grpc.aio.Server) -> No
     for method in service.methods:
         request_class = getattr(pb, method.input_type.name)
         response_class = getattr(pb, method.output_type.name)
-        make_handler = (
-            grpc.unary_stream_rpc_method_handler
-            if method.server_streaming
-            else grpc.unary_unary_rpc_method_handler
-        )
+        make_handler = _HANDLER_KINDS[method.client_streaming, method.server_streaming]
         handlers[method.name] = make_handler(
             getattr(servicer, method.name),
             request_deserializer=_tolerant_deserializer(request_class),
@@ -252,10 +256,6 @@ def _error_info(reason: str, metadata: dict[str, str] | None = None) -> any_pb2.
     return detail
 
 
-# How a stream or watch ends when the store shuts down: the client reconnects, with backoff.
-_SHUTTING_DOWN = rpc_status.to_status(
-    _status_for(ShuttingDown("the store is shutting down; reconnect"))
-)
 _WATCH_EVENT_TYPES = {
     EventType.CREATED: pb.WATCH_EVENT_TYPE_CREATED,
     EventType.STATE_CHANGED: pb.WATCH_EVENT_TYPE_STATE_CHANGED,
@@ -267,6 +267,14 @@ async def _abort(context: grpc.aio.ServicerContext, error: BaseException, method
         await context.abort_with_status(rpc_status.to_status(_status_for(error)))
     log.exception("unexpected error in %s", method, exc_info=error)
     await context.abort(grpc.StatusCode.INTERNAL, "internal error; the store logged the details")
+
+
+async def _abort_shutting_down(context: grpc.aio.ServicerContext) -> None:
+    """How a stream, session or watch ends when the store shuts down: the client reconnects,
+    with backoff."""
+    await context.abort_with_status(
+        rpc_status.to_status(_status_for(ShuttingDown("the store is shutting down; reconnect")))
+    )
 
 
 def _reject_undecodable(request: object) -> None:
@@ -310,6 +318,13 @@ def maps_errors(handler: Handler) -> Handler:
 
 
 # -- the servicer -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _StreamOptions:
+    consumer: str
+    max_in_flight: int
+    lease_ns: int
 
 
 class MessageStoreServicer(pb_grpc.MessageStoreServicer):
@@ -451,6 +466,23 @@ class MessageStoreServicer(pb_grpc.MessageStoreServicer):
     async def MarkProcessed(
         self, request: pb.MarkProcessedRequest, context: grpc.aio.ServicerContext
     ) -> pb.MarkProcessedResponse:
+        return await self._mark_processed(request)
+
+    @maps_errors
+    async def ReleaseMessage(
+        self, request: pb.ReleaseMessageRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ReleaseMessageResponse:
+        return await self._release(request)
+
+    @maps_errors
+    async def ExtendLease(
+        self, request: pb.ExtendLeaseRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ExtendLeaseResponse:
+        return await self._extend_lease(request)
+
+    # The settling calls, shared by their unary RPCs and by Consume's settlements.
+
+    async def _mark_processed(self, request: pb.MarkProcessedRequest) -> pb.MarkProcessedResponse:
         v = rules.Violations()
         rules.check_id(v, "id", request.id, self._limits)
         self._check_token(v, request.lease_token, required=False)
@@ -468,10 +500,7 @@ class MessageStoreServicer(pb_grpc.MessageStoreServicer):
             response.reply.CopyFrom(message_to_proto(result.reply))
         return response
 
-    @maps_errors
-    async def ReleaseMessage(
-        self, request: pb.ReleaseMessageRequest, context: grpc.aio.ServicerContext
-    ) -> pb.ReleaseMessageResponse:
+    async def _release(self, request: pb.ReleaseMessageRequest) -> pb.ReleaseMessageResponse:
         v = rules.Violations()
         rules.check_id(v, "id", request.id, self._limits)
         self._check_token(v, request.lease_token, required=True)
@@ -489,10 +518,7 @@ class MessageStoreServicer(pb_grpc.MessageStoreServicer):
         )
         return pb.ReleaseMessageResponse(message=message_to_proto(message))
 
-    @maps_errors
-    async def ExtendLease(
-        self, request: pb.ExtendLeaseRequest, context: grpc.aio.ServicerContext
-    ) -> pb.ExtendLeaseResponse:
+    async def _extend_lease(self, request: pb.ExtendLeaseRequest) -> pb.ExtendLeaseResponse:
         v = rules.Violations()
         rules.check_id(v, "id", request.id, self._limits)
         self._check_token(v, request.lease_token, required=True)
@@ -561,43 +587,118 @@ class MessageStoreServicer(pb_grpc.MessageStoreServicer):
                 yield pb.WatchMessagesResponse(
                     type=_WATCH_EVENT_TYPES[event.type], message=message_to_proto(event.message)
                 )
-        await context.abort_with_status(_SHUTTING_DOWN)
+        await _abort_shutting_down(context)
 
     @maps_errors
     async def StreamUnprocessed(
         self, request: pb.StreamUnprocessedRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.StreamUnprocessedResponse]:
         v = rules.Violations()
+        options = self._stream_options(v, request, prefix="")
+        v.raise_if_any()
+        async with self._open_stream(options, context) as stream:
+            async for batch in stream:
+                for run in _within_response_limit(map(delivery_to_proto, batch)):
+                    yield pb.StreamUnprocessedResponse(deliveries=run)
+            # The deliveries end only when the store shuts down.
+            await _abort_shutting_down(context)
+
+    @maps_errors
+    async def Consume(
+        self,
+        requests: AsyncIterator[pb.ConsumeRequest | UndecodableRequest],
+        context: grpc.aio.ServicerContext,
+    ) -> AsyncIterator[pb.ConsumeResponse]:
+        first = await anext(aiter(requests), None)
+        _reject_undecodable(first)
+        if not isinstance(first, pb.ConsumeRequest) or not first.HasField("open"):
+            raise InvalidArgument([FieldViolation("open", "is required in the first request")])
+        v = rules.Violations()
+        options = self._stream_options(v, first.open, prefix="open.")
+        self._check_window(v, first.max_in_flight)
+        v.raise_if_any()
+        async with self._open_stream(options, context) as stream:
+            session = _ConsumeSession(self, stream)
+            async for response in session.run(first, requests):
+                yield response
+            if session.shut_down:
+                await _abort_shutting_down(context)
+
+    def _stream_options(
+        self, v: rules.Violations, request: pb.StreamUnprocessedRequest, *, prefix: str
+    ) -> _StreamOptions:
+        """The options of a new stream, StreamUnprocessed's or Consume's (whose are under
+        `open`, hence the `prefix` in field names)."""
         max_in_flight = request.max_in_flight or self._config.default_max_in_flight
         rules.check_range(
             v,
-            "max_in_flight",
+            f"{prefix}max_in_flight",
             max_in_flight,
             self._limits.min_in_flight,
             self._limits.max_in_flight,
         )
         lease_seconds = self._config.default_lease_seconds
         if request.HasField("lease_duration"):
-            self._check_lease_duration(v, request.lease_duration)
+            self._check_lease_duration(v, request.lease_duration, f"{prefix}lease_duration")
             lease_seconds = _seconds(request.lease_duration)
-        rules.check_label(v, "consumer", request.consumer, MAX_CONSUMER_CHARS)
-        v.raise_if_any()
+        rules.check_label(v, f"{prefix}consumer", request.consumer, MAX_CONSUMER_CHARS)
+        return _StreamOptions(request.consumer, max_in_flight, int(lease_seconds * 1e9))
 
+    def _check_window(self, v: rules.Violations, max_in_flight: int) -> None:
+        """ConsumeRequest.max_in_flight: 0 leaves the window as it is."""
+        if max_in_flight:
+            rules.check_range(
+                v,
+                "max_in_flight",
+                max_in_flight,
+                self._limits.min_in_flight,
+                self._limits.max_in_flight,
+            )
+
+    @contextlib.asynccontextmanager
+    async def _open_stream(
+        self, options: _StreamOptions, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[DeliveryStream]:
         async with self._manager.open_stream(
-            request.consumer or context.peer(),
-            max_in_flight=max_in_flight,
-            lease_ns=int(lease_seconds * 1e9),
+            options.consumer or context.peer(),
+            max_in_flight=options.max_in_flight,
+            lease_ns=options.lease_ns,
         ) as stream:
             # Headers go out now, so the client knows the stream is up before any work exists;
             # they tell it the longest reply text this store accepts.
             await context.send_initial_metadata(
                 ((REPLY_LIMIT_METADATA, str(self._limits.max_text_bytes)),)
             )
-            async for batch in stream:
-                for run in _within_response_limit(map(delivery_to_proto, batch)):
-                    yield pb.StreamUnprocessedResponse(deliveries=run)
-            # The deliveries end only when the store shuts down.
-            await context.abort_with_status(_SHUTTING_DOWN)
+            yield stream
+
+    async def settle(self, settlement: pb.Settlement) -> pb.SettlementResult:
+        """One settlement of a Consume session, answered as its unary RPC would answer it."""
+        result = pb.SettlementResult(correlation_id=settlement.correlation_id)
+        action = settlement.WhichOneof("action")
+        try:
+            if action == "mark_processed":
+                result.mark_processed.CopyFrom(
+                    await self._mark_processed(settlement.mark_processed)
+                )
+            elif action == "release":
+                result.release.CopyFrom(await self._release(settlement.release))
+            elif action == "extend_lease":
+                result.extend_lease.CopyFrom(await self._extend_lease(settlement.extend_lease))
+            else:
+                raise InvalidArgument(
+                    [FieldViolation("action", "must be mark_processed, release or extend_lease")]
+                )
+            result.status.code = code_pb2.OK
+        except StoreError as exc:
+            result.status.CopyFrom(_status_for(exc))
+        except Exception:
+            log.exception("unexpected error in Consume's %s", action)
+            result.status.CopyFrom(
+                status_pb2.Status(
+                    code=code_pb2.INTERNAL, message="internal error; the store logged the details"
+                )
+            )
+        return result
 
     def _check_token(self, v: rules.Violations, token: str, *, required: bool) -> None:
         if not token:
@@ -610,12 +711,149 @@ class MessageStoreServicer(pb_grpc.MessageStoreServicer):
                 "characters, as issued with a delivery",
             )
 
-    def _check_lease_duration(self, v: rules.Violations, duration: duration_pb2.Duration) -> None:
+    def _check_lease_duration(
+        self, v: rules.Violations, duration: duration_pb2.Duration, field: str = "lease_duration"
+    ) -> None:
         rules.check_duration(
             v,
-            "lease_duration",
+            field,
             _seconds(duration),
             self._limits.min_lease_seconds,
             self._limits.max_lease_seconds,
             required=True,
         )
+
+
+# -- Consume sessions -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _End:
+    """The session is over: the client half-closed (neither set), the store is shutting down,
+    or `error` ends it."""
+
+    shut_down: bool = False
+    error: BaseException | None = None
+
+
+_Outgoing = list[Delivery] | pb.SettlementResult | _End
+
+
+def _consume_responses(
+    deliveries: list[pb.Delivery], results: list[pb.SettlementResult]
+) -> Iterator[pb.ConsumeResponse]:
+    """Packs deliveries and results into as few responses as stay under ~1 MiB each (see
+    `_within_response_limit`)."""
+    response, size, count = pb.ConsumeResponse(), 0, 0
+    items: list[pb.Delivery | pb.SettlementResult] = [*deliveries, *results]
+    for item in items:
+        item_size = item.ByteSize()
+        if count and size + item_size > MAX_RESPONSE_BYTES:
+            yield response
+            response, size, count = pb.ConsumeResponse(), 0, 0
+        if isinstance(item, pb.Delivery):
+            response.deliveries.append(item)
+        else:
+            response.settlement_results.append(item)
+        size += item_size
+        count += 1
+    if count:
+        yield response
+
+
+class _ConsumeSession:
+    """One Consume call once it is open: its deliveries and its settlements' results, merged into
+    one stream of responses.
+
+    Every settlement runs in a task of its own, all those of a frame started before the next
+    frame is read: the manager's writes then reach group commit together and share a
+    transaction, and each result goes out once its transaction has committed. Three sources feed
+    one outbox: the delivery stream, the request reader, and the settlement tasks.
+    """
+
+    def __init__(self, servicer: MessageStoreServicer, stream: DeliveryStream) -> None:
+        self._servicer = servicer
+        self._stream = stream
+        self._outbox: asyncio.Queue[_Outgoing] = asyncio.Queue()
+        self._settling: set[asyncio.Task[None]] = set()
+        self.shut_down = False
+
+    async def run(
+        self,
+        first: pb.ConsumeRequest,
+        requests: AsyncIterator[pb.ConsumeRequest | UndecodableRequest],
+    ) -> AsyncIterator[pb.ConsumeResponse]:
+        self._take(first)
+        reader = asyncio.create_task(self._read(requests), name="consume-reader")
+        pump = asyncio.create_task(self._pump(), name="consume-deliveries")
+        try:
+            while True:
+                items = [await self._outbox.get()]
+                while not self._outbox.empty():
+                    items.append(self._outbox.get_nowait())
+                deliveries: list[pb.Delivery] = []
+                results: list[pb.SettlementResult] = []
+                end: _End | None = None
+                for item in items:
+                    if isinstance(item, _End):
+                        end = end or item
+                    elif isinstance(item, list):
+                        deliveries.extend(map(delivery_to_proto, item))
+                    else:
+                        results.append(item)
+                for response in _consume_responses(deliveries, results):
+                    yield response
+                if end is not None:
+                    if end.error is not None:
+                        raise end.error
+                    self.shut_down = end.shut_down
+                    return
+        finally:
+            # A settlement cut short here may still commit (group commit runs it regardless);
+            # its client gets no result and, as after any broken stream, settles it again.
+            tasks = [reader, pump, *self._settling]
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+    def _take(self, request: pb.ConsumeRequest | UndecodableRequest) -> None:
+        """Acts on one request: checks it whole first, so a bad one starts nothing."""
+        _reject_undecodable(request)
+        assert isinstance(request, pb.ConsumeRequest)
+        v = rules.Violations()
+        self._servicer._check_window(v, request.max_in_flight)
+        v.raise_if_any()
+        if request.max_in_flight:
+            self._stream.set_max_in_flight(request.max_in_flight)
+        if request.drain:
+            self._stream.drain()
+        for settlement in request.settlements:
+            task = asyncio.create_task(self._settle(settlement))
+            self._settling.add(task)
+            task.add_done_callback(self._settling.discard)
+
+    async def _settle(self, settlement: pb.Settlement) -> None:
+        self._outbox.put_nowait(await self._servicer.settle(settlement))
+
+    async def _read(self, requests: AsyncIterator[pb.ConsumeRequest | UndecodableRequest]) -> None:
+        try:
+            async for request in requests:
+                if isinstance(request, pb.ConsumeRequest) and request.HasField("open"):
+                    raise InvalidArgument(
+                        [FieldViolation("open", "is allowed in the first request only")]
+                    )
+                self._take(request)
+            # The client half-closed: every settlement read so far is answered, then it ends.
+            await asyncio.gather(*list(self._settling))
+            self._outbox.put_nowait(_End())
+        except Exception as exc:
+            self._outbox.put_nowait(_End(error=exc))
+
+    async def _pump(self) -> None:
+        try:
+            async for batch in self._stream:
+                self._outbox.put_nowait(batch)
+            # The deliveries end only when the store shuts down.
+            self._outbox.put_nowait(_End(shut_down=True))
+        except Exception as exc:
+            self._outbox.put_nowait(_End(error=exc))

@@ -36,7 +36,7 @@ CallAt = Callable[[int, Callable[[], None]], Timer]
 
 @dataclass(eq=False)
 class StreamState:
-    """One StreamUnprocessed call: its limits and the leases it holds right now."""
+    """One StreamUnprocessed or Consume call: its limits and the leases it holds right now."""
 
     consumer: str
     max_in_flight: int
@@ -62,6 +62,8 @@ class StreamState:
     # False once a claim came back short and nothing has made new work since: a settle then
     # only adds room, and claiming into an empty queue would cost a write transaction.
     work_may_exist: bool = True
+    # Its client asked for no more deliveries (Consume's drain); its settlements still count.
+    draining: bool = False
     closing: bool = False
 
     def leases(self) -> list[Lease]:
@@ -115,7 +117,7 @@ class StreamBoard:
         room, so that new messages spread over the streams instead of filling the first."""
         best: tuple[StreamState, int] | None = None
         for stream in self._streams:
-            if stream.closing or stream.claiming or not stream.waiting:
+            if stream.closing or stream.draining or stream.claiming or not stream.waiting:
                 continue
             # room() without its bookkeeping: a lapse moves a lease from `outstanding` to
             # `lapsed`, which leaves the room as it is; this runs for every create.
@@ -163,6 +165,18 @@ class StreamBoard:
             if stream.lapsed.get(message_id) == token:
                 del stream.lapsed[message_id]
                 stream.wakeup.set()
+
+    def limit(self, stream: StreamState, max_in_flight: int) -> None:
+        """The stream's client changed its window. A lower one takes nothing back: the stream
+        gets no delivery until its unsettled ones are below it."""
+        stream.max_in_flight = max_in_flight
+        stream.wakeup.set()
+
+    def drain(self, stream: StreamState) -> None:
+        """The stream's client wants no more deliveries; its leases stay until it settles them
+        or the stream ends."""
+        stream.draining = True
+        stream.wakeup.set()
 
     def extended(self, message_id: str, token: str, expiry_ns: int) -> None:
         stream = self._holder.get(message_id)

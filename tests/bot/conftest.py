@@ -4,6 +4,7 @@ talk to it."""
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import os
 import secrets
@@ -123,3 +124,100 @@ def fake_llm() -> Iterator[FakeLLM]:
     """A scripted chat-model server on a loopback port (ackbot.testing.fake_llm)."""
     with FakeLLM() as server:
         yield server
+
+
+class _OldStoreMethods(grpc.GenericRpcHandler):
+    """Every MessageStore method but Consume, each forwarded as bytes to a real store."""
+
+    def __init__(self, channel: grpc.aio.Channel) -> None:
+        self._channel = channel
+
+    def service(self, handler_call_details: Any) -> grpc.RpcMethodHandler | None:
+        method: str = handler_call_details.method
+        service, _, name = method.rpartition("/")
+        if service != f"/{SERVICE}" or name not in OLD_METHODS:
+            return None  # grpc answers UNIMPLEMENTED, as a store older than the method does
+        if name == "StreamUnprocessed":
+            return grpc.unary_stream_rpc_method_handler(self._stream(method))
+        return grpc.unary_unary_rpc_method_handler(self._unary(method))
+
+    def _unary(self, method: str) -> Callable[..., Awaitable[bytes]]:
+        async def forward(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
+            try:
+                response: bytes = await self._channel.unary_unary(method)(
+                    request, timeout=context.time_remaining()
+                )
+            except grpc.aio.AioRpcError as exc:
+                await context.abort(exc.code(), exc.details() or "", exc.trailing_metadata())
+            return response
+
+        return forward
+
+    def _stream(self, method: str) -> Callable[..., AsyncIterator[bytes]]:
+        async def forward(
+            request: bytes, context: grpc.aio.ServicerContext
+        ) -> AsyncIterator[bytes]:
+            call = self._channel.unary_stream(method)(request)
+            try:
+                await context.send_initial_metadata(await call.initial_metadata())
+                async for response in call:
+                    yield response
+            except grpc.aio.AioRpcError as exc:
+                await context.abort(exc.code(), exc.details() or "", exc.trailing_metadata())
+            finally:
+                call.cancel()
+
+        return forward
+
+
+SERVICE = "ackbot.v1.MessageStore"
+# The methods of a store older than Consume.
+OLD_METHODS = frozenset(
+    {
+        "CreateMessage",
+        "GetMessage",
+        "ListMessages",
+        "MarkProcessed",
+        "StreamUnprocessed",
+        "ReleaseMessage",
+        "ExtendLease",
+        "RequeueMessage",
+    }
+)
+
+
+@dataclass(frozen=True)
+class OldStore:
+    address: str
+
+
+@contextlib.asynccontextmanager
+async def old_store_before(store: RunningStore) -> AsyncIterator[OldStore]:
+    """A real gRPC server in front of `store` that serves only the RPCs stores had before
+    Consume, and answers Consume with UNIMPLEMENTED, as such a store does."""
+    async with grpc.aio.insecure_channel(store.address) as channel:
+        server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
+        server.add_generic_rpc_handlers((_OldStoreMethods(channel),))
+        port = server.add_insecure_port("127.0.0.1:0")
+        await server.start()
+        try:
+            yield OldStore(f"127.0.0.1:{port}")
+        finally:
+            await server.stop(0)
+
+
+@pytest.fixture
+async def old_store(store: RunningStore) -> AsyncIterator[OldStore]:
+    async with old_store_before(store) as old:
+        yield old
+
+
+@pytest.fixture(params=["consume", "old store"])
+async def any_store(request, store: RunningStore) -> AsyncIterator[RunningStore | OldStore]:
+    """`store` itself (the bot uses Consume), or an old store in front of it (the bot falls
+    back to StreamUnprocessed and the unary calls)."""
+    if request.param == "consume":
+        yield store
+        return
+    async with old_store_before(store) as old:
+        yield old

@@ -5,12 +5,14 @@ instead of an error."""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
 
 import grpc
 import pytest
 
 from ackbot.bot.store_client import (
     CallResult,
+    ConsumeSession,
     DeliveryStream,
     Outcome,
     StoreClient,
@@ -24,6 +26,25 @@ from .helpers import closed_port, create, get
 
 # Settling calls in these tests fail or succeed at once; a budget this size only bounds a hang.
 BUDGET = 10.0
+
+
+@pytest.fixture(params=["unary", "consume"])
+async def client(request, store, channels) -> AsyncIterator[StoreClient]:
+    """A client whose settling calls are unary RPCs, or go on a Consume session (drained, so
+    the test's own streams get the deliveries): the outcomes are the same."""
+    client = StoreClient(channels(store.address))
+    if request.param == "unary":
+        yield client
+        return
+    session = client.session(consumer="settler", max_in_flight=1, lease_seconds=30.0)
+    session.drain()
+    assert await session.wait_open(), session.end_reason
+    try:
+        yield client
+    finally:
+        await session.finish(BUDGET)
+        session.cancel()
+        assert session.end_code is grpc.StatusCode.OK, session.end_reason
 
 
 def reply(text: str = "a reply", author: str = "bot") -> pb.Message:
@@ -252,3 +273,63 @@ async def test_cancelling_the_stream_ends_a_pending_read_with_cancelled_error(cl
     stream.cancel()
     with pytest.raises(asyncio.CancelledError):
         await asyncio.wait_for(reading, BUDGET)
+
+
+# -- Consume ------------------------------------------------------------------------------------
+
+
+async def test_a_session_delivers_and_settles_on_the_same_stream(stub, store, channels):
+    client = StoreClient(channels(store.address))
+    await create(stub, "m-1", "hello")
+    await create(stub, "m-2", "hello again")
+    session = client.session(consumer="test", max_in_flight=1, lease_seconds=30.0)
+    try:
+        assert await session.wait_open(), session.end_reason
+        assert session.max_reply_bytes == DEFAULT_MAX_TEXT_BYTES
+        (first,) = await asyncio.wait_for(anext(session), BUDGET)
+        result = await client.mark_processed(
+            first.message.id, first.lease_token, reply(), budget_seconds=BUDGET
+        )
+        assert result.outcome is Outcome.SETTLED
+        # The settlement freed the session's one slot.
+        (second,) = await asyncio.wait_for(anext(session), BUDGET)
+        assert second.message.id == "m-2"
+        # Drained first: the release frees the slot, and the store must not fill it.
+        session.drain()
+        released = await client.release(
+            "m-2", second.lease_token, reason="", retry_after_seconds=0.0, budget_seconds=BUDGET
+        )
+        assert released.outcome is Outcome.SETTLED
+        await session.finish(BUDGET)
+        assert session.end_code is grpc.StatusCode.OK
+        assert [batch async for batch in session] == [], "nothing after the drain"
+    finally:
+        session.cancel()
+
+
+async def test_a_settlement_after_its_session_ended_is_made_by_the_unary_call(
+    stub, store, channels, caplog
+):
+    client = StoreClient(channels(store.address))
+    await create(stub, "m-1", "hello")
+    session = client.session(consumer="test", max_in_flight=1, lease_seconds=30.0)
+    assert await session.wait_open(), session.end_reason
+    (delivery,) = await asyncio.wait_for(anext(session), BUDGET)
+    session.cancel()
+    result = await client.mark_processed(
+        "m-1", delivery.lease_token, reply(), budget_seconds=BUDGET
+    )
+    assert result.outcome is Outcome.SETTLED
+    assert (await get(stub, "m-1")).state == pb.MESSAGE_STATE_PROCESSED
+
+
+async def test_a_store_without_consume_says_unimplemented(old_store, channels):
+    session: ConsumeSession = StoreClient(channels(old_store.address)).session(
+        consumer="test", max_in_flight=1, lease_seconds=30.0
+    )
+    try:
+        assert not await session.wait_open()
+        assert session.end_code is grpc.StatusCode.UNIMPLEMENTED
+        assert [batch async for batch in session] == []
+    finally:
+        session.cancel()

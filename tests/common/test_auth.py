@@ -38,6 +38,7 @@ def test_every_rpc_of_the_service_has_a_row():
         ("GetMessage", {"producer", "bot", "admin"}),
         ("ListMessages", {"producer", "bot", "admin"}),
         ("StreamUnprocessed", {"bot", "admin"}),
+        ("Consume", {"bot", "admin"}),
         ("MarkProcessed", {"bot", "admin"}),
         ("ReleaseMessage", {"bot", "admin"}),
         ("ExtendLease", {"bot", "admin"}),

@@ -10,6 +10,8 @@ import pytest
 from ackbot.testing import Service, bot_service, store_service
 from ackbot.v1 import message_store_pb2_grpc as pb_grpc
 
+from .harness import ConsumeSettler
+
 _FIRST_SERVICE = pytest.StashKey[int]()
 
 
@@ -84,3 +86,17 @@ async def channel(store):
 @pytest.fixture
 def stub(channel):
     return pb_grpc.MessageStoreStub(channel)
+
+
+@pytest.fixture(params=["unary", "consume"])
+async def settler(request, stub):
+    """The stub, with its settling calls made by unary RPCs or on a Consume session: the
+    contract is the same on both paths."""
+    if request.param == "unary":
+        yield stub
+        return
+    settler = ConsumeSettler(stub)
+    try:
+        yield settler
+    finally:
+        await settler.close()

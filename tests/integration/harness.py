@@ -230,3 +230,155 @@ class StreamReader:
         self.call.cancel()
         self._task.cancel()
         await asyncio.gather(self._task, return_exceptions=True)
+
+
+class ConsumeSession:
+    """A Consume call driven by hand: requests are queued with `send`, and a task reads the
+    responses into a queue of deliveries and a map of settlement results by correlation id.
+    `open` is the first request's `open`; `first` may add to that request."""
+
+    def __init__(
+        self,
+        stub,
+        *,
+        consumer: str,
+        max_in_flight: int = 0,
+        lease_seconds=None,
+        drain: bool = False,
+        first: pb.ConsumeRequest | None = None,
+    ) -> None:
+        opening = pb.StreamUnprocessedRequest(consumer=consumer, max_in_flight=max_in_flight)
+        if lease_seconds is not None:
+            opening.lease_duration.CopyFrom(seconds(lease_seconds))
+        request = pb.ConsumeRequest(open=opening, drain=drain)
+        if first is not None:
+            request.MergeFrom(first)
+        self._requests: asyncio.Queue = asyncio.Queue()
+        self._requests.put_nowait(request)
+        self._ids = itertools.count(1)
+        self._results: dict[int, asyncio.Future] = {}
+        self.deliveries: asyncio.Queue = asyncio.Queue()
+        # Each response's settlement results, as they came: which ones shared a response.
+        self.result_frames: list[list[int]] = []
+        self.error: grpc.aio.AioRpcError | None = None
+        self.call = stub.Consume(self._send_all(), timeout=300)
+        self._task = asyncio.create_task(self._read())
+
+    async def _send_all(self):
+        while (request := await self._requests.get()) is not None:
+            yield request
+
+    async def _read(self) -> None:
+        try:
+            async for response in self.call:
+                for delivery in response.deliveries:
+                    self.deliveries.put_nowait(delivery)
+                if response.settlement_results:
+                    self.result_frames.append(
+                        [r.correlation_id for r in response.settlement_results]
+                    )
+                for result in response.settlement_results:
+                    self._future(result.correlation_id).set_result(result)
+        except grpc.aio.AioRpcError as exc:
+            self.error = exc
+            for future in self._results.values():
+                if not future.done():
+                    future.set_exception(exc)
+
+    def _future(self, correlation_id: int) -> asyncio.Future:
+        if correlation_id not in self._results:
+            self._results[correlation_id] = asyncio.get_running_loop().create_future()
+        return self._results[correlation_id]
+
+    def send(self, request: pb.ConsumeRequest) -> None:
+        self._requests.put_nowait(request)
+
+    def settlement(self, **action) -> pb.Settlement:
+        """A settlement with a fresh correlation id (`action`: one Settlement action)."""
+        return pb.Settlement(correlation_id=next(self._ids), **action)
+
+    async def result(self, correlation_id: int, within: float = RPC_TIMEOUT):
+        return await asyncio.wait_for(asyncio.shield(self._future(correlation_id)), within)
+
+    async def settle(self, *settlements: pb.Settlement) -> list:
+        """Sends the settlements in one request; returns their results in the same order."""
+        self.send(pb.ConsumeRequest(settlements=settlements))
+        return [await self.result(s.correlation_id) for s in settlements]
+
+    async def next(self, within: float = RPC_TIMEOUT):
+        try:
+            return await asyncio.wait_for(self.deliveries.get(), within)
+        except TimeoutError:
+            raise TimeoutError(f"no delivery within {within:g} s ({self.error})") from None
+
+    async def expect_nothing(self, window: float) -> None:
+        try:
+            delivery = await asyncio.wait_for(self.deliveries.get(), window)
+        except TimeoutError:
+            return
+        raise AssertionError(f"unexpected delivery of {delivery.message.id}")
+
+    async def half_close(self) -> grpc.StatusCode:
+        """Ends the requests; returns the code the store ended the call with."""
+        self._requests.put_nowait(None)
+        await asyncio.wait_for(self._task, RPC_TIMEOUT)
+        return await self.call.code()
+
+    async def ended(self) -> grpc.aio.AioRpcError:
+        """Waits for the store to end the call with an error; returns it."""
+        await asyncio.wait_for(self._task, RPC_TIMEOUT)
+        assert self.error is not None, f"the call ended with {await self.call.code()}"
+        return self.error
+
+    async def close(self) -> None:
+        self.call.cancel()
+        self._task.cancel()
+        await asyncio.gather(self._task, return_exceptions=True)
+
+
+class ConsumeSettler:
+    """A stub whose MarkProcessed, ReleaseMessage and ExtendLease go over one Consume session
+    instead of unary calls, answering and failing exactly as the unary calls do (a failed
+    settlement raises an AioRpcError carrying its status, details included); every other
+    method is the plain stub's. The session drains as it opens, so it takes no deliveries
+    from the test's own streams.
+    """
+
+    def __init__(self, stub) -> None:
+        self._stub = stub
+        self.session = ConsumeSession(stub, consumer="settler", drain=True)
+
+    def __getattr__(self, name: str):
+        return getattr(self._stub, name)
+
+    async def _settle(self, **action):
+        session = self.session
+        (result,) = await session.settle(session.settlement(**action))
+        if result.status.code != 0:
+            raise status_error(result.status)
+        return getattr(result, result.WhichOneof("response"))
+
+    def MarkProcessed(self, request, **_call_options):
+        return self._settle(mark_processed=request)
+
+    def ReleaseMessage(self, request, **_call_options):
+        return self._settle(release=request)
+
+    def ExtendLease(self, request, **_call_options):
+        return self._settle(extend_lease=request)
+
+    async def close(self) -> None:
+        try:
+            assert await self.session.half_close() == grpc.StatusCode.OK
+        finally:
+            await self.session.close()
+
+
+def status_error(status) -> grpc.aio.AioRpcError:
+    """The error a unary call would raise with `status` (a google.rpc.Status)."""
+    return grpc.aio.AioRpcError(
+        next(code for code in grpc.StatusCode if code.value[0] == status.code),
+        grpc.aio.Metadata(),
+        grpc.aio.Metadata(("grpc-status-details-bin", status.SerializeToString())),
+        details=status.message,
+    )

@@ -63,7 +63,7 @@ async def test_not_found_and_id_taken(stub):
     assert_reason(error, grpc.StatusCode.ALREADY_EXISTS, "ID_TAKEN", message_id="taken")
 
 
-async def test_the_failed_preconditions_are_told_apart(stub):
+async def test_the_failed_preconditions_are_told_apart(stub, settler):
     await create(stub, "to lease", id="leased")
     reader = StreamReader(stub, consumer="info", max_in_flight=1, lease_seconds=LEASE_SECONDS)
     try:
@@ -72,7 +72,7 @@ async def test_the_failed_preconditions_are_told_apart(stub):
 
         # A token that was never this message's lease.
         error = await refused(
-            stub.ReleaseMessage(
+            settler.ReleaseMessage(
                 pb.ReleaseMessageRequest(id="leased", lease_token="not-the-lease"),
                 timeout=RPC_TIMEOUT,
             )
@@ -89,7 +89,7 @@ async def test_the_failed_preconditions_are_told_apart(stub):
 
         await wait_until(lapsed, within=10, what="the lease to lapse")
         error = await refused(
-            stub.ExtendLease(
+            settler.ExtendLease(
                 pb.ExtendLeaseRequest(
                     id="leased", lease_token=delivery.lease_token, lease_duration=seconds(30)
                 ),

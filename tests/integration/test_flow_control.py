@@ -12,7 +12,7 @@ from .harness import StreamReader, count_state, create, list_all
 QUIET_WINDOW = 1.0
 
 
-async def test_max_in_flight_bounds_unsettled_deliveries(stub):
+async def test_max_in_flight_bounds_unsettled_deliveries(stub, settler):
     ids = [f"flow-{n:02d}" for n in range(10)]
     for message_id in ids:
         await create(stub, f"text of {message_id}", id=message_id)
@@ -32,7 +32,7 @@ async def test_max_in_flight_bounds_unsettled_deliveries(stub):
         assert await count_state(stub, pb.MESSAGE_STATE_LEASED) == 3
 
         # Settling one makes room for exactly one more.
-        await stub.MarkProcessed(
+        await settler.MarkProcessed(
             pb.MarkProcessedRequest(
                 id=first[0].message.id,
                 lease_token=first[0].lease_token,
@@ -47,7 +47,7 @@ async def test_max_in_flight_bounds_unsettled_deliveries(stub):
         assert [m.id for m in leased] == ids[1:4]
 
         # A release (without a reason: never started) makes room too, and gives the attempt back.
-        released = await stub.ReleaseMessage(
+        released = await settler.ReleaseMessage(
             pb.ReleaseMessageRequest(id=first[1].message.id, lease_token=first[1].lease_token),
             timeout=RPC_TIMEOUT,
         )

@@ -15,6 +15,7 @@ RPCS = (
     "ListMessages",
     "MarkProcessed",
     "StreamUnprocessed",
+    "Consume",
     "ReleaseMessage",
     "ExtendLease",
     "RequeueMessage",
@@ -49,6 +50,7 @@ def test_list_and_describe_by_reflection(store):
     for rpc in RPCS:
         assert f"rpc {rpc}" in described, f"{rpc} missing from:\n{described}"
     assert "returns ( stream .ackbot.v1.StreamUnprocessedResponse )" in described
+    assert "rpc Consume ( stream .ackbot.v1.ConsumeRequest )" in described
 
     message = grpcurl(store.address, "describe", "ackbot.v1.Message").stdout
     for field in ("id", "author", "text", "create_time", "reply_to", "reply_id"):
@@ -118,3 +120,36 @@ async def test_bot_health_by_grpcurl(start_bot):
     assert "grpc.health.v1.Health" in grpcurl(bot.address, "list").stdout.split()
     response = grpcurl("-d", "{}", bot.address, "grpc.health.v1.Health/Check")
     assert json.loads(response.stdout) == {"status": "SERVING"}
+
+
+def test_a_consume_session_by_grpcurl(store):
+    created = grpcurl(
+        "-d",
+        json.dumps({"message": {"id": "by-grpcurl", "author": "grpcurl", "text": "hi"}}),
+        store.address,
+        "ackbot.v1.MessageStore/CreateMessage",
+    )
+    assert json.loads(created.stdout)["message"]["id"] == "by-grpcurl"
+    # Open drained (no delivery wanted), settle in the same request, then grpcurl half-closes
+    # and the store ends the session with OK once the settlement is answered.
+    request = {
+        "open": {"consumer": "grpcurl"},
+        "drain": True,
+        "settlements": [
+            {
+                "correlation_id": "7",
+                "mark_processed": {
+                    "id": "by-grpcurl",
+                    "reply": {"author": "grpcurl-bot", "text": "hello"},
+                },
+            }
+        ],
+    }
+    answered = grpcurl(
+        "-d", json.dumps(request), store.address, "ackbot.v1.MessageStore/Consume"
+    ).stdout
+    # grpcurl prints the proto field names.
+    (result,) = json.loads(answered)["settlement_results"]
+    assert result["correlation_id"] == "7"
+    assert result["status"].get("code", 0) == 0
+    assert result["mark_processed"]["reply"]["text"] == "hello"

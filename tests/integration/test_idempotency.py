@@ -49,10 +49,10 @@ async def test_create_with_same_id_and_different_content_is_already_exists(stub,
     assert await list_all(stub) == [original], "nothing changed"
 
 
-async def test_mark_processed_twice_keeps_the_first_reply(stub):
+async def test_mark_processed_twice_keeps_the_first_reply(stub, settler):
     await create(stub, "answer me", id="mp-1")
     request = pb.MarkProcessedRequest(id="mp-1", reply=pb.Message(author="bot", text="first"))
-    first = await stub.MarkProcessed(request, timeout=RPC_TIMEOUT)
+    first = await settler.MarkProcessed(request, timeout=RPC_TIMEOUT)
     assert not first.already_processed
     assert first.message.state == pb.MESSAGE_STATE_PROCESSED
     assert first.message.reply_id == first.reply.id
@@ -61,7 +61,7 @@ async def test_mark_processed_twice_keeps_the_first_reply(stub):
 
     # The same retry, and a late second opinion: both OK, neither stores anything.
     for text in ("first", "second"):
-        again = await stub.MarkProcessed(
+        again = await settler.MarkProcessed(
             pb.MarkProcessedRequest(id="mp-1", reply=pb.Message(author="bot", text=text)),
             timeout=RPC_TIMEOUT,
         )
@@ -75,11 +75,11 @@ async def test_mark_processed_twice_keeps_the_first_reply(stub):
     assert len(await list_all(stub)) == 2
 
 
-async def test_racing_mark_processed_calls_store_one_reply(stub):
+async def test_racing_mark_processed_calls_store_one_reply(stub, settler):
     await create(stub, "race me", id="race-1")
 
     async def answer(n: int):
-        return await stub.MarkProcessed(
+        return await settler.MarkProcessed(
             pb.MarkProcessedRequest(id="race-1", reply=pb.Message(author=f"bot{n}", text=f"{n}")),
             timeout=RPC_TIMEOUT,
         )
@@ -91,22 +91,24 @@ async def test_racing_mark_processed_calls_store_one_reply(stub):
     assert [r.id for r in await list_all(stub, reply_to="race-1")] == [winners[0].reply.id]
 
 
-async def test_mark_processed_without_reply_processes_with_no_reply(stub):
+async def test_mark_processed_without_reply_processes_with_no_reply(stub, settler):
     await create(stub, "no answer needed", id="quiet-1")
-    response = await stub.MarkProcessed(pb.MarkProcessedRequest(id="quiet-1"), timeout=RPC_TIMEOUT)
+    response = await settler.MarkProcessed(
+        pb.MarkProcessedRequest(id="quiet-1"), timeout=RPC_TIMEOUT
+    )
     assert response.message.state == pb.MESSAGE_STATE_PROCESSED
     assert not response.HasField("reply")
     assert response.message.reply_id == ""
     assert await list_all(stub, reply_to="quiet-1") == []
 
 
-async def test_mark_processed_with_a_stale_lease_token_still_wins(stub):
+async def test_mark_processed_with_a_stale_lease_token_still_wins(stub, settler):
     await create(stub, "leased", id="stale-1")
     reader = StreamReader(stub, consumer="stale-test", max_in_flight=1)
     try:
         delivery = await reader.next()
         assert delivery.message.id == "stale-1"
-        response = await stub.MarkProcessed(
+        response = await settler.MarkProcessed(
             pb.MarkProcessedRequest(
                 id="stale-1", lease_token="not-the-lease", reply=pb.Message(author="b", text="ok")
             ),
@@ -143,11 +145,11 @@ NOT_FOUND_CALLS = {
 
 
 @pytest.mark.parametrize("rpc", sorted(NOT_FOUND_CALLS))
-async def test_unknown_id_is_not_found_naming_the_id(stub, rpc):
+async def test_unknown_id_is_not_found_naming_the_id(stub, settler, rpc):
     await create(stub, "bystander", id="bystander")
     before = await list_all(stub)
     with pytest.raises(grpc.aio.AioRpcError) as caught:
-        await NOT_FOUND_CALLS[rpc](stub)
+        await NOT_FOUND_CALLS[rpc](settler)
     assert caught.value.code() == grpc.StatusCode.NOT_FOUND
     assert MISSING in caught.value.details()
     assert await list_all(stub) == before

@@ -15,13 +15,13 @@ from ackbot.v1 import message_store_pb2 as pb
 from .harness import StreamReader, create, get, seconds, wait_state
 
 
-async def test_extend_lease_moves_the_expiry_and_keeps_the_message(stub):
+async def test_extend_lease_moves_the_expiry_and_keeps_the_message(stub, settler):
     await create(stub, "take your time", id="extend-1")
     reader = StreamReader(stub, consumer="extender", max_in_flight=1, lease_seconds=2)
     try:
         delivery = await reader.next()
         first_expiry = delivery.lease_expire_time.ToNanoseconds()
-        response = await stub.ExtendLease(
+        response = await settler.ExtendLease(
             pb.ExtendLeaseRequest(
                 id="extend-1", lease_token=delivery.lease_token, lease_duration=seconds(30)
             ),
@@ -36,13 +36,13 @@ async def test_extend_lease_moves_the_expiry_and_keeps_the_message(stub):
         await reader.close()
 
 
-async def test_release_with_reason_keeps_the_error_and_waits_retry_after(stub):
+async def test_release_with_reason_keeps_the_error_and_waits_retry_after(stub, settler):
     await create(stub, "fails once", id="release-1")
     reader = StreamReader(stub, consumer="releaser", max_in_flight=1, lease_seconds=60)
     try:
         first = await reader.next()
         released_at = time.monotonic()
-        response = await stub.ReleaseMessage(
+        response = await settler.ReleaseMessage(
             pb.ReleaseMessageRequest(
                 id="release-1",
                 lease_token=first.lease_token,
@@ -64,7 +64,7 @@ async def test_release_with_reason_keeps_the_error_and_waits_retry_after(stub):
 
         # The old token is dead: settling with it is refused, and changes nothing.
         with pytest.raises(grpc.aio.AioRpcError) as caught:
-            await stub.ReleaseMessage(
+            await settler.ReleaseMessage(
                 pb.ReleaseMessageRequest(id="release-1", lease_token=first.lease_token),
                 timeout=RPC_TIMEOUT,
             )
@@ -74,13 +74,13 @@ async def test_release_with_reason_keeps_the_error_and_waits_retry_after(stub):
         await reader.close()
 
 
-async def test_release_without_reason_gives_the_attempt_back(stub):
+async def test_release_without_reason_gives_the_attempt_back(stub, settler):
     await create(stub, "not started", id="handback-1")
     reader = StreamReader(stub, consumer="hander", max_in_flight=1, lease_seconds=60)
     try:
         delivery = await reader.next()
         assert delivery.attempt == 1
-        response = await stub.ReleaseMessage(
+        response = await settler.ReleaseMessage(
             pb.ReleaseMessageRequest(id="handback-1", lease_token=delivery.lease_token),
             timeout=RPC_TIMEOUT,
         )

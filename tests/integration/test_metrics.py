@@ -17,7 +17,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from ackbot.testing import RPC_TIMEOUT, Service, child_env, responders, wait_until
 from ackbot.v1 import message_store_pb2 as pb
 
-from .harness import create
+from .harness import ConsumeSession, create
 
 METRICS_ON = re.compile(r"metrics on (\S+):(\d+)")
 METRICS = ["--metrics-listen", "127.0.0.1:0"]
@@ -118,13 +118,14 @@ async def test_a_bot_answering_two_messages_shows_in_both(store, stub, start_bot
     assert value(samples, "ackbot_create_to_processed_seconds_count") == 2
     assert value(samples, "ackbot_messages", state="PENDING") == 0
     assert value(samples, "ackbot_oldest_pending_age_seconds") == 0
-    assert handled(samples, "MarkProcessed", "OK") == 2
-    # The stream is open: started, not yet handled; each delivery batch is one message sent.
-    stream = {"grpc_type": "server_stream", "grpc_service": SERVICE}
-    assert value(samples, "grpc_server_started_total", grpc_method="StreamUnprocessed", **stream)
-    assert (
-        value(samples, "grpc_server_msg_sent_total", grpc_method="StreamUnprocessed", **stream) >= 1
-    )
+    # The bot settles on its Consume session, not by unary calls.
+    assert handled(samples, "MarkProcessed", "OK") == 0
+    # The session is open: started, not yet handled; each response is one message sent, each
+    # request (the opening one, then frames of settlements) one received.
+    session = {"grpc_type": "bidi_stream", "grpc_service": SERVICE, "grpc_method": "Consume"}
+    assert value(samples, "grpc_server_started_total", **session) == 1
+    assert value(samples, "grpc_server_msg_sent_total", **session) >= 2
+    assert value(samples, "grpc_server_msg_received_total", **session) >= 2
 
     bot_samples = await scrape(bot)
     assert value(bot_samples, "ackbot_bot_replies_total", outcome="answered") == 2
@@ -185,3 +186,34 @@ def test_a_metrics_address_in_use_stops_the_store_with_one_line(tmp_path):
         )
     assert result.returncode == 1, result.stderr
     assert f"cannot serve metrics on 127.0.0.1:{port}" in result.stderr
+
+
+async def test_the_settlements_of_one_consume_request_share_one_transaction(store, stub):
+    ids = [f"frame-{n}" for n in range(5)]
+    for message_id in ids:
+        await create(stub, f"text of {message_id}", id=message_id)
+    # Room for one more than there is: the claim comes back short, so the slots the marks free
+    # set off no further claim, and the marks are the only writes from here on.
+    session = ConsumeSession(stub, consumer="framer", max_in_flight=6, lease_seconds=60)
+    try:
+        deliveries = [await session.next() for _ in ids]
+        before = await scrape(store)
+        marks = [
+            session.settlement(
+                mark_processed=pb.MarkProcessedRequest(
+                    id=d.message.id,
+                    lease_token=d.lease_token,
+                    reply=pb.Message(author="framer", text="done"),
+                )
+            )
+            for d in deliveries
+        ]
+        results = await session.settle(*marks)
+        assert [r.status.code for r in results] == [0] * 5
+        after = await scrape(store)
+    finally:
+        await session.close()
+    batches = "ackbot_group_commit_batch_size_count"
+    writes = "ackbot_group_commit_batch_size_sum"
+    assert value(after, batches) - value(before, batches) == 1, "one transaction"
+    assert value(after, writes) - value(before, writes) == 5

@@ -34,7 +34,7 @@ from ackbot.testing import (
 from ackbot.v1 import message_store_pb2 as pb
 from ackbot.v1 import message_store_pb2_grpc as pb_grpc
 
-from .harness import GRPCURL, create, unique_id, wait_state
+from .harness import GRPCURL, ConsumeSession, create, unique_id, wait_state
 
 TOKENS = {"producer": "prod-7f3a9c1e", "bot": "bot-2b8d4e6f", "admin": "admin-91c5a7d3"}
 SERVICE = "/ackbot.v1.MessageStore"
@@ -212,6 +212,37 @@ async def test_the_producer_token_is_refused_the_stream_at_once(tls_store):
             await asyncio.wait_for(first_read(), timeout=CALL_TIMEOUT)
     assert caught.value.code() == grpc.StatusCode.PERMISSION_DENIED
     assert f"{SERVICE}/StreamUnprocessed" in caught.value.details()
+
+
+@pytest.mark.parametrize("token", [None, "producer"])
+async def test_consume_is_refused_before_its_first_response(tls_store, token):
+    async with tls_store.aio_channel(token=TOKENS[token] if token else None) as channel:
+        stub = pb_grpc.MessageStoreStub(channel)
+
+        async def requests():
+            yield pb.ConsumeRequest(open=pb.StreamUnprocessedRequest(consumer="p"))
+            await asyncio.Event().wait()  # the session stays open from this side
+
+        call = stub.Consume(requests(), timeout=60)
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await asyncio.wait_for(call.read(), timeout=CALL_TIMEOUT)
+    expected = grpc.StatusCode.PERMISSION_DENIED if token else grpc.StatusCode.UNAUTHENTICATED
+    assert caught.value.code() == expected
+    assert f"{SERVICE}/Consume" in caught.value.details()
+    _no_token_in(caught.value)
+
+
+async def test_the_bot_token_opens_a_consume_session(tls_store):
+    async with tls_store.aio_channel(token=TOKENS["bot"]) as channel:
+        session = ConsumeSession(pb_grpc.MessageStoreStub(channel), consumer="b", drain=True)
+        try:
+            (result,) = await session.settle(
+                session.settlement(mark_processed=pb.MarkProcessedRequest(id="nobody"))
+            )
+            assert result.status.code == grpc.StatusCode.NOT_FOUND.value[0]  # past the role check
+            assert await session.half_close() == grpc.StatusCode.OK
+        finally:
+            await session.close()
 
 
 async def test_producer_creates_bot_streams_and_settles_admin_requeues(tls_store):

@@ -14,7 +14,7 @@ from collections.abc import AsyncIterator, Callable
 import pytest
 
 from ackbot.store.errors import FailedPrecondition, StorageUnavailable
-from ackbot.store.manager import MessageManager
+from ackbot.store.manager import DeliveryStream, MessageManager
 from ackbot.store.models import State
 from ackbot.store.repository import Delivery, MessageRepository, NewMessage
 from ackbot.testing import wait_until
@@ -33,6 +33,7 @@ class Consumer:
     ) -> None:
         self.batches: asyncio.Queue[list[Delivery]] = asyncio.Queue()
         self.ended = False
+        self.stream: DeliveryStream | None = None
         self.task = asyncio.create_task(self._run(manager, name, max_in_flight, lease_ns))
 
     async def _run(
@@ -41,6 +42,7 @@ class Consumer:
         async with manager.open_stream(
             name, max_in_flight=max_in_flight, lease_ns=lease_ns
         ) as stream:
+            self.stream = stream
             async for batch in stream:
                 self.batches.put_nowait(batch)
         self.ended = True
@@ -89,6 +91,20 @@ async def let_streams_look() -> None:
     """
     for _ in range(10):
         await asyncio.sleep(0)  # pacing
+
+
+def hold_claims_open(repo: MessageRepository) -> Gate:
+    """Makes every claim wait inside its transaction until the test opens the gate; its
+    `reached` is set once one does."""
+    gate = Gate()
+    claim_rows = repo._claim
+
+    def claim_held_open(tx, claim):
+        gate.wait_here()
+        return claim_rows(tx, claim)
+
+    repo._claim = claim_held_open
+    return gate
 
 
 async def create(manager: MessageManager, *ids: str) -> None:
@@ -390,19 +406,11 @@ async def test_a_stream_cancelled_while_its_claim_commits_still_releases_what_it
 ):
     # The claim is inside its transaction when the client goes away: group commit finishes it
     # regardless, so the message is leased to a stream that is ending.
-    gate = Gate()
-    in_transaction = gate.reached
-    claim_rows = repo._claim
-
-    def claim_held_open(tx, claim):
-        gate.wait_here()
-        return claim_rows(tx, claim)
-
-    repo._claim = claim_held_open
+    gate = hold_claims_open(repo)
     await create(manager, "a")
     consumer = open_consumer()
     async with asyncio.timeout(DEADLINE):
-        await in_transaction.wait()
+        await gate.reached.wait()
 
     consumer.task.cancel()  # the client went away mid-claim
     await let_streams_look()
@@ -418,6 +426,40 @@ async def test_a_stream_cancelled_while_its_claim_commits_still_releases_what_it
         while (message := await repo.get_message("a")).delivery_attempts == 0:  # noqa: ASYNC110
             await asyncio.sleep(0.01)  # poll
     assert (message.state, message.delivery_attempts) == (State.PENDING, 1)
+
+
+async def test_a_drained_stream_claims_no_more_and_gives_back_a_claim_it_was_running(
+    manager, open_consumer, repo
+):
+    gate = hold_claims_open(repo)
+    await create(manager, "a", "b")
+    consumer = open_consumer(max_in_flight=1)
+    async with asyncio.timeout(DEADLINE):
+        await gate.reached.wait()
+    assert consumer.stream is not None
+    consumer.stream.drain()  # the drain comes while the claim of "a" commits
+    gate.open()
+    async with asyncio.timeout(DEADLINE):
+        while (message := await repo.get_message("a")).state is not State.PENDING:  # noqa: ASYNC110
+            await asyncio.sleep(0.01)  # poll: the give-back commits in group commit's writer
+    assert message.delivery_attempts == 0, "handed back unstarted: the attempt is given back"
+    await create(manager, "c")
+    await let_streams_look()
+    assert consumer.batches.empty()
+    assert (await repo.get_message("b")).delivery_attempts == 0
+
+
+async def test_a_raised_window_claims_at_once_and_a_lowered_one_waits(manager, open_consumer):
+    await create(manager, "a", "b", "c", "d")
+    consumer = open_consumer(max_in_flight=1)
+    (a,) = await consumer.next()
+    assert consumer.stream is not None
+    consumer.stream.set_max_in_flight(3)
+    assert await consumer.next_ids() == ["b", "c"]
+    consumer.stream.set_max_in_flight(1)
+    await manager.mark_processed("a", None, a.lease_token)
+    await let_streams_look()
+    assert consumer.batches.empty(), "two still out, above the window of one"
 
 
 async def test_a_short_claim_reads_the_next_timed_wake_only_from_a_shared_database(
@@ -541,14 +583,7 @@ async def test_a_stream_cancelled_while_a_create_claims_for_it_releases_the_leas
 ):
     consumer = open_consumer()
     await streams_idle(manager, 1)
-    gate = Gate()
-    claim_rows = repo._claim
-
-    def claim_held_open(tx, claim):
-        gate.wait_here()
-        return claim_rows(tx, claim)
-
-    repo._claim = claim_held_open
+    gate = hold_claims_open(repo)
     creating = asyncio.create_task(create(manager, "a"))
     async with asyncio.timeout(DEADLINE):
         await gate.reached.wait()

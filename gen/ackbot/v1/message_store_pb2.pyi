@@ -182,6 +182,52 @@ class StreamUnprocessedResponse(_message.Message):
     deliveries: _containers.RepeatedCompositeFieldContainer[Delivery]
     def __init__(self, deliveries: _Optional[_Iterable[_Union[Delivery, _Mapping]]] = ...) -> None: ...
 
+class ConsumeRequest(_message.Message):
+    __slots__ = ("open", "settlements", "max_in_flight", "drain")
+    OPEN_FIELD_NUMBER: _ClassVar[int]
+    SETTLEMENTS_FIELD_NUMBER: _ClassVar[int]
+    MAX_IN_FLIGHT_FIELD_NUMBER: _ClassVar[int]
+    DRAIN_FIELD_NUMBER: _ClassVar[int]
+    open: StreamUnprocessedRequest
+    settlements: _containers.RepeatedCompositeFieldContainer[Settlement]
+    max_in_flight: int
+    drain: bool
+    def __init__(self, open: _Optional[_Union[StreamUnprocessedRequest, _Mapping]] = ..., settlements: _Optional[_Iterable[_Union[Settlement, _Mapping]]] = ..., max_in_flight: _Optional[int] = ..., drain: _Optional[bool] = ...) -> None: ...
+
+class Settlement(_message.Message):
+    __slots__ = ("correlation_id", "mark_processed", "release", "extend_lease")
+    CORRELATION_ID_FIELD_NUMBER: _ClassVar[int]
+    MARK_PROCESSED_FIELD_NUMBER: _ClassVar[int]
+    RELEASE_FIELD_NUMBER: _ClassVar[int]
+    EXTEND_LEASE_FIELD_NUMBER: _ClassVar[int]
+    correlation_id: int
+    mark_processed: MarkProcessedRequest
+    release: ReleaseMessageRequest
+    extend_lease: ExtendLeaseRequest
+    def __init__(self, correlation_id: _Optional[int] = ..., mark_processed: _Optional[_Union[MarkProcessedRequest, _Mapping]] = ..., release: _Optional[_Union[ReleaseMessageRequest, _Mapping]] = ..., extend_lease: _Optional[_Union[ExtendLeaseRequest, _Mapping]] = ...) -> None: ...
+
+class SettlementResult(_message.Message):
+    __slots__ = ("correlation_id", "status", "mark_processed", "release", "extend_lease")
+    CORRELATION_ID_FIELD_NUMBER: _ClassVar[int]
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    MARK_PROCESSED_FIELD_NUMBER: _ClassVar[int]
+    RELEASE_FIELD_NUMBER: _ClassVar[int]
+    EXTEND_LEASE_FIELD_NUMBER: _ClassVar[int]
+    correlation_id: int
+    status: _status_pb2.Status
+    mark_processed: MarkProcessedResponse
+    release: ReleaseMessageResponse
+    extend_lease: ExtendLeaseResponse
+    def __init__(self, correlation_id: _Optional[int] = ..., status: _Optional[_Union[_status_pb2.Status, _Mapping]] = ..., mark_processed: _Optional[_Union[MarkProcessedResponse, _Mapping]] = ..., release: _Optional[_Union[ReleaseMessageResponse, _Mapping]] = ..., extend_lease: _Optional[_Union[ExtendLeaseResponse, _Mapping]] = ...) -> None: ...
+
+class ConsumeResponse(_message.Message):
+    __slots__ = ("deliveries", "settlement_results")
+    DELIVERIES_FIELD_NUMBER: _ClassVar[int]
+    SETTLEMENT_RESULTS_FIELD_NUMBER: _ClassVar[int]
+    deliveries: _containers.RepeatedCompositeFieldContainer[Delivery]
+    settlement_results: _containers.RepeatedCompositeFieldContainer[SettlementResult]
+    def __init__(self, deliveries: _Optional[_Iterable[_Union[Delivery, _Mapping]]] = ..., settlement_results: _Optional[_Iterable[_Union[SettlementResult, _Mapping]]] = ...) -> None: ...
+
 class ReleaseMessageRequest(_message.Message):
     __slots__ = ("id", "lease_token", "reason", "retry_after")
     ID_FIELD_NUMBER: _ClassVar[int]

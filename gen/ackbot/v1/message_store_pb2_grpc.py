@@ -31,11 +31,11 @@ class MessageStoreStub:
     Authentication (docs/operations.md): a store may serve TLS or mutual TLS and give each caller
     a role, by a bearer token (`authorization: Bearer TOKEN`) or by its client certificate.
     producer: CreateMessage, BatchCreateMessages, GetMessage, ListMessages, GetStats,
-    WatchMessages. bot: StreamUnprocessed, MarkProcessed, ReleaseMessage, ExtendLease, GetMessage,
-    ListMessages, GetStats, WatchMessages. admin: every RPC, RequeueMessage included. When the
-    store checks roles, any RPC may return UNAUTHENTICATED (no credentials, or
-    a token it does not know) or PERMISSION_DENIED (a role that may not call it); both name the
-    method, never the token, and StreamUnprocessed ends with them before its first response.
+    WatchMessages. bot: Consume, StreamUnprocessed, MarkProcessed, ReleaseMessage, ExtendLease,
+    GetMessage, ListMessages, GetStats, WatchMessages. admin: every RPC, RequeueMessage included.
+    When the store checks roles, any RPC may return UNAUTHENTICATED (no credentials, or a token it
+    does not know) or PERMISSION_DENIED (a role that may not call it); both name the method, never
+    the token, and the streams end with them before their first response.
     Health checks need no credentials; reflection needs any role.
     """
 
@@ -75,6 +75,11 @@ class MessageStoreStub:
                 request_serializer=ackbot_dot_v1_dot_message__store__pb2.StreamUnprocessedRequest.SerializeToString,
                 response_deserializer=ackbot_dot_v1_dot_message__store__pb2.StreamUnprocessedResponse.FromString,
                 _registered_method=True)
+        self.Consume = channel.stream_stream(
+                '/ackbot.v1.MessageStore/Consume',
+                request_serializer=ackbot_dot_v1_dot_message__store__pb2.ConsumeRequest.SerializeToString,
+                response_deserializer=ackbot_dot_v1_dot_message__store__pb2.ConsumeResponse.FromString,
+                _registered_method=True)
         self.ReleaseMessage = channel.unary_unary(
                 '/ackbot.v1.MessageStore/ReleaseMessage',
                 request_serializer=ackbot_dot_v1_dot_message__store__pb2.ReleaseMessageRequest.SerializeToString,
@@ -108,11 +113,11 @@ class MessageStoreServicer:
     Authentication (docs/operations.md): a store may serve TLS or mutual TLS and give each caller
     a role, by a bearer token (`authorization: Bearer TOKEN`) or by its client certificate.
     producer: CreateMessage, BatchCreateMessages, GetMessage, ListMessages, GetStats,
-    WatchMessages. bot: StreamUnprocessed, MarkProcessed, ReleaseMessage, ExtendLease, GetMessage,
-    ListMessages, GetStats, WatchMessages. admin: every RPC, RequeueMessage included. When the
-    store checks roles, any RPC may return UNAUTHENTICATED (no credentials, or
-    a token it does not know) or PERMISSION_DENIED (a role that may not call it); both name the
-    method, never the token, and StreamUnprocessed ends with them before its first response.
+    WatchMessages. bot: Consume, StreamUnprocessed, MarkProcessed, ReleaseMessage, ExtendLease,
+    GetMessage, ListMessages, GetStats, WatchMessages. admin: every RPC, RequeueMessage included.
+    When the store checks roles, any RPC may return UNAUTHENTICATED (no credentials, or a token it
+    does not know) or PERMISSION_DENIED (a role that may not call it); both name the method, never
+    the token, and the streams end with them before their first response.
     Health checks need no credentials; reflection needs any role.
     """
 
@@ -225,6 +230,48 @@ class MessageStoreServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Consume(self, request_iterator, context):
+        """A bot's session with the store, both ways on one stream (Pub/Sub's StreamingPull): the
+        store sends deliveries exactly as StreamUnprocessed does, and the bot sends its settlements
+        (MarkProcessed, ReleaseMessage, ExtendLease) on the same stream, several in a frame,
+        instead of one unary call each. Settlements that arrive together (in one frame or in frames
+        read at the same time) are written in one transaction; each is answered on its own, after
+        that transaction commits, by a `SettlementResult` carrying the client's correlation id, the
+        status and response the unary RPC would have returned (the same code, message, ErrorInfo
+        and BadRequest, field names included). A settlement is the unary call in every other way
+        too: the same state rules, leases and attempts, and it frees the delivery's slot as the
+        unary call would. Results come in the order their transactions commit, not the order sent.
+
+        The first request must carry `open` (the fields of StreamUnprocessedRequest, with the same
+        rules) and may carry settlements too; no later request may carry `open`. A later request may
+        change `max_in_flight` (lowering it takes no delivery back: no new one comes until the
+        unsettled ones are below the new limit), and may ask to `drain`: the store then sends no
+        further delivery (one it had already leased for this session when the drain arrived is
+        handed back unstarted, its attempt given back) but goes on answering settlements. The
+        session ends when the client half-closes: the store answers every settlement it has read,
+        then ends the stream with OK. A bot that stops sends `drain`, settles or hands back what it
+        holds, and half-closes, so no delivery is wasted on it.
+
+        Like StreamUnprocessed: the initial metadata carries `ackbot-max-text-bytes`; when the
+        session ends for any reason, the leases it still holds are released at once (their
+        attempts stay counted); the stream ends with UNAVAILABLE when the store shuts down
+        [SHUTTING_DOWN] or loses its database [STORAGE_UNAVAILABLE] (RESOURCE_EXHAUSTED
+        [STORAGE_FULL] when the database is full): re-establish it with backoff, and send the
+        settlements that got no result again, on the new session or by the unary RPCs (every
+        settlement is safe to retry). A store older than this RPC answers UNIMPLEMENTED: use
+        StreamUnprocessed and the unary RPCs.
+
+        Ends with INVALID_ARGUMENT, naming the field, when the first request has no `open` or an
+        `open` field is out of range (`open.max_in_flight`, `open.lease_duration`,
+        `open.consumer`), when a later request carries `open`, when `max_in_flight` is out of
+        range, or when a request does not decode. A settlement that breaks a rule does not end the
+        session: its result is INVALID_ARGUMENT, as the unary call's would be (a settlement with no
+        action names `action`).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def ReleaseMessage(self, request, context):
         """Gives a leased message back after a failure. It becomes deliverable again after
         `retry_after`; a non-empty `reason` is kept as its last error. Releasing without a reason
@@ -332,6 +379,11 @@ def add_MessageStoreServicer_to_server(servicer, server):
                     request_deserializer=ackbot_dot_v1_dot_message__store__pb2.StreamUnprocessedRequest.FromString,
                     response_serializer=ackbot_dot_v1_dot_message__store__pb2.StreamUnprocessedResponse.SerializeToString,
             ),
+            'Consume': grpc.stream_stream_rpc_method_handler(
+                    servicer.Consume,
+                    request_deserializer=ackbot_dot_v1_dot_message__store__pb2.ConsumeRequest.FromString,
+                    response_serializer=ackbot_dot_v1_dot_message__store__pb2.ConsumeResponse.SerializeToString,
+            ),
             'ReleaseMessage': grpc.unary_unary_rpc_method_handler(
                     servicer.ReleaseMessage,
                     request_deserializer=ackbot_dot_v1_dot_message__store__pb2.ReleaseMessageRequest.FromString,
@@ -371,11 +423,11 @@ class MessageStore:
     Authentication (docs/operations.md): a store may serve TLS or mutual TLS and give each caller
     a role, by a bearer token (`authorization: Bearer TOKEN`) or by its client certificate.
     producer: CreateMessage, BatchCreateMessages, GetMessage, ListMessages, GetStats,
-    WatchMessages. bot: StreamUnprocessed, MarkProcessed, ReleaseMessage, ExtendLease, GetMessage,
-    ListMessages, GetStats, WatchMessages. admin: every RPC, RequeueMessage included. When the
-    store checks roles, any RPC may return UNAUTHENTICATED (no credentials, or
-    a token it does not know) or PERMISSION_DENIED (a role that may not call it); both name the
-    method, never the token, and StreamUnprocessed ends with them before its first response.
+    WatchMessages. bot: Consume, StreamUnprocessed, MarkProcessed, ReleaseMessage, ExtendLease,
+    GetMessage, ListMessages, GetStats, WatchMessages. admin: every RPC, RequeueMessage included.
+    When the store checks roles, any RPC may return UNAUTHENTICATED (no credentials, or a token it
+    does not know) or PERMISSION_DENIED (a role that may not call it); both name the method, never
+    the token, and the streams end with them before their first response.
     Health checks need no credentials; reflection needs any role.
     """
 
@@ -531,6 +583,33 @@ class MessageStore:
             '/ackbot.v1.MessageStore/StreamUnprocessed',
             ackbot_dot_v1_dot_message__store__pb2.StreamUnprocessedRequest.SerializeToString,
             ackbot_dot_v1_dot_message__store__pb2.StreamUnprocessedResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Consume(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/ackbot.v1.MessageStore/Consume',
+            ackbot_dot_v1_dot_message__store__pb2.ConsumeRequest.SerializeToString,
+            ackbot_dot_v1_dot_message__store__pb2.ConsumeResponse.FromString,
             options,
             channel_credentials,
             insecure,
