@@ -16,10 +16,11 @@ import pytest
 
 from ackbot.testing import responders, wait_until
 from ackbot.v1 import message_store_pb2 as pb
+from tests.heavy import heavy
 
 from .harness import create, list_all
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, heavy]
 
 HELD = 2
 # Much longer than the keepalive, so an expiry cannot be what frees the messages.
