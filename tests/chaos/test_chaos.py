@@ -15,6 +15,10 @@ from typing import Any
 
 import pytest
 
+from tests.heavy import heavy
+
+pytestmark = heavy
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
 # The ci profiles take about two minutes on a 2-core machine; the rest is slack for a slow one
 # (the run's own deadlines end it well before this).

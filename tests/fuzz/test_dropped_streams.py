@@ -17,6 +17,7 @@ import pytest
 from ackbot.testing import RPC_TIMEOUT, wait_until
 from ackbot.v1 import message_store_pb2 as pb
 from ackbot.v1 import message_store_pb2_grpc as pb_grpc
+from tests.heavy import heavy
 from tests.integration.harness import count_state, create, seconds
 
 ROUNDS = 10
@@ -35,7 +36,7 @@ RELEASE_WITHIN = 15.0
 RSS_GROWTH_LIMIT = 24 * 1024 * 1024
 MIB = 1024 * 1024
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, heavy]
 
 
 def stream_request(round_number: int, number: int) -> pb.StreamUnprocessedRequest:

@@ -3,10 +3,12 @@ that need it skip, with the reason, when it is not set)."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import secrets
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
+from concurrent.futures import ThreadPoolExecutor
 
 import asyncpg
 import pytest
@@ -39,3 +41,35 @@ async def fresh_database(prefix: str = "ackbot_it") -> AsyncIterator[str]:
             await admin.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
     finally:
         await admin.close()
+
+
+async def _as_admin(statement: str) -> None:
+    admin = await asyncpg.connect(asyncpg_dsn(os.environ[POSTGRES_URL_ENV]))
+    try:
+        await admin.execute(statement)
+    finally:
+        await admin.close()
+
+
+def _run_apart(statement: str) -> None:
+    # On a loop of its own, in a thread: a session fixture may be set up from inside a test's
+    # running loop, where asyncio.run is refused.
+    with ThreadPoolExecutor(1) as thread:
+        thread.submit(asyncio.run, _as_admin(statement)).result()
+
+
+@contextlib.contextmanager
+def process_database(prefix: str = "ackbot_unit") -> Iterator[str]:
+    """fresh_database for a whole test process (a session fixture, no event loop needed).
+
+    For tests that share one database and keep apart by schema: work notifications (NOTIFY)
+    reach every listener of a database whatever its schema, so test processes running side by
+    side (pytest-xdist workers, or another checkout's run on the same server) must not share
+    one, or a test hears another's stores."""
+    base = make_url(os.environ[POSTGRES_URL_ENV])
+    name = f"{prefix}_{secrets.token_hex(4)}"
+    _run_apart(f'CREATE DATABASE "{name}"')
+    try:
+        yield base.set(database=name).render_as_string(hide_password=False)
+    finally:
+        _run_apart(f'DROP DATABASE "{name}" WITH (FORCE)')

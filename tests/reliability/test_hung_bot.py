@@ -21,6 +21,7 @@ import pytest
 
 from ackbot.testing import responders, wait_until
 from ackbot.v1 import message_store_pb2 as pb
+from tests.heavy import heavy
 from tests.integration.harness import (
     UNSETTLED_STATES,
     check_answered_once,
@@ -29,7 +30,7 @@ from tests.integration.harness import (
     list_all,
 )
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, heavy]
 
 MAX_ATTEMPTS = 3
 IN_FLIGHT = 4

@@ -27,6 +27,7 @@ import pytest
 from ackbot.testing import RPC_TIMEOUT
 from ackbot.v1 import message_store_pb2 as pb
 from ackbot.v1 import message_store_pb2_grpc as pb_grpc
+from tests.heavy import heavy
 from tests.integration.harness import check_answered_once, list_all, wait_settled
 
 from .invariants import cross_row_problems
@@ -39,7 +40,11 @@ BOTS = 3
 # Time for the backlog at the end to drain, and for listing and checking every message.
 DRAIN_SECONDS = 60 + SOAK_SECONDS / 10
 
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(SOAK_SECONDS + 3 * DRAIN_SECONDS + 60)]
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.timeout(SOAK_SECONDS + 3 * DRAIN_SECONDS + 60),
+    heavy,
+]
 
 
 @pytest.fixture

@@ -5,10 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import secrets
 import threading
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 
 import pytest
 from sqlalchemy import event, text
@@ -17,8 +16,8 @@ from sqlalchemy.util import await_only
 
 from ackbot.store.database import Database, create_engine
 from ackbot.store.repository import MessageRepository
+from tests.integration.postgres import process_database, requires_postgres
 
-POSTGRES_URL_ENV = "ACKBOT_TEST_POSTGRES_URL"
 SECOND_NS = 1_000_000_000
 # 2025-10-24T19:20:53Z: any fixed instant serves, as long as it is not 0.
 START_NS = 1_761_333_653_000_000_000
@@ -136,9 +135,11 @@ async def _postgres_engine(url: str) -> AsyncIterator[AsyncEngine]:
         await admin.dispose()
 
 
-_NEEDS_POSTGRES = pytest.mark.skipif(
-    not os.environ.get(POSTGRES_URL_ENV), reason=f"{POSTGRES_URL_ENV} is not set"
-)
+@pytest.fixture(scope="session")
+def postgres_url() -> Iterator[str]:
+    """This test process's own database; each test makes a schema of its own in it."""
+    with process_database() as url:
+        yield url
 
 
 @pytest.fixture(
@@ -146,7 +147,7 @@ _NEEDS_POSTGRES = pytest.mark.skipif(
         "sqlite",
         pytest.param(
             "postgres",
-            marks=[pytest.mark.postgres, _NEEDS_POSTGRES],
+            marks=[pytest.mark.postgres, requires_postgres],
         ),
     ]
 )
@@ -158,14 +159,15 @@ async def engine(request: pytest.FixtureRequest, tmp_path) -> AsyncIterator[Asyn
         finally:
             await sqlite_engine.dispose()
     else:
-        async with _postgres_engine(os.environ[POSTGRES_URL_ENV]) as postgres_engine:
+        url = request.getfixturevalue("postgres_url")
+        async with _postgres_engine(url) as postgres_engine:
             yield postgres_engine
 
 
-@pytest.fixture(params=[pytest.param("postgres", marks=[pytest.mark.postgres, _NEEDS_POSTGRES])])
-async def postgres_engine() -> AsyncIterator[AsyncEngine]:
+@pytest.fixture(params=[pytest.param("postgres", marks=[pytest.mark.postgres, requires_postgres])])
+async def postgres_engine(postgres_url: str) -> AsyncIterator[AsyncEngine]:
     """PostgreSQL alone, for what only a shared database has (the store registry)."""
-    async with _postgres_engine(os.environ[POSTGRES_URL_ENV]) as postgres_engine:
+    async with _postgres_engine(postgres_url) as postgres_engine:
         yield postgres_engine
 
 

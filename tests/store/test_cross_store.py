@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -26,15 +25,14 @@ from ackbot.store.manager import MessageManager
 from ackbot.store.models import State
 from ackbot.store.repository import Delivery, Lease, MessageRepository, NewMessage
 from ackbot.testing import wait_until
+from tests.integration.postgres import requires_postgres
 
-from .conftest import POSTGRES_URL_ENV, SECOND_NS, START_NS, FakeClock, MakeRepository
+from .conftest import SECOND_NS, START_NS, FakeClock, MakeRepository
 from .test_manager import DEADLINE, LEASE_NS, Consumer, create, let_streams_look
 
 pytestmark = [
     pytest.mark.postgres,
-    pytest.mark.skipif(
-        not os.environ.get(POSTGRES_URL_ENV), reason=f"{POSTGRES_URL_ENV} is not set"
-    ),
+    requires_postgres,
     # The engine fixture's PostgreSQL case only: SQLite has one store per file.
     pytest.mark.parametrize("engine", ["postgres"], indirect=True),
 ]

@@ -158,11 +158,13 @@ async def test_wake_at_keeps_later_wakes_after_an_earlier_one_fires():
     s = stream()
     board.open_stream(s)
     try:
+        # The start first: taken after `now`, a pause between the two (a busy machine) would
+        # count against the later wake, which is due 300 ms after `now`.
+        start = time.monotonic()
         now = time.time_ns()
         board.wake_at(now + 300_000_000)
         board.wake_at(now + 20_000_000)  # earlier: re-arms the timer
         board.wake_at(now + 20_000_000)  # duplicate: one wake
-        start = time.monotonic()
 
         async with asyncio.timeout(2):
             await s.wakeup.wait()

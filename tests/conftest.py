@@ -1,0 +1,24 @@
+"""Suite-wide hooks: the order in which parallel workers (`make test` runs pytest-xdist) take
+the tests."""
+
+from __future__ import annotations
+
+import pytest
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    # A worker takes the next test when it is nearly idle, in this order: longest first, so no
+    # long test starts near the end and keeps the run going alone while the other workers have
+    # nothing left (longest-first is close to the best a greedy scheduler can do). A serial run
+    # keeps file order.
+    if not hasattr(config, "workerinput"):
+        return
+    items.sort(key=_expected_length, reverse=True)
+
+
+def _expected_length(item: pytest.Item) -> tuple[bool, float]:
+    """Slow tests before the rest; among them, a longer own timeout (the chaos profiles, the
+    soak, the keepalive) means a longer test."""
+    timeout = item.get_closest_marker("timeout")
+    seconds = float(timeout.args[0]) if timeout is not None and timeout.args else 0.0
+    return item.get_closest_marker("slow") is not None, seconds
