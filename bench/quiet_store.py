@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import sys
 
-from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy.engine import Connection
 
 from ackbot.store.__main__ import main as store_main
 from ackbot.store.database import Database
@@ -22,7 +22,7 @@ def launcher() -> list[str]:
     return [sys.executable, "-m", "bench.quiet_store"]
 
 
-async def _say_nothing(self: Database, connection: AsyncConnection, store_id: str) -> None:
+def _say_nothing(self: Database, connection: Connection, store_id: str) -> None:
     del self, connection, store_id
 
 
