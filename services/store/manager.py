@@ -150,6 +150,7 @@ class MessageManager:
         limit: int,
         state: State | None,
         reply_to: str | None,
+        conversation_id: str | None = None,
     ) -> list[StoredMessage]:
         return await self._repository.list_messages(
             after_sequence=after_sequence,
@@ -158,6 +159,7 @@ class MessageManager:
             limit=limit,
             state=state,
             reply_to=reply_to,
+            conversation_id=conversation_id,
         )
 
     # -- writes, each with the wake-up it causes ---------------------------------------------

@@ -60,6 +60,8 @@ from ackbot.store import migrations
 from ackbot.store.database import CONFLICT_ERRORS, Database
 from ackbot.store.errors import (
     AlreadyExists,
+    FieldViolation,
+    InvalidArgument,
     LeaseExpired,
     LeaseNotCurrent,
     NotDead,
@@ -88,6 +90,7 @@ class StoredMessage:
     last_error: str | None
     lease_expire_ns: int | None
     process_time_ns: int | None
+    conversation_id: str | None = None
 
 
 @dataclass(frozen=True)
@@ -96,6 +99,8 @@ class NewMessage:
     text: str
     id: str = ""
     create_time_ns: int | None = None
+    # A reply's may be given only as its original's (MarkProcessed sets it either way).
+    conversation_id: str | None = None
 
 
 @dataclass(frozen=True)
@@ -313,6 +318,7 @@ def _to_stored(row: Any, reply_id: str | None, now_ns: int) -> StoredMessage:
         last_error=row.last_error,
         lease_expire_ns=lease_expire_ns,
         process_time_ns=row.process_time_ns,
+        conversation_id=row.conversation_id,
     )
 
 
@@ -328,6 +334,7 @@ def _new_row(
     now_ns: int,
     *,
     reply_to: str | None = None,
+    conversation_id: str | None = None,
 ) -> dict[str, Any]:
     """The columns of a new message; a reply (`reply_to` set) is born PROCESSED."""
     return {
@@ -344,6 +351,7 @@ def _new_row(
         "lease_token": None,
         "process_time_ns": None if reply_to is None else now_ns,
         "owner_store": None,
+        "conversation_id": conversation_id,
     }
 
 
@@ -481,7 +489,14 @@ class MessageRepository:
         for new in news:
             fresh.setdefault(new.id, new)
         rows = {
-            message_id: _new_row(message_id, new.author, new.text, new.create_time_ns, tx.now_ns)
+            message_id: _new_row(
+                message_id,
+                new.author,
+                new.text,
+                new.create_time_ns,
+                tx.now_ns,
+                conversation_id=new.conversation_id,
+            )
             for message_id, new in fresh.items()
         }
         inserted = self._insert_new(tx, list(rows.values()))
@@ -518,7 +533,14 @@ class MessageRepository:
 
     @staticmethod
     def _existing_create(existing: StoredMessage, new: NewMessage) -> CreateResult:
-        if existing.author != new.author or existing.text != new.text:
+        # The conversation is compared like the text: a retry that names another thread is
+        # not the same create, and moving a stored message to another thread would reorder
+        # deliveries that may already have happened.
+        if (existing.author, existing.text, existing.conversation_id) != (
+            new.author,
+            new.text,
+            new.conversation_id,
+        ):
             raise AlreadyExists(existing.id)
         return CreateResult(existing, already_existed=True)
 
@@ -538,6 +560,7 @@ class MessageRepository:
         limit: int = 100,
         state: State | None = None,
         reply_to: str | None = None,
+        conversation_id: str | None = None,
     ) -> list[StoredMessage]:
         sequence = MESSAGES.c.sequence
         query = (
@@ -550,6 +573,8 @@ class MessageRepository:
         now = self._now_ns()
         if reply_to is not None:
             query = query.where(MESSAGES.c.reply_to == reply_to)
+        if conversation_id is not None:
+            query = query.where(MESSAGES.c.conversation_id == conversation_id)
         # LEASED rows whose lease lapsed are shown (and filtered) as PENDING.
         leased = MESSAGES.c.state == State.LEASED
         if state is State.PENDING:
@@ -577,13 +602,16 @@ class MessageRepository:
         # Before the UPDATE's row locks, even when no reply is inserted: a mark may share its
         # transaction with creates.
         self._take_insert_turn(tx)
-        ids = list(dict.fromkeys(mark.message_id for mark in marks))
+        # Checked before anything is written: a refused mark leaves its message as it was.
+        refused = self._refuse_marks(tx, marks)
+        accepted = [mark for mark in marks if id(mark) not in refused]
+        ids = list(dict.fromkeys(mark.message_id for mark in accepted))
         processed_rows = tx.connection.execute(
             _PROCESS_UNLESS_PROCESSED, {"ids": ids, "now": tx.now_ns}
         )
         processed = {row.id: row for row in processed_rows}
         first_marks: dict[str, _Mark] = {}
-        for mark in marks:
+        for mark in accepted:
             first_marks.setdefault(mark.message_id, mark)
         replies = {
             message_id: _new_row(
@@ -593,6 +621,7 @@ class MessageRepository:
                 tx.now_ns,
                 tx.now_ns,
                 reply_to=message_id,
+                conversation_id=processed[message_id].conversation_id,
             )
             for message_id, mark in first_marks.items()
             if message_id in processed and mark.reply is not None
@@ -613,13 +642,47 @@ class MessageRepository:
         outcomes: list[MarkResult | StoreError] = []
         for mark in marks:
             result = results.get(mark.message_id)
-            if result is None:
+            if id(mark) in refused:
+                outcomes.append(refused[id(mark)])
+            elif result is None:
                 outcomes.append(NotFound(mark.message_id))
             elif first_marks[mark.message_id] is mark:
                 outcomes.append(result)
             else:
                 outcomes.append(dataclasses.replace(result, already_processed=True))
         return outcomes
+
+    @staticmethod
+    def _refuse_marks(tx: _Transaction, marks: list[_Mark]) -> dict[int, StoreError]:
+        """The marks (by id()) that must change nothing: a reply that names a conversation
+        other than its original's."""
+        checked = [mark for mark in marks if mark.reply and mark.reply.conversation_id]
+        if not checked:
+            return {}
+        conversations = dict(
+            tx.connection.execute(
+                select(MESSAGES.c.id, MESSAGES.c.conversation_id).where(
+                    MESSAGES.c.id.in_({mark.message_id for mark in checked})
+                )
+            ).all()
+        )
+        refused: dict[int, StoreError] = {}
+        for mark in checked:
+            assert mark.reply is not None
+            if mark.message_id not in conversations:
+                continue  # NotFound, as for any mark
+            inherited = conversations[mark.message_id]
+            if mark.reply.conversation_id != inherited:
+                refused[id(mark)] = InvalidArgument(
+                    [
+                        FieldViolation(
+                            "reply.conversation_id",
+                            "must be empty or the conversation of the message it answers "
+                            f"({inherited or 'none'}; got {mark.reply.conversation_id})",
+                        )
+                    ]
+                )
+        return refused
 
     @staticmethod
     def _already_processed(
