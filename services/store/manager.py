@@ -190,6 +190,9 @@ class MessageManager:
     ) -> MarkResult:
         result = await self._repository.mark_processed(message_id, reply, lease_token)
         self._board.settled(message_id, lease_token)
+        if result.unblocked:
+            # The next message of its conversation is deliverable now.
+            self._board.wake_all()
         if result.already_processed:
             log.info("already processed; duplicate reply prevented message_id=%s", message_id)
         else:
@@ -218,7 +221,10 @@ class MessageManager:
             message.delivery_attempts,
             reason,
         )
-        if message.state is State.PENDING:
+        if message.state is State.DEAD and message.conversation_id is not None:
+            # No longer holding back the rest of its conversation.
+            self._board.wake_all()
+        elif message.state is State.PENDING:
             if retry_after_ns:
                 self._board.wake_at(self._now_ns() + retry_after_ns)
             else:

@@ -49,6 +49,7 @@ from sqlalchemy import (
     or_,
     select,
     table,
+    text,
     tuple_,
     update,
 )
@@ -114,6 +115,8 @@ class MarkResult:
     message: StoredMessage
     reply: StoredMessage | None
     already_processed: bool
+    # Its conversation has messages waiting that this one held back: deliverable now.
+    unblocked: bool = False
 
 
 @dataclass(frozen=True)
@@ -163,6 +166,24 @@ class Reaped:
 MESSAGES = Base.metadata.tables[MessageRow.__tablename__]
 STORES = Base.metadata.tables[StoreRow.__tablename__]
 REPLIES = MESSAGES.alias("replies")
+EARLIER = MESSAGES.alias("earlier")
+# The predicate of ix_messages_unsettled_conversation, written out for the planners as UNSETTLED
+# is, over EARLIER.
+_EARLIER_UNSETTLED = text(
+    "earlier.state IN ('PENDING', 'LEASED') AND earlier.conversation_id IS NOT NULL"
+)
+# Ordering keys (Pub/Sub's term): a message of a conversation waits while an earlier message of
+# the same conversation is unsettled: PENDING (also while it waits out a retry_after) or LEASED
+# (also with a lapsed lease). PROCESSED and DEAD ones no longer hold it back. The probe reads
+# ix_messages_unsettled_conversation alone (its predicate is written out for the planners, as
+# UNSETTLED is), so a long processed history costs nothing; a message without a conversation
+# never reaches it.
+_HELD_BACK = exists().where(
+    EARLIER.c.conversation_id == MESSAGES.c.conversation_id,
+    EARLIER.c.sequence < MESSAGES.c.sequence,
+    _EARLIER_UNSETTLED,
+)
+_IN_ITS_TURN = or_(MESSAGES.c.conversation_id.is_(None), ~_HELD_BACK)
 # A message with the id of its reply, if any: every read answers with both.
 _WITH_REPLY_ID = select(MESSAGES, REPLIES.c.id.label("reply_id")).outerjoin(
     REPLIES, REPLIES.c.reply_to == MESSAGES.c.id
@@ -627,6 +648,9 @@ class MessageRepository:
             if message_id in processed and mark.reply is not None
         }
         reply_sequences = self._insert_new(tx, list(replies.values()))
+        unblocked = self._waiting_in(tx, {row.conversation_id for row in processed.values()})
+        if unblocked:
+            tx.made_work = True
         results: dict[str, MarkResult] = {}
         for message_id, row in processed.items():
             reply: StoredMessage | None = None
@@ -634,7 +658,12 @@ class MessageRepository:
                 values = replies[message_id]
                 reply = _stored_new(values, reply_sequences[values["id"]], tx.now_ns)
             message = _to_stored(row, reply.id if reply else None, tx.now_ns)
-            results[message_id] = MarkResult(message, reply, already_processed=False)
+            results[message_id] = MarkResult(
+                message,
+                reply,
+                already_processed=False,
+                unblocked=row.conversation_id in unblocked,
+            )
         unprocessed = [message_id for message_id in ids if message_id not in processed]
         if unprocessed:
             # Unknown ids, and messages some earlier transaction processed.
@@ -651,6 +680,22 @@ class MessageRepository:
             else:
                 outcomes.append(dataclasses.replace(result, already_processed=True))
         return outcomes
+
+    @staticmethod
+    def _waiting_in(tx: _Transaction, conversations: set[str | None]) -> set[str]:
+        """Those of `conversations` with unsettled messages: a mark may have let them go."""
+        conversations.discard(None)
+        if not conversations:
+            return set()
+        query = (
+            select(EARLIER.c.conversation_id)
+            .distinct()
+            .where(
+                EARLIER.c.conversation_id.in_(conversations),
+                _EARLIER_UNSETTLED,
+            )
+        )
+        return set(tx.connection.scalars(query))
 
     @staticmethod
     def _refuse_marks(tx: _Transaction, marks: list[_Mark]) -> dict[int, StoreError]:
@@ -745,7 +790,7 @@ class MessageRepository:
         token = bindparam("token_prefix", type_=String) + cast(MESSAGES.c.sequence, String)
         oldest_deliverable = (
             select(MESSAGES.c.sequence)
-            .where(UNSETTLED, MESSAGES.c.visible_at_ns <= bindparam("now"))
+            .where(UNSETTLED, MESSAGES.c.visible_at_ns <= bindparam("now"), _IN_ITS_TURN)
             .order_by(MESSAGES.c.sequence)
             .limit(bindparam("wanted"))
             .with_for_update(skip_locked=True)
@@ -784,8 +829,9 @@ class MessageRepository:
                         Delivery(_to_stored(row, None, tx.now_ns), row.lease_token, expiry)
                     )
             # Dead rows left the unsettled set without using up the limit: claim live ones in
-            # their place.
-            if len(rows) < wanted or all(row.state != State.DEAD for row in rows):
+            # their place, and the messages of their conversations they held back.
+            dead = [row for row in rows if row.state == State.DEAD]
+            if not dead or (len(rows) < wanted and not any(r.conversation_id for r in dead)):
                 break
         return deliveries
 
@@ -822,8 +868,9 @@ class MessageRepository:
             return row
         if row.state == State.DEAD:
             self._dead(row.id, row.delivery_attempts, row.last_error)
-        else:
-            # Deliverable now or after its retry_after: either way other stores must know.
+        # Deliverable now or after its retry_after, or DEAD and no longer holding back the
+        # rest of its conversation: either way other stores must know.
+        if row.state != State.DEAD or row.conversation_id is not None:
             tx.made_work = True
         return _to_stored(row, None, tx.now_ns)
 
@@ -895,6 +942,7 @@ class MessageRepository:
                     MESSAGES.c.state,
                     MESSAGES.c.delivery_attempts,
                     MESSAGES.c.last_error,
+                    MESSAGES.c.conversation_id,
                 )
             )
         ).all()
@@ -902,7 +950,7 @@ class MessageRepository:
         for row in rows:
             if row.state == State.DEAD:
                 self._dead(row.id, row.delivery_attempts, row.last_error)
-            else:
+            if row.state != State.DEAD or row.conversation_id is not None:
                 tx.made_work = True
             released.append(ReleasedLease(row.id, State(row.state), row.delivery_attempts))
         return released

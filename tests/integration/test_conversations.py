@@ -1,18 +1,22 @@
 """Conversations through a real store: `conversation_id` is stored, compared on a retried
 create, filters ListMessages (with the other filters and page tokens), and a reply inherits its
-original's. On SQLite, and on PostgreSQL when ACKBOT_TEST_POSTGRES_URL is set."""
+original's; a conversation is delivered one message at a time in order, to one stream or to
+several bots. On SQLite, and on PostgreSQL when ACKBOT_TEST_POSTGRES_URL is set."""
 
 from __future__ import annotations
+
+import itertools
 
 import grpc
 import pytest
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
-from ackbot.testing import RPC_TIMEOUT
+from ackbot.testing import RPC_TIMEOUT, bot_service, responders, wait_until
 from ackbot.v1 import message_store_pb2 as pb
 from ackbot.v1 import message_store_pb2_grpc as pb_grpc
 
+from .harness import StreamReader
 from .postgres import fresh_database, requires_postgres
 
 
@@ -185,3 +189,87 @@ async def test_a_reply_may_name_only_its_originals_conversation(conv_stub, given
         assert violations(caught.value) == ["reply.conversation_id"]
         got = await conv_stub.GetMessage(pb.GetMessageRequest(id=original), timeout=RPC_TIMEOUT)
         assert got.message.state == pb.MESSAGE_STATE_PENDING, "nothing was written"
+
+
+async def test_a_stream_gets_the_next_message_of_a_conversation_only_once_the_first_is_settled(
+    conv_stub,
+):
+    reader = StreamReader(conv_stub, consumer="ordered", max_in_flight=10)
+    try:
+        await reader.wait_open()
+        # Claim on create: each create rides with the waiting stream's claim.
+        for message_id in ("o1", "o2", "o3"):
+            await create(conv_stub, message_id, "thread-o")
+        await create(conv_stub, "free")
+        first = await reader.take(2)
+        assert sorted(d.message.id for d in first) == ["free", "o1"]
+        await reader.expect_nothing(0.5)
+
+        await conv_stub.MarkProcessed(
+            pb.MarkProcessedRequest(id="o1", reply=pb.Message(author="bot", text="one")),
+            timeout=RPC_TIMEOUT,
+        )
+        second = await reader.next()
+        assert second.message.id == "o2"
+        await conv_stub.ReleaseMessage(
+            pb.ReleaseMessageRequest(id="o2", lease_token=second.lease_token, reason="boom"),
+            timeout=RPC_TIMEOUT,
+        )
+        again = await reader.next()
+        assert again.message.id == "o2", "a released message keeps its place"
+        await conv_stub.MarkProcessed(pb.MarkProcessedRequest(id="o2"), timeout=RPC_TIMEOUT)
+        assert (await reader.next()).message.id == "o3"
+    finally:
+        await reader.close()
+
+
+async def test_several_bots_answer_each_conversation_in_order_one_message_at_a_time(
+    db_args, start_store, tmp_path
+):
+    store = await start_store.started(name="order-store", args=db_args)
+    delay = 0.4
+    bots = [
+        bot_service(
+            tmp_path,
+            store.address,
+            persona=f"order-{number}",
+            responder=responders.spec("slow"),
+            env={responders.DELAY_ENV: str(delay)},
+        )
+        for number in range(3)
+    ]
+    try:
+        for bot in bots:
+            await bot.astart()
+        async with grpc.aio.insecure_channel(store.address) as channel:
+            stub = pb_grpc.MessageStoreStub(channel)
+            threads = {f"t{t}": [f"t{t}-m{m}" for m in range(4)] for t in range(3)}
+            for m in range(4):
+                for thread, ids in threads.items():
+                    await create(stub, ids[m], thread)
+
+            async def all_processed() -> bool:
+                listed = await stub.ListMessages(
+                    pb.ListMessagesRequest(state=pb.MESSAGE_STATE_PROCESSED, page_size=100),
+                    timeout=RPC_TIMEOUT,
+                )
+                return len(listed.messages) == 24
+
+            await wait_until(all_processed, within=60, what="every message answered")
+            for thread, ids in threads.items():
+                listed = await stub.ListMessages(
+                    pb.ListMessagesRequest(conversation_id=thread), timeout=RPC_TIMEOUT
+                )
+                originals = {m.id: m for m in listed.messages if not m.reply_to}
+                replies = {m.reply_to: m for m in listed.messages if m.reply_to}
+                assert sorted(replies) == ids
+                # Each answer was written after the previous one was stored: the responder
+                # alone takes `delay`, so processed times lie at least that far apart.
+                times = [originals[i].process_time.ToNanoseconds() for i in ids]
+                gaps = [(b - a) / 1e9 for a, b in itertools.pairwise(times)]
+                assert all(gap >= delay for gap in gaps), f"{thread} overlapped: gaps {gaps}"
+                sequences = [replies[i].sequence for i in ids]
+                assert sequences == sorted(sequences)
+    finally:
+        for bot in bots:
+            bot.cleanup()

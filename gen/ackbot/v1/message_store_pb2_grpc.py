@@ -175,6 +175,12 @@ class MessageStoreServicer:
         delivery counts as an attempt; a message delivered `max_attempts` times without being
         processed becomes DEAD instead of being delivered again. Replies are never delivered.
 
+        Messages of one `conversation_id` are delivered one at a time, in `sequence` order (ordering
+        keys): a message is not delivered while an earlier message of its conversation is PENDING
+        (also while it waits out a `retry_after`) or LEASED (also with a lapsed lease), on any
+        stream of any store. PROCESSED and DEAD ones hold nothing back. Messages without a
+        conversation are not held back.
+
         The stream's initial metadata carries `ackbot-max-text-bytes`: the longest text, in UTF-8
         bytes, that this store accepts (its --max-text-bytes), so that a bot cuts its replies to
         what MarkProcessed will take. A client that ignores it loses nothing.
