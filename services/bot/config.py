@@ -57,6 +57,9 @@ TOKEN_ENV = ENV_PREFIX + "TOKEN"
 ALLOW_INSECURE_FLAG = "--allow-insecure-listen"
 MAX_LLM_TOKENS = 1_000_000
 MAX_LLM_TIMEOUT_SECONDS = 3600.0
+# A context read is one ListMessages page, which holds at most 1000 messages.
+MAX_CONTEXT_TURNS = 500
+MAX_CONTEXT_CHARS = 1_000_000
 
 COMMAND = Command(
     prog="ackbot-bot",
@@ -256,6 +259,20 @@ class BotConfig:
         "(an empty reply is always retried once with thinking off)",
         choices=THINKING,
         type=str.lower,
+    )
+    # A conversation's earlier turns sent with a message (docs/semantics.md, "What ackbot-bot
+    # does with a delivery"): the newest ones that fit both budgets.
+    llm_context_turns: int = setting(
+        10,
+        "most earlier turns of the message's conversation sent to the model with it; 0: none",
+        type=int_in(0, MAX_CONTEXT_TURNS),
+        metavar="N",
+    )
+    llm_context_chars: int = setting(
+        8000,
+        "most characters of earlier turns sent to the model with a message",
+        type=int_in(0, MAX_CONTEXT_CHARS),
+        metavar="N",
     )
     # How an OpenAI-compatible server is asked not to think; servers spell it differently
     # (README, "LLM backends").

@@ -27,14 +27,14 @@ import contextlib
 import inspect
 import logging
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 
 from ackbot.bot import metrics as bot_metrics
 from ackbot.bot.config import BotConfig
 from ackbot.bot.metrics import BotMetrics
-from ackbot.bot.responder import IncomingMessage, Responder, RetryLater
+from ackbot.bot.responder import IncomingMessage, Responder, RetryLater, Turn
 from ackbot.bot.store_client import Outcome, StoreClient
 from ackbot.common.backoff import MAX_RELEASE_RETRY_AFTER_SECONDS, release_retry_after
 from ackbot.common.limits import DEFAULT_MAX_TEXT_BYTES, MAX_REASON_CHARS, fit_text
@@ -55,6 +55,14 @@ MIN_REDELIVERY_WAIT_SECONDS = 10.0
 # The first delay after a "busy" answer that named none; it doubles while the backend stays busy.
 # A floor, not --retry-base-seconds alone: a base of 0 would hammer a rate-limited server.
 MIN_BUSY_RETRY_SECONDS = 0.5
+# A conversation is read newest first, a page at a time, down to the turns before the message:
+# messages that came after it (held back until it is settled) cost pages too, so the pages are
+# a little larger than the turns wanted, and there are at most this many.
+MAX_CONTEXT_PAGES = 5
+CONTEXT_PAGE_SLACK = 20
+MAX_PAGE_SIZE = 1000
+# Reading the context is worth a short wait, not the lease: without it the reply goes on alone.
+CONTEXT_READ_BUDGET_SECONDS = 5.0
 
 
 @dataclass(eq=False)
@@ -110,7 +118,24 @@ def to_incoming(delivery: pb.Delivery) -> IncomingMessage:
         text=message.text,
         attempt=delivery.attempt,
         create_time=create_time,
+        conversation_id=message.conversation_id or None,
     )
+
+
+def trim_turns(
+    newest_first: Sequence[pb.Message], persona: str, *, turns: int, chars: int
+) -> tuple[Turn, ...]:
+    """The newest of `newest_first` that fit `turns` and `chars` (counting texts), oldest first.
+    A reply written under `persona` is the bot's own turn."""
+    kept: list[Turn] = []
+    used = 0
+    for message in newest_first:
+        if len(kept) >= turns or used + len(message.text) > chars:
+            break
+        used += len(message.text)
+        mine = bool(message.reply_to) and message.author == persona
+        kept.append(Turn(author=message.author, text=message.text, mine=mine))
+    return tuple(reversed(kept))
 
 
 def fit_reason(text: str) -> str:
@@ -153,7 +178,7 @@ class DeliveryHandler:
 
     async def handle(self, job: Job) -> None:
         """Asks the responder while keeping the lease, then settles the delivery."""
-        work = asyncio.create_task(self._ask(to_incoming(job.delivery)))
+        work = asyncio.create_task(self._answer(job))
         keeper = asyncio.create_task(self.keep_lease(job))
         try:
             await asyncio.wait({work, keeper}, return_when=asyncio.FIRST_COMPLETED)
@@ -202,6 +227,45 @@ class DeliveryHandler:
             await self._release_failed(job, failure_reason(exc), exc)
             return
         await self._mark(job, work.result())
+
+    async def _answer(self, job: Job) -> str | None:
+        """Asks the responder, with the conversation's earlier turns when it wants them."""
+        message = to_incoming(job.delivery)
+        turns = getattr(self._responder, "context_turns", 0)
+        if message.conversation_id is not None and isinstance(turns, int) and turns > 0:
+            chars = getattr(self._responder, "context_chars", 0)
+            context = await self._read_context(job, turns, chars if isinstance(chars, int) else 0)
+            message = replace(message, context=context)
+        return await self._ask(message)
+
+    async def _read_context(self, job: Job, turns: int, chars: int) -> tuple[Turn, ...]:
+        """The turns of the message's conversation before it, newest first from the store,
+        within the responder's budget; none when the store cannot say."""
+        message = job.delivery.message
+        request = pb.ListMessagesRequest(
+            conversation_id=message.conversation_id,
+            order_by="sequence desc",
+            page_size=min(turns + CONTEXT_PAGE_SLACK, MAX_PAGE_SIZE),
+        )
+        earlier: list[pb.Message] = []
+        for _ in range(MAX_CONTEXT_PAGES):
+            result = await self._client.list_messages(
+                request, message_id=message.id, budget_seconds=CONTEXT_READ_BUDGET_SECONDS
+            )
+            if result.response is None:
+                log.warning(
+                    "answering without the conversation: reading it failed (%s) message_id=%s",
+                    result.problem,
+                    message.id,
+                )
+                break
+            earlier += [m for m in result.response.messages if m.sequence < message.sequence]
+            if len(earlier) >= turns or not result.response.next_page_token:
+                break
+            request.page_token = result.response.next_page_token
+        context = trim_turns(earlier, self._config.persona, turns=turns, chars=chars)
+        log.debug("%d earlier turns for the model message_id=%s", len(context), message.id)
+        return context
 
     async def _ask(self, message: IncomingMessage) -> str | None:
         began = time.perf_counter()

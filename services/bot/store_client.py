@@ -383,6 +383,17 @@ class StoreClient:
             return CallResult(Outcome.ALREADY_PROCESSED, result.response)
         return result
 
+    async def list_messages(
+        self, request: pb.ListMessagesRequest, *, message_id: str, budget_seconds: float
+    ) -> CallResult[pb.ListMessagesResponse]:
+        """ListMessages for the delivery of `message_id` (named in the logs of retries)."""
+        return await _settle(
+            self._targets(lambda stub, timeout: stub.ListMessages(request, timeout=timeout)),
+            what="ListMessages",
+            message_id=message_id,
+            budget_seconds=budget_seconds,
+        )
+
     async def release(
         self,
         message_id: str,
