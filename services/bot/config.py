@@ -48,6 +48,9 @@ ENV_PREFIX = "ACKBOT_BOT_"
 # chat-completions server, or Ollama's native chat API.
 BACKENDS = ("persona", "openai", "ollama")
 THINKING = ("auto", "off")
+# What a reply written from a conversation that moved on meanwhile becomes (docs/semantics.md,
+# "What ackbot-bot does with a delivery").
+ON_STALE = ("supersede", "answer-each")
 # The model server's API key is read from this variable when --llm-api-key-file is not set. It
 # is deliberately not a flag: a key on the command line is visible to every user of the machine
 # (ps), and a flag's value would show as its default in --help.
@@ -273,6 +276,13 @@ class BotConfig:
         "most characters of earlier turns sent to the model with a message",
         type=int_in(0, MAX_CONTEXT_CHARS),
         metavar="N",
+    )
+    on_stale: str = setting(
+        "supersede",
+        "a message of a conversation that a newer one overtook: supersede: processed without a "
+        "reply, the newest answered with all of it; answer-each: answered anyway",
+        choices=ON_STALE,
+        type=str.lower,
     )
     # How an OpenAI-compatible server is asked not to think; servers spell it differently
     # (README, "LLM backends").

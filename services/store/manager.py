@@ -186,9 +186,16 @@ class MessageManager:
         return result
 
     async def mark_processed(
-        self, message_id: str, reply: NewMessage | None, lease_token: str
+        self,
+        message_id: str,
+        reply: NewMessage | None,
+        lease_token: str,
+        *,
+        context_sequence: int = 0,
     ) -> MarkResult:
-        result = await self._repository.mark_processed(message_id, reply, lease_token)
+        result = await self._repository.mark_processed(
+            message_id, reply, lease_token, context_sequence=context_sequence
+        )
         self._board.settled(message_id, lease_token)
         if result.unblocked:
             # The next message of its conversation is deliverable now.

@@ -61,6 +61,7 @@ from ackbot.store import migrations
 from ackbot.store.database import CONFLICT_ERRORS, Database
 from ackbot.store.errors import (
     AlreadyExists,
+    ContextStale,
     FieldViolation,
     InvalidArgument,
     LeaseExpired,
@@ -276,6 +277,8 @@ _TAKE_INSERT_TURN = select(
 class _Mark:
     message_id: str
     reply: NewMessage | None
+    # The newest sequence of the conversation the reply was written from; 0: not fenced.
+    context_sequence: int = 0
 
 
 @dataclass(frozen=True)
@@ -379,6 +382,37 @@ def _new_row(
 def _stored_new(values: dict[str, Any], sequence: int, now_ns: int) -> StoredMessage:
     """The StoredMessage of a row just inserted from `values` (see _new_row)."""
     return _to_stored(SimpleNamespace(**values, sequence=sequence), None, now_ns)
+
+
+def _stale(tx: _Transaction, mark: _Mark, original: Any) -> ContextStale | None:
+    """Staleness fencing: refuses a mark whose reply was written from the conversation as of
+    `context_sequence` when a newer original (not a reply) of the conversation exists.
+
+    Exact under concurrency: on SQLite the transaction holds the only write lock; on PostgreSQL
+    the mark took the insert turn before this read, so every original that will ever commit
+    below its sequence is visible, and any later one commits after this mark. A message already
+    PROCESSED is not fenced: the mark is a retry, answered with the reply stored first.
+    """
+    if (
+        not mark.context_sequence
+        or original.conversation_id is None
+        or original.state == State.PROCESSED
+    ):
+        return None
+    newest = tx.connection.scalar(
+        select(MESSAGES.c.id)
+        .where(
+            MESSAGES.c.conversation_id == original.conversation_id,
+            MESSAGES.c.sequence > mark.context_sequence,
+            MESSAGES.c.reply_to.is_(None),
+            MESSAGES.c.id != mark.message_id,
+        )
+        .order_by(MESSAGES.c.sequence.desc())
+        .limit(1)
+    )
+    if newest is None:
+        return None
+    return ContextStale(mark.message_id, newest, mark.context_sequence)
 
 
 def _dead_store(row: Row[Any]) -> DeadStore:
@@ -612,12 +646,19 @@ class MessageRepository:
     # -- settling ---------------------------------------------------------------------------
 
     async def mark_processed(
-        self, message_id: str, reply: NewMessage | None, lease_token: str = ""
+        self,
+        message_id: str,
+        reply: NewMessage | None,
+        lease_token: str = "",
+        *,
+        context_sequence: int = 0,
     ) -> MarkResult:
         # The lease token is not checked: the first reply to commit wins, whoever holds the
         # lease, and every later one learns that the message was already processed.
         del lease_token
-        return await self._writes.submit(self._mark_many, _Mark(message_id, reply), runs_first=True)
+        return await self._writes.submit(
+            self._mark_many, _Mark(message_id, reply, context_sequence), runs_first=True
+        )
 
     def _mark_many(self, tx: _Transaction, marks: list[_Mark]) -> list[MarkResult | StoreError]:
         # Before the UPDATE's row locks, even when no reply is inserted: a mark may share its
@@ -700,23 +741,34 @@ class MessageRepository:
     @staticmethod
     def _refuse_marks(tx: _Transaction, marks: list[_Mark]) -> dict[int, StoreError]:
         """The marks (by id()) that must change nothing: a reply that names a conversation
-        other than its original's."""
-        checked = [mark for mark in marks if mark.reply and mark.reply.conversation_id]
+        other than its original's, or one written from a stale conversation (see _stale)."""
+        checked = [
+            mark
+            for mark in marks
+            if (mark.reply and mark.reply.conversation_id) or mark.context_sequence
+        ]
         if not checked:
             return {}
-        conversations = dict(
-            tx.connection.execute(
-                select(MESSAGES.c.id, MESSAGES.c.conversation_id).where(
+        originals = {
+            row.id: row
+            for row in tx.connection.execute(
+                select(MESSAGES.c.id, MESSAGES.c.conversation_id, MESSAGES.c.state).where(
                     MESSAGES.c.id.in_({mark.message_id for mark in checked})
                 )
-            ).all()
-        )
+            )
+        }
         refused: dict[int, StoreError] = {}
         for mark in checked:
-            assert mark.reply is not None
-            if mark.message_id not in conversations:
+            original = originals.get(mark.message_id)
+            if original is None:
                 continue  # NotFound, as for any mark
-            inherited = conversations[mark.message_id]
+            stale = _stale(tx, mark, original)
+            if stale is not None:
+                refused[id(mark)] = stale
+                continue
+            if mark.reply is None or not mark.reply.conversation_id:
+                continue
+            inherited = original.conversation_id
             if mark.reply.conversation_id != inherited:
                 refused[id(mark)] = InvalidArgument(
                     [

@@ -417,8 +417,12 @@ class MessageStoreServicer(pb_grpc.MessageStoreServicer):
                 text=request.reply.text,
                 conversation_id=conversation or None,
             )
+        if request.context_sequence < 0:
+            v.add("context_sequence", f"must be 0 or more (got {request.context_sequence})")
         v.raise_if_any()
-        result = await self._manager.mark_processed(request.id, reply, request.lease_token)
+        result = await self._manager.mark_processed(
+            request.id, reply, request.lease_token, context_sequence=request.context_sequence
+        )
         response = pb.MarkProcessedResponse(
             message=message_to_proto(result.message), already_processed=result.already_processed
         )

@@ -66,15 +66,19 @@ def violations(error: grpc.aio.AioRpcError) -> list[str]:
     return fields
 
 
-def error_reason(error: grpc.aio.AioRpcError) -> str:
+def error_info(error: grpc.aio.AioRpcError) -> error_details_pb2.ErrorInfo:
     status = rpc_status.from_call(error)
     assert status is not None
     for detail in status.details:
         if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
             info = error_details_pb2.ErrorInfo()
             detail.Unpack(info)
-            return info.reason
-    return ""
+            return info
+    raise AssertionError("no ErrorInfo")
+
+
+def error_reason(error: grpc.aio.AioRpcError) -> str:
+    return error_info(error).reason
 
 
 async def test_a_message_keeps_its_conversation_and_a_retry_must_name_the_same(conv_stub):
@@ -273,3 +277,39 @@ async def test_several_bots_answer_each_conversation_in_order_one_message_at_a_t
     finally:
         for bot in bots:
             bot.cleanup()
+
+
+async def test_a_reply_written_before_a_newer_original_is_refused_as_stale(conv_stub):
+    first = await create(conv_stub, "f1", "thread-f")
+    second = await create(conv_stub, "f2", "thread-f")
+    loose = await create(conv_stub, "f-loose")
+
+    def mark(message_id: str, context_sequence: int) -> pb.MarkProcessedRequest:
+        return pb.MarkProcessedRequest(
+            id=message_id,
+            reply=pb.Message(author="bot", text=f"re {message_id}"),
+            context_sequence=context_sequence,
+        )
+
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await conv_stub.MarkProcessed(mark("f1", first.sequence), timeout=RPC_TIMEOUT)
+    assert caught.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    info = error_info(caught.value)
+    assert info.reason == "CONTEXT_STALE"
+    assert dict(info.metadata) == {"message_id": "f1", "newest_message_id": "f2"}
+    got = await conv_stub.GetMessage(pb.GetMessageRequest(id="f1"), timeout=RPC_TIMEOUT)
+    assert (got.message.state, got.message.reply_id) == (pb.MESSAGE_STATE_PENDING, "")
+
+    # The newest is answered from all of it; its reply is no newer original for f1.
+    await conv_stub.MarkProcessed(mark("f2", second.sequence), timeout=RPC_TIMEOUT)
+    answered = await conv_stub.MarkProcessed(mark("f1", second.sequence), timeout=RPC_TIMEOUT)
+    assert answered.reply.conversation_id == "thread-f"
+    retried = await conv_stub.MarkProcessed(mark("f1", first.sequence), timeout=RPC_TIMEOUT)
+    assert retried.already_processed, "a retry of a processed message is not fenced"
+    alone = await conv_stub.MarkProcessed(mark("f-loose", 1), timeout=RPC_TIMEOUT)
+    assert alone.reply.text == "re f-loose", "no conversation, no fence"
+    assert loose.sequence > 1
+
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await conv_stub.MarkProcessed(mark("f2", -1), timeout=RPC_TIMEOUT)
+    assert violations(caught.value) == ["context_sequence"]

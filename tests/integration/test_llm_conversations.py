@@ -1,16 +1,20 @@
 """A real store and a real `ackbot-bot --backend openai` pointed at the scripted model server
 (ackbot.testing.fake_llm), on conversations: the model gets the conversation's earlier turns,
-the bot's own replies in the assistant role, trimmed to --llm-context-turns."""
+the bot's own replies in the assistant role, trimmed to --llm-context-turns; and a burst of
+messages gets one reply, written from all of them (--on-stale supersede, the default), or one
+each (--on-stale answer-each)."""
 
 from __future__ import annotations
 
+import threading
+
 import pytest
 
-from ackbot.testing import RPC_TIMEOUT
-from ackbot.testing.fake_llm import FakeLLM, answer_to
+from ackbot.testing import RPC_TIMEOUT, wait_until
+from ackbot.testing.fake_llm import FakeLLM, Hold, answer_to
 from ackbot.v1 import message_store_pb2 as pb
 
-from .harness import wait_state
+from .harness import list_all, wait_state
 
 pytestmark = pytest.mark.slow
 
@@ -71,3 +75,53 @@ async def test_the_model_gets_the_conversation_so_far_with_its_own_replies_as_th
         ("assistant", answer_to("bo: q-two")),
         ("user", "ana: q-three"),
     ]
+
+
+BURST = ["b-one", "b-two", "b-three"]
+
+
+async def burst_while_the_model_writes(stub, fake_llm: FakeLLM) -> None:
+    """b-one goes to the model, which holds its answer until b-two and b-three are stored."""
+    gate = threading.Event()
+    fake_llm.script("b-one", Hold(gate), then=Hold(gate))
+    await post(stub, "b-one", "ana")
+    await wait_until(lambda: fake_llm.requests_for("b-one"), within=30, what="b-one asked")
+    await post(stub, "b-two", "ana")
+    await post(stub, "b-three", "ana")
+    gate.set()
+    for message_id in BURST:
+        await answered(stub, message_id)
+
+
+async def test_a_burst_gets_one_reply_written_from_all_of_it(stub, start_bot, fake_llm):
+    bot = await start_bot(persona="ava", args=llm_args(fake_llm))
+
+    await burst_while_the_model_writes(stub, fake_llm)
+
+    replies = [m for m in await list_all(stub) if m.reply_to]
+    assert [(r.reply_to, r.conversation_id) for r in replies] == [("b-three", "thread")]
+    # b-one's reply was refused as stale by the store; b-two's model call was never made.
+    assert len(fake_llm.requests_for("b-one")) == 1
+    assert fake_llm.requests_for("b-two") == []
+    [newest] = fake_llm.requests_for("b-three")
+    assert chat(newest) == [
+        ("user", "ana: b-one"),
+        ("user", "ana: b-two"),
+        ("user", "ana: b-three"),
+    ]
+    log = bot.log_text()
+    for message_id in ("b-one", "b-two"):
+        assert (
+            f"superseded by newest_message_id=b-three: processed without a reply "
+            f"message_id={message_id}" in log
+        )
+
+
+async def test_answer_each_answers_every_message_of_a_burst(stub, start_bot, fake_llm):
+    await start_bot(persona="ava", args=[*llm_args(fake_llm), "--on-stale", "answer-each"])
+
+    await burst_while_the_model_writes(stub, fake_llm)
+
+    replies = sorted(m.reply_to for m in await list_all(stub) if m.reply_to)
+    assert replies == sorted(BURST)
+    assert [len(fake_llm.requests_for(m)) for m in BURST] == [1, 1, 1]

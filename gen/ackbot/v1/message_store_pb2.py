@@ -26,15 +26,15 @@ from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1d\x61\x63kbot/v1/message_store.proto\x12\tackbot.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xa5\x03\n\x07Message\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0e\n\x06\x61uthor\x18\x02 \x01(\t\x12\x0c\n\x04text\x18\x03 \x01(\t\x12/\n\x0b\x63reate_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x30\n\x0creceive_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x10\n\x08sequence\x18\x06 \x01(\x03\x12&\n\x05state\x18\x07 \x01(\x0e\x32\x17.ackbot.v1.MessageState\x12\x10\n\x08reply_to\x18\x08 \x01(\t\x12\x10\n\x08reply_id\x18\t \x01(\t\x12\x19\n\x11\x64\x65livery_attempts\x18\n \x01(\x05\x12\x12\n\nlast_error\x18\x0b \x01(\t\x12\x35\n\x11lease_expire_time\x18\x0c \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x30\n\x0cprocess_time\x18\r \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x17\n\x0f\x63onversation_id\x18\x0e \x01(\t\"\x8c\x01\n\x08\x44\x65livery\x12#\n\x07message\x18\x01 \x01(\x0b\x32\x12.ackbot.v1.Message\x12\x13\n\x0blease_token\x18\x02 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x03 \x01(\x05\x12\x35\n\x11lease_expire_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\";\n\x14\x43reateMessageRequest\x12#\n\x07message\x18\x01 \x01(\x0b\x32\x12.ackbot.v1.Message\"U\n\x15\x43reateMessageResponse\x12#\n\x07message\x18\x01 \x01(\x0b\x32\x12.ackbot.v1.Message\x12\x17\n\x0f\x61lready_existed\x18\x02 \x01(\x08\"\x1f\n\x11GetMessageRequest\x12\n\n\x02id\x18\x01 \x01(\t\"9\n\x12GetMessageResponse\x12#\n\x07message\x18\x01 \x01(\x0b\x32\x12.ackbot.v1.Message\"\xb9\x01\n\x13ListMessagesRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\x12&\n\x05state\x18\x03 \x01(\x0e\x32\x17.ackbot.v1.MessageState\x12\x10\n\x08reply_to\x18\x04 \x01(\t\x12\x16\n\x0e\x61\x66ter_sequence\x18\x05 \x01(\x03\x12\x10\n\x08order_by\x18\x06 \x01(\t\x12\x17\n\x0f\x63onversation_id\x18\x07 \x01(\t\"U\n\x14ListMessagesResponse\x12$\n\x08messages\x18\x01 \x03(\x0b\x32\x12.ackbot.v1.Message\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"Z\n\x14MarkProcessedRequest\x12\n\n\x02id\x18\x01 \x01(\t\x12\x13\n\x0blease_token\x18\x02 \x01(\t\x12!\n\x05reply\x18\x03 \x01(\x0b\x32\x12.ackbot.v1.Message\"z\n\x15MarkProcessedResponse\x12#\n\x07message\x18\x01 \x01(\x0b\x32\x12.ackbot.v1.Message\x12!\n\x05reply\x18\x02 \x01(\x0b\x32\x12.ackbot.v1.Message\x12\x19\n\x11\x61lready_processed\x18\x03 \x01(\x08\"v\n\x18StreamUnprocessedRequest\x12\x10\n\x08\x63onsumer\x18\x01 \x01(\t\x12\x15\n\rmax_in_flight\x18\x02 \x01(\x05\x12\x31\n\x0elease_duration\x18\x03 \x01(\x0b\x32\x19.google.protobuf.Duration\"D\n\x19StreamUnprocessedResponse\x12\'\n\ndeliveries\x18\x01 \x03(\x0b\x32\x13.ackbot.v1.Delivery\"x\n\x15ReleaseMessageRequest\x12\n\n\x02id\x18\x01 \x01(\t\x12\x13\n\x0blease_token\x18\x02 \x01(\t\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12.\n\x0bretry_after\x18\x04 \x01(\x0b\x32\x19.google.protobuf.Duration\"=\n\x16ReleaseMessageResponse\x12#\n\x07message\x18\x01 \x01(\x0b\x32\x12.ackbot.v1.Message\"h\n\x12\x45xtendLeaseRequest\x12\n\n\x02id\x18\x01 \x01(\t\x12\x13\n\x0blease_token\x18\x02 \x01(\t\x12\x31\n\x0elease_duration\x18\x03 \x01(\x0b\x32\x19.google.protobuf.Duration\":\n\x13\x45xtendLeaseResponse\x12#\n\x07message\x18\x01 \x01(\x0b\x32\x12.ackbot.v1.Message\"#\n\x15RequeueMessageRequest\x12\n\n\x02id\x18\x01 \x01(\t\"=\n\x16RequeueMessageResponse\x12#\n\x07message\x18\x01 \x01(\x0b\x32\x12.ackbot.v1.Message*\x97\x01\n\x0cMessageState\x12\x1d\n\x19MESSAGE_STATE_UNSPECIFIED\x10\x00\x12\x19\n\x15MESSAGE_STATE_PENDING\x10\x01\x12\x18\n\x14MESSAGE_STATE_LEASED\x10\x02\x12\x1b\n\x17MESSAGE_STATE_PROCESSED\x10\x03\x12\x16\n\x12MESSAGE_STATE_DEAD\x10\x04\x32\xb0\x05\n\x0cMessageStore\x12R\n\rCreateMessage\x12\x1f.ackbot.v1.CreateMessageRequest\x1a .ackbot.v1.CreateMessageResponse\x12I\n\nGetMessage\x12\x1c.ackbot.v1.GetMessageRequest\x1a\x1d.ackbot.v1.GetMessageResponse\x12O\n\x0cListMessages\x12\x1e.ackbot.v1.ListMessagesRequest\x1a\x1f.ackbot.v1.ListMessagesResponse\x12R\n\rMarkProcessed\x12\x1f.ackbot.v1.MarkProcessedRequest\x1a .ackbot.v1.MarkProcessedResponse\x12`\n\x11StreamUnprocessed\x12#.ackbot.v1.StreamUnprocessedRequest\x1a$.ackbot.v1.StreamUnprocessedResponse0\x01\x12U\n\x0eReleaseMessage\x12 .ackbot.v1.ReleaseMessageRequest\x1a!.ackbot.v1.ReleaseMessageResponse\x12L\n\x0b\x45xtendLease\x12\x1d.ackbot.v1.ExtendLeaseRequest\x1a\x1e.ackbot.v1.ExtendLeaseResponse\x12U\n\x0eRequeueMessage\x12 .ackbot.v1.RequeueMessageRequest\x1a!.ackbot.v1.RequeueMessageResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1d\x61\x63kbot/v1/message_store.proto\x12\tackbot.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xa5\x03\n\x07Message\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0e\n\x06\x61uthor\x18\x02 \x01(\t\x12\x0c\n\x04text\x18\x03 \x01(\t\x12/\n\x0b\x63reate_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x30\n\x0creceive_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x10\n\x08sequence\x18\x06 \x01(\x03\x12&\n\x05state\x18\x07 \x01(\x0e\x32\x17.ackbot.v1.MessageState\x12\x10\n\x08reply_to\x18\x08 \x01(\t\x12\x10\n\x08reply_id\x18\t \x01(\t\x12\x19\n\x11\x64\x65livery_attempts\x18\n \x01(\x05\x12\x12\n\nlast_error\x18\x0b \x01(\t\x12\x35\n\x11lease_expire_time\x18\x0c \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x30\n\x0cprocess_time\x18\r \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x17\n\x0f\x63onversation_id\x18\x0e \x01(\t\"\x8c\x01\n\x08\x44\x65livery\x12#\n\x07message\x18\x01 \x01(\x0b\x32\x12.ackbot.v1.Message\x12\x13\n\x0blease_token\x18\x02 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x03 \x01(\x05\x12\x35\n\x11lease_expire_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\";\n\x14\x43reateMessageRequest\x12#\n\x07message\x18\x01 \x01(\x0b\x32\x12.ackbot.v1.Message\"U\n\x15\x43reateMessageResponse\x12#\n\x07message\x18\x01 \x01(\x0b\x32\x12.ackbot.v1.Message\x12\x17\n\x0f\x61lready_existed\x18\x02 \x01(\x08\"\x1f\n\x11GetMessageRequest\x12\n\n\x02id\x18\x01 \x01(\t\"9\n\x12GetMessageResponse\x12#\n\x07message\x18\x01 \x01(\x0b\x32\x12.ackbot.v1.Message\"\xb9\x01\n\x13ListMessagesRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\x12&\n\x05state\x18\x03 \x01(\x0e\x32\x17.ackbot.v1.MessageState\x12\x10\n\x08reply_to\x18\x04 \x01(\t\x12\x16\n\x0e\x61\x66ter_sequence\x18\x05 \x01(\x03\x12\x10\n\x08order_by\x18\x06 \x01(\t\x12\x17\n\x0f\x63onversation_id\x18\x07 \x01(\t\"U\n\x14ListMessagesResponse\x12$\n\x08messages\x18\x01 \x03(\x0b\x32\x12.ackbot.v1.Message\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"t\n\x14MarkProcessedRequest\x12\n\n\x02id\x18\x01 \x01(\t\x12\x13\n\x0blease_token\x18\x02 \x01(\t\x12!\n\x05reply\x18\x03 \x01(\x0b\x32\x12.ackbot.v1.Message\x12\x18\n\x10\x63ontext_sequence\x18\x04 \x01(\x03\"z\n\x15MarkProcessedResponse\x12#\n\x07message\x18\x01 \x01(\x0b\x32\x12.ackbot.v1.Message\x12!\n\x05reply\x18\x02 \x01(\x0b\x32\x12.ackbot.v1.Message\x12\x19\n\x11\x61lready_processed\x18\x03 \x01(\x08\"v\n\x18StreamUnprocessedRequest\x12\x10\n\x08\x63onsumer\x18\x01 \x01(\t\x12\x15\n\rmax_in_flight\x18\x02 \x01(\x05\x12\x31\n\x0elease_duration\x18\x03 \x01(\x0b\x32\x19.google.protobuf.Duration\"D\n\x19StreamUnprocessedResponse\x12\'\n\ndeliveries\x18\x01 \x03(\x0b\x32\x13.ackbot.v1.Delivery\"x\n\x15ReleaseMessageRequest\x12\n\n\x02id\x18\x01 \x01(\t\x12\x13\n\x0blease_token\x18\x02 \x01(\t\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12.\n\x0bretry_after\x18\x04 \x01(\x0b\x32\x19.google.protobuf.Duration\"=\n\x16ReleaseMessageResponse\x12#\n\x07message\x18\x01 \x01(\x0b\x32\x12.ackbot.v1.Message\"h\n\x12\x45xtendLeaseRequest\x12\n\n\x02id\x18\x01 \x01(\t\x12\x13\n\x0blease_token\x18\x02 \x01(\t\x12\x31\n\x0elease_duration\x18\x03 \x01(\x0b\x32\x19.google.protobuf.Duration\":\n\x13\x45xtendLeaseResponse\x12#\n\x07message\x18\x01 \x01(\x0b\x32\x12.ackbot.v1.Message\"#\n\x15RequeueMessageRequest\x12\n\n\x02id\x18\x01 \x01(\t\"=\n\x16RequeueMessageResponse\x12#\n\x07message\x18\x01 \x01(\x0b\x32\x12.ackbot.v1.Message*\x97\x01\n\x0cMessageState\x12\x1d\n\x19MESSAGE_STATE_UNSPECIFIED\x10\x00\x12\x19\n\x15MESSAGE_STATE_PENDING\x10\x01\x12\x18\n\x14MESSAGE_STATE_LEASED\x10\x02\x12\x1b\n\x17MESSAGE_STATE_PROCESSED\x10\x03\x12\x16\n\x12MESSAGE_STATE_DEAD\x10\x04\x32\xb0\x05\n\x0cMessageStore\x12R\n\rCreateMessage\x12\x1f.ackbot.v1.CreateMessageRequest\x1a .ackbot.v1.CreateMessageResponse\x12I\n\nGetMessage\x12\x1c.ackbot.v1.GetMessageRequest\x1a\x1d.ackbot.v1.GetMessageResponse\x12O\n\x0cListMessages\x12\x1e.ackbot.v1.ListMessagesRequest\x1a\x1f.ackbot.v1.ListMessagesResponse\x12R\n\rMarkProcessed\x12\x1f.ackbot.v1.MarkProcessedRequest\x1a .ackbot.v1.MarkProcessedResponse\x12`\n\x11StreamUnprocessed\x12#.ackbot.v1.StreamUnprocessedRequest\x1a$.ackbot.v1.StreamUnprocessedResponse0\x01\x12U\n\x0eReleaseMessage\x12 .ackbot.v1.ReleaseMessageRequest\x1a!.ackbot.v1.ReleaseMessageResponse\x12L\n\x0b\x45xtendLease\x12\x1d.ackbot.v1.ExtendLeaseRequest\x1a\x1e.ackbot.v1.ExtendLeaseResponse\x12U\n\x0eRequeueMessage\x12 .ackbot.v1.RequeueMessageRequest\x1a!.ackbot.v1.RequeueMessageResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'ackbot.v1.message_store_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_MESSAGESTATE']._serialized_start=2049
-  _globals['_MESSAGESTATE']._serialized_end=2200
+  _globals['_MESSAGESTATE']._serialized_start=2075
+  _globals['_MESSAGESTATE']._serialized_end=2226
   _globals['_MESSAGE']._serialized_start=110
   _globals['_MESSAGE']._serialized_end=531
   _globals['_DELIVERY']._serialized_start=534
@@ -52,25 +52,25 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_LISTMESSAGESRESPONSE']._serialized_start=1104
   _globals['_LISTMESSAGESRESPONSE']._serialized_end=1189
   _globals['_MARKPROCESSEDREQUEST']._serialized_start=1191
-  _globals['_MARKPROCESSEDREQUEST']._serialized_end=1281
-  _globals['_MARKPROCESSEDRESPONSE']._serialized_start=1283
-  _globals['_MARKPROCESSEDRESPONSE']._serialized_end=1405
-  _globals['_STREAMUNPROCESSEDREQUEST']._serialized_start=1407
-  _globals['_STREAMUNPROCESSEDREQUEST']._serialized_end=1525
-  _globals['_STREAMUNPROCESSEDRESPONSE']._serialized_start=1527
-  _globals['_STREAMUNPROCESSEDRESPONSE']._serialized_end=1595
-  _globals['_RELEASEMESSAGEREQUEST']._serialized_start=1597
-  _globals['_RELEASEMESSAGEREQUEST']._serialized_end=1717
-  _globals['_RELEASEMESSAGERESPONSE']._serialized_start=1719
-  _globals['_RELEASEMESSAGERESPONSE']._serialized_end=1780
-  _globals['_EXTENDLEASEREQUEST']._serialized_start=1782
-  _globals['_EXTENDLEASEREQUEST']._serialized_end=1886
-  _globals['_EXTENDLEASERESPONSE']._serialized_start=1888
-  _globals['_EXTENDLEASERESPONSE']._serialized_end=1946
-  _globals['_REQUEUEMESSAGEREQUEST']._serialized_start=1948
-  _globals['_REQUEUEMESSAGEREQUEST']._serialized_end=1983
-  _globals['_REQUEUEMESSAGERESPONSE']._serialized_start=1985
-  _globals['_REQUEUEMESSAGERESPONSE']._serialized_end=2046
-  _globals['_MESSAGESTORE']._serialized_start=2203
-  _globals['_MESSAGESTORE']._serialized_end=2891
+  _globals['_MARKPROCESSEDREQUEST']._serialized_end=1307
+  _globals['_MARKPROCESSEDRESPONSE']._serialized_start=1309
+  _globals['_MARKPROCESSEDRESPONSE']._serialized_end=1431
+  _globals['_STREAMUNPROCESSEDREQUEST']._serialized_start=1433
+  _globals['_STREAMUNPROCESSEDREQUEST']._serialized_end=1551
+  _globals['_STREAMUNPROCESSEDRESPONSE']._serialized_start=1553
+  _globals['_STREAMUNPROCESSEDRESPONSE']._serialized_end=1621
+  _globals['_RELEASEMESSAGEREQUEST']._serialized_start=1623
+  _globals['_RELEASEMESSAGEREQUEST']._serialized_end=1743
+  _globals['_RELEASEMESSAGERESPONSE']._serialized_start=1745
+  _globals['_RELEASEMESSAGERESPONSE']._serialized_end=1806
+  _globals['_EXTENDLEASEREQUEST']._serialized_start=1808
+  _globals['_EXTENDLEASEREQUEST']._serialized_end=1912
+  _globals['_EXTENDLEASERESPONSE']._serialized_start=1914
+  _globals['_EXTENDLEASERESPONSE']._serialized_end=1972
+  _globals['_REQUEUEMESSAGEREQUEST']._serialized_start=1974
+  _globals['_REQUEUEMESSAGEREQUEST']._serialized_end=2009
+  _globals['_REQUEUEMESSAGERESPONSE']._serialized_start=2011
+  _globals['_REQUEUEMESSAGERESPONSE']._serialized_end=2072
+  _globals['_MESSAGESTORE']._serialized_start=2229
+  _globals['_MESSAGESTORE']._serialized_end=2917
 # @@protoc_insertion_point(module_scope)

@@ -121,14 +121,16 @@ class ListMessagesResponse(_message.Message):
     def __init__(self, messages: _Optional[_Iterable[_Union[Message, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
 
 class MarkProcessedRequest(_message.Message):
-    __slots__ = ("id", "lease_token", "reply")
+    __slots__ = ("id", "lease_token", "reply", "context_sequence")
     ID_FIELD_NUMBER: _ClassVar[int]
     LEASE_TOKEN_FIELD_NUMBER: _ClassVar[int]
     REPLY_FIELD_NUMBER: _ClassVar[int]
+    CONTEXT_SEQUENCE_FIELD_NUMBER: _ClassVar[int]
     id: str
     lease_token: str
     reply: Message
-    def __init__(self, id: _Optional[str] = ..., lease_token: _Optional[str] = ..., reply: _Optional[_Union[Message, _Mapping]] = ...) -> None: ...
+    context_sequence: int
+    def __init__(self, id: _Optional[str] = ..., lease_token: _Optional[str] = ..., reply: _Optional[_Union[Message, _Mapping]] = ..., context_sequence: _Optional[int] = ...) -> None: ...
 
 class MarkProcessedResponse(_message.Message):
     __slots__ = ("message", "reply", "already_processed")

@@ -151,10 +151,17 @@ class MessageStoreServicer:
 
         The reply inherits the original's `conversation_id`.
 
+        Staleness fencing: with `context_sequence` set, the call is refused, in the same
+        transaction and with nothing written, when an original (not a reply) of the message's
+        conversation, other than the message itself, has a greater sequence: the reply was written
+        without seeing it. A message without a conversation, or one already PROCESSED, is not
+        fenced.
+
         Returns INVALID_ARGUMENT for a malformed id, lease token or reply, or a reply whose
         `conversation_id` is set and differs from the original's; NOT_FOUND, naming the id,
-        when no message has it (a bot drops such a delivery and does not retry); UNAVAILABLE when
-        the database cannot be reached.
+        when no message has it (a bot drops such a delivery and does not retry);
+        FAILED_PRECONDITION [CONTEXT_STALE], with `metadata["newest_message_id"]` naming the
+        newest such original, when fenced; UNAVAILABLE when the database cannot be reached.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
