@@ -48,6 +48,9 @@ ENV_PREFIX = "ACKBOT_BOT_"
 # chat-completions server, or Ollama's native chat API.
 BACKENDS = ("persona", "openai", "ollama")
 THINKING = ("auto", "off")
+# What a reply written from a conversation that moved on meanwhile becomes (docs/semantics.md,
+# "What ackbot-bot does with a delivery").
+ON_STALE = ("supersede", "answer-each")
 # The model server's API key is read from this variable when --llm-api-key-file is not set. It
 # is deliberately not a flag: a key on the command line is visible to every user of the machine
 # (ps), and a flag's value would show as its default in --help.
@@ -57,6 +60,9 @@ TOKEN_ENV = ENV_PREFIX + "TOKEN"
 ALLOW_INSECURE_FLAG = "--allow-insecure-listen"
 MAX_LLM_TOKENS = 1_000_000
 MAX_LLM_TIMEOUT_SECONDS = 3600.0
+# A context read is one ListMessages page, which holds at most 1000 messages.
+MAX_CONTEXT_TURNS = 500
+MAX_CONTEXT_CHARS = 1_000_000
 
 COMMAND = Command(
     prog="ackbot-bot",
@@ -255,6 +261,27 @@ class BotConfig:
         "auto: the model thinks if it does by default; off: ask it not to think from the start "
         "(an empty reply is always retried once with thinking off)",
         choices=THINKING,
+        type=str.lower,
+    )
+    # A conversation's earlier turns sent with a message (docs/semantics.md, "What ackbot-bot
+    # does with a delivery"): the newest ones that fit both budgets.
+    llm_context_turns: int = setting(
+        10,
+        "most earlier turns of the message's conversation sent to the model with it; 0: none",
+        type=int_in(0, MAX_CONTEXT_TURNS),
+        metavar="N",
+    )
+    llm_context_chars: int = setting(
+        8000,
+        "most characters of earlier turns sent to the model with a message",
+        type=int_in(0, MAX_CONTEXT_CHARS),
+        metavar="N",
+    )
+    on_stale: str = setting(
+        "supersede",
+        "a message of a conversation that a newer one overtook: supersede: processed without a "
+        "reply, the newest answered with all of it; answer-each: answered anyway",
+        choices=ON_STALE,
         type=str.lower,
     )
     # How an OpenAI-compatible server is asked not to think; servers spell it differently

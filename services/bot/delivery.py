@@ -29,15 +29,15 @@ import contextlib
 import inspect
 import logging
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 
 from ackbot.bot import metrics as bot_metrics
 from ackbot.bot.config import BotConfig
 from ackbot.bot.metrics import BotMetrics
-from ackbot.bot.responder import IncomingMessage, Responder, RetryLater
-from ackbot.bot.store_client import Outcome, StoreClient
+from ackbot.bot.responder import IncomingMessage, Responder, RetryLater, Turn
+from ackbot.bot.store_client import CallResult, Outcome, StoreClient
 from ackbot.common.backoff import MAX_RELEASE_RETRY_AFTER_SECONDS, release_retry_after
 from ackbot.common.limits import DEFAULT_MAX_TEXT_BYTES, MAX_REASON_CHARS, fit_text
 from ackbot.v1 import message_store_pb2 as pb
@@ -57,6 +57,16 @@ MIN_REDELIVERY_WAIT_SECONDS = 10.0
 # The first delay after a "busy" answer that named none; it doubles while the backend stays busy.
 # A floor, not --retry-base-seconds alone: a base of 0 would hammer a rate-limited server.
 MIN_BUSY_RETRY_SECONDS = 0.5
+# The ErrorInfo reason of a MarkProcessed fenced by its context_sequence.
+CONTEXT_STALE = "CONTEXT_STALE"
+# A conversation is read newest first, a page at a time, down to the turns before the message:
+# messages that came after it (held back until it is settled) cost pages too, so the pages are
+# a little larger than the turns wanted, and there are at most this many.
+MAX_CONTEXT_PAGES = 5
+CONTEXT_PAGE_SLACK = 20
+MAX_PAGE_SIZE = 1000
+# Reading the context is worth a short wait, not the lease: without it the reply goes on alone.
+CONTEXT_READ_BUDGET_SECONDS = 5.0
 
 
 @dataclass(eq=False)
@@ -72,6 +82,8 @@ class Job:
     lease_changed: asyncio.Event = field(default_factory=asyncio.Event)
     # Once the job hands its message back, a redelivery is a new attempt, not this one's.
     releasing: bool = False
+    # Set when the reply was written from the conversation (the context the bot read).
+    conversation: ConversationRead | None = None
 
     @property
     def message_id(self) -> str:
@@ -88,6 +100,24 @@ class Job:
         self.delivery = delivery
         self.received_at = received_at
         self.lease_changed.set()
+
+
+@dataclass(frozen=True)
+class ConversationRead:
+    """Where the message's conversation stood when the bot read it for the reply."""
+
+    # The newest sequence in it, replies included: MarkProcessed's context_sequence.
+    newest_sequence: int
+    # The newest original that came after the message, if any: it supersedes the message.
+    newer_original_id: str = ""
+
+
+class Superseded(Exception):
+    """A newer original of the conversation overtook the message (--on-stale supersede)."""
+
+    def __init__(self, newest_message_id: str) -> None:
+        super().__init__(f"superseded by message {newest_message_id}")
+        self.newest_message_id = newest_message_id
 
 
 @dataclass
@@ -115,7 +145,34 @@ def to_incoming(delivery: pb.Delivery) -> IncomingMessage:
         text=message.text,
         attempt=delivery.attempt,
         create_time=create_time,
+        conversation_id=message.conversation_id or None,
     )
+
+
+def trim_turns(
+    newest_first: Sequence[pb.Message], persona: str, *, turns: int, chars: int
+) -> tuple[Turn, ...]:
+    """The newest of `newest_first` that fit `turns` and `chars` (counting texts), oldest first.
+    A reply written under `persona` is the bot's own turn."""
+    kept: list[Turn] = []
+    used = 0
+    for message in newest_first:
+        if len(kept) >= turns or used + len(message.text) > chars:
+            break
+        used += len(message.text)
+        mine = bool(message.reply_to) and message.author == persona
+        kept.append(Turn(author=message.author, text=message.text, mine=mine))
+    return tuple(reversed(kept))
+
+
+def _where_it_stood(message: pb.Message, newest_first: Sequence[pb.Message]) -> ConversationRead:
+    """From the first page of the conversation, newest first: its newest sequence (or the
+    message's, if the page is somehow empty), and the newest original after the message."""
+    newest = max([message.sequence, *(m.sequence for m in newest_first[:1])])
+    newer = next(
+        (m.id for m in newest_first if m.sequence > message.sequence and not m.reply_to), ""
+    )
+    return ConversationRead(newest, newer)
 
 
 def fit_reason(text: str) -> str:
@@ -158,7 +215,7 @@ class DeliveryHandler:
 
     async def handle(self, job: Job) -> None:
         """Asks the responder while keeping the lease, then settles the delivery."""
-        work = asyncio.create_task(self._ask(to_incoming(job.delivery)))
+        work = asyncio.create_task(self._answer(job))
         keeper = asyncio.create_task(self.keep_lease(job))
         try:
             await asyncio.wait({work, keeper}, return_when=asyncio.FIRST_COMPLETED)
@@ -201,6 +258,9 @@ class DeliveryHandler:
             await self._release_failed(job, failure_reason(error), error)
             return
         exc = work.exception()
+        if isinstance(exc, Superseded):
+            await self._supersede(job, exc.newest_message_id)
+            return
         if isinstance(exc, RetryLater):
             self._metrics.reply(bot_metrics.RATE_LIMITED)
             await self._hand_back_busy(job, exc)
@@ -212,6 +272,52 @@ class DeliveryHandler:
             await self._release_failed(job, failure_reason(exc), exc)
             return
         await self._mark(job, work.result())
+
+    async def _answer(self, job: Job) -> str | None:
+        """Asks the responder, with the conversation's earlier turns when it wants them."""
+        message = to_incoming(job.delivery)
+        turns = getattr(self._responder, "context_turns", 0)
+        if message.conversation_id is not None and isinstance(turns, int) and turns > 0:
+            chars = getattr(self._responder, "context_chars", 0)
+            context = await self._read_context(job, turns, chars if isinstance(chars, int) else 0)
+            message = replace(message, context=context)
+            overtaken = job.conversation.newer_original_id if job.conversation else ""
+            if overtaken and self._config.on_stale == "supersede":
+                # The newest message will be answered with this one in its context: asking
+                # the model here would cost a call whose reply the store would refuse.
+                raise Superseded(overtaken)
+        return await self._ask(message)
+
+    async def _read_context(self, job: Job, turns: int, chars: int) -> tuple[Turn, ...]:
+        """The turns of the message's conversation before it, newest first from the store,
+        within the responder's budget; none when the store cannot say."""
+        message = job.delivery.message
+        request = pb.ListMessagesRequest(
+            conversation_id=message.conversation_id,
+            order_by="sequence desc",
+            page_size=min(turns + CONTEXT_PAGE_SLACK, MAX_PAGE_SIZE),
+        )
+        earlier: list[pb.Message] = []
+        for _ in range(MAX_CONTEXT_PAGES):
+            result = await self._client.list_messages(
+                request, message_id=message.id, budget_seconds=CONTEXT_READ_BUDGET_SECONDS
+            )
+            if result.response is None:
+                log.warning(
+                    "answering without the conversation: reading it failed (%s) message_id=%s",
+                    result.problem,
+                    message.id,
+                )
+                break
+            if job.conversation is None:
+                job.conversation = _where_it_stood(message, result.response.messages)
+            earlier += [m for m in result.response.messages if m.sequence < message.sequence]
+            if len(earlier) >= turns or not result.response.next_page_token:
+                break
+            request.page_token = result.response.next_page_token
+        context = trim_turns(earlier, self._config.persona, turns=turns, chars=chars)
+        log.debug("%d earlier turns for the model message_id=%s", len(context), message.id)
+        return context
 
     async def _ask(self, message: IncomingMessage) -> str | None:
         began = time.perf_counter()
@@ -301,12 +407,50 @@ class DeliveryHandler:
                 message_id,
             )
         reply = pb.Message(author=self._config.persona, text=reply_text) if reply_text else None
+        fence = job.conversation.newest_sequence if job.conversation is not None else 0
+        if self._config.on_stale != "supersede":
+            fence = 0  # answer-each: the reply stands whatever came meanwhile
         result = await self._client.mark_processed(
             message_id,
             job.delivery.lease_token,
             reply,
             budget_seconds=max(self._config.lease_seconds, MIN_MARK_BUDGET_SECONDS),
+            context_sequence=fence,
         )
+        if result.reason == CONTEXT_STALE:
+            # Newer messages came while the model wrote: the newest is answered with them all.
+            await self._supersede(job, result.metadata.get("newest_message_id", "?"))
+            return
+        await self._settled(job, result, text, reply)
+
+    async def _supersede(self, job: Job, newest_message_id: str) -> None:
+        """Marks the message processed without a reply: a newer one of its conversation will
+        be answered with it in context. The log line names the one that superseded it."""
+        result = await self._client.mark_processed(
+            job.message_id,
+            job.delivery.lease_token,
+            None,
+            budget_seconds=max(self._config.lease_seconds, MIN_MARK_BUDGET_SECONDS),
+        )
+        if result.outcome is Outcome.SETTLED:
+            self._metrics.reply(bot_metrics.SUPERSEDED)
+            log.info(
+                "superseded by newest_message_id=%s: processed without a reply message_id=%s",
+                newest_message_id,
+                job.message_id,
+            )
+            return
+        await self._settled(job, result, None, None)
+
+    async def _settled(
+        self,
+        job: Job,
+        result: CallResult[pb.MarkProcessedResponse],
+        text: str | None,
+        reply: pb.Message | None,
+    ) -> None:
+        """Counts and logs what became of a MarkProcessed, and acts on a refusal."""
+        message_id = job.message_id
         stored = result.response.reply.id if result.response is not None else ""
         match result.outcome:
             case Outcome.ALREADY_PROCESSED:

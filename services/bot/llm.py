@@ -18,6 +18,9 @@ ackbot.bot.delivery (the Responder docstring has the list):
 - A reply cut by the token limit (finish reason "length"): kept, ending with CUT_MARKER.
 
 The message's text only ever goes in the user role; the instructions are the system prompt.
+A message of a conversation comes after the conversation's earlier turns (IncomingMessage.context):
+the bot's own replies in the assistant role, everyone else's in the user role as "name: text",
+and the message itself then as "name: text" too, since several people may talk in a thread.
 """
 
 from __future__ import annotations
@@ -31,7 +34,7 @@ import os
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 from urllib.parse import urlsplit, urlunsplit
 
 import httpx2
@@ -87,6 +90,8 @@ class ChatSettings:
     timeout_seconds: float
     thinking_off: bool
     no_think_params: Mapping[str, Any]
+    context_turns: int = 0
+    context_chars: int = 0
     # Never logged: repr=False keeps it out of any repr of the settings.
     api_key: str = field(default="", repr=False)
 
@@ -127,6 +132,8 @@ def chat_settings(config: BotConfig, env: Mapping[str, str] | None = None) -> Ch
         timeout_seconds=config.llm_timeout_seconds,
         thinking_off=config.llm_thinking == "off",
         no_think_params=json.loads(config.llm_no_think_params),
+        context_turns=config.llm_context_turns,
+        context_chars=config.llm_context_chars,
         api_key=api_key.strip(),
     )
 
@@ -236,6 +243,23 @@ class _ChatResponder(abc.ABC):
 
     def __init__(self, settings: ChatSettings) -> None:
         self._settings = settings
+        # Read by the bot (see Responder): how much of a conversation to hand over.
+        self.context_turns = settings.context_turns
+        self.context_chars = settings.context_chars
+
+    def _chat(self, message: IncomingMessage) -> list[dict[str, str]]:
+        """The system prompt, the conversation's earlier turns, then the message."""
+        chat = [{"role": "system", "content": self._settings.system_prompt}]
+        for turn in message.context:
+            if turn.mine:
+                chat.append({"role": "assistant", "content": turn.text})
+            else:
+                chat.append({"role": "user", "content": f"{turn.author}: {turn.text}"})
+        text = message.text
+        if message.conversation_id is not None:
+            text = f"{message.author}: {text}"
+        chat.append({"role": "user", "content": text})
+        return chat
 
     async def reply(self, message: IncomingMessage) -> str | None:
         first = await self._complete(message, thinking_off=self._settings.thinking_off)
@@ -289,10 +313,7 @@ class OpenAIChatResponder(_ChatResponder):
 
     async def _complete(self, message: IncomingMessage, *, thinking_off: bool) -> Completion:
         settings = self._settings
-        messages: list[ChatCompletionMessageParam] = [
-            {"role": "system", "content": settings.system_prompt},
-            {"role": "user", "content": message.text},
-        ]
+        messages = cast(list[ChatCompletionMessageParam], self._chat(message))
         try:
             response = await self._client.chat.completions.create(
                 model=settings.model,
@@ -350,10 +371,7 @@ class OllamaChatResponder(_ChatResponder):
 
     async def _complete(self, message: IncomingMessage, *, thinking_off: bool) -> Completion:
         settings = self._settings
-        messages = [
-            {"role": "system", "content": settings.system_prompt},
-            {"role": "user", "content": message.text},
-        ]
+        messages = self._chat(message)
         options: dict[str, Any] = {"num_predict": settings.max_tokens}
         if settings.temperature is not None:
             options["temperature"] = settings.temperature

@@ -16,7 +16,19 @@ RATE_LIMITED = "rate_limited"  # the backend was busy: handed back, attempt not 
 FAILED = "failed"  # the responder failed or the store refused the reply: released to retry
 LEASE_LOST = "lease_lost"  # the lease was gone before the reply: abandoned
 GONE = "gone"  # the message no longer exists
-OUTCOMES = (ANSWERED, SILENT, EMPTY, DUPLICATE, RATE_LIMITED, FAILED, LEASE_LOST, GONE)
+# A newer message of its conversation came: processed without a reply (--on-stale supersede).
+SUPERSEDED = "superseded"
+OUTCOMES = (
+    ANSWERED,
+    SILENT,
+    EMPTY,
+    DUPLICATE,
+    RATE_LIMITED,
+    FAILED,
+    LEASE_LOST,
+    GONE,
+    SUPERSEDED,
+)
 
 # Why a delivery failed (ackbot_bot_failures_total{kind}).
 RESPONDER_ERROR = "responder_error"

@@ -28,6 +28,16 @@ _QUESTION_MARKS = ("?", "\uff1f")  # and the full-width mark of CJK text
 
 
 @dataclass(frozen=True)
+class Turn:
+    """An earlier message of the conversation, as a responder sees it."""
+
+    author: str
+    text: str
+    # The bot's own earlier reply (a reply written under its persona): the assistant's turn.
+    mine: bool = False
+
+
+@dataclass(frozen=True)
 class IncomingMessage:
     """A message to answer, as a responder sees it."""
 
@@ -38,6 +48,10 @@ class IncomingMessage:
     attempt: int
     # The client's clock when it wrote the message (UTC), if it said.
     create_time: datetime | None = None
+    conversation_id: str | None = None
+    # The conversation's turns before this message, oldest first: filled only for a responder
+    # that asks for them (`context_turns`), within its budget.
+    context: tuple[Turn, ...] = ()
 
 
 class RetryLater(Exception):
@@ -80,7 +94,9 @@ class Responder(Protocol):
       growing delay; the attempt counts, so after the store's max attempts it is DEAD.
 
     A responder that holds clients may also define `async def aclose(self) -> None`; the bot
-    calls it on shutdown.
+    calls it on shutdown. One that wants a conversation's earlier turns defines
+    `context_turns` and `context_chars` (ints): the bot then reads up to that many turns, that
+    many characters in all, into `IncomingMessage.context`.
     """
 
     async def reply(self, message: IncomingMessage) -> str | None: ...

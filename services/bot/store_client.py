@@ -36,11 +36,13 @@ import logging
 import random
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
 import grpc
 from google.protobuf.duration_pb2 import Duration
+from google.rpc import error_details_pb2, status_pb2
+from grpc_status import rpc_status
 
 from ackbot.bot.config import BotConfig
 from ackbot.common.backoff import CALL_BACKOFF, Backoff
@@ -124,6 +126,9 @@ class CallResult(Generic[ResponseT]):
     # When the call failed: the status code's name and the store's explanation.
     status: str = ""
     details: str = ""
+    # The store's google.rpc.ErrorInfo, when the error carried one: what a caller branches on.
+    reason: str = ""
+    metadata: Mapping[str, str] = field(default_factory=dict)
 
     @property
     def problem(self) -> str:
@@ -229,10 +234,34 @@ async def _settle(
             targets, what=what, message_id=message_id, budget_seconds=budget_seconds
         )
     except grpc.aio.AioRpcError as exc:
+        reason, metadata = _error_info(exc)
         return CallResult(
-            outcome_of(exc.code()), status=exc.code().name, details=exc.details() or ""
+            outcome_of(exc.code()),
+            status=exc.code().name,
+            details=exc.details() or "",
+            reason=reason,
+            metadata=metadata,
         )
     return CallResult(Outcome.SETTLED, response)
+
+
+def _error_info(exc: grpc.aio.AioRpcError) -> tuple[str, dict[str, str]]:
+    """The reason and metadata of the error's ErrorInfo detail; ("", {}) without one."""
+    try:
+        status = rpc_status.from_call(exc)  # type: ignore[arg-type]
+    except ValueError:  # a status whose details disagree with its code or message
+        return "", {}
+    return _status_error_info(status) if status is not None else ("", {})
+
+
+def _status_error_info(status: status_pb2.Status) -> tuple[str, dict[str, str]]:
+    """The reason and metadata of a google.rpc.Status's ErrorInfo detail; ("", {}) without."""
+    for detail in status.details:
+        if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
+            info = error_details_pb2.ErrorInfo()
+            detail.Unpack(info)
+            return info.reason, dict(info.metadata)
+    return "", {}
 
 
 def open_channel(
@@ -489,7 +518,14 @@ def result_of(result: pb.SettlementResult) -> CallResult[Any] | None:
         return CallResult(Outcome.SETTLED, getattr(result, which) if which else None)
     if code in RETRYABLE_CODES:
         return None
-    return CallResult(outcome_of(code), status=code.name, details=result.status.message)
+    reason, metadata = _status_error_info(result.status)
+    return CallResult(
+        outcome_of(code),
+        status=code.name,
+        details=result.status.message,
+        reason=reason,
+        metadata=metadata,
+    )
 
 
 _STATUS_CODES = {code.value[0]: code for code in grpc.StatusCode}
@@ -628,10 +664,14 @@ class StoreClient:
         reply: pb.Message | None,
         *,
         budget_seconds: float,
+        context_sequence: int = 0,
     ) -> CallResult[pb.MarkProcessedResponse]:
         """SETTLED or ALREADY_PROCESSED with the response (its `reply` is the stored reply);
-        NOT_FOUND, REJECTED, FAILED or UNAVAILABLE without one."""
-        request = pb.MarkProcessedRequest(id=message_id, lease_token=lease_token, reply=reply)
+        NOT_FOUND, REJECTED, FAILED or UNAVAILABLE without one (LEASE_GONE with reason
+        CONTEXT_STALE when fenced by `context_sequence`)."""
+        request = pb.MarkProcessedRequest(
+            id=message_id, lease_token=lease_token, reply=reply, context_sequence=context_sequence
+        )
         result = await self._settle_both_ways(
             pb.Settlement(mark_processed=request),
             lambda stub, timeout: stub.MarkProcessed(request, timeout=timeout),
@@ -642,6 +682,17 @@ class StoreClient:
         if result.response is not None and result.response.already_processed:
             return CallResult(Outcome.ALREADY_PROCESSED, result.response)
         return result
+
+    async def list_messages(
+        self, request: pb.ListMessagesRequest, *, message_id: str, budget_seconds: float
+    ) -> CallResult[pb.ListMessagesResponse]:
+        """ListMessages for the delivery of `message_id` (named in the logs of retries)."""
+        return await _settle(
+            self._targets(lambda stub, timeout: stub.ListMessages(request, timeout=timeout)),
+            what="ListMessages",
+            message_id=message_id,
+            budget_seconds=budget_seconds,
+        )
 
     async def release(
         self,

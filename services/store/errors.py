@@ -97,6 +97,25 @@ class LeaseExpired(FailedPrecondition):
     reason = "LEASE_EXPIRED"
 
 
+class ContextStale(FailedPrecondition):
+    """MarkProcessed with a context_sequence older than a newer original of the conversation:
+    the reply was written without seeing it."""
+
+    reason = "CONTEXT_STALE"
+
+    def __init__(self, message_id: str, newest_message_id: str, context_sequence: int) -> None:
+        self.newest_message_id = newest_message_id
+        super().__init__(
+            message_id,
+            f"the reply to message {message_id!r} was written from the conversation as of "
+            f"sequence {context_sequence}; message {newest_message_id!r} came after it",
+        )
+
+    @property
+    def metadata(self) -> dict[str, str]:
+        return {"message_id": self.message_id, "newest_message_id": self.newest_message_id}
+
+
 class NotDead(FailedPrecondition):
     """RequeueMessage of a message that is not DEAD."""
 

@@ -211,6 +211,7 @@ class MessageManager:
         limit: int,
         state: State | None,
         reply_to: str | None,
+        conversation_id: str | None = None,
     ) -> list[StoredMessage]:
         return await self._repository.list_messages(
             after_sequence=after_sequence,
@@ -219,6 +220,7 @@ class MessageManager:
             limit=limit,
             state=state,
             reply_to=reply_to,
+            conversation_id=conversation_id,
         )
 
     async def stats(self) -> StoreStats:
@@ -276,13 +278,23 @@ class MessageManager:
         return outcomes
 
     async def mark_processed(
-        self, message_id: str, reply: NewMessage | None, lease_token: str
+        self,
+        message_id: str,
+        reply: NewMessage | None,
+        lease_token: str,
+        *,
+        context_sequence: int = 0,
     ) -> MarkResult:
-        result = await self._repository.mark_processed(message_id, reply, lease_token)
+        result = await self._repository.mark_processed(
+            message_id, reply, lease_token, context_sequence=context_sequence
+        )
         self._board.settled(message_id, lease_token)
         if not result.already_processed:
             self.watches.changed(message_id)
             self.watches.created()  # its reply
+        if result.unblocked:
+            # The next message of its conversation is deliverable now.
+            self._board.wake_all()
         if result.already_processed:
             log.info("already processed; duplicate reply prevented message_id=%s", message_id)
         else:
@@ -312,7 +324,10 @@ class MessageManager:
             message.delivery_attempts,
             reason,
         )
-        if message.state is State.PENDING:
+        if message.state is State.DEAD and message.conversation_id is not None:
+            # No longer holding back the rest of its conversation.
+            self._board.wake_all()
+        elif message.state is State.PENDING:
             if retry_after_ns:
                 self._board.wake_at(self._now_ns() + retry_after_ns)
             else:

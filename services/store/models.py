@@ -34,6 +34,9 @@ class State(enum.StrEnum):
 # Written out as literal SQL, not bound parameters: the planners of SQLite and PostgreSQL use a
 # partial index only when the query's WHERE visibly implies the index's, which a parameter hides.
 UNSETTLED = text("state IN ('PENDING', 'LEASED')")
+# The rows of conversations: only they are in the conversation indexes.
+IN_CONVERSATION = text("conversation_id IS NOT NULL")
+UNSETTLED_IN_CONVERSATION = text("state IN ('PENDING', 'LEASED') AND conversation_id IS NOT NULL")
 # PostgreSQL numbers arrivals from this; SQLite has no sequences and uses the rowid instead.
 SEQUENCE = Sequence("messages_sequence_seq")
 # A store id: what ids.new_store_id makes, with room to spare.
@@ -78,6 +81,9 @@ class MessageRow(Base):
     # the registry deletes a dead store's row in the same transaction that hands its leases
     # back, and a key would make every claim lock the stores row it names.
     owner_store: Mapped[str | None] = mapped_column(String(MAX_STORE_ID_CHARS))
+    # The thread a message belongs to (a reply: its original's). Messages of one conversation
+    # are delivered one at a time in sequence order (repository.py, the claim).
+    conversation_id: Mapped[str | None] = mapped_column(String(MAX_ID_CHARS))
 
     __table_args__ = (
         CheckConstraint(
@@ -98,6 +104,24 @@ class MessageRow(Base):
             "visible_at_ns",
             sqlite_where=UNSETTLED,
             postgresql_where=UNSETTLED,
+        ),
+        # A conversation's messages in order (ListMessages by conversation_id, the bot's
+        # context); messages without a conversation cost it nothing.
+        Index(
+            "ix_messages_conversation_sequence",
+            "conversation_id",
+            "sequence",
+            sqlite_where=IN_CONVERSATION,
+            postgresql_where=IN_CONVERSATION,
+        ),
+        # The claim's question "is an earlier message of this conversation unsettled?": a probe
+        # into the backlog of conversations alone, however long their processed history.
+        Index(
+            "ix_messages_unsettled_conversation",
+            "conversation_id",
+            "sequence",
+            sqlite_where=UNSETTLED_IN_CONVERSATION,
+            postgresql_where=UNSETTLED_IN_CONVERSATION,
         ),
     )
 

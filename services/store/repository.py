@@ -49,6 +49,7 @@ from sqlalchemy import (
     or_,
     select,
     table,
+    text,
     tuple_,
     update,
 )
@@ -60,6 +61,9 @@ from ackbot.store import migrations
 from ackbot.store.database import CONFLICT_ERRORS, Database
 from ackbot.store.errors import (
     AlreadyExists,
+    ContextStale,
+    FieldViolation,
+    InvalidArgument,
     LeaseExpired,
     LeaseNotCurrent,
     NotDead,
@@ -88,6 +92,7 @@ class StoredMessage:
     last_error: str | None
     lease_expire_ns: int | None
     process_time_ns: int | None
+    conversation_id: str | None = None
 
 
 @dataclass(frozen=True)
@@ -96,6 +101,8 @@ class NewMessage:
     text: str
     id: str = ""
     create_time_ns: int | None = None
+    # A reply's may be given only as its original's (MarkProcessed sets it either way).
+    conversation_id: str | None = None
 
 
 @dataclass(frozen=True)
@@ -109,6 +116,8 @@ class MarkResult:
     message: StoredMessage
     reply: StoredMessage | None
     already_processed: bool
+    # Its conversation has messages waiting that this one held back: deliverable now.
+    unblocked: bool = False
 
 
 @dataclass(frozen=True)
@@ -158,6 +167,24 @@ class Reaped:
 MESSAGES = Base.metadata.tables[MessageRow.__tablename__]
 STORES = Base.metadata.tables[StoreRow.__tablename__]
 REPLIES = MESSAGES.alias("replies")
+EARLIER = MESSAGES.alias("earlier")
+# The predicate of ix_messages_unsettled_conversation, written out for the planners as UNSETTLED
+# is, over EARLIER.
+_EARLIER_UNSETTLED = text(
+    "earlier.state IN ('PENDING', 'LEASED') AND earlier.conversation_id IS NOT NULL"
+)
+# Ordering keys (Pub/Sub's term): a message of a conversation waits while an earlier message of
+# the same conversation is unsettled: PENDING (also while it waits out a retry_after) or LEASED
+# (also with a lapsed lease). PROCESSED and DEAD ones no longer hold it back. The probe reads
+# ix_messages_unsettled_conversation alone (its predicate is written out for the planners, as
+# UNSETTLED is), so a long processed history costs nothing; a message without a conversation
+# never reaches it.
+_HELD_BACK = exists().where(
+    EARLIER.c.conversation_id == MESSAGES.c.conversation_id,
+    EARLIER.c.sequence < MESSAGES.c.sequence,
+    _EARLIER_UNSETTLED,
+)
+_IN_ITS_TURN = or_(MESSAGES.c.conversation_id.is_(None), ~_HELD_BACK)
 # A message with the id of its reply, if any: every read answers with both.
 _WITH_REPLY_ID = select(MESSAGES, REPLIES.c.id.label("reply_id")).outerjoin(
     REPLIES, REPLIES.c.reply_to == MESSAGES.c.id
@@ -250,6 +277,8 @@ _TAKE_INSERT_TURN = select(
 class _Mark:
     message_id: str
     reply: NewMessage | None
+    # The newest sequence of the conversation the reply was written from; 0: not fenced.
+    context_sequence: int = 0
 
 
 @dataclass(frozen=True)
@@ -318,6 +347,7 @@ def _to_stored(row: Any, reply_id: str | None, now_ns: int) -> StoredMessage:
         last_error=row.last_error,
         lease_expire_ns=lease_expire_ns,
         process_time_ns=row.process_time_ns,
+        conversation_id=row.conversation_id,
     )
 
 
@@ -333,6 +363,7 @@ def _new_row(
     now_ns: int,
     *,
     reply_to: str | None = None,
+    conversation_id: str | None = None,
 ) -> dict[str, Any]:
     """The columns of a new message; a reply (`reply_to` set) is born PROCESSED."""
     return {
@@ -349,12 +380,44 @@ def _new_row(
         "lease_token": None,
         "process_time_ns": None if reply_to is None else now_ns,
         "owner_store": None,
+        "conversation_id": conversation_id,
     }
 
 
 def _stored_new(values: dict[str, Any], sequence: int, now_ns: int) -> StoredMessage:
     """The StoredMessage of a row just inserted from `values` (see _new_row)."""
     return _to_stored(SimpleNamespace(**values, sequence=sequence), None, now_ns)
+
+
+def _stale(tx: _Transaction, mark: _Mark, original: Any) -> ContextStale | None:
+    """Staleness fencing: refuses a mark whose reply was written from the conversation as of
+    `context_sequence` when a newer original (not a reply) of the conversation exists.
+
+    Exact under concurrency: on SQLite the transaction holds the only write lock; on PostgreSQL
+    the mark took the insert turn before this read, so every original that will ever commit
+    below its sequence is visible, and any later one commits after this mark. A message already
+    PROCESSED is not fenced: the mark is a retry, answered with the reply stored first.
+    """
+    if (
+        not mark.context_sequence
+        or original.conversation_id is None
+        or original.state == State.PROCESSED
+    ):
+        return None
+    newest = tx.connection.scalar(
+        select(MESSAGES.c.id)
+        .where(
+            MESSAGES.c.conversation_id == original.conversation_id,
+            MESSAGES.c.sequence > mark.context_sequence,
+            MESSAGES.c.reply_to.is_(None),
+            MESSAGES.c.id != mark.message_id,
+        )
+        .order_by(MESSAGES.c.sequence.desc())
+        .limit(1)
+    )
+    if newest is None:
+        return None
+    return ContextStale(mark.message_id, newest, mark.context_sequence)
 
 
 def _dead_store(row: Row[Any]) -> DeadStore:
@@ -517,7 +580,14 @@ class MessageRepository:
         for new in news:
             fresh.setdefault(new.id, new)
         rows = {
-            message_id: _new_row(message_id, new.author, new.text, new.create_time_ns, tx.now_ns)
+            message_id: _new_row(
+                message_id,
+                new.author,
+                new.text,
+                new.create_time_ns,
+                tx.now_ns,
+                conversation_id=new.conversation_id,
+            )
             for message_id, new in fresh.items()
         }
         inserted = self._insert_new(tx, list(rows.values()))
@@ -554,7 +624,14 @@ class MessageRepository:
 
     @staticmethod
     def _existing_create(existing: StoredMessage, new: NewMessage) -> CreateResult:
-        if existing.author != new.author or existing.text != new.text:
+        # The conversation is compared like the text: a retry that names another thread is
+        # not the same create, and moving a stored message to another thread would reorder
+        # deliveries that may already have happened.
+        if (existing.author, existing.text, existing.conversation_id) != (
+            new.author,
+            new.text,
+            new.conversation_id,
+        ):
             raise AlreadyExists(existing.id)
         return CreateResult(existing, already_existed=True)
 
@@ -574,6 +651,7 @@ class MessageRepository:
         limit: int = 100,
         state: State | None = None,
         reply_to: str | None = None,
+        conversation_id: str | None = None,
     ) -> list[StoredMessage]:
         sequence = MESSAGES.c.sequence
         query = (
@@ -586,6 +664,8 @@ class MessageRepository:
         now = self._now_ns()
         if reply_to is not None:
             query = query.where(MESSAGES.c.reply_to == reply_to)
+        if conversation_id is not None:
+            query = query.where(MESSAGES.c.conversation_id == conversation_id)
         # LEASED rows whose lease lapsed are shown (and filtered) as PENDING.
         leased = MESSAGES.c.state == State.LEASED
         if state is State.PENDING:
@@ -602,24 +682,34 @@ class MessageRepository:
     # -- settling ---------------------------------------------------------------------------
 
     async def mark_processed(
-        self, message_id: str, reply: NewMessage | None, lease_token: str = ""
+        self,
+        message_id: str,
+        reply: NewMessage | None,
+        lease_token: str = "",
+        *,
+        context_sequence: int = 0,
     ) -> MarkResult:
         # The lease token is not checked: the first reply to commit wins, whoever holds the
         # lease, and every later one learns that the message was already processed.
         del lease_token
-        return await self._writes.submit(self._mark_many, _Mark(message_id, reply), runs_first=True)
+        return await self._writes.submit(
+            self._mark_many, _Mark(message_id, reply, context_sequence), runs_first=True
+        )
 
     def _mark_many(self, tx: _Transaction, marks: list[_Mark]) -> list[MarkResult | StoreError]:
         # Before the UPDATE's row locks, even when no reply is inserted: a mark may share its
         # transaction with creates.
         self._take_insert_turn(tx)
-        ids = list(dict.fromkeys(mark.message_id for mark in marks))
+        # Checked before anything is written: a refused mark leaves its message as it was.
+        refused = self._refuse_marks(tx, marks)
+        accepted = [mark for mark in marks if id(mark) not in refused]
+        ids = list(dict.fromkeys(mark.message_id for mark in accepted))
         processed_rows = tx.connection.execute(
             _PROCESS_UNLESS_PROCESSED, {"ids": ids, "now": tx.now_ns}
         )
         processed = {row.id: row for row in processed_rows}
         first_marks: dict[str, _Mark] = {}
-        for mark in marks:
+        for mark in accepted:
             first_marks.setdefault(mark.message_id, mark)
         replies = {
             message_id: _new_row(
@@ -629,11 +719,15 @@ class MessageRepository:
                 tx.now_ns,
                 tx.now_ns,
                 reply_to=message_id,
+                conversation_id=processed[message_id].conversation_id,
             )
             for message_id, mark in first_marks.items()
             if message_id in processed and mark.reply is not None
         }
         reply_sequences = self._insert_new(tx, list(replies.values()))
+        unblocked = self._waiting_in(tx, {row.conversation_id for row in processed.values()})
+        if unblocked:
+            tx.made_work = True
         results: dict[str, MarkResult] = {}
         for message_id, row in processed.items():
             reply: StoredMessage | None = None
@@ -641,7 +735,12 @@ class MessageRepository:
                 values = replies[message_id]
                 reply = _stored_new(values, reply_sequences[values["id"]], tx.now_ns)
             message = _to_stored(row, reply.id if reply else None, tx.now_ns)
-            results[message_id] = MarkResult(message, reply, already_processed=False)
+            results[message_id] = MarkResult(
+                message,
+                reply,
+                already_processed=False,
+                unblocked=row.conversation_id in unblocked,
+            )
         unprocessed = [message_id for message_id in ids if message_id not in processed]
         if unprocessed:
             # Unknown ids, and messages some earlier transaction processed.
@@ -649,13 +748,74 @@ class MessageRepository:
         outcomes: list[MarkResult | StoreError] = []
         for mark in marks:
             result = results.get(mark.message_id)
-            if result is None:
+            if id(mark) in refused:
+                outcomes.append(refused[id(mark)])
+            elif result is None:
                 outcomes.append(NotFound(mark.message_id))
             elif first_marks[mark.message_id] is mark:
                 outcomes.append(result)
             else:
                 outcomes.append(dataclasses.replace(result, already_processed=True))
         return outcomes
+
+    @staticmethod
+    def _waiting_in(tx: _Transaction, conversations: set[str | None]) -> set[str]:
+        """Those of `conversations` with unsettled messages: a mark may have let them go."""
+        conversations.discard(None)
+        if not conversations:
+            return set()
+        query = (
+            select(EARLIER.c.conversation_id)
+            .distinct()
+            .where(
+                EARLIER.c.conversation_id.in_(conversations),
+                _EARLIER_UNSETTLED,
+            )
+        )
+        return set(tx.connection.scalars(query))
+
+    @staticmethod
+    def _refuse_marks(tx: _Transaction, marks: list[_Mark]) -> dict[int, StoreError]:
+        """The marks (by id()) that must change nothing: a reply that names a conversation
+        other than its original's, or one written from a stale conversation (see _stale)."""
+        checked = [
+            mark
+            for mark in marks
+            if (mark.reply and mark.reply.conversation_id) or mark.context_sequence
+        ]
+        if not checked:
+            return {}
+        originals = {
+            row.id: row
+            for row in tx.connection.execute(
+                select(MESSAGES.c.id, MESSAGES.c.conversation_id, MESSAGES.c.state).where(
+                    MESSAGES.c.id.in_({mark.message_id for mark in checked})
+                )
+            )
+        }
+        refused: dict[int, StoreError] = {}
+        for mark in checked:
+            original = originals.get(mark.message_id)
+            if original is None:
+                continue  # NotFound, as for any mark
+            stale = _stale(tx, mark, original)
+            if stale is not None:
+                refused[id(mark)] = stale
+                continue
+            if mark.reply is None or not mark.reply.conversation_id:
+                continue
+            inherited = original.conversation_id
+            if mark.reply.conversation_id != inherited:
+                refused[id(mark)] = InvalidArgument(
+                    [
+                        FieldViolation(
+                            "reply.conversation_id",
+                            "must be empty or the conversation of the message it answers "
+                            f"({inherited or 'none'}; got {mark.reply.conversation_id})",
+                        )
+                    ]
+                )
+        return refused
 
     @staticmethod
     def _already_processed(
@@ -718,7 +878,7 @@ class MessageRepository:
         token = bindparam("token_prefix", type_=String) + cast(MESSAGES.c.sequence, String)
         oldest_deliverable = (
             select(MESSAGES.c.sequence)
-            .where(UNSETTLED, MESSAGES.c.visible_at_ns <= bindparam("now"))
+            .where(UNSETTLED, MESSAGES.c.visible_at_ns <= bindparam("now"), _IN_ITS_TURN)
             .order_by(MESSAGES.c.sequence)
             .limit(bindparam("wanted"))
             .with_for_update(skip_locked=True)
@@ -757,8 +917,9 @@ class MessageRepository:
                         Delivery(_to_stored(row, None, tx.now_ns), row.lease_token, expiry)
                     )
             # Dead rows left the unsettled set without using up the limit: claim live ones in
-            # their place.
-            if len(rows) < wanted or all(row.state != State.DEAD for row in rows):
+            # their place, and the messages of their conversations they held back.
+            dead = [row for row in rows if row.state == State.DEAD]
+            if not dead or (len(rows) < wanted and not any(r.conversation_id for r in dead)):
                 break
         return deliveries
 
@@ -795,8 +956,9 @@ class MessageRepository:
             return row
         if row.state == State.DEAD:
             tx.went_dead.append((row.id, row.delivery_attempts, row.last_error))
-        else:
-            # Deliverable now or after its retry_after: either way other stores must know.
+        # Deliverable now or after its retry_after, or DEAD and no longer holding back the
+        # rest of its conversation: either way other stores must know.
+        if row.state != State.DEAD or row.conversation_id is not None:
             tx.made_work = True
         return _to_stored(row, None, tx.now_ns)
 
@@ -868,6 +1030,7 @@ class MessageRepository:
                     MESSAGES.c.state,
                     MESSAGES.c.delivery_attempts,
                     MESSAGES.c.last_error,
+                    MESSAGES.c.conversation_id,
                 )
             )
         ).all()
@@ -875,7 +1038,7 @@ class MessageRepository:
         for row in rows:
             if row.state == State.DEAD:
                 tx.went_dead.append((row.id, row.delivery_attempts, row.last_error))
-            else:
+            if row.state != State.DEAD or row.conversation_id is not None:
                 tx.made_work = True
             released.append(ReleasedLease(row.id, State(row.state), row.delivery_attempts))
         return released

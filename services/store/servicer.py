@@ -93,6 +93,7 @@ def message_to_proto(message: StoredMessage) -> pb.Message:
         reply_id=message.reply_id or "",
         delivery_attempts=message.delivery_attempts,
         last_error=message.last_error or "",
+        conversation_id=message.conversation_id or "",
     )
     if message.create_time_ns is not None:
         proto.create_time.CopyFrom(_timestamp(message.create_time_ns))
@@ -381,6 +382,9 @@ class MessageStoreServicer(pb_grpc.MessageStoreServicer):
         rules.check_id(v, f"{field}.id", message.id, self._limits, required=False)
         rules.check_author(v, f"{field}.author", message.author, self._limits)
         rules.check_text(v, f"{field}.text", message.text, self._limits)
+        rules.check_id(
+            v, f"{field}.conversation_id", message.conversation_id, self._limits, required=False
+        )
         if message.reply_to:
             v.add(f"{field}.reply_to", "must be empty; replies are stored by MarkProcessed")
         create_time_ns = None
@@ -394,7 +398,11 @@ class MessageStoreServicer(pb_grpc.MessageStoreServicer):
             else:
                 rules.check_time_ns(v, f"{field}.create_time", create_time_ns)
         return NewMessage(
-            id=message.id, author=message.author, text=message.text, create_time_ns=create_time_ns
+            id=message.id,
+            author=message.author,
+            text=message.text,
+            create_time_ns=create_time_ns,
+            conversation_id=message.conversation_id or None,
         )
 
     @maps_errors
@@ -445,6 +453,7 @@ class MessageStoreServicer(pb_grpc.MessageStoreServicer):
             if state is None:
                 v.add("state", f"must be one of the MessageState values (got {request.state})")
         rules.check_id(v, "reply_to", request.reply_to, self._limits, required=False)
+        rules.check_id(v, "conversation_id", request.conversation_id, self._limits, required=False)
         v.raise_if_any()
         messages = await self._manager.list_messages(
             after_sequence=after,
@@ -453,6 +462,7 @@ class MessageStoreServicer(pb_grpc.MessageStoreServicer):
             limit=page_size,
             state=state,
             reply_to=request.reply_to or None,
+            conversation_id=request.conversation_id or None,
         )
         # A page ends early ("at most page_size") where it would outgrow a response; the
         # token continues from there.
@@ -490,9 +500,19 @@ class MessageStoreServicer(pb_grpc.MessageStoreServicer):
         if request.HasField("reply"):
             rules.check_author(v, "reply.author", request.reply.author, self._limits)
             rules.check_text(v, "reply.text", request.reply.text, self._limits)
-            reply = NewMessage(author=request.reply.author, text=request.reply.text)
+            conversation = request.reply.conversation_id
+            rules.check_id(v, "reply.conversation_id", conversation, self._limits, required=False)
+            reply = NewMessage(
+                author=request.reply.author,
+                text=request.reply.text,
+                conversation_id=conversation or None,
+            )
+        if request.context_sequence < 0:
+            v.add("context_sequence", f"must be 0 or more (got {request.context_sequence})")
         v.raise_if_any()
-        result = await self._manager.mark_processed(request.id, reply, request.lease_token)
+        result = await self._manager.mark_processed(
+            request.id, reply, request.lease_token, context_sequence=request.context_sequence
+        )
         response = pb.MarkProcessedResponse(
             message=message_to_proto(result.message), already_processed=result.already_processed
         )

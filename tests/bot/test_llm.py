@@ -29,6 +29,7 @@ from ackbot.bot.responder import (
     EmptyCompletion,
     IncomingMessage,
     RetryLater,
+    Turn,
     close_responder,
     create_responder,
 )
@@ -332,3 +333,38 @@ def test_split_thinking():
     assert split_thinking("  plain  ") == ("plain", "")
     assert split_thinking("<think>why</think> answer") == ("answer", "why")
     assert split_thinking("<think>never closed") == ("", "never closed")
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+async def test_a_conversation_goes_before_the_message_own_replies_as_the_assistant(
+    make, fake_llm, backend
+):
+    responder = await make(backend, llm_context_turns=4, llm_context_chars=100)
+    assert (responder.context_turns, responder.context_chars) == (4, 100)
+    message = replace(
+        incoming("and the third?"),
+        conversation_id="thread-1",
+        context=(
+            Turn("alice", "first question"),
+            Turn("Ava", "first answer", mine=True),
+            Turn("bob", "second question"),
+        ),
+    )
+
+    await responder.reply(message)
+
+    [request] = fake_llm.requests
+    assert [(m["role"], m["content"]) for m in request.body["messages"][1:]] == [
+        ("user", "alice: first question"),
+        ("assistant", "first answer"),
+        ("user", "bob: second question"),
+        ("user", "alice: and the third?"),
+    ]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+async def test_a_message_without_a_conversation_goes_alone_as_before(make, fake_llm, backend):
+    responder = await make(backend)
+    await responder.reply(incoming("hello"))
+    [request] = fake_llm.requests
+    assert [(m["role"], m["content"]) for m in request.body["messages"][1:]] == [("user", "hello")]

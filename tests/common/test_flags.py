@@ -117,6 +117,9 @@ BOT = {
         9.0,
     ),
     "llm_thinking": ("--llm-thinking", "ACKBOT_BOT_LLM_THINKING", "off", "off"),
+    "llm_context_turns": ("--llm-context-turns", "ACKBOT_BOT_LLM_CONTEXT_TURNS", "3", 3),
+    "llm_context_chars": ("--llm-context-chars", "ACKBOT_BOT_LLM_CONTEXT_CHARS", "500", 500),
+    "on_stale": ("--on-stale", "ACKBOT_BOT_ON_STALE", "answer-each", "answer-each"),
     "llm_no_think_params": (
         "--llm-no-think-params",
         "ACKBOT_BOT_LLM_NO_THINK_PARAMS",

@@ -279,3 +279,34 @@ async def test_stores_starting_at_once_take_turns(engine, clock):
 
     assert sorted(u.from_revision or "" for u in upgrades) == ["", HEAD, HEAD, HEAD]
     assert await version(engine) == [HEAD]
+
+
+async def test_revision_0003_adds_conversations_to_a_0002_database_and_keeps_its_messages(
+    engine, clock
+):
+    await run_alembic(engine, "upgrade", "0002")
+    async with engine.begin() as connection:
+        await connection.execute(
+            LEGACY.tables["messages"].insert(),
+            [legacy_row("r0002-1"), legacy_row("r0002-2", state="PROCESSED", process_time_ns=2)],
+        )
+
+    upgrade = await migrations.upgrade_to_head(Database(engine))
+
+    assert (upgrade.from_revision, upgrade.to_revision) == ("0002", HEAD)
+    repository = make_repo(engine, clock)
+    listed = await repository.list_messages()
+    assert [(m.id, m.state.value, m.conversation_id) for m in listed] == [
+        ("r0002-1", "PENDING", None),
+        ("r0002-2", "PROCESSED", None),
+    ]
+    await repository.create_message(
+        NewMessage(author="bo", text="new", id="t1", conversation_id="c")
+    )
+    threaded = await repository.list_messages(conversation_id="c")
+    assert [m.id for m in threaded] == ["t1"]
+    async with engine.connect() as connection:
+        indexes = await connection.run_sync(lambda sync: inspect(sync).get_indexes("messages"))
+    assert {"ix_messages_conversation_sequence", "ix_messages_unsettled_conversation"} <= {
+        index["name"] for index in indexes
+    }

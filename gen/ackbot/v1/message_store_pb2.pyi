@@ -35,7 +35,7 @@ WATCH_EVENT_TYPE_CREATED: WatchEventType
 WATCH_EVENT_TYPE_STATE_CHANGED: WatchEventType
 
 class Message(_message.Message):
-    __slots__ = ("id", "author", "text", "create_time", "receive_time", "sequence", "state", "reply_to", "reply_id", "delivery_attempts", "last_error", "lease_expire_time", "process_time")
+    __slots__ = ("id", "author", "text", "create_time", "receive_time", "sequence", "state", "reply_to", "reply_id", "delivery_attempts", "last_error", "lease_expire_time", "process_time", "conversation_id")
     ID_FIELD_NUMBER: _ClassVar[int]
     AUTHOR_FIELD_NUMBER: _ClassVar[int]
     TEXT_FIELD_NUMBER: _ClassVar[int]
@@ -49,6 +49,7 @@ class Message(_message.Message):
     LAST_ERROR_FIELD_NUMBER: _ClassVar[int]
     LEASE_EXPIRE_TIME_FIELD_NUMBER: _ClassVar[int]
     PROCESS_TIME_FIELD_NUMBER: _ClassVar[int]
+    CONVERSATION_ID_FIELD_NUMBER: _ClassVar[int]
     id: str
     author: str
     text: str
@@ -62,7 +63,8 @@ class Message(_message.Message):
     last_error: str
     lease_expire_time: _timestamp_pb2.Timestamp
     process_time: _timestamp_pb2.Timestamp
-    def __init__(self, id: _Optional[str] = ..., author: _Optional[str] = ..., text: _Optional[str] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., receive_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., sequence: _Optional[int] = ..., state: _Optional[_Union[MessageState, str]] = ..., reply_to: _Optional[str] = ..., reply_id: _Optional[str] = ..., delivery_attempts: _Optional[int] = ..., last_error: _Optional[str] = ..., lease_expire_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., process_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    conversation_id: str
+    def __init__(self, id: _Optional[str] = ..., author: _Optional[str] = ..., text: _Optional[str] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., receive_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., sequence: _Optional[int] = ..., state: _Optional[_Union[MessageState, str]] = ..., reply_to: _Optional[str] = ..., reply_id: _Optional[str] = ..., delivery_attempts: _Optional[int] = ..., last_error: _Optional[str] = ..., lease_expire_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., process_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., conversation_id: _Optional[str] = ...) -> None: ...
 
 class Delivery(_message.Message):
     __slots__ = ("message", "lease_token", "attempt", "lease_expire_time")
@@ -123,20 +125,22 @@ class GetMessageResponse(_message.Message):
     def __init__(self, message: _Optional[_Union[Message, _Mapping]] = ...) -> None: ...
 
 class ListMessagesRequest(_message.Message):
-    __slots__ = ("page_size", "page_token", "state", "reply_to", "after_sequence", "order_by")
+    __slots__ = ("page_size", "page_token", "state", "reply_to", "after_sequence", "order_by", "conversation_id")
     PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
     PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
     REPLY_TO_FIELD_NUMBER: _ClassVar[int]
     AFTER_SEQUENCE_FIELD_NUMBER: _ClassVar[int]
     ORDER_BY_FIELD_NUMBER: _ClassVar[int]
+    CONVERSATION_ID_FIELD_NUMBER: _ClassVar[int]
     page_size: int
     page_token: str
     state: MessageState
     reply_to: str
     after_sequence: int
     order_by: str
-    def __init__(self, page_size: _Optional[int] = ..., page_token: _Optional[str] = ..., state: _Optional[_Union[MessageState, str]] = ..., reply_to: _Optional[str] = ..., after_sequence: _Optional[int] = ..., order_by: _Optional[str] = ...) -> None: ...
+    conversation_id: str
+    def __init__(self, page_size: _Optional[int] = ..., page_token: _Optional[str] = ..., state: _Optional[_Union[MessageState, str]] = ..., reply_to: _Optional[str] = ..., after_sequence: _Optional[int] = ..., order_by: _Optional[str] = ..., conversation_id: _Optional[str] = ...) -> None: ...
 
 class ListMessagesResponse(_message.Message):
     __slots__ = ("messages", "next_page_token")
@@ -147,14 +151,16 @@ class ListMessagesResponse(_message.Message):
     def __init__(self, messages: _Optional[_Iterable[_Union[Message, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
 
 class MarkProcessedRequest(_message.Message):
-    __slots__ = ("id", "lease_token", "reply")
+    __slots__ = ("id", "lease_token", "reply", "context_sequence")
     ID_FIELD_NUMBER: _ClassVar[int]
     LEASE_TOKEN_FIELD_NUMBER: _ClassVar[int]
     REPLY_FIELD_NUMBER: _ClassVar[int]
+    CONTEXT_SEQUENCE_FIELD_NUMBER: _ClassVar[int]
     id: str
     lease_token: str
     reply: Message
-    def __init__(self, id: _Optional[str] = ..., lease_token: _Optional[str] = ..., reply: _Optional[_Union[Message, _Mapping]] = ...) -> None: ...
+    context_sequence: int
+    def __init__(self, id: _Optional[str] = ..., lease_token: _Optional[str] = ..., reply: _Optional[_Union[Message, _Mapping]] = ..., context_sequence: _Optional[int] = ...) -> None: ...
 
 class MarkProcessedResponse(_message.Message):
     __slots__ = ("message", "reply", "already_processed")

@@ -124,13 +124,14 @@ class MessageStoreServicer:
     def CreateMessage(self, request, context):
         """Stores a new message and wakes the streams waiting for work.
 
-        Idempotent on `message.id`: repeating a create with the same id, author and text returns the
-        stored message with `already_existed` set and changes nothing (`create_time` is not
-        compared; the stored one is kept). A create with an empty id is not idempotent.
+        Idempotent on `message.id`: repeating a create with the same id, author, text and
+        `conversation_id` returns the stored message with `already_existed` set and changes nothing
+        (`create_time` is not compared; the stored one is kept). A create with an empty id is not
+        idempotent.
 
         Returns INVALID_ARGUMENT when a field is missing, too long or holds characters outside its
-        rule; ALREADY_EXISTS [ID_TAKEN] when the id is taken by a message with a different author or
-        text;
+        rule; ALREADY_EXISTS [ID_TAKEN] when the id is taken by a message with a different author,
+        text or `conversation_id`;
         RESOURCE_EXHAUSTED when the request exceeds the size limit or the database is full;
         UNAVAILABLE when the database cannot be reached or stays locked past the deadline.
         """
@@ -175,11 +176,12 @@ class MessageStoreServicer:
 
     def ListMessages(self, request, context):
         """Lists messages in arrival order (`sequence`, oldest or newest first), optionally filtered by
-        state, by `reply_to` and by `after_sequence`. A page ends early where it would pass about
-        1 MiB.
+        state, by `reply_to`, by `conversation_id` and by `after_sequence`. A page ends early where
+        it would pass about 1 MiB.
 
         Returns INVALID_ARGUMENT for a negative page size, a bad page token, state, `reply_to`,
-        `after_sequence` or `order_by`; UNAVAILABLE when the database cannot be reached.
+        `conversation_id`, `after_sequence` or `order_by`; UNAVAILABLE when the database cannot be
+        reached.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -194,9 +196,19 @@ class MessageStoreServicer:
         and never stores a second reply. Omit `reply` to mark the message processed without
         answering it. A DEAD message may still be processed (a late answer beats none).
 
-        Returns INVALID_ARGUMENT for a malformed id, lease token or reply; NOT_FOUND, naming the id,
-        when no message has it (a bot drops such a delivery and does not retry); UNAVAILABLE when
-        the database cannot be reached.
+        The reply inherits the original's `conversation_id`.
+
+        Staleness fencing: with `context_sequence` set, the call is refused, in the same
+        transaction and with nothing written, when an original (not a reply) of the message's
+        conversation, other than the message itself, has a greater sequence: the reply was written
+        without seeing it. A message without a conversation, or one already PROCESSED, is not
+        fenced.
+
+        Returns INVALID_ARGUMENT for a malformed id, lease token or reply, or a reply whose
+        `conversation_id` is set and differs from the original's; NOT_FOUND, naming the id,
+        when no message has it (a bot drops such a delivery and does not retry);
+        FAILED_PRECONDITION [CONTEXT_STALE], with `metadata["newest_message_id"]` naming the
+        newest such original, when fenced; UNAVAILABLE when the database cannot be reached.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -216,6 +228,12 @@ class MessageStoreServicer:
         their attempts stay counted, and a message on its last attempt becomes DEAD. Every
         delivery counts as an attempt; a message delivered `max_attempts` times without being
         processed becomes DEAD instead of being delivered again. Replies are never delivered.
+
+        Messages of one `conversation_id` are delivered one at a time, in `sequence` order (ordering
+        keys): a message is not delivered while an earlier message of its conversation is PENDING
+        (also while it waits out a `retry_after`) or LEASED (also with a lapsed lease), on any
+        stream of any store. PROCESSED and DEAD ones hold nothing back. Messages without a
+        conversation are not held back.
 
         The stream's initial metadata carries `ackbot-max-text-bytes`: the longest text, in UTF-8
         bytes, that this store accepts (its --max-text-bytes), so that a bot cuts its replies to
