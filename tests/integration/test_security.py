@@ -219,11 +219,10 @@ async def test_consume_is_refused_before_its_first_response(tls_store, token):
     async with tls_store.aio_channel(token=TOKENS[token] if token else None) as channel:
         stub = pb_grpc.MessageStoreStub(channel)
 
-        async def requests():
-            yield pb.ConsumeRequest(open=pb.StreamUnprocessedRequest(consumer="p"))
-            await asyncio.Event().wait()  # the session stays open from this side
-
-        call = stub.Consume(requests(), timeout=60)
+        # Nothing is written: the refusal comes before the store reads a request, and a write
+        # racing it would end the call on the client's side (INTERNAL, a failed send) before
+        # the status is read.
+        call = stub.Consume(timeout=60)
         with pytest.raises(grpc.aio.AioRpcError) as caught:
             await asyncio.wait_for(call.read(), timeout=CALL_TIMEOUT)
     expected = grpc.StatusCode.PERMISSION_DENIED if token else grpc.StatusCode.UNAUTHENTICATED
