@@ -77,8 +77,14 @@ LLM_STAMP := $(VENV)/.installed-llm-test
 
 .PHONY: test-llm
 
+# Built for the host CPU (-march=native), llama.cpp takes its AMX kernels where the CPU has AMX,
+# and on our machines those crash the server at the first completion (SIGSEGV in
+# ggml_backend_amx_mul_mat): a generic build instead (AVX2, FMA, F16C on x86-64).
+LLAMA_CMAKE_ARGS ?= -DGGML_NATIVE=OFF
+
 $(LLM_STAMP): $(STAMP)
-	$(BIN)/pip install --quiet -e '.[dev,llm-test]' --config-settings editable_mode=strict
+	CMAKE_ARGS='$(LLAMA_CMAKE_ARGS)' \
+		$(BIN)/pip install --quiet -e '.[dev,llm-test]' --config-settings editable_mode=strict
 	touch $(LLM_STAMP)
 
 test-llm: $(LLM_STAMP)

@@ -28,8 +28,12 @@ RUNNING_ON = re.compile(r"Uvicorn running on http://([\d.]+):(\d+)")
 # One line per request in uvicorn's access log.
 CHAT_REQUEST = '"POST /v1/chat/completions HTTP/1.1"'
 # The context must hold the system prompt, a short message and the reply: far below the model's
-# 8k, which would only cost memory. Two threads: the machine has two cores.
-SERVER_ARGS = ("--n_ctx", "512", "--n_threads", "2", "--n_threads_batch", "2")
+# 8k, which would only cost memory. Two threads: the machine has two cores. Not verbose: llama.cpp
+# would log hundreds of lines per request, burying uvicorn's access log and any error.
+SERVER_ARGS = (
+    *("--n_ctx", "512", "--n_threads", "2", "--n_threads_batch", "2"),
+    *("--verbose", "False"),
+)
 
 
 def model_path() -> Path:
@@ -118,8 +122,10 @@ class LlamaServer:
             return ""
 
     def describe(self) -> str:
+        code = self.proc.poll() if self.proc else None
+        state = "running" if code is None else f"exit code {code}"
         tail = "\n".join(self.log_text().splitlines()[-60:])
-        return f"--- llama_cpp.server log tail {self.log_path}:\n{tail}"
+        return f"--- llama_cpp.server ({state}) log tail {self.log_path}:\n{tail}"
 
     def _fail_if_exited(self) -> None:
         assert self.proc is not None
