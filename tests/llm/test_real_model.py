@@ -41,8 +41,11 @@ QUESTIONS = (
     "Why is the sky blue?",
     "Tell me a fact about the moon.",
 )
-# The store's shortest lease: renewed every half second while the model works.
-LEASE_SECONDS = 1.0
+# Short, so that a reply outlasts it: renewed every 1.25 s while the model works. Not the
+# store's 1 s minimum: the model server keeps both cores busy, and with half a second of slack
+# a starved bot's extension came late on a loaded machine (lease lost). 2.5 is also a bucket
+# bound of the bot's responder histogram, which the premise below reads.
+LEASE_SECONDS = 2.5
 # A few seconds of CPU generation per reply at most.
 MAX_TOKENS = 48
 # Below what 48 tokens can make: the bot must cut real output to the store's limit.
@@ -160,7 +163,7 @@ async def test_a_real_model_answers_each_message_once_within_the_limits(
     }
     # The premise of the lease check: some reply took longer than a lease.
     replies_within_lease = total(
-        bot_metrics, "ackbot_bot_responder_seconds_bucket", le=f"{LEASE_SECONDS:.1f}"
+        bot_metrics, "ackbot_bot_responder_seconds_bucket", le=str(LEASE_SECONDS)
     )
     assert replies_within_lease < len(QUESTIONS), (
         "every reply came within one lease: this run did not need the lease kept alive"
