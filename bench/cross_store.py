@@ -46,7 +46,7 @@ from ackbot.v1 import message_store_pb2 as pb
 from ackbot.v1 import message_store_pb2_grpc as pb_grpc
 from bench import quiet_store
 from bench.loadgen import STORE_CREATE_METHOD, percentiles
-from bench.settings import Settings
+from bench.settings import Settings, log_as_deployed
 from bench.workloads import Context, produce, running, unary_load
 from chaos.postgres import fresh_database
 
@@ -269,6 +269,7 @@ async def run(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    log_as_deployed()
     args = parse_args(argv)
     started = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     with tempfile.TemporaryDirectory(prefix="ackbot-cross-store-") as workdir:

@@ -29,6 +29,7 @@ from pathlib import Path
 from ackbot.testing import Service, child_env, store_service
 from bench.cpu import postgres_window, process_window
 from bench.loadgen import Spec, run_loadgen
+from bench.settings import log_as_deployed
 from chaos.postgres import fresh_database
 
 WARMUP_SECONDS = 1.0
@@ -95,6 +96,7 @@ async def one_run(
 
 
 async def main(args: argparse.Namespace) -> None:
+    log_as_deployed()
     variants: list[tuple[str, Path | None]] = [("this code", None)]
     if args.code is not None:
         variants.insert(0, (f"code in {args.code}", args.code))

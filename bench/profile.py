@@ -25,7 +25,7 @@ import grpc
 from ackbot.testing import bot_service, child_env, store_service
 from bench import profiled_store
 from bench.loadgen import STORE_CREATE_METHOD, Spec, run_loadgen
-from bench.settings import FULL
+from bench.settings import FULL, log_as_deployed
 from bench.workloads import Context, produce, running, settle_deadline, store_stub, wait_settled
 
 
@@ -69,6 +69,7 @@ async def profile_end_to_end(workdir: Path, messages: int) -> tuple[Path, str]:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
+    log_as_deployed()
     parser = argparse.ArgumentParser(prog="python -m bench.profile", description=__doc__)
     parser.add_argument("--workload", choices=("create", "e2e"), default="create")
     parser.add_argument("--seconds", type=float, default=10.0, help="create: measured window")

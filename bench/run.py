@@ -34,7 +34,7 @@ from typing import Any
 import grpc
 
 from bench import report
-from bench.settings import FULL, QUICK, Settings
+from bench.settings import FULL, QUICK, Settings, log_as_deployed
 from bench.workloads import BASELINES, WORKLOADS, Context
 
 DEFAULT_OUT = Path(__file__).resolve().parent / "results"
@@ -112,6 +112,7 @@ async def run_all(
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    log_as_deployed()
     args = parse_args(argv)
     settings = QUICK if args.quick else FULL
     names = chosen(args.only)

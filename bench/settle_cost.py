@@ -34,6 +34,7 @@ from ackbot.testing.process import bot_service
 from ackbot.v1 import message_store_pb2 as pb
 from ackbot.v1 import message_store_pb2_grpc as pb_grpc
 from bench.cpu import process_window
+from bench.settings import log_as_deployed
 from bench.workloads import server_pid
 
 METRICS_ON = re.compile(r"metrics on (\S+):(\d+)")
@@ -153,6 +154,7 @@ async def main_async(args: argparse.Namespace) -> None:
 
 
 def main() -> None:
+    log_as_deployed()
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--messages", type=int, default=2000)
     parser.add_argument("--producers", type=int, default=16)

@@ -462,10 +462,10 @@ class DeliveryHandler:
                 )
             case Outcome.SETTLED if reply is None:
                 self._metrics.reply(bot_metrics.SILENT if text is None else bot_metrics.EMPTY)
-                log.info("processed without a reply message_id=%s", message_id)
+                log.debug("processed without a reply message_id=%s", message_id)
             case Outcome.SETTLED:
                 self._metrics.reply(bot_metrics.ANSWERED)
-                log.info(
+                log.debug(
                     "answered attempt=%d reply_id=%s message_id=%s",
                     job.delivery.attempt,
                     stored,

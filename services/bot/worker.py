@@ -260,7 +260,7 @@ class Worker:
             budget_seconds=HAND_BACK_BUDGET_SECONDS,
         )
         if result.outcome is Outcome.SETTLED:
-            log.info("handed back unstarted delivery message_id=%s", job.message_id)
+            log.debug("handed back unstarted delivery message_id=%s", job.message_id)
         else:
             log.warning("could not hand back (%s) message_id=%s", result.problem, job.message_id)
 
@@ -372,7 +372,7 @@ class Worker:
         held = [job for job in self._held if job.generation == generation]
         self._held = [job for job in self._held if job.generation != generation]
         for job in [*dropped, *held]:
-            log.info("dropped unstarted delivery of a closed stream message_id=%s", job.message_id)
+            log.debug("dropped unstarted delivery of a closed stream message_id=%s", job.message_id)
 
     def _accept(self, delivery: pb.Delivery, generation: int) -> None:
         log.debug("received message_id=%s attempt=%d", delivery.message.id, delivery.attempt)

@@ -72,9 +72,9 @@ class StoreStats:
 def _log_created(result: CreateResult) -> bool:
     """Logs a create's outcome; True when it stored a new message (work for the streams)."""
     if result.already_existed:
-        log.info("create retried; already stored message_id=%s", result.message.id)
+        log.debug("create retried; already stored message_id=%s", result.message.id)
         return False
-    log.info("created message_id=%s sequence=%d", result.message.id, result.message.sequence)
+    log.debug("created message_id=%s sequence=%d", result.message.id, result.message.sequence)
     return True
 
 
@@ -301,7 +301,7 @@ class MessageManager:
             if self._metrics is not None:
                 # The mark has committed: the message's whole wait, seen from the store.
                 self._metrics.processed(result.message.receive_time_ns, self._now_ns())
-            log.info(
+            log.debug(
                 "processed message_id=%s reply_id=%s",
                 message_id,
                 result.reply.id if result.reply else "-",
@@ -317,7 +317,10 @@ class MessageManager:
             )
         self._board.settled(message_id, lease_token)
         self.watches.changed(message_id)
-        log.info(
+        # A release with a reason is a failure an operator may want to see; one without is a
+        # delivery handed back unstarted (a bot stopping), routine.
+        log.log(
+            logging.INFO if reason else logging.DEBUG,
             "released message_id=%s state=%s attempts=%d reason=%r",
             message.id,
             message.state.value,
@@ -508,7 +511,7 @@ class MessageManager:
             if self._metrics is not None:
                 self._metrics.delivered(d.message.delivery_attempts)
             self.watches.changed(d.message.id)
-            log.info(
+            log.debug(
                 "delivered message_id=%s attempt=%d consumer=%s",
                 d.message.id,
                 d.message.delivery_attempts,
@@ -556,7 +559,7 @@ class MessageManager:
             log.exception("could not release %d leases of a closed stream", len(leases))
             return
         for lease in leases:
-            log.info("lease released on stream end message_id=%s", lease.message_id)
+            log.debug("lease released on stream end message_id=%s", lease.message_id)
             self.watches.changed(lease.message_id)
         if released:
             self._board.wake_all()

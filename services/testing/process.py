@@ -37,6 +37,10 @@ from ackbot.common.serving import client_credentials
 RPC_TIMEOUT = 10.0
 # The largest page a store returns: listing everything takes the fewest calls.
 PAGE_SIZE = MAX_PAGE_SIZE
+# The variable that sets the services' --log-level. DEBUG by default: tests and the chaos checks
+# read the per-message lines; the benchmarks set INFO, the production default, so that they
+# measure what a deployment runs.
+SERVICE_LOG_LEVEL_ENV = "ACKBOT_SERVICE_LOG_LEVEL"
 # How long a service may take from exec to health SERVING (imports on a slow 2-core CI box).
 READY_TIMEOUT = 20.0
 # SIGTERM to exit: the services' grace period here (5 s at most) plus slack.
@@ -343,7 +347,7 @@ def store_service(
         "--db",
         f"sqlite+aiosqlite:///{db_path}",
         "--log-level",
-        "INFO",
+        os.environ.get(SERVICE_LOG_LEVEL_ENV, "DEBUG"),
         "--grace-seconds",
         "5",
         *(security.store_args() if security is not None else ()),
@@ -392,7 +396,7 @@ def bot_service(
         "--retry-base-seconds",
         "0.05",
         "--log-level",
-        "INFO",
+        os.environ.get(SERVICE_LOG_LEVEL_ENV, "DEBUG"),
     ]
     if responder is not None:
         argv += ["--responder", responder]

@@ -181,7 +181,7 @@ async def test_the_worker_moves_its_stream_to_the_next_store_and_round_robin_bac
 ):
     """Separate files (the stream's move needs no shared database): a message is answered only
     by a bot streaming from the store it was created on, which shows where the stream is."""
-    caplog.set_level(logging.INFO, logger="ackbot.bot")
+    caplog.set_level(logging.DEBUG, logger="ackbot.bot")
     first_db = f"sqlite+aiosqlite:///{tmp_path}/first.db"
     first = await start_store(db_url=first_db)
     second = await start_store()
@@ -231,7 +231,7 @@ async def test_the_worker_moves_its_stream_to_the_next_store_and_round_robin_bac
 async def test_a_worker_whose_first_store_is_down_streams_from_the_next_named_by_hostname(
     store, stub, caplog
 ):
-    caplog.set_level(logging.INFO, logger="ackbot.bot")
+    caplog.set_level(logging.DEBUG, logger="ackbot.bot")
     dead = f"127.0.0.1:{closed_port()}"
     live = f"localhost:{store.port}"
     async with running(Worker(bot_config(f"{dead},{live}"), Answers())):

@@ -268,7 +268,7 @@ async def test_graceful_stop_finishes_running_replies_and_hands_back_the_rest(
     fills that room and "c" keeps its attempt untouched. On a store without Consume the room
     is filled: "c" arrives at a worker that is stopping, never starts, and is handed back with
     an empty reason, which gives its attempt back."""
-    caplog.set_level(logging.INFO, logger="ackbot.store")
+    caplog.set_level(logging.DEBUG, logger="ackbot.store")
     # Last: set_level also sets the capturing handler's level, and "received" lines are DEBUG.
     caplog.set_level(logging.DEBUG, logger="ackbot.bot")
     for message_id in ("a", "b", "c"):
@@ -402,7 +402,7 @@ async def test_a_redelivery_of_a_running_reply_joins_it(start_store, channels, t
     it hands the three messages out again, and each joins its running reply, which keeps and
     settles the new lease. The responder is asked once per message. The lease is short, so the
     keeper loses the old lease first and waits for the redelivery instead of giving up."""
-    caplog.set_level(logging.INFO, logger="ackbot.bot")
+    caplog.set_level(logging.DEBUG, logger="ackbot.bot")
     lease = 2.0
     db_url = f"sqlite+aiosqlite:///{tmp_path}/joined.db"
     first = await start_store(db_url=db_url)

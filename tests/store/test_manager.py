@@ -116,7 +116,7 @@ async def test_the_backlog_goes_out_oldest_first_in_batches_of_max_in_flight(
     manager, open_consumer, clock, caplog
 ):
     await create(manager, "a", "b", "c", "d", "e")
-    with caplog.at_level(logging.INFO, logger="ackbot.store.manager"):
+    with caplog.at_level(logging.DEBUG, logger="ackbot.store.manager"):
         consumer = open_consumer(max_in_flight=2)
         first = await consumer.next()
     assert [d.message.id for d in first] == ["a", "b"]
@@ -350,7 +350,7 @@ async def test_start_wakes_the_streams_for_a_lease_left_by_a_previous_run(
 async def test_a_stream_that_ends_releases_its_leases_at_once(manager, repo, caplog):
     await create(manager, "a", "b", "c")
 
-    with caplog.at_level(logging.INFO, logger="ackbot.store.manager"):
+    with caplog.at_level(logging.DEBUG, logger="ackbot.store.manager"):
         async with manager.open_stream("bot", max_in_flight=2, lease_ns=LEASE_NS) as stream:
             batch = await anext(stream)
             assert [d.message.id for d in batch] == ["a", "b"]
