@@ -280,9 +280,30 @@ async def _produce_postgres(spec: Spec) -> Result:
         await pool.close()
 
 
+async def _produce_batched(spec: Spec) -> Result:
+    """ackbot.client's Publisher: each producer task publishes its round trip's messages and
+    waits for their futures; the Publisher gathers what all tasks publish meanwhile into
+    BatchCreateMessages calls (its default batch settings), as an internal service would."""
+    from ackbot.client import Client, Publisher
+
+    async with Client.connect(spec.address) as client, Publisher(client) as publisher:
+
+        async def send(worker: int, numbers: Sequence[int]) -> None:
+            futures = []
+            for n in numbers:
+                message = create_request(spec.id_prefix, worker, n).message
+                futures.append(
+                    publisher.publish(message.text, author=message.author, id=message.id)
+                )
+            await asyncio.gather(*futures)
+
+        return await _produce(spec, send)
+
+
 # How each kind of producer creates messages (Spec.producer): one function of the spec.
 PRODUCERS: dict[str, Callable[[Spec], Awaitable[Result]]] = {
     "grpc": _produce_grpc,
+    "batched": _produce_batched,
     "redis": _produce_redis,
     "postgres": _produce_postgres,
 }

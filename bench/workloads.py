@@ -347,10 +347,12 @@ async def _echo_at_rate(ctx: Context, *, count: int, rate: float) -> Figures:
 
 
 # The full-speed ackbot runs, by how their producers create messages; report.py sets each beside
-# the durable Redis peer's run whose producers work the same way. A client that batches creates
-# adds its producer to bench.loadgen.PRODUCERS and its run here, as
-# "batched": Producers(that producer, several_per_round_trip=True), beside the pipelined peer.
-E2E_RUNS: dict[str, Producers] = {"full_speed": Producers()}
+# the durable Redis peer's run whose producers work the same way: unary creates beside one XADD
+# per round trip, the batching client (ackbot.client's Publisher) beside pipelined XADDs.
+E2E_RUNS: dict[str, Producers] = {
+    "full_speed": Producers(),
+    "batched": Producers("batched", several_per_round_trip=True),
+}
 
 
 async def end_to_end(ctx: Context) -> Figures:

@@ -28,7 +28,9 @@ from ackbot.v1 import message_store_pb2_grpc as pb_grpc
 STORE_NAMES = ("store-a", "store-b")
 # bot persona -> the stores it streams from, by index into STORE_NAMES, in failover order.
 BOT_STORES = {"on-a": (0,), "on-b": (1,), "on-ab": (0, 1)}
-DELIVERED = re.compile(r"^(\S+ \S+) INFO ackbot\.store\.manager: delivered message_id=(\S+) ", re.M)
+DELIVERED = re.compile(
+    r"^(\S+ \S+) DEBUG ackbot\.store\.manager: delivered message_id=(\S+) ", re.M
+)
 # A create whose store is gone is retried on the next store after this pause (a client's
 # backoff; the ids are the client's, so a retry of a create that did commit is harmless).
 RETRY_PAUSE_SECONDS = 0.05

@@ -92,7 +92,7 @@ async def test_a_hung_bots_messages_go_to_a_healthy_bot_and_its_late_replies_are
         if outcome is not True:
             dead_ids = [m.id for m in outcome]
             deliveries = [
-                line.split(" INFO ")[-1]
+                line.split(" DEBUG ")[-1]
                 for line in store.log_text().splitlines()
                 if "delivered message_id=" in line
                 and line.split("message_id=")[1].split()[0] in dead_ids
