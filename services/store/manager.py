@@ -22,7 +22,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
 from ackbot.store.errors import FailedPrecondition, StoreError
@@ -35,6 +35,7 @@ from ackbot.store.repository import (
     MarkResult,
     MessageRepository,
     NewMessage,
+    ReleasedLease,
     StoredMessage,
 )
 from ackbot.store.stream_board import WAKE_STEP_NS, CallAt, StreamBoard, StreamState
@@ -173,7 +174,7 @@ class MessageManager:
         self._metrics = metrics
         self._repository = repository
         self._now_ns = clock_ns
-        self._board = StreamBoard(clock_ns, call_at)
+        self._board = StreamBoard(clock_ns, call_at, on_lapse=self._lease_lapsed)
         # Told of every change this store makes, for WatchMessages; costs nothing unwatched.
         self.watches = WatchHub(repository)
         self._lease_releases: set[asyncio.Task[None]] = set()
@@ -189,6 +190,10 @@ class MessageManager:
         self._rearm_task: asyncio.Task[None] | None = None
         self._rearm_wanted = False
         self._closed = False
+
+    def _lease_lapsed(self) -> None:
+        if self._metrics is not None:
+            self._metrics.redelivery("lease_expired")
 
     async def start(self) -> None:
         """Schedules a wake for the first message that becomes deliverable later (a lease or a
@@ -327,6 +332,8 @@ class MessageManager:
             message.delivery_attempts,
             reason,
         )
+        if message.state is State.PENDING and self._metrics is not None:
+            self._metrics.redelivery("failed" if reason else "handed_back")
         if message.state is State.DEAD and message.conversation_id is not None:
             # No longer holding back the rest of its conversation.
             self._board.wake_all()
@@ -382,6 +389,15 @@ class MessageManager:
         self._board.wake_all()
         self.watches.created()
         self._rearm_timed_wakes()
+
+    def dead_store_reaped(self, released: Sequence[ReleasedLease]) -> None:
+        """Leases of a dead store that this store's reaper handed back (the registry's news):
+        their changes are watched and counted here, like the ones this store's own writes make."""
+        for lease in released:
+            self.watches.changed(lease.message_id)
+        if self._metrics is not None:
+            again = sum(lease.state is State.PENDING for lease in released)
+            self._metrics.redelivery("store_died", again)
 
     def _rearm_timed_wakes(self) -> None:
         """Sets a timed wake at the next time a message becomes deliverable, read from the
@@ -561,6 +577,9 @@ class MessageManager:
         for lease in leases:
             log.debug("lease released on stream end message_id=%s", lease.message_id)
             self.watches.changed(lease.message_id)
+        if self._metrics is not None:
+            again = sum(lease.state is State.PENDING for lease in released)
+            self._metrics.redelivery("stream_ended", again)
         if released:
             self._board.wake_all()
 

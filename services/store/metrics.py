@@ -21,6 +21,10 @@ from ackbot.common.metrics import GrpcServerMetrics
 log = logging.getLogger(__name__)
 
 STATES = ("PENDING", "LEASED", "PROCESSED", "DEAD")
+# Why a delivered message came back for another delivery (ackbot_redeliveries_total{cause}):
+# its bot released it after a failure (a reason given), or handed it back unstarted (none); its
+# stream ended with the lease held; its lease lapsed unanswered; its store died (reaped by another).
+REDELIVERY_CAUSES = ("failed", "handed_back", "stream_ended", "lease_expired", "store_died")
 # Latency from a message's arrival to its mark's commit: from tens of milliseconds (a bot
 # that answers at once) to minutes (an LLM, a backlog, retries).
 _LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
@@ -49,7 +53,7 @@ class StoreMetrics:
         )
         self.redeliveries = Counter(
             "ackbot_redeliveries",
-            "deliveries of a message that had been delivered before (attempt > 1)",
+            "delivered messages made deliverable again, by why their lease ended",
             ("cause",),
             registry=registry,
         )
@@ -70,14 +74,17 @@ class StoreMetrics:
         )
         for state in STATES:
             self.messages.labels(state)
-        self.redeliveries.labels("retry")
+        for cause in REDELIVERY_CAUSES:
+            self.redeliveries.labels(cause)
 
     def delivered(self, attempt: int) -> None:
         self.deliveries.inc()
-        if attempt > 1:
-            # Why the previous attempt ended (expiry, release, a dead store) is not on the row;
-            # "retry" is all that is cheap to know here.
-            self.redeliveries.labels("retry").inc()
+
+    def redelivery(self, cause: str, count: int = 1) -> None:
+        """Counted where the lease ends, the only place that knows why: the row does not say
+        why its last lease ended, so a count at the next delivery could not."""
+        if count:
+            self.redeliveries.labels(cause).inc(count)
 
     def processed(self, receive_time_ns: int, now_ns: int | None = None) -> None:
         now_ns = time.time_ns() if now_ns is None else now_ns

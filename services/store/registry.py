@@ -49,7 +49,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from ackbot.store.database import Database
 from ackbot.store.errors import StoreError
-from ackbot.store.repository import MessageRepository, Reaped
+from ackbot.store.repository import MessageRepository, Reaped, ReleasedLease
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +68,7 @@ class StoreRegistry:
         dead_after_seconds: float,
         on_work_made: Callable[[], None],
         on_declared_dead: Callable[[], None],
+        on_reaped: Callable[[list[ReleasedLease]], None] | None = None,
         jitter: Callable[[], float] = random.random,
     ) -> None:
         assert repository.store_id is not None, "the repository records no owner on its leases"
@@ -79,6 +80,8 @@ class StoreRegistry:
         self._dead_after_seconds = dead_after_seconds
         self._on_work_made = on_work_made
         self._on_declared_dead = on_declared_dead
+        # Told of the leases of a dead store that this store's reaper handed back.
+        self._on_reaped = on_reaped
         self._jitter = jitter
         self._session: contextlib.AsyncExitStack | None = None
         self._connection: AsyncConnection | None = None
@@ -199,6 +202,8 @@ class StoreRegistry:
                 continue
             for dead in reaped:
                 self._log_reaped(dead)
+                if self._on_reaped is not None and dead.released:
+                    self._on_reaped(dead.released)
             if any(dead.released for dead in reaped):
                 self._on_work_made()
 

@@ -994,20 +994,21 @@ class MessageRepository:
     def _current_state(tx: _Transaction, message_id: str) -> str | None:
         return tx.connection.scalar(select(MESSAGES.c.state).where(MESSAGES.c.id == message_id))
 
-    async def release_leases(self, leases: Sequence[Lease]) -> int:
-        """Hands back the leases of a stream that ended; returns how many were still held.
+    async def release_leases(self, leases: Sequence[Lease]) -> list[ReleasedLease]:
+        """Hands back the leases of a stream that ended; returns those that were still held,
+        each PENDING again or DEAD.
 
         The attempts stay counted (the delivery happened; it may have crashed the bot).
         """
         if not leases:
-            return 0
+            return []
         return await self._writes.submit_one(self._release_leases, list(leases))
 
-    def _release_leases(self, tx: _Transaction, leases: list[Lease]) -> int:
+    def _release_leases(self, tx: _Transaction, leases: list[Lease]) -> list[ReleasedLease]:
         held = tuple_(MESSAGES.c.id, MESSAGES.c.lease_token).in_(
             [(lease.message_id, lease.lease_token) for lease in leases]
         )
-        return len(self._hand_back(tx, held))
+        return self._hand_back(tx, held)
 
     def _hand_back(self, tx: _Transaction, *where: Any) -> list[ReleasedLease]:
         """Hands back the LEASED rows matching `where` whose holder is gone (a stream that

@@ -170,6 +170,7 @@ class StoreServer:
                 dead_after_seconds=config.dead_after_seconds,
                 on_work_made=manager.work_made_elsewhere,
                 on_declared_dead=self._declared_dead,
+                on_reaped=manager.dead_store_reaped,
             )
             await self._registry.start()
         await server.start()

@@ -75,9 +75,14 @@ class StreamBoard:
     test's fake clock fires them when it is moved on). By default they run on the event loop."""
 
     def __init__(
-        self, clock_ns: Callable[[], int] = time.time_ns, call_at: CallAt | None = None
+        self,
+        clock_ns: Callable[[], int] = time.time_ns,
+        call_at: CallAt | None = None,
+        on_lapse: Callable[[], None] | None = None,
     ) -> None:
         self._now_ns = clock_ns
+        # Told of each lease that lapses on a stream before its client answered for it.
+        self._on_lapse = on_lapse
         self._call_at = call_at or self._call_at_on_loop
         self._streams: set[StreamState] = set()
         self._holder: dict[str, StreamState] = {}  # message id -> stream holding its lease
@@ -136,6 +141,8 @@ class StreamBoard:
             stream.lapsed[message_id] = token
             if self._holder.get(message_id) is stream:
                 del self._holder[message_id]
+            if self._on_lapse is not None:
+                self._on_lapse()
         return stream.max_in_flight - len(stream.outstanding) - len(stream.lapsed)
 
     def leased(self, stream: StreamState, message_id: str, token: str, expiry_ns: int) -> None:

@@ -24,8 +24,8 @@ from .harness import (
     timestamp_ms,
     unique_id,
 )
+from .metrics_scrape import METRICS, scrape, value
 from .postgres import fresh_database, requires_postgres
-from .test_metrics import METRICS, scrape, value
 
 
 def item(id: str = "", author: str = "ana", text: str = "hi", **fields) -> pb.CreateMessageRequest:

@@ -3,53 +3,22 @@
 
 from __future__ import annotations
 
-import asyncio
-import re
 import socket
 import subprocess
 import sys
-import urllib.request
 
 import grpc
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from ackbot.testing import RPC_TIMEOUT, Service, child_env, responders, wait_until
 from ackbot.v1 import message_store_pb2 as pb
 
-from .harness import ConsumeSession, create
+from .harness import ConsumeSession, StreamReader, create, seconds
+from .metrics_scrape import METRICS, METRICS_ON, Samples, scrape, value
 
-METRICS_ON = re.compile(r"metrics on (\S+):(\d+)")
-METRICS = ["--metrics-listen", "127.0.0.1:0"]
 SERVICE = "ackbot.v1.MessageStore"
 # The store samples its state gauges every 5 s; a little more for a slow machine.
 SAMPLED_WITHIN = 20.0
-
-Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
-
-
-def metrics_address(service: Service) -> str:
-    match = METRICS_ON.search(service.log_text())
-    assert match is not None, service.describe()
-    return f"{match.group(1)}:{match.group(2)}"
-
-
-def scrape_sync(address: str) -> Samples:
-    with urllib.request.urlopen(f"http://{address}/metrics", timeout=RPC_TIMEOUT) as response:
-        text = response.read().decode()
-    samples: Samples = {}
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            samples[(sample.name, frozenset(sample.labels.items()))] = sample.value
-    return samples
-
-
-async def scrape(service: Service) -> Samples:
-    return await asyncio.to_thread(scrape_sync, metrics_address(service))
-
-
-def value(samples: Samples, name: str, **labels: str) -> float:
-    return samples.get((name, frozenset(labels.items())), 0.0)
 
 
 def handled(samples: Samples, method: str, code: str, kind: str = "unary") -> float:
@@ -113,7 +82,8 @@ async def test_a_bot_answering_two_messages_shows_in_both(store, stub, start_bot
     # 2 originals + 2 replies, once the sampler has seen them.
     samples = await wait_until(store_settled, SAMPLED_WITHIN, what="4 PROCESSED sampled")
     assert value(samples, "ackbot_deliveries_total") == 2
-    assert value(samples, "ackbot_redeliveries_total", cause="retry") == 0
+    for cause in ("failed", "handed_back", "stream_ended", "lease_expired", "store_died"):
+        assert value(samples, "ackbot_redeliveries_total", cause=cause) == 0
     assert value(samples, "ackbot_dead_total") == 0
     assert value(samples, "ackbot_create_to_processed_seconds_count") == 2
     assert value(samples, "ackbot_messages", state="PENDING") == 0
@@ -141,6 +111,61 @@ async def test_a_bot_answering_two_messages_shows_in_both(store, stub, start_bot
         grpc_method="Check",
         grpc_code="OK",
     )
+
+
+async def test_redeliveries_are_counted_by_why_the_lease_ended(store, stub):
+    """One message comes back for each cause a single store can see: released with a reason
+    (failed), released without one (handed_back), its stream gone (stream_ended), its lease
+    left to lapse (lease_expired). The steps are ordered so that no stream has room when the
+    lapsed message becomes deliverable again: it is counted once."""
+    causes = ("failed", "handed_back", "stream_ended", "lease_expired", "store_died")
+
+    async def counted(expected: dict[str, int]) -> Samples | None:
+        current = await scrape(store)
+        got = {cause: value(current, "ackbot_redeliveries_total", cause=cause) for cause in causes}
+        return current if all(got[cause] >= n for cause, n in expected.items()) else None
+
+    await create(stub, "left to lapse", id="lapsed")
+    holder = StreamReader(stub, consumer="holder", max_in_flight=1, lease_seconds=60)
+    try:
+        [lapsing] = await holder.take(1)
+        for name in ("failed", "handed-back", "stream-ended"):
+            await create(stub, name, id=name)
+        other = StreamReader(stub, consumer="other", max_in_flight=3, lease_seconds=60)
+        try:
+            leases = {d.message.id: d.lease_token for d in await other.take(3)}
+            for message_id, reason in (("failed", "boom"), ("handed-back", "")):
+                # Not back before the test ends, so that each is counted once.
+                request = pb.ReleaseMessageRequest(
+                    id=message_id,
+                    lease_token=leases[message_id],
+                    reason=reason,
+                    retry_after=seconds(300),
+                )
+                await stub.ReleaseMessage(request, timeout=RPC_TIMEOUT)
+        finally:
+            await other.close()  # "stream-ended" goes back with its stream
+        await wait_until(lambda: counted({"stream_ended": 1}), SAMPLED_WITHIN, what="stream end")
+
+        # Now the holder's lease lapses in a second: it keeps its slot (see StreamUnprocessed),
+        # and no other stream is open to take the message again.
+        shorten = pb.ExtendLeaseRequest(
+            id="lapsed", lease_token=lapsing.lease_token, lease_duration=seconds(1)
+        )
+        await stub.ExtendLease(shorten, timeout=RPC_TIMEOUT)
+        samples = await wait_until(
+            lambda: counted({"lease_expired": 1}), SAMPLED_WITHIN, what="the lapse counted"
+        )
+    finally:
+        await holder.close()
+    counts = {cause: value(samples, "ackbot_redeliveries_total", cause=cause) for cause in causes}
+    assert counts == {
+        "failed": 1,
+        "handed_back": 1,
+        "stream_ended": 1,
+        "lease_expired": 1,
+        "store_died": 0,
+    }
 
 
 async def test_a_failing_responder_counts_failures(store, stub, start_bot):

@@ -31,6 +31,7 @@ from tests.integration.harness import (
     list_all,
     wait_settled,
 )
+from tests.integration.metrics_scrape import METRICS, scrape, value
 from tests.integration.postgres import asyncpg_dsn, fresh_database, requires_postgres
 from tests.integration.two_stores import BOT_STORES, Burst, start_bots, start_stores
 
@@ -71,7 +72,7 @@ async def test_a_killed_stores_leases_go_to_another_store_within_seconds(
     # postgres_url comes first: its teardown (DROP DATABASE) runs after the services'.
     args = ["--db", postgres_url]
     store_a = await run_service(store_service(tmp_path, name="store-a", args=args))
-    store_b = await run_service(store_service(tmp_path, name="store-b", args=args))
+    store_b = await run_service(store_service(tmp_path, name="store-b", args=[*args, *METRICS]))
     async with (
         grpc.aio.insecure_channel(store_a.address) as channel_a,
         grpc.aio.insecure_channel(store_b.address) as channel_b,
@@ -138,6 +139,9 @@ async def test_a_killed_stores_leases_go_to_another_store_within_seconds(
     )
     for message_id in held:
         assert f"lease of a dead store released message_id={message_id} " in log_b
+    # B's reaper handed them back: counted as redeliveries because their store died.
+    reaped = value(await scrape(store_b), "ackbot_redeliveries_total", cause="store_died")
+    assert reaped == len(held)
 
     assert await store_b.aterminate() == 0
     assert await fetch(postgres_url, "SELECT id FROM stores") == [], "B deregistered on stop"

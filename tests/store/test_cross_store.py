@@ -299,7 +299,7 @@ async def test_one_notification_per_transaction_that_makes_work_and_none_otherwi
         await repo.release(third.message.id, third.lease_token, reason="x", retry_after_ns=1)
         assert await since_last() == us * 2
         # So does a stream's end that hands leases back.
-        assert await repo.release_leases([Lease(fourth.message.id, fourth.lease_token)]) == 1
+        assert len(await repo.release_leases([Lease(fourth.message.id, fourth.lease_token)])) == 1
         assert await since_last() == us
         # A release that kills (the last attempt) makes none; the requeue that revives does.
         clock.advance(ns=1)

@@ -524,7 +524,8 @@ async def test_release_leases_returns_messages_at_once_and_keeps_attempts(repo, 
         [Lease("a", old["a"]), Lease("b", old["b"]), Lease("c", old["c"]), Lease("zz", "t")]
     )
 
-    assert released == 1  # only "b": its token is still the current one
+    # Only "b": its token is still the current one.
+    assert [(r.message_id, r.state) for r in released] == [("b", State.PENDING)]
     a = await repo.get_message("a")
     assert a.state is State.LEASED
     assert a.delivery_attempts == 2
@@ -532,7 +533,7 @@ async def test_release_leases_returns_messages_at_once_and_keeps_attempts(repo, 
     assert b.state is State.PENDING
     assert b.delivery_attempts == 1
     assert (await repo.get_message("c")).state is State.PROCESSED
-    assert await repo.release_leases([Lease("a", reclaimed[0].lease_token)]) == 1
+    assert len(await repo.release_leases([Lease("a", reclaimed[0].lease_token)])) == 1
     a = await repo.get_message("a")
     assert a.state is State.PENDING
     assert a.delivery_attempts == 2
@@ -542,19 +543,21 @@ async def test_release_leases_returns_messages_at_once_and_keeps_attempts(repo, 
 
 
 async def test_release_leases_of_nothing(repo):
-    assert await repo.release_leases([]) == 0
+    assert await repo.release_leases([]) == []
 
 
 async def test_release_leases_dead_letters_at_max_attempts(repo, clock):
     await create(repo, "crashes the bot", id="m1")
     for _ in range(repo.max_attempts - 1):
         delivery = await claim_one(repo)
-        assert await repo.release_leases([Lease("m1", delivery.lease_token)]) == 1
+        [released] = await repo.release_leases([Lease("m1", delivery.lease_token)])
+        assert released.state is State.PENDING
         assert (await repo.get_message("m1")).state is State.PENDING
     delivery = await claim_one(repo)
     assert delivery.message.delivery_attempts == repo.max_attempts
 
-    assert await repo.release_leases([Lease("m1", delivery.lease_token)]) == 1
+    [released] = await repo.release_leases([Lease("m1", delivery.lease_token)])
+    assert released.state is State.DEAD
 
     dead = await repo.get_message("m1")
     assert dead.state is State.DEAD
