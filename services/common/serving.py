@@ -74,7 +74,13 @@ class EndingHealthServicer(HealthServicer):
                         await context.write(health_pb2.HealthCheckResponse(status=status))
                         last_status = status
                     if self._gracefully_shutting_down:
-                        return  # after the NOT_SERVING above: the stream ends with OK
+                        # enter_graceful_shutdown sets every known service NOT_SERVING, but it
+                        # may still be waiting for this condition's lock (held here while a
+                        # write went out) to do so: send what it is about to set, then the
+                        # stream ends with OK.
+                        if service in self._server_status and last_status != NOT_SERVING:
+                            await context.write(health_pb2.HealthCheckResponse(status=NOT_SERVING))
+                        return
                     await condition.wait()
         finally:
             self._watcher_count_by_service[service] -= 1
