@@ -49,7 +49,21 @@ async def test_store_counts_calls_by_method_and_code(store, stub):
         await stub.GetMessage(pb.GetMessageRequest(id="no-such"), timeout=RPC_TIMEOUT)
     assert missing.value.code() == grpc.StatusCode.NOT_FOUND
 
-    samples = await scrape(store)
+    async def all_counted() -> Samples | None:
+        current = await scrape(store)
+        total = sum(
+            handled(current, method, code)
+            for method, code in (
+                ("CreateMessage", "OK"),
+                ("CreateMessage", "INVALID_ARGUMENT"),
+                ("GetMessage", "NOT_FOUND"),
+            )
+        )
+        return current if total >= 5 else None
+
+    # A refused call's status reaches the client as it is sent, a moment before the store's
+    # handler returns and counts it: the scrape may come in between.
+    samples = await wait_until(all_counted, RPC_TIMEOUT, what="the 5 calls counted")
     labels = {"grpc_type": "unary", "grpc_service": SERVICE, "grpc_method": "CreateMessage"}
     assert handled(samples, "CreateMessage", "OK") == 3
     assert handled(samples, "CreateMessage", "INVALID_ARGUMENT") == 1
