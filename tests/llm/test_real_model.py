@@ -34,12 +34,15 @@ pytestmark = [pytest.mark.llm, pytest.mark.timeout(600)]
 
 PERSONA = "smol"
 # Arrive together, with the bot taking them all at once: the server answers one request at a
-# time, so the last waits for the others, and at least that reply outlasts the lease.
+# time, so the last waits for the others, and at least that reply outlasts the lease (six, so
+# that it does on a quiet machine too, where one answer takes well under a second).
 QUESTIONS = (
     "What is a good name for a cat?",
     "How do I boil an egg?",
     "Why is the sky blue?",
     "Tell me a fact about the moon.",
+    "What should I cook tonight?",
+    "How far away is the sun?",
 )
 # Short, so that a reply outlasts it: renewed every 1.25 s while the model works. Not the
 # store's 1 s minimum: the model server keeps both cores busy, and with half a second of slack
@@ -168,9 +171,13 @@ async def test_a_real_model_answers_each_message_once_within_the_limits(
     assert replies_within_lease < len(QUESTIONS), (
         "every reply came within one lease: this run did not need the lease kept alive"
     )
-    extended = total(
+    # The bot extends on its Consume session, so the extensions are the store's own record of
+    # them (its DEBUG lines, which the harness turns on), not ExtendLease calls; a refused one
+    # would have shown as a lost lease above.
+    extended = store.log_text().count("lease extended message_id=")
+    assert extended >= 1, "no lease was extended while the model worked"
+    refused = total(store_metrics, "grpc_server_handled_total", grpc_method="ExtendLease")
+    refused -= total(
         store_metrics, "grpc_server_handled_total", grpc_method="ExtendLease", grpc_code="OK"
     )
-    calls = total(store_metrics, "grpc_server_handled_total", grpc_method="ExtendLease")
-    assert extended >= 1, "no lease was extended while the model worked"
-    assert calls == extended, "an ExtendLease was refused: a lease was lost"
+    assert refused == 0, "a unary ExtendLease was refused: a lease was lost"
