@@ -18,11 +18,12 @@ import sys
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from datetime import UTC, datetime
-from typing import TextIO, Unpack
+from typing import Any, TextIO, Unpack
 
 import grpc
 import shtab
 from google.protobuf import json_format, timestamp_pb2
+from google.protobuf.message import Message
 
 from ackbot.client.listing import LAST_MESSAGE_REQUEST, ListFilters, PageWalk
 from ackbot.common.auth import read_token
@@ -141,10 +142,22 @@ def format_message_details(message: pb.Message) -> str:
     return "\n".join(f"{label + ':':<{width}} {value}" for label, value in rows)
 
 
+def proto_dict(proto: Message, *, every_field: bool = False) -> dict[str, Any]:
+    """A protobuf message as JSON data, with the proto's own field names; `every_field` also
+    writes the fields left at their defaults (a count of 0)."""
+    return json_format.MessageToDict(
+        proto, preserving_proto_field_name=True, always_print_fields_with_no_presence=every_field
+    )
+
+
+def json_line(data: Mapping[str, Any]) -> str:
+    """One JSON object on one line: what every `--json` output prints."""
+    return json.dumps(data, ensure_ascii=False, separators=(",", ":"))
+
+
 def message_to_json(message: pb.Message) -> str:
     """One JSON object on one line, with the proto's own field names."""
-    data = json_format.MessageToDict(message, preserving_proto_field_name=True)
-    return json.dumps(data, ensure_ascii=False, separators=(",", ":"))
+    return json_line(proto_dict(message))
 
 
 def render(message: pb.Message, *, as_json: bool, detailed: bool = False) -> str:
@@ -430,8 +443,7 @@ def cmd_watch(stub: pb_grpc.MessageStoreStub, args: argparse.Namespace, out: Tex
     for event in watch_events(stub, from_start=args.from_start, stderr=sys.stderr):
         kind = WATCH_EVENT_NAMES.get(event.type, "unknown")
         if args.json:
-            data = json_format.MessageToDict(event.message, preserving_proto_field_name=True)
-            line = json.dumps({"event": kind, "message": data}, ensure_ascii=False)
+            line = json_line({"event": kind, "message": proto_dict(event.message)})
         else:
             line = f"{kind:<8} {format_message(event.message)}"
         print(line, file=out, flush=True)
@@ -467,10 +479,7 @@ def cmd_stats(stub: pb_grpc.MessageStoreStub, args: argparse.Namespace, out: Tex
     stats = stub.GetStats(pb.GetStatsRequest(), timeout=CALL_TIMEOUT_SECONDS)
     if args.json:
         # Zero counts are printed too: a script reads `dead_count` whether or not it is 0.
-        data = json_format.MessageToDict(
-            stats, preserving_proto_field_name=True, always_print_fields_with_no_presence=True
-        )
-        print(json.dumps(data, ensure_ascii=False, separators=(",", ":")), file=out, flush=True)
+        print(json_line(proto_dict(stats, every_field=True)), file=out, flush=True)
     else:
         print(format_stats(stats), file=out, flush=True)
     return 0

@@ -41,13 +41,12 @@ from typing import Any, Generic, TypeVar
 
 import grpc
 from google.protobuf.duration_pb2 import Duration
-from google.rpc import error_details_pb2, status_pb2
-from grpc_status import rpc_status
 
 from ackbot.bot.config import BotConfig
 from ackbot.common.backoff import CALL_BACKOFF, Backoff
 from ackbot.common.limits import DEFAULT_MAX_TEXT_BYTES, REPLY_LIMIT_METADATA
 from ackbot.common.serving import client_credentials
+from ackbot.common.status import error_info, status_code, status_of
 from ackbot.v1 import message_store_pb2 as pb
 from ackbot.v1 import message_store_pb2_grpc as pb_grpc
 
@@ -234,7 +233,7 @@ async def _settle(
             targets, what=what, message_id=message_id, budget_seconds=budget_seconds
         )
     except grpc.aio.AioRpcError as exc:
-        reason, metadata = _error_info(exc)
+        reason, metadata = error_info(status_of(exc))
         return CallResult(
             outcome_of(exc.code()),
             status=exc.code().name,
@@ -243,25 +242,6 @@ async def _settle(
             metadata=metadata,
         )
     return CallResult(Outcome.SETTLED, response)
-
-
-def _error_info(exc: grpc.aio.AioRpcError) -> tuple[str, dict[str, str]]:
-    """The reason and metadata of the error's ErrorInfo detail; ("", {}) without one."""
-    try:
-        status = rpc_status.from_call(exc)  # type: ignore[arg-type]
-    except ValueError:  # a status whose details disagree with its code or message
-        return "", {}
-    return _status_error_info(status) if status is not None else ("", {})
-
-
-def _status_error_info(status: status_pb2.Status) -> tuple[str, dict[str, str]]:
-    """The reason and metadata of a google.rpc.Status's ErrorInfo detail; ("", {}) without."""
-    for detail in status.details:
-        if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
-            info = error_details_pb2.ErrorInfo()
-            detail.Unpack(info)
-            return info.reason, dict(info.metadata)
-    return "", {}
 
 
 def open_channel(
@@ -512,13 +492,13 @@ class _SessionOver(Exception):
 def result_of(result: pb.SettlementResult) -> CallResult[Any] | None:
     """A settlement's result as the unary call's CallResult; None when its code is one a retry
     may cure (UNAVAILABLE: the caller retries by the unary calls, which fail over)."""
-    code = _STATUS_CODES.get(result.status.code, grpc.StatusCode.UNKNOWN)
+    code = status_code(result.status.code)
     if code is grpc.StatusCode.OK:
         which = result.WhichOneof("response")
         return CallResult(Outcome.SETTLED, getattr(result, which) if which else None)
     if code in RETRYABLE_CODES:
         return None
-    reason, metadata = _status_error_info(result.status)
+    reason, metadata = error_info(result.status)
     return CallResult(
         outcome_of(code),
         status=code.name,
@@ -526,9 +506,6 @@ def result_of(result: pb.SettlementResult) -> CallResult[Any] | None:
         reason=reason,
         metadata=metadata,
     )
-
-
-_STATUS_CODES = {code.value[0]: code for code in grpc.StatusCode}
 
 
 class StoreClient:

@@ -10,13 +10,11 @@ caller handles a refused create alike whichever way it was sent.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import cast
 
 import grpc
 from google.rpc import error_details_pb2, status_pb2
-from grpc_status import rpc_status
 
-_CODES = {code.value[0]: code for code in grpc.StatusCode}
+from ackbot.common.status import error_info, status_code, status_of
 
 
 class StoreError(Exception):
@@ -118,15 +116,11 @@ _BY_CODE: Mapping[grpc.StatusCode, type[StoreError]] = {
 
 def from_status(status: status_pb2.Status) -> StoreError:
     """The typed error of a google.rpc.Status (a batch item's, or a call's)."""
-    code = _CODES.get(status.code, grpc.StatusCode.UNKNOWN)
-    reason, metadata = "", {}
+    code = status_code(status.code)
+    reason, metadata = error_info(status)
     violations: list[tuple[str, str]] = []
     for detail in status.details:
-        if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
-            info = error_details_pb2.ErrorInfo()
-            detail.Unpack(info)
-            reason, metadata = info.reason, dict(info.metadata)
-        elif detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
+        if detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
             bad = error_details_pb2.BadRequest()
             detail.Unpack(bad)
             violations.extend((v.field, v.description) for v in bad.field_violations)
@@ -136,10 +130,4 @@ def from_status(status: status_pb2.Status) -> StoreError:
 
 def from_rpc_error(error: grpc.aio.AioRpcError) -> StoreError:
     """The typed error of a failed call, with the details the store put in its status."""
-    # An AioRpcError has what from_call reads (code, details, trailing metadata), though it
-    # is not typed as a grpc.Call.
-    status = rpc_status.from_call(cast(grpc.Call, error))
-    if status is None:
-        # Refused before the store's code ran (gRPC's size limit, a connection that failed).
-        status = status_pb2.Status(code=error.code().value[0], message=error.details() or "")
-    return from_status(status)
+    return from_status(status_of(error))

@@ -24,6 +24,7 @@ import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from typing import TypeVar
 
 from ackbot.store.errors import FailedPrecondition, StoreError
 from ackbot.store.metrics import StoreMetrics
@@ -42,6 +43,8 @@ from ackbot.store.stream_board import WAKE_STEP_NS, CallAt, StreamBoard, StreamS
 from ackbot.store.watch import WatchEvent, WatchHub
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 # How long a request to read the next timed wake waits for company: the claims that the same
 # news sets off run first, without a read beside them, and those that come back short share the
@@ -251,36 +254,35 @@ class MessageManager:
     # -- writes, each with the wake-up it causes ---------------------------------------------
 
     async def create_message(self, new: NewMessage) -> CreateResult:
-        # Claim on create: a stream waiting with room gets a claim queued right behind the
-        # create. Group commit runs claims last in a transaction, and the claim can only land in
-        # the create's transaction or a later one, so it sees the new message: the message is
-        # leased in the transaction that stores it, without a claim transaction of its own.
-        # The claim then decides who else must look (see _claim_for); a create that found no
-        # stream waiting wakes them all, as any work does.
-        waiting = self._board.waiting_stream()
-        if waiting is not None:
-            self._start_claim(*waiting, rides_with_create=True)
-        result = await self._repository.create_message(new)
-        if _log_created(result):
-            self.watches.created()
-            if waiting is None:
-                self._board.wake_all()
-        return result
+        return await self._create(self._repository.create_message(new), _log_created)
 
     async def create_messages(self, news: list[NewMessage]) -> list[CreateResult | StoreError]:
         """CreateMessage for many, in one transaction, with one wake-up for all of them. Each
         item's outcome is its own: a result, or the error it alone was refused with."""
-        # Claim on create, as for one message (see create_message).
+
+        def any_stored(outcomes: list[CreateResult | StoreError]) -> bool:
+            # Every result is logged: a list, not a generator that any() would cut short.
+            return any([_log_created(o) for o in outcomes if not isinstance(o, StoreError)])
+
+        return await self._create(self._repository.create_messages(news), any_stored)
+
+    async def _create(self, write: Awaitable[T], stored_new: Callable[[T], bool]) -> T:
+        """Runs a create (`write`, not yet started) with claim on create: a stream waiting with
+        room gets a claim queued right behind it. Group commit runs claims last in a
+        transaction, and the claim can only land in the create's transaction or a later one,
+        so it sees the new messages: they are leased in the transaction that stores them,
+        without a claim transaction of their own. The claim then decides who else must look
+        (see _claim_for); a create that found no stream waiting wakes them all, as any work
+        does. `stored_new` says whether the outcome stored anything new."""
         waiting = self._board.waiting_stream()
         if waiting is not None:
             self._start_claim(*waiting, rides_with_create=True)
-        outcomes = await self._repository.create_messages(news)
-        created = [_log_created(o) for o in outcomes if not isinstance(o, StoreError)]
-        if any(created):
+        outcome = await write
+        if stored_new(outcome):
             self.watches.created()
             if waiting is None:
                 self._board.wake_all()
-        return outcomes
+        return outcome
 
     async def mark_processed(
         self,
@@ -395,9 +397,14 @@ class MessageManager:
         their changes are watched and counted here, like the ones this store's own writes make."""
         for lease in released:
             self.watches.changed(lease.message_id)
+        self._count_handed_back("store_died", released)
+
+    def _count_handed_back(self, cause: str, released: Sequence[ReleasedLease]) -> None:
+        """Redeliveries by `cause`: the handed-back leases whose message is PENDING again (one
+        made DEAD counts in ackbot_dead_total instead)."""
         if self._metrics is not None:
             again = sum(lease.state is State.PENDING for lease in released)
-            self._metrics.redelivery("store_died", again)
+            self._metrics.redelivery(cause, again)
 
     def _rearm_timed_wakes(self) -> None:
         """Sets a timed wake at the next time a message becomes deliverable, read from the
@@ -577,9 +584,7 @@ class MessageManager:
         for lease in leases:
             log.debug("lease released on stream end message_id=%s", lease.message_id)
             self.watches.changed(lease.message_id)
-        if self._metrics is not None:
-            again = sum(lease.state is State.PENDING for lease in released)
-            self._metrics.redelivery("stream_ended", again)
+        self._count_handed_back("stream_ended", released)
         if released:
             self._board.wake_all()
 
