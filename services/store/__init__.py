@@ -4,6 +4,7 @@ Modules, each with one job: `config` (settings), `validation` (request rules), `
 errors), `models` (tables), `database` (engine, dialect, driver errors), `repository` (all SQL
 and transactions), `group_commit` (shared write transactions), `manager` (delivery: writes with
 their wake-ups, the streams' claim loop, shutdown), `stream_board` (the manager's ledger of
-streams, leases and wakes), `servicer` (gRPC <-> manager), `server` (wiring, start and graceful
+streams, leases and wakes), `servicer` (gRPC <-> manager; with
+`mapping`, `grpc_errors`, `settlements` and `consume`), `server` (wiring, start and graceful
 stop).
 """
