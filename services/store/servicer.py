@@ -20,7 +20,7 @@ from ackbot.store import mapping
 from ackbot.store import validation as rules
 from ackbot.store.config import StoreConfig
 from ackbot.store.consume import ConsumeSession
-from ackbot.store.errors import InvalidArgument, StoreError
+from ackbot.store.errors import StoreError
 from ackbot.store.grpc_errors import (
     UndecodableRequest,
     abort_shutting_down,
@@ -56,25 +56,17 @@ class MessageStoreServicer(pb_grpc.MessageStoreServicer):
     async def BatchCreateMessages(
         self, request: pb.BatchCreateMessagesRequest, context: grpc.aio.ServicerContext
     ) -> pb.BatchCreateMessagesResponse:
-        rules.check_batch_size(request)
-        # Each item is checked on its own; a bad one is answered here and the rest go on.
+        items = rules.batch_create(request, self._limits)
+        news = [item for item in items if isinstance(item, NewMessage)]
+        created = iter(await self._manager.create_messages(news) if news else ())
         response = pb.BatchCreateMessagesResponse()
-        results = [response.results.add() for _ in request.requests]
-        valid: list[tuple[int, NewMessage]] = []
-        for index, item in enumerate(request.requests):
-            v = rules.Violations()
-            new = rules.new_message(v, f"requests[{index}].message", item.message, self._limits)
-            if v.items:
-                results[index].error.CopyFrom(status_for(InvalidArgument(v.items)))
+        for item in items:
+            outcome = next(created) if isinstance(item, NewMessage) else item
+            result = response.results.add()
+            if isinstance(outcome, StoreError):
+                result.error.CopyFrom(status_for(outcome))
             else:
-                valid.append((index, new))
-        if valid:
-            outcomes = await self._manager.create_messages([new for _, new in valid])
-            for (index, _), outcome in zip(valid, outcomes, strict=True):
-                if isinstance(outcome, StoreError):
-                    results[index].error.CopyFrom(status_for(outcome))
-                else:
-                    mapping.fill_create_response(results[index].response, outcome)
+                mapping.fill_create_response(result.response, outcome)
         return response
 
     @maps_errors

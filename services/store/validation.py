@@ -197,8 +197,11 @@ def create_message(request: pb.CreateMessageRequest, limits: Limits) -> NewMessa
     return new
 
 
-def check_batch_size(request: pb.BatchCreateMessagesRequest) -> None:
-    """The batch as a whole; its items are checked one by one (`new_message`)."""
+def batch_create(
+    request: pb.BatchCreateMessagesRequest, limits: Limits
+) -> list[NewMessage | InvalidArgument]:
+    """Checks the batch as a whole (raising), then each item on its own: a bad item becomes its
+    InvalidArgument, to be answered in its place while the rest go on."""
     count = len(request.requests)
     if not 1 <= count <= MAX_BATCH_CREATE_ITEMS:
         raise InvalidArgument(
@@ -208,6 +211,12 @@ def check_batch_size(request: pb.BatchCreateMessagesRequest) -> None:
                 )
             ]
         )
+    items: list[NewMessage | InvalidArgument] = []
+    for index, item in enumerate(request.requests):
+        v = Violations()
+        new = new_message(v, f"requests[{index}].message", item.message, limits)
+        items.append(InvalidArgument(v.items) if v.items else new)
+    return items
 
 
 # ListMessagesRequest.order_by, normalised (AIP-132 syntax, one field).
