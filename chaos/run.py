@@ -113,7 +113,8 @@ _PG_CI = replace(
     slow_fraction=0.03,
     cluster=replace(_CI.cluster, stores=2),
     postgres=True,
-    fault_weights={**FAULT_WEIGHTS, "kill-store": 5},
+    # A store stopped while it holds the insert turn must cost the others seconds of writes.
+    fault_weights={**FAULT_WEIGHTS, "kill-store": 5, "stall-store": 2},
 )
 PROFILES["pg-ci"] = _PG_CI
 # The same rate of messages and faults, for 25 minutes.
@@ -327,6 +328,13 @@ def _store_figures(store_logs: Sequence[str], scheduler: FaultScheduler) -> dict
         # Milliseconds, so that figures stay integers: kill to "is dead", median and worst.
         "reap_ms_median": round(1000 * statistics.median(seen)) if seen else 0,
         "reap_ms_max": round(1000 * max(seen)) if seen else 0,
+        # stall-store: SIGSTOP to "is dead", and the dead stores' sessions the others ended.
+        "store_stalls_inside_insert": scheduler.stalls_inside_insert,
+        "store_stalls_not_reaped": sum(s is None for s in scheduler.stall_reap_seconds),
+        "stall_reap_ms_max": round(
+            1000 * max((s for s in scheduler.stall_reap_seconds if s is not None), default=0)
+        ),
+        "dead_store_sessions_ended": count_log_lines(store_logs, "ended database session"),
     }
 
 

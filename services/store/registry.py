@@ -221,10 +221,10 @@ class StoreRegistry:
             if loop.time() < self._judge_after:
                 continue  # the others may still be reconnecting (see the module docstring)
             try:
-                dead = await self._repository.find_dead_stores(self._dead_after_seconds)
-                if not dead:
+                looks_dead = await self._repository.find_dead_stores(self._dead_after_seconds)
+                if not looks_dead:
                     continue
-                await self._end_sessions(dead)
+                await self._end_sessions(looks_dead)
                 reaped = await self._repository.reap_dead_stores(self._dead_after_seconds)
             except StoreError as exc:
                 log.warning("reaper failed store=%s: %s", self.store_id, exc)
