@@ -389,6 +389,14 @@ def render(outcome: Outcome) -> str:
             f"{figures['reap_ms_max'] / 1000:.2f}s, {figures['store_kills_not_reaped']} kills "
             "never reaped"
         )
+    if faults.get("stall-store"):
+        lines.append(
+            f"store stalls: {faults['stall-store']} SIGSTOPs "
+            f"({figures['store_stalls_inside_insert']} holding the insert turn), stop to reap "
+            f"worst {figures['stall_reap_ms_max'] / 1000:.2f}s, "
+            f"{figures['store_stalls_not_reaped']} never reaped; "
+            f"{figures['dead_store_sessions_ended']} sessions of dead stores ended"
+        )
     lines.append("checks:")
     if not outcome.drained:
         lines.append(f"  FAIL  bots drained within the deadline (after {seconds['drain']:.0f}s)")
@@ -398,6 +406,8 @@ def render(outcome: Outcome) -> str:
         )
     if figures.get("store_kills_not_reaped"):
         lines.append(f"  note: {figures['store_kills_not_reaped']} store kills were never reaped")
+    if figures.get("store_stalls_not_reaped"):
+        lines.append(f"  note: {figures['store_stalls_not_reaped']} store stalls were never reaped")
     if figures.get("store_unexpected_errors"):
         lines.append(
             f"  note: the store logged {figures['store_unexpected_errors']} unexpected errors"
