@@ -13,7 +13,7 @@ stores do not all look at once. A store is dead when either is true:
   reused): a store killed outright, whose session PostgreSQL closes within milliseconds, so
   a `kill -9` is noticed at the next reap, not after `dead_after_seconds`.
 
-Declaring a store dead ends its database sessions first (`pg_terminate_backend` of every
+Declaring a registered store dead ends its database sessions first (`pg_terminate_backend` of every
 backend named after it, `ackbot-store:<id>`, see Database's SessionBounds): a store stopped
 inside a transaction holds the insert turn and row locks that every other store's writes wait
 for, and nothing but the end of its session releases them. A dead store's sessions are of no
@@ -239,7 +239,14 @@ class StoreRegistry:
     async def _end_sessions(self, dead: list[DeadStore]) -> None:
         """Ends every database session of the `dead` stores (see the module docstring). A
         failure (no permission, the database gone) is logged: the reap goes on without it."""
-        names = [store_application_name(store.id) for store in dead if store.id != self.store_id]
+        # Registered ones only: a store that holds leases unregistered was declared dead
+        # before, its sessions ended then, and is stopping by itself (handing back what it
+        # holds, which its sessions must stay to do); its leases are handed back regardless.
+        names = [
+            store_application_name(store.id)
+            for store in dead
+            if store.registered and store.id != self.store_id
+        ]
         if not names:
             return
         try:
