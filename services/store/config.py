@@ -87,7 +87,8 @@ class StoreConfig:
         "how long in-flight calls may finish on shutdown",
         type=seconds_in(0, MAX_WAIT_SECONDS, low_inclusive=False),
     )
-    # Seconds a write waits on a locked SQLite database before the call fails with UNAVAILABLE.
+    # Seconds a write waits on a locked database before the call fails with UNAVAILABLE: SQLite's
+    # busy_timeout; on PostgreSQL every session's lock_timeout (the insert turn, a row lock).
     lock_timeout_seconds: float = setting(
         5.0,
         "how long a write waits on a locked database before UNAVAILABLE",
