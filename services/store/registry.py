@@ -229,8 +229,11 @@ class StoreRegistry:
             except StoreError as exc:
                 log.warning("reaper failed store=%s: %s", self.store_id, exc)
                 continue
+            # Why each looked dead before its sessions were ended (after, every one's session
+            # is gone, which would hide a silence).
+            judged = {store.id: store for store in looks_dead}
             for dead in reaped:
-                self._log_reaped(dead)
+                self._log_reaped(dead, judged.get(dead.store.id, dead.store))
                 if self._on_reaped is not None and dead.released:
                     self._on_reaped(dead.released)
             if any(dead.released for dead in reaped):
@@ -268,7 +271,7 @@ class StoreRegistry:
                 "" if row.ended else " (it has not exited yet)",
             )
 
-    def _log_reaped(self, reaped: Reaped) -> None:
+    def _log_reaped(self, reaped: Reaped, judged: DeadStore) -> None:
         dead = reaped.store
         if not reaped.released and not reaped.finished:
             # Its leases are all locked (it stalled inside a transaction): said once a reap.
@@ -276,10 +279,10 @@ class StoreRegistry:
             return
         if not dead.registered:
             why = "it holds leases but is not registered (declared dead before)"
-        elif dead.session_gone:
+        elif judged.session_gone:
             why = "its database session is gone"
         else:
-            why = f"no heartbeat for {dead.silent_seconds:.1f}s"
+            why = f"no heartbeat for {judged.silent_seconds:.1f}s"
         for lease in reaped.released:
             log.info(
                 "lease of a dead store released message_id=%s state=%s attempts=%d store=%s",

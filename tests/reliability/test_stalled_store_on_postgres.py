@@ -191,6 +191,10 @@ async def test_a_store_stopped_inside_its_insert_stops_the_others_writes_for_sec
         assert re.search(rf"ended database session pid=\d+ of dead store={a_id}", log_b), (
             store_b.describe()
         )
+        # Judged by its silence, as it was before its sessions were ended.
+        assert re.search(rf"store={a_id} \(\S+\) is dead: no heartbeat for", log_b), (
+            store_b.describe()
+        )
         # Woken, A finds its registration gone and stops by itself.
         code = await asyncio.to_thread(store_a.proc.wait, 30)
         assert code == 1, store_a.describe()
