@@ -1145,8 +1145,13 @@ class MessageRepository:
         Never waits on a lock, so it cannot hold up the writes it shares a transaction with: a
         store another reaper is handling is skipped (SKIP LOCKED), and so is a lease another
         transaction holds; the store's registration then stays until a later reap finds none.
+
+        A transaction of its own, not one of group commit's: the writes queued there may be
+        waiting for the very store this reap is about to declare dead (registry.py).
         """
-        return await self._writes.submit_one(self._reap, dead_after_seconds)
+        outcome = await self._run_write(lambda tx: [self._reap(tx, dead_after_seconds)])
+        reaped: list[Reaped] = outcome[0]
+        return reaped
 
     def _reap(self, tx: _Transaction, dead_after_seconds: float) -> list[Reaped]:
         dead = (

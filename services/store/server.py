@@ -28,8 +28,9 @@ from ackbot.common.serving import (
     set_serving,
 )
 from ackbot.store.config import ALLOW_INSECURE_FLAG, StoreConfig
-from ackbot.store.database import Database
+from ackbot.store.database import Database, SessionBounds, store_application_name
 from ackbot.store.errors import CannotOpenDatabase, DeclaredDead, StoreError
+from ackbot.store.ids import new_store_id
 from ackbot.store.listener import WorkListener
 from ackbot.store.manager import MessageManager
 from ackbot.store.metrics import StateSampler, StoreMetrics
@@ -122,10 +123,20 @@ class StoreServer:
             interceptors.append(AuthInterceptor(authenticator))
         self._server = server = create_server(_server_options(config), interceptors)
         address = bind(server, config.listen, credentials)
+        # Made here, not by the repository: every database session carries it in its name,
+        # so that the other stores can end them if this one is declared dead (registry.py).
+        store_id = new_store_id()
         database = Database.from_url(
             config.db_url,
             lock_timeout_seconds=config.lock_timeout_seconds,
             sqlite_synchronous=config.sqlite_synchronous,
+            bounds=SessionBounds(
+                application_name=store_application_name(store_id),
+                idle_in_transaction_seconds=config.idle_in_transaction_seconds,
+                statement_seconds=config.statement_timeout_seconds,
+                lock_seconds=config.lock_timeout_seconds,
+                keepalive_seconds=config.keepalive_seconds,
+            ),
         )
         # Before the schema: a database that cannot be opened is one line naming it and why.
         await database.check_open()
@@ -139,6 +150,7 @@ class StoreServer:
         self._repository = repository = MessageRepository(
             database,
             max_attempts=config.max_attempts,
+            store_id=store_id,
             on_commit=metrics.group_commit_batch.observe,
             on_dead=message_dead,
         )
