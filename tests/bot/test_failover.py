@@ -11,9 +11,11 @@ import logging
 import pytest
 
 from ackbot.bot.config import BotConfig
+from ackbot.bot.policy import Worker
 from ackbot.bot.responder import IncomingMessage
-from ackbot.bot.store_client import DeliveryStream, Outcome, StoreClient
-from ackbot.bot.worker import Worker
+from ackbot.client.outcomes import Outcome
+from ackbot.client.router import StoreClient
+from ackbot.client.streams import DeliveryStream
 from ackbot.v1 import message_store_pb2 as pb
 from ackbot.v1 import message_store_pb2_grpc as pb_grpc
 
@@ -213,7 +215,7 @@ async def test_the_worker_moves_its_stream_to_the_next_store_and_round_robin_bac
 
     # Health follows the stream: down only between one store's stream and the next.
     assert connection == [True, False, True, False, True, False]
-    lines = [r.getMessage() for r in caplog.records if r.name == "ackbot.bot.worker"]
+    lines = [r.getMessage() for r in caplog.records if r.name == "ackbot.client.consumer"]
     moves = [line for line in lines if line.startswith(("stream open to", "stream to"))]
     shutting_down = "(UNAVAILABLE: the store is shutting down; reconnect)"
     expected = [

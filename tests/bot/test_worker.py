@@ -13,9 +13,8 @@ import time
 import pytest
 
 from ackbot.bot.config import BotConfig
-from ackbot.bot.delivery import MIN_BUSY_RETRY_SECONDS
+from ackbot.bot.policy import MIN_BUSY_RETRY_SECONDS, Worker
 from ackbot.bot.responder import EmptyCompletion, IncomingMessage, PersonaResponder, RetryLater
-from ackbot.bot.worker import Worker
 from ackbot.common.limits import MAX_AUTHOR_CHARS
 from ackbot.v1 import message_store_pb2 as pb
 from ackbot.v1 import message_store_pb2_grpc as pb_grpc

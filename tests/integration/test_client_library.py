@@ -11,7 +11,6 @@ import sys
 import grpc
 import pytest
 
-from ackbot.bot.store_client import CHANNEL_OPTIONS
 from ackbot.client import (
     AlreadyExists,
     BatchSettings,
@@ -24,6 +23,7 @@ from ackbot.client import (
     Publisher,
     ResourceExhausted,
 )
+from ackbot.client.channels import CHANNEL_OPTIONS
 from ackbot.testing import Security, store_service, wait_until
 from ackbot.v1 import message_store_pb2 as pb
 
