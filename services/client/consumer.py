@@ -160,11 +160,15 @@ class Consumer:
         if self._run_task is not None:
             await self._run_task
 
-    async def stop(self) -> None:
-        """Stops gracefully (see the module docstring); safe to call twice, or before run()."""
+    def stop(self) -> Awaitable[object]:
+        """Asks `run()` to stop gracefully (see the module docstring), at once; what it returns
+        is done once it has stopped (await it, or not). Safe to call twice, or before run()."""
         self._stop_requested.set()
-        if self._running:
-            await self._done.wait()
+        if self._running and not self._done.is_set():
+            return asyncio.ensure_future(self._done.wait())
+        stopped: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        stopped.set_result(None)
+        return stopped
 
     # -- flow control -----------------------------------------------------------------------
 
