@@ -38,7 +38,6 @@ store the replies that were held back (MarkProcessed needs no lease).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -52,9 +51,9 @@ from ackbot.client.client import Client
 from ackbot.client.delivery import Callback, Delivery, Shutdown, dispatch
 from ackbot.client.leaser import Leaser
 from ackbot.client.outcomes import Outcome
+from ackbot.client.pull import StreamPull
 from ackbot.client.router import StoreClient
 from ackbot.client.streams import ConsumeSession, DeliveryStream
-from ackbot.common.backoff import RECONNECT_BACKOFF
 from ackbot.v1 import message_store_pb2 as pb
 
 log = logging.getLogger(__name__)
@@ -120,9 +119,7 @@ class Consumer:
         self._running = False
         self._shutdown = Shutdown()
         self._connected = False
-        self._generation = 0
-        self._live_generation: int | None = None
-        self._stream: DeliveryStream | None = None
+        self._pull: StreamPull | None = None
         self._max_reply_bytes = 0
         self._jobs: set[Delivery] = set()
         # The deliveries by message id, for redeliveries to join (see _accept).
@@ -131,9 +128,7 @@ class Consumer:
         self._run_task: asyncio.Task[None] | None = None
         # Flow control: why the consumer is paused (None: it is not).
         self._paused: str | None = None
-        self._drained_generation: int | None = None
         self._parked: list[Delivery] = []
-        self._reopen = asyncio.Event()
         self._background: set[asyncio.Task[None]] = set()
 
     @property
@@ -180,7 +175,8 @@ class Consumer:
             return
         self._paused = reason
         log.warning("pausing (%s): taking no new work", reason)
-        self._drain_live()
+        if self._pull is not None:  # else the stream is drained as it opens
+            self._pull.drain()
         for job in list(self._jobs):
             if not job.started and job.task is not None:
                 task, job.task = job.task, None
@@ -197,26 +193,18 @@ class Consumer:
         self._paused = None
         parked, self._parked = self._parked, []
         for job in parked:
-            if job.generation == self._live_generation:
+            if job.generation == self._pull_or_fail().live_generation:
                 self._start(job)
-        if self._drained_generation is not None and self._drained_generation == (
-            self._live_generation
-        ):
-            # The drained session cannot take work again: a new one is opened beside it.
-            self._reopen.set()
-
-    def _drain_live(self) -> None:
-        session = self._live_session()
-        if session is not None and self._drained_generation != self._generation:
-            session.drain()
-            self._drained_generation = self._generation
+        if self._pull is not None:
+            # A drained session cannot take work again: a new one is opened beside it.
+            self._pull.reopen()
 
     def _hold_paused(self, job: Delivery) -> None:
         """A delivery not started while paused: handed back when the store was told to send
         nothing more, kept (its lease too) until resume on a stream that cannot be told."""
-        if job.generation != self._live_generation:
+        if job.generation != self._pull_or_fail().live_generation:
             return  # its stream is gone, and the store took the lease back
-        if job.generation == self._drained_generation:
+        if job.generation == self._pull_or_fail().drained_generation:
             self._spawn(self._hand_back_one(job), f"hand back {job.message_id}")
             return
         assert self._leaser is not None
@@ -249,7 +237,20 @@ class Consumer:
         )
         self._slots = asyncio.Semaphore(self.settings.max_in_flight)
         leaser = asyncio.create_task(self._leaser.run(), name="ackbot-consumer-leaser")
-        reader = asyncio.create_task(self._read_forever(), name="ackbot-consumer-stream")
+        settings = self.settings
+        self._pull = StreamPull(
+            self._store,
+            consumer=settings.consumer,
+            max_in_flight=settings.max_in_flight,
+            lease_seconds=settings.lease_seconds,
+            consume=settings.consume,
+            stop=self._stop_requested,
+            accept=self._accept,
+            up=self._up,
+            down=self._down,
+            retire=self._retire,
+        )
+        reader = asyncio.create_task(self._pull.run(), name="ackbot-consumer-stream")
         stop_wait = asyncio.create_task(self._stop_requested.wait())
         try:
             await asyncio.wait({reader, stop_wait}, return_when=asyncio.FIRST_COMPLETED)
@@ -282,7 +283,7 @@ class Consumer:
         started = self._clock()
         session = self._live_session()
         if session is not None:
-            self._drain_live()
+            self._pull_or_fail().drain()
             self._shutdown.drained = True
         self._held += self._parked
         self._parked = []
@@ -332,10 +333,11 @@ class Consumer:
                     task.cancel()
 
     def _live_session(self) -> ConsumeSession | None:
-        stream = self._stream
-        if isinstance(stream, ConsumeSession) and self._live_generation == self._generation:
-            return stream
-        return None
+        return self._pull.live_session() if self._pull is not None else None
+
+    def _pull_or_fail(self) -> StreamPull:
+        assert self._pull is not None
+        return self._pull
 
     async def _wait_settling(self) -> None:
         settling = [job.task for job in self._jobs if job.task is not None and not job.task.done()]
@@ -350,7 +352,7 @@ class Consumer:
 
     async def _hand_back(self) -> None:
         held, self._held = self._held, []
-        live = [job for job in held if job.generation == self._live_generation]
+        live = [job for job in held if job.generation == self._pull_or_fail().live_generation]
         if live:
             await asyncio.gather(*(self._hand_back_one(job) for job in live))
 
@@ -371,128 +373,30 @@ class Consumer:
             log.warning("could not hand back (%s) message_id=%s", result.problem, job.message_id)
 
     def _close_stream(self) -> None:
-        # Last of all: closing the stream makes the store release every lease it still holds.
-        if self._stream is not None:
-            self._stream.cancel()
-            self._stream = None
+        if self._pull is not None:
+            self._pull.close()
         self._shutdown.stream_closed.set()
 
-    # -- the stream -------------------------------------------------------------------------
+    # -- the stream's events (pull.py) -------------------------------------------------------
 
-    def _open(self, store: int) -> DeliveryStream:
-        assert self._store is not None
-        settings = self.settings
-        use_session = settings.consume and self._store.has_consume(store)
-        open_stream = self._store.session if use_session else self._store.stream
-        return open_stream(
-            store=store,
-            consumer=settings.consumer,
-            max_in_flight=settings.max_in_flight,
-            lease_seconds=settings.lease_seconds,
-        )
+    async def _up(self, stream: DeliveryStream, generation: int) -> None:
+        # Every reply from now on goes to this store: fit it to this store's limit.
+        self._max_reply_bytes = stream.max_reply_bytes
+        if self._paused is not None:
+            self._pull_or_fail().drain()
+        await self._set_connected(True)
 
-    async def _read_forever(self) -> None:
-        assert self._store is not None
-        stores = self._store.addresses
-        store = 0
-        retry = 0
-        while not self._stop_requested.is_set():
-            self._generation += 1
-            generation = self._generation
-            self._reopen.clear()
-            self._stream = stream = self._open(store)
-            was_up = False
-            retiring = False
-            try:
-                opened = await stream.wait_open()
-                if (
-                    not opened
-                    and isinstance(stream, ConsumeSession)
-                    and stream.end_code is grpc.StatusCode.UNIMPLEMENTED
-                ):
-                    log.info(
-                        "store %s has no Consume; streaming with StreamUnprocessed and "
-                        "settling by unary calls",
-                        stream.address,
-                    )
-                    self._store.lacks_consume(store)
-                    continue
-                if opened:
-                    # Every reply from now on goes to this store: fit it to this store's limit.
-                    self._max_reply_bytes = stream.max_reply_bytes
-                    was_up = True
-                    retry = 0
-                    self._live_generation = generation
-                    if self._paused is not None:
-                        self._drain_live()
-                    await self._set_connected(True)
-                    log.info(
-                        "stream open to %s as consumer %s (%s)",
-                        stream.address,
-                        self.settings.consumer,
-                        "Consume" if isinstance(stream, ConsumeSession) else "StreamUnprocessed",
-                    )
-                retiring = await self._read(stream, generation)
-            finally:
-                if self._stream is stream:
-                    self._stream = None
-                if retiring and isinstance(stream, ConsumeSession):
-                    self._spawn(self._retire(stream, generation), f"retire {stream.address}")
-                else:
-                    stream.cancel()
-            if retiring:
-                continue  # resumed: a new session on the same store, at once
-            problem = stream.end_reason
-            await self._set_connected(False)
-            self._forget(generation)
-            if self._stop_requested.is_set():
-                # Replies held back for this stream need not wait any longer.
-                self._shutdown.stream_closed.set()
-                break
-            # The backoff grows across stores too: when every store is down, each is tried no
-            # more often than one reconnect pause times the number of stores.
-            pause = RECONNECT_BACKOFF.delay(retry)
-            retry += 1
-            store = (store + 1) % len(stores)
-            if was_up:
-                log.warning(
-                    "stream to %s broke (%s); reconnecting to %s in %.2fs",
-                    stream.address,
-                    problem,
-                    stores[store],
-                    pause,
-                )
-            else:
-                log.warning(
-                    "store %s unavailable (%s); retry %d on %s in %.2fs",
-                    stream.address,
-                    problem,
-                    retry,
-                    stores[store],
-                    pause,
-                )
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stop_requested.wait(), pause)
+    async def _down(self, generation: int) -> None:
+        await self._set_connected(False)
+        self._forget(generation)
+        if self._stop_requested.is_set():
+            # Replies held back for this stream need not wait any longer.
+            self._shutdown.stream_closed.set()
 
-    async def _read(self, stream: DeliveryStream, generation: int) -> bool:
-        """Accepts the stream's deliveries until it ends; True when it was left for a new
-        session on resume (it stays open for what it still holds)."""
-        reopen = asyncio.create_task(self._reopen.wait())
+    def _retire(self, session: ConsumeSession, generation: int) -> None:
+        self._spawn(self._retire_when_idle(session, generation), f"retire {session.address}")
 
-        def detach(_task: asyncio.Task[bool]) -> None:
-            if isinstance(stream, ConsumeSession) and not self._stop_requested.is_set():
-                stream.detach()
-
-        reopen.add_done_callback(lambda task: None if task.cancelled() else detach(task))
-        try:
-            async for deliveries in stream:
-                for delivery in deliveries:
-                    self._accept(delivery, generation)
-        finally:
-            reopen.cancel()
-        return self._reopen.is_set() and not self._stop_requested.is_set()
-
-    async def _retire(self, session: ConsumeSession, generation: int) -> None:
+    async def _retire_when_idle(self, session: ConsumeSession, generation: int) -> None:
         """A drained session left on resume: ends it once no delivery of it is running."""
         while running := [
             job.task
@@ -506,8 +410,6 @@ class Consumer:
     def _forget(self, generation: int) -> None:
         """The stream of `generation` is gone and the store took its leases back: anything from it
         that has not started would answer a message that is already being delivered again."""
-        if self._live_generation == generation:
-            self._live_generation = None
         dropped = [job for job in self._jobs if job.generation == generation and not job.started]
         for job in dropped:
             if job.task is not None:
