@@ -118,3 +118,57 @@ async def test_a_hand_back_from_the_callback_spends_no_attempt(store, stub):
     message = await _get(stub, message_id)
     assert (message.delivery_attempts, message.last_error) == (0, "")
     assert calls == [1]
+
+
+async def test_paused_on_a_stream_that_cannot_drain_deliveries_wait_leased_until_resume(
+    store, stub
+):
+    # consume=False: StreamUnprocessed, as with a store older than Consume, which cannot be told
+    # to send nothing more: what arrives while paused is kept, leased, and started on resume.
+    first_id = await _create(stub, "first")
+    gate = asyncio.Event()
+    seen: list[str] = []
+    consumer: Consumer
+
+    async def answer(delivery: Delivery) -> str | None:
+        seen.append(delivery.message.text)
+        if delivery.message.text == "first":
+            consumer.pause("testing")
+            await gate.wait()
+        return f"re: {delivery.message.text}"
+
+    settings = ConsumerSettings(max_in_flight=2, lease_seconds=2.0, consume=False)
+    async with Client.connect(store.address) as client:
+        consumer = Consumer(client, answer, settings)
+        running = asyncio.create_task(consumer.run())
+        try:
+            await wait_until(lambda: consumer.paused == "testing", WITHIN, what="paused")
+            parked_id = await _create(stub, "parked")
+
+            async def leased() -> pb.Message | None:
+                message = await _get(stub, parked_id)
+                return message if message.state == pb.MESSAGE_STATE_LEASED else None
+
+            first_lease = await wait_until(leased, WITHIN, what="the parked delivery leased")
+            expiry = first_lease.lease_expire_time.ToNanoseconds()
+
+            async def extended() -> bool:
+                message = await _get(stub, parked_id)
+                return message.lease_expire_time.ToNanoseconds() > expiry
+
+            # Not started, yet its lease is kept (2 s leases, extended every second).
+            await wait_until(extended, WITHIN, what="the parked lease extended")
+            assert seen == ["first"]
+            consumer.resume()
+            gate.set()
+
+            async def both_done() -> bool:
+                messages = [await _get(stub, i) for i in (first_id, parked_id)]
+                return all(m.state == pb.MESSAGE_STATE_PROCESSED for m in messages)
+
+            await wait_until(both_done, WITHIN, what="both answered after resume")
+            assert sorted(seen) == ["first", "parked"]
+            assert (await _get(stub, parked_id)).delivery_attempts == 1
+        finally:
+            await asyncio.wait_for(consumer.stop(), WITHIN)
+            await asyncio.wait_for(running, WITHIN)
