@@ -9,7 +9,7 @@ grpcio, protobuf and grpcio-status, none of the store's dependencies (`pip insta
 from ackbot.client.channels import Stores
 from ackbot.client.client import Client, new_id
 from ackbot.client.consumer import Consumer, ConsumerSettings
-from ackbot.client.delivery import Callback, Delivery, HandBack
+from ackbot.client.delivery import Callback, Delivery, HandBack, Handler
 from ackbot.client.errors import (
     AlreadyExists,
     FailedPrecondition,
@@ -33,6 +33,7 @@ __all__ = [
     "Delivery",
     "FailedPrecondition",
     "HandBack",
+    "Handler",
     "InvalidArgument",
     "NotFound",
     "PermissionDenied",

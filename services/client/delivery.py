@@ -203,6 +203,9 @@ class Delivery:
 
 # The application: given a delivery, a reply's text or None, or it settles the delivery itself.
 Callback = Callable[[Delivery], Awaitable[str | None]]
+# The name of a callback before the Consumer took the bot's place (it was given a pb.Delivery,
+# whose `message` and `attempt` a Delivery has too).
+Handler = Callback
 
 
 async def dispatch(
