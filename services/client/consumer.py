@@ -229,7 +229,11 @@ class Consumer:
             channels = {self._stores.address: self._stores.channel}
             owned: list[grpc.aio.Channel] = []
         else:
-            channels = self._stores.open()
+            try:
+                channels = self._stores.open()
+            except BaseException:
+                self._done.set()  # nothing to stop: stop() must not wait
+                raise
             owned = list(channels.values())
         self._store = StoreClient(channels)
         self._leaser = Leaser(
