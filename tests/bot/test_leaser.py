@@ -28,24 +28,21 @@ class CountingStore(StoreClient):
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self.turns: list[list[str]] = []
-        self._turn_marker: int | None = None
+        self._turn_open = False
 
     async def extend(self, message_id, lease_token, *, lease_seconds, budget_seconds):
-        marker = asyncio.get_running_loop()._ready  # noqa: SLF001 (one turn's queue)
-        if not self.turns or self._turn_marker != id(marker) or self._turn_closed:
+        if not self._turn_open:
+            # Calls made before the loop gets to this callback are of one turn.
             self.turns.append([])
-            self._turn_marker = id(marker)
-            self._turn_closed = False
+            self._turn_open = True
             asyncio.get_running_loop().call_soon(self._close_turn)
         self.turns[-1].append(message_id)
         return await super().extend(
             message_id, lease_token, lease_seconds=lease_seconds, budget_seconds=budget_seconds
         )
 
-    _turn_closed = True
-
     def _close_turn(self) -> None:
-        self._turn_closed = True
+        self._turn_open = False
 
 
 def held(store: StoreClient, leaser: Leaser, delivery: pb.Delivery) -> Delivery:
