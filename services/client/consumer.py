@@ -1,10 +1,7 @@
 """`Consumer`: takes deliveries from the stores and hands each to the application's callback in
 a task of its own, keeping its lease and settling it (the Pub/Sub subscriber's
-StreamingPullManager; the leases are the Leaser's, leaser.py; the settling is delivery.py's).
-
-One stream at a time, re-established with backoff whenever it breaks: on the next store of the
-list when there are several, by the rule of retry.py. The stream is a Consume session, on which
-the settlements go too (router.py).
+StreamingPullManager; the stream is pull.py's, the leases leaser.py's, the settling
+delivery.py's). The stream is a Consume session, on which the settlements go too (router.py).
 
 A store older than Consume (the released contract v0.1.0 has StreamUnprocessed only) answers it
 with UNIMPLEMENTED; that store then gets a StreamUnprocessed stream and unary settling calls, at
@@ -17,12 +14,10 @@ whose callback is still running (the store restarted, or the stream broke and ca
 handed the message out again) joins that callback instead of starting a second one: the running
 delivery takes over the new lease and settles it, so each message costs one callback.
 
-Flow control: `pause(reason)` drains the Consume session (the store sends nothing new, for
-good on that session), hands back every delivery held that has not started (a release without a
-reason: no attempt spent), and lets running callbacks finish; `resume()` opens a new session
-(the drained one lives on until its running deliveries are settled). A store older than Consume
-cannot be told to stop: a paused consumer keeps what it gets there, its leases kept, unstarted,
-and starts it on resume.
+Flow control: `pause(reason)` drains the session (for good), hands back what has not started
+(no attempt spent) and lets running callbacks finish; `resume()` opens a new session beside it.
+A StreamUnprocessed stream cannot be told to stop: what it sends while paused is kept, leased,
+and started on resume.
 
 Shutdown order matters, because the store releases every lease of a stream the moment it closes
 and counts those deliveries as attempts, and because it refills any room a settled delivery leaves
