@@ -4,8 +4,9 @@ Pub/Sub subscriber's Leaser), rather than a task per message.
 Each held lease is due for ExtendLease at half its length, counted from receipt on the
 consumer's own clock (the store's expiry time is on its clock). Whatever is due in one pass (or
 within a tenth of a lease of it) is extended together, in one turn of the event loop, so on a
-Consume session they travel in one request and the store writes them in one transaction. A lease whose extension failed for good
-(LEASE_GONE, NOT_FOUND, or UNAVAILABLE until it expired) is not given up at once: a store that
+Consume session they travel in one request and the store writes them in one transaction. A
+lease whose extension failed for good (LEASE_GONE, NOT_FOUND, or UNAVAILABLE until it expired)
+is not given up at once: a store that
 restarted hands the message out again, most likely to this consumer, and the redelivery joins
 the running work (`renewed`). Only when none came within a lease (at least
 MIN_REDELIVERY_WAIT_SECONDS) is the delivery reported lost (`on_lost`).
