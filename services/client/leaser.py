@@ -6,10 +6,9 @@ consumer's own clock (the store's expiry time is on its clock). Whatever is due 
 within a tenth of a lease of it) is extended together, in one turn of the event loop, so on a
 Consume session they travel in one request and the store writes them in one transaction. A
 lease whose extension failed for good (LEASE_GONE, NOT_FOUND, or UNAVAILABLE until it expired)
-is not given up at once: a store that
-restarted hands the message out again, most likely to this consumer, and the redelivery joins
-the running work (`renewed`). Only when none came within a lease (at least
-MIN_REDELIVERY_WAIT_SECONDS) is the delivery reported lost (`on_lost`).
+is not given up at once: a store that restarted hands the message out again, most likely to
+this consumer, and the redelivery joins the running work (`renewed`). Only when none came within
+a lease (at least MIN_REDELIVERY_WAIT_SECONDS) is the delivery reported lost (`on_lost`).
 """
 
 from __future__ import annotations
