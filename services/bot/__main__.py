@@ -18,6 +18,7 @@ import grpc
 
 from ackbot.bot.config import ALLOW_INSECURE_FLAG, BotConfig, load_config
 from ackbot.bot.metrics import BotMetrics
+from ackbot.bot.policy import Worker
 from ackbot.bot.responder import (
     ResponderFactory,
     ResponderLoadError,
@@ -25,7 +26,6 @@ from ackbot.bot.responder import (
     create_responder,
     load_factory,
 )
-from ackbot.bot.worker import Worker
 from ackbot.common import eventloop
 from ackbot.common.auth import Authenticator, AuthInterceptor, Role
 from ackbot.common.flags import missing_extra

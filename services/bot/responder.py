@@ -82,7 +82,7 @@ class Responder(Protocol):
 
     `reply` may take seconds (the bot extends the lease meanwhile) and may be called for many
     messages at once. What it returns or raises decides what happens to the message
-    (ackbot.bot.delivery maps it; docs/semantics.md has the table):
+    (ackbot.bot.policy maps it; docs/semantics.md has the table):
 
     - text: the reply, stored as the answer (cut to the store's limit).
     - None or "": "no answer": the message is marked processed without a reply.
