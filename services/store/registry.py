@@ -49,7 +49,8 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from ackbot.store.database import Database
 from ackbot.store.errors import StoreError
-from ackbot.store.repository import MessageRepository, Reaped, ReleasedLease
+from ackbot.store.repository import MessageRepository
+from ackbot.store.types import Reaped, ReleasedLease
 
 log = logging.getLogger(__name__)
 

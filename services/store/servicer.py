@@ -46,7 +46,7 @@ from ackbot.store.errors import (
 )
 from ackbot.store.manager import DeliveryStream, MessageManager
 from ackbot.store.models import State
-from ackbot.store.repository import CreateResult, Delivery, NewMessage, StoredMessage
+from ackbot.store.types import CreateResult, Delivery, NewMessage, StoredMessage
 from ackbot.store.watch import EventType
 from ackbot.v1 import message_store_pb2 as pb
 from ackbot.v1 import message_store_pb2_grpc as pb_grpc
