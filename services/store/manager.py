@@ -275,9 +275,9 @@ class MessageManager:
                     change.last_error,
                 )
             elif cause is Cause.DELIVERED:
+                # Logged by the claim, which knows the stream (_claim_for).
                 if self._metrics is not None:
                     self._metrics.delivered(change.attempts)
-                log.debug("delivered message_id=%s attempt=%d", change.message_id, change.attempts)
             elif cause is Cause.PROCESSED:
                 if self._metrics is not None:
                     # Committed: the message's whole wait, seen from the store.
@@ -298,8 +298,9 @@ class MessageManager:
                     change.attempts,
                     change.last_error if cause is Cause.FAILED else "",
                 )
-            elif cause in (Cause.STREAM_ENDED, Cause.STORE_STOPPED):
-                log.debug("lease released (%s) message_id=%s", cause.value, change.message_id)
+            elif cause is Cause.STREAM_ENDED:
+                # (A dead or stopping store's hand-backs are logged by the registry.)
+                log.debug("lease released on stream end message_id=%s", change.message_id)
         if created:
             self.watches.created()
         if changes.work_at_ns:
@@ -439,6 +440,12 @@ class MessageManager:
             return
         for d in deliveries:
             self._board.leased(stream, d.message.id, d.lease_token, d.lease_expire_ns)
+            log.debug(
+                "delivered message_id=%s attempt=%d consumer=%s",
+                d.message.id,
+                d.message.delivery_attempts,
+                stream.consumer,
+            )
         full = len(deliveries) == room
         if full and rides_with_create:
             # More may be waiting, the create's message among them: every stream looks.
@@ -448,8 +455,6 @@ class MessageManager:
             # after it). What is left is not deliverable yet: wait for the next visibility,
             # which may be another store's lease.
             self._rearm_timed_wakes()
-        if deliveries:
-            log.debug("claimed %d for consumer=%s", len(deliveries), stream.consumer)
         stream.claim_finished(deliveries, full=full)
 
     async def _end_stream(self, stream: Stream) -> None:

@@ -8,7 +8,8 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from ackbot.store.repository import MessageRepository, NewMessage
+from ackbot.store.repository import MessageRepository
+from ackbot.store.types import NewMessage
 
 from .conftest import SECOND_NS, FakeClock, Gate, MakeRepository
 

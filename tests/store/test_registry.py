@@ -16,9 +16,11 @@ from sqlalchemy import select, text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from ackbot.store.database import Database
+from ackbot.store.migrations import upgrade_to_head
 from ackbot.store.models import MessageRow, State
 from ackbot.store.registry import StoreRegistry
-from ackbot.store.repository import Lease, MessageRepository, NewMessage
+from ackbot.store.repository import MessageRepository
+from ackbot.store.types import Lease, NewMessage
 from ackbot.testing import wait_until
 
 from .conftest import SECOND_NS, FakeClock
@@ -108,7 +110,7 @@ async def make_pg_repo(postgres_engine: AsyncEngine, clock: FakeClock):
             store_id=store_id,
         )
         if not repositories:
-            await repository.create_schema()
+            await upgrade_to_head(repository.database)
         repositories.append(repository)
         return repository
 
