@@ -1,13 +1,17 @@
 """Delivery's one owner, between the servicer (gRPC) and the repository (SQL).
 
-`MessageManager` does every write together with the wake-up it causes (a create or a requeue
-makes work for every stream, a settle frees a slot on one), runs the claim loop of each open
-stream, releases a stream's leases when it ends, and ends every stream on shutdown. Procrastinate's
-manager is the model: the servicer validates, makes one call here, and maps the answer to
-protobuf; nothing here knows gRPC, and nothing here writes SQL.
+`MessageManager` does every write and tells what it changed, runs the claim loop of each open
+stream, releases a stream's leases when it ends, and ends every stream on shutdown.
+Procrastinate's manager is the model: the servicer validates, makes one call here, and maps the
+answer to protobuf; nothing here knows gRPC, and nothing here writes SQL.
 
-The streams' bookkeeping (which lease each holds, its room, when it wakes) is the ledger in
-stream_board.py, which only the manager tells what happened.
+What a write changed comes back from the repository as one record (`Changes`, types.py), and
+`_committed` alone turns it into wake-ups, watch events, metrics and log lines, whoever made the
+write. A method here adds only what concerns its caller's stream: a settle frees a slot on it,
+a create may lease its message to a waiting stream in its own transaction (claim on create).
+
+Each stream's state is its own (stream.py), changed through its transitions; what spans the
+streams (which lease each holds, the timed wakes) is the board's (stream_board.py).
 
 On a database other stores share (PostgreSQL), work also appears that no write of this store
 made: another store's create or release, a lease it granted that lapses. `work_made_elsewhere`
