@@ -15,6 +15,7 @@ on the event loop. Nothing else here tells anyone anything.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -44,6 +45,8 @@ from ackbot.store.types import (
     ReleasedLease,
     StoredMessage,
 )
+
+log = logging.getLogger(__name__)
 
 # Large enough to take a burst from every connected client, small enough that one transaction
 # stays a few milliseconds long.
@@ -132,7 +135,13 @@ class MessageRepository:
         # Reported only now: the transaction has committed, and this is the event loop (the
         # body may have run on the driver's thread, where a watcher's wake-up must not be set).
         if self._on_changes is not None and committed:
-            self._on_changes(committed[0])
+            changes = committed[0]
+            if changes.messages or changes.made_work:
+                try:
+                    self._on_changes(changes)
+                except Exception:
+                    # The writes committed: their callers must not hear otherwise.
+                    log.exception("telling what a write changed failed")
         return outcomes
 
     # -- messages ---------------------------------------------------------------------------
