@@ -266,7 +266,12 @@ class MessageManager:
             cause = change.cause
             if cause is Cause.CREATED:
                 created = True
-                log.debug("created message_id=%s state=%s", change.message_id, change.state)
+                log.debug(
+                    "created message_id=%s sequence=%d state=%s",
+                    change.message_id,
+                    change.sequence,
+                    change.state.value,
+                )
                 continue
             self.watches.changed(change.message_id)
             if change.state is State.DEAD:

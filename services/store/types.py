@@ -158,6 +158,8 @@ class MessageChange:
     last_error: str | None = None
     # Only for PROCESSED (the metrics' whole wait, seen from the store).
     receive_time_ns: int = 0
+    # Only for CREATED (the log line of a new message names it).
+    sequence: int = 0
 
 
 @dataclass

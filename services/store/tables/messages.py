@@ -191,7 +191,7 @@ class MessagesTable:
             for message_id, sequence in inserted.items()
         }
         for message in stored.values():
-            tx.changed(Cause.CREATED, SimpleNamespace(**rows[message.id]))
+            tx.changed(Cause.CREATED, message, sequence=message.sequence)
         if inserted:
             tx.changes.created_work = True
         taken = [message_id for message_id in fresh if message_id not in inserted]
@@ -261,7 +261,7 @@ class MessagesTable:
             if message_id in replies:
                 values = replies[message_id]
                 reply = _stored_new(values, reply_sequences[values["id"]], tx.now_ns)
-                tx.changed(Cause.CREATED, SimpleNamespace(**values))
+                tx.changed(Cause.CREATED, reply, sequence=reply.sequence)
             message = to_stored(row, reply.id if reply else None, tx.now_ns)
             results[message_id] = MarkResult(
                 message,

@@ -45,7 +45,9 @@ class Transaction:
         self._insert_turn_ms = insert_turn_ms
         self._has_insert_turn = False
 
-    def changed(self, cause: Cause, row: Any, *, receive_time_ns: int = 0) -> None:
+    def changed(
+        self, cause: Cause, row: Any, *, receive_time_ns: int = 0, sequence: int = 0
+    ) -> None:
         """Records that `cause` changed a message, now as `row` (a row of MESSAGES, or anything
         with its id, state, delivery_attempts and last_error) says."""
         self.changes.messages.append(
@@ -56,6 +58,7 @@ class Transaction:
                 row.delivery_attempts,
                 row.last_error,
                 receive_time_ns,
+                sequence,
             )
         )
 
