@@ -291,7 +291,11 @@ class MessageManager:
                 if self._metrics is not None:
                     # Committed: the message's whole wait, seen from the store.
                     self._metrics.processed(change.receive_time_ns, self._now_ns())
-                log.debug("processed message_id=%s", change.message_id)
+                log.debug(
+                    "processed message_id=%s reply_id=%s",
+                    change.message_id,
+                    change.reply_id or "-",
+                )
             elif cause is Cause.REQUEUED:
                 log.info("requeued message_id=%s", change.message_id)
             elif cause in REDELIVERY_CAUSES and self._metrics is not None:

@@ -156,9 +156,10 @@ class MessageChange:
     state: State
     attempts: int = 0
     last_error: str | None = None
-    # Only for PROCESSED (the metrics' whole wait, seen from the store).
+    # Only for PROCESSED: the metrics' whole wait, seen from the store; the reply stored.
     receive_time_ns: int = 0
-    # Only for CREATED (the log line of a new message names it).
+    reply_id: str | None = None
+    # Only for CREATED: the log line of a new message names it.
     sequence: int = 0
 
 

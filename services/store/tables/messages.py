@@ -256,12 +256,17 @@ class MessagesTable:
             tx.work_at(tx.now_ns)
         results: dict[str, MarkResult] = {}
         for message_id, row in processed.items():
-            tx.changed(Cause.PROCESSED, row, receive_time_ns=row.receive_time_ns)
             reply: StoredMessage | None = None
             if message_id in replies:
                 values = replies[message_id]
                 reply = _stored_new(values, reply_sequences[values["id"]], tx.now_ns)
                 tx.changed(Cause.CREATED, reply, sequence=reply.sequence)
+            tx.changed(
+                Cause.PROCESSED,
+                row,
+                receive_time_ns=row.receive_time_ns,
+                reply_id=reply.id if reply else None,
+            )
             message = to_stored(row, reply.id if reply else None, tx.now_ns)
             results[message_id] = MarkResult(
                 message,

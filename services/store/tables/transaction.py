@@ -46,7 +46,13 @@ class Transaction:
         self._has_insert_turn = False
 
     def changed(
-        self, cause: Cause, row: Any, *, receive_time_ns: int = 0, sequence: int = 0
+        self,
+        cause: Cause,
+        row: Any,
+        *,
+        receive_time_ns: int = 0,
+        reply_id: str | None = None,
+        sequence: int = 0,
     ) -> None:
         """Records that `cause` changed a message, now as `row` (a row of MESSAGES, or anything
         with its id, state, delivery_attempts and last_error) says."""
@@ -58,6 +64,7 @@ class Transaction:
                 row.delivery_attempts,
                 row.last_error,
                 receive_time_ns,
+                reply_id,
                 sequence,
             )
         )
