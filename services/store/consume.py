@@ -18,7 +18,7 @@ from ackbot.store.errors import FieldViolation, InvalidArgument
 from ackbot.store.grpc_errors import UndecodableRequest, reject_undecodable
 from ackbot.store.manager import DeliveryStream
 from ackbot.store.mapping import delivery_responses
-from ackbot.store.repository import Delivery
+from ackbot.store.types import Delivery
 from ackbot.v1 import message_store_pb2 as pb
 
 Settle = Callable[[pb.Settlement], Awaitable[pb.SettlementResult]]

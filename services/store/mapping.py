@@ -17,7 +17,7 @@ from google.protobuf import duration_pb2, timestamp_pb2
 
 from ackbot.common.limits import MAX_RESPONSE_BYTES
 from ackbot.store.models import State
-from ackbot.store.repository import CreateResult, Delivery, MarkResult, StoredMessage
+from ackbot.store.types import CreateResult, Delivery, MarkResult, StoredMessage
 from ackbot.store.watch import EventType
 from ackbot.v1 import message_store_pb2 as pb
 

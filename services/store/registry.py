@@ -65,7 +65,8 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from ackbot.store.database import STORE_APPLICATION_PREFIX, Database, store_application_name
 from ackbot.store.errors import StoreError
-from ackbot.store.repository import DeadStore, MessageRepository, Reaped, ReleasedLease
+from ackbot.store.repository import MessageRepository
+from ackbot.store.types import DeadStore, Reaped, ReleasedLease
 
 log = logging.getLogger(__name__)
 

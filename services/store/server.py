@@ -27,6 +27,7 @@ from ackbot.common.serving import (
     server_credentials,
     set_serving,
 )
+from ackbot.store import migrations
 from ackbot.store.config import ALLOW_INSECURE_FLAG, StoreConfig
 from ackbot.store.database import Database, SessionBounds, store_application_name
 from ackbot.store.errors import CannotOpenDatabase, DeclaredDead, StoreError
@@ -141,20 +142,13 @@ class StoreServer:
         # Before the schema: a database that cannot be opened is one line naming it and why.
         await database.check_open()
 
-        def message_dead(message_id: str) -> None:
-            metrics.dead.inc()
-            # The manager exists before anything can write (and so make a message DEAD).
-            if self._manager is not None:
-                self._manager.watches.changed(message_id)
-
         self._repository = repository = MessageRepository(
             database,
             max_attempts=config.max_attempts,
             store_id=store_id,
             on_commit=metrics.group_commit_batch.observe,
-            on_dead=message_dead,
         )
-        await repository.create_schema()
+        await migrations.upgrade_to_head(database)
         if database.single_owner:
             # This store holds the file's lock, so any lease in it belongs to a stream of a
             # store that is gone: hand those messages out again now instead of at lease expiry.
@@ -182,7 +176,6 @@ class StoreServer:
                 dead_after_seconds=config.dead_after_seconds,
                 on_work_made=manager.work_made_elsewhere,
                 on_declared_dead=self._declared_dead,
-                on_reaped=manager.dead_store_reaped,
             )
             await self._registry.start()
         await server.start()

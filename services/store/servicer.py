@@ -30,8 +30,8 @@ from ackbot.store.grpc_errors import (
 )
 from ackbot.store.manager import DeliveryStream, MessageManager
 from ackbot.store.models import State
-from ackbot.store.repository import NewMessage
 from ackbot.store.settlements import Settlements
+from ackbot.store.types import NewMessage
 from ackbot.v1 import message_store_pb2 as pb
 from ackbot.v1 import message_store_pb2_grpc as pb_grpc
 

@@ -26,7 +26,7 @@ from ackbot.store.config import StoreConfig
 from ackbot.store.errors import FieldViolation, InvalidArgument
 from ackbot.store.mapping import STATE_FROM_PROTO, decode_page_token, seconds
 from ackbot.store.models import State
-from ackbot.store.repository import NewMessage
+from ackbot.store.types import NewMessage
 from ackbot.v1 import message_store_pb2 as pb
 
 # Nanoseconds in a signed 64-bit integer: the range the database column can hold.

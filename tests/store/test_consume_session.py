@@ -16,8 +16,9 @@ from ackbot.store.consume import ConsumeSession
 from ackbot.store.errors import InvalidArgument
 from ackbot.store.manager import MessageManager
 from ackbot.store.models import State
-from ackbot.store.repository import MessageRepository, NewMessage
+from ackbot.store.repository import MessageRepository
 from ackbot.store.settlements import Settlements
+from ackbot.store.types import NewMessage
 from ackbot.v1 import message_store_pb2 as pb
 
 from .conftest import SECOND_NS, FakeClock

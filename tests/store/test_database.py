@@ -11,8 +11,10 @@ from sqlalchemy.exc import IntegrityError, OperationalError
 
 from ackbot.store.database import Database, SessionBounds, create_engine
 from ackbot.store.errors import StorageFull, StorageUnavailable
+from ackbot.store.migrations import upgrade_to_head
 from ackbot.store.models import MessageRow
-from ackbot.store.repository import MessageRepository, NewMessage
+from ackbot.store.repository import MessageRepository
+from ackbot.store.types import NewMessage
 from ackbot.testing import wait_until
 from tests.integration.postgres import requires_postgres
 
@@ -81,7 +83,7 @@ async def test_a_full_sqlite_file_is_storage_full(tmp_path):
 
     repository = MessageRepository(database)
     try:
-        await repository.create_schema()
+        await upgrade_to_head(repository.database)
 
         async def fill() -> None:
             for i in range(100):

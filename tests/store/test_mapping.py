@@ -6,7 +6,7 @@ from __future__ import annotations
 from ackbot.common.limits import MAX_RESPONSE_BYTES
 from ackbot.store import mapping
 from ackbot.store.models import State
-from ackbot.store.repository import Delivery, MarkResult, StoredMessage
+from ackbot.store.types import Delivery, MarkResult, StoredMessage
 from ackbot.v1 import message_store_pb2 as pb
 
 from .conftest import SECOND_NS, START_NS

@@ -17,9 +17,12 @@ from sqlalchemy import select, text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from ackbot.store.database import Database, store_application_name
+from ackbot.store.migrations import upgrade_to_head
 from ackbot.store.models import MessageRow, State
 from ackbot.store.registry import StoreRegistry
-from ackbot.store.repository import INSERT_TURN_KEY, Lease, MessageRepository, NewMessage
+from ackbot.store.repository import MessageRepository
+from ackbot.store.tables.transaction import INSERT_TURN_KEY
+from ackbot.store.types import Lease, NewMessage
 from ackbot.testing import wait_until
 from tests.integration.postgres import asyncpg_dsn
 
@@ -110,7 +113,7 @@ async def make_pg_repo(postgres_engine: AsyncEngine, clock: FakeClock):
             store_id=store_id,
         )
         if not repositories:
-            await repository.create_schema()
+            await upgrade_to_head(repository.database)
         repositories.append(repository)
         return repository
 

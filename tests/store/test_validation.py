@@ -12,7 +12,7 @@ from ackbot.store import validation as rules
 from ackbot.store.config import StoreConfig
 from ackbot.store.errors import FieldViolation, InvalidArgument
 from ackbot.store.mapping import encode_page_token
-from ackbot.store.repository import NewMessage
+from ackbot.store.types import NewMessage
 from ackbot.v1 import message_store_pb2 as pb
 
 LIMITS = Limits()
