@@ -69,10 +69,12 @@ def test_blame_table() -> None:
 
 def test_starts_half_open_until_the_first_check() -> None:
     breaker = Breaker(URL, clock=Clock())
-    assert breaker.state is State.HALF_OPEN and not breaker.taking_work
+    assert breaker.state is State.HALF_OPEN
+    assert not breaker.taking_work
     assert URL in breaker.reason
     breaker.probe_succeeded()
-    assert breaker.state is State.CLOSED and breaker.reason == ""
+    assert breaker.state is State.CLOSED
+    assert breaker.reason == ""
 
 
 def test_a_failed_start_up_check_opens_with_its_cause() -> None:
@@ -114,7 +116,8 @@ def test_suspect_failures_of_different_messages_in_a_row_open_it() -> None:
     assert breaker.failed("c", suspect("no answer from x within 5s")) is Decision.HAND_BACK
     assert breaker.state is State.OPEN
     assert breaker.cause == CAUSE_ERRORS
-    assert "3 different messages" in breaker.reason and "within 5s" in breaker.reason
+    assert "3 different messages" in breaker.reason
+    assert "within 5s" in breaker.reason
     # What was in flight and fails the same way now is handed back too.
     assert breaker.failed("d", suspect()) is Decision.HAND_BACK
 
@@ -192,7 +195,8 @@ def test_a_refused_key_is_an_error_line(caplog: pytest.LogCaptureFixture) -> Non
     breaker = Breaker(URL, clock=Clock())
     breaker.probe_failed(down("auth"))
     (record,) = [r for r in caplog.records if r.name == "ackbot.bot.breaker"]
-    assert record.levelno == logging.ERROR and "auth" in record.getMessage()
+    assert record.levelno == logging.ERROR
+    assert "auth" in record.getMessage()
 
 
 def test_window_must_be_positive() -> None:
@@ -252,7 +256,8 @@ async def test_guard_start_up_check_opens_and_probes_until_it_answers() -> None:
         calls = probe.calls
         for _ in range(100):
             await asyncio.sleep(0)
-        assert probe.calls == calls and clock.now == started
+        assert probe.calls == calls
+        assert clock.now == started
         # A failure while closed opens it again; the hooks run once more.
         breaker.failed("m", down())
         probe.up = False
@@ -333,7 +338,8 @@ async def test_guarded_responder_hands_back_the_models_failures() -> None:
         await guarded.reply(incoming("b"))
     with pytest.raises(DependencyDown) as second:  # the second message in a row: the model's
         await guarded.reply(incoming("c"))
-    assert second.value.delay_seconds is not None and second.value.delay_seconds >= 1.0
+    assert second.value.delay_seconds is not None
+    assert second.value.delay_seconds >= 1.0
     assert breaker.state is State.OPEN
 
     # Open: not asked at all, handed back to come back about when the next probe is due.
@@ -341,7 +347,8 @@ async def test_guarded_responder_hands_back_the_models_failures() -> None:
     with pytest.raises(DependencyDown) as refused:
         await guarded.reply(incoming("d"))
     assert len(inner.asked) == asked
-    assert URL in str(refused.value) and refused.value.target == URL
+    assert URL in str(refused.value)
+    assert refused.value.target == URL
 
     inner.failure = None
     breaker.probe_succeeded()
