@@ -328,7 +328,10 @@ class ModelGuard:
         return True
 
     async def run(self) -> None:
-        """Until cancelled: runs the hooks of each change, and probes when one is due."""
+        """Until cancelled: the start-up check (unless done already), then the hooks of each
+        change, and a probe whenever one is due."""
+        if self.breaker.state is State.HALF_OPEN:
+            await self.probe_once()
         while True:
             await self._deliver_changes()
             if self.breaker.state is State.OPEN:

@@ -219,6 +219,8 @@ def conventional_url(backend: str, env: Mapping[str, str]) -> str:
     if not host:
         return DEFAULT_OLLAMA_URL
     if "://" not in host:
+        if host.count(":") > 1 and not host.startswith("["):
+            host = f"[{host}]"  # a bare IPv6 address
         host = f"http://{host}"
     parts = urlsplit(host)
     if parts.port is None and parts.hostname:
@@ -523,6 +525,8 @@ class OllamaChatResponder(_ChatResponder):
             )
         except httpx2.TransportError as exc:
             raise transport_failure(exc, url, self._settings.timeout_seconds) from None
+        if response.status_code in (NOT_FOUND_STATUS, 405):
+            return  # no model list at this URL: reachable, and the first answer will say more
         if response.status_code >= 400:
             detail = f"HTTP {response.status_code} from {url}: {_short(_ollama_error(response))}"
             raise status_failure(response.status_code, detail, url, response.headers)
