@@ -247,15 +247,14 @@ class Breaker:
         if previous is state:
             return
         change = Change(previous, state, cause, detail, self.url)
-        if state is State.OPEN:
-            # A failed probe leaves it open: said once, when it opened. A refused key or a
-            # missing model is the operator's to fix: an error, not a warning.
-            level = logging.DEBUG
-            if not self._open_logged:
-                level = logging.ERROR if cause in CONFIG_CAUSES else logging.WARNING
+        if state is State.OPEN and self._open_logged:
+            # A failed probe leaves it open: said once, when it opened.
+            log.debug("model server %s still down: %s", self.url, detail)
+        elif state is State.OPEN:
             self._open_logged = True
+            # A refused key or a missing model is the operator's to fix: an error.
             log.log(
-                level,
+                logging.ERROR if cause in CONFIG_CAUSES else logging.WARNING,
                 "model server %s is down (%s: %s); taking no work, probing until it answers",
                 self.url,
                 cause,

@@ -40,6 +40,14 @@ PROBE_MAX_SECONDS = 2.0
 RATE_PER_SECOND = 20
 
 pytestmark = pytest.mark.slow
+# Two bots on one store: a bot whose model is down must take nothing, or the store keeps giving
+# the messages it hands back to it rather than to the other bot. That needs the delivery loop to
+# pause its Consume stream (window 0) when the breaker opens: strict, so that the mark goes when
+# the wiring lands.
+NEEDS_PAUSE = pytest.mark.xfail(
+    strict=True,
+    reason="needs the consumer's pause()/resume() on an open breaker (issue 18 item 2)",
+)
 
 
 @pytest.fixture
@@ -121,6 +129,7 @@ async def opens(bot: Service) -> float:
     )
 
 
+@pytest.mark.timeout(200)
 @pytest.mark.parametrize(
     ("fault", "backend"), [("key", "openai"), ("model", "ollama"), ("model", "openai")]
 )
@@ -170,6 +179,7 @@ async def test_a_refused_key_or_an_unknown_model_is_not_serving_and_costs_nothin
         assert value(await scrape(bot), "ackbot_bot_model_up") == 1
 
 
+@pytest.mark.timeout(300)
 async def test_one_poison_message_ends_dead_and_the_breaker_stays_closed(stub, start_bot):
     with FakeLLM() as llm:
         llm.script("poison", Status(500, message="this text crashes the model"))
@@ -188,6 +198,7 @@ async def test_one_poison_message_ends_dead_and_the_breaker_stays_closed(stub, s
 
 
 @heavy
+@pytest.mark.timeout(400)
 async def test_a_minute_long_outage_under_a_backlog_loses_nothing(stub, start_bot):
     with FakeLLM() as llm:
         bot = await start_bot(persona="ava", max_in_flight=16, args=llm_args(llm))
@@ -218,6 +229,7 @@ async def test_a_minute_long_outage_under_a_backlog_loses_nothing(stub, start_bo
 
 
 @heavy
+@pytest.mark.timeout(500)
 async def test_a_flapping_model_loses_nothing_and_answers_nothing_twice(stub, start_bot):
     with FakeLLM() as llm:
         await start_bot(persona="ava", max_in_flight=16, args=llm_args(llm))
@@ -231,6 +243,8 @@ async def test_a_flapping_model_loses_nothing_and_answers_nothing_twice(stub, st
         check_answered_once(messages, ids, personas={"ava"})
 
 
+@NEEDS_PAUSE
+@pytest.mark.timeout(300)
 async def test_two_bots_on_two_model_servers_one_down(stub, start_bot, start_unready_bot):
     with FakeLLM() as llm_a, FakeLLM() as llm_b:
         bot_a = await start_bot(persona="ava", args=llm_args(llm_a))
