@@ -144,9 +144,11 @@ class Responder(Protocol):
     - `RetryLater`: the backend is busy or rate limited. The message is handed back without a
       reason, which gives the attempt back (it can never go DEAD this way), to come back after
       the server's delay, or after a backoff when it named none.
-    - `EmptyCompletion`, or any other exception (a timeout, a refused connection, an HTTP 5xx):
-      a failure. The message is released with the reason as its last error and retried after a
-      growing delay; the attempt counts, so after the store's max attempts it is DEAD.
+    - `EmptyCompletion`, or any other exception (a timeout, an HTTP 5xx, a 4xx about the
+      request): a failure. The message is released with the reason as its last error and
+      retried after a growing delay; the attempt counts, so after the store's max attempts it is
+      DEAD. Timeouts and 5xx that hit several different messages in a row are the model's
+      instead (`Blame.SUSPECT`, decided by ackbot.bot.breaker).
 
     A responder that holds clients may also define `async def aclose(self) -> None`; the bot
     calls it on shutdown. One that can check its backend cheaply defines
