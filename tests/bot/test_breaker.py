@@ -353,3 +353,27 @@ async def test_guarded_responder_hands_back_the_models_failures() -> None:
     inner.failure = None
     breaker.probe_succeeded()
     assert await guarded.reply(incoming("d")) == "re: t"
+
+
+def test_metrics_follow_the_breaker_and_count_tokens() -> None:
+    from ackbot.bot.metrics import BotMetrics
+
+    metrics = BotMetrics()
+    breaker = Breaker(URL, clock=Clock())
+    breaker.add_listener(
+        lambda change: metrics.breaker_transition(change.state.value, change.cause)
+    )
+    registry = metrics.registry
+    breaker.probe_succeeded()
+    assert registry.get_sample_value("ackbot_bot_model_up") == 1
+    breaker.failed("m", down("auth"))
+    assert registry.get_sample_value("ackbot_bot_model_up") == 0
+    opened = registry.get_sample_value(
+        "ackbot_bot_model_breaker_transitions_total", {"state": "open", "cause": "auth"}
+    )
+    assert opened == 1
+    metrics.tokens(3, 4)
+    metrics.tokens(1, 0)
+    kinds = {"prompt": 4, "completion": 4}
+    for kind, count in kinds.items():
+        assert registry.get_sample_value("ackbot_bot_model_tokens_total", {"kind": kind}) == count
