@@ -119,9 +119,12 @@ async def run(config: BotConfig, factory: ResponderFactory | None = None) -> Non
         window=config.model_failure_window,
         probe_max_seconds=config.model_probe_max_seconds,
     )
-    breaker.add_listener(
-        lambda change: metrics.breaker_transition(change.state.value, change.cause)
-    )
+
+    def count_change(change: Change) -> None:
+        if change.notable:  # opens and closes, not each probe
+            metrics.breaker_transition(change.state.value, change.cause)
+
+    breaker.add_listener(count_change)
 
     async def on_model_down(change: Change) -> None:
         up["model"] = False

@@ -91,6 +91,9 @@ class Change:
     # What happened, naming the URL: the log line's and the health reason's text.
     detail: str
     url: str
+    # An open or a close the bot acts on (and logs); False for a probe starting, or failing
+    # while the breaker stays open.
+    notable: bool = True
 
 
 def _describe(exc: BaseException) -> str:
@@ -246,7 +249,8 @@ class Breaker:
         previous, self._state = self._state, state
         if previous is state:
             return
-        change = Change(previous, state, cause, detail, self.url)
+        notable = state is State.CLOSED or (state is State.OPEN and not self._open_logged)
+        change = Change(previous, state, cause, detail, self.url, notable)
         if state is State.OPEN and self._open_logged:
             # A failed probe leaves it open: said once, when it opened.
             log.debug("model server %s still down: %s", self.url, detail)

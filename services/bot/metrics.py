@@ -41,8 +41,6 @@ FAILURE_KINDS = (RESPONDER_ERROR, RESPONDER_CANCELLED, STORE_REJECTED, MARK_FAIL
 # Token counts of the model's `usage` (ackbot_bot_model_tokens_total{kind}).
 PROMPT_TOKENS = "prompt"
 COMPLETION_TOKENS = "completion"
-# The breaker's states (ackbot_bot_model_breaker_transitions_total{state}), as breaker.State.
-BREAKER_STATES = ("closed", "open", "half_open")
 
 # From a canned persona (milliseconds) to a local LLM on a CPU (a minute or more).
 _RESPONDER_BUCKETS = (0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
@@ -76,7 +74,7 @@ class BotMetrics:
         )
         self.breaker_transitions = Counter(
             "ackbot_bot_model_breaker_transitions",
-            "changes of the model breaker's state, by the state entered and the cause",
+            "opens and closes of the model breaker, by the state entered and the cause",
             ("state", "cause"),
             registry=registry,
         )

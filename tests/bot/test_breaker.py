@@ -360,18 +360,25 @@ def test_metrics_follow_the_breaker_and_count_tokens() -> None:
 
     metrics = BotMetrics()
     breaker = Breaker(URL, clock=Clock())
-    breaker.add_listener(
-        lambda change: metrics.breaker_transition(change.state.value, change.cause)
-    )
+
+    def count(change: Change) -> None:
+        if change.notable:
+            metrics.breaker_transition(change.state.value, change.cause)
+
+    breaker.add_listener(count)
     registry = metrics.registry
     breaker.probe_succeeded()
     assert registry.get_sample_value("ackbot_bot_model_up") == 1
     breaker.failed("m", down("auth"))
     assert registry.get_sample_value("ackbot_bot_model_up") == 0
+    for _ in range(3):  # failed probes: still the same open, not counted again
+        breaker.probe_started()
+        breaker.probe_failed(down("auth"))
     opened = registry.get_sample_value(
         "ackbot_bot_model_breaker_transitions_total", {"state": "open", "cause": "auth"}
     )
     assert opened == 1
+    assert registry.get_sample_value("ackbot_bot_model_up") == 0
     metrics.tokens(3, 4)
     metrics.tokens(1, 0)
     kinds = {"prompt": 4, "completion": 4}
