@@ -180,6 +180,8 @@ class FakeLLM:
         self._default: Action = default if default is not None else Reply()
         self._rules: list[_Rule] = []
         self._requests: list[SeenRequest] = []
+        # The model-list requests (GET), kept apart: `requests` are the chat requests.
+        self._probes: list[SeenRequest] = []
         self._lock = threading.Lock()
         self.stopping = threading.Event()
         self._server: _Server | None = None
@@ -342,7 +344,7 @@ class FakeLLM:
     def model_list(self, request: SeenRequest) -> Action | object:
         """The answer to a model list: a body, or the refusal."""
         with self._lock:
-            self._requests.append(request)
+            self._probes.append(request)
             refusal = self._refusal(request)
         if refusal is not None:
             return refusal
@@ -364,6 +366,12 @@ class FakeLLM:
     def requests(self) -> list[SeenRequest]:
         with self._lock:
             return list(self._requests)
+
+    @property
+    def probes(self) -> list[SeenRequest]:
+        """The model-list requests (`GET /v1/models`, `GET /api/tags`), oldest first."""
+        with self._lock:
+            return list(self._probes)
 
     def requests_for(self, match: str) -> list[SeenRequest]:
         """The requests whose user text contains `match`."""

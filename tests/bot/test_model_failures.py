@@ -101,7 +101,8 @@ async def test_the_probe_passes_when_the_model_is_listed(make, backend):
     with FakeLLM(models=["tiny-1"]) as llm:
         responder = await make(llm, backend)
         await responder.probe()
-        paths = [request.path for request in llm.requests]
+        assert llm.requests == []
+        paths = [request.path for request in llm.probes]
         assert paths == ["/v1/models" if backend == "openai" else "/api/tags"]
 
 
@@ -153,7 +154,9 @@ async def test_without_a_key_openai_sends_no_authorization(make):
         responder = await make(llm, "openai")
         await responder.probe()
         await responder.reply(incoming())
-        assert [r for r in llm.requests if "authorization" in r.headers] == []
+        seen = [*llm.probes, *llm.requests]
+        assert len(seen) == 2
+        assert [r for r in seen if "authorization" in r.headers] == []
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
