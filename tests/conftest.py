@@ -5,6 +5,10 @@ from __future__ import annotations
 
 import pytest
 
+# The fixtures that run the real services (a store, bots, a stub) and the hook that attaches their
+# logs to a failed test's report: every folder's tests may use them.
+pytest_plugins = ["tests.support.fixtures"]
+
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     # A worker takes the next test when it is nearly idle, in this order: longest first, so no

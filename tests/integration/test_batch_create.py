@@ -15,8 +15,7 @@ from ackbot.store.errors import ERROR_DOMAIN
 from ackbot.testing import RPC_TIMEOUT
 from ackbot.v1 import message_store_pb2 as pb
 from ackbot.v1 import message_store_pb2_grpc as pb_grpc
-
-from .harness import (
+from tests.support.harness import (
     bad_request_fields,
     create,
     get,
@@ -24,8 +23,8 @@ from .harness import (
     timestamp_ms,
     unique_id,
 )
-from .metrics_scrape import METRICS, scrape, value
-from .postgres import fresh_database, requires_postgres
+from tests.support.metrics_scrape import METRICS, scrape, value
+from tests.support.postgres import fresh_database, requires_postgres
 
 
 def item(id: str = "", author: str = "ana", text: str = "hi", **fields) -> pb.CreateMessageRequest:

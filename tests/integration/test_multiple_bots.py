@@ -7,8 +7,7 @@ import collections
 import pytest
 
 from ackbot.testing import responders
-
-from .harness import check_answered_once, create_many, list_all, wait_settled
+from tests.support.harness import check_answered_once, create_many, list_all, wait_settled
 
 pytestmark = pytest.mark.slow
 

@@ -13,8 +13,7 @@ import pytest
 from ackbot.testing import READY_TIMEOUT, RPC_TIMEOUT, Service, bot_service, store_service
 from ackbot.v1 import message_store_pb2 as pb
 from ackbot.v1 import message_store_pb2_grpc as pb_grpc
-
-from .harness import StreamReader, create, get, list_all, seconds, wait_state
+from tests.support.harness import StreamReader, create, get, list_all, seconds, wait_state
 
 pytestmark = pytest.mark.slow
 

@@ -11,8 +11,7 @@ import pytest
 from ackbot.store import migrations
 from ackbot.store.database import Database, create_engine
 from ackbot.testing import READY_TIMEOUT, store_service
-
-from .postgres import asyncpg_dsn, fresh_database, requires_postgres
+from tests.support.postgres import asyncpg_dsn, fresh_database, requires_postgres
 
 HEAD = migrations.script_directory().get_current_head()
 

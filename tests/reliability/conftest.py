@@ -1,5 +1,5 @@
-"""The integration fixtures (real store and bot subprocesses on fresh SQLite files), reused as
-they are: the reliability tests start the same services, only harder."""
+"""The reliability tests start the same services as the integration tests (the shared fixtures
+of tests/support/fixtures.py), only harder; this adds one for services a test builds itself."""
 
 from __future__ import annotations
 
@@ -8,15 +8,6 @@ from collections.abc import Awaitable, Callable, Iterator
 import pytest
 
 from ackbot.testing import Service
-from tests.integration.conftest import (  # noqa: F401 (fixtures and a hook, found by name)
-    _remember_services,
-    channel,
-    pytest_runtest_makereport,
-    start_bot,
-    start_store,
-    store,
-    stub,
-)
 
 
 @pytest.fixture

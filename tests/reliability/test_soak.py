@@ -28,7 +28,7 @@ from ackbot.testing import RPC_TIMEOUT
 from ackbot.v1 import message_store_pb2 as pb
 from ackbot.v1 import message_store_pb2_grpc as pb_grpc
 from tests.heavy import heavy
-from tests.integration.harness import check_answered_once, list_all, wait_settled
+from tests.support.harness import check_answered_once, list_all, wait_settled
 
 from .invariants import cross_row_problems
 

@@ -16,7 +16,7 @@ from sqlalchemy.util import await_only
 
 from ackbot.store.database import Database, create_engine
 from ackbot.store.repository import MessageRepository
-from tests.integration.postgres import process_database, requires_postgres
+from tests.support.postgres import process_database, requires_postgres
 
 SECOND_NS = 1_000_000_000
 # 2025-10-24T19:20:53Z: any fixed instant serves, as long as it is not 0.

@@ -19,8 +19,14 @@ from sqlalchemy.engine import make_url
 from ackbot.testing import bot_service, wait_until
 from ackbot.v1 import message_store_pb2 as pb
 from ackbot.v1 import message_store_pb2_grpc as pb_grpc
-
-from .harness import check_answered_once, create, create_many, list_all, wait_settled, wait_state
+from tests.support.harness import (
+    check_answered_once,
+    create,
+    create_many,
+    list_all,
+    wait_settled,
+    wait_state,
+)
 
 POSTGRES_URL_ENV = "ACKBOT_TEST_POSTGRES_URL"
 LISTENER_APPLICATION_NAME = "ackbot-store-listener"

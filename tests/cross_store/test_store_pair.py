@@ -25,10 +25,9 @@ from ackbot.store.manager import MessageManager
 from ackbot.store.models import State
 from ackbot.store.repository import Delivery, Lease, MessageRepository, NewMessage
 from ackbot.testing import wait_until
-from tests.integration.postgres import requires_postgres
-
-from .conftest import SECOND_NS, START_NS, FakeClock, MakeRepository
-from .test_manager import DEADLINE, LEASE_NS, Consumer, create, let_streams_look
+from tests.store.conftest import SECOND_NS, START_NS, FakeClock, MakeRepository
+from tests.store.test_manager import DEADLINE, LEASE_NS, Consumer, create, let_streams_look
+from tests.support.postgres import requires_postgres
 
 pytestmark = [
     pytest.mark.postgres,

@@ -16,8 +16,7 @@ from ackbot.store.servicer import _status_for
 from ackbot.testing import RPC_TIMEOUT, wait_until
 from ackbot.v1 import message_store_pb2 as pb
 from ackbot.v1 import message_store_pb2_grpc as pb_grpc
-
-from .harness import StreamReader, bad_request_fields, create, seconds
+from tests.support.harness import StreamReader, bad_request_fields, create, seconds
 
 LEASE_SECONDS = 1.0
 

@@ -5,8 +5,7 @@ from __future__ import annotations
 import pytest
 
 from ackbot.v1 import message_store_pb2 as pb
-
-from .harness import check_answered_once, create_many, list_all, wait_settled
+from tests.support.harness import check_answered_once, create_many, list_all, wait_settled
 
 pytestmark = pytest.mark.slow
 

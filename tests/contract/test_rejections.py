@@ -17,12 +17,11 @@ import grpc
 import pytest
 from google.protobuf import timestamp_pb2
 
-from ackbot.testing import RPC_TIMEOUT
+from ackbot.testing import RPC_TIMEOUT, store_service
 from ackbot.v1 import message_store_pb2 as pb
 from ackbot.v1 import message_store_pb2_grpc as pb_grpc
-from tests.integration.harness import seconds
-
-from .contract import Code, field_violations
+from tests.support.contract import Code, field_violations
+from tests.support.harness import seconds
 
 PENDING_ID = "table-pending"
 MISSING_ID = "no-such-message"
@@ -511,6 +510,16 @@ REJECTIONS = [
         "only DEAD messages can be requeued",
     ),
 ]
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    # One store for the whole table: a process per row would dominate the run.
+    service = store_service(tmp_path_factory.mktemp("rejections"))
+    try:
+        yield service.start().wait_ready()
+    finally:
+        service.cleanup()
 
 
 @pytest.fixture(scope="module")

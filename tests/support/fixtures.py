@@ -9,8 +9,7 @@ import pytest
 
 from ackbot.testing import Service, bot_service, store_service
 from ackbot.v1 import message_store_pb2_grpc as pb_grpc
-
-from .harness import ConsumeSettler
+from tests.support.harness import ConsumeSettler
 
 _FIRST_SERVICE = pytest.StashKey[int]()
 

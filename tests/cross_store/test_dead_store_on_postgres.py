@@ -24,16 +24,17 @@ import pytest
 from ackbot.testing import Service, bot_service, responders, store_service, wait_until
 from ackbot.v1 import message_store_pb2 as pb
 from ackbot.v1 import message_store_pb2_grpc as pb_grpc
-from tests.integration.harness import (
+from tests.support.harness import (
     check_answered_once,
     create_many,
     get,
     list_all,
     wait_settled,
 )
-from tests.integration.metrics_scrape import METRICS, scrape, value
-from tests.integration.postgres import asyncpg_dsn, fresh_database, requires_postgres
-from tests.integration.two_stores import BOT_STORES, Burst, start_bots, start_stores
+from tests.support.metrics_scrape import METRICS, scrape, value
+from tests.support.postgres import asyncpg_dsn, fresh_database, requires_postgres
+
+from .two_stores import BOT_STORES, Burst, start_bots, start_stores
 
 pytestmark = [pytest.mark.slow, pytest.mark.postgres, requires_postgres]
 

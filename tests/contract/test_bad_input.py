@@ -9,8 +9,15 @@ import pytest
 
 from ackbot.testing import RPC_TIMEOUT, store_service
 from ackbot.v1 import message_store_pb2 as pb
-
-from .harness import StreamReader, bad_request_fields, create, get, list_all, seconds, wait_state
+from tests.support.harness import (
+    StreamReader,
+    bad_request_fields,
+    create,
+    get,
+    list_all,
+    seconds,
+    wait_state,
+)
 
 VICTIM = "victim-1"
 OK_REPLY = pb.Message(author="bot", text="fine")
