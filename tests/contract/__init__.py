@@ -1,1 +1,1 @@
-"""The status codes and error details the store promises, one table per concern: every rejection asserted once."""
+"""The status codes and error details the store promises: every rejection asserted once."""
