@@ -37,9 +37,6 @@ PROMPT_SECONDS = 5.0
 pytestmark = [
     pytest.mark.postgres,
     pytest.mark.slow,
-    pytest.mark.skipif(
-        not os.environ.get(POSTGRES_URL_ENV), reason=f"{POSTGRES_URL_ENV} is not set"
-    ),
 ]
 
 

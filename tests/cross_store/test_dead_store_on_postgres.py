@@ -32,11 +32,11 @@ from tests.support.harness import (
     wait_settled,
 )
 from tests.support.metrics_scrape import METRICS, scrape, value
-from tests.support.postgres import asyncpg_dsn, fresh_database, requires_postgres
+from tests.support.postgres import asyncpg_dsn, fresh_database
 
 from .two_stores import BOT_STORES, Burst, start_bots, start_stores
 
-pytestmark = [pytest.mark.slow, pytest.mark.postgres, requires_postgres]
+pytestmark = [pytest.mark.slow, pytest.mark.postgres]
 
 MESSAGES = 10
 HELD = 4

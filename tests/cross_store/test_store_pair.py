@@ -27,11 +27,9 @@ from ackbot.store.repository import Delivery, Lease, MessageRepository, NewMessa
 from ackbot.testing import wait_until
 from tests.store.conftest import SECOND_NS, START_NS, FakeClock, MakeRepository
 from tests.store.test_manager import DEADLINE, LEASE_NS, Consumer, create, let_streams_look
-from tests.support.postgres import requires_postgres
 
 pytestmark = [
     pytest.mark.postgres,
-    requires_postgres,
     # The engine fixture's PostgreSQL case only: SQLite has one store per file.
     pytest.mark.parametrize("engine", ["postgres"], indirect=True),
 ]

@@ -24,7 +24,7 @@ from tests.support.harness import (
     unique_id,
 )
 from tests.support.metrics_scrape import METRICS, scrape, value
-from tests.support.postgres import fresh_database, requires_postgres
+from tests.support.postgres import fresh_database
 
 
 def item(id: str = "", author: str = "ana", text: str = "hi", **fields) -> pb.CreateMessageRequest:
@@ -202,7 +202,6 @@ def _comparable(message: pb.Message) -> pb.Message:
 
 @pytest.mark.postgres
 @pytest.mark.slow
-@requires_postgres
 async def test_two_stores_on_postgres_batch_the_same_ids_once(start_store):
     """Batches with the same ids sent at once to two stores of one database: each id is
     stored once, and every item is answered created or already existed, never ID_TAKEN."""

@@ -9,9 +9,9 @@ import pytest
 from ackbot.testing import bot_service
 from ackbot.v1 import message_store_pb2_grpc as pb_grpc
 from tests.support.harness import check_answered_once, create_many, list_all, wait_settled
-from tests.support.postgres import fresh_database, requires_postgres
+from tests.support.postgres import fresh_database
 
-pytestmark = [pytest.mark.postgres, pytest.mark.slow, requires_postgres]
+pytestmark = [pytest.mark.postgres, pytest.mark.slow]
 
 
 @pytest.fixture

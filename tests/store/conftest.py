@@ -16,7 +16,7 @@ from sqlalchemy.util import await_only
 
 from ackbot.store.database import Database, create_engine
 from ackbot.store.repository import MessageRepository
-from tests.support.postgres import process_database, requires_postgres
+from tests.support.postgres import process_database
 
 SECOND_NS = 1_000_000_000
 # 2025-10-24T19:20:53Z: any fixed instant serves, as long as it is not 0.
@@ -147,7 +147,7 @@ def postgres_url() -> Iterator[str]:
         "sqlite",
         pytest.param(
             "postgres",
-            marks=[pytest.mark.postgres, requires_postgres],
+            marks=pytest.mark.postgres,
         ),
     ]
 )
@@ -164,7 +164,7 @@ async def engine(request: pytest.FixtureRequest, tmp_path) -> AsyncIterator[Asyn
             yield postgres_engine
 
 
-@pytest.fixture(params=[pytest.param("postgres", marks=[pytest.mark.postgres, requires_postgres])])
+@pytest.fixture(params=[pytest.param("postgres", marks=pytest.mark.postgres)])
 async def postgres_engine(postgres_url: str) -> AsyncIterator[AsyncEngine]:
     """PostgreSQL alone, for what only a shared database has (the store registry)."""
     async with _postgres_engine(postgres_url) as postgres_engine:
