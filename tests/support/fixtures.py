@@ -16,7 +16,20 @@ _FIRST_SERVICE = pytest.StashKey[int]()
 
 @pytest.fixture(autouse=True)
 def _remember_services(request):
-    request.node.stash[_FIRST_SERVICE] = len(Service.registry)
+    """Notes which services the test starts, and after every other fixture stopped them, fails
+    the test when one crashed, hung on SIGTERM or logged a traceback (Service.problems): what a
+    service does after the test's last call is part of the test. A test that makes a service
+    fail on purpose says so (`service.expect_exit(code)`, `service.expect_traceback()`)."""
+    first = len(Service.registry)
+    request.node.stash[_FIRST_SERVICE] = first
+    yield
+    problems = [
+        f"{service.name} {problem}\n{service.describe()}"
+        for service in Service.registry[first:]
+        for problem in service.problems()
+    ]
+    if problems:
+        pytest.fail("\n".join(problems), pytrace=False)
 
 
 @pytest.hookimpl(wrapper=True)
