@@ -24,6 +24,7 @@ import pytest
 from ackbot.testing import Service, bot_service, responders, store_service, wait_until
 from ackbot.v1 import message_store_pb2 as pb
 from ackbot.v1 import message_store_pb2_grpc as pb_grpc
+from tests.heavy import heavy
 from tests.support.harness import (
     check_answered_once,
     create_many,
@@ -36,7 +37,8 @@ from tests.support.postgres import asyncpg_dsn, fresh_database
 
 from .two_stores import BOT_STORES, Burst, start_bots, start_stores
 
-pytestmark = [pytest.mark.slow, pytest.mark.postgres]
+# Recovery is measured on the wall clock (seconds, not the lease): in the heavy group.
+pytestmark = [pytest.mark.slow, pytest.mark.postgres, heavy]
 
 MESSAGES = 10
 HELD = 4
