@@ -20,7 +20,7 @@ pytestmark = pytest.mark.slow
 
 async def failed_start(service: Service) -> str:
     """Starts `service`, which must exit with code 1 having written one line; returns it."""
-    service.start()
+    service.expect_exit(1).start()
     assert service.proc is not None
     try:
         code = await asyncio.to_thread(service.proc.wait, READY_TIMEOUT)

@@ -27,7 +27,7 @@ async def test_a_database_of_a_newer_ackbot_stops_the_store_with_one_line(tmp_pa
             )
     finally:
         await engine.dispose()
-    store = store_service(tmp_path, db_path=db_path, name="old-store").start()
+    store = store_service(tmp_path, db_path=db_path, name="old-store").expect_exit(1).start()
     try:
         code = await asyncio.to_thread(store.proc.wait, READY_TIMEOUT)
     finally:
