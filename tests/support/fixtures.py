@@ -4,6 +4,8 @@ log it used is attached to the report, so CI output shows why."""
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable, Iterator
+
 import grpc
 import pytest
 
@@ -86,6 +88,21 @@ def start_bot(tmp_path, store):
 
     yield start
     for service in reversed(services):
+        service.cleanup()
+
+
+@pytest.fixture
+def run_service() -> Iterator[Callable[[Service], Awaitable[Service]]]:
+    """`await run_service(service)` starts a Service a test built itself (its own address or
+    launcher), waits until it is ready, and stops it at teardown whatever happened."""
+    started: list[Service] = []
+
+    async def run(service: Service) -> Service:
+        started.append(service)
+        return await service.astart()
+
+    yield run
+    for service in reversed(started):
         service.cleanup()
 
 
