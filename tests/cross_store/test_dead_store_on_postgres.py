@@ -159,7 +159,9 @@ async def _processed_originals(stub, count: int) -> bool:
 async def test_a_store_whose_registration_is_gone_stops_by_itself(
     postgres_url, run_service, tmp_path
 ):
-    store = await run_service(store_service(tmp_path, name="stalled", args=["--db", postgres_url]))
+    # It stops with exit code 1 once it finds its registration gone: the test's point.
+    stalled = store_service(tmp_path, name="stalled", args=["--db", postgres_url]).expect_exit(1)
+    store = await run_service(stalled)
     async with grpc.aio.insecure_channel(store.address) as channel:
         stub = pb_grpc.MessageStoreStub(channel)
         await create_many(stub, HELD, clients=1, prefix="stranded")
@@ -200,7 +202,8 @@ async def test_a_stalled_store_is_declared_dead_by_its_silence_and_stops_when_it
     postgres_url, run_service, tmp_path
 ):
     args = ["--db", postgres_url]
-    store_a = await run_service(store_service(tmp_path, name="store-a", args=args))
+    # A stops with exit code 1 when it wakes and finds itself declared dead: the test's point.
+    store_a = await run_service(store_service(tmp_path, name="store-a", args=args).expect_exit(1))
     store_b = await run_service(store_service(tmp_path, name="store-b", args=args))
     async with grpc.aio.insecure_channel(store_b.address) as channel_b:
         stub_b = pb_grpc.MessageStoreStub(channel_b)
