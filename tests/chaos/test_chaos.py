@@ -104,3 +104,12 @@ def test_the_long_profile_keeps_every_promise(tmp_path):
 def test_the_pg_long_profile_keeps_every_promise_over_two_stores(tmp_path):
     summary, report = run_profile("pg-long", tmp_path, timeout=LONG_RUN_TIMEOUT_SECONDS)
     check_store_faults(summary, report)
+
+
+def test_a_run_whose_faults_never_fired_fails_the_fault_check():
+    # What a broken fault scheduler leaves: a perfect run with nothing done to it.
+    quiet = {"faults": {"connections-reset": 0}, "figures": {"redelivered": 0}}
+    with pytest.raises(AssertionError):
+        check_faults_happened(quiet, "no faults")
+    busy = {"faults": {"kill-bot": 3, "cut-bots": 4}, "figures": {"redelivered": 9}}
+    check_faults_happened(busy, "faults")
