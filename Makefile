@@ -10,11 +10,12 @@ GEN_DIR := gen
 STORE_LISTEN ?= 127.0.0.1:50051
 BOT_LISTEN ?= 127.0.0.1:50052
 
-.PHONY: help install proto run test lint format check-generated proto-check bench chaos clean
+.PHONY: help install proto run test test-long lint format check-generated proto-check bench chaos clean
 
 help:
 	@echo "make run               set up, then start store + bot on the embedded SQLite default"
-	@echo "make test              set up, then run the whole test suite"
+	@echo "make test              set up, then run the test suite (all but the long and llm tests)"
+	@echo "make test-long         the soak and the long chaos profiles (marker long, ~1.5 h)"
 	@echo "make lint              ruff check + format check + mypy"
 	@echo "make proto             regenerate gen/ from proto/"
 	@echo "make check-generated   fail when gen/ is stale"
@@ -68,6 +69,13 @@ run: $(STAMP)
 TEST_WORKERS ?= 4
 test: $(STAMP)
 	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadgroup $(PYTEST_ARGS)
+
+# The tests marked `long`, left out of `make test`: the soak for SOAK_SECONDS and the `long` and
+# `pg-long` chaos profiles (25 minutes each; pg-long needs ACKBOT_TEST_POSTGRES_URL). All of them
+# load the machine, so they run one after another.
+SOAK_SECONDS ?= 1800
+test-long: $(STAMP)
+	ACKBOT_SOAK_SECONDS=$(SOAK_SECONDS) $(BIN)/python -m pytest -m long $(PYTEST_ARGS)
 
 bench: $(STAMP)
 	$(BIN)/python -m bench.run $(BENCH_ARGS)

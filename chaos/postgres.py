@@ -1,4 +1,4 @@
-"""A PostgreSQL database of the run's own, as the tests make theirs (tests/integration/postgres.py):
+"""A PostgreSQL database of the run's own, as the tests make theirs (tests/support/postgres.py):
 created empty on the server the given URL names, dropped after the run, sessions and all. The
 stores create their tables in it themselves (their migrations), as on a real first start."""
 

@@ -1,5 +1,6 @@
 """The tests that load a 2-core machine hard (the chaos profiles, the soak, 500 dropped streams)
-or measure how long the store takes to do something (the keepalive, a hung bot's leases).
+or bound how long something takes on the wall clock (the keepalive, a hung bot's leases, a
+timed wake, a delivery by notification between stores, a dead store's leases coming back).
 
 `make test` runs the suite on several pytest-xdist workers; with `--dist loadgroup` every test
 marked `heavy` runs on one worker, one after another, while the other workers run the rest. So

@@ -48,6 +48,9 @@ STOP_TIMEOUT = 10.0
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
 LISTENING = re.compile(r"listening on (\S+):(\d+)")
+TRACEBACK = "Traceback (most recent call last)"
+# The header of a log record below WARNING, as the services format it ("DATE TIME LEVEL name: ").
+QUIET_RECORD = re.compile(r"\S+ \S+ (DEBUG|INFO) ")
 
 T = TypeVar("T")
 
@@ -163,6 +166,12 @@ class Service:
         self.proc: subprocess.Popen[bytes] | None = None
         self.address = ""
         self.port = 0
+        #: exit codes besides 0 that the test caused on purpose (see `problems`)
+        self.expected_exits: set[int] = set()
+        #: the test makes this service log a traceback on purpose
+        self.traceback_expected = False
+        self._killed = False
+        self._stop_timed_out = False
         Service.registry.append(self)
 
     # -- life cycle ---------------------------------------------------------------------------
@@ -240,6 +249,7 @@ class Service:
             try:
                 return self.proc.wait(timeout)
             except subprocess.TimeoutExpired:
+                self._stop_timed_out = True
                 self.proc.kill()
                 self.proc.wait(STOP_TIMEOUT)
                 raise ServiceError(
@@ -250,6 +260,7 @@ class Service:
     def kill(self) -> int:
         """SIGKILL, like a crash or `kill -9`."""
         assert self.proc is not None
+        self._killed = True
         if self.proc.poll() is None:
             self.proc.kill()
         return self.proc.wait(STOP_TIMEOUT)
@@ -260,6 +271,40 @@ class Service:
             return
         with contextlib.suppress(ServiceError):
             self.terminate()
+
+    def expect_exit(self, *codes: int) -> Self:
+        """Says that the test makes this service exit with one of `codes` on purpose (a signal
+        it sends itself is `-signal`); `kill()` says so by itself."""
+        self.expected_exits.update(codes)
+        return self
+
+    def expect_traceback(self) -> Self:
+        """Says that the test makes this service log a traceback on purpose."""
+        self.traceback_expected = True
+        return self
+
+    def problems(self) -> list[str]:
+        """What a test's teardown holds against this service, once it is stopped: an exit code
+        other than 0 that nobody asked for (a crash after the test's last call would otherwise
+        pass), a SIGTERM it did not obey, or a traceback in its log."""
+        found = []
+        code = self.proc.poll() if self.proc is not None else None
+        if self._stop_timed_out:
+            found.append("did not exit after SIGTERM (killed)")
+        elif code not in (None, 0) and not self._killed and code not in self.expected_exits:
+            found.append(f"exited with code {code}, which the test did not expect")
+        lines = self.log_text().splitlines()
+        for index, line in enumerate(lines):
+            if self.traceback_expected or not line.startswith(TRACEBACK):
+                continue
+            # A library's DEBUG or INFO line may carry an exception it handled (grpc.aio logs a
+            # request iterator cancelled at a stream's end so): not a failure.
+            if index and QUIET_RECORD.match(lines[index - 1]):
+                continue
+            # The first one, which the log's tail may no longer show.
+            found.append("logged a traceback:\n" + "\n".join(lines[index - 1 : index + 30]))
+            break
+        return found
 
     async def astart(self) -> Self:
         self.start()

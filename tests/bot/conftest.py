@@ -39,11 +39,6 @@ class RunningStore:
 StartStore = Callable[..., Awaitable[RunningStore]]
 
 POSTGRES_URL_ENV = "ACKBOT_TEST_POSTGRES_URL"
-# With pytest.mark.postgres, on tests whose stores share one database: a SQLite file has one
-# owner.
-skip_without_postgres = pytest.mark.skipif(
-    not os.environ.get(POSTGRES_URL_ENV), reason=f"{POSTGRES_URL_ENV} is not set"
-)
 
 
 @pytest.fixture

@@ -19,7 +19,6 @@ from ackbot.client.streams import DeliveryStream
 from ackbot.v1 import message_store_pb2 as pb
 from ackbot.v1 import message_store_pb2_grpc as pb_grpc
 
-from .conftest import skip_without_postgres
 from .helpers import closed_port, create, get, replies_to, running, wait_state, wait_until
 
 # Settling calls here succeed or fail at once; a budget this size only bounds a hang.
@@ -101,7 +100,6 @@ async def test_settles_go_first_to_the_store_whose_stream_opened_last(start_stor
 
 
 @pytest.mark.postgres
-@skip_without_postgres
 async def test_settling_calls_fail_over_from_a_stopped_store_to_a_live_one_of_its_database(
     postgres_url, start_store, channels, caplog
 ):

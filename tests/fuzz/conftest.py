@@ -9,13 +9,6 @@ import pytest
 
 from ackbot.testing import store_service
 from ackbot.v1 import message_store_pb2_grpc as pb_grpc
-from tests.integration.conftest import (  # noqa: F401  (re-exported hooks and fixtures)
-    _remember_services,
-    channel,
-    pytest_runtest_makereport,
-    start_store,
-    stub,
-)
 
 
 @pytest.fixture(scope="module")

@@ -18,7 +18,7 @@ from ackbot.testing import RPC_TIMEOUT, wait_until
 from ackbot.v1 import message_store_pb2 as pb
 from ackbot.v1 import message_store_pb2_grpc as pb_grpc
 from tests.heavy import heavy
-from tests.integration.harness import count_state, create, seconds
+from tests.support.harness import count_state, create, seconds
 
 ROUNDS = 10
 STREAMS = 500

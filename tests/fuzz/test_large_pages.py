@@ -14,7 +14,7 @@ import pytest
 
 from ackbot.testing import RPC_TIMEOUT
 from ackbot.v1 import message_store_pb2 as pb
-from tests.integration.harness import create
+from tests.support.harness import create
 
 # Enough 16 KiB texts to pass 4 MiB in one response: 4 MiB / 16.4 KB per message is about 256.
 LARGE_MESSAGES = 300

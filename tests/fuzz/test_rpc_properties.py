@@ -19,16 +19,16 @@ from hypothesis import strategies as st
 
 from ackbot.testing import RPC_TIMEOUT
 from ackbot.v1 import message_store_pb2 as pb
-from tests.integration.harness import seconds
-
-from . import strategies as fuzz
-from .contract import (
+from tests.support.contract import (
     MAX_REQUEST_BYTES,
     Code,
     call_sync,
     check_outcome,
     check_store_healthy,
 )
+from tests.support.harness import seconds
+
+from . import strategies as fuzz
 
 # Derandomized, without an example database: CI runs the same examples every time, and a failure
 # prints the minimal input to replay. deadline=None because a loaded 2-core machine makes single

@@ -34,9 +34,8 @@ from hypothesis.stateful import (
 from ackbot.testing import RPC_TIMEOUT, store_service, sync_wait_until
 from ackbot.v1 import message_store_pb2 as pb
 from ackbot.v1 import message_store_pb2_grpc as pb_grpc
-from tests.integration.harness import seconds
-
-from .contract import Code, check_invariants, list_everything
+from tests.support.contract import Code, check_invariants, list_everything
+from tests.support.harness import seconds
 
 MAX_ATTEMPTS = 2  # small, so that runs reach DEAD and requeue often
 MAX_STREAMS = 3

@@ -18,9 +18,8 @@ from hypothesis import strategies as st
 
 from ackbot.testing import RPC_TIMEOUT
 from ackbot.v1 import message_store_pb2 as pb
-from tests.integration.harness import seconds
-
-from .contract import MAX_REQUEST_BYTES, RPCS, Code, check_store_healthy
+from tests.support.contract import MAX_REQUEST_BYTES, RPCS, Code, check_store_healthy
+from tests.support.harness import seconds
 
 PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 DATA, HEADERS, RST_STREAM, SETTINGS, PING, WINDOW_UPDATE, CONTINUATION = 0, 1, 3, 4, 6, 8, 9

@@ -15,8 +15,7 @@ from ackbot.store.errors import ERROR_DOMAIN
 from ackbot.testing import RPC_TIMEOUT
 from ackbot.v1 import message_store_pb2 as pb
 from ackbot.v1 import message_store_pb2_grpc as pb_grpc
-
-from .harness import (
+from tests.support.harness import (
     bad_request_fields,
     create,
     get,
@@ -24,8 +23,8 @@ from .harness import (
     timestamp_ms,
     unique_id,
 )
-from .metrics_scrape import METRICS, scrape, value
-from .postgres import fresh_database, requires_postgres
+from tests.support.metrics_scrape import METRICS, scrape, value
+from tests.support.postgres import fresh_database
 
 
 def item(id: str = "", author: str = "ana", text: str = "hi", **fields) -> pb.CreateMessageRequest:
@@ -203,7 +202,6 @@ def _comparable(message: pb.Message) -> pb.Message:
 
 @pytest.mark.postgres
 @pytest.mark.slow
-@requires_postgres
 async def test_two_stores_on_postgres_batch_the_same_ids_once(start_store):
     """Batches with the same ids sent at once to two stores of one database: each id is
     stored once, and every item is answered created or already existed, never ID_TAKEN."""

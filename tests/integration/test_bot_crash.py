@@ -7,8 +7,7 @@ import pytest
 
 from ackbot.testing import responders, wait_until
 from ackbot.v1 import message_store_pb2 as pb
-
-from .harness import check_answered_once, create_many, get, list_all, wait_settled
+from tests.support.harness import check_answered_once, create_many, get, list_all, wait_settled
 
 pytestmark = pytest.mark.slow
 

@@ -9,8 +9,14 @@ import pytest
 
 from ackbot.testing import responders, wait_until
 from ackbot.v1 import message_store_pb2 as pb
-
-from .harness import check_answered_once, create, create_many, get, list_all, wait_state
+from tests.support.harness import (
+    check_answered_once,
+    create,
+    create_many,
+    get,
+    list_all,
+    wait_state,
+)
 
 pytestmark = pytest.mark.slow
 

@@ -9,8 +9,7 @@ import sys
 
 from ackbot.testing import child_env
 from ackbot.v1 import message_store_pb2 as pb
-
-from .harness import get, wait_state
+from tests.support.harness import get, wait_state
 
 CLI_TIMEOUT = 30
 

@@ -18,8 +18,7 @@ import pytest
 from ackbot.testing import RPC_TIMEOUT, child_env
 from ackbot.v1 import message_store_pb2 as pb
 from ackbot.v1 import message_store_pb2_grpc as pb_grpc
-
-from .harness import StreamReader, create, get
+from tests.support.harness import StreamReader, create, get
 
 CLI_TIMEOUT = 30
 DEAD_IDS = ("dead-1", "dead-2", "dead-3")

@@ -27,8 +27,8 @@ from ackbot.client import (
 from ackbot.client.channels import CHANNEL_OPTIONS
 from ackbot.testing import Security, store_service, wait_until
 from ackbot.v1 import message_store_pb2 as pb
+from tests.support.harness import create, get, unique_id
 
-from .harness import create, get, unique_id
 from .test_security import TOKENS, pki  # noqa: F401 (a fixture)
 
 BATCH = "/ackbot.v1.MessageStore/BatchCreateMessages"

@@ -17,8 +17,7 @@ import sys
 import pytest
 
 from ackbot.testing import child_env, wait_until
-
-from .harness import create, get
+from tests.support.harness import create, get
 
 CLI_TIMEOUT = 30
 STORE_ONLY = ("sqlalchemy", "aiosqlite", "asyncpg", "alembic", "uvloop")

@@ -14,8 +14,7 @@ from google.rpc import code_pb2, error_details_pb2
 from ackbot.common.limits import REPLY_LIMIT_METADATA
 from ackbot.testing import RPC_TIMEOUT
 from ackbot.v1 import message_store_pb2 as pb
-
-from .harness import (
+from tests.support.harness import (
     ConsumeSession,
     StreamReader,
     bad_request_fields,

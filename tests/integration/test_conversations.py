@@ -15,15 +15,14 @@ from grpc_status import rpc_status
 from ackbot.testing import RPC_TIMEOUT, bot_service, responders, wait_until
 from ackbot.v1 import message_store_pb2 as pb
 from ackbot.v1 import message_store_pb2_grpc as pb_grpc
-
-from .harness import StreamReader
-from .postgres import fresh_database, requires_postgres
+from tests.support.harness import StreamReader
+from tests.support.postgres import fresh_database
 
 
 @pytest.fixture(
     params=[
         "sqlite",
-        pytest.param("postgres", marks=[pytest.mark.postgres, requires_postgres]),
+        pytest.param("postgres", marks=pytest.mark.postgres),
     ]
 )
 async def db_args(request):

@@ -8,8 +8,7 @@ import pytest
 
 from ackbot.testing import RPC_TIMEOUT, responders, wait_until
 from ackbot.v1 import message_store_pb2 as pb
-
-from .harness import (
+from tests.support.harness import (
     check_answered_once,
     create,
     create_many,

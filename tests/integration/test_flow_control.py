@@ -4,8 +4,7 @@ from __future__ import annotations
 
 from ackbot.testing import RPC_TIMEOUT
 from ackbot.v1 import message_store_pb2 as pb
-
-from .harness import StreamReader, count_state, create, list_all
+from tests.support.harness import StreamReader, count_state, create, list_all
 
 # How long the test watches for a delivery that must not come. Deliveries are pushed within
 # milliseconds, so a wrong one would show up well inside this window.

@@ -7,7 +7,7 @@ import subprocess
 
 import pytest
 
-from .harness import GRPCURL
+from tests.support.harness import GRPCURL
 
 RPCS = (
     "CreateMessage",

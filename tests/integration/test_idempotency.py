@@ -10,8 +10,7 @@ import pytest
 
 from ackbot.testing import RPC_TIMEOUT
 from ackbot.v1 import message_store_pb2 as pb
-
-from .harness import StreamReader, create, get, list_all, seconds, timestamp_ms
+from tests.support.harness import StreamReader, create, get, list_all, seconds, timestamp_ms
 
 
 async def test_create_twice_with_same_content_returns_the_stored_message(stub):

@@ -21,8 +21,7 @@ from ackbot.testing import bot_service, store_service, wait_until
 from ackbot.testing.fake_llm import FakeLLM, Hold, answer_to
 from ackbot.v1 import message_store_pb2 as pb
 from ackbot.v1 import message_store_pb2_grpc as pb_grpc
-
-from .harness import check_answered_once, create_many, list_all, wait_settled
+from tests.support.harness import check_answered_once, create_many, list_all, wait_settled
 
 pytestmark = pytest.mark.slow
 

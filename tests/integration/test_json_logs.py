@@ -7,8 +7,7 @@ import json
 
 from ackbot.testing import wait_until
 from ackbot.v1 import message_store_pb2_grpc as pb_grpc
-
-from .harness import create
+from tests.support.harness import create
 
 
 async def test_store_logs_json_lines_with_the_message_id(start_store):

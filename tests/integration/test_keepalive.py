@@ -17,8 +17,7 @@ import pytest
 from ackbot.testing import responders, wait_until
 from ackbot.v1 import message_store_pb2 as pb
 from tests.heavy import heavy
-
-from .harness import create, list_all
+from tests.support.harness import create, list_all
 
 pytestmark = [pytest.mark.slow, heavy]
 

@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from .harness import StreamReader, create
+from tests.support.harness import StreamReader, create
 
 pytestmark = pytest.mark.slow
 

@@ -11,8 +11,7 @@ import pytest
 
 from ackbot.testing import RPC_TIMEOUT, responders
 from ackbot.v1 import message_store_pb2 as pb
-
-from .harness import StreamReader, create, get, seconds, wait_state
+from tests.support.harness import StreamReader, create, get, seconds, wait_state
 
 
 async def test_extend_lease_moves_the_expiry_and_keeps_the_message(stub, settler):

@@ -11,8 +11,7 @@ import pytest
 from ackbot.testing import RPC_TIMEOUT, child_env, sync_wait_until
 from ackbot.v1 import message_store_pb2 as pb
 from ackbot.v1 import message_store_pb2_grpc as pb_grpc
-
-from .harness import create_many
+from tests.support.harness import create_many
 
 TAIL_START_TIMEOUT = 20.0
 

@@ -13,8 +13,7 @@ import pytest
 from ackbot.testing import RPC_TIMEOUT, wait_until
 from ackbot.testing.fake_llm import FakeLLM, Hold, answer_to
 from ackbot.v1 import message_store_pb2 as pb
-
-from .harness import list_all, wait_state
+from tests.support.harness import list_all, wait_state
 
 pytestmark = pytest.mark.slow
 

@@ -22,8 +22,7 @@ from ackbot.bot.llm import CUT_MARKER
 from ackbot.testing import wait_until
 from ackbot.testing.fake_llm import Cut, FakeLLM, Reply, Stall, Status, Thinks, answer_to
 from ackbot.v1 import message_store_pb2 as pb
-
-from .harness import get, list_all, wait_state
+from tests.support.harness import get, list_all, wait_state
 
 pytestmark = pytest.mark.slow
 

@@ -10,8 +10,7 @@ import subprocess
 import sys
 
 from ackbot.testing import child_env, sync_wait_until
-
-from .harness import REPO_ROOT
+from tests.support.harness import REPO_ROOT
 
 READY_BANNER = "ackbot is ready"
 START_TIMEOUT = 40.0

@@ -12,9 +12,8 @@ import pytest
 
 from ackbot.testing import RPC_TIMEOUT, Service, child_env, responders, wait_until
 from ackbot.v1 import message_store_pb2 as pb
-
-from .harness import ConsumeSession, StreamReader, create, seconds
-from .metrics_scrape import METRICS, METRICS_ON, Samples, scrape, value
+from tests.support.harness import ConsumeSession, StreamReader, create, seconds
+from tests.support.metrics_scrape import METRICS, METRICS_ON, Samples, scrape, value
 
 SERVICE = "ackbot.v1.MessageStore"
 # The store samples its state gauges every 5 s; a little more for a slow machine.

@@ -27,9 +27,8 @@ from ackbot.testing.fake_llm import FakeLLM, Status
 from ackbot.testing.process import LISTENING
 from ackbot.v1 import message_store_pb2 as pb
 from tests.heavy import heavy
-
-from .harness import check_answered_once, get, list_all, wait_settled, wait_state
-from .metrics_scrape import METRICS, scrape, value
+from tests.support.harness import check_answered_once, get, list_all, wait_settled, wait_state
+from tests.support.metrics_scrape import METRICS, scrape, value
 
 MODEL = "fake-1"
 MODEL_HEALTH = "ackbot.bot.model"

@@ -13,15 +13,14 @@ import pytest
 from ackbot.testing import READY_TIMEOUT, RPC_TIMEOUT, Service, bot_service, store_service
 from ackbot.v1 import message_store_pb2 as pb
 from ackbot.v1 import message_store_pb2_grpc as pb_grpc
-
-from .harness import StreamReader, create, get, list_all, seconds, wait_state
+from tests.support.harness import StreamReader, create, get, list_all, seconds, wait_state
 
 pytestmark = pytest.mark.slow
 
 
 async def failed_start(service: Service) -> str:
     """Starts `service`, which must exit with code 1 having written one line; returns it."""
-    service.start()
+    service.expect_exit(1).start()
     assert service.proc is not None
     try:
         code = await asyncio.to_thread(service.proc.wait, READY_TIMEOUT)

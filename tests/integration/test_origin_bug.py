@@ -4,8 +4,7 @@ was looked up by the wrong key and never answered. Found by id alone, answered o
 from __future__ import annotations
 
 from ackbot.v1 import message_store_pb2 as pb
-
-from .harness import (
+from tests.support.harness import (
     check_answered_once,
     create,
     get,

@@ -10,8 +10,7 @@ from ackbot.common.limits import MAX_PAGE_SIZE
 from ackbot.testing import RPC_TIMEOUT
 from ackbot.v1 import message_store_pb2 as pb
 from ackbot.v1 import message_store_pb2_grpc as pb_grpc
-
-from .harness import create_many
+from tests.support.harness import create_many
 
 DEFAULT_PAGE_SIZE = 100
 

@@ -8,8 +8,7 @@ import pytest
 from ackbot.common.limits import REPLY_LIMIT_METADATA
 from ackbot.testing import RPC_TIMEOUT
 from ackbot.v1 import message_store_pb2 as pb
-
-from .harness import create, list_all, seconds, wait_state
+from tests.support.harness import create, list_all, seconds, wait_state
 
 MAX_TEXT_BYTES = 120
 

@@ -17,8 +17,7 @@ import psutil
 import pytest
 
 from ackbot.testing import child_env, sync_wait_until
-
-from .harness import REPO_ROOT
+from tests.support.harness import REPO_ROOT
 
 pytestmark = pytest.mark.slow
 

@@ -11,8 +11,7 @@ import pytest
 from ackbot.store import migrations
 from ackbot.store.database import Database, create_engine
 from ackbot.testing import READY_TIMEOUT, store_service
-
-from .postgres import asyncpg_dsn, fresh_database, requires_postgres
+from tests.support.postgres import asyncpg_dsn, fresh_database
 
 HEAD = migrations.script_directory().get_current_head()
 
@@ -28,7 +27,7 @@ async def test_a_database_of_a_newer_ackbot_stops_the_store_with_one_line(tmp_pa
             )
     finally:
         await engine.dispose()
-    store = store_service(tmp_path, db_path=db_path, name="old-store").start()
+    store = store_service(tmp_path, db_path=db_path, name="old-store").expect_exit(1).start()
     try:
         code = await asyncio.to_thread(store.proc.wait, READY_TIMEOUT)
     finally:
@@ -47,7 +46,6 @@ async def test_a_database_of_a_newer_ackbot_stops_the_store_with_one_line(tmp_pa
 
 @pytest.mark.slow
 @pytest.mark.postgres
-@requires_postgres
 async def test_stores_starting_at_once_on_a_new_postgresql_database_both_come_up(tmp_path):
     stores = 2
     async with fresh_database() as url:

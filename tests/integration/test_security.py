@@ -33,8 +33,7 @@ from ackbot.testing import (
 )
 from ackbot.v1 import message_store_pb2 as pb
 from ackbot.v1 import message_store_pb2_grpc as pb_grpc
-
-from .harness import GRPCURL, ConsumeSession, create, unique_id, wait_state
+from tests.support.harness import GRPCURL, ConsumeSession, create, unique_id, wait_state
 
 TOKENS = {"producer": "prod-7f3a9c1e", "bot": "bot-2b8d4e6f", "admin": "admin-91c5a7d3"}
 SERVICE = "/ackbot.v1.MessageStore"

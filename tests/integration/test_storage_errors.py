@@ -11,8 +11,7 @@ import pytest
 from ackbot.testing import RPC_TIMEOUT
 from ackbot.v1 import message_store_pb2 as pb
 from ackbot.v1 import message_store_pb2_grpc as pb_grpc
-
-from .harness import create, get, list_all
+from tests.support.harness import create, get, list_all
 
 LOCK_TIMEOUT_SECONDS = 0.5
 

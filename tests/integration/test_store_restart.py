@@ -10,8 +10,7 @@ import pytest
 from ackbot.testing import RPC_TIMEOUT
 from ackbot.v1 import message_store_pb2 as pb
 from ackbot.v1 import message_store_pb2_grpc as pb_grpc
-
-from .harness import StreamReader, create, create_many, get, list_all
+from tests.support.harness import StreamReader, create, create_many, get, list_all
 
 pytestmark = pytest.mark.slow
 

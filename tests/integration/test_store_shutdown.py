@@ -13,8 +13,7 @@ import pytest
 from ackbot.testing import RPC_TIMEOUT, wait_until
 from ackbot.v1 import message_store_pb2 as pb
 from ackbot.v1 import message_store_pb2_grpc as pb_grpc
-
-from .harness import StreamReader, create, get
+from tests.support.harness import StreamReader, create, get
 
 GRACE_SECONDS = 3
 ROUNDS = 6

@@ -15,8 +15,7 @@ from grpc_status import rpc_status
 from ackbot.testing import RPC_TIMEOUT, child_env, wait_until
 from ackbot.v1 import message_store_pb2 as pb
 from ackbot.v1 import message_store_pb2_grpc as pb_grpc
-
-from .harness import StreamReader, create
+from tests.support.harness import StreamReader, create
 
 WATCH_TIMEOUT = 20.0
 

@@ -26,7 +26,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from ackbot.testing import RPC_TIMEOUT, Service, bot_service, store_service, wait_until
 from ackbot.v1 import message_store_pb2 as pb
 from ackbot.v1 import message_store_pb2_grpc as pb_grpc
-from tests.integration.harness import check_answered_once, list_all
+from tests.support.harness import check_answered_once, list_all
 
 from .llama_server import MODEL_ALIAS, LlamaServer
 

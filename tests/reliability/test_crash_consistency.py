@@ -23,7 +23,7 @@ import pytest
 from ackbot.testing import RPC_TIMEOUT
 from ackbot.v1 import message_store_pb2 as pb
 from ackbot.v1 import message_store_pb2_grpc as pb_grpc
-from tests.integration.harness import list_all
+from tests.support.harness import list_all
 
 from .invariants import cross_row_problems, processed_without_reply
 

@@ -22,7 +22,7 @@ import pytest
 from ackbot.testing import responders, wait_until
 from ackbot.v1 import message_store_pb2 as pb
 from tests.heavy import heavy
-from tests.integration.harness import (
+from tests.support.harness import (
     UNSETTLED_STATES,
     check_answered_once,
     create,

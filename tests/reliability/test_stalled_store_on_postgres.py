@@ -35,10 +35,10 @@ import pytest
 from ackbot.testing import RPC_TIMEOUT, Service, store_service, wait_until
 from ackbot.v1 import message_store_pb2 as pb
 from ackbot.v1 import message_store_pb2_grpc as pb_grpc
-from tests.integration.harness import ConsumeSession
-from tests.integration.postgres import asyncpg_dsn, fresh_database, requires_postgres
+from tests.support.harness import ConsumeSession
+from tests.support.postgres import asyncpg_dsn, fresh_database
 
-pytestmark = [pytest.mark.slow, pytest.mark.postgres, requires_postgres]
+pytestmark = [pytest.mark.slow, pytest.mark.postgres]
 
 STORE_ID = re.compile(r"registered store=([0-9a-f]+)")
 # The marked rows' INSERT sleeps this long in the trigger, holding the insert turn.

@@ -27,7 +27,7 @@ import pytest
 from ackbot.testing import RPC_TIMEOUT, Service, store_service, wait_until
 from ackbot.v1 import message_store_pb2 as pb
 from ackbot.v1 import message_store_pb2_grpc as pb_grpc
-from tests.integration.harness import create, get
+from tests.support.harness import create, get
 
 from .invariants import cross_row_problems, processed_without_reply
 from .page_limited_store import MAX_PAGES_ENV

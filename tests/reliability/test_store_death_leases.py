@@ -21,7 +21,7 @@ import pytest
 from ackbot.testing import bot_service, responders, store_service, wait_until
 from ackbot.v1 import message_store_pb2 as pb
 from ackbot.v1 import message_store_pb2_grpc as pb_grpc
-from tests.integration.harness import check_answered_once, create_many, list_all, wait_settled
+from tests.support.harness import check_answered_once, create_many, list_all, wait_settled
 
 pytestmark = pytest.mark.slow
 

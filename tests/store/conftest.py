@@ -17,7 +17,7 @@ from sqlalchemy.util import await_only
 from ackbot.store.database import Database, create_engine
 from ackbot.store.migrations import upgrade_to_head
 from ackbot.store.repository import MessageRepository
-from tests.integration.postgres import process_database, requires_postgres
+from tests.support.postgres import process_database
 
 SECOND_NS = 1_000_000_000
 # 2025-10-24T19:20:53Z: any fixed instant serves, as long as it is not 0.
@@ -148,7 +148,7 @@ def postgres_url() -> Iterator[str]:
         "sqlite",
         pytest.param(
             "postgres",
-            marks=[pytest.mark.postgres, requires_postgres],
+            marks=pytest.mark.postgres,
         ),
     ]
 )
@@ -165,7 +165,7 @@ async def engine(request: pytest.FixtureRequest, tmp_path) -> AsyncIterator[Asyn
             yield postgres_engine
 
 
-@pytest.fixture(params=[pytest.param("postgres", marks=[pytest.mark.postgres, requires_postgres])])
+@pytest.fixture(params=[pytest.param("postgres", marks=pytest.mark.postgres)])
 async def postgres_engine(postgres_url: str) -> AsyncIterator[AsyncEngine]:
     """PostgreSQL alone, for what only a shared database has (the store registry)."""
     async with _postgres_engine(postgres_url) as postgres_engine:

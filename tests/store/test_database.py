@@ -16,7 +16,6 @@ from ackbot.store.models import MessageRow
 from ackbot.store.repository import MessageRepository
 from ackbot.store.types import NewMessage
 from ackbot.testing import wait_until
-from tests.integration.postgres import requires_postgres
 
 
 def is_sqlite(engine) -> bool:
@@ -137,7 +136,6 @@ _SETTINGS = text(
 
 
 @pytest.mark.postgres
-@requires_postgres
 async def test_every_postgres_session_carries_the_stores_bounds_and_name(postgres_url):
     database = Database.from_url(postgres_url, bounds=BOUNDS)
     try:
@@ -169,7 +167,6 @@ async def test_every_postgres_session_carries_the_stores_bounds_and_name(postgre
 
 
 @pytest.mark.postgres
-@requires_postgres
 async def test_the_server_ends_a_session_left_idle_inside_a_transaction(postgres_url):
     database = Database.from_url(postgres_url, bounds=BOUNDS)
     try:
@@ -198,7 +195,6 @@ async def test_the_server_ends_a_session_left_idle_inside_a_transaction(postgres
 
 
 @pytest.mark.postgres
-@requires_postgres
 async def test_a_schema_change_is_not_bounded_by_the_statement_and_lock_timeouts(postgres_url):
     database = Database.from_url(postgres_url, bounds=BOUNDS)
     try:

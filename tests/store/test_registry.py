@@ -24,7 +24,7 @@ from ackbot.store.repository import MessageRepository
 from ackbot.store.tables.transaction import INSERT_TURN_KEY
 from ackbot.store.types import Lease, NewMessage
 from ackbot.testing import wait_until
-from tests.integration.postgres import asyncpg_dsn
+from tests.support.postgres import asyncpg_dsn
 
 from .conftest import SECOND_NS, FakeClock
 

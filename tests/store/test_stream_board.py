@@ -8,6 +8,7 @@ import time
 from ackbot.store.stream import Stream
 from ackbot.store.stream_board import StreamBoard
 from ackbot.store.types import Lease
+from tests.heavy import heavy
 
 from .conftest import SECOND_NS, FakeClock
 
@@ -134,6 +135,8 @@ async def test_a_lease_moving_to_another_stream_leaves_the_first():
         board.close()
 
 
+# Bounds on the wall clock: in the heavy group, where no chaos run competes for the CPU.
+@heavy
 async def test_wake_at_wakes_every_stream_at_about_the_given_time():
     board = StreamBoard()
     streams = [stream("a"), stream("b")]
@@ -154,6 +157,7 @@ async def test_wake_at_wakes_every_stream_at_about_the_given_time():
         board.close()
 
 
+@heavy
 async def test_wake_at_keeps_later_wakes_after_an_earlier_one_fires():
     board = StreamBoard()
     s = stream()

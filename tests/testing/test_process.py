@@ -75,7 +75,7 @@ async def test_wait_until_awaits_a_coroutine_predicate():
 
 def test_a_service_that_exits_before_listening_fails_with_its_log_tail(tmp_path):
     argv = [sys.executable, "-c", "print('cannot open the database'); raise SystemExit(3)"]
-    service = Service("doomed", argv, tmp_path / "doomed.log", child_env())
+    service = Service("doomed", argv, tmp_path / "doomed.log", child_env()).expect_exit(3)
     try:
         with pytest.raises(ServiceError) as failure:
             service.start().wait_ready(timeout=10)
@@ -85,3 +85,44 @@ def test_a_service_that_exits_before_listening_fails_with_its_log_tail(tmp_path)
     assert "exit code 3" in str(failure.value)
     assert "cannot open the database" in str(failure.value)
     assert service in Service.registry
+
+
+def run_to_exit(tmp_path: Path, name: str, code: str) -> Service:
+    service = Service(name, [sys.executable, "-c", code], tmp_path / f"{name}.log", child_env())
+    assert service.start().proc is not None
+    service.proc.wait(10)
+    return service
+
+
+def test_teardown_holds_an_unexpected_exit_code_against_a_service(tmp_path):
+    crashed = run_to_exit(tmp_path, "crashed", "raise SystemExit(2)")
+    assert crashed.problems() == ["exited with code 2, which the test did not expect"]
+    assert crashed.expect_exit(2).problems() == []
+    assert run_to_exit(tmp_path, "clean", "pass").problems() == []
+
+
+def test_teardown_holds_a_traceback_in_the_log_against_a_service(tmp_path):
+    broken = run_to_exit(tmp_path, "broken", "1 / 0")
+    broken.expect_exit(1)
+    [problem] = broken.problems()
+    assert problem.startswith("logged a traceback:")
+    assert "ZeroDivisionError" in problem
+    assert broken.expect_traceback().problems() == []
+
+
+def test_a_traceback_a_library_logs_below_warning_is_not_a_failure(tmp_path):
+    code = (
+        "print('2026-01-01 00:00:00,000 DEBUG grpc.aio._call: Client request_iterator raised"
+        " exception:'); print('Traceback (most recent call last):'); print('CancelledError')"
+    )
+    assert run_to_exit(tmp_path, "quiet", code).problems() == []
+    loud = run_to_exit(tmp_path, "loud", code.replace(" DEBUG ", " ERROR "))
+    assert loud.problems()[0].startswith("logged a traceback")
+    loud.expect_traceback()  # for this test's own teardown
+
+
+def test_a_service_the_test_killed_may_exit_by_the_signal(tmp_path):
+    service = Service("victim", [sys.executable, "-c", "input()"], tmp_path / "v.log", child_env())
+    service.start()
+    assert service.kill() == -9
+    assert service.problems() == []

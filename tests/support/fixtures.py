@@ -4,20 +4,34 @@ log it used is attached to the report, so CI output shows why."""
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable, Iterator
+
 import grpc
 import pytest
 
 from ackbot.testing import Service, bot_service, store_service
 from ackbot.v1 import message_store_pb2_grpc as pb_grpc
-
-from .harness import ConsumeSettler
+from tests.support.harness import ConsumeSettler
 
 _FIRST_SERVICE = pytest.StashKey[int]()
 
 
 @pytest.fixture(autouse=True)
 def _remember_services(request):
-    request.node.stash[_FIRST_SERVICE] = len(Service.registry)
+    """Notes which services the test starts, and after every other fixture stopped them, fails
+    the test when one crashed, hung on SIGTERM or logged a traceback (Service.problems): what a
+    service does after the test's last call is part of the test. A test that makes a service
+    fail on purpose says so (`service.expect_exit(code)`, `service.expect_traceback()`)."""
+    first = len(Service.registry)
+    request.node.stash[_FIRST_SERVICE] = first
+    yield
+    problems = [
+        f"{service.name} {problem}\n{service.describe()}"
+        for service in Service.registry[first:]
+        for problem in service.problems()
+    ]
+    if problems:
+        pytest.fail("\n".join(problems), pytrace=False)
 
 
 @pytest.hookimpl(wrapper=True)
@@ -74,6 +88,21 @@ def start_bot(tmp_path, store):
 
     yield start
     for service in reversed(services):
+        service.cleanup()
+
+
+@pytest.fixture
+def run_service() -> Iterator[Callable[[Service], Awaitable[Service]]]:
+    """`await run_service(service)` starts a Service a test built itself (its own address or
+    launcher), waits until it is ready, and stops it at teardown whatever happened."""
+    started: list[Service] = []
+
+    async def run(service: Service) -> Service:
+        started.append(service)
+        return await service.astart()
+
+    yield run
+    for service in reversed(started):
         service.cleanup()
 
 

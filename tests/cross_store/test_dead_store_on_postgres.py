@@ -24,18 +24,21 @@ import pytest
 from ackbot.testing import Service, bot_service, responders, store_service, wait_until
 from ackbot.v1 import message_store_pb2 as pb
 from ackbot.v1 import message_store_pb2_grpc as pb_grpc
-from tests.integration.harness import (
+from tests.heavy import heavy
+from tests.support.harness import (
     check_answered_once,
     create_many,
     get,
     list_all,
     wait_settled,
 )
-from tests.integration.metrics_scrape import METRICS, scrape, value
-from tests.integration.postgres import asyncpg_dsn, fresh_database, requires_postgres
-from tests.integration.two_stores import BOT_STORES, Burst, start_bots, start_stores
+from tests.support.metrics_scrape import METRICS, scrape, value
+from tests.support.postgres import asyncpg_dsn, fresh_database
 
-pytestmark = [pytest.mark.slow, pytest.mark.postgres, requires_postgres]
+from .two_stores import BOT_STORES, Burst, start_bots, start_stores
+
+# Recovery is measured on the wall clock (seconds, not the lease): in the heavy group.
+pytestmark = [pytest.mark.slow, pytest.mark.postgres, heavy]
 
 MESSAGES = 10
 HELD = 4
@@ -156,7 +159,9 @@ async def _processed_originals(stub, count: int) -> bool:
 async def test_a_store_whose_registration_is_gone_stops_by_itself(
     postgres_url, run_service, tmp_path
 ):
-    store = await run_service(store_service(tmp_path, name="stalled", args=["--db", postgres_url]))
+    # It stops with exit code 1 once it finds its registration gone: the test's point.
+    stalled = store_service(tmp_path, name="stalled", args=["--db", postgres_url]).expect_exit(1)
+    store = await run_service(stalled)
     async with grpc.aio.insecure_channel(store.address) as channel:
         stub = pb_grpc.MessageStoreStub(channel)
         await create_many(stub, HELD, clients=1, prefix="stranded")
@@ -197,7 +202,8 @@ async def test_a_stalled_store_is_declared_dead_by_its_silence_and_stops_when_it
     postgres_url, run_service, tmp_path
 ):
     args = ["--db", postgres_url]
-    store_a = await run_service(store_service(tmp_path, name="store-a", args=args))
+    # A stops with exit code 1 when it wakes and finds itself declared dead: the test's point.
+    store_a = await run_service(store_service(tmp_path, name="store-a", args=args).expect_exit(1))
     store_b = await run_service(store_service(tmp_path, name="store-b", args=args))
     async with grpc.aio.insecure_channel(store_b.address) as channel_b:
         stub_b = pb_grpc.MessageStoreStub(channel_b)

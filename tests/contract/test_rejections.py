@@ -1,12 +1,14 @@
-"""Every rejection the store can produce, one row each: the status code, and for INVALID_ARGUMENT
-the field in the google.rpc.BadRequest details and in the message text, with the rule it broke.
+"""Every rejection the store can produce, one row each, asserted once: the status code; for
+INVALID_ARGUMENT the field in the google.rpc.BadRequest details and in the message text, with the
+rule it broke, and no ErrorInfo; for the domain errors the message id and the state in the text
+and the google.rpc.ErrorInfo reason a caller branches on. Every row also checks that the request
+changed nothing and that the store still serves.
 
 The rows were enumerated from services/store/validation.py and servicer.py (each `v.add` and
-each check_* call site) and the repository's domain errors. test_bad_input.py already proves
-that a bad request names its field and changes nothing; this table adds the rule's wording, the
-rejections it does not reach, and the non-validation codes with what their messages must name.
-Storage errors (UNAVAILABLE, RESOURCE_EXHAUSTED for a full database) belong to the reliability
-tests, which can break a database on purpose."""
+each check_* call site) and the repository's domain errors. The rejections that need a scene
+(a live lease, a lapsed one, a request over the size limit) are in test_bad_input.py and
+test_error_info.py; storage errors in test_error_info.py and the reliability tests, which can
+break a database on purpose."""
 
 from __future__ import annotations
 
@@ -17,12 +19,12 @@ import grpc
 import pytest
 from google.protobuf import timestamp_pb2
 
-from ackbot.testing import RPC_TIMEOUT
+from ackbot.store.errors import ERROR_DOMAIN
+from ackbot.testing import RPC_TIMEOUT, store_service
 from ackbot.v1 import message_store_pb2 as pb
 from ackbot.v1 import message_store_pb2_grpc as pb_grpc
-from tests.integration.harness import seconds
-
-from .contract import Code, field_violations
+from tests.support.contract import Code, error_info, field_violations, list_everything
+from tests.support.harness import seconds
 
 PENDING_ID = "table-pending"
 MISSING_ID = "no-such-message"
@@ -45,10 +47,17 @@ class Rejection:
     # contain (the id, the state).
     field: str
     rule: str
+    # For the domain errors: the google.rpc.ErrorInfo reason, and the id in its metadata.
+    reason: str = ""
+    message_id: str = ""
 
 
 def invalid(name, rpc, request, field, rule) -> Rejection:
     return Rejection(name, rpc, request, Code.INVALID_ARGUMENT, field, rule)
+
+
+def domain(name, rpc, request, code, message_id, rule, reason) -> Rejection:
+    return Rejection(name, rpc, request, code, repr(message_id), rule, reason, message_id)
 
 
 def message(**fields) -> pb.Message:
@@ -93,6 +102,9 @@ def page_token_of(text: str) -> str:
 
 # Stands for a ListMessagesRequest whose page_token the store issued for "sequence desc".
 OTHER_ORDER_TOKEN = object()
+
+# Besides "a/b" (the id rows above): a space, a non-ASCII letter, a tab, a semicolon, a "!".
+OTHER_BAD_ID_CHARS = ("has space", "caf\u00e9", "tab\there", "semi;colon", "no!")
 
 ID_RPCS = {
     "GetMessage": lambda message_id: pb.GetMessageRequest(id=message_id),
@@ -451,66 +463,181 @@ REJECTIONS = [
     ),
     # Domain errors: the message names the id (NOT_FOUND, ALREADY_EXISTS) or the state.
     *[
-        Rejection(
+        domain(
             f"{rpc}: unknown id",
             rpc,
             make(MISSING_ID),
             Code.NOT_FOUND,
-            repr(MISSING_ID),
+            MISSING_ID,
             "not found",
+            "MESSAGE_NOT_FOUND",
         )
         for rpc, make in ID_RPCS.items()
-        if rpc not in ("ReleaseMessage", "ExtendLease")
     ],
-    Rejection(
-        "release: unknown id",
-        "ReleaseMessage",
-        release(id=MISSING_ID),
-        Code.NOT_FOUND,
-        repr(MISSING_ID),
-        "not found",
-    ),
-    Rejection(
-        "extend: unknown id",
-        "ExtendLease",
-        extend(id=MISSING_ID),
-        Code.NOT_FOUND,
-        repr(MISSING_ID),
-        "not found",
-    ),
-    Rejection(
+    domain(
         "create: id taken, other text",
         "CreateMessage",
         create(id=PENDING_ID, text="other"),
         Code.ALREADY_EXISTS,
-        repr(PENDING_ID),
+        PENDING_ID,
         "different author or text",
+        "ID_TAKEN",
     ),
-    Rejection(
-        "release: not the lease",
-        "ReleaseMessage",
-        release(),
-        Code.FAILED_PRECONDITION,
-        repr(PENDING_ID),
-        "lease_token is not the current lease",
-    ),
-    Rejection(
-        "extend: not the lease",
-        "ExtendLease",
-        extend(),
-        Code.FAILED_PRECONDITION,
-        repr(PENDING_ID),
-        "lease_token is not the current lease",
-    ),
-    Rejection(
+    *[
+        domain(
+            f"{rpc}: not the lease",
+            rpc,
+            make(PENDING_ID),
+            Code.FAILED_PRECONDITION,
+            PENDING_ID,
+            "lease_token is not the current lease",
+            "LEASE_NOT_CURRENT",
+        )
+        for rpc, make in ID_RPCS.items()
+        if rpc in ("ReleaseMessage", "ExtendLease")
+    ],
+    domain(
         "requeue: not DEAD",
         "RequeueMessage",
         pb.RequeueMessageRequest(id=PENDING_ID),
         Code.FAILED_PRECONDITION,
-        repr(PENDING_ID),
+        PENDING_ID,
         "only DEAD messages can be requeued",
+        "NOT_DEAD",
     ),
+    # More inputs that break the rules above, each its own way (a character class, a boundary
+    # from the other side, another unit).
+    *[
+        invalid(f"{rpc}: id {bad!r}", rpc, make(bad), "id", ID_CHARS_RULE)
+        for rpc, make in ID_RPCS.items()
+        for bad in OTHER_BAD_ID_CHARS
+    ],
+    *[
+        invalid(f"create: id {bad!r}", "CreateMessage", create(id=bad), "message.id", ID_CHARS_RULE)
+        for bad in OTHER_BAD_ID_CHARS
+    ],
+    invalid(
+        "create: author 65 ASCII",
+        "CreateMessage",
+        create(author="a" * 65),
+        "message.author",
+        "must be at most 64 characters (got 65)",
+    ),
+    invalid(
+        "create: author newline",
+        "CreateMessage",
+        create(author="a\nb"),
+        "message.author",
+        f"{CONTROL_RULE} (found U+000A)",
+    ),
+    invalid(
+        "create: text 16 KiB + 1 ASCII",
+        "CreateMessage",
+        create(text="x" * (16 * 1024 + 1)),
+        "message.text",
+        "must be at most 16384 bytes of UTF-8 (got 16385)",
+    ),
+    invalid(
+        "create: text 16 KiB + 2 of 2-byte UTF-8",
+        "CreateMessage",
+        create(text="\u00e9" * 8193),
+        "message.text",
+        "must be at most 16384 bytes of UTF-8 (got 16386)",
+    ),
+    invalid(
+        "create: text bell",
+        "CreateMessage",
+        create(text="ding\x07"),
+        "message.text",
+        f"{TEXT_CONTROL_RULE} (found U+0007)",
+    ),
+    invalid(
+        "mark: reply text NUL",
+        "MarkProcessed",
+        mark(reply=pb.Message(author="b", text="\x00")),
+        "reply.text",
+        f"{TEXT_CONTROL_RULE} (found U+0000)",
+    ),
+    invalid(
+        "list: state 99",
+        "ListMessages",
+        listing(state=99),
+        "state",
+        "must be one of the MessageState values (got 99)",
+    ),
+    invalid(
+        "list: state -1",
+        "ListMessages",
+        listing(state=-1),
+        "state",
+        "must be one of the MessageState values (got -1)",
+    ),
+    invalid(
+        "list: page_token not base64 of a position",
+        "ListMessages",
+        listing(page_token="not-a-token"),
+        "page_token",
+        "for this order_by",
+    ),
+    invalid(
+        "list: page_size -1",
+        "ListMessages",
+        listing(page_size=-1),
+        "page_size",
+        "must be 0 or more (got -1)",
+    ),
+    invalid(
+        "list: order_by another field",
+        "ListMessages",
+        listing(order_by="create_time desc"),
+        "order_by",
+        'must be "sequence" or "sequence desc"',
+    ),
+    *[
+        invalid(
+            f"stream: lease {duration} s",
+            "StreamUnprocessed",
+            stream(lease_duration=seconds(duration)),
+            "lease_duration",
+            f"must be between 1 s and 3600 s (got {duration:g} s)",
+        )
+        for duration in (0, 0.5, 3601, -5)
+    ],
+    invalid(
+        "stream: consumer newline",
+        "StreamUnprocessed",
+        stream(consumer="bot\nFAKE LOG LINE"),
+        "consumer",
+        f"{CONTROL_RULE} (found U+000A)",
+    ),
+    invalid(
+        "release: retry_after -1 s",
+        "ReleaseMessage",
+        release(retry_after=seconds(-1)),
+        "retry_after",
+        "must be between 0 s and 3600 s (got -1 s)",
+    ),
+    *[
+        invalid(
+            f"extend: lease {duration} s",
+            "ExtendLease",
+            extend(lease_duration=seconds(duration)),
+            "lease_duration",
+            f"must be between 1 s and 3600 s (got {duration:g} s)",
+        )
+        for duration in (0, 3601)
+    ],
 ]
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    # One store for the whole table: a process per row would dominate the run.
+    service = store_service(tmp_path_factory.mktemp("rejections"))
+    try:
+        yield service.start().wait_ready()
+    finally:
+        service.cleanup()
 
 
 @pytest.fixture(scope="module")
@@ -549,15 +676,33 @@ def rejected(stub, rpc: str, request) -> grpc.RpcError:
     return caught.value
 
 
+def snapshot(stub) -> list[bytes]:
+    """The store's whole contents, to compare before and after a rejected request."""
+    return [m.SerializeToString(deterministic=True) for m in list_everything(stub)]
+
+
 @pytest.mark.parametrize("case", REJECTIONS, ids=[r.name for r in REJECTIONS])
-def test_rejection_names_the_field_and_the_rule(stub, case: Rejection):
+def test_rejection_names_the_field_and_the_rule_and_changes_nothing(store, stub, case: Rejection):
+    before = snapshot(stub)
     error = rejected(stub, case.rpc, case.request)
     assert error.code() == case.code, error
+    check_rejection(error, case)
+    assert snapshot(stub) == before, "a rejected request changed the store"
+    assert store.is_serving("ackbot.v1.MessageStore")
+
+
+def check_rejection(error: grpc.RpcError, case: Rejection) -> None:
     text = error.details()
+    info = error_info(error)
     if case.code != Code.INVALID_ARGUMENT:
         assert case.field in text, error
         assert case.rule in text, error
+        assert info is not None, f"no ErrorInfo: {error}"
+        assert (info.reason, info.domain) == (case.reason, ERROR_DOMAIN), info
+        assert dict(info.metadata) == {"message_id": case.message_id}, info
         return
+    # A bad request is the caller's to fix, field by field: no reason to branch on.
+    assert info is None, info
     rules = {v.description for v in field_violations(error) if v.field == case.field}
     assert rules, f"the BadRequest does not name {case.field}: {error}"
     assert any(case.rule in rule for rule in rules), f"{case.rule!r} not in {rules}"
@@ -598,10 +743,12 @@ def raw_call(channel: grpc.Channel, rpc: str, payload: bytes) -> grpc.RpcError:
 
 @pytest.mark.parametrize("payload", ["surrogate", "truncated"])
 @pytest.mark.parametrize("rpc", list(SURROGATE_IN_FIRST_STRING))
-def test_undecodable_request_names_the_request_and_its_type(store, rpc, payload):
+def test_undecodable_request_names_the_request_and_its_type(store, stub, rpc, payload):
     data = SURROGATE_IN_FIRST_STRING[rpc] if payload == "surrogate" else TRUNCATED
+    before = snapshot(stub)
     with grpc.insecure_channel(store.address) as channel:
         error = raw_call(channel, rpc, data)
+    assert snapshot(stub) == before, "a request that did not decode changed the store"
     assert error.code() == Code.INVALID_ARGUMENT, error
     rules = [v.description for v in field_violations(error) if v.field == "request"]
     assert rules, error

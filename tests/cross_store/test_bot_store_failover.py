@@ -18,12 +18,11 @@ import pytest
 from ackbot.testing import Service, bot_service, wait_until
 from ackbot.v1 import message_store_pb2 as pb
 from ackbot.v1 import message_store_pb2_grpc as pb_grpc
+from tests.support.gated_responder import GATE_ENV, GATED
+from tests.support.harness import check_answered_once, create_many, get, list_all, wait_settled
+from tests.support.postgres import fresh_database
 
-from .gated_responder import GATE_ENV, GATED
-from .harness import check_answered_once, create_many, get, list_all, wait_settled
-from .postgres import fresh_database, requires_postgres
-
-pytestmark = [pytest.mark.postgres, pytest.mark.slow, requires_postgres]
+pytestmark = [pytest.mark.postgres, pytest.mark.slow]
 
 BATCH = 12
 IN_FLIGHT = 4

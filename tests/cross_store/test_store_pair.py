@@ -26,14 +26,11 @@ from ackbot.store.models import State
 from ackbot.store.repository import MessageRepository
 from ackbot.store.types import Delivery, Lease, NewMessage
 from ackbot.testing import wait_until
-from tests.integration.postgres import requires_postgres
-
-from .conftest import SECOND_NS, START_NS, FakeClock, MakeRepository
-from .test_manager import DEADLINE, LEASE_NS, Consumer, create, let_streams_look
+from tests.store.conftest import SECOND_NS, START_NS, FakeClock, MakeRepository
+from tests.store.test_manager import DEADLINE, LEASE_NS, Consumer, create, let_streams_look
 
 pytestmark = [
     pytest.mark.postgres,
-    requires_postgres,
     # The engine fixture's PostgreSQL case only: SQLite has one store per file.
     pytest.mark.parametrize("engine", ["postgres"], indirect=True),
 ]

@@ -14,12 +14,12 @@ import pytest
 
 from ackbot.testing import Service
 from ackbot.v1 import message_store_pb2_grpc as pb_grpc
+from tests.support.harness import check_answered_once, list_all, wait_settled
+from tests.support.postgres import fresh_database
 
-from .harness import check_answered_once, list_all, wait_settled
-from .postgres import fresh_database, requires_postgres
 from .two_stores import BOT_STORES, Burst, deliveries, percentiles, start_bots, start_stores
 
-pytestmark = [pytest.mark.slow, pytest.mark.postgres, requires_postgres]
+pytestmark = [pytest.mark.slow, pytest.mark.postgres]
 
 MESSAGES = 600
 # A message delivered only by the stores' fallback poll (every 2 s) would still settle well

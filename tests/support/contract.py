@@ -56,6 +56,20 @@ def field_violations(error: grpc.RpcError) -> list[error_details_pb2.BadRequest.
     return violations
 
 
+def error_info(error: grpc.RpcError) -> error_details_pb2.ErrorInfo | None:
+    """The google.rpc.ErrorInfo in an error's status details, if any (sync or aio): at most one."""
+    status = rpc_status.from_call(error)  # type: ignore[arg-type]
+    assert status is not None, f"no grpc-status-details-bin in {error}"
+    infos = []
+    for detail in status.details:
+        if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
+            info = error_details_pb2.ErrorInfo()
+            detail.Unpack(info)
+            infos.append(info)
+    assert len(infos) <= 1, infos
+    return infos[0] if infos else None
+
+
 def check_outcome(rpc: str, request_size: int, error: grpc.RpcError | None) -> None:
     """Asserts that the outcome of one call is one the contract allows for it."""
     code = Code.OK if error is None else error.code()

@@ -1,5 +1,6 @@
-"""A PostgreSQL database of a test's own, on the server named by ACKBOT_TEST_POSTGRES_URL (tests
-that need it skip, with the reason, when it is not set)."""
+"""A PostgreSQL database of a test's own, on the server named by ACKBOT_TEST_POSTGRES_URL. A test
+that needs one carries the `postgres` marker; whether it runs, skips or fails without a server
+is decided in tests/conftest.py, once."""
 
 from __future__ import annotations
 
@@ -11,15 +12,9 @@ from collections.abc import AsyncIterator, Iterator
 from concurrent.futures import ThreadPoolExecutor
 
 import asyncpg
-import pytest
 from sqlalchemy.engine import make_url
 
 POSTGRES_URL_ENV = "ACKBOT_TEST_POSTGRES_URL"
-
-# With pytest.mark.postgres: skips, saying why, where no server is named.
-requires_postgres = pytest.mark.skipif(
-    not os.environ.get(POSTGRES_URL_ENV), reason=f"{POSTGRES_URL_ENV} is not set"
-)
 
 
 def asyncpg_dsn(url: str) -> str:

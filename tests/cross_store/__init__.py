@@ -1,0 +1,1 @@
+"""Stores that share one PostgreSQL database: in-process pairs, processes, bots failing over."""
