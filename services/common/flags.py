@@ -181,13 +181,21 @@ def flag_fields(cls: type[DataclassInstance], env_prefix: str) -> Iterator[FlagF
         yield FlagField(item, spec, flag, env_name)
 
 
+def package_version() -> str:
+    """The installed package's version, or "unknown" when run from a source tree."""
+    try:
+        return importlib.metadata.version("ackbot")
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown"
+
+
 def version_line() -> str:
     """`ackbot X.Y.Z`, the installed package's version (what a bug report needs), the same on
     every command."""
-    try:
-        return f"ackbot {importlib.metadata.version('ackbot')}"
-    except importlib.metadata.PackageNotFoundError:  # run from a source tree, not installed
+    version = package_version()
+    if version == "unknown":  # run from a source tree, not installed
         return "ackbot (version unknown: not installed)"
+    return f"ackbot {version}"
 
 
 def missing_extra(exc: ModuleNotFoundError, extra_modules: Sequence[str]) -> str | None:

@@ -18,7 +18,9 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import grpc
-from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+
+from ackbot.common.flags import package_version
 
 from ackbot.common.serving import format_address, split_host_port
 
@@ -67,6 +69,24 @@ class GrpcServerMetrics:
             _LABELS,
             registry=registry,
         )
+        # Started minus handled counts open streams only while both series exist and no
+        # counter has reset; a gauge is what an alert on "no bot connected" can rely on.
+        self.open_streams = Gauge(
+            "ackbot_open_streams",
+            "streaming calls open now, by method (a bot's Consume stream is one)",
+            ("grpc_service", "grpc_method"),
+            registry=registry,
+        )
+        build_info(registry)
+
+
+def build_info(registry: CollectorRegistry) -> None:
+    """`ackbot_build_info{version} 1`, the usual way to see which release each target runs."""
+    info = Gauge(
+        "ackbot_build_info", "always 1; the running release in its label", ("version",),
+        registry=registry,
+    )
+    info.labels(package_version()).set(1)
 
 
 def _code_of(context: grpc.aio.ServicerContext, error: BaseException | None) -> str:
@@ -121,6 +141,8 @@ def _measured(handler: Any, method: str, metrics: GrpcServerMetrics) -> grpc.Rpc
     labels = (kind, service, name)
     received = metrics.msg_received.labels(*labels)
     sent = metrics.msg_sent.labels(*labels)
+
+    streams = metrics.open_streams.labels(service, name)
 
     def begin() -> float:
         metrics.started.labels(*labels).inc()
@@ -178,6 +200,7 @@ def _measured(handler: Any, method: str, metrics: GrpcServerMetrics) -> grpc.Rpc
 
     async def streaming(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
         began = begin()
+        streams.inc()
         if kind == SERVER_STREAM:
             received.inc()
         else:
@@ -191,6 +214,7 @@ def _measured(handler: Any, method: str, metrics: GrpcServerMetrics) -> grpc.Rpc
             error = exc
             raise
         finally:
+            streams.dec()
             end(context, began, error)
 
     make_stream = (
