@@ -21,7 +21,6 @@ import grpc
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
 from ackbot.common.flags import package_version
-
 from ackbot.common.serving import format_address, split_host_port
 
 log = logging.getLogger(__name__)
@@ -83,7 +82,9 @@ class GrpcServerMetrics:
 def build_info(registry: CollectorRegistry) -> None:
     """`ackbot_build_info{version} 1`, the usual way to see which release each target runs."""
     info = Gauge(
-        "ackbot_build_info", "always 1; the running release in its label", ("version",),
+        "ackbot_build_info",
+        "always 1; the running release in its label",
+        ("version",),
         registry=registry,
     )
     info.labels(package_version()).set(1)
