@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+# First: gRPC core reads GRPC_VERBOSITY when grpc is first imported (see the module).
+import ackbot.common.grpc_core_logs  # noqa: F401
+
+# isort: split
 import logging
 import sys
 from collections.abc import Sequence
