@@ -32,6 +32,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         missing = missing_extra(exc, STORE_EXTRA_MODULES)
         if missing is None:
             raise
+        if {"-h", "--help", "--version"} & set(sys.argv[1:] if argv is None else argv):
+            load_config(argv)  # prints the help or the version and exits 0: no driver needed
         print(
             f"{COMMAND.prog}: error: {missing} is not installed: the store needs "
             "ackbot[store] (pip install 'ackbot[store]')",
