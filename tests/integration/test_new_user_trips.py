@@ -205,3 +205,43 @@ async def test_tls_failures_leave_every_json_log_line_json_and_one_cli_line(pki,
             json.loads(line)  # every line of the log is JSON
     finally:
         store.cleanup()
+
+
+# -- item 6: the README's jq examples work ------------------------------------------------------
+
+README = Path(__file__).resolve().parents[2] / "README.md"
+
+
+def readme_json_examples() -> list[str]:
+    block = README.read_text().split("<!-- json-examples -->", 1)[1]
+    body = block.split("```sh", 1)[1].split("```", 1)[0]
+    return [line.strip() for line in body.splitlines() if line.strip()]
+
+
+def test_the_readmes_jq_examples_work(store):
+    examples = readme_json_examples()
+    assert len(examples) == 4
+    env = child_env(
+        {
+            "ACKBOT_STORE_ADDRESS": store.address,
+            "PATH": f"{Path(sys.executable).parent}:/usr/bin:/bin",
+        }
+    )
+    outputs = []
+    for example in examples:
+        result = subprocess.run(
+            ["bash", "-o", "pipefail", "-c", example],
+            capture_output=True,
+            text=True,
+            timeout=CLI_TIMEOUT,
+            env=env,
+            check=False,
+        )
+        assert result.returncode == 0, (example, result.stderr)
+        assert "error" not in result.stderr, (example, result.stderr)
+        outputs.append(result.stdout.strip())
+    dead, age, dead_ids, existed = outputs
+    assert dead == "0"
+    assert float(age) >= 0
+    assert dead_ids == ""
+    assert existed == "false"
