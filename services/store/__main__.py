@@ -40,6 +40,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 1
+    args = list(sys.argv[1:] if argv is None else argv)
+    if args[:1] == ["migrate"]:
+        from ackbot.store.migrate import main as migrate
+
+        configure_logging("WARNING")
+        return migrate(args[1:])
     config = load_config(argv)
     configure_logging(config.log_level, config.log_format)
     # Alembic narrates each step at INFO; ackbot.store.migrations logs what changed in one line.

@@ -27,6 +27,7 @@ from ackbot.common.serving import (
     server_credentials,
     set_serving,
 )
+from ackbot.store import migrations
 from ackbot.store.config import ALLOW_INSECURE_FLAG, StoreConfig
 from ackbot.store.database import Database
 from ackbot.store.errors import CannotOpenDatabase, DeclaredDead, StoreError
@@ -142,7 +143,11 @@ class StoreServer:
             on_commit=metrics.group_commit_batch.observe,
             on_dead=message_dead,
         )
-        await repository.create_schema()
+        if config.no_migrate:
+            # Migrated as a step of its own (`ackbot-store migrate upgrade`): only checked here.
+            await migrations.check_current(database)
+        else:
+            await repository.create_schema()
         if database.single_owner:
             # This store holds the file's lock, so any lease in it belongs to a stream of a
             # store that is gone: hand those messages out again now instead of at lease expiry.
