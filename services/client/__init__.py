@@ -18,7 +18,13 @@ from ackbot.client.errors import (
     Unauthenticated,
     Unavailable,
 )
-from ackbot.client.publisher import BatchSettings, Publisher
+from ackbot.client.publisher import (
+    BatchSettings,
+    FlowControl,
+    FlowControlLimitError,
+    LimitExceededBehavior,
+    Publisher,
+)
 
 __all__ = [
     "AlreadyExists",
@@ -27,8 +33,11 @@ __all__ = [
     "Consumer",
     "ConsumerSettings",
     "FailedPrecondition",
+    "FlowControl",
+    "FlowControlLimitError",
     "Handler",
     "InvalidArgument",
+    "LimitExceededBehavior",
     "NotFound",
     "PermissionDenied",
     "Publisher",
