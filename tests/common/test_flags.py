@@ -89,6 +89,7 @@ STORE = {
         "yes",
         True,
     ),
+    "no_migrate": ("--no-migrate", "ACKBOT_STORE_NO_MIGRATE", "yes", True),
 }
 BOT = {
     "store": ("--store", "ACKBOT_BOT_STORE", "[::1]:6000", "[::1]:6000"),
