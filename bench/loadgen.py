@@ -292,8 +292,11 @@ async def _produce_batched(spec: Spec) -> Result:
             futures = []
             for n in numbers:
                 message = create_request(spec.id_prefix, worker, n).message
+                # publish_async: waits for room under the Publisher's flow control.
                 futures.append(
-                    publisher.publish(message.text, author=message.author, id=message.id)
+                    await publisher.publish_async(
+                        message.text, author=message.author, id=message.id
+                    )
                 )
             await asyncio.gather(*futures)
 

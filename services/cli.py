@@ -11,6 +11,10 @@ a store; the commands below them are thin loops over the unary RPCs, on the sync
 
 from __future__ import annotations
 
+# First: gRPC core reads GRPC_VERBOSITY when grpc is first imported (see the module).
+import ackbot.common.grpc_core_logs  # noqa: F401
+
+# isort: split
 import argparse
 import json
 import os
@@ -28,6 +32,7 @@ from google.protobuf.message import Message
 from ackbot.client.listing import LAST_MESSAGE_REQUEST, ListFilters, PageWalk
 from ackbot.common.auth import read_token
 from ackbot.common.flags import MAX_WAIT_SECONDS, address, int_in, seconds_in, version_line
+from ackbot.common.limits import DEFAULT_MAX_REQUEST_BYTES, DEFAULT_MAX_TEXT_BYTES
 from ackbot.common.serving import client_credentials
 from ackbot.v1 import message_store_pb2 as pb
 from ackbot.v1 import message_store_pb2_grpc as pb_grpc
@@ -52,6 +57,10 @@ WATCH_EVENT_NAMES = {
     pb.WATCH_EVENT_TYPE_STATE_CHANGED: "changed",
 }
 WAIT_POLL_SECONDS = 0.05
+# The create times a store accepts (64-bit nanoseconds: 1677-09-21 to 2262-04-11), in Unix
+# milliseconds, so a time out of range is a usage error here, not a traceback.
+MAX_CREATE_TIME_MS = (2**63 - 1) // 10**6
+MIN_CREATE_TIME_MS = -MAX_CREATE_TIME_MS
 COMPLETION_SHELLS = ("bash", "zsh", "tcsh")
 
 STATES: Mapping[str, pb.MessageState] = {
@@ -225,7 +234,7 @@ def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
     )
     post.add_argument(
         "--create-time-ms",
-        type=int,
+        type=int_in(MIN_CREATE_TIME_MS, MAX_CREATE_TIME_MS),
         default=None,
         metavar="MS",
         help="the client's create time in Unix milliseconds (default: now)",
@@ -236,6 +245,14 @@ def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
         default=None,
         metavar="SECONDS",
         help="wait up to SECONDS for the bot's reply and print it too",
+    )
+    post.add_argument(
+        "--max-text-bytes",
+        type=int_in(1),
+        default=DEFAULT_MAX_TEXT_BYTES,
+        metavar="N",
+        help="with TEXT -, read at most N bytes of standard input (default %(default)s, the "
+        "store's default --max-text-bytes; raise it for a store that allows more)",
     )
 
     get = commands.add_parser("get", parents=[common], help="show one message by id")
@@ -330,13 +347,34 @@ def iter_messages(
         yield from response.messages
 
 
-def read_text(text: str, stdin: TextIO) -> str:
+class InputError(Exception):
+    """A command's input cannot be sent (too long, not UTF-8): one line, exit 2."""
+
+
+def read_text(text: str, stdin: TextIO, max_bytes: int = DEFAULT_MAX_TEXT_BYTES) -> str:
     """TEXT, or for `-` all of standard input less one final newline (what `echo` and most
-    editors add, and what `$(...)` would drop)."""
+    editors add, and what `$(...)` would drop). Reads no more than fits in `max_bytes` (and
+    that newline): a store refuses a longer text, so 200 MB piped in is not read into memory."""
     if text != "-":
         return text
-    read = stdin.read()
-    return read[:-1] if read.endswith("\n") else read
+    buffer = getattr(stdin, "buffer", None)
+    if buffer is None:  # a text stream without bytes under it (a test's StringIO)
+        data = stdin.read(max_bytes + 2).encode("utf-8", errors="surrogateescape")
+    else:
+        data = buffer.read(max_bytes + 2)
+    if data.endswith(b"\n"):
+        data = data[:-1]
+    if len(data) > max_bytes:
+        raise InputError(
+            f"standard input is over {max_bytes} bytes: a store takes a text of at most its "
+            f"--max-text-bytes (default {DEFAULT_MAX_TEXT_BYTES}) in a request of at most its "
+            f"--max-request-bytes (default {DEFAULT_MAX_REQUEST_BYTES}); for a store that "
+            "allows more, give post --max-text-bytes N"
+        )
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise InputError(f"standard input is not UTF-8 (byte {exc.start})") from None
 
 
 def cmd_post(stub: pb_grpc.MessageStoreStub, args: argparse.Namespace, out: TextIO) -> int:
@@ -344,12 +382,17 @@ def cmd_post(stub: pb_grpc.MessageStoreStub, args: argparse.Namespace, out: Text
     message = pb.Message(
         id=args.id,
         author=args.author,
-        text=read_text(args.text, sys.stdin),
+        text=read_text(args.text, sys.stdin, args.max_text_bytes),
         create_time=timestamp_from_ms(create_ms),
     )
     request = pb.CreateMessageRequest(message=message)
     response = stub.CreateMessage(request, timeout=CALL_TIMEOUT_SECONDS)
-    _emit(out, response.message, args)
+    if args.json:
+        # The message's fields, and whether it was already stored (the text output's note).
+        data = {**proto_dict(response.message), "already_existed": response.already_existed}
+        print(json_line(data), file=out, flush=True)
+    else:
+        _emit(out, response.message, args)
     if response.already_existed and not args.json:
         print("(already existed: nothing was changed)", file=out, flush=True)
     if args.wait is None:
@@ -569,26 +612,65 @@ def open_channel(args: argparse.Namespace, env: Mapping[str, str]) -> grpc.Chann
     return grpc.secure_channel(args.store, credentials)
 
 
+def not_utf8(args: argparse.Namespace) -> str | None:
+    """The first argument that is not valid UTF-8 (the shell passed bytes that are not, which
+    Python keeps as lone surrogates), or None."""
+    for name, value in vars(args).items():
+        if isinstance(value, str):
+            try:
+                value.encode("utf-8")
+            except UnicodeEncodeError:
+                return name.upper() if name in ("text", "id") else "--" + name.replace("_", "-")
+    return None
+
+
+def error_hint(code: grpc.StatusCode | None, details: str | None, args: argparse.Namespace) -> str:
+    """What to check, for the errors whose gRPC details alone leave the user guessing."""
+    details = details or ""
+    if code == grpc.StatusCode.UNAVAILABLE and "failed to connect" in details:
+        if args.tls_ca is not None and ("handshake" in details.lower() or "SSL" in details):
+            return (
+                " (TLS handshake failed: check that --tls-ca signed the store's certificate, "
+                "that the certificate names the --store host, and that the store serves TLS)"
+            )
+        if "Socket closed" in details and args.tls_ca is None:
+            return f" (if the store serves TLS, give --tls-ca or {SECURITY_FLAGS['--tls-ca'][0]})"
+        return f" (is a store running at {args.store}? set --store or {STORE_ENV})"
+    if code == grpc.StatusCode.RESOURCE_EXHAUSTED and "larger than max" in details:
+        return (
+            " (the request is over the store's --max-request-bytes, default "
+            f"{DEFAULT_MAX_REQUEST_BYTES}; a text is at most its --max-text-bytes)"
+        )
+    return ""
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser(os.environ)
     args = parser.parse_args(argv)
-    if args.command == "completion":
-        # Generated from the parser itself, so it always offers exactly today's commands and
-        # flags; needs no store.
-        print(shtab.complete(parser, shell=args.shell))
-        return 0
+    bad = not_utf8(args)
+    if bad is not None:
+        parser.error(f"{bad} is not valid UTF-8")
     try:
-        channel = open_channel(args, os.environ)
-    except (ValueError, OSError) as exc:
-        parser.error(str(exc))
-    try:
+        if args.command == "completion":
+            # Generated from the parser itself, so it always offers exactly today's commands
+            # and flags; needs no store.
+            print(shtab.complete(parser, shell=args.shell), flush=True)
+            return 0
+        try:
+            channel = open_channel(args, os.environ)
+        except (ValueError, OSError) as exc:
+            parser.error(str(exc))
         with channel:
             stub = pb_grpc.MessageStoreStub(channel)
             return COMMANDS[args.command](stub, args, sys.stdout)
+    except InputError as exc:
+        print(f"{parser.prog}: error: {exc}", file=sys.stderr)
+        return 2
     except grpc.RpcError as exc:
         # Every RpcError the sync stubs raise is also a grpc.Call with the status.
         call: grpc.Call = exc  # type: ignore[assignment]
-        print(format_error(call.code(), call.details()), file=sys.stderr)
+        hint = error_hint(call.code(), call.details(), args)
+        print(format_error(call.code(), call.details()) + hint, file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         # Ctrl-C is how `tail` ends; 130 is the shell's code for "stopped by SIGINT".

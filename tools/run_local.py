@@ -221,7 +221,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         # The bot reports SERVING once its stream to the store is connected.
         if not wait_serving("bot", args.bot_listen, "", bot, signals, args.ready_timeout):
             return 0 if signals.received.is_set() else 1
-        say(banner(args.store_listen, args.bot_listen, args.db), sys.stdout)
+        # The store takes ACKBOT_STORE_DB when --db is not given: the banner names that too.
+        chosen_db = args.db or os.environ.get("ACKBOT_STORE_DB") or None
+        say(banner(args.store_listen, args.bot_listen, chosen_db), sys.stdout)
         while not signals.received.is_set():
             for name, process in (("store", store), ("bot", bot)):
                 if process.poll() is not None:

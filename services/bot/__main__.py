@@ -7,6 +7,10 @@ answers) and reflection, so orchestrators, `make run` and tests can tell when th
 
 from __future__ import annotations
 
+# First: gRPC core reads GRPC_VERBOSITY when grpc is first imported (see the module).
+import ackbot.common.grpc_core_logs  # noqa: F401
+
+# isort: split
 import asyncio
 import logging
 import signal

@@ -21,7 +21,13 @@ from ackbot.client.errors import (
     Unauthenticated,
     Unavailable,
 )
-from ackbot.client.publisher import BatchSettings, Publisher
+from ackbot.client.publisher import (
+    BatchSettings,
+    FlowControl,
+    FlowControlLimitError,
+    LimitExceededBehavior,
+    Publisher,
+)
 
 __all__ = [
     "AlreadyExists",
@@ -32,9 +38,12 @@ __all__ = [
     "ConsumerSettings",
     "Delivery",
     "FailedPrecondition",
+    "FlowControl",
+    "FlowControlLimitError",
     "HandBack",
     "Handler",
     "InvalidArgument",
+    "LimitExceededBehavior",
     "NotFound",
     "PermissionDenied",
     "Publisher",

@@ -13,6 +13,7 @@ Channels, TLS and tokens are the CLI's and the bot's: `connect` takes the same o
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from types import TracebackType
@@ -107,6 +108,7 @@ class Client:
                 what=what,
                 message_id=message_id,
                 budget_seconds=self.retry_budget_seconds,
+                retry_log_level=logging.DEBUG,
             )
         except grpc.aio.AioRpcError as exc:
             raise from_rpc_error(exc) from None

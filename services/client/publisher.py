@@ -17,11 +17,18 @@ Batches are independent: messages published together may be stored out of publis
 with Pub/Sub without ordering keys); the store's `sequence` is the order of delivery. A batch
 refused for its size (a store whose --max-request-bytes is below `max_bytes`) is sent again in
 halves.
+
+Flow control (Pub/Sub's PublishFlowControl): `FlowControl` bounds the messages and bytes
+published and not yet answered, so a producer faster than the store cannot queue without end.
+Past a limit, `await publish_async()` waits for room (BLOCK, the default) or raises
+FlowControlLimitError (ERROR); `publish()`, which cannot wait, raises it under both. IGNORE
+turns the limits off (the behaviour before flow control).
 """
 
 from __future__ import annotations
 
 import asyncio
+import enum
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -54,6 +61,33 @@ class BatchSettings:
             raise ValueError("max_bytes must be positive and max_latency not negative")
 
 
+class LimitExceededBehavior(enum.Enum):
+    """What a publish past a FlowControl limit does (Pub/Sub's names)."""
+
+    BLOCK = "block"  # publish_async waits until answers make room; publish() raises
+    ERROR = "error"  # both raise FlowControlLimitError
+    IGNORE = "ignore"  # no limit
+
+
+class FlowControlLimitError(Exception):
+    """A publish would pass FlowControl's message_limit or byte_limit (nothing was queued)."""
+
+
+@dataclass(frozen=True)
+class FlowControl:
+    """Bounds on what is published and not yet answered (Pub/Sub's PublishFlowControl)."""
+
+    #: most messages published and not yet answered
+    message_limit: int = 1000
+    #: most bytes of those messages (as sent in a BatchCreateMessagesRequest)
+    byte_limit: int = 10 * 1024 * 1024
+    limit_exceeded_behavior: LimitExceededBehavior = LimitExceededBehavior.BLOCK
+
+    def __post_init__(self) -> None:
+        if self.message_limit < 1 or self.byte_limit < 1:
+            raise ValueError("message_limit and byte_limit must be positive")
+
+
 @dataclass(eq=False)
 class _Batch:
     requests: list[pb.CreateMessageRequest] = field(default_factory=list)
@@ -77,9 +111,19 @@ class Publisher:
     """Batches `publish()` calls into BatchCreateMessages; see the module docstring.
     `async with Publisher(client) as publisher:` closes (and so flushes) it."""
 
-    def __init__(self, client: Client, settings: BatchSettings | None = None) -> None:
+    def __init__(
+        self,
+        client: Client,
+        settings: BatchSettings | None = None,
+        flow_control: FlowControl | None = None,
+    ) -> None:
         self._client = client
         self.settings = settings or BatchSettings()
+        self.flow_control = flow_control or FlowControl()
+        #: messages and bytes published and not yet answered (what FlowControl bounds)
+        self.outstanding_messages = 0
+        self.outstanding_bytes = 0
+        self._room = asyncio.Event()
         self._batch = _Batch()
         self._sending: set[asyncio.Task[None]] = set()
         self._closed = False
@@ -103,6 +147,62 @@ class Publisher:
             message=message(text, author=author, id=id, create_time_ns=create_time_ns)
         )
         size = _item_size(request)
+        problem = self._over_limit(size)
+        if problem is not None:
+            raise FlowControlLimitError(problem)
+        return self._queue(request, size)
+
+    async def publish_async(
+        self,
+        text: str,
+        *,
+        author: str,
+        id: str = "",
+        create_time_ns: int | None = None,
+    ) -> asyncio.Future[pb.CreateMessageResponse]:
+        """publish(), waiting first for room under FlowControl's limits when its behaviour is
+        BLOCK: a producer faster than the store is slowed to the store's pace."""
+        if self._closed:
+            raise RuntimeError("the publisher is closed")
+        request = pb.CreateMessageRequest(
+            message=message(text, author=author, id=id, create_time_ns=create_time_ns)
+        )
+        size = _item_size(request)
+        while (problem := self._over_limit(size)) is not None:
+            blocking = self.flow_control.limit_exceeded_behavior is LimitExceededBehavior.BLOCK
+            if not blocking or size > self.flow_control.byte_limit:
+                raise FlowControlLimitError(problem)  # a message that can never fit, too
+            self._room.clear()
+            await self._room.wait()
+            if self._closed:
+                raise RuntimeError("the publisher is closed")
+        return self._queue(request, size)
+
+    def _over_limit(self, size: int) -> str | None:
+        """Why one more message of `size` bytes would pass a limit, or None."""
+        limits = self.flow_control
+        if limits.limit_exceeded_behavior is LimitExceededBehavior.IGNORE:
+            return None
+        if self.outstanding_messages + 1 > limits.message_limit:
+            return (
+                f"{self.outstanding_messages} messages unanswered: message_limit is "
+                f"{limits.message_limit}"
+            )
+        if self.outstanding_bytes + size > limits.byte_limit:
+            return (
+                f"{self.outstanding_bytes} bytes unanswered and {size} more: byte_limit is "
+                f"{limits.byte_limit}"
+            )
+        return None
+
+    def _answered(self, size: int) -> None:
+        self.outstanding_messages -= 1
+        self.outstanding_bytes -= size
+        self._room.set()
+
+    def _queue(
+        self, request: pb.CreateMessageRequest, size: int
+    ) -> asyncio.Future[pb.CreateMessageResponse]:
         batch = self._batch
         if batch.requests and batch.size + size > self.settings.max_bytes:
             self._send()
@@ -110,6 +210,10 @@ class Publisher:
         future: asyncio.Future[pb.CreateMessageResponse] = (
             asyncio.get_running_loop().create_future()
         )
+        self.outstanding_messages += 1
+        self.outstanding_bytes += size
+        # Done however it ends (answered, failed, cancelled by the caller): room again.
+        future.add_done_callback(lambda _: self._answered(size))
         batch.requests.append(request)
         batch.futures.append(future)
         batch.size += size

@@ -53,9 +53,12 @@ async def call_with_failover(
     clock: Callable[[], float] = time.monotonic,
     sleep: Callable[[float], Awaitable[object]] = asyncio.sleep,
     rand: Callable[[], float] = random.random,
+    retry_log_level: int = logging.WARNING,
 ) -> T:
     """Runs each target's `call(timeout)`, from the first on, until one succeeds, one fails with a
     code that retrying cannot fix, or the budget is spent; then the last error propagates.
+    Each retry is logged at `retry_log_level` (the client library's is DEBUG: a library does not
+    warn on every retry; what still fails reaches its caller as the error).
 
     A retryable failure goes on to the next target at once; only a round in which every target
     failed is followed by a backoff pause. So a dead store costs one fast failure per round, and
@@ -78,7 +81,8 @@ async def call_with_failover(
             if tried % len(targets):
                 if clock() >= deadline:
                     raise
-                log.warning(
+                log.log(
+                    retry_log_level,
                     "%s failed on %s (%s), trying %s message_id=%s",
                     what,
                     name,
@@ -91,7 +95,8 @@ async def call_with_failover(
             pauses += 1
             if clock() + pause >= deadline:
                 raise
-            log.warning(
+            log.log(
+                retry_log_level,
                 "%s failed on %s (%s), retry %d on %s in %.2fs message_id=%s",
                 what,
                 name,

@@ -68,8 +68,8 @@ def seconds_in(low: float, high: float, *, low_inclusive: bool = True) -> Callab
             ) from None
         above_low = value >= low if low_inclusive else value > low
         if not (math.isfinite(value) and above_low and value <= high):
-            low_text = f"{low:g}" if low_inclusive else f"more than {low:g}"
-            raise argparse.ArgumentTypeError(f"must be between {low_text} and {high:g}, got {text}")
+            low_text = f"at least {low:g}" if low_inclusive else f"more than {low:g}"
+            raise argparse.ArgumentTypeError(f"must be {low_text} and at most {high:g}, got {text}")
         return value
 
     return parse
@@ -181,13 +181,21 @@ def flag_fields(cls: type[DataclassInstance], env_prefix: str) -> Iterator[FlagF
         yield FlagField(item, spec, flag, env_name)
 
 
+def package_version() -> str:
+    """The installed package's version, or "unknown" when run from a source tree."""
+    try:
+        return importlib.metadata.version("ackbot")
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown"
+
+
 def version_line() -> str:
     """`ackbot X.Y.Z`, the installed package's version (what a bug report needs), the same on
     every command."""
-    try:
-        return f"ackbot {importlib.metadata.version('ackbot')}"
-    except importlib.metadata.PackageNotFoundError:  # run from a source tree, not installed
+    version = package_version()
+    if version == "unknown":  # run from a source tree, not installed
         return "ackbot (version unknown: not installed)"
+    return f"ackbot {version}"
 
 
 def missing_extra(exc: ModuleNotFoundError, extra_modules: Sequence[str]) -> str | None:
@@ -195,6 +203,33 @@ def missing_extra(exc: ModuleNotFoundError, extra_modules: Sequence[str]) -> str
     one line which extra to install), or None when something else is missing (a real bug)."""
     missing = (exc.name or "").partition(".")[0]
     return missing if missing in extra_modules else None
+
+
+class _FromEnv(str):
+    """A default taken from the environment: argparse hands this very object to the flag's
+    type, so a bad value can be reported under the variable that holds it."""
+
+    __slots__ = ()
+
+
+def _naming_env(convert: Callable[[str], Any] | None, env_name: str) -> Callable[[str], Any]:
+    if convert is None:
+        return str  # argparse's own default: the text as given
+
+    def parse(text: str) -> Any:
+        try:
+            return convert(text)
+        except (argparse.ArgumentTypeError, ValueError) as exc:
+            if not isinstance(text, _FromEnv):
+                raise
+            problem = str(exc)
+            if not isinstance(exc, argparse.ArgumentTypeError):  # argparse's own wording
+                problem = f"invalid {parse.__name__} value: {text!r}"
+            raise argparse.ArgumentTypeError(f"{env_name} (environment): {problem}") from None
+
+    # argparse names a value after its type's function: "invalid int value: 'many'".
+    parse.__name__ = getattr(convert, "__name__", "value")
+    return parse
 
 
 def build_parser(
@@ -224,6 +259,8 @@ def build_parser(
         # The help text is not a %-format for argparse: a variable's value may hold a '%'.
         help_text = f"{spec.help_text} (env {item.env_name}; default {shown})".replace("%", "%%")
         metavar = spec.metavar
+        if metavar is None and item.flag.endswith("listen"):
+            metavar = "HOST:PORT"  # as the bot's --store shows an address
         if metavar is None and spec.choices is None:
             # argparse would name the value after the dest, the field (`--db DB_URL`); the
             # flag's own name keeps the usage line as users know it (`--db DB`).
@@ -232,11 +269,11 @@ def build_parser(
         parser.add_argument(
             item.flag,
             dest=item.field.name,
-            default=argparse.SUPPRESS if from_env is None else from_env,
+            default=argparse.SUPPRESS if from_env is None else _FromEnv(from_env),
             help=help_text,
             metavar=metavar,
             choices=spec.choices,
-            type=spec.type,
+            type=_naming_env(spec.type, item.env_name),
             **switch,
         )
     return parser

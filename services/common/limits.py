@@ -74,11 +74,23 @@ def utf8_size(text: str) -> int:
     return len(text.encode("utf-8", errors="surrogatepass"))
 
 
+# Ends a text that was cut, so a reader sees it was (the LLM backend marks a model's own cut
+# the same way). Kept when a marked text is cut again: the cut comes first, the mark after.
+CUT_MARK = "…"
+
+
 def fit_text(text: str, max_bytes: int = DEFAULT_MAX_TEXT_BYTES) -> str:
     """Drops what the store would refuse in a text (control characters other than tab, LF and
-    CR; lone surrogates) and cuts it to `max_bytes` of UTF-8 on a character boundary."""
+    CR; lone surrogates) and cuts it to `max_bytes` of UTF-8 on a character boundary, ending
+    with CUT_MARK when it was cut (unless `max_bytes` leaves no room for more than the mark)."""
     text = _FORBIDDEN_IN_TEXT.sub("", text)
     encoded = text.encode("utf-8")
     if len(encoded) <= max_bytes:
         return text
-    return encoded[:max_bytes].decode("utf-8", errors="ignore")
+    mark = CUT_MARK.encode("utf-8")
+    if max_bytes <= len(mark):
+        return encoded[:max_bytes].decode("utf-8", errors="ignore")
+    kept = encoded[: max_bytes - len(mark)].decode("utf-8", errors="ignore")
+    # A text already ending with the mark (a model's own cut) that fits whole but for the
+    # mark loses only what the mark replaces.
+    return kept.removesuffix(CUT_MARK).rstrip() + CUT_MARK

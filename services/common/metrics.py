@@ -18,8 +18,9 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import grpc
-from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
+from ackbot.common.flags import package_version
 from ackbot.common.serving import format_address, split_host_port
 
 log = logging.getLogger(__name__)
@@ -67,6 +68,26 @@ class GrpcServerMetrics:
             _LABELS,
             registry=registry,
         )
+        # Started minus handled counts open streams only while both series exist and no
+        # counter has reset; a gauge is what an alert on "no bot connected" can rely on.
+        self.open_streams = Gauge(
+            "ackbot_open_streams",
+            "streaming calls open now, by method (a bot's Consume stream is one)",
+            ("grpc_service", "grpc_method"),
+            registry=registry,
+        )
+        build_info(registry)
+
+
+def build_info(registry: CollectorRegistry) -> None:
+    """`ackbot_build_info{version} 1`, the usual way to see which release each target runs."""
+    info = Gauge(
+        "ackbot_build_info",
+        "always 1; the running release in its label",
+        ("version",),
+        registry=registry,
+    )
+    info.labels(package_version()).set(1)
 
 
 def _code_of(context: grpc.aio.ServicerContext, error: BaseException | None) -> str:
@@ -95,6 +116,8 @@ class _MethodMetrics:
         self.received = metrics.msg_received.labels(*labels)
         self.sent = metrics.msg_sent.labels(*labels)
         self.handling = metrics.handling.labels(*labels)
+        _, service, name = labels
+        self.open_streams = metrics.open_streams.labels(service, name)
         self._handled_family = metrics.handled
         self._labels = labels
         self._handled: dict[str, Counter] = {}
@@ -150,6 +173,8 @@ def _kind_of(handler: Any) -> str:
 def _measured(handler: Any, kind: str, counters: _MethodMetrics) -> grpc.RpcMethodHandler:
     received = counters.received
     sent = counters.sent
+
+    streams = counters.open_streams
 
     def begin() -> float:
         counters.started.inc()
@@ -207,6 +232,7 @@ def _measured(handler: Any, kind: str, counters: _MethodMetrics) -> grpc.RpcMeth
 
     async def streaming(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
         began = begin()
+        streams.inc()
         if kind == SERVER_STREAM:
             received.inc()
         else:
@@ -220,6 +246,7 @@ def _measured(handler: Any, kind: str, counters: _MethodMetrics) -> grpc.RpcMeth
             error = exc
             raise
         finally:
+            streams.dec()
             end(context, began, error)
 
     make_stream = (

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+# First: gRPC core reads GRPC_VERBOSITY when grpc is first imported (see the module).
+import ackbot.common.grpc_core_logs  # noqa: F401
+
+# isort: split
 import logging
 import sys
 from collections.abc import Sequence
@@ -28,12 +32,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         missing = missing_extra(exc, STORE_EXTRA_MODULES)
         if missing is None:
             raise
+        if {"-h", "--help", "--version"} & set(sys.argv[1:] if argv is None else argv):
+            load_config(argv)  # prints the help or the version and exits 0: no driver needed
         print(
             f"{COMMAND.prog}: error: {missing} is not installed: the store needs "
             "ackbot[store] (pip install 'ackbot[store]')",
             file=sys.stderr,
         )
         return 1
+    args = list(sys.argv[1:] if argv is None else argv)
+    if args[:1] == ["migrate"]:
+        from ackbot.store.migrate import main as migrate
+
+        configure_logging("WARNING")
+        return migrate(args[1:])
     config = load_config(argv)
     configure_logging(config.log_level, config.log_format)
     # Alembic narrates each step at INFO; ackbot.store.migrations logs what changed in one line.

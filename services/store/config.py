@@ -209,6 +209,11 @@ class StoreConfig:
     allow_insecure_listen: bool = switch_setting(
         "serve a non-loopback --listen address without TLS and authentication"
     )
+    no_migrate: bool = switch_setting(
+        "start without migrating the schema, refusing a database not at this ackbot's "
+        "revision (for deployments that run `ackbot-store migrate upgrade` as a step of "
+        "their own)"
+    )
     # Filled by load_config from the token files or variables; never shown (repr) or logged.
     tokens: Mapping[Role, str] = field(default_factory=dict, repr=False, compare=False)
 

@@ -21,6 +21,10 @@ from ackbot.common.metrics import GrpcServerMetrics
 log = logging.getLogger(__name__)
 
 STATES = ("PENDING", "LEASED", "PROCESSED", "DEAD")
+SERVICE = "ackbot.v1.MessageStore"
+# The store's streaming methods, exported at 0 from the start: an alert on "no bot stream
+# open" needs a series that is 0, not one that does not exist yet.
+STREAMING_METHODS = ("Consume", "StreamUnprocessed", "WatchMessages")
 # Why a delivered message came back for another delivery (ackbot_redeliveries_total{cause}):
 # its bot released it after a failure (a reason given), or handed it back unstarted (none); its
 # stream ended with the lease held; its lease lapsed unanswered; its store died (reaped by another).
@@ -76,6 +80,8 @@ class StoreMetrics:
             self.messages.labels(state)
         for cause in REDELIVERY_CAUSES:
             self.redeliveries.labels(cause)
+        for method in STREAMING_METHODS:
+            self.grpc.open_streams.labels(SERVICE, method)
 
     def delivered(self, attempt: int) -> None:
         self.deliveries.inc()

@@ -148,7 +148,11 @@ class StoreServer:
             store_id=store_id,
             on_commit=metrics.group_commit_batch.observe,
         )
-        await migrations.upgrade_to_head(database)
+        if config.no_migrate:
+            # Migrated as a step of its own (`ackbot-store migrate upgrade`): only checked here.
+            await migrations.check_current(database)
+        else:
+            await migrations.upgrade_to_head(database)
         if database.single_owner:
             # This store holds the file's lock, so any lease in it belongs to a stream of a
             # store that is gone: hand those messages out again now instead of at lease expiry.

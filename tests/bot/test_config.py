@@ -189,7 +189,8 @@ def test_a_bad_store_list_exits_2_naming_the_flag_and_the_entry(value, problem, 
     with pytest.raises(SystemExit) as exit_info:
         load_config(argv, env)
     assert exit_info.value.code == 2
-    assert f"argument --store: {problem}" in capsys.readouterr().err
+    named = "" if source == "flag" else "ACKBOT_BOT_STORE (environment): "
+    assert f"argument --store: {named}{problem}" in capsys.readouterr().err
 
 
 def test_the_same_port_on_another_host_is_another_store():

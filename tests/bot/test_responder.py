@@ -102,8 +102,8 @@ def test_every_reply_is_storable(text, author):
         ("a\x00b\x7fc\x85d", 100, "abcd"),
         ("lone \ud800 surrogate", 100, "lone  surrogate"),
         ("abcdef", 3, "abc"),
-        ("ééé", 5, "éé"),  # never half a character
-        ("€€", 4, "€"),
+        ("ééé", 5, "é…"),  # never half a character; marked as cut
+        ("€€", 4, "…"),
     ],
 )
 def test_fit_text(text, max_bytes, expected):

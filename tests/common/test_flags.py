@@ -89,6 +89,7 @@ STORE = {
         "yes",
         True,
     ),
+    "no_migrate": ("--no-migrate", "ACKBOT_STORE_NO_MIGRATE", "yes", True),
 }
 BOT = {
     "store": ("--store", "ACKBOT_BOT_STORE", "[::1]:6000", "[::1]:6000"),
@@ -292,11 +293,24 @@ def test_a_flag_wins_over_its_variable_and_an_empty_variable_is_unset():
     assert load_toy(["--count=6"], env) == Toy(count=6, where="there")
 
 
-def test_a_bad_variable_is_reported_under_the_flag(capsys):
+def test_a_bad_variable_is_reported_under_the_flag_and_the_variable(capsys):
     with pytest.raises(SystemExit) as caught:
         load_toy([], {"TOY_COUNT": "many"})
     assert caught.value.code == 2
-    assert "toy: error: argument --count: invalid int value: 'many'" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "toy: error: argument --count: TOY_COUNT (environment): invalid int value: 'many'" in err
+
+
+def test_a_bad_flag_is_not_blamed_on_the_environment(capsys):
+    with pytest.raises(SystemExit):
+        load_toy(["--count", "many"], {"TOY_COUNT": "5"})
+    assert "argument --count: invalid int value: 'many'" in capsys.readouterr().err
+
+
+def test_listen_flags_show_host_port():
+    usage = build_parser(store_config.StoreConfig, store_config.COMMAND, {}).format_usage()
+    assert "--listen HOST:PORT" in usage
+    assert "--metrics-listen HOST:PORT" in usage
 
 
 def test_a_bad_variable_is_ignored_when_the_flag_is_given():

@@ -114,6 +114,15 @@ def test_the_store_without_its_dependencies_is_one_line(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
+def test_the_store_without_its_dependencies_still_answers_help_and_version():
+    helped = run_without_store_extra("ackbot.store.__main__", "--help")
+    assert helped.returncode == 0, helped.stderr
+    assert helped.stdout.startswith("usage: ackbot-store")
+    version = run_without_store_extra("ackbot.store.__main__", "--version")
+    assert version.returncode == 0, version.stderr
+    assert version.stdout.strip() == f"ackbot {importlib.metadata.version('ackbot')}"
+
+
 def test_the_store_dependencies_are_behind_the_store_extra():
     requirements = importlib.metadata.requires("ackbot") or []
     for name in STORE_ONLY:

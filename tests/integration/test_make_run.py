@@ -78,3 +78,37 @@ def test_make_run_answers_the_first_message_and_stops_on_ctrl_c(tmp_path):
         if launcher.poll() is None:
             launcher.kill()
             launcher.wait()
+
+
+def test_the_banner_names_the_database_chosen_by_the_environment(tmp_path):
+    db_url = f"sqlite+aiosqlite:///{tmp_path}/chosen.db"
+    output = tmp_path / "run_local.log"
+    with output.open("wb") as sink:
+        launcher = subprocess.Popen(
+            [
+                sys.executable,
+                str(REPO_ROOT / "tools" / "run_local.py"),
+                "--store-listen",
+                f"127.0.0.1:{free_port()}",
+                "--bot-listen",
+                f"127.0.0.1:{free_port()}",
+            ],
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+            cwd=tmp_path,
+            env=child_env({"ACKBOT_STORE_DB": db_url}),
+        )
+    try:
+        sync_wait_until(
+            lambda: READY_BANNER in output.read_text() or launcher.poll() is not None,
+            START_TIMEOUT,
+            what="run_local's ready banner",
+        )
+        banner = output.read_text()
+        assert f"({db_url})" in banner, banner
+        assert "default SQLite database" not in banner
+        launcher.send_signal(signal.SIGINT)
+        assert launcher.wait(STOP_TIMEOUT) == 0, output.read_text()
+    finally:
+        if launcher.poll() is None:
+            launcher.kill()

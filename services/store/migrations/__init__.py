@@ -1,4 +1,5 @@
-"""Schema migrations (Alembic) for SQLite and PostgreSQL alike, run by the store on start.
+"""Schema migrations (Alembic) for SQLite and PostgreSQL alike, run by the store on start
+(unless --no-migrate) and by `ackbot-store migrate` (see ackbot.store.migrate).
 
 `upgrade_to_head` brings a database to the schema this ackbot expects, inside
 `Database.schema_change` (one store at a time). What it finds decides what it does:
@@ -111,3 +112,68 @@ def _refuse_id_keyed_layout(connection: Connection) -> None:
             "the database was made by an older ackbot (messages keyed by id, not by "
             "sequence); move it aside and start with a new one"
         )
+
+
+class SchemaNotCurrent(StorageUnavailable):
+    """A store started with --no-migrate found the schema behind (or ahead of) its own."""
+
+
+def head_revision() -> str:
+    head = script_directory().get_current_head()
+    assert head is not None  # versions/ is never empty
+    return head
+
+
+def known_revision(revision: str) -> str:
+    """`revision` if it names one ("head" and "base" too), else ValueError naming the known."""
+    if revision in ("head", "base"):
+        return revision
+    known = [item.revision for item in script_directory().walk_revisions()]
+    if revision not in known:
+        raise ValueError(f"no revision {revision!r}: the known are {', '.join(reversed(known))}")
+    return revision
+
+
+async def current_revision(database: Database) -> str | None:
+    """The revision the database's schema is at (None: no ackbot schema yet)."""
+    async with database.schema_change() as connection:
+        return await connection.run_sync(_current)
+
+
+def _current(connection: Connection) -> str | None:
+    heads = MigrationContext.configure(connection).get_current_heads()
+    return heads[0] if heads else None
+
+
+async def check_current(database: Database) -> None:
+    """For a store that does not migrate: the schema must be this ackbot's head already."""
+    current, head = await current_revision(database), head_revision()
+    if current != head:
+        raise SchemaNotCurrent(
+            f"the database schema is at revision {current or '(none: a new database)'}, and "
+            f"this ackbot needs {head}; run `ackbot-store migrate upgrade` first, or start "
+            "without --no-migrate"
+        )
+
+
+async def downgrade(database: Database, revision: str) -> tuple[str | None, str | None]:
+    """Takes the schema down to `revision` ("base": no tables); returns (from, to)."""
+    async with database.schema_change() as connection:
+        before = await connection.run_sync(_current)
+        await connection.run_sync(lambda sync: command.downgrade(alembic_config(sync), revision))
+        after = await connection.run_sync(_current)
+    log.info("database schema downgraded from revision %s to %s", before, after or "base")
+    return before, after
+
+
+async def upgrade(database: Database, revision: str = "head") -> tuple[str | None, str | None]:
+    """Brings the schema up to `revision` (head: what upgrade_to_head does on start)."""
+    if revision == "head":
+        done = await upgrade_to_head(database)
+        return done.from_revision, done.to_revision
+    async with database.schema_change() as connection:
+        before = await connection.run_sync(_current)
+        await connection.run_sync(lambda sync: command.upgrade(alembic_config(sync), revision))
+        after = await connection.run_sync(_current)
+    log.info("database schema upgraded from revision %s to %s", before, after)
+    return before, after
