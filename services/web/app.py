@@ -122,6 +122,8 @@ class WebApp:
                 b"SERVING\n" if serving else b"NOT_SERVING: no watch on the store\n",
                 "text/plain; charset=utf-8",
             )
+        elif path == "/favicon.ico":
+            await _send_bytes(send, 204, b"", "image/x-icon")
         elif path in self._files:
             body, kind = self._files[path]
             # Any site may load the widget's own files; what it may call is the API's CORS.
