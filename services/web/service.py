@@ -36,6 +36,9 @@ MAX_PAGE_SIZE = 200
 # Most messages a WatchThread reads to catch up from `after_sequence`; a reader further behind
 # lists the thread again.
 MAX_CATCH_UP = 1000
+# An empty response this often on a quiet watch: reverse proxies end idle streams (nginx's
+# proxy_read_timeout is 60 s by default).
+KEEPALIVE_SECONDS = 25.0
 LAST_MESSAGE = pb.ListMessagesRequest(page_size=1, order_by="sequence desc")
 
 T = TypeVar("T")
@@ -129,11 +132,17 @@ class CommentService:
         viewer = self._hub.subscribe(thread)
         code = "ok"
         try:
+            # Subscribed: say so at once (a browser's fetch resolves with the first bytes).
+            yield web.WatchThreadResponse()
             if request.after_sequence > 0:
                 for shown in await self._catch_up(thread, request.after_sequence):
                     yield web.WatchThreadResponse(comment=shown)
             while True:
-                item = await viewer.queue.get()
+                try:
+                    item = await asyncio.wait_for(viewer.queue.get(), KEEPALIVE_SECONDS)
+                except TimeoutError:
+                    yield web.WatchThreadResponse()  # proxies cut streams that stay silent
+                    continue
                 if item is None:
                     break
                 yield web.WatchThreadResponse(comment=item)

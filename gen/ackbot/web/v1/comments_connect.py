@@ -62,9 +62,11 @@ class CommentService(Protocol):
     def watch_thread(self, request: WatchThreadRequest, ctx: RequestContext[WatchThreadRequest, WatchThreadResponse], /) -> AsyncIterator[WatchThreadResponse]:
         """
         The thread's comments as they change, pushed (server streaming): a comment each time it is
-        posted, starts being answered, is answered (with its reply) or is given up on. First those
-        after `after_sequence`, so that ListThread's `last_sequence` followed by this misses
-        nothing. The same comment may come more than once: a reader keeps the last one by `id`
+        posted, starts being answered, is answered (with its reply) or is given up on. The first
+        response, sent at once, has no comment: the watch is open. Then the comments after
+        `after_sequence`, so that ListThread's `last_sequence` followed by this misses nothing. A
+        quiet watch gets a response without a comment every 25 seconds (for proxies that end
+        silent streams). The same comment may come more than once: a reader keeps the last one by `id`
         (one with a reply is never replaced by one without). The stream ends with UNAVAILABLE when
         the front door stops or loses the store, and RESOURCE_EXHAUSTED when the reader falls too
         far behind: list and watch again.
@@ -220,9 +222,11 @@ class CommentServiceClient(ConnectClient):
     ) -> AsyncIterator[WatchThreadResponse]:
         """
         The thread's comments as they change, pushed (server streaming): a comment each time it is
-        posted, starts being answered, is answered (with its reply) or is given up on. First those
-        after `after_sequence`, so that ListThread's `last_sequence` followed by this misses
-        nothing. The same comment may come more than once: a reader keeps the last one by `id`
+        posted, starts being answered, is answered (with its reply) or is given up on. The first
+        response, sent at once, has no comment: the watch is open. Then the comments after
+        `after_sequence`, so that ListThread's `last_sequence` followed by this misses nothing. A
+        quiet watch gets a response without a comment every 25 seconds (for proxies that end
+        silent streams). The same comment may come more than once: a reader keeps the last one by `id`
         (one with a reply is never replaced by one without). The stream ends with UNAVAILABLE when
         the front door stops or loses the store, and RESOURCE_EXHAUSTED when the reader falls too
         far behind: list and watch again.
