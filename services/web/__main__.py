@@ -9,11 +9,12 @@ widget watches again, elsewhere), the calls in flight get --grace-seconds, then 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import signal
 import socket
 import sys
-from collections.abc import Sequence
-from types import FrameType
+from collections.abc import Iterator, Sequence
 
 import uvicorn
 from prometheus_client import CollectorRegistry
@@ -38,15 +39,28 @@ READ_MAX_BYTES = 64 * 1024
 
 
 class _Server(uvicorn.Server):
-    """uvicorn's server, whose stop first ends the open watches: uvicorn waits for every open
-    connection before it stops, and a watch never ends on its own."""
+    """uvicorn's server, with our signal handling instead of its own: uvicorn waits for every
+    open connection before it stops, and a watch never ends on its own, so a stop first ends
+    the open watches; and uvicorn re-raises the signal once stopped, so a clean stop would exit
+    -15 where the other services exit 0."""
 
-    hub: Hub | None = None
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
 
-    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
-        if self.hub is not None:
-            self.hub.close()
-        super().handle_exit(sig, frame)
+
+def _on_signals(server: _Server, holder: _Holder) -> None:
+    loop = asyncio.get_running_loop()
+
+    def stop(signum: signal.Signals) -> None:
+        if holder.hub is not None:
+            holder.hub.close()
+        if server.should_exit and signum == signal.SIGINT:
+            server.force_exit = True  # a second Ctrl-C: stop now
+        server.should_exit = True
+
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop, signum)
 
 
 def build(config: WebConfig, registry: CollectorRegistry) -> tuple[WebApp, _Holder]:
@@ -129,12 +143,12 @@ async def serve(config: WebConfig) -> None:
         timeout_graceful_shutdown=int(config.grace_seconds) or None,
     )
     server = _Server(uv_config)
+    _on_signals(server, holder)
 
     async def announce() -> None:
         # uvicorn says nothing once it serves; its `started` is a plain flag, so poll it.
         while not server.started:  # noqa: ASYNC110
             await asyncio.sleep(0.01)
-        server.hub = holder.hub
         bound = format_address(host, sock.getsockname()[1])
         log.info("listening on %s (store %s)", bound, config.store)
 
