@@ -10,7 +10,6 @@ import json
 import os
 import shutil
 import struct
-import sys
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -19,7 +18,8 @@ from typing import Any
 
 import pytest
 
-from ackbot.testing import Service, bot_service, child_env, store_service
+from ackbot.testing import Service, bot_service, store_service
+from ackbot.testing.web import WebService, web_service
 
 CHROMIUM = os.environ.get("ACKBOT_TEST_CHROMIUM", "/usr/bin/chromium")
 CHROMIUM_ARGS = [
@@ -33,41 +33,6 @@ CHROMIUM_ARGS = [
 ]
 API = "/ackbot.web.v1.CommentService/"
 HTTP_TIMEOUT = 10.0
-
-
-class WebService(Service):
-    """`python -m ackbot.web`: ready once it logs `listening on` and /healthz says SERVING
-    (its one store watch is open)."""
-
-    def is_serving(self, service: str = "") -> bool:
-        self._fail_if_exited("exited while the caller waited for it")
-        try:
-            with urllib.request.urlopen(f"{self.url}/healthz", timeout=1.0) as response:
-                return response.status == 200
-        except (OSError, urllib.error.URLError):
-            return False
-
-    @property
-    def url(self) -> str:
-        return f"http://{self.address}"
-
-
-def web_service(workdir: Path, store_address: str, *args: str, name: str = "web") -> WebService:
-    argv = [
-        sys.executable,
-        "-m",
-        "ackbot.web",
-        "--store",
-        store_address,
-        "--listen",
-        "127.0.0.1:0",
-        "--log-level",
-        "DEBUG",
-        "--grace-seconds",
-        "2",
-        *args,
-    ]
-    return WebService(name, argv, workdir / f"{name}.log", child_env())
 
 
 @pytest.fixture
