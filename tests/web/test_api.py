@@ -181,3 +181,25 @@ async def test_watchers_see_comments_and_replies_live_through_one_store_watch(
         grpc_type="server_stream",
     )
     assert watches == 1
+
+
+async def test_a_stopping_front_door_ends_its_watches_and_exits_0(store, start_web):
+    web = await start_web()
+    frames: list[tuple[int, dict[str, Any]]] = []
+    opened = threading.Event()
+
+    def watch() -> None:
+        for flags, frame in watch_frames(web.url, {"thread": "stop"}):
+            frames.append((flags, frame))
+            opened.set()
+
+    reader = threading.Thread(target=watch, daemon=True)
+    reader.start()
+    await wait_until(opened.is_set, WITHIN, what="the watch is open")
+    assert frames[0] == (0, {})  # the first response: the watch is open
+    code = await asyncio.to_thread(web.terminate)
+    assert code == 0, web.describe()
+    await asyncio.to_thread(reader.join, WITHIN)
+    flags, end = frames[-1]
+    assert flags & 2  # the end of the stream, with its error
+    assert end["error"]["code"] == "unavailable"

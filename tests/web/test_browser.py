@@ -261,3 +261,14 @@ async def test_embedded_in_an_allowed_site_it_works_and_elsewhere_it_is_refused(
     # Nothing from the other site was stored, and the front door counted the refusals.
     listed = await call(web.url, "ListThread", {"thread": "embedded"})
     assert [c["text"] for c in listed["comments"]] == ["From the blog"]
+
+
+async def test_the_reader_is_told_when_the_comments_are_unavailable(store, start_web, new_page):
+    web = await start_web()
+    page, _ = await new_page()
+    await page.goto(f"{web.url}/demo/down")
+    await page.wait_for_selector(".ackbot-live")
+    await store.aterminate()
+    await post(page, "ana", "Anyone?")
+    await page.locator(".ackbot-error", has_text="unavailable").wait_for(timeout=WITHIN)
+    assert await page.locator(".ackbot-comment").count() == 0
