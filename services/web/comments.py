@@ -16,6 +16,9 @@ from ackbot.web.v1 import comments_pb2 as web
 # only the conversations the front door made, never another producer's.
 CONVERSATION_PREFIX = "web:"
 MAX_THREAD_CHARS = 120
+# A comment posted with a request_id is stored under this prefix + it (the store's id rule
+# allows the dot), so that a retried PostComment finds it stored.
+REQUEST_ID_PREFIX = "web."
 _THREAD = re.compile(rf"[A-Za-z0-9._:~-]{{1,{MAX_THREAD_CHARS}}}")
 
 _STATES = {

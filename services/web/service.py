@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar
@@ -13,7 +14,7 @@ from connectrpc.code import Code
 from connectrpc.errors import ConnectError
 from connectrpc.request import RequestContext
 
-from ackbot.client import Client, InvalidArgument, StoreError, Unavailable
+from ackbot.client import AlreadyExists, Client, InvalidArgument, StoreError, Unavailable
 from ackbot.common.limits import first_forbidden_char, utf8_size
 from ackbot.v1 import message_store_pb2 as pb
 from ackbot.web import comments
@@ -39,6 +40,7 @@ MAX_CATCH_UP = 1000
 # An empty response this often on a quiet watch: reverse proxies end idle streams (nginx's
 # proxy_read_timeout is 60 s by default).
 KEEPALIVE_SECONDS = 25.0
+REQUEST_ID = re.compile(r"[A-Za-z0-9_-]{16,64}")
 LAST_MESSAGE = pb.ListMessagesRequest(page_size=1, order_by="sequence desc")
 
 T = TypeVar("T")
@@ -78,11 +80,27 @@ class CommentService:
                         f"{self._config.posts_per_minute} a minute; try again in "
                         f"{seconds_text(wait)}",
                     )
-            created = await _store(
-                self._client.create(
-                    text, author=author, conversation_id=comments.conversation_of(thread)
+            message_id = ""
+            if request.request_id:
+                if not REQUEST_ID.fullmatch(request.request_id):
+                    raise ConnectError(
+                        Code.INVALID_ARGUMENT,
+                        "request_id must be 16 to 64 characters of [A-Za-z0-9_-]",
+                    )
+                message_id = comments.REQUEST_ID_PREFIX + request.request_id
+            try:
+                created = await _store(
+                    self._client.create(
+                        text,
+                        author=author,
+                        id=message_id,
+                        conversation_id=comments.conversation_of(thread),
+                    )
                 )
-            )
+            except AlreadyExists:
+                raise ConnectError(
+                    Code.ALREADY_EXISTS, "request_id was used for another comment"
+                ) from None
             log.info("message_id=%s posted to thread %s", created.message.id, thread)
             return web.PostCommentResponse(comment=comments.comment(created.message))
 
@@ -249,9 +267,12 @@ class CommentService:
 
 async def _store(call: Awaitable[T]) -> T:
     """A store call; its refusal as the public API's error, never the store's own words
-    (which name the store's fields, and may say more than a browser should know)."""
+    (which name the store's fields, and may say more than a browser should know). AlreadyExists
+    passes: its caller says what it means."""
     try:
         return await call
+    except AlreadyExists:
+        raise
     except Unavailable:
         raise ConnectError(
             Code.UNAVAILABLE, "the comments are unavailable right now; try again shortly"

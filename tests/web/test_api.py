@@ -203,3 +203,21 @@ async def test_a_stopping_front_door_ends_its_watches_and_exits_0(store, start_w
     flags, end = frames[-1]
     assert flags & 2  # the end of the stream, with its error
     assert end["error"]["code"] == "unavailable"
+
+
+async def test_a_retried_post_with_its_request_id_is_stored_once(store, start_web):
+    web = await start_web()
+    body = {"thread": "retry", "author": "ana", "text": "Hello", "requestId": "a" * 16}
+    first = await call(web.url, "PostComment", body)
+    again = await call(web.url, "PostComment", body)
+    assert again["comment"]["id"] == first["comment"]["id"]
+    with pytest.raises(Failed) as caught:
+        await call(web.url, "PostComment", {**body, "text": "Something else"})
+    assert caught.value.code == "already_exists"
+    assert "request_id" in caught.value.message
+    with pytest.raises(Failed) as caught:
+        await call(web.url, "PostComment", {**body, "requestId": "short"})
+    assert caught.value.code == "invalid_argument"
+    assert "request_id must be 16 to 64" in caught.value.message
+    listed = await call(web.url, "ListThread", {"thread": "retry"})
+    assert [c["text"] for c in listed["comments"]] == ["Hello"]

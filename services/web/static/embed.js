@@ -220,6 +220,7 @@
   }
   text.addEventListener("input", checkSize);
 
+  var pending = null;
   form.addEventListener("submit", function (event) {
     event.preventDefault();
     var author = name.value.trim();
@@ -228,12 +229,22 @@
     try { localStorage.setItem("ackbot-name", author); } catch (e) { /* no storage */ }
     post.disabled = true;
     error.textContent = "";
-    call("PostComment", { thread: thread, author: author, text: text.value }).then(function (data) {
-      upsert(data.comment);
-      text.value = "";
-    }, function (failure) {
-      error.textContent = explain(failure);
-    }).then(function () { post.disabled = false; checkSize(); });
+    // The same comment sent again (after a failure) keeps its request id: stored once.
+    if (!pending || pending.text !== text.value || pending.author !== author) {
+      var bytes = crypto.getRandomValues(new Uint8Array(16));
+      pending = { text: text.value, author: author, id: Array.from(bytes, function (b) {
+        return (b + 256).toString(16).slice(1);
+      }).join("") };
+    }
+    call("PostComment", { thread: thread, author: author, text: text.value, requestId: pending.id })
+      .then(function (data) {
+        // The watch may have shown it already, and newer (being answered): keep that.
+        if (data.comment && !shown[data.comment.id]) upsert(data.comment);
+        text.value = "";
+        pending = null;
+      }, function (failure) {
+        error.textContent = explain(failure);
+      }).then(function () { post.disabled = false; checkSize(); });
   });
 
   status.textContent = "Loading comments\u2026";

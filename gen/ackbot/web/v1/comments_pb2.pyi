@@ -46,14 +46,16 @@ class Comment(_message.Message):
     def __init__(self, id: _Optional[str] = ..., thread: _Optional[str] = ..., author: _Optional[str] = ..., text: _Optional[str] = ..., create_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., sequence: _Optional[int] = ..., state: _Optional[_Union[CommentState, str]] = ..., from_bot: _Optional[bool] = ..., reply: _Optional[_Union[Comment, _Mapping]] = ...) -> None: ...
 
 class PostCommentRequest(_message.Message):
-    __slots__ = ("thread", "author", "text")
+    __slots__ = ("thread", "author", "text", "request_id")
     THREAD_FIELD_NUMBER: _ClassVar[int]
     AUTHOR_FIELD_NUMBER: _ClassVar[int]
     TEXT_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     thread: str
     author: str
     text: str
-    def __init__(self, thread: _Optional[str] = ..., author: _Optional[str] = ..., text: _Optional[str] = ...) -> None: ...
+    request_id: str
+    def __init__(self, thread: _Optional[str] = ..., author: _Optional[str] = ..., text: _Optional[str] = ..., request_id: _Optional[str] = ...) -> None: ...
 
 class PostCommentResponse(_message.Message):
     __slots__ = ("comment",)
