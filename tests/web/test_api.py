@@ -6,7 +6,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
+import struct
 import threading
+import urllib.error
+import urllib.request
 from typing import Any
 
 import pytest
@@ -122,10 +126,6 @@ async def test_cors_allows_listed_origins_and_refuses_others(store, start_web):
 
 
 def _raw_call(url: str, body: dict[str, Any], origin: str) -> tuple[int, dict[str, str]]:
-    import json
-    import urllib.error
-    import urllib.request
-
     request = urllib.request.Request(
         f"{url}/ackbot.web.v1.CommentService/ListThread",
         data=json.dumps(body).encode(),
@@ -221,3 +221,21 @@ async def test_a_retried_post_with_its_request_id_is_stored_once(store, start_we
     assert "request_id must be 16 to 64" in caught.value.message
     listed = await call(web.url, "ListThread", {"thread": "retry"})
     assert [c["text"] for c in listed["comments"]] == ["Hello"]
+
+
+async def test_grpc_web_clients_are_served_too(store, start_web):
+    web = await start_web()
+    await call(web.url, "PostComment", {"thread": "gw", "author": "ana", "text": "Hello"})
+    payload = json.dumps({"thread": "gw"}).encode()
+    request = urllib.request.Request(
+        f"{web.url}/ackbot.web.v1.CommentService/ListThread",
+        data=b"\0" + struct.pack(">I", len(payload)) + payload,
+        headers={"Content-Type": "application/grpc-web+json", "X-Grpc-Web": "1"},
+        method="POST",
+    )
+    body = await asyncio.to_thread(lambda: urllib.request.urlopen(request, timeout=10).read())
+    size = struct.unpack(">I", body[1:5])[0]
+    message, trailer = json.loads(body[5 : 5 + size]), body[5 + size :]
+    assert [c["text"] for c in message["comments"]] == ["Hello"]
+    assert trailer[0] & 0x80  # the trailers frame
+    assert b"grpc-status: 0" in trailer
