@@ -7,20 +7,27 @@ Set ACKBOT_UPDATE_SCREENSHOT=1 to rewrite docs/web-thread.png from the first tes
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import http.server
 import os
+import re
+import signal
+import socket
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
 
-from ackbot.testing import wait_until
+from ackbot.testing import child_env, wait_until
 
 from ..integration.gated_responder import GATE_ENV, GATED
 from .conftest import call
 
 WITHIN = 20_000  # ms, Playwright's unit
-SCREENSHOT = Path(__file__).resolve().parents[2] / "docs" / "web-thread.png"
+ROOT = Path(__file__).resolve().parents[2]
+SCREENSHOT = ROOT / "docs" / "web-thread.png"
 
 
 async def post(page, author: str, text: str) -> None:
@@ -272,3 +279,50 @@ async def test_the_reader_is_told_when_the_comments_are_unavailable(store, start
     await post(page, "ana", "Anyone?")
     await page.locator(".ackbot-error", has_text="unavailable").wait_for(timeout=WITHIN)
     assert await page.locator(".ackbot-comment").count() == 0
+
+
+async def test_make_run_then_open_the_url_and_write_hello(new_page, tmp_path):
+    """Issue 20's "done": `make run` (tools/run_local.py), open the URL its banner names, write
+    "Hello", and the bot's answer appears under it, once."""
+    ports = []
+    for _ in range(3):
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            ports.append(probe.getsockname()[1])
+    store, bot, web = (f"127.0.0.1:{port}" for port in ports)
+    output = tmp_path / "run_local.log"
+    with output.open("wb") as sink:
+        runner = await asyncio.to_thread(
+            subprocess.Popen,
+            [
+                sys.executable,
+                str(ROOT / "tools" / "run_local.py"),
+                *("--store-listen", store, "--bot-listen", bot, "--web-listen", web),
+                *("--db", f"sqlite+aiosqlite:///{tmp_path}/ackbot.db"),
+            ],
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+            cwd=tmp_path,
+            env=child_env(),
+        )
+    try:
+        banner = re.compile(r"Open (http://\S+/) and write a comment")
+
+        def url() -> str | None:
+            assert runner.poll() is None, output.read_text()
+            found = banner.search(output.read_text())
+            return found.group(1) if found else None
+
+        address = await wait_until(url, 60, 0.2, what="make run's banner")
+        page, watch = await new_page()
+        await page.goto(address)
+        await page.wait_for_selector(".ackbot-live")
+        await post(page, "newcomer", "Hello")
+        await page.locator(".ackbot-reply").wait_for(timeout=WITHIN)
+        assert "newcomer" in await page.locator(".ackbot-reply .ackbot-body").inner_text()
+        assert await page.locator(".ackbot-comment").count() == 1
+        assert await page.locator(".ackbot-reply").count() == 1
+        assert not watch.errors
+    finally:
+        runner.send_signal(signal.SIGINT)
+        await asyncio.to_thread(runner.wait, 30)
