@@ -6,6 +6,7 @@ from __future__ import annotations
 import sys
 import urllib.error
 import urllib.request
+from collections.abc import Mapping
 from pathlib import Path
 
 from ackbot.testing.process import Service, child_env
@@ -28,9 +29,15 @@ class WebService(Service):
 
 
 def web_service(
-    workdir: Path, store_address: str, *args: str, name: str = "web", log_level: str = "DEBUG"
+    workdir: Path,
+    store_address: str,
+    *args: str,
+    name: str = "web",
+    log_level: str = "DEBUG",
+    env: Mapping[str, str] | None = None,
 ) -> WebService:
-    """An ackbot-web on a free loopback port, talking to `store_address`; `args` come last."""
+    """An ackbot-web on a free loopback port, talking to `store_address`; `args` come last,
+    `env` is added to `child_env()`."""
     argv = [
         sys.executable,
         "-m",
@@ -45,4 +52,4 @@ def web_service(
         "2",
         *args,
     ]
-    return WebService(name, argv, workdir / f"{name}.log", child_env())
+    return WebService(name, argv, workdir / f"{name}.log", child_env(env))

@@ -63,8 +63,8 @@ async def start_web(tmp_path, store) -> Any:
     """`await start_web(*flags)` -> a ready ackbot-web on a free port, talking to `store`."""
     services: list[WebService] = []
 
-    async def start(*args: str, name: str = "web") -> WebService:
-        service = web_service(tmp_path, store.address, *args, name=name)
+    async def start(*args: str, name: str = "web", env: dict[str, str] | None = None) -> WebService:
+        service = web_service(tmp_path, store.address, *args, name=name, env=env)
         services.append(service)
         await service.astart()
         return service
