@@ -49,9 +49,12 @@ async def test_the_front_door_uses_tls_and_the_producer_token(tmp_path):
         services.append(tokenless)
         tokenless.start()
         await wait_until(
-            lambda: "store watch ended: UNAUTHENTICATED" in tokenless.log_text(),
+            lambda: (
+                "store watch ended: UNAUTHENTICATED" in tokenless.log_text()
+                and "listening on" in tokenless.log_text()
+            ),
             20,
-            what="the store refusing the tokenless watch",
+            what="the tokenless front door listening, and the store refusing its watch",
         )
         # It listens, and its /healthz says it does not serve.
         with pytest.raises(ServiceError, match="web-tokenless health SERVING"):
