@@ -23,7 +23,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import re
+import signal
 import socket
+import subprocess
 import time
 from collections import Counter
 from collections.abc import Mapping, Sequence
@@ -31,8 +34,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
+import asyncpg  # type: ignore[import-untyped]  # asyncpg ships no type information
+
 from ackbot.testing import Service, bot_service, store_service
 
+from .postgres import asyncpg_dsn
 from .proxy import TcpProxy
 
 log = logging.getLogger(__name__)
@@ -43,6 +49,24 @@ REAPED_LINE = ") is dead: "
 # How long after a store's SIGKILL the run waits to see it declared dead: far beyond the 5 s
 # target, so a slow reap is measured, not cut off.
 REAP_WATCH_SECONDS = 30.0
+
+# A stalled store (SIGSTOP) stays stopped this long: beyond the stores' 3 s dead-after time, so
+# the others declare it dead and end its sessions, and it stops by itself once it runs again.
+STORE_STALL_SECONDS = (4.0, 8.0)
+# How long the fault tries to catch the store holding the insert turn before it stops it
+# wherever it is.
+CATCH_SECONDS = 5.0
+# How long a store woken from a stall may take to find it was declared dead and exit.
+WAKE_EXIT_SECONDS = 30.0
+# The stores' insert turn (ackbot.store.repository.INSERT_TURN_KEY, "ackbot:s"), as pg_locks
+# shows a bigint advisory key: its high and low 32 bits.
+_INSERT_TURN_KEY = int.from_bytes(b"ackbot:s", "big")
+_HOLDS_INSERT_TURN = """
+SELECT 1 FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid
+WHERE a.application_name = $1 AND l.locktype = 'advisory' AND l.granted
+  AND l.classid = $2 AND l.objid = $3
+"""
+_STORE_ID = re.compile(r"registered store=([0-9a-f]+)")
 
 T = TypeVar("T")
 
@@ -212,6 +236,10 @@ class FaultScheduler:
         # Several stores: seconds from a store's SIGKILL to another store declaring it dead
         # (and handing back its leases), one figure per kill; None where none was seen.
         self.reap_seconds: list[float | None] = []
+        # The same from a store's SIGSTOP (stall-store), and how many stalls caught the store
+        # holding the insert turn (the others stopped it between transactions).
+        self.stall_reap_seconds: list[float | None] = []
+        self.stalls_inside_insert = 0
         self._watches: list[asyncio.Task[None]] = []
 
     def _pick(self, items: Sequence[T]) -> T:
@@ -222,7 +250,9 @@ class FaultScheduler:
         """Waits for the last kills' reap watches (each ends by its own deadline)."""
         await asyncio.gather(*self._watches)
 
-    async def _watch_reap(self, killed_at: float, reaped_before: int) -> None:
+    async def _watch_reap(
+        self, killed_at: float, reaped_before: int, into: list[float | None] | None = None
+    ) -> None:
         """Records when the survivors' logs say the killed store is dead. A log poll, not a
         wait the fault depends on: the fault goes on (restart, next fault) meanwhile. It counts
         "is dead" lines, not whose: should a reap outlast the next store kill (kills are seconds
@@ -231,10 +261,12 @@ class FaultScheduler:
         while time.monotonic() < deadline:
             reaped = sum(text.count(REAPED_LINE) for text in self._cluster.store_logs())
             if reaped > reaped_before:
-                self.reap_seconds.append(round(time.monotonic() - killed_at, 2))
+                (self.reap_seconds if into is None else into).append(
+                    round(time.monotonic() - killed_at, 2)
+                )
                 return
             await asyncio.sleep(0.05)  # poll
-        self.reap_seconds.append(None)
+        (self.reap_seconds if into is None else into).append(None)
 
     async def run(self, stop: asyncio.Event, started: float) -> None:
         loop = asyncio.get_running_loop()
@@ -268,6 +300,8 @@ class FaultScheduler:
             where = "file" if cluster.db_url is None else "database"
             named = "" if len(cluster.stores) == 1 else f"{store.name} "
             return f"{named}SIGKILL, down {down:.2f}s, restarted on the same {where} and port"
+        if name == "stall-store":
+            return await self._stall_store()
         if name in ("kill-bot", "stop-bot"):
             bot = rng.choice(cluster.bots)
             down = rng.uniform(0.0, 2.0)
@@ -301,6 +335,61 @@ class FaultScheduler:
         index = self._pick(range(len(proxies)))
         await proxies[index].stall(seconds)
         return f"{seconds:.2f}s without forwarding{self._which(index)}"
+
+    async def _stall_store(self) -> str:
+        """SIGSTOP of a store while it holds the insert turn, inside an inserting transaction
+        (as a frozen VM or a lost host would leave it): the other stores' writes wait for
+        that turn, until they declare the stopped store dead and end its sessions. Then
+        SIGCONT: it finds its registration gone and stops by itself, and is started again."""
+        cluster, rng = self._cluster, self._rng
+        if cluster.db_url is None or len(cluster.stores) < 2:
+            raise ValueError("stall-store needs several stores on PostgreSQL")
+        store = self._pick(cluster.stores)
+        assert store.proc is not None  # the faults run between the start and the stop
+        seconds = rng.uniform(*STORE_STALL_SECONDS)
+        reaped_before = sum(text.count(REAPED_LINE) for text in cluster.store_logs())
+        caught = await self._stop_holding_insert_turn(store, cluster.db_url)
+        self.stalls_inside_insert += caught
+        watch = self._watch_reap(time.monotonic(), reaped_before, self.stall_reap_seconds)
+        self._watches.append(asyncio.create_task(watch))
+        await asyncio.sleep(seconds)  # seeded stall
+        store.proc.send_signal(signal.SIGCONT)
+        try:
+            code = await asyncio.to_thread(store.proc.wait, WAKE_EXIT_SECONDS)
+        except subprocess.TimeoutExpired:
+            woke = "did not stop after it woke"
+        else:
+            woke = f"stopped by itself with code {code} after it woke, restarted"
+            await store.astart()
+        where = "holding the insert turn" if caught else "between transactions"
+        return f"{store.name} SIGSTOP {where}, for {seconds:.2f}s; {woke}"
+
+    async def _stop_holding_insert_turn(self, store: Service, db_url: str) -> bool:
+        """Stops `store` (SIGSTOP) as soon as one of its sessions is seen holding the insert
+        turn, and says whether it still held it once stopped; after CATCH_SECONDS of
+        trying, stops it wherever it is."""
+        found = _STORE_ID.findall(store.log_text())
+        if not found:
+            raise RuntimeError(f"{store.name} logged no store id")
+        name = f"ackbot-store:{found[-1]}"  # its sessions' application_name (the last start)
+        assert store.proc is not None
+        classid, objid = _INSERT_TURN_KEY >> 32, _INSERT_TURN_KEY & 0xFFFFFFFF
+        connection = await asyncpg.connect(asyncpg_dsn(db_url))
+        try:
+            deadline = time.monotonic() + CATCH_SECONDS
+            while True:
+                holds = await connection.fetch(_HOLDS_INSERT_TURN, name, classid, objid)
+                if holds or time.monotonic() > deadline:
+                    store.proc.send_signal(signal.SIGSTOP)
+                    if not holds:
+                        return False
+                    # It may have committed between the look and the signal: look again.
+                    if await connection.fetch(_HOLDS_INSERT_TURN, name, classid, objid):
+                        return True
+                    store.proc.send_signal(signal.SIGCONT)
+                await asyncio.sleep(0.002)  # poll
+        finally:
+            await connection.close()
 
     def _which(self, index: int) -> str:
         stores = self._cluster.stores

@@ -113,7 +113,8 @@ _PG_CI = replace(
     slow_fraction=0.03,
     cluster=replace(_CI.cluster, stores=2),
     postgres=True,
-    fault_weights={**FAULT_WEIGHTS, "kill-store": 5},
+    # A store stopped while it holds the insert turn must cost the others seconds of writes.
+    fault_weights={**FAULT_WEIGHTS, "kill-store": 5, "stall-store": 2},
 )
 PROFILES["pg-ci"] = _PG_CI
 # The same rate of messages and faults, for 25 minutes.
@@ -327,6 +328,13 @@ def _store_figures(store_logs: Sequence[str], scheduler: FaultScheduler) -> dict
         # Milliseconds, so that figures stay integers: kill to "is dead", median and worst.
         "reap_ms_median": round(1000 * statistics.median(seen)) if seen else 0,
         "reap_ms_max": round(1000 * max(seen)) if seen else 0,
+        # stall-store: SIGSTOP to "is dead", and the dead stores' sessions the others ended.
+        "store_stalls_inside_insert": scheduler.stalls_inside_insert,
+        "store_stalls_not_reaped": sum(s is None for s in scheduler.stall_reap_seconds),
+        "stall_reap_ms_max": round(
+            1000 * max((s for s in scheduler.stall_reap_seconds if s is not None), default=0)
+        ),
+        "dead_store_sessions_ended": count_log_lines(store_logs, "ended database session"),
     }
 
 
@@ -381,6 +389,14 @@ def render(outcome: Outcome) -> str:
             f"{figures['reap_ms_max'] / 1000:.2f}s, {figures['store_kills_not_reaped']} kills "
             "never reaped"
         )
+    if faults.get("stall-store"):
+        lines.append(
+            f"store stalls: {faults['stall-store']} SIGSTOPs "
+            f"({figures['store_stalls_inside_insert']} holding the insert turn), stop to reap "
+            f"worst {figures['stall_reap_ms_max'] / 1000:.2f}s, "
+            f"{figures['store_stalls_not_reaped']} never reaped; "
+            f"{figures['dead_store_sessions_ended']} sessions of dead stores ended"
+        )
     lines.append("checks:")
     if not outcome.drained:
         lines.append(f"  FAIL  bots drained within the deadline (after {seconds['drain']:.0f}s)")
@@ -390,6 +406,8 @@ def render(outcome: Outcome) -> str:
         )
     if figures.get("store_kills_not_reaped"):
         lines.append(f"  note: {figures['store_kills_not_reaped']} store kills were never reaped")
+    if figures.get("store_stalls_not_reaped"):
+        lines.append(f"  note: {figures['store_stalls_not_reaped']} store stalls were never reaped")
     if figures.get("store_unexpected_errors"):
         lines.append(
             f"  note: the store logged {figures['store_unexpected_errors']} unexpected errors"

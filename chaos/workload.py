@@ -13,7 +13,8 @@ from dataclasses import dataclass, field
 
 import grpc
 
-from ackbot.bot.store_client import is_retryable, open_channel
+from ackbot.client.channels import open_channel
+from ackbot.client.outcomes import is_retryable
 from ackbot.common.backoff import CALL_BACKOFF
 from ackbot.testing.responders import FAIL_MARKER
 from ackbot.v1 import message_store_pb2 as pb

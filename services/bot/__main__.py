@@ -1,8 +1,8 @@
 """Entry point of `ackbot-bot` (also `python -m ackbot.bot`): the composition root.
 
-Wires config, responder, worker and the bot's own gRPC server, which has no service of its own:
-health (SERVING only while the stream to a store is up) and reflection, so orchestrators,
-`make run` and tests can tell when the bot is ready.
+Wires config, responder, model breaker, worker and the bot's own gRPC server, which has no
+service of its own: health (SERVING only while the stream to a store is up and the model server
+answers) and reflection, so orchestrators, `make run` and tests can tell when the bot is ready.
 """
 
 from __future__ import annotations
@@ -16,8 +16,10 @@ from dataclasses import replace
 
 import grpc
 
+from ackbot.bot.breaker import Breaker, Change, ModelGuard
 from ackbot.bot.config import ALLOW_INSECURE_FLAG, BotConfig, load_config
 from ackbot.bot.metrics import BotMetrics
+from ackbot.bot.policy import Worker
 from ackbot.bot.responder import (
     ResponderFactory,
     ResponderLoadError,
@@ -25,13 +27,14 @@ from ackbot.bot.responder import (
     create_responder,
     load_factory,
 )
-from ackbot.bot.worker import Worker
 from ackbot.common import eventloop
 from ackbot.common.auth import Authenticator, AuthInterceptor, Role
 from ackbot.common.flags import missing_extra
 from ackbot.common.logs import configure_logging
 from ackbot.common.metrics import MetricsInterceptor, MetricsServer
 from ackbot.common.serving import (
+    NOT_SERVING,
+    SERVING,
     InsecureListen,
     add_health_and_reflection,
     bind,
@@ -45,6 +48,8 @@ log = logging.getLogger("ackbot.bot")
 
 # The health service name for the bot, next to the overall status "".
 HEALTH_SERVICE_NAME = "ackbot.bot"
+# The model server's own status (the breaker): NOT_SERVING while it is down, whatever the stream.
+MODEL_HEALTH_NAME = "ackbot.bot.model"
 # The top-level modules of the `bot` extra (pyproject.toml), which only the LLM backends use.
 BOT_EXTRA_MODULES = ("openai", "httpx2")
 # The bot's server only answers health checks; they finish at once.
@@ -91,16 +96,50 @@ async def run(config: BotConfig, factory: ResponderFactory | None = None) -> Non
             await server.stop(None)
             raise
     responder = await create_responder(config, factory)
+    if hasattr(responder, "on_usage"):
+        responder.on_usage = metrics.tokens
     health = await add_health_and_reflection(server, [])
-    # The bot has no gRPC service of its own to reflect; its health name exists from the start
-    # (NOT_SERVING) so that a Check for it answers before the stream is up.
+    # The bot has no gRPC service of its own to reflect; its health names exist from the start
+    # (NOT_SERVING) so that a Check for them answers before the stream is up.
     await set_serving(health, [HEALTH_SERVICE_NAME], serving=False)
+    await health.set(MODEL_HEALTH_NAME, NOT_SERVING)
+    # SERVING needs both: a stream to a store, and a model server that answers.
+    up = {"stream": False, "model": False}
 
-    async def on_connection(up: bool) -> None:
-        await set_serving(health, [HEALTH_SERVICE_NAME], serving=up)
+    async def show_health() -> None:
+        await set_serving(health, [HEALTH_SERVICE_NAME], serving=up["stream"] and up["model"])
+        await health.set(MODEL_HEALTH_NAME, SERVING if up["model"] else NOT_SERVING)
 
-    worker = Worker(config, responder, on_connection=on_connection, metrics=metrics)
+    async def on_connection(stream_up: bool) -> None:
+        up["stream"] = stream_up
+        await show_health()
+
+    breaker = Breaker(
+        str(getattr(responder, "url", "") or config.responder or config.backend),
+        window=config.model_failure_window,
+        probe_max_seconds=config.model_probe_max_seconds,
+    )
+
+    def count_change(change: Change) -> None:
+        if change.notable:  # opens and closes, not each probe
+            metrics.breaker_transition(change.state.value, change.cause)
+
+    breaker.add_listener(count_change)
+
+    async def on_model_down(change: Change) -> None:
+        up["model"] = False
+        await show_health()
+
+    async def on_model_up(change: Change) -> None:
+        up["model"] = True
+        await show_health()
+
+    guard = ModelGuard(
+        breaker, getattr(responder, "probe", None), on_open=on_model_down, on_close=on_model_up
+    )
+    worker = Worker(config, guard.guard(responder), on_connection=on_connection, metrics=metrics)
     run_task: asyncio.Task[None] | None = None
+    guard_task = asyncio.create_task(guard.run(), name="ackbot-bot-model-guard")
     try:
         await server.start()
         # Tests that pass port 0 read the real port from this exact line.
@@ -113,9 +152,15 @@ async def run(config: BotConfig, factory: ResponderFactory | None = None) -> Non
             config.max_in_flight,
             config.lease_seconds,
         )
-        run_task = asyncio.create_task(worker.run(), name="ackbot-bot-worker")
         stop_wait = asyncio.create_task(stop_requested.wait())
-        await asyncio.wait({run_task, stop_wait}, return_when=asyncio.FIRST_COMPLETED)
+        # The start-up check: no work is taken before the model server has answered once, so
+        # a missing model, a refused key or no server costs no message an attempt.
+        model_ready = asyncio.create_task(guard.closed.wait())
+        await asyncio.wait({model_ready, stop_wait}, return_when=asyncio.FIRST_COMPLETED)
+        model_ready.cancel()
+        if not stop_requested.is_set():
+            run_task = asyncio.create_task(worker.run(), name="ackbot-bot-worker")
+            await asyncio.wait({run_task, stop_wait}, return_when=asyncio.FIRST_COMPLETED)
         stop_wait.cancel()
         if stop_requested.is_set():
             log.info("shutdown requested")
@@ -123,6 +168,7 @@ async def run(config: BotConfig, factory: ResponderFactory | None = None) -> Non
         # NOT_SERVING first and for good: enter_graceful_shutdown ignores later updates, so the
         # worker's own "disconnected" callback cannot race it back.
         await health.enter_graceful_shutdown()
+        guard_task.cancel()
         await worker.stop()
         await close_responder(responder)
         await server.stop(SERVER_GRACE_SECONDS)

@@ -63,6 +63,8 @@ MAX_LLM_TIMEOUT_SECONDS = 3600.0
 # A context read is one ListMessages page, which holds at most 1000 messages.
 MAX_CONTEXT_TURNS = 500
 MAX_CONTEXT_CHARS = 1_000_000
+MAX_MODEL_FAILURE_WINDOW = 1000
+MAX_MODEL_PROBE_SECONDS = 3600.0
 
 COMMAND = Command(
     prog="ackbot-bot",
@@ -276,6 +278,20 @@ class BotConfig:
         "most characters of earlier turns sent to the model with a message",
         type=int_in(0, MAX_CONTEXT_CHARS),
         metavar="N",
+    )
+    # The model breaker (ackbot.bot.breaker; docs/semantics.md, "Whose failure it is").
+    model_failure_window: int = setting(
+        3,
+        "timeouts and 5xx of the model server that hit this many different messages in a row "
+        "are the server's, not the messages': the bot stops taking work until it answers",
+        type=int_in(1, MAX_MODEL_FAILURE_WINDOW),
+        metavar="N",
+    )
+    model_probe_max_seconds: float = setting(
+        15.0,
+        "while the model server is down it is probed from every 0.5 s, doubling, up to this",
+        type=seconds_in(0.5, MAX_MODEL_PROBE_SECONDS),
+        metavar="SECONDS",
     )
     on_stale: str = setting(
         "supersede",

@@ -11,11 +11,18 @@ Two wire protocols, one behaviour:
 What goes wrong is classified here, and what each class means for the message is decided in
 ackbot.bot.delivery (the Responder docstring has the list):
 
+- No connection (refused, DNS, TLS, connect timeout), HTTP 401 or 403 (the key), HTTP 404 (no
+  such model, or no such API at that URL): `DependencyDown`, the model's failure (no attempt
+  spent; the bot's breaker opens, ackbot.bot.breaker).
 - HTTP 429 or 503, with or without Retry-After: `RetryLater` (the attempt is given back).
+- A timeout, a connection cut after the request was sent, any other 5xx: `LLMError` with blame
+  SUSPECT: the message's, unless such failures hit several different messages in a row.
+- Any other 4xx (too long a context, content refused): `LLMError` with blame MESSAGE.
 - An empty completion (no text, or only thinking): asked once more with thinking off, then
   `EmptyCompletion`, whose detail names the finish reason and how much reasoning came back.
-- A timeout, a connection error, any other HTTP error: `LLMError` (a failure that counts).
 - A reply cut by the token limit (finish reason "length"): kept, ending with CUT_MARKER.
+
+Every error names the URL it came from (`safe_url`: no credentials).
 
 The message's text only ever goes in the user role; the instructions are the system prompt.
 A message of a conversation comes after the conversation's earlier turns (IncomingMessage.context):
@@ -32,7 +39,7 @@ import logging
 import math
 import os
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, cast
 from urllib.parse import urlsplit, urlunsplit
@@ -42,7 +49,14 @@ import openai
 from openai.types.chat import ChatCompletionMessageParam
 
 from ackbot.bot.config import API_KEY_ENV, BotConfig
-from ackbot.bot.responder import EmptyCompletion, IncomingMessage, Responder, RetryLater
+from ackbot.bot.responder import (
+    Blame,
+    DependencyDown,
+    EmptyCompletion,
+    IncomingMessage,
+    Responder,
+    RetryLater,
+)
 
 log = logging.getLogger(__name__)
 
@@ -57,20 +71,77 @@ CUT_MARKER = "…"
 # The openai client retries a failed request itself (a dropped connection, one 502) this many
 # times; longer outages go through the store instead: release, backoff, DEAD after max attempts.
 SDK_MAX_RETRIES = 1
-# Sent as the API key when none is configured: the openai client insists on one, and local
-# servers ignore it.
+# Given to the openai client when no key is configured, which insists on one; it is never sent
+# (the Authorization header is omitted from every request), so a server that needs no key sees
+# none. A user who wants a placeholder sent sets it as the key.
 NO_API_KEY = "no-key"
+# The conventional variables of each backend, read when ackbot's own flag and variable are unset.
+OPENAI_KEY_ENV = "OPENAI_API_KEY"
+OPENAI_URL_ENV = "OPENAI_BASE_URL"
+OLLAMA_HOST_ENV = "OLLAMA_HOST"
+OLLAMA_DEFAULT_PORT = 11434
+# Statuses that say the model server refuses the bot itself, whatever the message: the key
+# (401, 403), or no such model or API at that URL (404).
+AUTH_STATUSES = frozenset({401, 403})
+NOT_FOUND_STATUS = 404
+# 408 (the server's own request timeout) is a timeout, not a complaint about the request.
+REQUEST_TIMEOUT_STATUS = 408
+# Cause labels of DependencyDown (logs, ackbot_bot_model_breaker_transitions_total{cause}).
+CAUSE_CONNECT = "connect"
+CAUSE_AUTH = "auth"
+CAUSE_MODEL_MISSING = "model_missing"
+CAUSE_ERRORS = "errors"
 # How much of an error body goes into a last_error (the store keeps 1024 characters in all).
 MAX_ERROR_BODY_CHARS = 300
 # Statuses that mean "busy, come back later": rate limited, or overloaded (Ollama answers 503
 # when its queue, OLLAMA_MAX_QUEUE, is full).
 RETRY_LATER_STATUSES = frozenset({429, 503})
+OLLAMA_CHAT_PATH = "/api/chat"
+OLLAMA_TAGS_PATH = "/api/tags"
 _THINK_OPEN = "<think>"
 _THINK_CLOSE = "</think>"
 
 
 class LLMError(Exception):
-    """A request to the model server failed: timeout, connection, or an HTTP error status."""
+    """A request to the model server failed with a timeout, a cut connection or an HTTP error
+    status that does not say the server is down. `blame` says whose failure it is: SUSPECT for
+    a timeout, a cut or a 5xx (the breaker decides), MESSAGE for a 4xx about this request."""
+
+    def __init__(self, detail: str, blame: Blame = Blame.MESSAGE) -> None:
+        super().__init__(detail)
+        self.blame = blame
+
+
+def status_failure(status: int, detail: str, url: str, headers: Mapping[str, str]) -> Exception:
+    """The exception for an HTTP error `status` from the model server at `url`: the table of
+    the module docstring."""
+    if status in RETRY_LATER_STATUSES:
+        return RetryLater(detail, retry_after_seconds(headers))
+    if status in AUTH_STATUSES:
+        return DependencyDown(f"{detail} (check the API key)", cause=CAUSE_AUTH, target=url)
+    if status == NOT_FOUND_STATUS:
+        return DependencyDown(
+            f"{detail} (no such model, or no such API at this URL)",
+            cause=CAUSE_MODEL_MISSING,
+            target=url,
+        )
+    if status >= 500 or status == REQUEST_TIMEOUT_STATUS:
+        return LLMError(detail, Blame.SUSPECT)
+    return LLMError(detail, Blame.MESSAGE)
+
+
+def transport_failure(exc: BaseException, url: str, timeout_seconds: float) -> Exception:
+    """The exception for a request to `url` that got no HTTP answer: `exc` is httpx2's."""
+    if isinstance(exc, (httpx2.ConnectError, httpx2.ConnectTimeout)):
+        # The request never left: nothing about the message can have caused it.
+        return DependencyDown(
+            f"cannot connect to {url}: {type(exc).__name__}: {exc}", cause=CAUSE_CONNECT, target=url
+        )
+    if isinstance(exc, httpx2.TimeoutException):
+        return LLMError(f"no answer from {url} within {timeout_seconds:g}s", Blame.SUSPECT)
+    # Cut after the request was sent: the server may have died of this very message, so it is
+    # the model's only when it hits several different messages in a row.
+    return LLMError(f"connection to {url} failed: {type(exc).__name__}: {exc}", Blame.SUSPECT)
 
 
 class BackendConfigError(Exception):
@@ -106,8 +177,7 @@ def chat_settings(config: BotConfig, env: Mapping[str, str] | None = None) -> Ch
         raise BackendConfigError(f"--responder and --backend {config.backend} exclude each other")
     if not config.llm_model:
         raise BackendConfigError(f"--backend {config.backend} needs --llm-model")
-    default_url = DEFAULT_OPENAI_URL if config.backend == "openai" else DEFAULT_OLLAMA_URL
-    url = (config.llm_url or default_url).rstrip("/")
+    url = (config.llm_url or conventional_url(config.backend, env)).rstrip("/")
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.netloc:
         raise BackendConfigError(f"--llm-url must be an http(s) URL, got {safe_url(url)!r}")
@@ -119,6 +189,8 @@ def chat_settings(config: BotConfig, env: Mapping[str, str] | None = None) -> Ch
         if not prompt:
             raise BackendConfigError(f"--system-prompt-file {config.system_prompt_file} is empty")
     api_key = env.get(API_KEY_ENV, "")
+    if not api_key.strip() and config.backend == "openai":
+        api_key = env.get(OPENAI_KEY_ENV, "")
     if config.llm_api_key_file is not None:
         api_key = _read(config.llm_api_key_file, "--llm-api-key-file")
     return ChatSettings(
@@ -136,6 +208,25 @@ def chat_settings(config: BotConfig, env: Mapping[str, str] | None = None) -> Ch
         context_chars=config.llm_context_chars,
         api_key=api_key.strip(),
     )
+
+
+def conventional_url(backend: str, env: Mapping[str, str]) -> str:
+    """The model server's URL when --llm-url is unset: OPENAI_BASE_URL for openai, OLLAMA_HOST
+    (HOST, HOST:PORT or a URL, as Ollama reads it) for ollama, else the default."""
+    if backend == "openai":
+        return env.get(OPENAI_URL_ENV, "").strip() or DEFAULT_OPENAI_URL
+    host = env.get(OLLAMA_HOST_ENV, "").strip()
+    if not host:
+        return DEFAULT_OLLAMA_URL
+    if "://" not in host:
+        if host.count(":") > 1 and not host.startswith("["):
+            host = f"[{host}]"  # a bare IPv6 address
+        host = f"http://{host}"
+    parts = urlsplit(host)
+    if parts.port is None and parts.hostname:
+        netloc = f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname
+        host = urlunsplit((parts.scheme, f"{netloc}:{OLLAMA_DEFAULT_PORT}", parts.path, "", ""))
+    return host
 
 
 def _read(path: str, flag: str) -> str:
@@ -246,6 +337,21 @@ class _ChatResponder(abc.ABC):
         # Read by the bot (see Responder): how much of a conversation to hand over.
         self.context_turns = settings.context_turns
         self.context_chars = settings.context_chars
+        # Called with (prompt tokens, completion tokens) of each answer that reports its usage
+        # (the bot's metrics set it).
+        self.on_usage: Callable[[int, int], None] | None = None
+
+    def _count(self, prompt_tokens: object, completion_tokens: object) -> None:
+        if self.on_usage is not None:
+            prompt = prompt_tokens if isinstance(prompt_tokens, int) else 0
+            done = completion_tokens if isinstance(completion_tokens, int) else 0
+            if prompt > 0 or done > 0:
+                self.on_usage(prompt, done)
+
+    @property
+    def url(self) -> str:
+        """The model server's URL, as logs and errors may show it."""
+        return safe_url(self._settings.url)
 
     def _chat(self, message: IncomingMessage) -> list[dict[str, str]]:
         """The system prompt, the conversation's earlier turns, then the message."""
@@ -295,6 +401,24 @@ class _ChatResponder(abc.ABC):
         return answer.text.rstrip() + CUT_MARKER
 
     @abc.abstractmethod
+    async def probe(self) -> None:
+        """A cheap call (the model list): returns when the server answers and has the model,
+        raises DependencyDown or LLMError naming the URL when not."""
+
+    def _check_listed(self, names: list[str], url: str, *, empty_means_missing: bool) -> None:
+        model = self._settings.model
+        if model in names or f"{model}:latest" in names:
+            return
+        if not names and not empty_means_missing:
+            return  # a server that lists nothing cannot say; the first answer will
+        shown = ", ".join(names[:10]) + (", ..." if len(names) > 10 else "")
+        raise DependencyDown(
+            f"{url} has no model {model!r} (it lists: {shown or 'none'})",
+            cause=CAUSE_MODEL_MISSING,
+            target=url,
+        )
+
+    @abc.abstractmethod
     async def _complete(self, message: IncomingMessage, *, thinking_off: bool) -> Completion:
         """One request: the system prompt, then the message's text as the user's turn."""
 
@@ -310,6 +434,28 @@ class OpenAIChatResponder(_ChatResponder):
             timeout=settings.timeout_seconds,
             max_retries=SDK_MAX_RETRIES,
         )
+        # Without a key, no Authorization header at all (the client would send its placeholder).
+        self._headers: dict[str, Any] = {} if settings.api_key else {"Authorization": openai.omit}
+        self._chat_url = safe_url(f"{settings.url}/chat/completions")
+        self._models_url = safe_url(f"{settings.url}/models")
+
+    async def probe(self) -> None:
+        url = self._models_url
+        try:
+            page = await self._client.models.list(
+                extra_headers=self._headers, timeout=min(self._settings.timeout_seconds, 10.0)
+            )
+        except openai.APIConnectionError as exc:
+            raise _openai_transport_failure(exc, url, self._settings.timeout_seconds) from None
+        except openai.APIStatusError as exc:
+            if exc.status_code in (NOT_FOUND_STATUS, 405):
+                return  # a server without a model list: reachable, and that is all it can say
+            detail = f"HTTP {exc.status_code} from {url}: {_short(_openai_error(exc))}"
+            raise status_failure(exc.status_code, detail, url, exc.response.headers) from None
+        except openai.APIError as exc:
+            raise LLMError(f"unusable model list from {url}: {_short(str(exc))}") from None
+        names = [model.id for model in page.data]
+        self._check_listed(names, url, empty_means_missing=False)
 
     async def _complete(self, message: IncomingMessage, *, thinking_off: bool) -> Completion:
         settings = self._settings
@@ -324,20 +470,20 @@ class OpenAIChatResponder(_ChatResponder):
                 temperature=openai.omit if settings.temperature is None else settings.temperature,
                 # Untyped fields: servers spell "don't think" differently (--llm-no-think-params).
                 extra_body=dict(settings.no_think_params) if thinking_off else None,
+                extra_headers=self._headers,
                 stream=False,
             )
-        except openai.APITimeoutError:
-            raise LLMError(f"no answer within {settings.timeout_seconds:g}s") from None
         except openai.APIConnectionError as exc:
-            cause = exc.__cause__ or exc
-            raise LLMError(f"connection failed: {type(cause).__name__}: {cause}") from None
+            url = self._chat_url
+            raise _openai_transport_failure(exc, url, settings.timeout_seconds) from None
         except openai.APIStatusError as exc:
-            detail = f"HTTP {exc.status_code}: {_short(_openai_error(exc))}"
-            if exc.status_code in RETRY_LATER_STATUSES:
-                raise RetryLater(detail, retry_after_seconds(exc.response.headers)) from None
-            raise LLMError(detail) from None
+            url = self._chat_url
+            detail = f"HTTP {exc.status_code} from {url}: {_short(_openai_error(exc))}"
+            raise status_failure(exc.status_code, detail, url, exc.response.headers) from None
         except openai.APIError as exc:
-            raise LLMError(f"unusable answer: {_short(str(exc))}") from None
+            raise LLMError(f"unusable answer from {self._chat_url}: {_short(str(exc))}") from None
+        if response.usage is not None:
+            self._count(response.usage.prompt_tokens, response.usage.completion_tokens)
         if not response.choices:
             return completion(None, None, "no choices")
         choice = response.choices[0]
@@ -368,6 +514,29 @@ class OllamaChatResponder(_ChatResponder):
             # Like the openai client's own retry, one more try when the connection fails.
             transport=httpx2.AsyncHTTPTransport(retries=SDK_MAX_RETRIES),
         )
+        self._chat_url = safe_url(f"{settings.url}{OLLAMA_CHAT_PATH}")
+        self._tags_url = safe_url(f"{settings.url}{OLLAMA_TAGS_PATH}")
+
+    async def probe(self) -> None:
+        url = self._tags_url
+        try:
+            response = await self._client.get(
+                OLLAMA_TAGS_PATH, timeout=min(self._settings.timeout_seconds, 10.0)
+            )
+        except httpx2.TransportError as exc:
+            raise transport_failure(exc, url, self._settings.timeout_seconds) from None
+        if response.status_code in (NOT_FOUND_STATUS, 405):
+            return  # no model list at this URL: reachable, and the first answer will say more
+        if response.status_code >= 400:
+            detail = f"HTTP {response.status_code} from {url}: {_short(_ollama_error(response))}"
+            raise status_failure(response.status_code, detail, url, response.headers)
+        try:
+            models = response.json().get("models") or []
+            names = [str(model.get("name") or model.get("model")) for model in models]
+        except (ValueError, AttributeError):
+            raise LLMError(f"not a model list from {url}: {_short(response.text)}") from None
+        # Ollama answers only with the models it has pulled: an empty list means "not pulled".
+        self._check_listed(names, url, empty_means_missing=True)
 
     async def _complete(self, message: IncomingMessage, *, thinking_off: bool) -> Completion:
         settings = self._settings
@@ -386,23 +555,23 @@ class OllamaChatResponder(_ChatResponder):
             # leaving it out lets a thinking model think, as it does by default.
             body["think"] = False
         try:
-            response = await self._client.post("/api/chat", json=body)
-        except httpx2.TimeoutException:
-            raise LLMError(f"no answer within {settings.timeout_seconds:g}s") from None
+            response = await self._client.post(OLLAMA_CHAT_PATH, json=body)
         except httpx2.TransportError as exc:
-            raise LLMError(f"connection failed: {type(exc).__name__}: {exc}") from None
+            raise transport_failure(exc, self._chat_url, settings.timeout_seconds) from None
         if response.status_code >= 400:
-            detail = f"HTTP {response.status_code}: {_short(_ollama_error(response))}"
-            if response.status_code in RETRY_LATER_STATUSES:
-                raise RetryLater(detail, retry_after_seconds(response.headers))
-            raise LLMError(detail)
+            url = self._chat_url
+            detail = f"HTTP {response.status_code} from {url}: {_short(_ollama_error(response))}"
+            raise status_failure(response.status_code, detail, url, response.headers)
         try:
             data = response.json()
             reply = data.get("message") or {}
             content, thinking = reply.get("content"), reply.get("thinking")
             done_reason = data.get("done_reason")
         except (ValueError, AttributeError):
-            raise LLMError(f"not a chat answer: {_short(response.text)}") from None
+            raise LLMError(
+                f"not a chat answer from {self._chat_url}: {_short(response.text)}"
+            ) from None
+        self._count(data.get("prompt_eval_count"), data.get("eval_count"))
         return completion(
             content if isinstance(content, str) else None,
             thinking if isinstance(thinking, str) else None,
@@ -411,6 +580,17 @@ class OllamaChatResponder(_ChatResponder):
 
     async def aclose(self) -> None:
         await self._client.aclose()
+
+
+def _openai_transport_failure(
+    exc: openai.APIConnectionError, url: str, timeout_seconds: float
+) -> Exception:
+    cause = exc.__cause__
+    if isinstance(cause, httpx2.TransportError):
+        return transport_failure(cause, url, timeout_seconds)
+    if isinstance(exc, openai.APITimeoutError):
+        return LLMError(f"no answer from {url} within {timeout_seconds:g}s", Blame.SUSPECT)
+    return LLMError(f"connection to {url} failed: {cause or exc}", Blame.SUSPECT)
 
 
 def _openai_error(exc: openai.APIStatusError) -> str:

@@ -7,6 +7,7 @@ depend on nothing but this module.
 
 from __future__ import annotations
 
+import enum
 import importlib
 import inspect
 import re
@@ -68,6 +69,57 @@ class RetryLater(Exception):
         self.delay_seconds = delay_seconds
 
 
+class DependencyDown(RetryLater):
+    """What the responder depends on (the model server, an API, a database) is down or refuses
+    the bot: nothing is wrong with the message. Raise it from a custom responder to say so.
+
+    The message is handed back without a reason, which gives the attempt back (it is a
+    RetryLater, so even a loop that knows nothing more never makes a message DEAD this way),
+    and the bot's circuit breaker opens: it stops taking work, reports NOT_SERVING with
+    `detail`, and probes until the dependency answers (ackbot.bot.breaker).
+
+    `cause` is a short label for logs and metrics (`connect`, `auth`, `model_missing`, or the
+    default `dependency`); `target` names what is down (a URL without credentials), if known.
+    """
+
+    def __init__(
+        self,
+        detail: str,
+        *,
+        cause: str = "dependency",
+        target: str = "",
+        delay_seconds: float | None = None,
+    ) -> None:
+        super().__init__(detail, delay_seconds)
+        self.cause = cause
+        self.target = target
+
+
+class Blame(enum.Enum):
+    """Whose failure a responder's exception is (docs/semantics.md, "Whose failure it is")."""
+
+    # The message's: the attempt counts, and after the store's max attempts it is DEAD.
+    MESSAGE = "message"
+    # The dependency's (DependencyDown): no attempt spent; the breaker opens at once.
+    DEPENDENCY = "dependency"
+    # Busy or rate limited (RetryLater): no attempt spent; the breaker is not involved.
+    BUSY = "busy"
+    # A timeout or a 5xx: the message's, unless such failures hit several different messages in
+    # a row (--model-failure-window): then the dependency's, and the breaker opens.
+    SUSPECT = "suspect"
+
+
+def blame(exc: BaseException) -> Blame:
+    """Whose failure `exc` is. An exception may say so itself with a `blame` attribute (as the
+    LLM backends' LLMError does); any other exception is the message's."""
+    if isinstance(exc, DependencyDown):
+        return Blame.DEPENDENCY
+    if isinstance(exc, RetryLater):
+        return Blame.BUSY
+    own = getattr(exc, "blame", None)
+    return own if isinstance(own, Blame) else Blame.MESSAGE
+
+
 class EmptyCompletion(Exception):
     """The model answered with no text (nothing at all, or only its thinking), even when asked
     again with thinking off. A failure, never "no answer": `detail` says what came back."""
@@ -82,19 +134,29 @@ class Responder(Protocol):
 
     `reply` may take seconds (the bot extends the lease meanwhile) and may be called for many
     messages at once. What it returns or raises decides what happens to the message
-    (ackbot.bot.delivery maps it; docs/semantics.md has the table):
+    (ackbot.bot.policy maps it; docs/semantics.md has the table):
 
     - text: the reply, stored as the answer (cut to the store's limit).
     - None or "": "no answer": the message is marked processed without a reply.
+    - `DependencyDown`: the backend is down or refuses the bot (no server, a refused key, no such
+      model). The message is handed back like RetryLater, and the bot stops taking work until
+      its probe (below) says the backend answers again.
     - `RetryLater`: the backend is busy or rate limited. The message is handed back without a
       reason, which gives the attempt back (it can never go DEAD this way), to come back after
       the server's delay, or after a backoff when it named none.
-    - `EmptyCompletion`, or any other exception (a timeout, a refused connection, an HTTP 5xx):
-      a failure. The message is released with the reason as its last error and retried after a
-      growing delay; the attempt counts, so after the store's max attempts it is DEAD.
+    - `EmptyCompletion`, or any other exception (a timeout, an HTTP 5xx, a 4xx about the
+      request): a failure. The message is released with the reason as its last error and
+      retried after a growing delay; the attempt counts, so after the store's max attempts it is
+      DEAD. Timeouts and 5xx that hit several different messages in a row are the model's
+      instead (`Blame.SUSPECT`, decided by ackbot.bot.breaker).
 
     A responder that holds clients may also define `async def aclose(self) -> None`; the bot
-    calls it on shutdown. One that wants a conversation's earlier turns defines
+    calls it on shutdown. One that can check its backend cheaply defines
+    `async def probe(self) -> None`, which returns when the backend answers and raises
+    DependencyDown (or any exception) when not: the bot calls it before it takes work and while
+    the breaker is open. Without one, the bot simply tries again after a backoff.
+
+    One that wants a conversation's earlier turns defines
     `context_turns` and `context_chars` (ints): the bot then reads up to that many turns, that
     many characters in all, into `IncomingMessage.context`.
     """

@@ -1,12 +1,15 @@
 """ackbot.client: an async client of the MessageStore for internal services.
 
 `Client` (create, get, list, follow), `Publisher` (creates batched into BatchCreateMessages,
-a future per message) and `Consumer` (deliveries handed to a function, then settled). It needs
+a future per message) and `Consumer` (deliveries handed to a callback, leases kept, settled;
+`pause`/`resume` for flow control). It needs
 grpcio, protobuf and grpcio-status, none of the store's dependencies (`pip install ackbot`).
 """
 
+from ackbot.client.channels import Stores
 from ackbot.client.client import Client, new_id
-from ackbot.client.consumer import Consumer, ConsumerSettings, Handler
+from ackbot.client.consumer import Consumer, ConsumerSettings
+from ackbot.client.delivery import Callback, Delivery, HandBack, Handler
 from ackbot.client.errors import (
     AlreadyExists,
     FailedPrecondition,
@@ -23,10 +26,13 @@ from ackbot.client.publisher import BatchSettings, Publisher
 __all__ = [
     "AlreadyExists",
     "BatchSettings",
+    "Callback",
     "Client",
     "Consumer",
     "ConsumerSettings",
+    "Delivery",
     "FailedPrecondition",
+    "HandBack",
     "Handler",
     "InvalidArgument",
     "NotFound",
@@ -34,6 +40,7 @@ __all__ = [
     "Publisher",
     "ResourceExhausted",
     "StoreError",
+    "Stores",
     "Unauthenticated",
     "Unavailable",
     "new_id",

@@ -1,13 +1,13 @@
 """`Client`: the MessageStore for internal services, async, typed, retrying where it is safe.
 
 Every call is retried on UNAVAILABLE and DEADLINE_EXCEEDED with exponential backoff and full
-jitter (the bot's `call_with_failover`, one store), within `retry_budget_seconds`; what is still
+jitter (retry.py's `call_with_failover`, one store), within `retry_budget_seconds`; what is still
 failing then, and every other refusal, is raised as a typed `StoreError`. A create is made safe
 to retry by choosing its id here when the caller gave none (the store's own id layout), so a
 retried create is answered `already_existed` instead of storing the message twice.
 
 Channels, TLS and tokens are the CLI's and the bot's: `connect` takes the same options
-(`client_credentials`), and the channel has the bot's reconnect and keepalive settings.
+(`client_credentials`), and the channel has channels.py's reconnect and keepalive settings.
 """
 
 from __future__ import annotations
@@ -20,9 +20,10 @@ from typing import Self, TypeVar, Unpack
 
 import grpc
 
-from ackbot.bot.store_client import call_with_failover, open_channel
+from ackbot.client.channels import open_channel
 from ackbot.client.errors import from_rpc_error
 from ackbot.client.listing import LAST_MESSAGE_REQUEST, ListFilters, PageWalk
+from ackbot.client.retry import call_with_failover
 from ackbot.common.backoff import RECONNECT_BACKOFF
 from ackbot.common.serving import client_credentials
 from ackbot.store.ids import new_message_id

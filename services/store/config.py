@@ -38,6 +38,8 @@ from ackbot.common.serving import tls_settings_problem
 DEFAULT_DB_URL = "sqlite+aiosqlite:///./data/ackbot.db"
 ENV_PREFIX = "ACKBOT_STORE_"
 SQLITE_SYNCHRONOUS = ("FULL", "NORMAL")
+# The shortest default statement timeout on PostgreSQL, however short --dead-after-seconds is.
+STATEMENT_TIMEOUT_FLOOR_SECONDS = 30.0
 
 # A role's token comes from its --ROLE-token-file, else from this variable (ROLE upper-case).
 # Deliberately no flag for a token itself: the command line is visible to every user (ps).
@@ -85,7 +87,8 @@ class StoreConfig:
         "how long in-flight calls may finish on shutdown",
         type=seconds_in(0, MAX_WAIT_SECONDS, low_inclusive=False),
     )
-    # Seconds a write waits on a locked SQLite database before the call fails with UNAVAILABLE.
+    # Seconds a write waits on a locked database before the call fails with UNAVAILABLE: SQLite's
+    # busy_timeout; on PostgreSQL every session's lock_timeout (the insert turn, a row lock).
     lock_timeout_seconds: float = setting(
         5.0,
         "how long a write waits on a locked database before UNAVAILABLE",
@@ -114,6 +117,31 @@ class StoreConfig:
         "a store on PostgreSQL whose heartbeat is this old is dead: the others hand back its "
         "leases (at least twice --heartbeat-seconds)",
         type=seconds_in(0, MAX_WAIT_SECONDS, low_inclusive=False),
+    )
+    # PostgreSQL only: bounds the server enforces on every session of this store, so that a
+    # store stopped inside a transaction (SIGSTOP, a frozen VM, a lost host) holds its locks for
+    # seconds, not for as long as it is stopped (docs/scaling.md, "A store that stalls"). Unset,
+    # each follows --dead-after-seconds: a store that silent is dead to the others anyway.
+    # --lock-timeout-seconds bounds every lock wait of its sessions too.
+    db_idle_in_transaction_seconds: float | None = setting(
+        None,
+        "on PostgreSQL, how long a session of this store may sit idle inside a transaction "
+        "before the server ends it and rolls it back",
+        type=seconds_in(0, MAX_WAIT_SECONDS, low_inclusive=False),
+        shown_default="--dead-after-seconds",
+    )
+    db_statement_timeout_seconds: float | None = setting(
+        None,
+        "on PostgreSQL, the longest one statement of this store may run (schema upgrades excepted)",
+        type=seconds_in(0, MAX_WAIT_SECONDS, low_inclusive=False),
+        shown_default="10 x --dead-after-seconds, at least 30",
+    )
+    db_keepalive_seconds: float | None = setting(
+        None,
+        "on PostgreSQL, after how many silent seconds the server probes this store's host "
+        "(TCP keepalive); it ends the session after about twice as long without an answer",
+        type=seconds_in(0, MAX_WAIT_SECONDS, low_inclusive=False),
+        shown_default="--dead-after-seconds",
     )
     # The two per-store limits; the rest of `limits` is fixed by the contract.
     max_text_bytes: int = setting(
@@ -200,6 +228,28 @@ class StoreConfig:
             # One token for two roles would make the narrower role's limits meaningless.
             raise OSError("two roles have the same token; give each role its own")
         return Authenticator(tokens, parse_cert_roles(self.cert_roles))
+
+    @property
+    def idle_in_transaction_seconds(self) -> float:
+        """--db-idle-in-transaction-seconds, or its default (derived)."""
+        if self.db_idle_in_transaction_seconds is not None:
+            return self.db_idle_in_transaction_seconds
+        return self.dead_after_seconds
+
+    @property
+    def statement_timeout_seconds(self) -> float:
+        """--db-statement-timeout-seconds, or its default: long enough for the slowest read
+        (a page of a large table, GetStats), far shorter than a stall that matters."""
+        if self.db_statement_timeout_seconds is not None:
+            return self.db_statement_timeout_seconds
+        return max(STATEMENT_TIMEOUT_FLOOR_SECONDS, 10 * self.dead_after_seconds)
+
+    @property
+    def keepalive_seconds(self) -> float:
+        """--db-keepalive-seconds, or its default (derived)."""
+        if self.db_keepalive_seconds is not None:
+            return self.db_keepalive_seconds
+        return self.dead_after_seconds
 
     @property
     def limits(self) -> Limits:

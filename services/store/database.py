@@ -2,7 +2,9 @@
 that is not plain SQL, decided here once.
 
 - Engine set-up: SQLite in WAL mode with real write transactions (see `_configure_sqlite`);
-  PostgreSQL with a pool that tests connections before use.
+  PostgreSQL with a pool that tests connections before use, every session bounded and named
+  (`SessionBounds`): a store that stalls inside a transaction holds its locks for seconds, not
+  for as long as it is stalled, and its sessions can be found and ended by the others.
 - The dialect's INSERT construct: ON CONFLICT exists on both, but SQLAlchemy offers it per
   dialect only.
 - Ownership: one store process owns an SQLite file, while several may share a PostgreSQL
@@ -37,6 +39,7 @@ import logging
 import os
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import Executor, ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
@@ -74,12 +77,78 @@ CONFLICT_ERRORS: tuple[type[Exception], ...] = (IntegrityError,)
 _SCHEMA_LOCK_KEY = "hashtextextended('ackbot.store.schema:' || current_schema(), 0)"
 # Threads that run reads on an SQLite file beside the writer's (WAL: readers never wait for it).
 SQLITE_READERS = 2
+# A store's sessions show in pg_stat_activity.application_name as this prefix and its id, so
+# that an operator can find them, and another store that declares it dead can end them
+# (registry.py). Store ids are 16 characters: well inside PostgreSQL's 63.
+STORE_APPLICATION_PREFIX = "ackbot-store:"
+# TCP keepalive probes sent before the server gives up on a store's host.
+_KEEPALIVE_PROBES = 3
+
+
+def store_application_name(store_id: str) -> str:
+    """The application_name of every session of the store `store_id`."""
+    return STORE_APPLICATION_PREFIX + store_id
+
+
+def _ms(seconds: float) -> str:
+    return str(max(1, round(seconds * 1000)))
+
+
+@dataclass(frozen=True)
+class SessionBounds:
+    """How long a PostgreSQL session of the store may sit or wait, enforced by the server.
+
+    A store stopped (SIGSTOP, a frozen VM, a lost host) inside a transaction keeps its locks,
+    the insert turn among them, until its session ends: without bounds every other store's
+    writes wait behind it for as long as it is stopped (docs/scaling.md, "A store that
+    stalls"). The server, not the store, must end such a session, since the store cannot.
+    Sent as server settings at connect time, so they hold for every session of the pool, the
+    registry's and the listener's alike. Ignored on SQLite (one process, no sessions).
+    """
+
+    # Shown in pg_stat_activity; "" leaves the driver's default.
+    application_name: str = ""
+    # A session idle inside a transaction this long is ended by the server (its transaction
+    # rolled back, its locks released). A healthy store's transactions run whole, in one hop
+    # to the driver, and are never idle for more than milliseconds.
+    idle_in_transaction_seconds: float = 3.0
+    # The longest any one statement may run (schema changes excepted: Database.schema_change).
+    statement_seconds: float = 30.0
+    # The longest any statement may wait for a lock (the insert turn, a row another store is
+    # updating); then UNAVAILABLE, as on SQLite.
+    lock_seconds: float = 5.0
+    # The server probes a silent store's host after this long and gives up on it after
+    # about twice as long: a partitioned host's session ends in seconds, not in the OS's
+    # two hours. The same bound applies to data the host does not acknowledge.
+    keepalive_seconds: float = 3.0
+
+    def server_settings(self) -> dict[str, str]:
+        """The bounds as PostgreSQL settings (milliseconds or whole seconds, as each wants)."""
+        idle = max(1, round(self.keepalive_seconds))
+        interval = max(1, round(self.keepalive_seconds / _KEEPALIVE_PROBES))
+        settings = {
+            "idle_in_transaction_session_timeout": _ms(self.idle_in_transaction_seconds),
+            "statement_timeout": _ms(self.statement_seconds),
+            "lock_timeout": _ms(self.lock_seconds),
+            "tcp_keepalives_idle": str(idle),
+            "tcp_keepalives_interval": str(interval),
+            "tcp_keepalives_count": str(_KEEPALIVE_PROBES),
+            "tcp_user_timeout": _ms(idle + interval * _KEEPALIVE_PROBES),
+        }
+        if self.application_name:
+            settings["application_name"] = self.application_name
+        return settings
 
 
 def create_engine(
-    url: str, *, lock_timeout_seconds: float = 5.0, sqlite_synchronous: str = "FULL"
+    url: str,
+    *,
+    lock_timeout_seconds: float = 5.0,
+    sqlite_synchronous: str = "FULL",
+    bounds: SessionBounds | None = None,
 ) -> AsyncEngine:
-    """Makes the engine for `url`, with SQLite set up for WAL and real transactions."""
+    """Makes the engine for `url`, with SQLite set up for WAL and real transactions, and every
+    PostgreSQL session bounded by `bounds` (default: SessionBounds with `lock_timeout_seconds`)."""
     parsed = make_url(url)
     if parsed.get_backend_name() == _SQLITE:
         database = parsed.database
@@ -94,7 +163,12 @@ def create_engine(
         engine = create_async_engine(url, pool_reset_on_return=None)
         _configure_sqlite(engine.sync_engine, lock_timeout_seconds, sqlite_synchronous)
         return engine
-    return create_async_engine(url, pool_pre_ping=True)
+    if bounds is None:
+        bounds = SessionBounds(lock_seconds=lock_timeout_seconds)
+    connect_args: dict[str, object] = {}
+    if parsed.get_driver_name() == _ASYNCPG:
+        connect_args["server_settings"] = bounds.server_settings()
+    return create_async_engine(url, pool_pre_ping=True, connect_args=connect_args)
 
 
 def _sqlite_path(database: str | None) -> Path | None:
@@ -163,9 +237,11 @@ class Database:
         *,
         lock_timeout_seconds: float = 5.0,
         sqlite_synchronous: str = "FULL",
+        bounds: SessionBounds | None = None,
     ) -> None:
         self.engine = engine
         self.lock_timeout_seconds = lock_timeout_seconds
+        self.bounds = bounds or SessionBounds(lock_seconds=lock_timeout_seconds)
         self._is_sqlite = engine.dialect.name == _SQLITE
         # An SQLite file's transactions and reads run on threads of ours, each whole (see
         # run_in_transaction); the async engine stays for start-up work (schema, checks). One
@@ -186,16 +262,23 @@ class Database:
 
     @classmethod
     def from_url(
-        cls, url: str, *, lock_timeout_seconds: float = 5.0, sqlite_synchronous: str = "FULL"
+        cls,
+        url: str,
+        *,
+        lock_timeout_seconds: float = 5.0,
+        sqlite_synchronous: str = "FULL",
+        bounds: SessionBounds | None = None,
     ) -> Database:
         return cls(
             create_engine(
                 url,
                 lock_timeout_seconds=lock_timeout_seconds,
                 sqlite_synchronous=sqlite_synchronous,
+                bounds=bounds,
             ),
             lock_timeout_seconds=lock_timeout_seconds,
             sqlite_synchronous=sqlite_synchronous,
+            bounds=bounds,
         )
 
     @property
@@ -342,12 +425,20 @@ class Database:
         DDL one transaction: SQLite's DDL is transactional, but the driver opens transactions
         only for INSERT, UPDATE and DELETE). PostgreSQL, whose DDL is transactional too: an
         advisory lock held for the transaction, so commit, rollback or the session's death
-        release it, with no unlock to miss on an error path.
+        release it, with no unlock to miss on an error path. The session's statement and lock
+        bounds (SessionBounds) do not hold here: an upgrade of a large table may take long,
+        and so may waiting for another store's.
         """
         async with self.begin() as connection:
             if self._is_sqlite:
                 await connection.exec_driver_sql("BEGIN IMMEDIATE")
             else:
+                await connection.execute(
+                    text(
+                        "SELECT set_config('statement_timeout', '0', true), "
+                        "set_config('lock_timeout', '0', true)"
+                    )
+                )
                 taken = await connection.scalar(
                     text(f"SELECT pg_try_advisory_xact_lock({_SCHEMA_LOCK_KEY})")
                 )
@@ -408,7 +499,11 @@ class Database:
             params.pop(option, None)
         try:
             connection: asyncpg.Connection = await asyncpg.connect(
-                **params, server_settings={"application_name": application_name}
+                **params,
+                server_settings={
+                    **self.bounds.server_settings(),
+                    "application_name": application_name,
+                },
             )
         except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError) as exc:
             raise StorageUnavailable(f"database unreachable: {exc}") from exc

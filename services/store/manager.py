@@ -1,13 +1,17 @@
 """Delivery's one owner, between the servicer (gRPC) and the repository (SQL).
 
-`MessageManager` does every write together with the wake-up it causes (a create or a requeue
-makes work for every stream, a settle frees a slot on one), runs the claim loop of each open
-stream, releases a stream's leases when it ends, and ends every stream on shutdown. Procrastinate's
-manager is the model: the servicer validates, makes one call here, and maps the answer to
-protobuf; nothing here knows gRPC, and nothing here writes SQL.
+`MessageManager` does every write and tells what it changed, runs the claim loop of each open
+stream, releases a stream's leases when it ends, and ends every stream on shutdown.
+Procrastinate's manager is the model: the servicer validates, makes one call here, and maps the
+answer to protobuf; nothing here knows gRPC, and nothing here writes SQL.
 
-The streams' bookkeeping (which lease each holds, its room, when it wakes) is the ledger in
-stream_board.py, which only the manager tells what happened.
+What a write changed comes back from the repository as one record (`Changes`, types.py), and
+`_committed` alone turns it into wake-ups, watch events, metrics and log lines, whoever made the
+write. A method here adds only what concerns its caller's stream: a settle frees a slot on it,
+a create may lease its message to a waiting stream in its own transaction (claim on create).
+
+Each stream's state is its own (stream.py), changed through its transitions; what spans the
+streams (which lease each holds, the timed wakes) is the board's (stream_board.py).
 
 On a database other stores share (PostgreSQL), work also appears that no write of this store
 made: another store's create or release, a lease it granted that lapses. `work_made_elsewhere`
@@ -22,25 +26,31 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import TypeVar
 
 from ackbot.store.errors import FailedPrecondition, StoreError
 from ackbot.store.metrics import StoreMetrics
 from ackbot.store.models import State
-from ackbot.store.repository import (
+from ackbot.store.repository import MessageRepository
+from ackbot.store.stream import DeliveryStream, Stream
+from ackbot.store.stream_board import WAKE_STEP_NS, CallAt, StreamBoard
+from ackbot.store.types import (
+    REDELIVERY_CAUSES,
+    Cause,
+    Changes,
     CreateResult,
     Delivery,
     Lease,
     MarkResult,
-    MessageRepository,
     NewMessage,
-    ReleasedLease,
     StoredMessage,
+    StoreStats,
+    StreamStats,
 )
-from ackbot.store.stream_board import WAKE_STEP_NS, CallAt, StreamBoard, StreamState
 from ackbot.store.watch import WatchEvent, WatchHub
+
+__all__ = ["DeliveryStream", "MessageManager", "StoreStats", "StreamStats"]
 
 log = logging.getLogger(__name__)
 
@@ -52,111 +62,12 @@ T = TypeVar("T")
 REARM_DELAY_SECONDS = WAKE_STEP_NS / 1e9
 
 
-@dataclass(frozen=True)
-class StreamStats:
-    consumer: str
-    max_in_flight: int
-    # Unsettled deliveries, lapsed leases not yet answered for included.
-    in_flight: int
-    lease_ns: int
-
-
-@dataclass(frozen=True)
-class StoreStats:
-    """Messages by state (lapsed leases as PENDING), the oldest PENDING's receive time, and
-    this store's open streams, read at `read_ns`."""
-
-    counts: Mapping[str, int]
-    oldest_pending_ns: int | None
-    streams: list[StreamStats]
-    store_id: str
-    read_ns: int
-
-
-def _log_created(result: CreateResult) -> bool:
-    """Logs a create's outcome; True when it stored a new message (work for the streams)."""
+def _stored_new(result: CreateResult) -> bool:
+    """Whether a create stored a new message (work for the streams); a retried one is logged."""
     if result.already_existed:
         log.debug("create retried; already stored message_id=%s", result.message.id)
         return False
-    log.debug("created message_id=%s sequence=%d", result.message.id, result.message.sequence)
     return True
-
-
-class DeliveryStream:
-    """The deliveries of one open stream, as an async iterator of batches.
-
-    Each batch is what the stream had room for, leased to it and counted as an attempt. The
-    iteration ends only when the store shuts down; a client that goes away ends the stream by
-    leaving `MessageManager.open_stream`. After `drain()` no batch comes any more, and the
-    iteration waits for the shutdown.
-
-    Claims run in tasks of their own (`MessageManager._start_claim`), never in the stream's: the
-    stream's own when it has room and work may exist, or one that rides in the transaction of a
-    CreateMessage while the stream waits. Either puts its leases on the board as it completes,
-    whatever happened to the stream meanwhile, and hands them here through `claimed`.
-    """
-
-    def __init__(
-        self,
-        state: StreamState,
-        board: StreamBoard,
-        claim: Callable[[StreamState, int], None],
-        give_back: Callable[[list[Delivery]], Awaitable[None]],
-    ) -> None:
-        self._state = state
-        self._board = board
-        self._claim = claim
-        self._give_back = give_back
-        # Why the stream's own last claim failed: raised from the iteration, which ends the
-        # stream with that error, as a claim made in the stream's own task would.
-        self.claim_error: Exception | None = None
-
-    def set_max_in_flight(self, max_in_flight: int) -> None:
-        """Changes the most unsettled deliveries the stream may hold (Consume's flow control)."""
-        log.info(
-            "stream window changed consumer=%s max_in_flight=%d",
-            self._state.consumer,
-            max_in_flight,
-        )
-        self._board.limit(self._state, max_in_flight)
-
-    def drain(self) -> None:
-        """No more deliveries on this stream: its client is stopping (Consume's drain)."""
-        if not self._state.draining:
-            log.info("stream draining consumer=%s", self._state.consumer)
-        self._board.drain(self._state)
-
-    def __aiter__(self) -> DeliveryStream:
-        return self
-
-    async def __anext__(self) -> list[Delivery]:
-        stream = self._state
-        while not stream.closing:
-            stream.wakeup.clear()
-            if stream.claimed:
-                deliveries, stream.claimed = stream.claimed, []
-                if stream.draining:
-                    # The drain came while the claim ran: the client would only hand these
-                    # back, so the store does, and gives their attempts back.
-                    await self._give_back(deliveries)
-                    continue
-                return deliveries
-            if self.claim_error is not None:
-                error, self.claim_error = self.claim_error, None
-                raise error
-            if not stream.claiming and not stream.draining:
-                room = self._board.room(stream)
-                if room > 0 and stream.work_may_exist:
-                    self._claim(stream, room)
-            # Only a stream parked here is one a create may claim for: a handler suspended
-            # elsewhere (sending, or dropped by its client and not yet finalized) would sit on
-            # the messages. (A draining one never is: StreamBoard.waiting_stream.)
-            stream.waiting = True
-            try:
-                await stream.wakeup.wait()
-            finally:
-                stream.waiting = False
-        raise StopAsyncIteration
 
 
 class MessageManager:
@@ -180,10 +91,12 @@ class MessageManager:
         self._board = StreamBoard(clock_ns, call_at, on_lapse=self._lease_lapsed)
         # Told of every change this store makes, for WatchMessages; costs nothing unwatched.
         self.watches = WatchHub(repository)
+        # What each write changed reaches the streams, the watches, the metrics and the log
+        # through one door (_committed), whichever write and whichever caller made it.
+        repository.report_changes_to(self._committed)
         self._lease_releases: set[asyncio.Task[None]] = set()
         # Claims in flight, each in a task of its own (see _start_claim), by stream.
-        self._claims: dict[StreamState, asyncio.Task[None]] = {}
-        self._iterations: dict[StreamState, DeliveryStream] = {}
+        self._claims: dict[Stream, asyncio.Task[None]] = {}
         # The tasks that run open streams (grpc's StreamUnprocessed and Consume handlers):
         # shutdown waits for them to finish sending their status while the server can still
         # send it.
@@ -251,18 +164,21 @@ class MessageManager:
             read_ns=self._now_ns(),
         )
 
-    # -- writes, each with the wake-up it causes ---------------------------------------------
+    # -- writes ------------------------------------------------------------------------------
+    # Each write's wake-ups, watch events, metrics and log lines come from the record of what
+    # it changed (_committed); a method here adds only what is about its caller: the stream
+    # whose slot a settle frees, a claim riding with a create.
 
     async def create_message(self, new: NewMessage) -> CreateResult:
-        return await self._create(self._repository.create_message(new), _log_created)
+        return await self._create(self._repository.create_message(new), _stored_new)
 
     async def create_messages(self, news: list[NewMessage]) -> list[CreateResult | StoreError]:
         """CreateMessage for many, in one transaction, with one wake-up for all of them. Each
         item's outcome is its own: a result, or the error it alone was refused with."""
 
         def any_stored(outcomes: list[CreateResult | StoreError]) -> bool:
-            # Every result is logged: a list, not a generator that any() would cut short.
-            return any([_log_created(o) for o in outcomes if not isinstance(o, StoreError)])
+            # Every result is looked at: a list, not a generator that any() would cut short.
+            return any([_stored_new(o) for o in outcomes if not isinstance(o, StoreError)])
 
         return await self._create(self._repository.create_messages(news), any_stored)
 
@@ -278,10 +194,8 @@ class MessageManager:
         if waiting is not None:
             self._start_claim(*waiting, rides_with_create=True)
         outcome = await write
-        if stored_new(outcome):
-            self.watches.created()
-            if waiting is None:
-                self._board.wake_all()
+        if stored_new(outcome) and waiting is None:
+            self._board.wake_all()
         return outcome
 
     async def mark_processed(
@@ -296,23 +210,8 @@ class MessageManager:
             message_id, reply, lease_token, context_sequence=context_sequence
         )
         self._board.settled(message_id, lease_token)
-        if not result.already_processed:
-            self.watches.changed(message_id)
-            self.watches.created()  # its reply
-        if result.unblocked:
-            # The next message of its conversation is deliverable now.
-            self._board.wake_all()
         if result.already_processed:
             log.info("already processed; duplicate reply prevented message_id=%s", message_id)
-        else:
-            if self._metrics is not None:
-                # The mark has committed: the message's whole wait, seen from the store.
-                self._metrics.processed(result.message.receive_time_ns, self._now_ns())
-            log.debug(
-                "processed message_id=%s reply_id=%s",
-                message_id,
-                result.reply.id if result.reply else "-",
-            )
         return result
 
     async def release(
@@ -323,27 +222,6 @@ class MessageManager:
                 message_id, lease_token, reason=reason, retry_after_ns=retry_after_ns
             )
         self._board.settled(message_id, lease_token)
-        self.watches.changed(message_id)
-        # A release with a reason is a failure an operator may want to see; one without is a
-        # delivery handed back unstarted (a bot stopping), routine.
-        log.log(
-            logging.INFO if reason else logging.DEBUG,
-            "released message_id=%s state=%s attempts=%d reason=%r",
-            message.id,
-            message.state.value,
-            message.delivery_attempts,
-            reason,
-        )
-        if message.state is State.PENDING and self._metrics is not None:
-            self._metrics.redelivery("failed" if reason else "handed_back")
-        if message.state is State.DEAD and message.conversation_id is not None:
-            # No longer holding back the rest of its conversation.
-            self._board.wake_all()
-        elif message.state is State.PENDING:
-            if retry_after_ns:
-                self._board.wake_at(self._now_ns() + retry_after_ns)
-            else:
-                self._board.wake_all()
         return message
 
     async def _give_back(self, deliveries: list[Delivery]) -> None:
@@ -372,11 +250,79 @@ class MessageManager:
         return message
 
     async def requeue(self, message_id: str) -> StoredMessage:
-        message = await self._repository.requeue(message_id)
-        log.info("requeued message_id=%s", message_id)
-        self._board.wake_all()
-        self.watches.changed(message_id)
-        return message
+        return await self._repository.requeue(message_id)
+
+    def _committed(self, changes: Changes) -> None:
+        """What a committed write changed, told: the one place that turns a write into
+        wake-ups, watch events, metrics and log lines (the repository calls it after every
+        write transaction, on the event loop).
+
+        Wakes for the work the write made (`work_at_ns`), except a create's, which the
+        claim-on-create rule wakes for (_create). A DEAD message is logged and counted
+        whichever write made it: a claim out of attempts, a release, a hand-back.
+        """
+        created = False
+        for change in changes.messages:
+            cause = change.cause
+            if cause is Cause.CREATED:
+                created = True
+                log.debug(
+                    "created message_id=%s sequence=%d state=%s",
+                    change.message_id,
+                    change.sequence,
+                    change.state.value,
+                )
+                continue
+            self.watches.changed(change.message_id)
+            if change.state is State.DEAD:
+                if self._metrics is not None:
+                    self._metrics.dead.inc()
+                log.warning(
+                    "message is dead after %d attempts message_id=%s last_error=%r",
+                    change.attempts,
+                    change.message_id,
+                    change.last_error,
+                )
+            elif cause is Cause.DELIVERED:
+                # Logged by the claim, which knows the stream (_claim_for).
+                if self._metrics is not None:
+                    self._metrics.delivered(change.attempts)
+            elif cause is Cause.PROCESSED:
+                if self._metrics is not None:
+                    # Committed: the message's whole wait, seen from the store.
+                    self._metrics.processed(change.receive_time_ns, self._now_ns())
+                log.debug(
+                    "processed message_id=%s reply_id=%s",
+                    change.message_id,
+                    change.reply_id or "-",
+                )
+            elif cause is Cause.REQUEUED:
+                log.info("requeued message_id=%s", change.message_id)
+            elif cause in REDELIVERY_CAUSES and self._metrics is not None:
+                self._metrics.redelivery(cause.value)
+            if cause is Cause.FAILED or cause is Cause.HANDED_BACK:
+                # A release with a reason is a failure an operator may want to see; one without
+                # is a delivery handed back unstarted (a bot stopping), routine.
+                log.log(
+                    logging.INFO if cause is Cause.FAILED else logging.DEBUG,
+                    "released message_id=%s state=%s attempts=%d reason=%r",
+                    change.message_id,
+                    change.state.value,
+                    change.attempts,
+                    change.last_error if cause is Cause.FAILED else "",
+                )
+            elif cause is Cause.STREAM_ENDED:
+                # (A dead or stopping store's hand-backs are logged by the registry.)
+                log.debug("lease released on stream end message_id=%s", change.message_id)
+        if created:
+            self.watches.created()
+        if changes.work_at_ns:
+            now = self._now_ns()
+            if min(changes.work_at_ns) <= now:
+                self._board.wake_all()
+            for at_ns in changes.work_at_ns:
+                if at_ns > now:
+                    self._board.wake_at(at_ns)
 
     # -- work this store's writes did not make ------------------------------------------------
 
@@ -391,20 +337,6 @@ class MessageManager:
         self._board.wake_all()
         self.watches.created()
         self._rearm_timed_wakes()
-
-    def dead_store_reaped(self, released: Sequence[ReleasedLease]) -> None:
-        """Leases of a dead store that this store's reaper handed back (the registry's news):
-        their changes are watched and counted here, like the ones this store's own writes make."""
-        for lease in released:
-            self.watches.changed(lease.message_id)
-        self._count_handed_back("store_died", released)
-
-    def _count_handed_back(self, cause: str, released: Sequence[ReleasedLease]) -> None:
-        """Redeliveries by `cause`: the handed-back leases whose message is PENDING again (one
-        made DEAD counts in ackbot_dead_total instead)."""
-        if self._metrics is not None:
-            again = sum(lease.state is State.PENDING for lease in released)
-            self._metrics.redelivery(cause, again)
 
     def _rearm_timed_wakes(self) -> None:
         """Sets a timed wake at the next time a message becomes deliverable, read from the
@@ -455,7 +387,7 @@ class MessageManager:
     ) -> AsyncIterator[DeliveryStream]:
         """Opens a stream for the calling task; leaving the block ends it and releases the
         leases it still holds, even when the task is being cancelled."""
-        stream = StreamState(consumer=consumer, max_in_flight=max_in_flight, lease_ns=lease_ns)
+        stream = Stream(consumer=consumer, max_in_flight=max_in_flight, lease_ns=lease_ns)
         self._board.open_stream(stream)
         self._track_handler()
         log.info(
@@ -464,10 +396,8 @@ class MessageManager:
             max_in_flight,
             lease_ns / 1e9,
         )
-        iteration = DeliveryStream(stream, self._board, self._start_claim, self._give_back)
-        self._iterations[stream] = iteration
         try:
-            yield iteration
+            yield DeliveryStream(stream, self._board, self._start_claim, self._give_back)
         finally:
             await self._end_stream(stream)
 
@@ -487,9 +417,7 @@ class MessageManager:
 
     # -- claims ------------------------------------------------------------------------------
 
-    def _start_claim(
-        self, stream: StreamState, room: int, *, rides_with_create: bool = False
-    ) -> None:
+    def _start_claim(self, stream: Stream, room: int, *, rides_with_create: bool = False) -> None:
         """Claims up to `room` messages for `stream` in a task of its own.
 
         Not in the stream's task: a claim queued for the database commits whether or not its
@@ -497,31 +425,25 @@ class MessageManager:
         must be one nothing cancels, and it puts the leases on the board the moment they exist.
         The stream's end waits for it (see _end_stream), so the end releases them.
         """
-        stream.claiming = True
-        # Cleared before the claim, as the event is: work made during it sets it again.
-        stream.work_may_exist = False
+        stream.claim_started()
         self._claims[stream] = asyncio.create_task(
             self._claim_for(stream, room, rides_with_create), name="claim"
         )
 
-    async def _claim_for(self, stream: StreamState, room: int, rides_with_create: bool) -> None:
+    async def _claim_for(self, stream: Stream, room: int, rides_with_create: bool) -> None:
         try:
             deliveries = await self._repository.claim(room, stream.lease_ns)
         except Exception as exc:  # a StoreError, or a bug: either way the stream must go on
-            stream.claiming = False
             del self._claims[stream]
+            # A claim riding with a create fails with it (its caller learns why) or after it;
+            # the create's message may then be unclaimed: every stream looks, this one too.
+            stream.claim_failed(None if rides_with_create else exc)
             if rides_with_create:
-                # The create's message may be unclaimed: every stream looks, this one too.
                 self._board.wake_all()
-            else:
-                iteration = self._iterations.get(stream)
-                if iteration is not None:
-                    iteration.claim_error = exc
-                stream.wakeup.set()
             return
-        stream.claiming = False
         del self._claims[stream]
         if not self._board.is_open(stream):
+            stream.claim_failed(None)
             # Cannot happen while _end_stream waits for the claim first; should it ever, the
             # leases go back now instead of when they expire.
             if deliveries:
@@ -531,35 +453,29 @@ class MessageManager:
             return
         for d in deliveries:
             self._board.leased(stream, d.message.id, d.lease_token, d.lease_expire_ns)
-            if self._metrics is not None:
-                self._metrics.delivered(d.message.delivery_attempts)
-            self.watches.changed(d.message.id)
             log.debug(
                 "delivered message_id=%s attempt=%d consumer=%s",
                 d.message.id,
                 d.message.delivery_attempts,
                 stream.consumer,
             )
-        stream.claimed.extend(deliveries)
-        if len(deliveries) == room:
+        full = len(deliveries) == room
+        if full and rides_with_create:
             # More may be waiting, the create's message among them: every stream looks.
-            if rides_with_create:
-                self._board.wake_all()
-            stream.work_may_exist = True
-        else:
+            self._board.wake_all()
+        elif not full:
             # Everything deliverable was claimed (a create's message included: its claim ran
             # after it). What is left is not deliverable yet: wait for the next visibility,
             # which may be another store's lease.
             self._rearm_timed_wakes()
-        stream.wakeup.set()
+        stream.claim_finished(deliveries, full=full)
 
-    async def _end_stream(self, stream: StreamState) -> None:
+    async def _end_stream(self, stream: Stream) -> None:
         claim = self._claims.get(stream)
         if claim is not None:
             # Shielded, as the release below: its leases must reach the board before the
             # stream's end collects them.
             await asyncio.shield(claim)
-        self._iterations.pop(stream, None)
         leases = self._board.close_stream(stream)
         log.info("stream closed consumer=%s releasing=%d", stream.consumer, len(leases))
         if not leases:
@@ -576,17 +492,10 @@ class MessageManager:
 
     async def _release_leases(self, leases: list[Lease]) -> None:
         try:
-            released = await self._repository.release_leases(leases)
+            await self._repository.release_leases(leases)
         except StoreError:
             # The leases will expire instead; nothing is lost, only delayed.
             log.exception("could not release %d leases of a closed stream", len(leases))
-            return
-        for lease in leases:
-            log.debug("lease released on stream end message_id=%s", lease.message_id)
-            self.watches.changed(lease.message_id)
-        self._count_handed_back("stream_ended", released)
-        if released:
-            self._board.wake_all()
 
     async def close_streams(self, handler_wait_seconds: float) -> None:
         """Ends every stream, waits until the leases they held are back in the database, and

@@ -82,7 +82,7 @@ class MessageRow(Base):
     # back, and a key would make every claim lock the stores row it names.
     owner_store: Mapped[str | None] = mapped_column(String(MAX_STORE_ID_CHARS))
     # The thread a message belongs to (a reply: its original's). Messages of one conversation
-    # are delivered one at a time in sequence order (repository.py, the claim).
+    # are delivered one at a time in sequence order (tables/leases.py, the claim).
     conversation_id: Mapped[str | None] = mapped_column(String(MAX_ID_CHARS))
 
     __table_args__ = (

@@ -13,6 +13,16 @@ stores do not all look at once. A store is dead when either is true:
   reused): a store killed outright, whose session PostgreSQL closes within milliseconds, so
   a `kill -9` is noticed at the next reap, not after `dead_after_seconds`.
 
+Declaring a registered store dead ends its database sessions first (`pg_terminate_backend` of every
+backend named after it, `ackbot-store:<id>`, see Database's SessionBounds): a store stopped
+inside a transaction holds the insert turn and row locks that every other store's writes wait
+for, and nothing but the end of its session releases them. A dead store's sessions are of no
+use to anyone; should it wake, it finds its registration gone and stops anyway. The server
+ends an idle transaction by itself too (idle_in_transaction_session_timeout), but only the
+dead store's own setting decides when, and a statement it left running is not idle. Ending
+another role's sessions needs that role or pg_signal_backend; without it the reaper says so
+and goes on, and the bounds alone free the locks.
+
 Reaping hands the dead store's leases back the way a stream's end does (attempt still counted,
 DEAD after the last), deletes its row, and wakes this store's streams. Leases whose store is
 not registered at all (it was declared dead, leased on before it noticed, then died) go back
@@ -34,7 +44,11 @@ less than `dead_after_seconds`, and a store whose own session had to be made aga
 before it judges anyone. A store that has just started judges at once: the usual reason a store
 starts is that one died.
 
-All the SQL is the repository's; this room decides when, and what it means.
+The reap runs in a transaction of its own, beside group commit's queue: the writes queued there
+may be waiting for the locks of the very store it is about to declare dead.
+
+The SQL is the repository's, except ending sessions (here); this room decides when, and what
+it means.
 """
 
 from __future__ import annotations
@@ -45,13 +59,27 @@ import logging
 import random
 from collections.abc import Callable
 
+from sqlalchemy import String, bindparam, text
+from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from ackbot.store.database import Database
+from ackbot.store.database import STORE_APPLICATION_PREFIX, Database, store_application_name
 from ackbot.store.errors import StoreError
-from ackbot.store.repository import MessageRepository, Reaped, ReleasedLease
+from ackbot.store.repository import MessageRepository
+from ackbot.store.types import DeadStore, Reaped, ReleasedLease
 
 log = logging.getLogger(__name__)
+
+# How long ending one session may wait for its backend to exit (and release its locks), so
+# that the reap that follows finds the dead store's leases unlocked.
+END_SESSION_WAIT_MS = 1000
+# Every backend of the named stores on this database, but the caller's own.
+_END_SESSIONS = text(
+    "SELECT application_name, pid, pg_terminate_backend(pid, :wait_ms) AS ended "
+    "FROM pg_stat_activity "
+    "WHERE application_name = ANY(:names) AND datname = current_database() "
+    "AND pid <> pg_backend_pid()"
+).bindparams(bindparam("names", type_=ARRAY(String)))
 
 
 class StoreRegistry:
@@ -194,20 +222,57 @@ class StoreRegistry:
             if loop.time() < self._judge_after:
                 continue  # the others may still be reconnecting (see the module docstring)
             try:
-                if not await self._repository.find_dead_stores(self._dead_after_seconds):
+                looks_dead = await self._repository.find_dead_stores(self._dead_after_seconds)
+                if not looks_dead:
                     continue
+                await self._end_sessions(looks_dead)
                 reaped = await self._repository.reap_dead_stores(self._dead_after_seconds)
             except StoreError as exc:
                 log.warning("reaper failed store=%s: %s", self.store_id, exc)
                 continue
+            # Why each looked dead before its sessions were ended (after, every one's session
+            # is gone, which would hide a silence).
+            judged = {store.id: store for store in looks_dead}
             for dead in reaped:
-                self._log_reaped(dead)
+                self._log_reaped(dead, judged.get(dead.store.id, dead.store))
                 if self._on_reaped is not None and dead.released:
                     self._on_reaped(dead.released)
             if any(dead.released for dead in reaped):
                 self._on_work_made()
 
-    def _log_reaped(self, reaped: Reaped) -> None:
+    async def _end_sessions(self, dead: list[DeadStore]) -> None:
+        """Ends every database session of the `dead` stores (see the module docstring). A
+        failure (no permission, the database gone) is logged: the reap goes on without it."""
+        # Registered ones only: a store that holds leases unregistered was declared dead
+        # before, its sessions ended then, and is stopping by itself (handing back what it
+        # holds, which its sessions must stay to do); its leases are handed back regardless.
+        names = [
+            store_application_name(store.id)
+            for store in dead
+            if store.registered and store.id != self.store_id
+        ]
+        if not names:
+            return
+        try:
+            async with self._database.connect() as connection:
+                rows = (
+                    await connection.execute(
+                        _END_SESSIONS, {"names": names, "wait_ms": END_SESSION_WAIT_MS}
+                    )
+                ).all()
+        except StoreError as exc:
+            log.warning("could not end the database sessions of dead stores %s: %s", names, exc)
+            return
+        for row in rows:
+            dead_id = row.application_name.removeprefix(STORE_APPLICATION_PREFIX)
+            log.warning(
+                "ended database session pid=%d of dead store=%s%s",
+                row.pid,
+                dead_id,
+                "" if row.ended else " (it has not exited yet)",
+            )
+
+    def _log_reaped(self, reaped: Reaped, judged: DeadStore) -> None:
         dead = reaped.store
         if not reaped.released and not reaped.finished:
             # Its leases are all locked (it stalled inside a transaction): said once a reap.
@@ -215,10 +280,10 @@ class StoreRegistry:
             return
         if not dead.registered:
             why = "it holds leases but is not registered (declared dead before)"
-        elif dead.session_gone:
+        elif judged.session_gone:
             why = "its database session is gone"
         else:
-            why = f"no heartbeat for {dead.silent_seconds:.1f}s"
+            why = f"no heartbeat for {judged.silent_seconds:.1f}s"
         for lease in reaped.released:
             log.info(
                 "lease of a dead store released message_id=%s state=%s attempts=%d store=%s",

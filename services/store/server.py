@@ -27,9 +27,11 @@ from ackbot.common.serving import (
     server_credentials,
     set_serving,
 )
+from ackbot.store import migrations
 from ackbot.store.config import ALLOW_INSECURE_FLAG, StoreConfig
-from ackbot.store.database import Database
+from ackbot.store.database import Database, SessionBounds, store_application_name
 from ackbot.store.errors import CannotOpenDatabase, DeclaredDead, StoreError
+from ackbot.store.ids import new_store_id
 from ackbot.store.listener import WorkListener
 from ackbot.store.manager import MessageManager
 from ackbot.store.metrics import StateSampler, StoreMetrics
@@ -122,27 +124,31 @@ class StoreServer:
             interceptors.append(AuthInterceptor(authenticator))
         self._server = server = create_server(_server_options(config), interceptors)
         address = bind(server, config.listen, credentials)
+        # Made here, not by the repository: every database session carries it in its name,
+        # so that the other stores can end them if this one is declared dead (registry.py).
+        store_id = new_store_id()
         database = Database.from_url(
             config.db_url,
             lock_timeout_seconds=config.lock_timeout_seconds,
             sqlite_synchronous=config.sqlite_synchronous,
+            bounds=SessionBounds(
+                application_name=store_application_name(store_id),
+                idle_in_transaction_seconds=config.idle_in_transaction_seconds,
+                statement_seconds=config.statement_timeout_seconds,
+                lock_seconds=config.lock_timeout_seconds,
+                keepalive_seconds=config.keepalive_seconds,
+            ),
         )
         # Before the schema: a database that cannot be opened is one line naming it and why.
         await database.check_open()
 
-        def message_dead(message_id: str) -> None:
-            metrics.dead.inc()
-            # The manager exists before anything can write (and so make a message DEAD).
-            if self._manager is not None:
-                self._manager.watches.changed(message_id)
-
         self._repository = repository = MessageRepository(
             database,
             max_attempts=config.max_attempts,
+            store_id=store_id,
             on_commit=metrics.group_commit_batch.observe,
-            on_dead=message_dead,
         )
-        await repository.create_schema()
+        await migrations.upgrade_to_head(database)
         if database.single_owner:
             # This store holds the file's lock, so any lease in it belongs to a stream of a
             # store that is gone: hand those messages out again now instead of at lease expiry.
@@ -170,7 +176,6 @@ class StoreServer:
                 dead_after_seconds=config.dead_after_seconds,
                 on_work_made=manager.work_made_elsewhere,
                 on_declared_dead=self._declared_dead,
-                on_reaped=manager.dead_store_reaped,
             )
             await self._registry.start()
         await server.start()

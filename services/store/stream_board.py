@@ -4,7 +4,8 @@ each has, and when each wakes.
 Work is pushed, never polled: CreateMessage, a release, a lapsed lease or a retry_after ending
 wakes the streams, and each awake stream claims what it has room for. Nothing here touches the
 database or decides anything; the manager (manager.py) runs the claim loop and tells the board
-what happened.
+what happened, and each stream's own state moves only through its methods (stream.py). The
+board keeps what spans the streams: which stream holds each lease, and the timed wakes.
 
 Why an Event per stream and not one Condition: a stream clears its event *before* it claims, so
 a wake that lands while it is querying is kept for its next wait and never lost.
@@ -16,10 +17,10 @@ import asyncio
 import heapq
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Protocol
 
-from ackbot.store.repository import Delivery, Lease
+from ackbot.store.stream import Stream
+from ackbot.store.types import Lease
 
 # Timed wakes are rounded up to this step so that a burst of leases sharing an expiry costs one
 # wake, not one per message.
@@ -32,42 +33,6 @@ class Timer(Protocol):
 
 # Calls the callback once the clock reads the given time (ns), unless the timer is cancelled.
 CallAt = Callable[[int, Callable[[], None]], Timer]
-
-
-@dataclass(eq=False)
-class StreamState:
-    """One StreamUnprocessed or Consume call: its limits and the leases it holds right now."""
-
-    consumer: str
-    max_in_flight: int
-    lease_ns: int
-    # message id -> (lease token, lease expiry ns)
-    outstanding: dict[str, tuple[str, int]] = field(default_factory=dict)
-    # Ids whose lease lapsed on this stream before its client settled, extended or released
-    # them. The message may go to another stream, but the slot stays taken: a client that lets
-    # leases lapse may be hung (alive and connected, not reading), and refilling its slots would
-    # spend its messages' attempts on a stream that never answers (NATS JetStream counts
-    # redeliveries against max_ack_pending the same way).
-    # Keyed by id, with the lapsed lease's token: only an answer carrying that token (so from
-    # this stream's client, not from whichever bot got the message next) frees the slot.
-    lapsed: dict[str, str] = field(default_factory=dict)
-    # Claimed for this stream and on the board already, not yet handed to its iteration.
-    claimed: list[Delivery] = field(default_factory=list)
-    # A claim for this stream is in flight (its own, or one riding with a create): the only
-    # thing that takes room away, so one at a time keeps every delivery within the room.
-    claiming: bool = False
-    # Its iteration is parked, waiting for a wake (DeliveryStream.__anext__).
-    waiting: bool = False
-    wakeup: asyncio.Event = field(default_factory=asyncio.Event)
-    # False once a claim came back short and nothing has made new work since: a settle then
-    # only adds room, and claiming into an empty queue would cost a write transaction.
-    work_may_exist: bool = True
-    # Its client asked for no more deliveries (Consume's drain); its settlements still count.
-    draining: bool = False
-    closing: bool = False
-
-    def leases(self) -> list[Lease]:
-        return [Lease(mid, token) for mid, (token, _) in self.outstanding.items()]
 
 
 class StreamBoard:
@@ -84,74 +49,62 @@ class StreamBoard:
         # Told of each lease that lapses on a stream before its client answered for it.
         self._on_lapse = on_lapse
         self._call_at = call_at or self._call_at_on_loop
-        self._streams: set[StreamState] = set()
-        self._holder: dict[str, StreamState] = {}  # message id -> stream holding its lease
+        self._streams: set[Stream] = set()
+        self._holder: dict[str, Stream] = {}  # message id -> stream holding its lease
         self._timed: list[int] = []  # heap of wall-clock ns at which to wake everyone
         self._timed_set: set[int] = set()
         self._timer: Timer | None = None
         self._timer_at = 0
 
     @property
-    def streams(self) -> frozenset[StreamState]:
+    def streams(self) -> frozenset[Stream]:
         return frozenset(self._streams)
 
     @property
     def has_streams(self) -> bool:
         return bool(self._streams)
 
-    def open_stream(self, stream: StreamState) -> None:
+    def open_stream(self, stream: Stream) -> None:
         self._streams.add(stream)
 
-    def close_stream(self, stream: StreamState) -> list[Lease]:
+    def close_stream(self, stream: Stream) -> list[Lease]:
         """Forgets the stream; returns the leases it still held, for the caller to release."""
         self._streams.discard(stream)
-        leases = stream.leases()
+        leases = stream.closed()
         for lease in leases:
             if self._holder.get(lease.message_id) is stream:
                 del self._holder[lease.message_id]
-        stream.outstanding.clear()
-        stream.lapsed.clear()
         return leases
 
-    def is_open(self, stream: StreamState) -> bool:
+    def is_open(self, stream: Stream) -> bool:
         return stream in self._streams
 
-    def waiting_stream(self) -> tuple[StreamState, int] | None:
-        """A stream that could take a new message now, with its room: open, not closing, its
-        iteration parked waiting for work, no claim in flight, room left. The one with the most
-        room, so that new messages spread over the streams instead of filling the first."""
-        best: tuple[StreamState, int] | None = None
+    def waiting_stream(self) -> tuple[Stream, int] | None:
+        """A stream a create may claim for now, with its room (Stream.room_for_create): the one
+        with the most room, so that new messages spread over the streams instead of filling
+        the first."""
+        best: tuple[Stream, int] | None = None
         for stream in self._streams:
-            if stream.closing or stream.draining or stream.claiming or not stream.waiting:
-                continue
-            # room() without its bookkeeping: a lapse moves a lease from `outstanding` to
-            # `lapsed`, which leaves the room as it is; this runs for every create.
-            room = stream.max_in_flight - len(stream.outstanding) - len(stream.lapsed)
+            room = stream.room_for_create()
             if room > 0 and (best is None or room > best[1]):
                 best = (stream, room)
         return best
 
-    def room(self, stream: StreamState) -> int:
-        """How many more deliveries `stream` may send. A lapsed lease no longer holds its
-        message, but it keeps its slot until the client answers for it (see `lapsed`)."""
-        now = self._now_ns()
-        lapsed = [mid for mid, (_, expiry) in stream.outstanding.items() if expiry <= now]
-        for message_id in lapsed:
-            token, _ = stream.outstanding.pop(message_id)
-            stream.lapsed[message_id] = token
+    def room(self, stream: Stream) -> int:
+        """How many more deliveries `stream` may send, its lapsed leases counted as lapsed."""
+        for message_id in stream.lapse_due(self._now_ns()):
             if self._holder.get(message_id) is stream:
                 del self._holder[message_id]
             if self._on_lapse is not None:
                 self._on_lapse()
-        return stream.max_in_flight - len(stream.outstanding) - len(stream.lapsed)
+        return stream.room
 
-    def leased(self, stream: StreamState, message_id: str, token: str, expiry_ns: int) -> None:
+    def leased(self, stream: Stream, message_id: str, token: str, expiry_ns: int) -> None:
         previous = self._holder.get(message_id)
         if previous is not None and previous is not stream:
-            previous.outstanding.pop(message_id, None)
+            previous.forget(message_id)
         self._holder[message_id] = stream
-        stream.lapsed.pop(message_id, None)
-        stream.outstanding[message_id] = (token, expiry_ns)
+        stream.hold(message_id, token, expiry_ns)
         self.wake_at(expiry_ns)
 
     def settled(self, message_id: str, token: str = "") -> None:
@@ -159,8 +112,7 @@ class StreamBoard:
         and so has the stream whose lapsed lease `token` was, if any."""
         stream = self._holder.pop(message_id, None)
         if stream is not None:
-            stream.outstanding.pop(message_id, None)
-            stream.wakeup.set()
+            stream.let_go(message_id)
         self.lapse_answered(message_id, token)
 
     def lapse_answered(self, message_id: str, token: str) -> None:
@@ -169,21 +121,7 @@ class StreamBoard:
         if not token:
             return
         for stream in self._streams:
-            if stream.lapsed.get(message_id) == token:
-                del stream.lapsed[message_id]
-                stream.wakeup.set()
-
-    def limit(self, stream: StreamState, max_in_flight: int) -> None:
-        """The stream's client changed its window. A lower one takes nothing back: the stream
-        gets no delivery until its unsettled ones are below it."""
-        stream.max_in_flight = max_in_flight
-        stream.wakeup.set()
-
-    def drain(self, stream: StreamState) -> None:
-        """The stream's client wants no more deliveries; its leases stay until it settles them
-        or the stream ends."""
-        stream.draining = True
-        stream.wakeup.set()
+            stream.answer_lapse(message_id, token)
 
     def extended(self, message_id: str, token: str, expiry_ns: int) -> None:
         stream = self._holder.get(message_id)
@@ -193,16 +131,14 @@ class StreamBoard:
             stream = next((s for s in self._streams if s.lapsed.get(message_id) == token), None)
             if stream is None:
                 return
-            del stream.lapsed[message_id]
             self._holder[message_id] = stream
-        stream.outstanding[message_id] = (token, expiry_ns)
+        stream.hold(message_id, token, expiry_ns)
         self.wake_at(expiry_ns)
 
     def wake_all(self) -> None:
         """New work may be claimable (a create, a release, a timed wake): every stream looks."""
         for stream in self._streams:
-            stream.work_may_exist = True
-            stream.wakeup.set()
+            stream.wake(work=True)
 
     def wake_at(self, at_ns: int) -> None:
         """Wakes every stream at wall-clock time `at_ns` (a lease expiry or a retry_after)."""
@@ -244,5 +180,4 @@ class StreamBoard:
             self._timer.cancel()
             self._timer = None
         for stream in self._streams:
-            stream.closing = True
-            stream.wakeup.set()
+            stream.close()

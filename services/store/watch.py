@@ -24,7 +24,8 @@ from dataclasses import dataclass, field
 
 from ackbot.store.errors import NotFound, WatchFellBehind
 from ackbot.store.models import State
-from ackbot.store.repository import MessageRepository, StoredMessage
+from ackbot.store.repository import MessageRepository
+from ackbot.store.types import StoredMessage
 
 # Messages read per page while following new ones.
 FOLLOW_PAGE = 100

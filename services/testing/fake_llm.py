@@ -4,25 +4,40 @@ of the caller's process, speaking both APIs the bot's LLM backends use (non-stre
 - OpenAI's `POST /v1/chat/completions` (what vLLM, llama.cpp's server and Ollama's /v1 serve),
 - Ollama's native `POST /api/chat`.
 
+and the model lists of both: `GET /v1/models` and `GET /api/tags`.
+
 It is wire-faithful, not a model: each request gets the next `Action` of the script whose text
 it matches (a normal reply, empty content, thinking only, 429 or 503 with or without Retry-After,
 500, a stall, a cut connection, a reply cut by the token limit, a reply held until the test
 opens a gate), and every request is recorded, so a test can count how often the bot asked about
 a message, and check what it sent.
 
+A whole server can fail too: `down()` refuses connections (the port is closed) or cuts each one
+(`down(DOWN_CUT)`), `up()` ends that, `flap(up_seconds, down_seconds)` alternates on a schedule;
+`api_key=` makes it answer 401 to any other key, `models=` makes it list those models and answer
+404 for any other, as real servers do.
+
     with FakeLLM() as llm:
         llm.script("poison", Status(500))
         ...  # a bot started with --llm-url llm.openai_url (or llm.url for --backend ollama)
         assert len(llm.requests_for("poison")) == 2
+
+Run by itself (README, "Trying it without a model"): `python -m ackbot.testing.fake_llm --port
+8089` answers every message with "An answer to: <text>"; see --help for the failure modes.
 """
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import json
+import os
+import signal
 import socket
+import sys
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from http import HTTPStatus
@@ -32,6 +47,12 @@ from typing import Any, Self
 
 OPENAI_PATH = "/v1/chat/completions"
 OLLAMA_PATH = "/api/chat"
+OPENAI_MODELS_PATH = "/v1/models"
+OLLAMA_TAGS_PATH = "/api/tags"
+# How a server that is down fails: its port refuses connections, or it accepts and cuts each.
+DOWN_REFUSE = "refuse"
+DOWN_CUT = "cut"
+DOWN_MODES = (DOWN_REFUSE, DOWN_CUT)
 # How often a held or stalled request looks whether the server is stopping.
 _POLL_SECONDS = 0.05
 
@@ -107,7 +128,7 @@ class SeenRequest:
 
     @property
     def api(self) -> str:
-        return "ollama" if self.path == OLLAMA_PATH else "openai"
+        return "ollama" if self.path in (OLLAMA_PATH, OLLAMA_TAGS_PATH) else "openai"
 
     @property
     def user_text(self) -> str:
@@ -147,30 +168,54 @@ class FakeLLM:
     """The server; `start()` it (or use `with`), point a bot at `openai_url` or `url`, script
     it, and read `requests` afterwards. Safe to script and read from any thread."""
 
-    def __init__(self, *, default: Action | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        default: Action | None = None,
+        api_key: str | None = None,
+        models: Sequence[str] | None = None,
+        host: str = "127.0.0.1",
+        port: int = 0,
+    ) -> None:
         self._default: Action = default if default is not None else Reply()
         self._rules: list[_Rule] = []
         self._requests: list[SeenRequest] = []
+        # The model-list requests (GET), kept apart: `requests` are the chat requests.
+        self._probes: list[SeenRequest] = []
         self._lock = threading.Lock()
         self.stopping = threading.Event()
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
+        self._flapper: threading.Thread | None = None
+        self._stop_flapping = threading.Event()
+        # Requests without `Authorization: Bearer <api_key>` get 401 (None: no key needed).
+        self.api_key = api_key
+        # The models it lists and answers for; None: it lists none (404 for both lists, like a
+        # server without them) and answers for any model.
+        self.models = tuple(models) if models is not None else None
+        self._host = host
+        self._port = port
+        # DOWN_CUT while it cuts every connection; DOWN_REFUSE while its port is closed.
+        self.down_mode: str | None = None
 
     # -- life cycle ---------------------------------------------------------------------------
 
     def start(self) -> Self:
-        server = _Server(("127.0.0.1", 0), _Handler)
+        self._listen()
+        return self
+
+    def _listen(self) -> None:
+        server = _Server((self._host, self._port), _Handler)
         server.llm = self
+        # Down and up again, it listens on the same port, so the bot's URL stays right.
+        self._port = int(server.server_address[1])
         self._server = server
         self._thread = threading.Thread(
             target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
         )
         self._thread.start()
-        return self
 
-    def stop(self) -> None:
-        """Stops serving; held and stalled requests end, open connections are closed."""
-        self.stopping.set()
+    def _close(self) -> None:
         server = self._server
         if server is None:
             return
@@ -180,6 +225,56 @@ class FakeLLM:
         if self._thread is not None:
             self._thread.join(5)
         self._server = None
+
+    def stop(self) -> None:
+        """Stops serving; held and stalled requests end, open connections are closed."""
+        self.stopping.set()
+        self._stop_flapping.set()
+        if self._flapper is not None and self._flapper is not threading.current_thread():
+            self._flapper.join(5)
+        self._close()
+
+    def down(self, mode: str = DOWN_REFUSE) -> None:
+        """The server goes down: DOWN_REFUSE closes its port (open connections are cut, new
+        ones refused); DOWN_CUT accepts connections and closes each without an answer."""
+        if mode not in DOWN_MODES:
+            raise ValueError(f"mode must be one of {DOWN_MODES}, got {mode!r}")
+        with self._lock:
+            self.down_mode = mode
+        if mode == DOWN_REFUSE:
+            self._close()
+        elif self._server is not None:
+            self._server.close_connections()
+
+    def up(self) -> None:
+        """Back up after `down()`, on the same port."""
+        with self._lock:
+            mode, self.down_mode = self.down_mode, None
+        if mode == DOWN_REFUSE and self._server is None and not self.stopping.is_set():
+            self._listen()
+
+    def flap(self, up_seconds: float, down_seconds: float, *, mode: str = DOWN_REFUSE) -> None:
+        """Up `up_seconds`, down `down_seconds`, again and again until `stop()` or
+        `stop_flapping()` (which leaves it up)."""
+        self._stop_flapping.clear()
+
+        def run() -> None:
+            while not self._stop_flapping.wait(up_seconds):
+                self.down(mode)
+                if self._stop_flapping.wait(down_seconds):
+                    break
+                self.up()
+            if not self.stopping.is_set():
+                self.up()
+
+        self._flapper = threading.Thread(target=run, daemon=True, name="fake-llm-flap")
+        self._flapper.start()
+
+    def stop_flapping(self) -> None:
+        self._stop_flapping.set()
+        if self._flapper is not None:
+            self._flapper.join(5)
+        self._flapper = None
 
     def __enter__(self) -> Self:
         return self.start()
@@ -194,8 +289,8 @@ class FakeLLM:
 
     @property
     def port(self) -> int:
-        assert self._server is not None, "start() the server first"
-        return int(self._server.server_address[1])
+        assert self._port, "start() the server first"
+        return self._port
 
     @property
     def url(self) -> str:
@@ -221,10 +316,49 @@ class FakeLLM:
     def next_action(self, request: SeenRequest) -> Action:
         with self._lock:
             self._requests.append(request)
+            refusal = self._refusal(request)
+            if refusal is not None:
+                return refusal
             for rule in self._rules:
                 if rule.match in request.user_text:
                     return rule.next()
             return self._default
+
+    def _refusal(self, request: SeenRequest) -> Action | None:
+        """What a server that refuses the request whatever its text answers: a wrong key, an
+        unknown model."""
+        if self.api_key is not None and request.headers.get("authorization") != (
+            f"Bearer {self.api_key}"
+        ):
+            return Status(HTTPStatus.UNAUTHORIZED, message="Incorrect API key provided")
+        model = str(request.body.get("model", ""))
+        chat = request.path in (OPENAI_PATH, OLLAMA_PATH)
+        if chat and self.models is not None and model not in self.models:
+            if request.api == "ollama":
+                text = f'model "{model}" not found, try pulling it first'
+            else:
+                text = f"The model `{model}` does not exist or you do not have access to it."
+            return Status(HTTPStatus.NOT_FOUND, message=text)
+        return None
+
+    def model_list(self, request: SeenRequest) -> Action | object:
+        """The answer to a model list: a body, or the refusal."""
+        with self._lock:
+            self._probes.append(request)
+            refusal = self._refusal(request)
+        if refusal is not None:
+            return refusal
+        if self.models is None:
+            return Status(HTTPStatus.NOT_FOUND, message=f"no route {request.path}")
+        if request.path == OLLAMA_TAGS_PATH:
+            return {"models": [{"name": name, "model": name} for name in self.models]}
+        return {
+            "object": "list",
+            "data": [
+                {"id": name, "object": "model", "created": 0, "owned_by": "fake"}
+                for name in self.models
+            ],
+        }
 
     # -- what was asked -----------------------------------------------------------------------
 
@@ -232,6 +366,12 @@ class FakeLLM:
     def requests(self) -> list[SeenRequest]:
         with self._lock:
             return list(self._requests)
+
+    @property
+    def probes(self) -> list[SeenRequest]:
+        """The model-list requests (`GET /v1/models`, `GET /api/tags`), oldest first."""
+        with self._lock:
+            return list(self._probes)
 
     def requests_for(self, match: str) -> list[SeenRequest]:
         """The requests whose user text contains `match`."""
@@ -282,9 +422,37 @@ class _Handler(BaseHTTPRequestHandler):
     def log_message(self, format: str, *args: Any) -> None:
         pass  # the requests are recorded; a test's output stays readable
 
+    def _cut_when_down(self) -> bool:
+        if self.server.llm.down_mode is None:
+            return False
+        self.close_connection = True
+        with contextlib.suppress(OSError):
+            self.connection.shutdown(socket.SHUT_RDWR)
+        return True
+
+    def do_GET(self) -> None:
+        if self._cut_when_down():
+            return
+        if self.path not in (OPENAI_MODELS_PATH, OLLAMA_TAGS_PATH):
+            self._send_json(HTTPStatus.NOT_FOUND, {"error": f"no route {self.path}"})
+            return
+        request = SeenRequest(
+            path=self.path,
+            body={},
+            headers={name.lower(): value for name, value in self.headers.items()},
+            received_at=time.time(),
+        )
+        answer = self.server.llm.model_list(request)
+        if isinstance(answer, Status):
+            self._act(answer, request, self.server.llm.stopping)
+        else:
+            self._send_json(HTTPStatus.OK, answer)
+
     def do_POST(self) -> None:
         length = int(self.headers.get("Content-Length") or 0)
         raw = self.rfile.read(length) if length else b""
+        if self._cut_when_down():
+            return
         if self.path not in (OPENAI_PATH, OLLAMA_PATH):
             self._send_json(HTTPStatus.NOT_FOUND, {"error": f"no route {self.path}"})
             return
@@ -339,6 +507,7 @@ class _Handler(BaseHTTPRequestHandler):
                 "message": message,
                 "done": True,
                 "done_reason": reply.finish_reason,
+                "prompt_eval_count": 1,
                 "eval_count": len(text.split()),
             }
         else:
@@ -376,5 +545,74 @@ class _Handler(BaseHTTPRequestHandler):
 def _error_body(request: SeenRequest, code: int, message: str) -> object:
     if request.api == "ollama":
         return {"error": message}
-    kind = "rate_limit_error" if code == HTTPStatus.TOO_MANY_REQUESTS else "server_error"
-    return {"error": {"message": message, "type": kind, "param": None, "code": None}}
+    kinds = {
+        HTTPStatus.TOO_MANY_REQUESTS: ("rate_limit_error", None),
+        HTTPStatus.UNAUTHORIZED: ("invalid_request_error", "invalid_api_key"),
+        HTTPStatus.NOT_FOUND: ("invalid_request_error", "model_not_found"),
+    }
+    kind, error_code = kinds.get(HTTPStatus(code), ("server_error", None))
+    return {"error": {"message": message, "type": kind, "param": None, "code": error_code}}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """`python -m ackbot.testing.fake_llm`: the fake model server by itself, until Ctrl-C."""
+    parser = argparse.ArgumentParser(
+        prog="python -m ackbot.testing.fake_llm",
+        description="A scripted chat-model server speaking OpenAI's /v1/chat/completions and "
+        "Ollama's /api/chat; every message gets 'An answer to: <its text>'.",
+    )
+    parser.add_argument("--host", default="127.0.0.1", help="address to listen on")
+    parser.add_argument("--port", type=int, default=8089, help="port; 0 picks a free one")
+    parser.add_argument(
+        "--model",
+        action="append",
+        dest="models",
+        metavar="NAME",
+        help="a model it lists and answers for (repeatable); without it: any, and no list",
+    )
+    parser.add_argument(
+        "--api-key-env",
+        metavar="VAR",
+        help="answer 401 unless requests carry the key this variable holds",
+    )
+    parser.add_argument(
+        "--fail",
+        metavar="TEXT",
+        action="append",
+        default=[],
+        help="answer HTTP 500 to every message containing TEXT (a poison message; repeatable)",
+    )
+    parser.add_argument(
+        "--flap",
+        nargs=2,
+        type=float,
+        metavar=("UP", "DOWN"),
+        help="be up UP seconds, then down (port closed) DOWN seconds, again and again",
+    )
+    args = parser.parse_args(argv)
+    api_key = None
+    if args.api_key_env:
+        api_key = os.environ.get(args.api_key_env) or None
+        if api_key is None:
+            parser.error(f"--api-key-env: {args.api_key_env} is not set")
+    llm = FakeLLM(api_key=api_key, models=args.models, host=args.host, port=args.port)
+    for text in args.fail:
+        llm.script(text, Status(HTTPStatus.INTERNAL_SERVER_ERROR, message=f"poison: {text}"))
+    llm.start()
+    if args.flap:
+        llm.flap(*args.flap)
+    print(
+        f"fake model server on {llm.url}: --backend openai --llm-url {llm.openai_url}, "
+        f"or --backend ollama --llm-url {llm.url}",
+        flush=True,
+    )
+    done = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: done.set())
+    with contextlib.suppress(KeyboardInterrupt):
+        done.wait()
+    llm.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

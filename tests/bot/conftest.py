@@ -17,7 +17,8 @@ import grpc
 import pytest
 from sqlalchemy.engine import make_url
 
-from ackbot.bot.store_client import StoreClient, open_channel
+from ackbot.client.channels import open_channel
+from ackbot.client.router import StoreClient
 from ackbot.store.config import StoreConfig
 from ackbot.store.server import StoreServer
 from ackbot.testing.fake_llm import FakeLLM

@@ -10,7 +10,7 @@ import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TypeVar
 
-from ackbot.bot.worker import Worker
+from ackbot.bot.policy import Worker
 from ackbot.v1 import message_store_pb2 as pb
 from ackbot.v1 import message_store_pb2_grpc as pb_grpc
 

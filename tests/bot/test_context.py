@@ -3,7 +3,7 @@ turn and character budgets, oldest first, its own replies marked as its own."""
 
 from __future__ import annotations
 
-from ackbot.bot.delivery import trim_turns
+from ackbot.bot.policy import trim_turns
 from ackbot.bot.responder import PersonaResponder, Turn
 from ackbot.v1 import message_store_pb2 as pb
 

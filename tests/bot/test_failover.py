@@ -11,9 +11,11 @@ import logging
 import pytest
 
 from ackbot.bot.config import BotConfig
+from ackbot.bot.policy import Worker
 from ackbot.bot.responder import IncomingMessage
-from ackbot.bot.store_client import DeliveryStream, Outcome, StoreClient
-from ackbot.bot.worker import Worker
+from ackbot.client.outcomes import Outcome
+from ackbot.client.router import StoreClient
+from ackbot.client.streams import DeliveryStream
 from ackbot.v1 import message_store_pb2 as pb
 from ackbot.v1 import message_store_pb2_grpc as pb_grpc
 
@@ -40,7 +42,7 @@ def logged(caplog, text: str) -> bool:
 
 
 async def test_a_settle_goes_past_a_store_that_is_not_there(store, stub, channels, caplog):
-    caplog.set_level(logging.WARNING, logger="ackbot.bot")
+    caplog.set_level(logging.WARNING, logger="ackbot")
     dead = f"127.0.0.1:{closed_port()}"
     client = client_of(channels, dead, store.address)
     await create(stub, "m-1", "hello")
@@ -106,7 +108,7 @@ async def test_settling_calls_fail_over_from_a_stopped_store_to_a_live_one_of_it
     """MarkProcessed of a delivery the stopped store made, and ExtendLease and ReleaseMessage of a
     lease the live store holds, all sent first to the stopped store: each is done by the live
     one, since both keep their messages and leases in the one database."""
-    caplog.set_level(logging.WARNING, logger="ackbot.bot")
+    caplog.set_level(logging.WARNING, logger="ackbot")
     first = await start_store(db_url=postgres_url)
     second = await start_store(db_url=postgres_url)
     stub = pb_grpc.MessageStoreStub(channels(second.address))
@@ -181,7 +183,7 @@ async def test_the_worker_moves_its_stream_to_the_next_store_and_round_robin_bac
 ):
     """Separate files (the stream's move needs no shared database): a message is answered only
     by a bot streaming from the store it was created on, which shows where the stream is."""
-    caplog.set_level(logging.DEBUG, logger="ackbot.bot")
+    caplog.set_level(logging.DEBUG, logger="ackbot")
     first_db = f"sqlite+aiosqlite:///{tmp_path}/first.db"
     first = await start_store(db_url=first_db)
     second = await start_store()
@@ -213,7 +215,7 @@ async def test_the_worker_moves_its_stream_to_the_next_store_and_round_robin_bac
 
     # Health follows the stream: down only between one store's stream and the next.
     assert connection == [True, False, True, False, True, False]
-    lines = [r.getMessage() for r in caplog.records if r.name == "ackbot.bot.worker"]
+    lines = [r.getMessage() for r in caplog.records if r.name == "ackbot.client.consumer"]
     moves = [line for line in lines if line.startswith(("stream open to", "stream to"))]
     shutting_down = "(UNAVAILABLE: the store is shutting down; reconnect)"
     expected = [
@@ -231,7 +233,7 @@ async def test_the_worker_moves_its_stream_to_the_next_store_and_round_robin_bac
 async def test_a_worker_whose_first_store_is_down_streams_from_the_next_named_by_hostname(
     store, stub, caplog
 ):
-    caplog.set_level(logging.DEBUG, logger="ackbot.bot")
+    caplog.set_level(logging.DEBUG, logger="ackbot")
     dead = f"127.0.0.1:{closed_port()}"
     live = f"localhost:{store.port}"
     async with running(Worker(bot_config(f"{dead},{live}"), Answers())):

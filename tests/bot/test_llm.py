@@ -6,6 +6,7 @@ completion asked again with thinking off, RetryLater for 429/503, LLMError for t
 from __future__ import annotations
 
 import logging
+import re
 import time
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
@@ -26,10 +27,13 @@ from ackbot.bot.llm import (
     split_thinking,
 )
 from ackbot.bot.responder import (
+    Blame,
+    DependencyDown,
     EmptyCompletion,
     IncomingMessage,
     RetryLater,
     Turn,
+    blame,
     close_responder,
     create_responder,
 )
@@ -204,7 +208,7 @@ async def test_busy_with_retry_after_is_retry_later_with_the_delay(make, fake_ll
     with pytest.raises(RetryLater) as caught:
         await responder.reply(incoming("busy"))
     assert caught.value.delay_seconds == 600.0
-    assert caught.value.detail.startswith(f"HTTP {code}: ")
+    assert caught.value.detail.startswith(f"HTTP {code} from {fake_llm.url}/")
     assert len(fake_llm.requests) == 1
 
 
@@ -223,36 +227,45 @@ async def test_busy_without_retry_after_is_retry_later_without_a_delay(
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-async def test_a_server_error_is_a_failure(make, fake_llm, backend):
+async def test_a_server_error_is_a_suspect_failure_naming_the_url(make, fake_llm, backend):
     fake_llm.script("boom", Status(500, message="kaput"))
     responder = await make(backend)
-    with pytest.raises(LLMError, match="HTTP 500: kaput"):
+    with pytest.raises(LLMError, match=rf"HTTP 500 from {fake_llm.url}/\S+: kaput") as caught:
         await responder.reply(incoming("boom"))
+    assert blame(caught.value) is Blame.SUSPECT
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-async def test_a_stall_past_the_timeout_is_a_failure(make, fake_llm, backend):
+async def test_a_stall_past_the_timeout_is_a_suspect_failure(make, fake_llm, backend):
     fake_llm.script("slow", Stall(30))
     responder = await make(backend, llm_timeout_seconds=0.5)
     began = time.monotonic()
-    with pytest.raises(LLMError, match=r"no answer within 0\.5s"):
+    with pytest.raises(
+        LLMError, match=rf"no answer from {fake_llm.url}/\S+ within 0\.5s"
+    ) as caught:
         await responder.reply(incoming("slow"))
+    assert blame(caught.value) is Blame.SUSPECT
     assert time.monotonic() - began < 20, "the timeout cut the stall short"
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-async def test_a_cut_connection_is_a_failure(make, fake_llm, backend):
+async def test_a_cut_connection_is_a_suspect_failure(make, fake_llm, backend):
+    # Cut after the request was sent: the server may have died of this very message.
     fake_llm.script("cut", Cut())
     responder = await make(backend)
-    with pytest.raises(LLMError, match="connection failed"):
+    with pytest.raises(LLMError, match=f"connection to {fake_llm.url}/\\S+ failed") as caught:
         await responder.reply(incoming("cut"))
+    assert blame(caught.value) is Blame.SUSPECT
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-async def test_an_unreachable_server_is_a_failure(make, backend):
+async def test_an_unreachable_server_is_the_models_failure(make, backend):
     responder = await make(backend, llm_url="http://127.0.0.1:9/v1")
-    with pytest.raises(LLMError, match="connection failed"):
+    pattern = re.escape("cannot connect to http://127.0.0.1:9/v1/")
+    with pytest.raises(DependencyDown, match=pattern) as caught:
         await responder.reply(incoming())
+    assert caught.value.cause == "connect"
+    assert blame(caught.value) is Blame.DEPENDENCY
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

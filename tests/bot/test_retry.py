@@ -7,13 +7,10 @@ from datetime import UTC, datetime
 import grpc
 import pytest
 
-from ackbot.bot.delivery import failure_reason, to_incoming
-from ackbot.bot.store_client import (
-    CALL_TIMEOUT_SECONDS,
-    call_with_failover,
-    duration,
-    reply_limit,
-)
+from ackbot.bot.policy import to_incoming
+from ackbot.client.channels import duration, reply_limit
+from ackbot.client.delivery import failure_reason
+from ackbot.client.retry import CALL_TIMEOUT_SECONDS, call_with_failover
 from ackbot.common.backoff import RECONNECT_BACKOFF, Backoff, release_retry_after
 from ackbot.common.limits import DEFAULT_MAX_TEXT_BYTES, MAX_REASON_CHARS
 from ackbot.v1 import message_store_pb2 as pb

@@ -10,14 +10,9 @@ from collections.abc import AsyncIterator
 import grpc
 import pytest
 
-from ackbot.bot.store_client import (
-    CallResult,
-    ConsumeSession,
-    DeliveryStream,
-    Outcome,
-    StoreClient,
-    outcome_of,
-)
+from ackbot.client.outcomes import CallResult, Outcome, outcome_of
+from ackbot.client.router import StoreClient
+from ackbot.client.streams import ConsumeSession, DeliveryStream
 from ackbot.common.limits import DEFAULT_MAX_TEXT_BYTES
 from ackbot.v1 import message_store_pb2 as pb
 from ackbot.v1 import message_store_pb2_grpc as pb_grpc

@@ -13,9 +13,8 @@ import time
 import pytest
 
 from ackbot.bot.config import BotConfig
-from ackbot.bot.delivery import MIN_BUSY_RETRY_SECONDS
+from ackbot.bot.policy import MIN_BUSY_RETRY_SECONDS, Worker
 from ackbot.bot.responder import EmptyCompletion, IncomingMessage, PersonaResponder, RetryLater
-from ackbot.bot.worker import Worker
 from ackbot.common.limits import MAX_AUTHOR_CHARS
 from ackbot.v1 import message_store_pb2 as pb
 from ackbot.v1 import message_store_pb2_grpc as pb_grpc
@@ -270,7 +269,7 @@ async def test_graceful_stop_finishes_running_replies_and_hands_back_the_rest(
     an empty reason, which gives its attempt back."""
     caplog.set_level(logging.DEBUG, logger="ackbot.store")
     # Last: set_level also sets the capturing handler's level, and "received" lines are DEBUG.
-    caplog.set_level(logging.DEBUG, logger="ackbot.bot")
+    caplog.set_level(logging.DEBUG, logger="ackbot")
     for message_id in ("a", "b", "c"):
         await create(stub, message_id, f"message {message_id}")
     responder = Gated(["a", "b", "c"])
@@ -284,7 +283,7 @@ async def test_graceful_stop_finishes_running_replies_and_hands_back_the_rest(
     async with running(worker):
         await wait_event(responder.started["a"], what='"a" to start')
         await wait_event(responder.started["b"], what='"b" to start')
-        stopping = asyncio.create_task(worker.stop())
+        stopping = worker.stop()
         await wait_until(lambda: logged("stopping: 2 replies running"), what="the drain")
 
         responder.fail["b"].set()
@@ -402,7 +401,7 @@ async def test_a_redelivery_of_a_running_reply_joins_it(start_store, channels, t
     it hands the three messages out again, and each joins its running reply, which keeps and
     settles the new lease. The responder is asked once per message. The lease is short, so the
     keeper loses the old lease first and waits for the redelivery instead of giving up."""
-    caplog.set_level(logging.DEBUG, logger="ackbot.bot")
+    caplog.set_level(logging.DEBUG, logger="ackbot")
     lease = 2.0
     db_url = f"sqlite+aiosqlite:///{tmp_path}/joined.db"
     first = await start_store(db_url=db_url)

@@ -119,6 +119,13 @@ BOT = {
     "llm_thinking": ("--llm-thinking", "ACKBOT_BOT_LLM_THINKING", "off", "off"),
     "llm_context_turns": ("--llm-context-turns", "ACKBOT_BOT_LLM_CONTEXT_TURNS", "3", 3),
     "llm_context_chars": ("--llm-context-chars", "ACKBOT_BOT_LLM_CONTEXT_CHARS", "500", 500),
+    "model_failure_window": ("--model-failure-window", "ACKBOT_BOT_MODEL_FAILURE_WINDOW", "5", 5),
+    "model_probe_max_seconds": (
+        "--model-probe-max-seconds",
+        "ACKBOT_BOT_MODEL_PROBE_MAX_SECONDS",
+        "2",
+        2.0,
+    ),
     "on_stale": ("--on-stale", "ACKBOT_BOT_ON_STALE", "answer-each", "answer-each"),
     "llm_no_think_params": (
         "--llm-no-think-params",

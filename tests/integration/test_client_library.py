@@ -11,19 +11,20 @@ import sys
 import grpc
 import pytest
 
-from ackbot.bot.store_client import CHANNEL_OPTIONS
 from ackbot.client import (
     AlreadyExists,
     BatchSettings,
     Client,
     Consumer,
     ConsumerSettings,
+    Delivery,
     InvalidArgument,
     NotFound,
     PermissionDenied,
     Publisher,
     ResourceExhausted,
 )
+from ackbot.client.channels import CHANNEL_OPTIONS
 from ackbot.testing import Security, store_service, wait_until
 from ackbot.v1 import message_store_pb2 as pb
 
@@ -281,7 +282,7 @@ async def test_the_consumer_answers_fails_and_stops(recorded, stub):
     client, _ = recorded
     ids = [(await create(stub, text)).id for text in ("one", "two", "boom")]
 
-    async def handler(delivery: pb.Delivery) -> str | None:
+    async def handler(delivery: Delivery) -> str | None:
         if delivery.message.text == "boom":
             raise RuntimeError("cannot answer boom")
         if delivery.message.text == "two":
@@ -302,7 +303,7 @@ async def test_the_consumer_answers_fails_and_stops(recorded, stub):
 
         await wait_until(settled, WITHIN, what="the consumer settled all three")
     finally:
-        consumer.stop()
+        await consumer.stop()
         await asyncio.wait_for(running, WITHIN)
     one, two, boom = [await get(stub, message_id) for message_id in ids]
     reply = await get(stub, one.reply_id)
@@ -339,7 +340,7 @@ async def test_the_consumer_keeps_the_lease_and_stops_after_its_grace_period(rec
     stuck_id = (await create(stub, "stuck")).id
     release_slow = asyncio.Event()
 
-    async def handler(delivery: pb.Delivery) -> str | None:
+    async def handler(delivery: Delivery) -> str | None:
         if delivery.message.text == "slow":
             await release_slow.wait()
             return "done at last"
@@ -365,7 +366,7 @@ async def test_the_consumer_keeps_the_lease_and_stops_after_its_grace_period(rec
             lambda: _state_is(stub, slow_id, pb.MESSAGE_STATE_PROCESSED), WITHIN, what="slow done"
         )
     finally:
-        consumer.stop()
+        await consumer.stop()
         await asyncio.wait_for(running, WITHIN)
     stuck = await get(stub, stuck_id)
     # Cancelled after the grace period and handed back by the stream's close: pending again,
@@ -391,7 +392,7 @@ async def test_a_reply_finished_after_stop_is_stored_without_wasting_a_delivery(
     second_id = (await create(stub, "second")).id
     started, finish = asyncio.Event(), asyncio.Event()
 
-    async def handler(delivery: pb.Delivery) -> str | None:
+    async def handler(delivery: Delivery) -> str | None:
         started.set()
         await finish.wait()
         return f"re: {delivery.message.text}"
@@ -399,8 +400,9 @@ async def test_a_reply_finished_after_stop_is_stored_without_wasting_a_delivery(
     consumer = Consumer(client, handler, ConsumerSettings(max_in_flight=1, grace_seconds=WITHIN))
     running = asyncio.create_task(consumer.run())
     await asyncio.wait_for(started.wait(), WITHIN)
-    consumer.stop()
+    stopping = consumer.stop()
     finish.set()  # within the grace period
+    await asyncio.wait_for(stopping, WITHIN)
     await asyncio.wait_for(running, WITHIN)
     assert (await get(stub, first_id)).state == pb.MESSAGE_STATE_PROCESSED
     # The mark waited for the stream's close, so its freed slot was never filled.

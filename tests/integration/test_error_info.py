@@ -12,7 +12,7 @@ from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
 from ackbot.store.errors import ERROR_DOMAIN, StorageFull
-from ackbot.store.servicer import _status_for
+from ackbot.store.grpc_errors import status_for
 from ackbot.testing import RPC_TIMEOUT, wait_until
 from ackbot.v1 import message_store_pb2 as pb
 from ackbot.v1 import message_store_pb2_grpc as pb_grpc
@@ -148,7 +148,7 @@ async def test_a_stream_ended_by_shutdown_says_shutting_down(store, stub):
 
 def test_a_full_database_is_storage_full():
     # Filling a disk is out of reach of a test; the mapping is what a full database meets.
-    status = _status_for(StorageFull())
+    status = status_for(StorageFull())
     assert status.code == grpc.StatusCode.RESOURCE_EXHAUSTED.value[0]
     [detail] = status.details
     info = error_details_pb2.ErrorInfo()

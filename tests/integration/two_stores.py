@@ -20,7 +20,7 @@ from pathlib import Path
 
 import grpc
 
-from ackbot.bot.store_client import is_retryable
+from ackbot.client.outcomes import is_retryable
 from ackbot.testing import RPC_TIMEOUT, Service, bot_service, store_service
 from ackbot.v1 import message_store_pb2 as pb
 from ackbot.v1 import message_store_pb2_grpc as pb_grpc

@@ -15,6 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.util import await_only
 
 from ackbot.store.database import Database, create_engine
+from ackbot.store.migrations import upgrade_to_head
 from ackbot.store.repository import MessageRepository
 from tests.integration.postgres import process_database, requires_postgres
 
@@ -188,7 +189,7 @@ def _repository_maker(engine: AsyncEngine, clock: FakeClock) -> MakeRepository:
             Database(engine), max_attempts=max_attempts, clock_ns=clock_ns, store_id=store_id
         )
         if not created:
-            await repository.create_schema()
+            await upgrade_to_head(repository.database)
             created = True
         return repository
 

@@ -11,8 +11,10 @@ from sqlalchemy import func, select
 
 from ackbot.store.database import Database, create_engine
 from ackbot.store.errors import AlreadyExists
+from ackbot.store.migrations import upgrade_to_head
 from ackbot.store.models import MessageRow, State
-from ackbot.store.repository import MessageRepository, NewMessage
+from ackbot.store.repository import MessageRepository
+from ackbot.store.types import NewMessage
 
 from .conftest import SECOND_NS
 
@@ -137,7 +139,7 @@ async def test_two_repositories_on_one_sqlite_file_do_not_fail_each_other(tmp_pa
     engines = [create_engine(url), create_engine(url)]
     repos = [MessageRepository(Database(e), clock_ns=time.time_ns) for e in engines]
     try:
-        await repos[0].create_schema()
+        await upgrade_to_head(repos[0].database)
 
         async def writer(repository: MessageRepository, name: str) -> None:
             for i in range(30):

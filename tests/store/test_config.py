@@ -187,3 +187,47 @@ def test_a_store_is_not_dead_after_less_than_two_heartbeats(argv, env, capsys):
     assert caught.value.code == 2
     err = capsys.readouterr().err
     assert "argument --dead-after-seconds: must be at least twice --heartbeat-seconds" in err
+
+
+def test_the_postgres_session_bounds_follow_dead_after_unless_set():
+    defaults = load_config([], {})
+    assert (
+        defaults.idle_in_transaction_seconds,
+        defaults.statement_timeout_seconds,
+        defaults.keepalive_seconds,
+    ) == (3.0, 30.0, 3.0)
+    slow = load_config(["--dead-after-seconds=10"], {})
+    assert (
+        slow.idle_in_transaction_seconds,
+        slow.statement_timeout_seconds,
+        slow.keepalive_seconds,
+    ) == (10.0, 100.0, 10.0)
+    config = load_config(
+        [
+            "--db-idle-in-transaction-seconds=1.5",
+            "--db-statement-timeout-seconds=60",
+            "--db-keepalive-seconds=20",
+        ],
+        {},
+    )
+    assert (
+        config.idle_in_transaction_seconds,
+        config.statement_timeout_seconds,
+        config.keepalive_seconds,
+    ) == (1.5, 60.0, 20.0)
+
+
+@pytest.mark.parametrize(
+    "flag",
+    [
+        "--db-idle-in-transaction-seconds",
+        "--db-statement-timeout-seconds",
+        "--db-keepalive-seconds",
+    ],
+)
+def test_a_session_bound_of_zero_exits_2_naming_the_flag(flag, capsys):
+    # Zero means "no bound" to PostgreSQL: the very hang these settings exist to prevent.
+    with pytest.raises(SystemExit) as caught:
+        load_config([f"{flag}=0"], {})
+    assert caught.value.code == 2
+    assert f"argument {flag}" in capsys.readouterr().err

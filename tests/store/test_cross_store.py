@@ -23,7 +23,8 @@ from ackbot.store.database import WORK_CHANNEL, Database
 from ackbot.store.listener import APPLICATION_NAME, WorkListener
 from ackbot.store.manager import MessageManager
 from ackbot.store.models import State
-from ackbot.store.repository import Delivery, Lease, MessageRepository, NewMessage
+from ackbot.store.repository import MessageRepository
+from ackbot.store.types import Delivery, Lease, NewMessage
 from ackbot.testing import wait_until
 from tests.integration.postgres import requires_postgres
 

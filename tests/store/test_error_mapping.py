@@ -12,7 +12,7 @@ from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
 from ackbot.store.errors import FieldViolation, InvalidArgument, NotFound, StorageUnavailable
-from ackbot.store.servicer import maps_errors
+from ackbot.store.grpc_errors import maps_errors
 from ackbot.v1 import message_store_pb2 as pb
 from ackbot.v1 import message_store_pb2_grpc as pb_grpc
 
@@ -60,7 +60,7 @@ async def call_get(stub, message_id):
 
 
 async def test_an_unexpected_error_is_internal_without_details_and_logged(stub, caplog):
-    with caplog.at_level(logging.ERROR, logger="ackbot.store.servicer"):
+    with caplog.at_level(logging.ERROR, logger="ackbot.store.grpc_errors"):
         error = await call_get(stub, "bug")
     assert error.code() == grpc.StatusCode.INTERNAL
     assert SECRET not in error.details()
@@ -101,7 +101,7 @@ async def test_invalid_argument_carries_bad_request_details(stub):
 
 async def test_an_error_in_the_middle_of_a_stream_is_internal_without_details(stub, caplog):
     call = stub.StreamUnprocessed(pb.StreamUnprocessedRequest(), timeout=5)
-    with caplog.at_level(logging.ERROR, logger="ackbot.store.servicer"):
+    with caplog.at_level(logging.ERROR, logger="ackbot.store.grpc_errors"):
         first = await call.read()
         assert list(first.deliveries) == []
         with pytest.raises(grpc.aio.AioRpcError) as caught:

@@ -20,7 +20,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from ackbot.store.database import Database
 from ackbot.store.errors import StorageUnavailable
-from ackbot.store.repository import MessageRepository, NewMessage, StoredMessage
+from ackbot.store.repository import MessageRepository
+from ackbot.store.types import NewMessage, StoredMessage
 from ackbot.testing import wait_until
 
 from .conftest import SECOND_NS, FakeClock, Gate, MakeRepository
@@ -38,7 +39,7 @@ class HeldOpen:
     def __init__(self, repository: MessageRepository) -> None:
         self._gate = Gate()
         self.inserted = self._gate.reached
-        insert = repository._insert_new
+        insert = repository._messages._insert_new
         held = False
 
         def insert_then_wait(tx: Any, rows: list[dict[str, Any]]) -> dict[str, int]:
@@ -49,7 +50,7 @@ class HeldOpen:
                 self._gate.wait_here()
             return sequences
 
-        repository._insert_new = insert_then_wait  # type: ignore[method-assign]
+        repository._messages._insert_new = insert_then_wait  # type: ignore[method-assign]
 
     def let_commit(self) -> None:
         self._gate.open()

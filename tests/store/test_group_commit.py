@@ -15,7 +15,7 @@ import pytest
 from ackbot.store.errors import AlreadyExists, NotFound, StorageUnavailable, StoreError
 from ackbot.store.group_commit import GroupCommitter
 from ackbot.store.models import State
-from ackbot.store.repository import NewMessage
+from ackbot.store.types import NewMessage
 
 from .conftest import count_events
 

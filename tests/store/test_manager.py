@@ -16,7 +16,8 @@ import pytest
 from ackbot.store.errors import FailedPrecondition, StorageUnavailable
 from ackbot.store.manager import DeliveryStream, MessageManager
 from ackbot.store.models import State
-from ackbot.store.repository import Delivery, MessageRepository, NewMessage
+from ackbot.store.repository import MessageRepository
+from ackbot.store.types import Delivery, NewMessage
 from ackbot.testing import wait_until
 
 from .conftest import SECOND_NS, START_NS, FakeClock, Gate, count_events
@@ -97,13 +98,13 @@ def hold_claims_open(repo: MessageRepository) -> Gate:
     """Makes every claim wait inside its transaction until the test opens the gate; its
     `reached` is set once one does."""
     gate = Gate()
-    claim_rows = repo._claim
+    claim_rows = repo._leases.claim
 
     def claim_held_open(tx, claim):
         gate.wait_here()
         return claim_rows(tx, claim)
 
-    repo._claim = claim_held_open
+    repo._leases.claim = claim_held_open  # type: ignore[method-assign]
     return gate
 
 

@@ -33,7 +33,8 @@ from ackbot.store import migrations
 from ackbot.store.database import Database, create_engine
 from ackbot.store.errors import SchemaTooNew
 from ackbot.store.models import Base
-from ackbot.store.repository import MessageRepository, NewMessage
+from ackbot.store.repository import MessageRepository
+from ackbot.store.types import NewMessage
 
 from .conftest import FakeClock
 
@@ -159,7 +160,7 @@ def make_repo(engine: AsyncEngine, clock: FakeClock) -> MessageRepository:
 
 
 async def test_a_new_database_gets_head(engine, clock):
-    await make_repo(engine, clock).create_schema()
+    await migrations.upgrade_to_head(make_repo(engine, clock).database)
 
     assert await version(engine) == [HEAD]
     async with engine.connect() as connection:
@@ -233,12 +234,12 @@ async def test_a_database_made_before_migrations_is_adopted_and_keeps_its_messag
 
 async def test_a_database_of_a_newer_ackbot_is_refused_with_its_revision(engine, clock):
     repository = make_repo(engine, clock)
-    await repository.create_schema()
+    await migrations.upgrade_to_head(repository.database)
     async with engine.begin() as connection:
         await connection.execute(text("UPDATE alembic_version SET version_num = '9999_future'"))
 
     with pytest.raises(SchemaTooNew) as refused:
-        await repository.create_schema()
+        await migrations.upgrade_to_head(repository.database)
 
     assert "revision 9999_future" in str(refused.value)
     assert f"its newest is {HEAD}" in str(refused.value)

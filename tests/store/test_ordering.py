@@ -8,7 +8,8 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from ackbot.store.repository import MessageRepository, NewMessage
+from ackbot.store.repository import MessageRepository
+from ackbot.store.types import NewMessage
 
 from .conftest import SECOND_NS, FakeClock, Gate, MakeRepository
 
@@ -86,14 +87,14 @@ async def test_another_store_never_leases_the_next_message_while_the_first_is_be
     await post(store_a, "c2", "c")
     await post(store_a, "n1", None)
     gate = Gate()
-    claim = store_a._claim
+    claim = store_a._leases.claim
 
     def claim_then_wait(tx: Any, request: Any) -> Any:
         deliveries = claim(tx, request)
         gate.wait_here()
         return deliveries
 
-    store_a._claim = claim_then_wait  # type: ignore[method-assign]
+    store_a._leases.claim = claim_then_wait  # type: ignore[method-assign]
     a_claim = asyncio.create_task(store_a.claim(1, LEASE_NS))
     try:
         async with asyncio.timeout(10):

@@ -11,15 +11,20 @@ import contextlib
 import time
 from collections.abc import AsyncIterator
 
+import asyncpg
 import pytest
 from sqlalchemy import select, text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from ackbot.store.database import Database
+from ackbot.store.database import Database, store_application_name
+from ackbot.store.migrations import upgrade_to_head
 from ackbot.store.models import MessageRow, State
 from ackbot.store.registry import StoreRegistry
-from ackbot.store.repository import Lease, MessageRepository, NewMessage
+from ackbot.store.repository import MessageRepository
+from ackbot.store.tables.transaction import INSERT_TURN_KEY
+from ackbot.store.types import Lease, NewMessage
 from ackbot.testing import wait_until
+from tests.integration.postgres import asyncpg_dsn
 
 from .conftest import SECOND_NS, FakeClock
 
@@ -108,7 +113,7 @@ async def make_pg_repo(postgres_engine: AsyncEngine, clock: FakeClock):
             store_id=store_id,
         )
         if not repositories:
-            await repository.create_schema()
+            await upgrade_to_head(repository.database)
         repositories.append(repository)
         return repository
 
@@ -453,3 +458,50 @@ async def test_a_registry_whose_session_breaks_makes_a_new_one_and_records_it(
     await wait_until(recorded_again, within=10, what="the new session recorded")
     assert not registry.declared_dead
     assert events == {}
+
+
+async def test_a_registry_ends_the_sessions_of_a_store_it_finds_dead_and_no_others(
+    postgres_engine, make_pg_repo, start_registry, caplog
+):
+    dsn = asyncpg_dsn(postgres_engine.url.render_as_string(hide_password=False))
+    # A stalled store, silent for long: one of its sessions sits inside an inserting
+    # transaction, holding the insert turn that every store's inserts wait for.
+    await make_pg_repo("stalled")  # the schema
+    await register_without_session(postgres_engine, "stalled")
+    stalled = await asyncpg.connect(
+        dsn, server_settings={"application_name": store_application_name("stalled")}
+    )
+    bystander = await asyncpg.connect(
+        dsn, server_settings={"application_name": store_application_name("alive")}
+    )
+    try:
+        inside = stalled.transaction()
+        await inside.start()
+        await stalled.execute("SELECT pg_advisory_xact_lock($1)", INSERT_TURN_KEY)
+
+        registry = await start_registry("watcher", {})
+
+        async def stalled_session_ended() -> bool:
+            return stalled.is_closed() or not await _answers(stalled)
+
+        await wait_until(stalled_session_ended, within=10, what="the stalled store's session ended")
+        # The turn is free: the watcher's own inserts go on at once.
+        watcher = await make_pg_repo("watcher-writes", clock_ns=time.time_ns)
+        await asyncio.wait_for(watcher.create_message(NewMessage(author="a", text="t")), 5)
+        assert await _answers(bystander), "a store that is not dead keeps its sessions"
+
+        async def reaped() -> bool:
+            return await registered(postgres_engine) == {registry.store_id}
+
+        await wait_until(reaped, within=10, what="the stalled store's registration deleted")
+        assert "of dead store=stalled" in caplog.text
+    finally:
+        for connection in (stalled, bystander):
+            connection.terminate()
+
+
+async def _answers(connection: asyncpg.Connection) -> bool:
+    try:
+        return await connection.fetchval("SELECT 1") == 1
+    except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError):
+        return False

@@ -14,14 +14,10 @@ from sqlalchemy import func, insert, select
 from ackbot.store.database import Database, create_engine
 from ackbot.store.errors import AlreadyExists, FailedPrecondition, NotFound, StorageUnavailable
 from ackbot.store.ids import _ALPHABET
+from ackbot.store.migrations import upgrade_to_head
 from ackbot.store.models import MessageRow, State
-from ackbot.store.repository import (
-    Delivery,
-    Lease,
-    MessageRepository,
-    NewMessage,
-    StoredMessage,
-)
+from ackbot.store.repository import MessageRepository
+from ackbot.store.types import Delivery, Lease, NewMessage, StoredMessage
 from ackbot.store.validation import ID_PATTERN
 
 from .conftest import SECOND_NS
@@ -710,7 +706,7 @@ async def test_the_database_allows_one_reply_per_message(repo, clock):
 
 async def test_create_schema_twice_is_harmless(repo):
     await create(repo, "kept", id="m1")
-    await repo.create_schema()
+    await upgrade_to_head(repo.database)
     assert (await repo.get_message("m1")).text == "kept"
 
 
@@ -723,7 +719,7 @@ async def test_an_unusable_sqlite_database_is_storage_unavailable(tmp_path):
     repository = MessageRepository(Database(engine))
     try:
         with pytest.raises(StorageUnavailable):
-            await repository.create_schema()
+            await upgrade_to_head(repository.database)
     finally:
         await repository.dispose()
 
@@ -737,7 +733,7 @@ async def test_a_database_of_the_old_layout_is_refused_with_what_to_do(tmp_path)
     repository = MessageRepository(Database(engine))
     try:
         with pytest.raises(StorageUnavailable, match="older ackbot"):
-            await repository.create_schema()
+            await upgrade_to_head(repository.database)
     finally:
         await repository.dispose()
 

@@ -5,14 +5,15 @@ from __future__ import annotations
 import asyncio
 import time
 
-from ackbot.store.repository import Lease
-from ackbot.store.stream_board import StreamBoard, StreamState
+from ackbot.store.stream import Stream
+from ackbot.store.stream_board import StreamBoard
+from ackbot.store.types import Lease
 
 from .conftest import SECOND_NS, FakeClock
 
 
-def stream(name: str = "bot", max_in_flight: int = 3) -> StreamState:
-    return StreamState(consumer=name, max_in_flight=max_in_flight, lease_ns=SECOND_NS)
+def stream(name: str = "bot", max_in_flight: int = 3) -> Stream:
+    return Stream(consumer=name, max_in_flight=max_in_flight, lease_ns=SECOND_NS)
 
 
 async def test_a_lapsed_lease_keeps_its_slot_until_the_client_answers_for_it():

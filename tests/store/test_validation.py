@@ -5,10 +5,15 @@ from __future__ import annotations
 import math
 
 import pytest
+from google.protobuf.duration_pb2 import Duration
 
 from ackbot.common.limits import Limits
 from ackbot.store import validation as rules
+from ackbot.store.config import StoreConfig
 from ackbot.store.errors import FieldViolation, InvalidArgument
+from ackbot.store.mapping import encode_page_token
+from ackbot.store.types import NewMessage
+from ackbot.v1 import message_store_pb2 as pb
 
 LIMITS = Limits()
 
@@ -227,3 +232,79 @@ def test_the_control_character_rule_is_unicode_categories_cc_and_cs_over_every_c
         allowed_in_text = char in "\t\n\r"
         in_text = first_forbidden_char(char, allow_newlines=True) == char
         assert in_text == (forbidden and not allowed_in_text), hex(code_point)
+
+
+# -- whole requests ---------------------------------------------------------------------------
+
+CONFIG = StoreConfig()
+
+
+def refused(call, *args) -> list[FieldViolation]:
+    with pytest.raises(InvalidArgument) as caught:
+        call(*args)
+    return caught.value.violations
+
+
+def test_a_list_query_caps_its_page_and_reads_a_token_for_its_order():
+    query = rules.list_query(pb.ListMessagesRequest(page_size=10**6), CONFIG)
+    assert query.limit == LIMITS.max_page_size
+
+    token = encode_page_token(40, "sequence desc")
+    newest_first = rules.list_query(
+        pb.ListMessagesRequest(order_by=" Sequence  DESC ", page_token=token), CONFIG
+    )
+    assert (newest_first.newest_first, newest_first.before_sequence) == (True, 40)
+
+    [violation] = refused(rules.list_query, pb.ListMessagesRequest(page_token=token), CONFIG)
+    assert violation.field == "page_token"
+
+
+def test_a_list_query_names_every_broken_rule():
+    request = pb.ListMessagesRequest(page_size=-1, after_sequence=-1, order_by="id", state=99)
+    fields = [v.field for v in refused(rules.list_query, request, CONFIG)]
+    assert fields == ["page_size", "after_sequence", "order_by", "state"]
+
+
+def test_a_bad_batch_item_is_answered_in_its_place():
+    request = pb.BatchCreateMessagesRequest(
+        requests=[
+            pb.CreateMessageRequest(message=pb.Message(author="a", text="fine")),
+            pb.CreateMessageRequest(message=pb.Message(author="a", text="")),
+        ]
+    )
+    good, bad = rules.batch_create(request, LIMITS)
+    assert isinstance(good, NewMessage)
+    assert good.text == "fine"
+    assert isinstance(bad, InvalidArgument)
+    assert [v.field for v in bad.violations] == ["requests[1].message.text"]
+
+    [violation] = refused(rules.batch_create, pb.BatchCreateMessagesRequest(), LIMITS)
+    assert violation.field == "requests"
+
+
+def test_a_consume_session_opens_with_open_and_a_window_in_range():
+    [violation] = refused(rules.consume_open, pb.ConsumeRequest(), CONFIG)
+    assert (violation.field, violation.description) == ("open", "is required in the first request")
+
+    request = pb.ConsumeRequest(
+        open=pb.StreamUnprocessedRequest(
+            max_in_flight=LIMITS.max_in_flight + 1, lease_duration=Duration(seconds=0)
+        ),
+        max_in_flight=-1,
+    )
+    fields = [v.field for v in refused(rules.consume_open, request, CONFIG)]
+    assert fields == ["open.max_in_flight", "open.lease_duration", "max_in_flight"]
+
+    options = rules.consume_open(pb.ConsumeRequest(open=pb.StreamUnprocessedRequest()), CONFIG)
+    assert options.max_in_flight == CONFIG.default_max_in_flight
+    assert options.lease_ns == int(CONFIG.default_lease_seconds * 1e9)
+
+
+def test_a_release_needs_its_token_and_an_extension_its_duration():
+    fields = [v.field for v in refused(rules.release, pb.ReleaseMessageRequest(id="m1"), LIMITS)]
+    assert fields == ["lease_token"]
+    request = pb.ExtendLeaseRequest(id="m1", lease_token="t")
+    [violation] = refused(rules.extend_lease, request, LIMITS)
+    assert (violation.field, violation.description) == ("lease_duration", "is required")
+    request.lease_duration.FromSeconds(30)
+    assert rules.extend_lease(request, LIMITS) == 30 * 10**9

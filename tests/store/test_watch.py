@@ -12,7 +12,7 @@ from ackbot.store import watch as watch_module
 from ackbot.store.errors import WatchFellBehind
 from ackbot.store.manager import MessageManager
 from ackbot.store.models import State
-from ackbot.store.repository import NewMessage
+from ackbot.store.types import NewMessage
 from ackbot.store.watch import EventType, WatchEvent
 
 from .test_manager import DEADLINE, LEASE_NS, Consumer, create

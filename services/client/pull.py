@@ -1,0 +1,204 @@
+"""The stream side of a Consumer (the Pub/Sub subscriber's StreamingPullManager): one stream
+at a time, opened again whenever it breaks, on the next store of the list after a reconnect
+backoff that grows across stores (retry.py has the rule). Each stream is a generation: a
+delivery remembers the one that brought it, since when that stream ends the store has taken
+its leases back.
+
+A Consume session where the store has it; a store that answers Consume with UNIMPLEMENTED
+(older than it) gets a StreamUnprocessed stream at once and from then on (consumer.py says why
+the fallback is kept). `drain()` tells the live session to send nothing more; `reopen()` leaves
+a drained session (it stays open for the deliveries it still holds, `retire`) for a new one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable
+
+import grpc
+
+from ackbot.client.router import StoreClient
+from ackbot.client.streams import ConsumeSession, DeliveryStream
+from ackbot.common.backoff import RECONNECT_BACKOFF
+from ackbot.v1 import message_store_pb2 as pb
+
+log = logging.getLogger("ackbot.client.consumer")  # one logger for the consumer's story
+
+
+class StreamPull:
+    """Runs the stream until `stop` is set, handing each delivery to `accept(delivery,
+    generation)`; awaits `up(stream, generation)` when a stream opens and `down(generation)`
+    when it ended; `retire(session, generation)` takes over a drained session left for a new
+    one."""
+
+    def __init__(
+        self,
+        store: StoreClient,
+        *,
+        consumer: str,
+        max_in_flight: int,
+        lease_seconds: float,
+        consume: bool,
+        stop: asyncio.Event,
+        accept: Callable[[pb.Delivery, int], None],
+        up: Callable[[DeliveryStream, int], Awaitable[None]],
+        down: Callable[[int], Awaitable[None]],
+        retire: Callable[[ConsumeSession, int], None],
+    ) -> None:
+        self._store = store
+        self._consumer = consumer
+        self._max_in_flight = max_in_flight
+        self._lease_seconds = lease_seconds
+        self._consume = consume
+        self._stop = stop
+        self._accept = accept
+        self._up = up
+        self._down = down
+        self._retire = retire
+        self._generation = 0
+        # The generation of the open stream; None between streams.
+        self.live_generation: int | None = None
+        # The generation whose session was told to send nothing more.
+        self.drained_generation: int | None = None
+        self._stream: DeliveryStream | None = None
+        self._reopen = asyncio.Event()
+
+    def live_session(self) -> ConsumeSession | None:
+        """The open Consume session, if the live stream is one."""
+        stream = self._stream
+        if isinstance(stream, ConsumeSession) and self.live_generation == self._generation:
+            return stream
+        return None
+
+    def drain(self) -> bool:
+        """Tells the live session to send nothing more (once); False when there is no session
+        to tell (no stream, or a StreamUnprocessed one)."""
+        session = self.live_session()
+        if session is None:
+            return False
+        if self.drained_generation != self._generation:
+            session.drain()
+            self.drained_generation = self._generation
+        return True
+
+    def reopen(self) -> None:
+        """Leaves a drained live session for a new one (on resume); a no-op otherwise."""
+        if self.drained_generation is not None and self.drained_generation == (
+            self.live_generation
+        ):
+            self._reopen.set()
+
+    def close(self) -> None:
+        # Last of all: closing the stream makes the store release every lease it still holds.
+        if self._stream is not None:
+            self._stream.cancel()
+            self._stream = None
+
+    def _open(self, store: int) -> DeliveryStream:
+        use_session = self._consume and self._store.has_consume(store)
+        open_stream = self._store.session if use_session else self._store.stream
+        return open_stream(
+            store=store,
+            consumer=self._consumer,
+            max_in_flight=self._max_in_flight,
+            lease_seconds=self._lease_seconds,
+        )
+
+    async def run(self) -> None:
+        stores = self._store.addresses
+        store = 0
+        retry = 0
+        while not self._stop.is_set():
+            self._generation += 1
+            generation = self._generation
+            self._reopen.clear()
+            self._stream = stream = self._open(store)
+            was_up = False
+            retiring = False
+            try:
+                opened = await stream.wait_open()
+                if (
+                    not opened
+                    and isinstance(stream, ConsumeSession)
+                    and stream.end_code is grpc.StatusCode.UNIMPLEMENTED
+                ):
+                    log.info(
+                        "store %s has no Consume; streaming with StreamUnprocessed and "
+                        "settling by unary calls",
+                        stream.address,
+                    )
+                    self._store.lacks_consume(store)
+                    continue
+                if opened:
+                    was_up = True
+                    retry = 0
+                    self.live_generation = generation
+                    await self._up(stream, generation)
+                    log.info(
+                        "stream open to %s as consumer %s (%s)",
+                        stream.address,
+                        self._consumer,
+                        "Consume" if isinstance(stream, ConsumeSession) else "StreamUnprocessed",
+                    )
+                retiring = await self._read(stream, generation)
+            finally:
+                if self._stream is stream:
+                    self._stream = None
+                if retiring and isinstance(stream, ConsumeSession):
+                    self._retire(stream, generation)
+                else:
+                    stream.cancel()
+            if retiring:
+                continue  # resumed: a new session on the same store, at once
+            problem = stream.end_reason
+            if self.live_generation == generation:
+                self.live_generation = None
+            await self._down(generation)
+            if self._stop.is_set():
+                break
+            # The backoff grows across stores too: when every store is down, each is tried no
+            # more often than one reconnect pause times the number of stores.
+            pause = RECONNECT_BACKOFF.delay(retry)
+            retry += 1
+            store = (store + 1) % len(stores)
+            if was_up:
+                log.warning(
+                    "stream to %s broke (%s); reconnecting to %s in %.2fs",
+                    stream.address,
+                    problem,
+                    stores[store],
+                    pause,
+                )
+            else:
+                log.warning(
+                    "store %s unavailable (%s); retry %d on %s in %.2fs",
+                    stream.address,
+                    problem,
+                    retry,
+                    stores[store],
+                    pause,
+                )
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stop.wait(), pause)
+
+    async def _read(self, stream: DeliveryStream, generation: int) -> bool:
+        """Accepts the stream's deliveries until it ends; True when it was left for a new
+        session on resume (it stays open for what it still holds)."""
+        reopen = asyncio.create_task(self._reopen.wait())
+
+        def detach(task: asyncio.Task[bool]) -> None:
+            if task.cancelled() or self._stop.is_set():
+                return
+            if isinstance(stream, ConsumeSession):
+                stream.detach()
+
+        reopen.add_done_callback(detach)
+        try:
+            async for deliveries in stream:
+                for delivery in deliveries:
+                    self._accept(delivery, generation)
+        finally:
+            reopen.cancel()
+        return self._reopen.is_set() and not self._stop.is_set()
