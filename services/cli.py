@@ -144,6 +144,8 @@ def format_message_details(message: pb.Message) -> str:
         rows.append(("reply to", message.reply_to))
     if message.reply_id:
         rows.append(("reply id", message.reply_id))
+    if message.conversation_id:
+        rows.append(("conversation", message.conversation_id))
     rows.append(("attempts", str(message.delivery_attempts)))
     if message.last_error:
         rows.append(("last error", one_line(message.last_error)))
@@ -233,6 +235,12 @@ def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
         "--id", default="", help="the message id; the store assigns one when left out"
     )
     post.add_argument(
+        "--conversation",
+        default="",
+        metavar="ID",
+        help="the conversation (thread) it belongs to: delivered in order, read as context",
+    )
+    post.add_argument(
         "--create-time-ms",
         type=int_in(MIN_CREATE_TIME_MS, MAX_CREATE_TIME_MS),
         default=None,
@@ -263,6 +271,9 @@ def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
     )
     listing.add_argument("--state", choices=sorted(STATES), help="only messages in this state")
     listing.add_argument("--reply-to", default="", metavar="ID", help="only the replies to ID")
+    listing.add_argument(
+        "--conversation", default="", metavar="ID", help="only the messages of conversation ID"
+    )
     listing.add_argument(
         "--limit", type=int_in(1), default=None, metavar="N", help="stop after N messages"
     )
@@ -384,6 +395,7 @@ def cmd_post(stub: pb_grpc.MessageStoreStub, args: argparse.Namespace, out: Text
         author=args.author,
         text=read_text(args.text, sys.stdin, args.max_text_bytes),
         create_time=timestamp_from_ms(create_ms),
+        conversation_id=args.conversation,
     )
     request = pb.CreateMessageRequest(message=message)
     response = stub.CreateMessage(request, timeout=CALL_TIMEOUT_SECONDS)
@@ -436,6 +448,7 @@ def cmd_list(stub: pb_grpc.MessageStoreStub, args: argparse.Namespace, out: Text
         stub,
         state=state,
         reply_to=args.reply_to,
+        conversation_id=args.conversation,
         limit=args.limit,
         newest_first=args.newest_first,
     )

@@ -137,6 +137,7 @@ class Publisher:
         author: str,
         id: str = "",
         create_time_ns: int | None = None,
+        conversation_id: str = "",
     ) -> asyncio.Future[pb.CreateMessageResponse]:
         """Queues a create; the future resolves to CreateMessage's response for it (the stored
         message, and `already_existed`), or raises its StoreError. The id is chosen here when
@@ -144,7 +145,13 @@ class Publisher:
         if self._closed:
             raise RuntimeError("the publisher is closed")
         request = pb.CreateMessageRequest(
-            message=message(text, author=author, id=id, create_time_ns=create_time_ns)
+            message=message(
+                text,
+                author=author,
+                id=id,
+                create_time_ns=create_time_ns,
+                conversation_id=conversation_id,
+            )
         )
         size = _item_size(request)
         problem = self._over_limit(size)
