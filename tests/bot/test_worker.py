@@ -184,12 +184,14 @@ async def test_a_reply_over_the_stores_text_limit_is_cut_to_it(start_store, chan
     store = await start_store(max_text_bytes=100)
     stub = pb_grpc.MessageStoreStub(channels(store.address))
     await create(stub, "m-1", "hello")
-    # 160 bytes of UTF-8, two bytes a character: cut on a character boundary to 100.
+    # 160 bytes of UTF-8, two bytes a character: cut on a character boundary, then marked as
+    # cut ("…", three bytes), within 100.
     async with running(Worker(bot_config(store), Answers("é" * 80))):
         processed = await wait_state(stub, "m-1", pb.MESSAGE_STATE_PROCESSED)
     assert processed.delivery_attempts == 1
     [reply] = await replies_to(stub, "m-1")
-    assert reply.text == "é" * 50
+    assert reply.text == "é" * 48 + "…"
+    assert len(reply.text.encode()) <= 100
 
 
 async def test_a_reply_the_store_rejects_is_released_with_the_stores_reason(start_store, channels):

@@ -90,6 +90,24 @@ STORE = {
         True,
     ),
     "no_migrate": ("--no-migrate", "ACKBOT_STORE_NO_MIGRATE", "yes", True),
+    "db_idle_in_transaction_seconds": (
+        "--db-idle-in-transaction-seconds",
+        "ACKBOT_STORE_DB_IDLE_IN_TRANSACTION_SECONDS",
+        "4",
+        4.0,
+    ),
+    "db_statement_timeout_seconds": (
+        "--db-statement-timeout-seconds",
+        "ACKBOT_STORE_DB_STATEMENT_TIMEOUT_SECONDS",
+        "40",
+        40.0,
+    ),
+    "db_keepalive_seconds": (
+        "--db-keepalive-seconds",
+        "ACKBOT_STORE_DB_KEEPALIVE_SECONDS",
+        "5",
+        5.0,
+    ),
 }
 BOT = {
     "store": ("--store", "ACKBOT_BOT_STORE", "[::1]:6000", "[::1]:6000"),

@@ -64,7 +64,9 @@ async def test_migrate_shows_upgrades_and_downgrades_and_no_migrate_checks(kind,
         assert await amigrate(url, "current") == f"revision 0002 (this ackbot's is {HEAD})"
 
         # Behind: a store that must not migrate refuses, and leaves the schema as it was.
-        refused = store_service(tmp_path, name="no-migrate", args=["--db", url, "--no-migrate"])
+        refused = store_service(
+            tmp_path, name="no-migrate", args=["--db", url, "--no-migrate"]
+        ).expect_exit(1)
         try:
             code = await asyncio.to_thread(refused.start().proc.wait, TIMEOUT)
         finally:
