@@ -130,18 +130,33 @@ async def run(config: BotConfig, factory: ResponderFactory | None = None) -> Non
 
     breaker.add_listener(count_change)
 
+    worker: Worker | None = None
+
+    def pause_reason(change: Change) -> str:
+        return f"model server {breaker.url} is down ({change.cause}: {change.detail})"
+
     async def on_model_down(change: Change) -> None:
+        # The Consume window closes (the store sends nothing more) and what the bot holds
+        # unstarted goes back without an attempt; running replies finish (docs/semantics.md).
         up["model"] = False
+        if worker is not None:
+            worker.pause(pause_reason(change))
         await show_health()
 
     async def on_model_up(change: Change) -> None:
         up["model"] = True
+        if worker is not None:
+            worker.resume()
         await show_health()
 
     guard = ModelGuard(
         breaker, getattr(responder, "probe", None), on_open=on_model_down, on_close=on_model_up
     )
     worker = Worker(config, guard.guard(responder), on_connection=on_connection, metrics=metrics)
+    if not breaker.taking_work:
+        # The start-up check has not answered yet: the stream opens drained (the store sends
+        # nothing, so nothing is delivered and no attempt spent) until the model answers.
+        worker.pause(f"model server {breaker.url} not checked yet")
     run_task: asyncio.Task[None] | None = None
     guard_task = asyncio.create_task(guard.run(), name="ackbot-bot-model-guard")
     try:
@@ -157,14 +172,10 @@ async def run(config: BotConfig, factory: ResponderFactory | None = None) -> Non
             config.lease_seconds,
         )
         stop_wait = asyncio.create_task(stop_requested.wait())
-        # The start-up check: no work is taken before the model server has answered once, so
-        # a missing model, a refused key or no server costs no message an attempt.
-        model_ready = asyncio.create_task(guard.closed.wait())
-        await asyncio.wait({model_ready, stop_wait}, return_when=asyncio.FIRST_COMPLETED)
-        model_ready.cancel()
-        if not stop_requested.is_set():
-            run_task = asyncio.create_task(worker.run(), name="ackbot-bot-worker")
-            await asyncio.wait({run_task, stop_wait}, return_when=asyncio.FIRST_COMPLETED)
+        # The worker starts paused (above) until the start-up check answers, so a missing
+        # model, a refused key or no server costs no message an attempt.
+        run_task = asyncio.create_task(worker.run(), name="ackbot-bot-worker")
+        await asyncio.wait({run_task, stop_wait}, return_when=asyncio.FIRST_COMPLETED)
         stop_wait.cancel()
         if stop_requested.is_set():
             log.info("shutdown requested")

@@ -171,6 +171,7 @@ class Consumer:
         self._paused = reason
         log.warning("pausing (%s): taking no new work", reason)
         if self._pull is not None:  # else the stream is drained as it opens
+            self._pull.hold_back = True
             self._pull.drain()
         for job in list(self._jobs):
             if not job.started and job.task is not None:
@@ -192,6 +193,7 @@ class Consumer:
                 self._start(job)
         if self._pull is not None:
             # A drained session cannot take work again: a new one is opened beside it.
+            self._pull.hold_back = False
             self._pull.reopen()
 
     def _hold_paused(self, job: Delivery) -> None:
@@ -249,6 +251,8 @@ class Consumer:
             down=self._down,
             retire=self._retire,
         )
+        # Paused before run(): the first session opens drained, so nothing is delivered.
+        self._pull.hold_back = self._paused is not None
         reader = asyncio.create_task(self._pull.run(), name="ackbot-consumer-stream")
         stop_wait = asyncio.create_task(self._stop_requested.wait())
         try:

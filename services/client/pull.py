@@ -64,6 +64,8 @@ class StreamPull:
         self.drained_generation: int | None = None
         self._stream: DeliveryStream | None = None
         self._reopen = asyncio.Event()
+        # Set by the consumer while it is paused: a new session opens drained.
+        self.hold_back = False
 
     def live_session(self) -> ConsumeSession | None:
         """The open Consume session, if the live stream is one."""
@@ -115,6 +117,11 @@ class StreamPull:
             generation = self._generation
             self._reopen.clear()
             self._stream = stream = self._open(store)
+            if self.hold_back and isinstance(stream, ConsumeSession):
+                # Paused before it opened: the drain goes in the first request (no await came
+                # in between), so the store sends nothing on it and no attempt is spent.
+                stream.drain()
+                self.drained_generation = generation
             was_up = False
             retiring = False
             try:
@@ -136,6 +143,8 @@ class StreamPull:
                     retry = 0
                     self.live_generation = generation
                     await self._up(stream, generation)
+                    if self.drained_generation == generation and not self.hold_back:
+                        self._reopen.set()  # resumed while it opened drained: a new one
                     log.info(
                         "stream open to %s as consumer %s (%s)",
                         stream.address,

@@ -164,7 +164,9 @@ class ConsumeSession(DeliveryStream):
         return batch
 
     async def _requests(self) -> AsyncIterator[pb.ConsumeRequest]:
-        yield pb.ConsumeRequest(open=self._opening)
+        # A drain asked for before the call started goes with `open` (the store takes both).
+        yield pb.ConsumeRequest(open=self._opening, drain=self._drain)
+        self._drain = False
         while True:
             await self._wake.wait()
             self._wake.clear()
