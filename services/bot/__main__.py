@@ -153,10 +153,6 @@ async def run(config: BotConfig, factory: ResponderFactory | None = None) -> Non
         breaker, getattr(responder, "probe", None), on_open=on_model_down, on_close=on_model_up
     )
     worker = Worker(config, guard.guard(responder), on_connection=on_connection, metrics=metrics)
-    if not breaker.taking_work:
-        # The start-up check has not answered yet: the stream opens drained (the store sends
-        # nothing, so nothing is delivered and no attempt spent) until the model answers.
-        worker.pause(f"model server {breaker.url} not checked yet")
     run_task: asyncio.Task[None] | None = None
     guard_task = asyncio.create_task(guard.run(), name="ackbot-bot-model-guard")
     try:
@@ -172,8 +168,12 @@ async def run(config: BotConfig, factory: ResponderFactory | None = None) -> Non
             config.lease_seconds,
         )
         stop_wait = asyncio.create_task(stop_requested.wait())
-        # The worker starts paused (above) until the start-up check answers, so a missing
-        # model, a refused key or no server costs no message an attempt.
+        if not breaker.taking_work:
+            # The start-up check has not answered yet (a persona's answers at once, while the
+            # server started): the stream opens drained, so the store sends nothing and no
+            # attempt is spent, until the model answers; a missing model, a refused key or no
+            # server costs no message anything.
+            worker.pause(f"model server {breaker.url} not checked yet")
         run_task = asyncio.create_task(worker.run(), name="ackbot-bot-worker")
         await asyncio.wait({run_task, stop_wait}, return_when=asyncio.FIRST_COMPLETED)
         stop_wait.cancel()

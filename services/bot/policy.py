@@ -407,6 +407,11 @@ class Worker(Consumer):
             lease_seconds=config.lease_seconds,
             retry_base_seconds=config.retry_base_seconds,
             grace_seconds=config.grace_seconds,
+            role="bot",
+            credentials_hint=(
+                "give it the bot role's token (--token-file, or ACKBOT_BOT_TOKEN) or a client "
+                "certificate with the bot role (--store-cert, --store-key)"
+            ),
         )
         super().__init__(
             stores,

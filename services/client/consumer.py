@@ -78,6 +78,10 @@ class ConsumerSettings:
     grace_seconds: float = 10.0
     #: open Consume sessions (False: StreamUnprocessed streams and unary settles throughout)
     consume: bool = True
+    #: who is consuming, for the one line a store's refusal of the stream logs
+    role: str = "consumer"
+    #: what to check when a store refuses the stream (PERMISSION_DENIED, UNAUTHENTICATED)
+    credentials_hint: str = "check its token or client certificate"
 
 
 class Consumer:
@@ -250,6 +254,8 @@ class Consumer:
             up=self._up,
             down=self._down,
             retire=self._retire,
+            role=settings.role,
+            credentials_hint=settings.credentials_hint,
         )
         # Paused before run(): the first session opens drained, so nothing is delivered.
         self._pull.hold_back = self._paused is not None

@@ -21,10 +21,17 @@ import grpc
 
 from ackbot.client.router import StoreClient
 from ackbot.client.streams import ConsumeSession, DeliveryStream
-from ackbot.common.backoff import RECONNECT_BACKOFF
+from ackbot.common.backoff import RECONNECT_BACKOFF, Backoff
 from ackbot.v1 import message_store_pb2 as pb
 
 log = logging.getLogger("ackbot.client.consumer")  # one logger for the consumer's story
+
+# A store that refuses the stream (no token, another role's, no certificate with a role) has a
+# configuration error, not an outage: no quick retry cures it, so it is tried slowly (1 s,
+# doubling, at most 60 s), in case its tokens or the consumer's certificate change meanwhile.
+REFUSED_CODES = frozenset({grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.UNAUTHENTICATED})
+REFUSED_BACKOFF = Backoff(initial_seconds=1.0, cap_seconds=60.0)
+REFUSED_MIN_SECONDS = 1.0
 
 
 class StreamPull:
@@ -46,6 +53,8 @@ class StreamPull:
         up: Callable[[DeliveryStream, int], Awaitable[None]],
         down: Callable[[int], Awaitable[None]],
         retire: Callable[[ConsumeSession, int], None],
+        role: str = "consumer",
+        credentials_hint: str = "check its token or client certificate",
     ) -> None:
         self._store = store
         self._consumer = consumer
@@ -66,6 +75,10 @@ class StreamPull:
         self._reopen = asyncio.Event()
         # Set by the consumer while it is paused: a new session opens drained.
         self.hold_back = False
+        self._role = role
+        self._credentials_hint = credentials_hint
+        # The code each store last refused the stream with, once said at ERROR.
+        self._refused: dict[str, grpc.StatusCode] = {}
 
     def live_session(self) -> ConsumeSession | None:
         """The open Consume session, if the live stream is one."""
@@ -141,6 +154,7 @@ class StreamPull:
                 if opened:
                     was_up = True
                     retry = 0
+                    self._refused.pop(stream.address, None)
                     self.live_generation = generation
                     await self._up(stream, generation)
                     if self.drained_generation == generation and not self.hold_back:
@@ -169,10 +183,16 @@ class StreamPull:
                 break
             # The backoff grows across stores too: when every store is down, each is tried no
             # more often than one reconnect pause times the number of stores.
-            pause = RECONNECT_BACKOFF.delay(retry)
+            refused = stream.end_code in REFUSED_CODES
+            if refused:
+                pause = max(REFUSED_BACKOFF.delay(retry), REFUSED_MIN_SECONDS)
+            else:
+                pause = RECONNECT_BACKOFF.delay(retry)
             retry += 1
             store = (store + 1) % len(stores)
-            if was_up:
+            if refused:
+                self._say_refused(stream, pause)
+            elif was_up:
                 log.warning(
                     "stream to %s broke (%s); reconnecting to %s in %.2fs",
                     stream.address,
@@ -191,6 +211,23 @@ class StreamPull:
                 )
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stop.wait(), pause)
+
+    def _say_refused(self, stream: DeliveryStream, pause: float) -> None:
+        """One ERROR line per store and code: retrying says nothing new (DEBUG)."""
+        assert stream.end_code is not None
+        said = self._refused.get(stream.address)
+        self._refused[stream.address] = stream.end_code
+        log.log(
+            logging.DEBUG if said is stream.end_code else logging.ERROR,
+            "store %s refused the stream of role %s (%s): a configuration error, not an outage; "
+            "%s. Trying again in %.1fs, at most every %gs",
+            stream.address,
+            self._role,
+            stream.end_reason,
+            self._credentials_hint,
+            pause,
+            REFUSED_BACKOFF.cap_seconds,
+        )
 
     async def _read(self, stream: DeliveryStream, generation: int) -> bool:
         """Accepts the stream's deliveries until it ends; True when it was left for a new
