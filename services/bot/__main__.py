@@ -32,7 +32,7 @@ from ackbot.bot.responder import (
     load_factory,
 )
 from ackbot.common import eventloop
-from ackbot.common.auth import Authenticator, AuthInterceptor, Role
+from ackbot.common.auth import Authenticator, AuthInterceptor, Role, read_token
 from ackbot.common.flags import missing_extra
 from ackbot.common.logs import configure_logging
 from ackbot.common.metrics import MetricsInterceptor, MetricsServer
@@ -44,6 +44,7 @@ from ackbot.common.serving import (
     bind,
     check_listen,
     create_server,
+    read_pem,
     server_credentials,
     set_serving,
 )
@@ -194,8 +195,38 @@ async def run(config: BotConfig, factory: ResponderFactory | None = None) -> Non
         await run_task  # surfaces a worker that failed on its own
 
 
+# The files the bot reads at start, by flag: one it cannot read is a usage error (exit 2), said
+# in one line before anything starts.
+PEM_FLAGS = (
+    ("--store-ca", "store_ca"),
+    ("--store-cert", "store_cert"),
+    ("--store-key", "store_key"),
+    ("--tls-cert", "tls_cert"),
+    ("--tls-key", "tls_key"),
+    ("--tls-client-ca", "tls_client_ca"),
+)
+
+
+def unreadable_file(config: BotConfig) -> str | None:
+    """`FLAG: cannot read PATH: REASON` for the first file of a flag that cannot be read."""
+    try:
+        if config.token_file is not None:
+            read_token(config.token_file, "--token-file")
+        for flag, name in PEM_FLAGS:
+            path = getattr(config, name)
+            if path is not None:
+                read_pem(path, flag)
+    except OSError as exc:
+        return str(exc)
+    return None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     config = load_config(argv)
+    problem = unreadable_file(config)
+    if problem is not None:
+        print(f"ackbot-bot: error: argument {problem}", file=sys.stderr)
+        return 2
     configure_logging(config.log_level, config.log_format)
     # httpx2 logs every request to the model server at INFO; the bot logs each answer itself.
     logging.getLogger("httpx2").setLevel(logging.WARNING)
