@@ -134,7 +134,8 @@ async def run(config: BotConfig, factory: ResponderFactory | None = None) -> Non
     worker: Worker | None = None
 
     def pause_reason(change: Change) -> str:
-        return f"model server {breaker.url} is down ({change.cause}: {change.detail})"
+        # Not the breaker's own wording: its line is the one line per change an operator greps.
+        return f"model server {breaker.url} down, {change.cause}: {change.detail}"
 
     async def on_model_down(change: Change) -> None:
         # The Consume window closes (the store sends nothing more) and what the bot holds

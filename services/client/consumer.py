@@ -169,11 +169,13 @@ class Consumer:
     def pause(self, reason: str) -> None:
         """Takes no new work until `resume()`: the store is told to send nothing new, and the
         deliveries held that have not started are handed back without spending an attempt.
-        Running callbacks go on and settle. Safe to call while paused (the reason is kept)."""
+        Running callbacks go on and settle. Safe to call while paused (the reason is kept).
+        Logged at DEBUG only: the caller logs its reason, once."""
         if self._paused is not None:
             return
         self._paused = reason
-        log.warning("pausing (%s): taking no new work", reason)
+        # DEBUG: the application that pauses says why, once (the bot's breaker does).
+        log.debug("pausing (%s): taking no new work", reason)
         if self._pull is not None:  # else the stream is drained as it opens
             self._pull.hold_back = True
             self._pull.drain()
@@ -189,7 +191,7 @@ class Consumer:
         """Takes work again after `pause()`; a no-op when not paused."""
         if self._paused is None:
             return
-        log.info("resuming after pause (%s)", self._paused)
+        log.debug("resuming after pause (%s)", self._paused)
         self._paused = None
         parked, self._parked = self._parked, []
         for job in parked:
