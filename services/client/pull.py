@@ -73,12 +73,26 @@ class StreamPull:
         self.drained_generation: int | None = None
         self._stream: DeliveryStream | None = None
         self._reopen = asyncio.Event()
-        # Set by the consumer while it is paused: a new session opens drained.
-        self.hold_back = False
+        # Clear while the consumer is paused (hold_back): a new session opens drained.
+        self._taking = asyncio.Event()
+        self._taking.set()
         self._role = role
         self._credentials_hint = credentials_hint
         # The code each store last refused the stream with, once said at ERROR.
         self._refused: dict[str, grpc.StatusCode] = {}
+
+    @property
+    def hold_back(self) -> bool:
+        """Set by the consumer while it is paused: a new Consume session opens drained, and no
+        StreamUnprocessed stream (which cannot be told to send nothing) is opened."""
+        return not self._taking.is_set()
+
+    @hold_back.setter
+    def hold_back(self, value: bool) -> None:
+        if value:
+            self._taking.clear()
+        else:
+            self._taking.set()
 
     def live_session(self) -> ConsumeSession | None:
         """The open Consume session, if the live stream is one."""
@@ -111,8 +125,21 @@ class StreamPull:
             self._stream.cancel()
             self._stream = None
 
+    def _uses_session(self, store: int) -> bool:
+        return self._consume and self._store.has_consume(store)
+
+    async def _until_taking(self) -> None:
+        """Waits until the consumer resumes, or is stopped."""
+        stop = asyncio.create_task(self._stop.wait())
+        taking = asyncio.create_task(self._taking.wait())
+        try:
+            await asyncio.wait({stop, taking}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stop.cancel()
+            taking.cancel()
+
     def _open(self, store: int) -> DeliveryStream:
-        use_session = self._consume and self._store.has_consume(store)
+        use_session = self._uses_session(store)
         open_stream = self._store.session if use_session else self._store.stream
         return open_stream(
             store=store,
@@ -126,6 +153,11 @@ class StreamPull:
         store = 0
         retry = 0
         while not self._stop.is_set():
+            if self.hold_back and not self._uses_session(store):
+                # Paused: a StreamUnprocessed stream would deliver at once, and what it sent
+                # would wait, leased, for the resume; better none until then.
+                await self._until_taking()
+                continue
             self._generation += 1
             generation = self._generation
             self._reopen.clear()

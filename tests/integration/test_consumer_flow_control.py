@@ -222,3 +222,40 @@ async def test_paused_before_run_the_session_opens_drained_and_resume_takes_work
         finally:
             await consumer.stop()
             await run
+
+
+async def test_paused_before_run_no_stream_that_cannot_drain_is_opened_until_resume(store, stub):
+    # consume=False (a store older than Consume): such a stream would deliver at once, so a
+    # consumer paused before it connects opens none until it resumes.
+    message_id = await _create(stub, "waiting")
+    seen: list[str] = []
+
+    async def answer(delivery: Delivery) -> str | None:
+        seen.append(delivery.message.id)
+        return "answered"
+
+    async with Client.connect(store.address) as client:
+        settings = ConsumerSettings(consumer="old", max_in_flight=2, consume=False)
+        consumer = Consumer(client, answer, settings)
+        consumer.pause("not ready")
+        run = asyncio.create_task(consumer.run())
+        try:
+            # A message created now would go to an open stream at once (a notification).
+            second_id = await _create(stub, "also waiting")
+            for _ in range(20):  # a few turns of the loop and round trips: still nothing
+                assert not consumer.connected
+                message = await _get(stub, message_id)
+                assert message.delivery_attempts == 0, message
+            assert (await _get(stub, second_id)).delivery_attempts == 0
+            consumer.resume()
+            await wait_until(lambda: consumer.connected, WITHIN, what="the stream is up")
+
+            async def both_done() -> bool:
+                messages = [await _get(stub, i) for i in (message_id, second_id)]
+                return all(m.state == pb.MESSAGE_STATE_PROCESSED for m in messages)
+
+            await wait_until(both_done, WITHIN, what="answered after resume")
+            assert sorted(seen) == sorted([message_id, second_id])
+        finally:
+            await consumer.stop()
+            await run
