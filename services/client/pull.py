@@ -32,6 +32,10 @@ log = logging.getLogger("ackbot.client.consumer")  # one logger for the consumer
 REFUSED_CODES = frozenset({grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.UNAUTHENTICATED})
 REFUSED_BACKOFF = Backoff(initial_seconds=1.0, cap_seconds=60.0)
 REFUSED_MIN_SECONDS = 1.0
+# gRPC core's own text when a write races the server's refusal of the call (the open request
+# sent as the store ends the call): the status is local, not the store's, and the next try
+# shows the store's own answer, so it is not worth a warning.
+LOCAL_CORE_ERROR = "Internal error from Core"
 
 
 class StreamPull:
@@ -216,7 +220,12 @@ class StreamPull:
             # The backoff grows across stores too: when every store is down, each is tried no
             # more often than one reconnect pause times the number of stores.
             refused = stream.end_code in REFUSED_CODES
-            if refused:
+            local = (
+                not was_up
+                and stream.end_code is grpc.StatusCode.INTERNAL
+                and LOCAL_CORE_ERROR in problem
+            )
+            if refused or (local and stream.address in self._refused):
                 pause = max(REFUSED_BACKOFF.delay(retry), REFUSED_MIN_SECONDS)
             else:
                 pause = RECONNECT_BACKOFF.delay(retry)
@@ -224,6 +233,15 @@ class StreamPull:
             store = (store + 1) % len(stores)
             if refused:
                 self._say_refused(stream, pause)
+            elif local:
+                log.debug(
+                    "stream to %s failed in gRPC before it opened (%s); retry %d on %s in %.2fs",
+                    stream.address,
+                    problem,
+                    retry,
+                    stores[store],
+                    pause,
+                )
             elif was_up:
                 log.warning(
                     "stream to %s broke (%s); reconnecting to %s in %.2fs",
