@@ -30,7 +30,7 @@ from datetime import UTC, datetime
 from ackbot.bot import metrics as bot_metrics
 from ackbot.bot.config import BotConfig
 from ackbot.bot.metrics import BotMetrics
-from ackbot.bot.responder import IncomingMessage, Responder, RetryLater, Turn
+from ackbot.bot.responder import DependencyDown, IncomingMessage, Responder, RetryLater, Turn
 from ackbot.client.channels import Stores
 from ackbot.client.consumer import ConnectionCallback, Consumer, ConsumerSettings
 from ackbot.client.delivery import Delivery, failure_reason, fit_reason
@@ -137,6 +137,12 @@ class Answerer:
             text = await self._answer(delivery, conversation)
         except Superseded as exc:
             await self._supersede(delivery, exc.newest_message_id)
+            return
+        except DependencyDown as down:
+            # Before RetryLater, whose kind it is: the model (or the responder's dependency) is
+            # down, not busy, so the busy backoff is left as it was.
+            self._metrics.reply(bot_metrics.DEPENDENCY_DOWN)
+            await self._hand_back_down(delivery, down)
             return
         except RetryLater as busy:
             self._metrics.reply(bot_metrics.RATE_LIMITED)
@@ -338,6 +344,20 @@ class Answerer:
         )
         await delivery.release("", retry_after_seconds=delay)
 
+    async def _hand_back_down(self, delivery: Delivery, down: DependencyDown) -> None:
+        """The responder's dependency is down: gives the message back without a reason (the
+        attempt given back) and without starting anything, to come back when the next probe is
+        due. DEBUG only: the breaker logged the outage once, and the consumer is pausing."""
+        delay = min(down.delay_seconds or 0.0, MAX_RELEASE_RETRY_AFTER_SECONDS)
+        log.debug(
+            "dependency down (%s); handing the message back, attempt not counted, retry after "
+            "%.1fs message_id=%s",
+            down.detail,
+            delay,
+            delivery.message_id,
+        )
+        await delivery.release("", retry_after_seconds=delay)
+
     async def _release_failed(
         self, delivery: Delivery, reason: str, exc: BaseException | None = None
     ) -> None:
@@ -387,6 +407,11 @@ class Worker(Consumer):
             lease_seconds=config.lease_seconds,
             retry_base_seconds=config.retry_base_seconds,
             grace_seconds=config.grace_seconds,
+            role="bot",
+            credentials_hint=(
+                "give it the bot role's token (--token-file, or ACKBOT_BOT_TOKEN) or a client "
+                "certificate with the bot role (--store-cert, --store-key)"
+            ),
         )
         super().__init__(
             stores,
