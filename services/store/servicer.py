@@ -134,6 +134,8 @@ class MessageStoreServicer(pb_grpc.MessageStoreServicer):
             leased_count=stats.counts.get(State.LEASED.value, 0),
             processed_count=stats.counts.get(State.PROCESSED.value, 0),
             dead_count=stats.counts.get(State.DEAD.value, 0),
+            held_count=stats.counts.get(State.HELD.value, 0),
+            deleted_count=stats.counts.get(State.DELETED.value, 0),
             streams=[
                 pb.StreamStats(
                     consumer=stream.consumer,
