@@ -102,6 +102,10 @@ async def test_a_deleted_leased_message_is_settled_and_never_answered(repo):
     assert changes[0].messages[0].lease_token == delivery.lease_token
     with pytest.raises(MessageDeleted):
         await repo.mark_processed("m1", NewMessage(author="bot", text="late"), delivery.lease_token)
+    with pytest.raises(MessageDeleted):
+        await repo.release("m1", delivery.lease_token, reason="failed", retry_after_ns=0)
+    with pytest.raises(MessageDeleted):
+        await repo.extend_lease("m1", delivery.lease_token, LEASE_NS)
     assert await repo.list_messages(reply_to="m1") == []
     assert await repo.claim(5, LEASE_NS) == []
 
