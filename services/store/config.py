@@ -77,8 +77,7 @@ class StoreConfig:
     )
     # Moderation: a create that leaves `hold` unset is HELD until ApproveMessage.
     hold_new_messages: bool = switch_setting(
-        "hold every new message for moderation (HELD until approved) unless its create sets "
-        "hold"
+        "hold every new message for moderation (HELD until approved) unless its create sets hold"
     )
     default_lease_seconds: float = setting(
         60.0,
