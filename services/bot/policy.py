@@ -207,9 +207,12 @@ class Answerer:
                     message.id,
                 )
                 break
+            # A HELD message is not part of the conversation until approved: it neither
+            # supersedes this one nor goes into the model's context unmoderated.
+            listed = [m for m in result.response.messages if m.state != pb.MESSAGE_STATE_HELD]
             if not conversation:
-                conversation.append(_where_it_stood(message, result.response.messages))
-            earlier += [m for m in result.response.messages if m.sequence < message.sequence]
+                conversation.append(_where_it_stood(message, listed))
+            earlier += [m for m in listed if m.sequence < message.sequence]
             if len(earlier) >= turns or not result.response.next_page_token:
                 break
             request.page_token = result.response.next_page_token

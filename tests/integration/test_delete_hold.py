@@ -18,6 +18,7 @@ import pytest
 
 from ackbot.common.status import error_info, status_of
 from ackbot.testing import RPC_TIMEOUT, Service, bot_service, responders, wait_until
+from ackbot.testing.fake_llm import FakeLLM
 from ackbot.v1 import message_store_pb2 as pb
 from ackbot.v1 import message_store_pb2_grpc as pb_grpc
 
@@ -250,3 +251,31 @@ async def test_the_cli_deletes_and_approves(store, stub):
     missing = await ackbot("--store", store.address, "approve", "c1")
     assert missing.returncode == 1
     assert "NOT_FOUND" in missing.stderr
+
+
+async def test_held_messages_are_no_part_of_a_conversation_for_the_bot(stub, start_bot):
+    # Held before and after the message the bot answers: the earlier one is not in the model's
+    # context (unmoderated text), the later one does not supersede it (it may never be approved).
+    for message_id, hold in (("t-early", True), ("t-one", False), ("t-late", True)):
+        await stub.CreateMessage(
+            pb.CreateMessageRequest(
+                message=pb.Message(
+                    id=message_id, author="ana", text=message_id, conversation_id="t"
+                ),
+                hold=hold,
+            ),
+            timeout=RPC_TIMEOUT,
+        )
+    with FakeLLM() as fake_llm:
+        await start_bot(
+            persona="ava",
+            args=[
+                *("--backend", "openai", "--llm-url", fake_llm.openai_url),
+                *("--llm-model", "fake-1", "--llm-context-turns", "3"),
+            ],
+        )
+        answered = await wait_state(stub, "t-one", pb.MESSAGE_STATE_PROCESSED, within=30)
+        [request] = fake_llm.requests_for("t-one")
+
+    assert answered.reply_id  # answered, not superseded by t-late
+    assert [m["content"] for m in request.body["messages"][1:]] == ["ana: t-one"]
