@@ -16,6 +16,7 @@ from collections.abc import AsyncIterator
 import grpc
 import pytest
 
+from ackbot.client import AlreadyExists, Client, FailedPrecondition, NotFound
 from ackbot.common.status import error_info, status_of
 from ackbot.testing import RPC_TIMEOUT, Service, bot_service, responders, wait_until
 from ackbot.testing.fake_llm import FakeLLM
@@ -279,3 +280,24 @@ async def test_held_messages_are_no_part_of_a_conversation_for_the_bot(stub, sta
 
     assert answered.reply_id  # answered, not superseded by t-late
     assert [m["content"] for m in request.body["messages"][1:]] == ["ana: t-one"]
+
+
+async def test_the_client_library_holds_approves_and_deletes(store):
+    async with Client.connect(store.address) as client:
+        held = await client.create("wait", author="ana", id="lib-1", hold=True)
+        assert held.message.state == pb.MESSAGE_STATE_HELD
+        approved = await client.approve("lib-1")
+        assert approved.state == pb.MESSAGE_STATE_PENDING
+        with pytest.raises(FailedPrecondition) as not_held:
+            await client.approve("lib-1")
+        assert not_held.value.reason == "NOT_HELD"
+
+        deleted = await client.delete("lib-1")
+        assert (deleted.deleted_count, deleted.already_deleted) == (1, False)
+        assert (await client.delete("lib-1")).already_deleted
+        with pytest.raises(NotFound) as gone:
+            await client.get("lib-1")
+        assert gone.value.reason == "MESSAGE_DELETED"
+        with pytest.raises(AlreadyExists) as taken:
+            await client.create("wait", author="ana", id="lib-1")
+        assert taken.value.reason == "MESSAGE_DELETED"
