@@ -29,8 +29,10 @@ from ackbot.store.group_commit import GroupCommitter
 from ackbot.store.ids import new_message_id, new_store_id
 from ackbot.store.models import State
 from ackbot.store.tables import leases, messages
+from ackbot.store.tables import removal as removal_table
 from ackbot.store.tables.leases import Claim, Extension, LeasesTable, Release
 from ackbot.store.tables.messages import Mark, MessagesTable
+from ackbot.store.tables.removal import Removal
 from ackbot.store.tables.stores import StoresTable
 from ackbot.store.tables.transaction import Transaction
 from ackbot.store.types import (
@@ -43,6 +45,7 @@ from ackbot.store.types import (
     NewMessage,
     Reaped,
     ReleasedLease,
+    Removed,
     StoredMessage,
 )
 
@@ -136,7 +139,7 @@ class MessageRepository:
         # body may have run on the driver's thread, where a watcher's wake-up must not be set).
         if self._on_changes is not None and committed:
             changes = committed[0]
-            if changes.messages or changes.made_work:
+            if changes.messages or changes.made_work or changes.removed:
                 try:
                     self._on_changes(changes)
                 except Exception:
@@ -229,6 +232,14 @@ class MessageRepository:
         return await self._database.run_read(
             lambda connection: messages.sample_states(connection, now)
         )
+
+    async def remove_batch(self, removal: Removal) -> Removed:
+        """Removes one batch of settled messages for good (tables/removal.py), in a transaction
+        of its own: not group commit's, so that a batch never makes the creates and settles
+        queued there wait for more than its own few milliseconds."""
+        outcome = await self.run_write(lambda tx: [removal_table.remove_batch(tx, removal)])
+        removed: Removed = outcome[0]
+        return removed
 
     # -- leases -----------------------------------------------------------------------------
 

@@ -125,6 +125,15 @@ class MessageStoreServicer(pb_grpc.MessageStoreServicer):
         return pb.RequeueMessageResponse(message=mapping.message_to_proto(message))
 
     @maps_errors
+    async def PurgeMessages(
+        self, request: pb.PurgeMessagesRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[pb.PurgeMessagesResponse]:
+        purge = rules.purge(request)
+        async for removed in self._manager.purge(purge.state, purge.older_than_ns):
+            yield pb.PurgeMessagesResponse(removed_count=removed)
+        yield pb.PurgeMessagesResponse(removed_count=removed, done=True)
+
+    @maps_errors
     async def GetStats(
         self, request: pb.GetStatsRequest, context: grpc.aio.ServicerContext
     ) -> pb.GetStatsResponse:
