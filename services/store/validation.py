@@ -435,3 +435,10 @@ def purge(request: pb.PurgeMessagesRequest) -> Purge:
     v.raise_if_any()
     assert state is not None
     return Purge(state, older_than_ns)
+
+
+def erase_author(request: pb.EraseAuthorRequest, limits: Limits) -> str:
+    v = Violations()
+    check_author(v, "author", request.author, limits)
+    v.raise_if_any()
+    return request.author

@@ -6,8 +6,8 @@ the rest as it was: never an original without its reply, or a reply without its 
 
 What the queries count on (beside what tables/__init__.py says):
 - A reply points at its original (`reply_to`, a foreign key), so an original's reply goes in the
-  same transaction, before it. A reply is never a candidate itself: it goes with its original
-  (PROCESSED), or as a tombstone of its own (DELETED, when only the reply was deleted).
+  same transaction, before it, whatever its state. A PROCESSED reply is never a candidate
+  itself (it goes with its original); a reply's tombstone is, as every tombstone is.
 - On PostgreSQL several stores sweep at once: each batch takes its originals with FOR UPDATE
   SKIP LOCKED, so two stores never take the same rows, and a row another transaction is
   changing (a late MarkProcessed of a DEAD message) is skipped, not waited for. A reply is
@@ -33,17 +33,16 @@ BATCH_ROWS = 256
 
 # The oldest candidates of one state, by arrival. Ordered by sequence over
 # ix_messages_state_sequence, which stops at the batch's end while old rows are left.
-_CANDIDATES = (
+_OLDEST = (
     select(MESSAGES.c.id)
-    .where(
-        MESSAGES.c.state == bindparam("state"),
-        MESSAGES.c.reply_to.is_(None),
-        MESSAGES.c.receive_time_ns < bindparam("cutoff"),
-    )
+    .where(MESSAGES.c.state == bindparam("state"), MESSAGES.c.receive_time_ns < bindparam("cutoff"))
     .order_by(MESSAGES.c.sequence)
     .limit(bindparam("limit"))
     .with_for_update(skip_locked=True)
 )
+# A PROCESSED reply goes with its original, never alone: the original stays answered. A reply
+# deleted alone is a tombstone like any other (nothing points at a reply).
+_OLDEST_ORIGINALS = _OLDEST.where(MESSAGES.c.reply_to.is_(None))
 # The replies that go with their originals, whatever their state (a PROCESSED original's reply
 # may itself have been deleted alone: a DELETED tombstone).
 _REMOVE_REPLIES = (
@@ -75,9 +74,10 @@ def remove_batch(tx: Transaction, removal: Removal) -> Removed:
     if removal.state not in REMOVABLE_STATES:
         # The caller's rules keep this out; a PENDING or LEASED message is never removed.
         raise ValueError(f"{removal.state} messages are not settled; they cannot be removed")
+    candidates = _OLDEST if removal.state == "DELETED" else _OLDEST_ORIGINALS
     ids = list(
         tx.connection.scalars(
-            _CANDIDATES,
+            candidates,
             {"state": removal.state, "cutoff": removal.cutoff_ns, "limit": removal.limit},
         )
     )
