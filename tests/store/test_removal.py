@@ -151,3 +151,47 @@ async def test_two_stores_share_a_purge_without_removing_anything_twice(
     removed = [m.removed.labels("PROCESSED", "purge")._value.get() for m in metrics]
     assert removed == totals
     assert [m.id for m in await first.list_messages(limit=10)] == ["pending"]
+
+
+# -- EraseAuthor: tombstones in batches (tables/messages.py's tombstone_where) -------------------
+
+
+async def test_erase_author_tombstones_every_message_of_the_author_with_replies_in_batches(
+    repo: MessageRepository, clock: FakeClock
+) -> None:
+    manager = MessageManager(repo, clock_ns=clock, call_at=clock.call_at)
+    count = BATCH_ROWS + 20
+    await repo.create_messages([NewMessage("eve", "t", id=f"e{i}") for i in range(count)])
+    await repo.create_message(NewMessage("frank", "kept", id="f"))
+    reply = await repo.mark_processed("e0", NewMessage("bot", "answer to eve"))
+    assert reply.reply is not None
+
+    progress = [n async for n in manager.erase_author("eve")]
+
+    assert progress == [BATCH_ROWS + 1, count + 1, count + 1]  # the reply went with e0
+    assert not await _exists(repo, "e0")
+    assert not await _exists(repo, reply.reply.id)
+    assert [m.id for m in await repo.list_messages(limit=10)] == ["f"]
+    deleted = await repo.list_messages(limit=count + 10, state=State.DELETED)
+    assert len(deleted) == count + 1
+    assert {m.author for m in deleted} == {""}
+    # Called again (a retry after a cut): nothing more to do.
+    assert [n async for n in manager.erase_author("eve")] == [0]
+
+
+async def test_purge_of_tombstones_frees_their_ids(repo: MessageRepository, clock: FakeClock):
+    manager = MessageManager(repo, clock_ns=clock, call_at=clock.call_at)
+    await _processed(repo, "kept-original")
+    await repo.create_message(NewMessage("eve", "t", id="gone"))
+    reply = await repo.mark_processed("gone", NewMessage("bot", "r"))
+    assert reply.reply is not None
+    [kept_reply] = [m for m in await repo.list_messages(limit=10) if m.reply_to == "kept-original"]
+    await repo.delete(kept_reply.id)  # a reply deleted alone: a tombstone of its own
+    assert [n async for n in manager.erase_author("eve")] == [2, 2]
+    clock.advance(10)
+
+    assert await _purge(manager, "DELETED", 0) == [3]
+
+    assert [m.id for m in await repo.list_messages(limit=10)] == ["kept-original"]
+    created = await repo.create_message(NewMessage("eve", "back", id="gone"))
+    assert not created.already_existed
