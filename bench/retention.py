@@ -11,6 +11,7 @@ the sweeper's metric says it removed every filled row.
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 from typing import Any
 
@@ -25,7 +26,7 @@ RATE_PER_SECOND = 200.0
 BASELINE_SECONDS = 10.0
 # A million rows take minutes to remove on a loaded 2-core machine; far beyond that is a hang.
 SWEEP_WITHIN_SECONDS = 1800.0
-REMOVED_LINE = "retention removed "
+REMOVED_LINE = re.compile(r"retention removed (\d+) PROCESSED messages")
 
 
 async def _creates_until(service: Service, done: Any, prefix: str) -> tuple[Paced, float]:
@@ -80,12 +81,16 @@ async def sweep(ctx: Any, *, filled_store: Any) -> Figures:
     await sweeping.astart()
     try:
         during, seconds = await _creates_until(
-            sweeping, lambda: REMOVED_LINE in sweeping.log_text(), "during"
+            sweeping, lambda: REMOVED_LINE.search(sweeping.log_text()), "during"
         )
+        found = REMOVED_LINE.search(sweeping.log_text())
+        removed = int(found.group(1)) if found else 0
     finally:
         await asyncio.to_thread(sweeping.cleanup)
     return {
         "settled_rows": size,
+        # What the sweeper says it removed (the fill's rows, originals and replies).
+        "removed": removed,
         "fill_seconds": filled.seconds,
         "sweep_seconds": seconds,
         "rows_removed_per_second": size / seconds if seconds else None,
