@@ -12,7 +12,7 @@ from ackbot.store.errors import NotFound
 from ackbot.store.manager import MessageManager
 from ackbot.store.metrics import StoreMetrics
 from ackbot.store.models import State
-from ackbot.store.repository import MessageRepository
+from ackbot.store.repository import ERASE_BATCH, ERASE_BATCH_SINGLE_WRITER, MessageRepository
 from ackbot.store.sweeper import RetentionSweeper
 from ackbot.store.tables.removal import BATCH_ROWS
 from ackbot.store.types import NewMessage
@@ -160,7 +160,8 @@ async def test_erase_author_tombstones_every_message_of_the_author_with_replies_
     repo: MessageRepository, clock: FakeClock
 ) -> None:
     manager = MessageManager(repo, clock_ns=clock, call_at=clock.call_at)
-    count = BATCH_ROWS + 20
+    batch = ERASE_BATCH if repo.shared else ERASE_BATCH_SINGLE_WRITER
+    count = batch + 20
     await repo.create_messages([NewMessage("eve", "t", id=f"e{i}") for i in range(count)])
     await repo.create_message(NewMessage("frank", "kept", id="f"))
     reply = await repo.mark_processed("e0", NewMessage("bot", "answer to eve"))
@@ -168,7 +169,7 @@ async def test_erase_author_tombstones_every_message_of_the_author_with_replies_
 
     progress = [n async for n in manager.erase_author("eve")]
 
-    assert progress == [BATCH_ROWS + 1, count + 1, count + 1]  # the reply went with e0
+    assert progress == [batch + 1, count + 1, count + 1]  # the reply went with e0
     assert not await _exists(repo, "e0")
     assert not await _exists(repo, reply.reply.id)
     assert [m.id for m in await repo.list_messages(limit=10)] == ["f"]
