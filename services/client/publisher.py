@@ -93,14 +93,16 @@ class Publisher:
         author: str,
         id: str = "",
         create_time_ns: int | None = None,
+        hold: bool | None = None,
     ) -> asyncio.Future[pb.CreateMessageResponse]:
         """Queues a create; the future resolves to CreateMessage's response for it (the stored
         message, and `already_existed`), or raises its StoreError. The id is chosen here when
-        not given, so that the batch can be retried."""
+        not given, so that the batch can be retried. `hold` as Client.create's."""
         if self._closed:
             raise RuntimeError("the publisher is closed")
         request = pb.CreateMessageRequest(
-            message=message(text, author=author, id=id, create_time_ns=create_time_ns)
+            message=message(text, author=author, id=id, create_time_ns=create_time_ns),
+            hold=hold,
         )
         size = _item_size(request)
         batch = self._batch

@@ -20,7 +20,7 @@ from ackbot.common.metrics import GrpcServerMetrics
 
 log = logging.getLogger(__name__)
 
-STATES = ("PENDING", "LEASED", "PROCESSED", "DEAD")
+STATES = ("PENDING", "LEASED", "PROCESSED", "DEAD", "HELD", "DELETED")
 # Why a delivered message came back for another delivery (ackbot_redeliveries_total{cause}):
 # its bot released it after a failure (a reason given), or handed it back unstarted (none); its
 # stream ended with the lease held; its lease lapsed unanswered; its store died (reaped by another).

@@ -146,6 +146,24 @@ class MessageStoreServicer(pb_grpc.MessageStoreServicer):
         yield pb.PurgeMessagesResponse(removed_count=removed, done=True)
 
     @maps_errors
+    async def DeleteMessage(
+        self, request: pb.DeleteMessageRequest, context: grpc.aio.ServicerContext
+    ) -> pb.DeleteMessageResponse:
+        result = await self._manager.delete(rules.message_id(request.id, self._limits))
+        return pb.DeleteMessageResponse(
+            message=mapping.message_to_proto(result.message),
+            already_deleted=result.already_deleted,
+            deleted_count=result.deleted_count,
+        )
+
+    @maps_errors
+    async def ApproveMessage(
+        self, request: pb.ApproveMessageRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ApproveMessageResponse:
+        message = await self._manager.approve(rules.message_id(request.id, self._limits))
+        return pb.ApproveMessageResponse(message=mapping.message_to_proto(message))
+
+    @maps_errors
     async def GetStats(
         self, request: pb.GetStatsRequest, context: grpc.aio.ServicerContext
     ) -> pb.GetStatsResponse:

@@ -36,6 +36,12 @@ STORE = {
         "0.0.0.0:9464",
     ),
     "max_attempts": ("--max-attempts", "ACKBOT_STORE_MAX_ATTEMPTS", "9", 9),
+    "hold_new_messages": (
+        "--hold-new-messages",
+        "ACKBOT_STORE_HOLD_NEW_MESSAGES",
+        "yes",
+        True,
+    ),
     "default_lease_seconds": (
         "--default-lease-seconds",
         "ACKBOT_STORE_DEFAULT_LEASE_SECONDS",

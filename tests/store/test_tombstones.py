@@ -76,7 +76,8 @@ async def test_deleting_a_reply_deletes_only_the_reply(repo):
     result = await repo.delete(marked.reply.id)
 
     assert result.deleted_count == 1
-    assert (await repo.get_message("m1")).state is State.PROCESSED
+    original = await repo.get_message("m1")
+    assert (original.state, original.reply_id) == (State.PROCESSED, None)
 
 
 async def test_a_create_with_a_deleted_id_is_refused_whatever_its_content(repo):
@@ -102,6 +103,10 @@ async def test_a_deleted_leased_message_is_settled_and_never_answered(repo):
     assert changes[0].messages[0].lease_token == delivery.lease_token
     with pytest.raises(MessageDeleted):
         await repo.mark_processed("m1", NewMessage(author="bot", text="late"), delivery.lease_token)
+    with pytest.raises(MessageDeleted):
+        await repo.release("m1", delivery.lease_token, reason="failed", retry_after_ns=0)
+    with pytest.raises(MessageDeleted):
+        await repo.extend_lease("m1", delivery.lease_token, LEASE_NS)
     assert await repo.list_messages(reply_to="m1") == []
     assert await repo.claim(5, LEASE_NS) == []
 

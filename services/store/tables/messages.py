@@ -60,9 +60,10 @@ _HELD_BACK = exists().where(
     _EARLIER_UNSETTLED,
 )
 IN_ITS_TURN = or_(MESSAGES.c.conversation_id.is_(None), ~_HELD_BACK)
-# A message with the id of its reply, if any: every read answers with both.
+# A message with the id of its reply, if any: every read answers with both. A deleted reply is
+# no reply: its original (deleted alone or not) names none.
 _WITH_REPLY_ID = select(MESSAGES, REPLIES.c.id.label("reply_id")).outerjoin(
-    REPLIES, REPLIES.c.reply_to == MESSAGES.c.id
+    REPLIES, (REPLIES.c.reply_to == MESSAGES.c.id) & (REPLIES.c.state != State.DELETED)
 )
 # MarkProcessed's one statement: it skips rows already PROCESSED (and HELD or DELETED ones), so
 # a message is processed once however many marks race for it (on PostgreSQL the UPDATE
