@@ -64,6 +64,7 @@ async def _sweeps_while_creating(stores, stubs) -> None:
     assert left == set(pending)  # nothing unsettled removed, every reply gone with its original
     removed = [value(await scrape(s), REMOVED, state="PROCESSED", why="retention") for s in stores]
     assert sum(removed) == 2 * answered  # originals and replies, each once
+    print(f"\nremoved by each store: {removed} of {2 * answered}")
 
 
 async def test_the_sweeper_removes_settled_messages_while_creates_go_on_sqlite(start_store):
