@@ -1,5 +1,5 @@
-"""The chaos run: `python -m chaos.run --profile {ci,long,pg-ci,pg-long} [--seed N] [--messages N]
-[--workdir D] [--db-url URL]`.
+"""The chaos run: `python -m chaos.run --profile {ci,long,pg-ci,pg-long,bulk-ci,pg-bulk-ci}
+[--seed N] [--messages N] [--workdir D] [--db-url URL]`.
 
 Producers create the seeded plan of messages while three bots answer them and the fault
 scheduler kills, restarts, cuts and stalls. Then the faults stop, the bots drain, and the
