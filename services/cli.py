@@ -611,14 +611,15 @@ def _follow_progress(
     `out`; exits 1 when the stream ended before `done`."""
     count = 0
     for batches, response in enumerate(responses, start=1):
-        count = getattr(response, field)
+        previous, count = count, getattr(response, field)
         if response.done:
             if args.json:
                 print(json_line({field: str(count), "done": True}), file=out, flush=True)
             else:
                 print(f"{verb} {count} messages", file=out, flush=True)
             return 0
-        if batches > 1 or count:
+        # From the second batch on, and only when it did something: one batch is no progress.
+        if batches > 1 and count != previous:
             print(f"{verb} {count} so far", file=sys.stderr, flush=True)
     print(f"error: stopped after {count} messages; run it again to finish", file=sys.stderr)
     return 1
