@@ -156,13 +156,20 @@ async def test_erase_author_refuses_a_missing_author_and_ackbot_erase_prints_the
                 pass
         assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
         assert bad_request_fields(caught.value) == ["author"]
-        await create(stub, "one", id="x1", author="zed")
-        await create(stub, "two", id="x2", author="zed")
+        await stub.BatchCreateMessages(
+            pb.BatchCreateMessagesRequest(
+                requests=[
+                    pb.CreateMessageRequest(message=pb.Message(id=f"x{i}", author="zed", text="t"))
+                    for i in range(250)  # three batches on SQLite
+                ]
+            )
+        )
         await create(stub, "other", id="y", author="amy")
     command = [sys.executable, "-m", "ackbot.cli", "--store", store.address, "erase"]
     done = await asyncio.to_thread(
         subprocess.run, [*command, "--author", "zed"], capture_output=True, text=True, timeout=30
     )
-    assert (done.returncode, done.stdout) == (0, "deleted 2 messages\n"), done.stderr
+    assert (done.returncode, done.stdout) == (0, "deleted 250 messages\n"), done.stderr
+    assert done.stderr.splitlines() == ["deleted 200 so far", "deleted 250 so far"]
     async with grpc.aio.insecure_channel(store.address) as channel:
         assert [m.id for m in await list_all(pb_grpc.MessageStoreStub(channel))] == ["y"]
