@@ -120,6 +120,14 @@ def rows(results: Results) -> list[Row]:
                 f"{pg_peer['postgres_cpu_percent']:.0f}%; {_durability(pg_peer)}")  # fmt: skip
         add(Row("postgres_peer", "asyncpg SKIP LOCKED peer, answered",
                 pg_peer["answered_per_second"], "msgs/s", note=note))  # fmt: skip
+    swept = results.get("sweep")
+    if swept:
+        rows = _size_label(swept["settled_rows"])
+        note = (f"{swept['rate_per_second']:g} creates/s; removed "
+                f"{swept['rows_removed_per_second']:.0f} rows/s")  # fmt: skip
+        add(Row("sweep", f"create p99 during the retention sweep of {rows} settled messages",
+                swept["during_sweep"]["p99_ms"], "ms", "without a sweep",
+                swept["without_sweep"]["p99_ms"], note))  # fmt: skip
     lookups = results.get("lookup") or {}
     if lookups:
         smallest = min(lookups, key=int)

@@ -36,7 +36,7 @@ from ackbot.testing import (
 )
 from ackbot.v1 import message_store_pb2 as pb
 from ackbot.v1 import message_store_pb2_grpc as pb_grpc
-from bench import echo, fill, oldway, peer, pg_peer, redis_server
+from bench import echo, fill, oldway, peer, pg_peer, redis_server, retention
 from bench.cpu import postgres_window, process_window
 from bench.loadgen import (
     STORE_CREATE_METHOD,
@@ -736,6 +736,7 @@ WORKLOADS: dict[str, Callable[[Context], Any]] = {
     "slow": slow_responder,
     "oldway": old_way,
     "memory": memory,
+    "sweep": lambda ctx: retention.sweep(ctx, filled_store=_filled_store),
 }
 # A figure and the baseline it is a ratio of, measured in the same run: running one runs both.
 BASELINES = {"create": "ceiling", "e2e": "redis", "postgres_e2e": "postgres_peer"}

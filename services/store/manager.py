@@ -36,6 +36,7 @@ from ackbot.store.models import State
 from ackbot.store.repository import MessageRepository
 from ackbot.store.stream import DeliveryStream, Stream
 from ackbot.store.stream_board import WAKE_STEP_NS, CallAt, StreamBoard
+from ackbot.store.tables.removal import Removal
 from ackbot.store.types import (
     REDELIVERY_CAUSES,
     Cause,
@@ -269,6 +270,43 @@ class MessageManager:
     async def requeue(self, message_id: str) -> StoredMessage:
         return await self._repository.requeue(message_id)
 
+    async def erase_author(self, author: str) -> AsyncIterator[int]:
+        """Tombstones every message of `author` and the replies to them, a batch per short
+        transaction (each told by _committed like a delete: watch events, freed slots);
+        yields the count deleted so far after each batch, and ends after the batch that found
+        nothing left. Safe to call again after it was cut short."""
+        total = 0
+        while True:
+            tombstones = await self._repository.erase_batch(author)
+            total += len(tombstones)
+            yield total
+            if not tombstones:
+                return
+            if total % 10_000 < len(tombstones):
+                log.info("erasing author: %d messages deleted so far", total)
+            await asyncio.sleep(0)  # the writers queued meanwhile run before the next batch
+
+    async def purge(
+        self, state: State | str, older_than_ns: int, *, why: str = "purge"
+    ) -> AsyncIterator[int]:
+        """Removes for good the settled messages of `state` received more than `older_than_ns`
+        ago, with their replies, a batch per transaction (tables/removal.py); yields the count
+        removed so far after each batch, and ends when a batch finds nothing more to take.
+
+        The cutoff is fixed when the call starts, so a purge ends even while new messages
+        settle. Between batches the writers queued behind one (group commit's creates and
+        settles) go first.
+        """
+        removal = Removal(str(state), self._now_ns() - older_than_ns, why)
+        total = 0
+        while True:
+            removed = await self._repository.remove_batch(removal)
+            total += removed.count
+            yield total
+            if not removed.full:
+                return
+            await asyncio.sleep(0)  # the writers queued meanwhile run before the next batch
+
     async def approve(self, message_id: str) -> StoredMessage:
         """HELD -> PENDING; the approval wakes the streams of every store (_committed)."""
         return await self._repository.approve(message_id)
@@ -355,6 +393,12 @@ class MessageManager:
                 log.debug("lease released on stream end message_id=%s", change.message_id)
         if created:
             self.watches.created()
+        for removed in changes.removed:
+            # Removed for good: no watch event (the ids are free again), a count and a line.
+            for state, count in removed.by_state.items():
+                if self._metrics is not None:
+                    self._metrics.removed.labels(state, removed.why).inc(count)
+            log.debug("removed %s (%s)", dict(removed.by_state), removed.why)
         if changes.work_at_ns:
             now = self._now_ns()
             if min(changes.work_at_ns) <= now:

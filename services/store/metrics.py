@@ -70,6 +70,13 @@ class StoreMetrics:
             buckets=_LATENCY_BUCKETS,
             registry=registry,
         )
+        self.removed = Counter(
+            "ackbot_messages_removed",
+            "messages removed for good (replies included), by their state and why: retention "
+            "(the sweeper) or purge (PurgeMessages)",
+            ("state", "why"),
+            registry=registry,
+        )
         self.group_commit_batch = Histogram(
             "ackbot_group_commit_batch_size",
             "writes committed together in one transaction",

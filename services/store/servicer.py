@@ -125,6 +125,27 @@ class MessageStoreServicer(pb_grpc.MessageStoreServicer):
         return pb.RequeueMessageResponse(message=mapping.message_to_proto(message))
 
     @maps_errors
+    async def EraseAuthor(
+        self, request: pb.EraseAuthorRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[pb.EraseAuthorResponse]:
+        author = rules.erase_author(request, self._limits)
+        deleted = 0
+        async for deleted in self._manager.erase_author(author):
+            # The last batch found nothing: `done` goes with its count, not in a response more.
+            yield pb.EraseAuthorResponse(deleted_count=deleted)
+        yield pb.EraseAuthorResponse(deleted_count=deleted, done=True)
+
+    @maps_errors
+    async def PurgeMessages(
+        self, request: pb.PurgeMessagesRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[pb.PurgeMessagesResponse]:
+        purge = rules.purge(request)
+        removed = 0
+        async for removed in self._manager.purge(purge.state, purge.older_than_ns):
+            yield pb.PurgeMessagesResponse(removed_count=removed)
+        yield pb.PurgeMessagesResponse(removed_count=removed, done=True)
+
+    @maps_errors
     async def DeleteMessage(
         self, request: pb.DeleteMessageRequest, context: grpc.aio.ServicerContext
     ) -> pb.DeleteMessageResponse:

@@ -181,6 +181,21 @@ class MessageChange:
     lease_token: str | None = None
 
 
+@dataclass(frozen=True)
+class Removed:
+    """What one batch of a purge or the retention sweep removed for good (tables/removal.py):
+    rows by their state (replies by theirs), who asked (`why`: the metrics' label), and whether
+    the batch was full (then more may be left)."""
+
+    by_state: Mapping[str, int]
+    why: str
+    full: bool = False
+
+    @property
+    def count(self) -> int:
+        return sum(self.by_state.values())
+
+
 @dataclass
 class Changes:
     """What one write transaction changed: filled in while it runs, told once it committed.
@@ -195,6 +210,8 @@ class Changes:
     messages: list[MessageChange] = field(default_factory=list)
     created_work: bool = False
     work_at_ns: set[int] = field(default_factory=set)
+    # Rows removed for good: counted, never shown to watchers (their ids are free again).
+    removed: list[Removed] = field(default_factory=list)
 
     @property
     def made_work(self) -> bool:

@@ -411,3 +411,43 @@ def extend_lease(request: pb.ExtendLeaseRequest, limits: Limits) -> int:
         check_lease_duration(v, "lease_duration", request.lease_duration, limits)
     v.raise_if_any()
     return request.lease_duration.ToNanoseconds()
+
+
+# The states PurgeMessages removes: settled for good.
+_PURGEABLE = {
+    pb.MESSAGE_STATE_PROCESSED: "PROCESSED",
+    pb.MESSAGE_STATE_DEAD: "DEAD",
+    pb.MESSAGE_STATE_DELETED: "DELETED",
+}
+
+
+@dataclass(frozen=True)
+class Purge:
+    state: str
+    older_than_ns: int
+
+
+def purge(request: pb.PurgeMessagesRequest) -> Purge:
+    v = Violations()
+    state = _PURGEABLE.get(request.state)
+    if state is None:
+        v.add(
+            "state", "must be MESSAGE_STATE_PROCESSED, MESSAGE_STATE_DEAD or MESSAGE_STATE_DELETED"
+        )
+    older_than_ns = 0
+    if not request.HasField("older_than"):
+        v.add("older_than", "is required (0 s: all of them)")
+    else:
+        older_than_ns = request.older_than.seconds * 1_000_000_000 + request.older_than.nanos
+        if older_than_ns < 0:
+            v.add("older_than", f"must not be negative (got {seconds(request.older_than):g} s)")
+    v.raise_if_any()
+    assert state is not None
+    return Purge(state, older_than_ns)
+
+
+def erase_author(request: pb.EraseAuthorRequest, limits: Limits) -> str:
+    v = Violations()
+    check_author(v, "author", request.author, limits)
+    v.raise_if_any()
+    return request.author
