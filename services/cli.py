@@ -68,6 +68,8 @@ STATES: Mapping[str, pb.MessageState] = {
     "leased": pb.MESSAGE_STATE_LEASED,
     "processed": pb.MESSAGE_STATE_PROCESSED,
     "dead": pb.MESSAGE_STATE_DEAD,
+    "held": pb.MESSAGE_STATE_HELD,
+    "deleted": pb.MESSAGE_STATE_DELETED,
 }
 _STATE_NAMES = {value: name.upper() for name, value in STATES.items()}
 # Wide enough for the longest state name, so the author column lines up.
@@ -323,6 +325,21 @@ def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
         help="do not ask before --all-dead (required when standard input is not a terminal)",
     )
 
+    # Moderation (admin role): delete, list the held, approve.
+    delete = commands.add_parser(
+        "delete",
+        parents=[common],
+        help="delete a message and its reply (a tombstone stays; idempotent)",
+    )
+    delete.add_argument("id", metavar="ID", help="the message (or reply) to delete")
+    commands.add_parser(
+        "held", parents=[common], help="list the messages HELD for moderation, oldest first"
+    )
+    approve = commands.add_parser(
+        "approve", parents=[common], help="approve a HELD message: it is delivered at once"
+    )
+    approve.add_argument("id", metavar="ID", help="the HELD message to approve")
+
     completion = commands.add_parser(
         "completion",
         help="print a shell completion script (bash: "
@@ -519,6 +536,8 @@ def format_stats(stats: pb.GetStatsResponse) -> str:
         f"leased          {stats.leased_count}",
         f"processed       {stats.processed_count}",
         f"dead            {stats.dead_count}",
+        f"held            {stats.held_count}",
+        f"deleted         {stats.deleted_count}",
         f"oldest pending  {oldest}",
         f"streams         {len(stats.streams)}",
     ]
@@ -594,6 +613,34 @@ def cmd_requeue(stub: pb_grpc.MessageStoreStub, args: argparse.Namespace, out: T
     return 1 if failed else 0
 
 
+def cmd_delete(stub: pb_grpc.MessageStoreStub, args: argparse.Namespace, out: TextIO) -> int:
+    response = stub.DeleteMessage(pb.DeleteMessageRequest(id=args.id), timeout=CALL_TIMEOUT_SECONDS)
+    if args.json:
+        print(json_line(proto_dict(response, every_field=True)), file=out, flush=True)
+    elif response.already_deleted:
+        print(f"{response.message.id} was already deleted", file=out, flush=True)
+    else:
+        print(
+            f"deleted {response.message.id} ({response.deleted_count} messages with its reply)",
+            file=out,
+            flush=True,
+        )
+    return 0
+
+
+def cmd_held(stub: pb_grpc.MessageStoreStub, args: argparse.Namespace, out: TextIO) -> int:
+    for message in iter_messages(stub, state=pb.MESSAGE_STATE_HELD):
+        _emit(out, message, args)
+    return 0
+
+
+def cmd_approve(stub: pb_grpc.MessageStoreStub, args: argparse.Namespace, out: TextIO) -> int:
+    request = pb.ApproveMessageRequest(id=args.id)
+    response = stub.ApproveMessage(request, timeout=CALL_TIMEOUT_SECONDS)
+    _emit(out, response.message, args)
+    return 0
+
+
 COMMANDS: Mapping[str, Callable[[pb_grpc.MessageStoreStub, argparse.Namespace, TextIO], int]] = {
     "post": cmd_post,
     "get": cmd_get,
@@ -603,6 +650,9 @@ COMMANDS: Mapping[str, Callable[[pb_grpc.MessageStoreStub, argparse.Namespace, T
     "dead": cmd_dead,
     "stats": cmd_stats,
     "requeue": cmd_requeue,
+    "delete": cmd_delete,
+    "held": cmd_held,
+    "approve": cmd_approve,
 }
 
 

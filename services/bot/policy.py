@@ -34,7 +34,7 @@ from ackbot.bot.responder import IncomingMessage, Responder, RetryLater, Turn
 from ackbot.client.channels import Stores
 from ackbot.client.consumer import ConnectionCallback, Consumer, ConsumerSettings
 from ackbot.client.delivery import Delivery, failure_reason, fit_reason
-from ackbot.client.outcomes import CallResult, Outcome
+from ackbot.client.outcomes import MESSAGE_DELETED, CallResult, Outcome
 from ackbot.common.backoff import MAX_RELEASE_RETRY_AFTER_SECONDS, release_retry_after
 from ackbot.common.limits import fit_text
 from ackbot.v1 import message_store_pb2 as pb
@@ -295,6 +295,10 @@ class Answerer:
                     stored,
                     message_id,
                 )
+            case Outcome.NOT_FOUND if result.reason == MESSAGE_DELETED:
+                # A moderator deleted it while we worked: settled, nothing stored, no retry.
+                self._metrics.reply(bot_metrics.GONE)
+                log.info("message was deleted; reply dropped message_id=%s", message_id)
             case Outcome.NOT_FOUND:
                 self._metrics.reply(bot_metrics.GONE)
                 log.warning("message no longer exists; dropped message_id=%s", message_id)

@@ -123,10 +123,14 @@ class Client:
         id: str = "",
         create_time_ns: int | None = None,
         conversation_id: str = "",
+        hold: bool | None = None,
     ) -> pb.CreateMessageResponse:
         """Stores a message (CreateMessage), in `conversation_id` when given (delivered in
         order within it, and the bot reads it as context). The id is chosen here when not given,
-        so that the retries are safe; `already_existed` says a retry found it stored."""
+        so that the retries are safe; `already_existed` says a retry found it stored. `hold`:
+        HELD for moderation (True) or not (False) whatever the store's --hold-new-messages;
+        None: the store decides. A create with a deleted message's id is AlreadyExists with
+        reason MESSAGE_DELETED."""
         request = pb.CreateMessageRequest(
             message=message(
                 text,
@@ -134,7 +138,8 @@ class Client:
                 id=id,
                 create_time_ns=create_time_ns,
                 conversation_id=conversation_id,
-            )
+            ),
+            hold=hold,
         )
         return await self.send_create(request)
 
@@ -152,6 +157,29 @@ class Client:
         response = await self.call(
             "GetMessage",
             lambda timeout: self.stub.GetMessage(request, timeout=timeout),
+            message_id=message_id,
+        )
+        return response.message
+
+    async def delete(self, message_id: str) -> pb.DeleteMessageResponse:
+        """Deletes a message and its reply (DeleteMessage, admin): their tombstones stay.
+        Idempotent: `already_deleted` says an earlier call did it. NotFound when no message
+        has the id."""
+        request = pb.DeleteMessageRequest(id=message_id)
+        return await self.call(
+            "DeleteMessage",
+            lambda timeout: self.stub.DeleteMessage(request, timeout=timeout),
+            message_id=message_id,
+        )
+
+    async def approve(self, message_id: str) -> pb.Message:
+        """Approves a HELD message (ApproveMessage, admin): PENDING, delivered at once.
+        FailedPrecondition [NOT_HELD] when it is not HELD; NotFound when it is not there
+        (reason MESSAGE_DELETED when it was deleted)."""
+        request = pb.ApproveMessageRequest(id=message_id)
+        response = await self.call(
+            "ApproveMessage",
+            lambda timeout: self.stub.ApproveMessage(request, timeout=timeout),
             message_id=message_id,
         )
         return response.message

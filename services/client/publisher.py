@@ -138,10 +138,11 @@ class Publisher:
         id: str = "",
         create_time_ns: int | None = None,
         conversation_id: str = "",
+        hold: bool | None = None,
     ) -> asyncio.Future[pb.CreateMessageResponse]:
         """Queues a create; the future resolves to CreateMessage's response for it (the stored
         message, and `already_existed`), or raises its StoreError. The id is chosen here when
-        not given, so that the batch can be retried."""
+        not given, so that the batch can be retried. `hold` as Client.create's."""
         if self._closed:
             raise RuntimeError("the publisher is closed")
         request = pb.CreateMessageRequest(
@@ -151,7 +152,8 @@ class Publisher:
                 id=id,
                 create_time_ns=create_time_ns,
                 conversation_id=conversation_id,
-            )
+            ),
+            hold=hold,
         )
         size = _item_size(request)
         problem = self._over_limit(size)
