@@ -98,11 +98,18 @@
   }
   function editable(id) { return !!own[id] && Date.now() < own[id].until; }
 
+  // A refusal of one's own delete or edit says why (not yours, too late, gone).
+  function explainOwn(failure) {
+    if (/^(permission_denied|failed_precondition|not_found)$/.test(failure.code)) {
+      return "Not done: " + failure.message;
+    }
+    return explain(failure);
+  }
+
   function explain(failure) {
     if (failure.code === "resource_exhausted") return "Too fast: " + failure.message;
     if (failure.code === "invalid_argument") return "Not posted: " + failure.message;
     if (failure.code === "permission_denied") return "This site may not show these comments.";
-    if (failure.code === "failed_precondition") return failure.message;
     return "The comments are unavailable right now; try again shortly.";
   }
 
@@ -160,7 +167,7 @@
       call("DeleteComment", { id: c.id, editKey: own[c.id].key }).then(function () {
         remove(c.id);
       }, function (failure) {
-        problem.textContent = explain(failure);
+        problem.textContent = explainOwn(failure);
         del.disabled = edit.disabled = false;
       });
     });
@@ -186,7 +193,7 @@
         }, function (failure) {
           editor.replaceWith(body);
           bar.hidden = false;
-          problem.textContent = explain(failure);
+          problem.textContent = explainOwn(failure);
         });
       });
     });
