@@ -14,6 +14,7 @@ import pytest
 
 from ackbot.client import Client
 from ackbot.testing import wait_until
+from tests.support.gated_responder import GATE_ENV, GATED
 
 from .conftest import Failed, call
 from .test_browser import WITHIN, post
@@ -133,16 +134,21 @@ async def test_the_controls_go_when_the_window_ends_and_the_server_agrees(
 
 
 async def test_the_writer_edits_and_the_bot_answers_the_new_text(
-    store, start_bot, start_web, new_page
+    store, start_bot, start_web, new_page, tmp_path
 ):
-    await start_bot()
+    gate = tmp_path / "gate"
+    await start_bot(responder=GATED, env={GATE_ENV: str(gate)})
     web = await start_web()
     writer, watch = await open_thread(new_page, f"{web.url}/demo/own-edit")
     reader, _ = await open_thread(new_page, f"{web.url}/demo/own-edit")
     await post(writer, "ana", "Helo wrld")
-    await writer.locator(".ackbot-reply").wait_for(timeout=WITHIN)
+    await writer.wait_for_selector(".ackbot-writing", timeout=WITHIN)
     await writer.locator(".ackbot-edit").click()
     await writer.fill(".ackbot-edit-text", "Hello world")
+    # The bot answers the old text while the writer edits: the editor keeps what was typed.
+    gate.touch()
+    await reader.locator(".ackbot-reply").wait_for(timeout=WITHIN)
+    assert await writer.locator(".ackbot-edit-text").input_value() == "Hello world"
     await writer.click(".ackbot-save")
     for page in (writer, reader):
         await page.locator(".ackbot-comment > .ackbot-body", has_text="Helo wrld").wait_for(
@@ -151,6 +157,7 @@ async def test_the_writer_edits_and_the_bot_answers_the_new_text(
         edited = page.locator(".ackbot-comment", has_text="Hello world")
         await edited.locator(".ackbot-reply").wait_for(timeout=WITHIN)
         assert await page.locator(".ackbot-comment").count() == 1
+        assert await page.locator(".ackbot-reply").count() == 1
     # The new comment is the writer's to delete or edit again.
     assert await writer.locator(".ackbot-comment .ackbot-delete").count() == 1
     assert await reader.locator(".ackbot-comment .ackbot-delete").count() == 0

@@ -183,7 +183,15 @@
       editor.append(area, save, " ", cancel);
       body.replaceWith(editor);
       bar.hidden = true;
-      cancel.addEventListener("click", function () { editor.replaceWith(body); bar.hidden = false; });
+      // While the writer types, news of this comment wait (a re-render would lose the text).
+      node.dataset.editing = "1";
+      function close() {
+        editor.replaceWith(body);
+        bar.hidden = false;
+        delete node.dataset.editing;
+        if (shown[c.id] && shown[c.id].node === node && shown[c.id].data !== c) refresh(c.id);
+      }
+      cancel.addEventListener("click", close);
       save.addEventListener("click", function () {
         save.disabled = true;
         var key = own[c.id] && own[c.id].key;
@@ -191,8 +199,7 @@
           remove(c.id);
           adopt(data);
         }, function (failure) {
-          editor.replaceWith(body);
-          bar.hidden = false;
+          close();
           problem.textContent = explainOwn(failure);
         });
       });
@@ -209,11 +216,15 @@
     keep(data.comment, data.editKey, data.editExpireTime);
     // The watch may have shown it already, and newer (being answered): keep that, with the
     // controls the key just brought.
-    var known = shown[data.comment.id];
-    if (!known) { upsert(data.comment); return; }
-    var node = render(known.data);
-    known.node.replaceWith(node);
-    known.node = node;
+    if (!shown[data.comment.id]) upsert(data.comment);
+    else refresh(data.comment.id);
+  }
+
+  function refresh(id) {
+    var item = shown[id];
+    var node = render(item.data);
+    item.node.replaceWith(node);
+    item.node = node;
   }
 
   // A comment deleted (here, or anywhere: WatchThread's DELETED), or a reply of one.
@@ -230,9 +241,7 @@
       var item = shown[other];
       if (item.data.reply && item.data.reply.id === id) {
         item.data = Object.assign({}, item.data, { reply: null });
-        var node = render(item.data);
-        item.node.replaceWith(node);
-        item.node = node;
+        if (!item.node.dataset.editing) refresh(other);
       }
     });
   }
@@ -244,6 +253,7 @@
     lastSequence = Math.max(lastSequence, seq(c), c.reply ? seq(c.reply) : 0);
     var old = shown[c.id];
     if (old && old.data.reply && !c.reply) return; // an answer is never taken back
+    if (old && old.node.dataset.editing) { old.data = c; return; } // shown when editing ends
     var node = render(c);
     if (old) {
       old.node.replaceWith(node);
