@@ -62,7 +62,9 @@ class CommentService(Protocol):
     def watch_thread(self, request: WatchThreadRequest, ctx: RequestContext[WatchThreadRequest, WatchThreadResponse], /) -> AsyncIterator[WatchThreadResponse]:
         """
         The thread's comments as they change, pushed (server streaming): a comment each time it is
-        posted, starts being answered, is answered (with its reply) or is given up on. The first
+        posted, starts being answered, is answered (with its reply), is given up on, or is deleted
+        (state DELETED, also for a deleted reply: take it off the page; a comment HELD for
+        moderation comes only once approved, as WAITING). The first
         response, sent at once, has no comment: the watch is open. Then the comments after
         `after_sequence`, so that ListThread's `last_sequence` followed by this misses nothing. A
         quiet watch gets a response without a comment every 25 seconds (for proxies that end
@@ -267,7 +269,9 @@ class CommentServiceClient(ConnectClient):
     ) -> AsyncIterator[WatchThreadResponse]:
         """
         The thread's comments as they change, pushed (server streaming): a comment each time it is
-        posted, starts being answered, is answered (with its reply) or is given up on. The first
+        posted, starts being answered, is answered (with its reply), is given up on, or is deleted
+        (state DELETED, also for a deleted reply: take it off the page; a comment HELD for
+        moderation comes only once approved, as WAITING). The first
         response, sent at once, has no comment: the watch is open. Then the comments after
         `after_sequence`, so that ListThread's `last_sequence` followed by this misses nothing. A
         quiet watch gets a response without a comment every 25 seconds (for proxies that end
