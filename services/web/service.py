@@ -302,6 +302,12 @@ class CommentService:
         lasts; else the refusal."""
         if not comment_id:
             raise ConnectError(Code.INVALID_ARGUMENT, "id is required")
+        if self._config.edit_window_seconds == 0:
+            # Turned off: keys made before still verify, and must not work.
+            raise ConnectError(
+                Code.FAILED_PRECONDITION,
+                "deleting and editing comments is not enabled on this site",
+            )
         if not key:
             raise ConnectError(Code.PERMISSION_DENIED, "edit_key is required")
         expires = self._keys.check(comment_id, key)

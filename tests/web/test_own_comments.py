@@ -267,3 +267,20 @@ async def test_a_held_comment_is_its_writers_alone_until_approved_then_everyones
     answered_now = await answered(web.url, "held", comment["id"])
     assert answered_now["reply"]["fromBot"] is True
     assert not (await listed(web.url, "held", own)).get("heldComments")
+
+
+async def test_a_window_of_0_gives_no_keys_and_takes_none(store, start_web, tmp_path):
+    secret = tmp_path / "edit-secret"
+    secret.write_text(SECRET)
+    on = await start_web("--edit-secret-file", str(secret), name="web-on")
+    off = await start_web(
+        "--edit-secret-file", str(secret), "--edit-window-seconds", "0", name="web-off"
+    )
+    assert "editKey" not in await post(off.url, "off", "No key for this one")
+    assert (await listed(off.url, "off"))["limits"].get("editWindowSeconds", 0) == 0
+    keyed = await post(on.url, "off", "A key from a front door that gives them")
+    body = {"id": keyed["comment"]["id"], "editKey": keyed["editKey"]}
+    with pytest.raises(Failed) as refused:
+        await call(off.url, "DeleteComment", body)
+    assert refused.value.code == "failed_precondition"
+    assert "not enabled" in refused.value.message
