@@ -93,8 +93,11 @@ class CommentService(Protocol):
         comment and the bot's reply to it are deleted, and the new text is posted as a new comment
         (new id, at the end of the thread, by the same author), which the bot answers. The new
         comment's window ends when the old one's did: editing does not extend it.
+        Safe to retry: the new comment's id is derived from the old one's, so a retry whose first
+        try's answer was lost answers with the same new comment.
         The errors of DeleteComment, and those of PostComment for the text (a rate limit included:
-        an edit is a post).
+        an edit is a post); NOT_FOUND when the comment was deleted, or already edited to another
+        text.
         """
         raise ConnectError(Code.UNIMPLEMENTED, 'Not implemented')
 
@@ -334,8 +337,11 @@ class CommentServiceClient(ConnectClient):
         comment and the bot's reply to it are deleted, and the new text is posted as a new comment
         (new id, at the end of the thread, by the same author), which the bot answers. The new
         comment's window ends when the old one's did: editing does not extend it.
+        Safe to retry: the new comment's id is derived from the old one's, so a retry whose first
+        try's answer was lost answers with the same new comment.
         The errors of DeleteComment, and those of PostComment for the text (a rate limit included:
-        an edit is a post).
+        an edit is a post); NOT_FOUND when the comment was deleted, or already edited to another
+        text.
         """
         return await self.execute_unary(
             request=request,
