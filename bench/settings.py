@@ -62,10 +62,16 @@ class Settings:
     # The retention sweep (bench/retention.py): settled rows to remove (answered pairs).
     sweep_messages: int = 1_000_000
 
+    # The web front door (bench.web, issue 20): PostComment callers (and as many CreateMessage
+    # callers beside them), and the viewers of one thread.
+    web_concurrency: int = 16
+    web_viewers: int = 500
+
 
 FULL = Settings()
 
 QUICK = Settings(
+    web_viewers=50,
     warmup_seconds=0.2,
     measure_seconds=0.5,
     e2e_producers=16,

@@ -8,6 +8,7 @@ and memory, and reads the results back through the store's own API.
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import contextlib
 import json
@@ -725,6 +726,19 @@ async def memory(ctx: Context) -> Figures:
     }
 
 
+async def web_front_door(ctx: Context) -> dict[str, Any]:
+    """bench.web in this run (issue 20): PostComment over HTTP/1.1 through ackbot-web beside
+    CreateMessage over gRPC to the same store, then one thread watched by many viewers."""
+    from bench import web
+
+    args = argparse.Namespace(
+        seconds=ctx.settings.measure_seconds,
+        concurrency=ctx.settings.web_concurrency,
+        viewers=ctx.settings.web_viewers,
+    )
+    return await web.run(args, ctx.fresh("web"))
+
+
 WORKLOADS: dict[str, Callable[[Context], Any]] = {
     "ceiling": ceiling,
     "create": create,
@@ -737,6 +751,7 @@ WORKLOADS: dict[str, Callable[[Context], Any]] = {
     "oldway": old_way,
     "memory": memory,
     "sweep": lambda ctx: retention.sweep(ctx, filled_store=_filled_store),
+    "web": web_front_door,
 }
 # A figure and the baseline it is a ratio of, measured in the same run: running one runs both.
 BASELINES = {"create": "ceiling", "e2e": "redis", "postgres_e2e": "postgres_peer"}
