@@ -276,16 +276,18 @@ class Producers:
 
 async def _ackbot_end_to_end(
     ctx: Context, *, count: int, concurrency: int, rate: float, database: str = "",
-    producers: Producers = Producers(),
+    producers: Producers = Producers(), service_env: dict[str, str] | None = None,
 ) -> Figures:  # fmt: skip
     """A store (on a fresh SQLite file, or on `database`), one bot, and `count` messages from
-    `producers`; throughput, create-to-reply latency and each process's CPU."""
+    `producers`; throughput, create-to-reply latency and each process's CPU. `service_env` is
+    added to the store's and the bot's environment (bench.trace's trace folder)."""
     folder = ctx.fresh("e2e")
-    store = store_service(folder, args=["--db", database] if database else [])
+    store = store_service(folder, args=["--db", database] if database else [], env=service_env)
     async with running(store):
         bot = bot_service(
-            folder, store.address, persona="ackbot", max_in_flight=ctx.settings.bot_max_in_flight
-        )
+            folder, store.address, persona="ackbot", max_in_flight=ctx.settings.bot_max_in_flight,
+            env=service_env,
+        )  # fmt: skip
         async with running(bot), grpc.aio.insecure_channel(store.address) as channel:
             stub = store_stub(channel)
             # Which process is busy, and how busy: the first thing to know about a bound. From

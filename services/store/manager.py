@@ -29,6 +29,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import TypeVar
 
+from ackbot.common import trace
 from ackbot.store.errors import FailedPrecondition, StoreError
 from ackbot.store.metrics import StoreMetrics
 from ackbot.store.models import State
@@ -442,6 +443,8 @@ class MessageManager:
                 self._board.wake_all()
             return
         del self._claims[stream]
+        if trace.ENABLED:
+            trace.mark_all("store_claimed", [d.message.id for d in deliveries])
         if not self._board.is_open(stream):
             stream.claim_failed(None)
             # Cannot happen while _end_stream waits for the claim first; should it ever, the

@@ -15,6 +15,7 @@ from typing import Any
 import grpc
 from google.protobuf.message import DecodeError, Message
 
+from ackbot.common import trace
 from ackbot.common.limits import REPLY_LIMIT_METADATA
 from ackbot.store import mapping
 from ackbot.store import validation as rules
@@ -58,7 +59,11 @@ class MessageStoreServicer(pb_grpc.MessageStoreServicer):
     ) -> pb.BatchCreateMessagesResponse:
         items = rules.batch_create(request, self._limits)
         news = [item for item in items if isinstance(item, NewMessage)]
+        if trace.ENABLED:
+            trace.mark_all("store_create_received", [new.id for new in news])
         created = iter(await self._manager.create_messages(news) if news else ())
+        if trace.ENABLED:
+            trace.mark_all("store_create_committed", [new.id for new in news])
         response = pb.BatchCreateMessagesResponse()
         for item in items:
             outcome = next(created) if isinstance(item, NewMessage) else item
