@@ -36,8 +36,8 @@ from dataclasses import dataclass, field
 import grpc
 
 from ackbot.client.client import Client, message
-from ackbot.common import trace
 from ackbot.client.errors import StoreError, from_status
+from ackbot.common import trace
 from ackbot.common.limits import MAX_BATCH_CREATE_ITEMS
 from ackbot.v1 import message_store_pb2 as pb
 
