@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import bisect
+import itertools
 import statistics
 import tempfile
 from collections import defaultdict
@@ -107,7 +108,7 @@ def analyse(times: dict[str, dict[str, int]], window: int) -> str:
         "| step | what the time is | p50 ms | p90 ms | mean ms | messages in it |",
         "| --- | --- | --- | --- | --- | --- |",
     ]
-    pairs = list(zip(STEPS, STEPS[1:], strict=False)) + [
+    pairs = list(itertools.pairwise(STEPS)) + [
         (before, step) for step, before in SIDE_STEPS.items()
     ]
     total = 0.0

@@ -173,7 +173,7 @@ class ConsumeSession(DeliveryStream):
                 request = pb.ConsumeRequest(settlements=self._pending, drain=self._drain)
                 self._pending, self._drain = [], False
                 if trace.ENABLED:
-                    trace.mark_all("bot_settle_sent", _settled_ids(request))
+                    trace.mark_all("bot_settle_sent", _settled_ids(request.settlements))
                 yield request
             if self._closing:
                 return
@@ -200,10 +200,7 @@ class ConsumeSession(DeliveryStream):
         try:
             result = await asyncio.wait_for(asyncio.shield(future), wait_seconds)
             if trace.ENABLED:
-                trace.mark(
-                    "bot_result_received",
-                    _settled_ids(pb.ConsumeRequest(settlements=[settlement]))[0],
-                )
+                trace.mark_all("bot_result_received", _settled_ids([settlement]))
             return result
         except (TimeoutError, _SessionOver):
             return None
@@ -252,8 +249,9 @@ class ConsumeSession(DeliveryStream):
             self._inbox.put_nowait(None)
 
 
-def _settled_ids(request: pb.ConsumeRequest) -> list[str]:
-    return [getattr(s, s.WhichOneof("action") or "mark_processed").id for s in request.settlements]
+def _settled_ids(settlements: Sequence[pb.Settlement]) -> list[str]:
+    """The message ids of settlements, for the trace."""
+    return [getattr(s, s.WhichOneof("action") or "mark_processed").id for s in settlements]
 
 
 class _SessionOver(Exception):
