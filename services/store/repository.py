@@ -53,6 +53,26 @@ log = logging.getLogger(__name__)
 MAX_BATCH = 256
 
 
+@dataclasses.dataclass(eq=False)
+class SlotCredit:
+    """A MarkProcessed whose slot a claim may count on (claim on settle, manager.py): `freed`
+    is set inside the transaction, on the driver's side, once the mark's write succeeded."""
+
+    freed: bool = False
+
+
+@dataclasses.dataclass(eq=False)
+class SettleClaim:
+    """A claim riding with settlements: it leases `room` plus one for each credit freed in its
+    own transaction (marks run first in a transaction, claims last), so a mark that fails, or
+    lands in a later transaction, frees no slot it does not have. `limit` is the number it
+    asked for, once it ran."""
+
+    room: int
+    credits: list[SlotCredit] = dataclasses.field(default_factory=list)
+    limit: int | None = None
+
+
 class MessageRepository:
     def __init__(
         self,
@@ -204,13 +224,25 @@ class MessageRepository:
         lease_token: str = "",
         *,
         context_sequence: int = 0,
+        credit: SlotCredit | None = None,
     ) -> MarkResult:
         # The lease token is not checked: the first reply to commit wins, whoever holds the
         # lease, and every later one learns that the message was already processed.
         del lease_token
         return await self._writes.submit(
-            self._messages.mark_many, Mark(message_id, reply, context_sequence), runs_first=True
+            self._mark_many,
+            (Mark(message_id, reply, context_sequence), credit),
+            runs_first=True,
         )
+
+    def _mark_many(
+        self, tx: Transaction, items: list[tuple[Mark, SlotCredit | None]]
+    ) -> list[MarkResult | StoreError]:
+        results = self._messages.mark_many(tx, [mark for mark, _ in items])
+        for (_, credit), result in zip(items, results, strict=True):
+            if credit is not None and not isinstance(result, StoreError):
+                credit.freed = True
+        return results
 
     async def requeue(self, message_id: str) -> StoredMessage:
         return await self._writes.submit_one(self._messages.requeue, message_id)
@@ -243,6 +275,18 @@ class MessageRepository:
         return await self._writes.submit_one(
             self._leases.claim, Claim(limit, lease_ns), runs_last=True
         )
+
+    async def claim_after_settles(self, claim: SettleClaim, lease_ns: int) -> list[Delivery]:
+        """`claim`: a claim whose limit counts the slots that the marks of its own transaction
+        free (see SettleClaim)."""
+
+        def run(tx: Transaction, item: SettleClaim) -> list[Delivery]:
+            item.limit = item.room + sum(1 for credit in item.credits if credit.freed)
+            if item.limit <= 0:
+                return []
+            return self._leases.claim(tx, Claim(item.limit, lease_ns))
+
+        return await self._writes.submit_one(run, claim, runs_last=True)
 
     async def release(
         self, message_id: str, lease_token: str, *, reason: str, retry_after_ns: int
