@@ -51,6 +51,10 @@ log = logging.getLogger(__name__)
 # Large enough to take a burst from every connected client, small enough that one transaction
 # stays a few milliseconds long.
 MAX_BATCH = 256
+# Rows of batched creates in one transaction at most (GroupCommitter's max_rows): about two
+# clients' batches (the Publisher sends 100), so that settlements never queue behind a
+# transaction of a thousand inserts.
+MAX_CREATE_ROWS = 200
 
 
 @dataclasses.dataclass(eq=False)
@@ -95,6 +99,7 @@ class MessageRepository:
         self._writes = GroupCommitter(
             self.run_write,
             max_batch=max_batch,
+            max_rows=MAX_CREATE_ROWS,
             conflict_errors=CONFLICT_ERRORS,
             on_commit=on_commit,
         )
@@ -180,7 +185,9 @@ class MessageRepository:
             for new in news
         ]
         # Submitted as one request, so a group commit never splits it over two transactions.
-        return await self._writes.submit(self._messages.create_runs, news, runs_first=True)
+        return await self._writes.submit(
+            self._messages.create_runs, news, runs_first=True, rows=max(len(news), 1)
+        )
 
     async def get_message(self, message_id: str) -> StoredMessage:
         now = self._now_ns()
