@@ -32,9 +32,11 @@ async def pairs(rate: float, messages: int, count: int) -> list[tuple[float, flo
             echo = await _echo_at_rate(ctx, count=messages, rate=rate)
             pair = (store["store_cpu_ms_per_answered"], echo["server_cpu_ms_per_call"])
             print(
-                f"store {pair[0]:.2f} ms per answered message, echo {pair[1]:.2f} ms per call: "
-                f"{pair[0] / pair[1]:.2f}x (p50 create to reply {store['latency']['p50_ms']:.2f}"
-                f" ms)",
+                f"store {pair[0]:.2f} ms per answered message (event loop thread "
+                f"{store['store_loop_cpu_ms_per_answered']:.2f} ms, other threads "
+                f"{pair[0] - store['store_loop_cpu_ms_per_answered']:.2f} ms), echo "
+                f"{pair[1]:.2f} ms per call: {pair[0] / pair[1]:.2f}x (p50 create to reply "
+                f"{store['latency']['p50_ms']:.2f} ms)",
                 flush=True,
             )
             found.append(pair)

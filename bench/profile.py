@@ -91,6 +91,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         print(f"{achieved} (under cProfile)")
         if args.save is not None:
             shutil.copyfile(path, args.save)
+            shutil.copyfile(f"{path}.threads", f"{args.save}.threads")
         stats = pstats.Stats(str(path))
         stats.sort_stats("tottime").print_stats(args.top)
         stats.sort_stats("cumulative").print_stats(args.top)

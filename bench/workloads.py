@@ -37,7 +37,7 @@ from ackbot.testing import (
 from ackbot.v1 import message_store_pb2 as pb
 from ackbot.v1 import message_store_pb2_grpc as pb_grpc
 from bench import echo, fill, oldway, peer, pg_peer, redis_server
-from bench.cpu import postgres_window, process_window
+from bench.cpu import main_thread_window, postgres_window, process_window
 from bench.loadgen import (
     STORE_CREATE_METHOD,
     Result,
@@ -294,10 +294,11 @@ async def _ackbot_end_to_end(
             # the first create to the last reply: at a fixed rate a steady state, with a tail of
             # milliseconds; at full speed the backlog's drain included.
             store_cpu = process_window(server_pid(store))
+            store_loop_cpu = main_thread_window(server_pid(store))
             bot_cpu = process_window(server_pid(bot))
             # On PostgreSQL the database does much of the work, in processes of its own.
             database_cpu = postgres_window()
-            windows = (store_cpu, bot_cpu, database_cpu)
+            windows = (store_cpu, store_loop_cpu, bot_cpu, database_cpu)
 
             def open_windows() -> None:
                 for window in windows:
@@ -323,6 +324,10 @@ async def _ackbot_end_to_end(
         "creates_per_second": produced.calls / produced.seconds,
         "store_cpu_percent": store_cpu.percent,
         "store_cpu_ms_per_answered": 1e3 * store_cpu.cpu_seconds / max(answered["answered"], 1),
+        # Of which the event loop's thread; the rest is the SQLite threads' and gRPC core's.
+        "store_loop_cpu_ms_per_answered": (
+            1e3 * store_loop_cpu.cpu_seconds / max(answered["answered"], 1)
+        ),
         "bot_cpu_percent": bot_cpu.percent,
         "producer_cpu_percent": 100 * produced.client_cpu_seconds / produced.seconds,
         **({"postgres_cpu_percent": database_cpu.percent} if database else {}),
