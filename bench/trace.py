@@ -105,7 +105,7 @@ def analyse(times: dict[str, dict[str, int]], window: int) -> str:
         f"{len(complete)} messages traced whole; the middle {len(middle)} published at "
         f"{rate:,.0f}/s",
         "",
-        "| step | what the time is | p50 ms | p90 ms | mean ms | messages in it |",
+        "| step | time from the step before | p50 ms | p90 ms | mean ms | messages in it |",
         "| --- | --- | --- | --- | --- | --- |",
     ]
     pairs = list(itertools.pairwise(STEPS)) + [
@@ -117,11 +117,24 @@ def analyse(times: dict[str, dict[str, int]], window: int) -> str:
         p50, p90, mean = _ms(deltas)
         if step not in SIDE_STEPS:
             total += mean
+        # Little's law with the step's own rate: the producers run ahead of the answers.
+        reached = [complete[m][step] for m in middle]
+        span = (max(reached) - min(reached)) / 1e9
+        step_rate = (len(reached) - 1) / span if span > 0 else 0.0
         lines.append(
             f"| {step} | {MEANING[step]} | {p50:.2f} | {p90:.2f} | {mean:.2f} | "
-            f"{rate * mean / 1e3:.1f} |"
+            f"{step_rate * mean / 1e3:.1f} |"
         )
-    lines.append(f"| total | publish -> slot freed | | | {total:.2f} | {rate * total / 1e3:.1f} |")
+    lines.append(f"| total | publish -> slot freed | | | {total:.2f} | |")
+    cycle = [complete[m]["store_settle_committed"] - complete[m]["store_claimed"] for m in middle]
+    claimed = [complete[m]["store_claimed"] for m in middle]
+    answer_rate = (len(claimed) - 1) / ((max(claimed) - min(claimed)) / 1e9)
+    lines += [
+        "",
+        f"answered (claimed) at {answer_rate:,.0f}/s; a slot is held from claim to committed "
+        f"settlement for {statistics.fmean(cycle) / 1e6:.2f} ms on average (p50 "
+        f"{_ms(cycle)[0]:.2f} ms)",
+    ]
     lines += ["", *_window(complete, middle, window)]
     return "\n".join(lines)
 
