@@ -43,7 +43,7 @@ def _profile_driver_threads() -> cProfile.Profile:
 
         return await on_thread(executor, run)
 
-    database._on_thread = profiled_on_thread  # type: ignore[assignment]
+    database._on_thread = profiled_on_thread
     return profiler
 
 
