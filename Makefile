@@ -9,11 +9,12 @@ GEN_DIR := gen
 
 STORE_LISTEN ?= 127.0.0.1:50051
 BOT_LISTEN ?= 127.0.0.1:50052
+WEB_LISTEN ?= 127.0.0.1:8080
 
 .PHONY: help install proto run test test-long lint format check-generated proto-check bench chaos clean
 
 help:
-	@echo "make run               set up, then start store + bot on the embedded SQLite default"
+	@echo "make run               set up, then start store + bot + web comments on SQLite"
 	@echo "make test              set up, then run the test suite (all but the long and llm tests)"
 	@echo "make test-long         the soak and the long chaos profiles (marker long, ~1.5 h)"
 	@echo "make lint              ruff check + format check + mypy"
@@ -59,7 +60,8 @@ proto-check: $(BUF)
 	$(BUF) breaking --against $(LAST_RELEASE)
 
 run: $(STAMP)
-	$(BIN)/python tools/run_local.py --store-listen $(STORE_LISTEN) --bot-listen $(BOT_LISTEN)
+	$(BIN)/python tools/run_local.py --store-listen $(STORE_LISTEN) --bot-listen $(BOT_LISTEN) \
+		--web-listen $(WEB_LISTEN)
 
 # The suite runs on TEST_WORKERS processes (pytest-xdist): its tests mostly wait on store and bot
 # subprocesses, so more workers than cores pays (measured on a 2-core machine: 4 workers beat

@@ -55,6 +55,7 @@ WATCH_RECONNECT_SECONDS = 1.0
 WATCH_EVENT_NAMES = {
     pb.WATCH_EVENT_TYPE_CREATED: "created",
     pb.WATCH_EVENT_TYPE_STATE_CHANGED: "changed",
+    pb.WATCH_EVENT_TYPE_DELETED: "deleted",
 }
 WAIT_POLL_SECONDS = 0.05
 # The create times a store accepts (64-bit nanoseconds: 1677-09-21 to 2262-04-11), in Unix
@@ -68,6 +69,8 @@ STATES: Mapping[str, pb.MessageState] = {
     "leased": pb.MESSAGE_STATE_LEASED,
     "processed": pb.MESSAGE_STATE_PROCESSED,
     "dead": pb.MESSAGE_STATE_DEAD,
+    "held": pb.MESSAGE_STATE_HELD,
+    "deleted": pb.MESSAGE_STATE_DELETED,
 }
 _STATE_NAMES = {value: name.upper() for name, value in STATES.items()}
 # Wide enough for the longest state name, so the author column lines up.
@@ -144,6 +147,8 @@ def format_message_details(message: pb.Message) -> str:
         rows.append(("reply to", message.reply_to))
     if message.reply_id:
         rows.append(("reply id", message.reply_id))
+    if message.conversation_id:
+        rows.append(("conversation", message.conversation_id))
     rows.append(("attempts", str(message.delivery_attempts)))
     if message.last_error:
         rows.append(("last error", one_line(message.last_error)))
@@ -233,6 +238,12 @@ def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
         "--id", default="", help="the message id; the store assigns one when left out"
     )
     post.add_argument(
+        "--conversation",
+        default="",
+        metavar="ID",
+        help="the conversation (thread) it belongs to: delivered in order, read as context",
+    )
+    post.add_argument(
         "--create-time-ms",
         type=int_in(MIN_CREATE_TIME_MS, MAX_CREATE_TIME_MS),
         default=None,
@@ -263,6 +274,9 @@ def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
     )
     listing.add_argument("--state", choices=sorted(STATES), help="only messages in this state")
     listing.add_argument("--reply-to", default="", metavar="ID", help="only the replies to ID")
+    listing.add_argument(
+        "--conversation", default="", metavar="ID", help="only the messages of conversation ID"
+    )
     listing.add_argument(
         "--limit", type=int_in(1), default=None, metavar="N", help="stop after N messages"
     )
@@ -311,6 +325,21 @@ def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
         action="store_true",
         help="do not ask before --all-dead (required when standard input is not a terminal)",
     )
+
+    # Moderation (admin role): delete, list the held, approve.
+    delete = commands.add_parser(
+        "delete",
+        parents=[common],
+        help="delete a message and its reply (a tombstone stays; idempotent)",
+    )
+    delete.add_argument("id", metavar="ID", help="the message (or reply) to delete")
+    commands.add_parser(
+        "held", parents=[common], help="list the messages HELD for moderation, oldest first"
+    )
+    approve = commands.add_parser(
+        "approve", parents=[common], help="approve a HELD message: it is delivered at once"
+    )
+    approve.add_argument("id", metavar="ID", help="the HELD message to approve")
 
     completion = commands.add_parser(
         "completion",
@@ -384,6 +413,7 @@ def cmd_post(stub: pb_grpc.MessageStoreStub, args: argparse.Namespace, out: Text
         author=args.author,
         text=read_text(args.text, sys.stdin, args.max_text_bytes),
         create_time=timestamp_from_ms(create_ms),
+        conversation_id=args.conversation,
     )
     request = pb.CreateMessageRequest(message=message)
     response = stub.CreateMessage(request, timeout=CALL_TIMEOUT_SECONDS)
@@ -436,6 +466,7 @@ def cmd_list(stub: pb_grpc.MessageStoreStub, args: argparse.Namespace, out: Text
         stub,
         state=state,
         reply_to=args.reply_to,
+        conversation_id=args.conversation,
         limit=args.limit,
         newest_first=args.newest_first,
     )
@@ -506,6 +537,8 @@ def format_stats(stats: pb.GetStatsResponse) -> str:
         f"leased          {stats.leased_count}",
         f"processed       {stats.processed_count}",
         f"dead            {stats.dead_count}",
+        f"held            {stats.held_count}",
+        f"deleted         {stats.deleted_count}",
         f"oldest pending  {oldest}",
         f"streams         {len(stats.streams)}",
     ]
@@ -581,6 +614,34 @@ def cmd_requeue(stub: pb_grpc.MessageStoreStub, args: argparse.Namespace, out: T
     return 1 if failed else 0
 
 
+def cmd_delete(stub: pb_grpc.MessageStoreStub, args: argparse.Namespace, out: TextIO) -> int:
+    response = stub.DeleteMessage(pb.DeleteMessageRequest(id=args.id), timeout=CALL_TIMEOUT_SECONDS)
+    if args.json:
+        print(json_line(proto_dict(response, every_field=True)), file=out, flush=True)
+    elif response.already_deleted:
+        print(f"{response.message.id} was already deleted", file=out, flush=True)
+    else:
+        print(
+            f"deleted {response.message.id} ({response.deleted_count} messages with its reply)",
+            file=out,
+            flush=True,
+        )
+    return 0
+
+
+def cmd_held(stub: pb_grpc.MessageStoreStub, args: argparse.Namespace, out: TextIO) -> int:
+    for message in iter_messages(stub, state=pb.MESSAGE_STATE_HELD):
+        _emit(out, message, args)
+    return 0
+
+
+def cmd_approve(stub: pb_grpc.MessageStoreStub, args: argparse.Namespace, out: TextIO) -> int:
+    request = pb.ApproveMessageRequest(id=args.id)
+    response = stub.ApproveMessage(request, timeout=CALL_TIMEOUT_SECONDS)
+    _emit(out, response.message, args)
+    return 0
+
+
 COMMANDS: Mapping[str, Callable[[pb_grpc.MessageStoreStub, argparse.Namespace, TextIO], int]] = {
     "post": cmd_post,
     "get": cmd_get,
@@ -590,6 +651,9 @@ COMMANDS: Mapping[str, Callable[[pb_grpc.MessageStoreStub, argparse.Namespace, T
     "dead": cmd_dead,
     "stats": cmd_stats,
     "requeue": cmd_requeue,
+    "delete": cmd_delete,
+    "held": cmd_held,
+    "approve": cmd_approve,
 }
 
 

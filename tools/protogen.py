@@ -7,13 +7,41 @@ the committed gen/ differs, so generated code is never stale and never edited by
 from __future__ import annotations
 
 import argparse
+import shutil
+import sys
 from pathlib import Path
 
 from grpc_tools import protoc  # type: ignore[import-untyped]
 
 ROOT = Path(__file__).resolve().parent.parent
 PROTO_ROOT = ROOT / "proto"
-INIT_TEXT = '"""Generated from proto/ackbot/v1 by `make proto`. Do not edit."""\n'
+# The web front door's public API (proto/ackbot/web/) is served with the Connect protocol, so it
+# gets connectrpc's code (*_connect.py) instead of grpcio's; the store's API gets grpcio's.
+CONNECT_PREFIX = "ackbot/web/"
+
+
+def _connect_plugin() -> str:
+    """protoc-gen-connectrpc, from the environment running this script (its bin folder first)."""
+    beside = Path(sys.executable).parent / "protoc-gen-connectrpc"
+    found = str(beside) if beside.exists() else shutil.which("protoc-gen-connectrpc")
+    if not found:
+        raise SystemExit("protoc-gen-connectrpc is missing: pip install -e '.[dev]'")
+    return found
+
+
+def _protoc(out_dir: Path, protos: list[str], *code: str) -> None:
+    well_known = Path(protoc.__file__).parent / "_proto"
+    args = [
+        "grpc_tools.protoc",
+        f"-I{PROTO_ROOT}",
+        f"-I{well_known}",
+        f"--python_out={out_dir}",
+        f"--pyi_out={out_dir}",
+        *code,
+        *protos,
+    ]
+    if protoc.main(args) != 0:
+        raise SystemExit("protoc failed")
 
 
 def generate(out_dir: Path) -> None:
@@ -23,20 +51,23 @@ def generate(out_dir: Path) -> None:
         str(p.relative_to(PROTO_ROOT)) for p in (PROTO_ROOT / "ackbot").rglob("*.proto")
     )
     out_dir.mkdir(parents=True, exist_ok=True)
-    well_known = Path(protoc.__file__).parent / "_proto"
-    args = [
-        "grpc_tools.protoc",
-        f"-I{PROTO_ROOT}",
-        f"-I{well_known}",
-        f"--python_out={out_dir}",
-        f"--pyi_out={out_dir}",
-        f"--grpc_python_out={out_dir}",
-        *protos,
-    ]
-    if protoc.main(args) != 0:
-        raise SystemExit("protoc failed")
+    grpc_protos = [p for p in protos if not p.startswith(CONNECT_PREFIX)]
+    connect_protos = [p for p in protos if p.startswith(CONNECT_PREFIX)]
+    _protoc(out_dir, grpc_protos, f"--grpc_python_out={out_dir}")
+    if connect_protos:
+        _protoc(
+            out_dir,
+            connect_protos,
+            f"--plugin=protoc-gen-connectrpc={_connect_plugin()}",
+            # google.protobuf messages (the *_pb2 beside it), not protobuf-py's; async only.
+            "--connectrpc_opt=protobuf=google,io=async",
+            f"--connectrpc_out={out_dir}",
+        )
     for package_dir in {(out_dir / p).parent for p in protos}:
-        (package_dir / "__init__.py").write_text(INIT_TEXT)
+        proto_dir = package_dir.relative_to(out_dir).as_posix()
+        (package_dir / "__init__.py").write_text(
+            f'"""Generated from proto/{proto_dir} by `make proto`. Do not edit."""\n'
+        )
         (package_dir / "py.typed").write_text("")
 
 

@@ -1,9 +1,11 @@
-"""Starts a store and a bot for local use; `make run` calls this.
+"""Starts a store, a bot and the web front door for local use; `make run` calls this.
 
 The store starts first and the bot only once the store's health check says SERVING, so the bot's
-first stream does not fail. Both children run in their own process groups: a Ctrl-C in the
+first stream does not fail; the web front door (the comment widget) starts last, and the banner
+names its URL. The children run in their own process groups: a Ctrl-C in the
 terminal reaches only this script, which then stops the bot first (so it can hand back work and
-finish its MarkProcessed calls while the store is still there) and the store second. When either
+finish its MarkProcessed calls while the store is still there) and the store second (the web
+front door before both). When either
 child dies on its own, the other is stopped too and this script exits 1.
 
 A second Ctrl-C while stopping kills whatever is still running.
@@ -29,6 +31,8 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import FrameType
@@ -44,6 +48,7 @@ CHECK_TIMEOUT_SECONDS = 1.0
 # Longer than each child's default --grace-seconds (bot 10 s, store 5 s), so a graceful stop is
 # never cut short; past it the child is killed.
 BOT_STOP_SECONDS = 15.0
+WEB_STOP_SECONDS = 10.0
 STORE_STOP_SECONDS = 10.0
 PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
 
@@ -134,6 +139,31 @@ def wait_serving(
             signals.received.wait(POLL_SECONDS)
 
 
+def wait_web(
+    address: str, process: subprocess.Popen[bytes], signals: Signals, timeout: float
+) -> bool:
+    """Polls the web front door's /healthz until it answers 200 (its store watch is open)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        if signals.received.is_set():
+            return False
+        if process.poll() is not None:
+            log(f"web exited with code {process.returncode} before it was ready")
+            return False
+        if time.monotonic() >= deadline:
+            log(f"web did not answer /healthz on {address} within {timeout:g} s")
+            return False
+        try:
+            with urllib.request.urlopen(
+                f"http://{address}/healthz", timeout=CHECK_TIMEOUT_SECONDS
+            ) as response:
+                if response.status == 200:
+                    return True
+        except (OSError, urllib.error.URLError):
+            pass  # not listening yet, or not watching yet: poll again
+        signals.received.wait(POLL_SECONDS)
+
+
 def stop(
     name: str, process: subprocess.Popen[bytes] | None, signals: Signals, grace: float
 ) -> None:
@@ -154,7 +184,7 @@ def stop(
     log(f"{name} exited with code {process.returncode}")
 
 
-def banner(store_listen: str, bot_listen: str, db: str | None) -> str:
+def banner(store_listen: str, bot_listen: str, db: str | None, web_listen: str = "") -> str:
     bin_dir = Path(sys.executable).parent
     with contextlib.suppress(ValueError):  # outside the working directory: keep it absolute
         bin_dir = bin_dir.relative_to(Path.cwd())
@@ -166,12 +196,18 @@ def banner(store_listen: str, bot_listen: str, db: str | None) -> str:
         "",
         f"ackbot is ready: store on {store_listen} ({db or 'the default SQLite database'}),"
         f" bot on {bot_listen}.",
+    ]
+    if web_listen:
+        lines += [
+            f"Open http://{web_listen}/ and write a comment: the bot's answer appears under it.",
+        ]
+    lines += [
         "Try, in another terminal:",
         f'  {bin_dir / "ackbot"}{store_flag} post "Hello" --wait 5',
         f"  {bin_dir / 'ackbot'}{store_flag} tail",
         f"  {grpcurl_cmd} -plaintext -d '{body}' {store_listen} {STORE_SERVICE}/CreateMessage",
         f"  {grpcurl_cmd} -plaintext {store_listen} describe {STORE_SERVICE}",
-        "Ctrl-C stops both.",
+        "Ctrl-C stops them all.",
         "",
     ]
     return "\n".join(lines)
@@ -181,6 +217,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--store-listen", default=DEFAULT_STORE_LISTEN, metavar="HOST:PORT")
     parser.add_argument("--bot-listen", default="127.0.0.1:50052", metavar="HOST:PORT")
+    parser.add_argument(
+        "--web-listen",
+        default="127.0.0.1:8080",
+        metavar="HOST:PORT",
+        help="the web front door (the comment widget); empty: do not start it",
+    )
     parser.add_argument(
         "--db", default=None, help="the store's --db URL (default: the store's, ./data/ackbot.db)"
     )
@@ -192,8 +234,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help="how long each service may take to report SERVING",
     )
     args = parser.parse_args(argv)
-    for flag in ("store_listen", "bot_listen"):
+    for flag in ("store_listen", "bot_listen", "web_listen"):
         # Port 0 would need the bound port from the child's log; local runs use fixed ports.
+        if flag == "web_listen" and not args.web_listen:
+            continue
         if getattr(args, flag).rpartition(":")[2] in ("", "0"):
             parser.error(f"--{flag.replace('_', '-')} needs HOST:PORT with a fixed port")
     return args
@@ -209,6 +253,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     store: subprocess.Popen[bytes] | None = None
     bot: subprocess.Popen[bytes] | None = None
+    web: subprocess.Popen[bytes] | None = None
     try:
         store = start("store", store_args)
         if not wait_serving(
@@ -221,18 +266,26 @@ def main(argv: Sequence[str] | None = None) -> int:
         # The bot reports SERVING once its stream to the store is connected.
         if not wait_serving("bot", args.bot_listen, "", bot, signals, args.ready_timeout):
             return 0 if signals.received.is_set() else 1
+        if args.web_listen:
+            web = start(
+                "web", ["ackbot.web", "--store", args.store_listen, "--listen", args.web_listen]
+            )
+            if not wait_web(args.web_listen, web, signals, args.ready_timeout):
+                return 0 if signals.received.is_set() else 1
         # The store takes ACKBOT_STORE_DB when --db is not given: the banner names that too.
         chosen_db = args.db or os.environ.get("ACKBOT_STORE_DB") or None
-        say(banner(args.store_listen, args.bot_listen, chosen_db), sys.stdout)
+        say(banner(args.store_listen, args.bot_listen, chosen_db, args.web_listen), sys.stdout)
+        children = [("store", store), ("bot", bot)] + ([("web", web)] if web else [])
         while not signals.received.is_set():
-            for name, process in (("store", store), ("bot", bot)):
+            for name, process in children:
                 if process.poll() is not None:
-                    log(f"{name} exited with code {process.returncode}; stopping the other")
+                    log(f"{name} exited with code {process.returncode}; stopping the others")
                     return 1
             signals.received.wait(POLL_SECONDS * 2)
         log("shutdown requested")
         return 0
     finally:
+        stop("web", web, signals, WEB_STOP_SECONDS)
         stop("bot", bot, signals, BOT_STOP_SECONDS)
         stop("store", store, signals, STORE_STOP_SECONDS)
 

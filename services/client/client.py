@@ -122,11 +122,24 @@ class Client:
         author: str,
         id: str = "",
         create_time_ns: int | None = None,
+        conversation_id: str = "",
+        hold: bool | None = None,
     ) -> pb.CreateMessageResponse:
-        """Stores a message (CreateMessage). The id is chosen here when not given, so that the
-        retries are safe; `already_existed` says a retry found it stored."""
+        """Stores a message (CreateMessage), in `conversation_id` when given (delivered in
+        order within it, and the bot reads it as context). The id is chosen here when not given,
+        so that the retries are safe; `already_existed` says a retry found it stored. `hold`:
+        HELD for moderation (True) or not (False) whatever the store's --hold-new-messages;
+        None: the store decides. A create with a deleted message's id is AlreadyExists with
+        reason MESSAGE_DELETED."""
         request = pb.CreateMessageRequest(
-            message=message(text, author=author, id=id, create_time_ns=create_time_ns)
+            message=message(
+                text,
+                author=author,
+                id=id,
+                create_time_ns=create_time_ns,
+                conversation_id=conversation_id,
+            ),
+            hold=hold,
         )
         return await self.send_create(request)
 
@@ -148,9 +161,33 @@ class Client:
         )
         return response.message
 
+    async def delete(self, message_id: str) -> pb.DeleteMessageResponse:
+        """Deletes a message and its reply (DeleteMessage, admin): their tombstones stay.
+        Idempotent: `already_deleted` says an earlier call did it. NotFound when no message
+        has the id."""
+        request = pb.DeleteMessageRequest(id=message_id)
+        return await self.call(
+            "DeleteMessage",
+            lambda timeout: self.stub.DeleteMessage(request, timeout=timeout),
+            message_id=message_id,
+        )
+
+    async def approve(self, message_id: str) -> pb.Message:
+        """Approves a HELD message (ApproveMessage, admin): PENDING, delivered at once.
+        FailedPrecondition [NOT_HELD] when it is not HELD; NotFound when it is not there
+        (reason MESSAGE_DELETED when it was deleted)."""
+        request = pb.ApproveMessageRequest(id=message_id)
+        response = await self.call(
+            "ApproveMessage",
+            lambda timeout: self.stub.ApproveMessage(request, timeout=timeout),
+            message_id=message_id,
+        )
+        return response.message
+
     async def list(self, **filters: Unpack[ListFilters]) -> AsyncIterator[Page]:
         """The matching messages, a page at a time (ListMessages), following page tokens to
-        the end or to `limit` messages. Filters: `state`, `reply_to`, `after_sequence`,
+        the end or to `limit` messages. Filters: `state`, `reply_to`, `conversation_id`,
+        `after_sequence`,
         `limit`, `newest_first`, `page_size` (see ListFilters)."""
         walk = PageWalk(**filters)
         while walk.request is not None:
@@ -159,9 +196,13 @@ class Client:
             if response.messages:
                 yield list(response.messages)
 
-    async def follow(self, *, from_start: bool = False) -> AsyncIterator[pb.Message]:
+    async def follow(
+        self, *, from_start: bool = False, conversation_id: str = ""
+    ) -> AsyncIterator[pb.Message]:
         """Each message and reply as it arrives, from now on (or from the first one), pushed
-        by the store (WatchMessages), as `ackbot tail` follows them. Each watch starts after
+        by the store (WatchMessages), as `ackbot tail` follows them; only those of
+        `conversation_id` when it is given (WatchMessages has no filter, so the others are
+        read and dropped here). Each watch starts after
         the last message seen, so when one ends with UNAVAILABLE (a store restart) the next,
         opened with backoff, misses nothing and repeats nothing. It ends only when the caller
         stops iterating; any other refusal is raised as a typed StoreError."""
@@ -177,7 +218,8 @@ class Client:
                     retry = 0
                     if event.type == pb.WATCH_EVENT_TYPE_CREATED:
                         last = event.message.sequence
-                        yield event.message
+                        if not conversation_id or event.message.conversation_id == conversation_id:
+                            yield event.message
             except grpc.aio.AioRpcError as exc:
                 if exc.code() != grpc.StatusCode.UNAVAILABLE:
                     raise from_rpc_error(exc) from None
@@ -193,10 +235,15 @@ class Client:
 
 
 def message(
-    text: str, *, author: str, id: str = "", create_time_ns: int | None = None
+    text: str,
+    *,
+    author: str,
+    id: str = "",
+    create_time_ns: int | None = None,
+    conversation_id: str = "",
 ) -> pb.Message:
     """The message of a create, with an id chosen here when none is given."""
-    proto = pb.Message(id=id or new_id(), author=author, text=text)
+    proto = pb.Message(id=id or new_id(), author=author, text=text, conversation_id=conversation_id)
     if create_time_ns is not None:
         proto.create_time.FromNanoseconds(create_time_ns)
     return proto

@@ -28,6 +28,7 @@ class ListFilters(TypedDict, total=False):
 
     state: pb.MessageState
     reply_to: str
+    conversation_id: str
     after_sequence: int
     limit: int | None
     newest_first: bool
@@ -44,6 +45,7 @@ class PageWalk:
         self._template = pb.ListMessagesRequest(
             state=filters.get("state", pb.MESSAGE_STATE_UNSPECIFIED),
             reply_to=filters.get("reply_to", ""),
+            conversation_id=filters.get("conversation_id", ""),
             after_sequence=filters.get("after_sequence", 0),
             order_by="sequence desc" if filters.get("newest_first") else "",
         )

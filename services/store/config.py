@@ -75,6 +75,10 @@ class StoreConfig:
     max_attempts: int = setting(
         5, "deliveries without MarkProcessed before a message becomes DEAD", type=int_in(1)
     )
+    # Moderation: a create that leaves `hold` unset is HELD until ApproveMessage.
+    hold_new_messages: bool = switch_setting(
+        "hold every new message for moderation (HELD until approved) unless its create sets hold"
+    )
     default_lease_seconds: float = setting(
         60.0,
         "lease of a delivery when the stream does not set one",

@@ -93,10 +93,19 @@ async def abort(context: grpc.aio.ServicerContext, error: BaseException, method:
 
 async def abort_shutting_down(context: grpc.aio.ServicerContext) -> None:
     """How a stream, session or watch ends when the store shuts down: the client reconnects,
-    with backoff."""
-    await context.abort_with_status(
-        rpc_status.to_status(status_for(ShuttingDown("the store is shutting down; reconnect")))
-    )
+    with backoff. A client that hung up first gets nothing: there is nobody left to tell."""
+    if context.done():
+        return
+    try:
+        await context.abort_with_status(
+            rpc_status.to_status(status_for(ShuttingDown("the store is shutting down; reconnect")))
+        )
+    except grpc.aio.AbortError:
+        raise
+    except Exception:
+        # The call ended while the status went out (gRPC core's ExecuteBatchError, a private
+        # type): the client hung up during the shutdown, which is not the store's error.
+        log.debug("a stream ended before its shutdown status could be sent")
 
 
 @dataclass(frozen=True)

@@ -24,13 +24,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import TypeVar
 
 from ackbot.common import trace
-from ackbot.store.errors import FailedPrecondition, StoreError
+from ackbot.store.errors import FailedPrecondition, MessageDeleted, StoreError
 from ackbot.store.metrics import StoreMetrics
 from ackbot.store.models import State
 from ackbot.store.repository import MessageRepository, SettleClaim, SlotCredit
@@ -41,6 +42,7 @@ from ackbot.store.types import (
     Cause,
     Changes,
     CreateResult,
+    DeleteResult,
     Delivery,
     Lease,
     MarkResult,
@@ -85,8 +87,11 @@ class MessageManager:
         clock_ns: Callable[[], int] = time.time_ns,
         call_at: CallAt | None = None,
         metrics: StoreMetrics | None = None,
+        hold_new_messages: bool = False,
     ) -> None:
         self._metrics = metrics
+        # A create that leaves `hold` unset is HELD when this is set (--hold-new-messages).
+        self._hold_new_messages = hold_new_messages
         self._repository = repository
         self._now_ns = clock_ns
         self._board = StreamBoard(clock_ns, call_at, on_lapse=self._lease_lapsed)
@@ -172,7 +177,13 @@ class MessageManager:
     # it changed (_committed); a method here adds only what is about its caller: the stream
     # whose slot a settle frees, a claim riding with a create.
 
+    def _held_or_not(self, new: NewMessage) -> NewMessage:
+        if new.hold is None:
+            return dataclasses.replace(new, hold=self._hold_new_messages)
+        return new
+
     async def create_message(self, new: NewMessage) -> CreateResult:
+        new = self._held_or_not(new)
         return await self._create(self._repository.create_message(new), _stored_new)
 
     async def create_messages(self, news: list[NewMessage]) -> list[CreateResult | StoreError]:
@@ -183,6 +194,7 @@ class MessageManager:
             # Every result is looked at: a list, not a generator that any() would cut short.
             return any([_stored_new(o) for o in outcomes if not isinstance(o, StoreError)])
 
+        news = [self._held_or_not(new) for new in news]
         return await self._create(self._repository.create_messages(news), any_stored)
 
     async def _create(self, write: Awaitable[T], stored_new: Callable[[T], bool]) -> T:
@@ -209,13 +221,20 @@ class MessageManager:
         *,
         context_sequence: int = 0,
     ) -> MarkResult:
-        result = await self._repository.mark_processed(
-            message_id,
-            reply,
-            lease_token,
-            context_sequence=context_sequence,
-            credit=self._claim_on_settle(message_id),
-        )
+        try:
+            result = await self._repository.mark_processed(
+                message_id,
+                reply,
+                lease_token,
+                context_sequence=context_sequence,
+                # A mark refused (MESSAGE_DELETED included) frees no slot for the claim riding
+                # with it: that claim leases less than it might, never more.
+                credit=self._claim_on_settle(message_id),
+            )
+        except MessageDeleted:
+            # Settled by the delete: nothing stored, the slot free.
+            self._board.settled(message_id, lease_token)
+            raise
         self._board.settled(message_id, lease_token)
         if result.already_processed:
             log.info("already processed; duplicate reply prevented message_id=%s", message_id)
@@ -285,6 +304,15 @@ class MessageManager:
     async def requeue(self, message_id: str) -> StoredMessage:
         return await self._repository.requeue(message_id)
 
+    async def approve(self, message_id: str) -> StoredMessage:
+        """HELD -> PENDING; the approval wakes the streams of every store (_committed)."""
+        return await self._repository.approve(message_id)
+
+    async def delete(self, message_id: str) -> DeleteResult:
+        """The message and its reply become tombstones; a LEASED one's stream gets its slot
+        back (_committed)."""
+        return await self._repository.delete(message_id)
+
     def _committed(self, changes: Changes) -> None:
         """What a committed write changed, told: the one place that turns a write into
         wake-ups, watch events, metrics and log lines (the repository calls it after every
@@ -331,6 +359,19 @@ class MessageManager:
                 )
             elif cause is Cause.REQUEUED:
                 log.info("requeued message_id=%s", change.message_id)
+            elif cause is Cause.APPROVED:
+                log.info("approved message_id=%s", change.message_id)
+            elif cause is Cause.DELETED:
+                if change.lease_token is not None:
+                    # Its lease ended with it: the stream that held it (on this store) has
+                    # the slot back now, as after a settle. A stream on another store gets it
+                    # back when its client's settle is answered MESSAGE_DELETED.
+                    self._board.settled(change.message_id, change.lease_token)
+                log.info(
+                    "deleted message_id=%s was_leased=%s",
+                    change.message_id,
+                    change.lease_token is not None,
+                )
             elif cause in REDELIVERY_CAUSES and self._metrics is not None:
                 self._metrics.redelivery(cause.value)
             if cause is Cause.FAILED or cause is Cause.HANDED_BACK:
@@ -405,9 +446,14 @@ class MessageManager:
     @contextlib.contextmanager
     def _answering_for(self, message_id: str, lease_token: str) -> Iterator[None]:
         """A release or extension refused because the lease is gone still tells us that its
-        client is alive and done with that lease: the slot it kept on its stream is freed."""
+        client is alive and done with that lease: the slot it kept on its stream is freed. A
+        settle refused because the message was deleted (maybe through another store) settles
+        the delivery: its slot is freed whether the lease lapsed or not."""
         try:
             yield
+        except MessageDeleted:
+            self._board.settled(message_id, lease_token)
+            raise
         except FailedPrecondition:
             self._board.lapse_answered(message_id, lease_token)
             raise

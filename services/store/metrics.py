@@ -20,7 +20,7 @@ from ackbot.common.metrics import GrpcServerMetrics
 
 log = logging.getLogger(__name__)
 
-STATES = ("PENDING", "LEASED", "PROCESSED", "DEAD")
+STATES = ("PENDING", "LEASED", "PROCESSED", "DEAD", "HELD", "DELETED")
 SERVICE = "ackbot.v1.MessageStore"
 # The store's streaming methods, exported at 0 from the start: an alert on "no bot stream
 # open" needs a series that is 0, not one that does not exist yet.

@@ -24,7 +24,7 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from ackbot.store.database import CONFLICT_ERRORS, Database
-from ackbot.store.errors import NotFound, StoreError
+from ackbot.store.errors import MessageDeleted, NotFound, StoreError
 from ackbot.store.group_commit import GroupCommitter
 from ackbot.store.ids import new_message_id, new_store_id
 from ackbot.store.models import State
@@ -37,6 +37,7 @@ from ackbot.store.types import (
     Changes,
     CreateResult,
     DeadStore,
+    DeleteResult,
     Delivery,
     Lease,
     MarkResult,
@@ -189,13 +190,16 @@ class MessageRepository:
             self._messages.create_runs, news, runs_first=True, rows=max(len(news), 1)
         )
 
-    async def get_message(self, message_id: str) -> StoredMessage:
+    async def get_message(self, message_id: str, *, tombstones: bool = False) -> StoredMessage:
+        """The message; a tombstone is MessageDeleted unless `tombstones` (the watches)."""
         now = self._now_ns()
         message = await self._database.run_read(
             lambda connection: messages.get_message(connection, message_id, now)
         )
         if message is None:
             raise NotFound(message_id)
+        if message.state is State.DELETED and not tombstones:
+            raise MessageDeleted(message_id)
         return message
 
     async def list_messages(
@@ -253,6 +257,12 @@ class MessageRepository:
 
     async def requeue(self, message_id: str) -> StoredMessage:
         return await self._writes.submit_one(self._messages.requeue, message_id)
+
+    async def approve(self, message_id: str) -> StoredMessage:
+        return await self._writes.submit_one(self._messages.approve, message_id)
+
+    async def delete(self, message_id: str) -> DeleteResult:
+        return await self._writes.submit_one(self._messages.delete, message_id)
 
     async def next_visible_ns(self) -> int | None:
         """When the earliest message that is not deliverable yet becomes deliverable."""

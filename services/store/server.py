@@ -159,7 +159,9 @@ class StoreServer:
             released = await repository.release_all_leases()
             if released:
                 log.info("released %d leases left by a previous run", released)
-        self._manager = manager = MessageManager(repository, metrics=metrics)
+        self._manager = manager = MessageManager(
+            repository, metrics=metrics, hold_new_messages=config.hold_new_messages
+        )
         if config.metrics_listen is not None:
             self._sampler = StateSampler(metrics, repository.sample_states)
             self._sampler.start()

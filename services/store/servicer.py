@@ -130,6 +130,24 @@ class MessageStoreServicer(pb_grpc.MessageStoreServicer):
         return pb.RequeueMessageResponse(message=mapping.message_to_proto(message))
 
     @maps_errors
+    async def DeleteMessage(
+        self, request: pb.DeleteMessageRequest, context: grpc.aio.ServicerContext
+    ) -> pb.DeleteMessageResponse:
+        result = await self._manager.delete(rules.message_id(request.id, self._limits))
+        return pb.DeleteMessageResponse(
+            message=mapping.message_to_proto(result.message),
+            already_deleted=result.already_deleted,
+            deleted_count=result.deleted_count,
+        )
+
+    @maps_errors
+    async def ApproveMessage(
+        self, request: pb.ApproveMessageRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ApproveMessageResponse:
+        message = await self._manager.approve(rules.message_id(request.id, self._limits))
+        return pb.ApproveMessageResponse(message=mapping.message_to_proto(message))
+
+    @maps_errors
     async def GetStats(
         self, request: pb.GetStatsRequest, context: grpc.aio.ServicerContext
     ) -> pb.GetStatsResponse:
@@ -139,6 +157,8 @@ class MessageStoreServicer(pb_grpc.MessageStoreServicer):
             leased_count=stats.counts.get(State.LEASED.value, 0),
             processed_count=stats.counts.get(State.PROCESSED.value, 0),
             dead_count=stats.counts.get(State.DEAD.value, 0),
+            held_count=stats.counts.get(State.HELD.value, 0),
+            deleted_count=stats.counts.get(State.DELETED.value, 0),
             streams=[
                 pb.StreamStats(
                     consumer=stream.consumer,

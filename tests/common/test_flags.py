@@ -36,6 +36,12 @@ STORE = {
         "0.0.0.0:9464",
     ),
     "max_attempts": ("--max-attempts", "ACKBOT_STORE_MAX_ATTEMPTS", "9", 9),
+    "hold_new_messages": (
+        "--hold-new-messages",
+        "ACKBOT_STORE_HOLD_NEW_MESSAGES",
+        "yes",
+        True,
+    ),
     "default_lease_seconds": (
         "--default-lease-seconds",
         "ACKBOT_STORE_DEFAULT_LEASE_SECONDS",
@@ -90,6 +96,24 @@ STORE = {
         True,
     ),
     "no_migrate": ("--no-migrate", "ACKBOT_STORE_NO_MIGRATE", "yes", True),
+    "db_idle_in_transaction_seconds": (
+        "--db-idle-in-transaction-seconds",
+        "ACKBOT_STORE_DB_IDLE_IN_TRANSACTION_SECONDS",
+        "4",
+        4.0,
+    ),
+    "db_statement_timeout_seconds": (
+        "--db-statement-timeout-seconds",
+        "ACKBOT_STORE_DB_STATEMENT_TIMEOUT_SECONDS",
+        "40",
+        40.0,
+    ),
+    "db_keepalive_seconds": (
+        "--db-keepalive-seconds",
+        "ACKBOT_STORE_DB_KEEPALIVE_SECONDS",
+        "5",
+        5.0,
+    ),
 }
 BOT = {
     "store": ("--store", "ACKBOT_BOT_STORE", "[::1]:6000", "[::1]:6000"),

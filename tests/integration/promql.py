@@ -17,7 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from .metrics_scrape import Samples
+from tests.support.metrics_scrape import Samples
 
 OPERATIONS_MD = Path(__file__).resolve().parents[2] / "docs" / "operations.md"
 

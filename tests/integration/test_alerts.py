@@ -12,9 +12,9 @@ import pytest
 from ackbot.common.flags import package_version
 from ackbot.testing import responders, wait_until
 from ackbot.v1 import message_store_pb2 as pb
+from tests.support.harness import create, wait_state
+from tests.support.metrics_scrape import METRICS, scrape, value
 
-from .harness import create, wait_state
-from .metrics_scrape import METRICS, scrape, value
 from .promql import Scrape, documented_alerts, fires
 
 pytestmark = pytest.mark.slow

@@ -8,6 +8,7 @@ import signal
 import socket
 import subprocess
 import sys
+import urllib.request
 
 from ackbot.testing import child_env, sync_wait_until
 from tests.support.harness import REPO_ROOT
@@ -27,6 +28,7 @@ def free_port() -> int:
 def test_make_run_answers_the_first_message_and_stops_on_ctrl_c(tmp_path):
     store_address = f"127.0.0.1:{free_port()}"
     bot_address = f"127.0.0.1:{free_port()}"
+    web_address = f"127.0.0.1:{free_port()}"
     output = tmp_path / "run_local.log"
     with output.open("wb") as sink:
         launcher = subprocess.Popen(
@@ -37,6 +39,8 @@ def test_make_run_answers_the_first_message_and_stops_on_ctrl_c(tmp_path):
                 store_address,
                 "--bot-listen",
                 bot_address,
+                "--web-listen",
+                web_address,
                 "--db",
                 f"sqlite+aiosqlite:///{tmp_path}/data/ackbot.db",
             ],
@@ -52,6 +56,10 @@ def test_make_run_answers_the_first_message_and_stops_on_ctrl_c(tmp_path):
             what="run_local's ready banner",
         )
         assert READY_BANNER in output.read_text(), output.read_text()
+        # The banner names the comment widget's page, and it serves it.
+        assert f"Open http://{web_address}/" in output.read_text()
+        with urllib.request.urlopen(f"http://{web_address}/", timeout=10) as page:
+            assert b'src="/embed.js"' in page.read()
 
         cli = [sys.executable, "-m", "ackbot.cli", "--store", store_address, "--json"]
         posted = subprocess.run(
@@ -74,6 +82,7 @@ def test_make_run_answers_the_first_message_and_stops_on_ctrl_c(tmp_path):
         log = output.read_text()
         assert "store exited with code 0" in log, log
         assert "bot exited with code 0" in log, log
+        assert "web exited with code 0" in log, log
     finally:
         if launcher.poll() is None:
             launcher.kill()

@@ -14,8 +14,7 @@ import pytest
 
 from ackbot.store.migrations import head_revision
 from ackbot.testing import child_env, store_service
-
-from .postgres import fresh_database, requires_postgres
+from tests.support.postgres import fresh_database
 
 HEAD = head_revision()
 TIMEOUT = 60
@@ -50,7 +49,7 @@ async def database(kind: str, tmp_path) -> AsyncIterator[str]:
 
 @pytest.mark.parametrize(
     "kind",
-    ["sqlite", pytest.param("postgres", marks=[pytest.mark.postgres, requires_postgres])],
+    ["sqlite", pytest.param("postgres", marks=[pytest.mark.postgres])],
 )
 async def test_migrate_shows_upgrades_and_downgrades_and_no_migrate_checks(kind, tmp_path):
     async with database(kind, tmp_path) as url:
@@ -65,7 +64,9 @@ async def test_migrate_shows_upgrades_and_downgrades_and_no_migrate_checks(kind,
         assert await amigrate(url, "current") == f"revision 0002 (this ackbot's is {HEAD})"
 
         # Behind: a store that must not migrate refuses, and leaves the schema as it was.
-        refused = store_service(tmp_path, name="no-migrate", args=["--db", url, "--no-migrate"])
+        refused = store_service(
+            tmp_path, name="no-migrate", args=["--db", url, "--no-migrate"]
+        ).expect_exit(1)
         try:
             code = await asyncio.to_thread(refused.start().proc.wait, TIMEOUT)
         finally:

@@ -17,8 +17,7 @@ from ackbot.client import (
     Publisher,
 )
 from ackbot.v1 import message_store_pb2 as pb
-
-from .harness import list_all
+from tests.support.harness import list_all
 
 LIMIT = 20
 MESSAGES = 300

@@ -8,8 +8,7 @@ import pytest
 from ackbot.common.limits import CUT_MARK
 from ackbot.testing.fake_llm import FakeLLM, Reply
 from ackbot.v1 import message_store_pb2 as pb
-
-from .harness import list_all, wait_state
+from tests.support.harness import list_all, wait_state
 
 MAX_TEXT_BYTES = 4001
 

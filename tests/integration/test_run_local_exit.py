@@ -25,7 +25,7 @@ READY_BANNER = "ackbot is ready"
 START_TIMEOUT = 40.0
 # The children's own graceful stop (bot, then store) fits well inside this.
 GONE_TIMEOUT = 30.0
-_STARTED = re.compile(r"started (store|bot) \(pid (\d+)\)")
+_STARTED = re.compile(r"started (store|bot|web) \(pid (\d+)\)")
 
 
 def free_port() -> int:
@@ -55,6 +55,8 @@ class Runner:
                 f"127.0.0.1:{free_port()}",
                 "--bot-listen",
                 f"127.0.0.1:{free_port()}",
+                "--web-listen",
+                f"127.0.0.1:{free_port()}",
                 "--db",
                 f"sqlite+aiosqlite:///{tmp_path}/data/ackbot.db",
             ],
@@ -78,7 +80,7 @@ class Runner:
         text = "".join(self.output)
         assert READY_BANNER in text, text
         children = dict(_STARTED.findall(text))
-        assert set(children) == {"store", "bot"}, text
+        assert set(children) == {"store", "bot", "web"}, text
         self.children = [int(pid) for pid in children.values()]
         assert all(alive(pid) for pid in self.children)
         return self.children
@@ -91,7 +93,7 @@ class Runner:
         sync_wait_until(
             lambda: not any(alive(pid) for pid in self.children),
             GONE_TIMEOUT,
-            what=f"the store and the bot to exit after {after}",
+            what=f"the store, the bot and the web front door to exit after {after}",
         )
 
     def cleanup(self) -> None:

@@ -112,7 +112,11 @@ async def test_a_store_stopped_inside_its_insert_stops_the_others_writes_for_sec
 ):
     # postgres_url comes first: its teardown (DROP DATABASE) runs after the services'.
     common = ["--db", postgres_url, "--dead-after-seconds", f"{DEAD_AFTER_SECONDS:g}"]
-    store_a = await run_service(store_service(tmp_path, name="store-a", args=common + args_a))
+    store_a = store_service(tmp_path, name="store-a", args=common + args_a)
+    if freed_by == "declared dead":
+        # A wakes to find itself declared dead, and stops with status 1 (semantics.md).
+        store_a.expect_exit(1)
+    store_a = await run_service(store_a)
     store_b = await run_service(store_service(tmp_path, name="store-b", args=common + args_b))
     a_id = store_id(store_a)
     await execute(postgres_url, STALL_TRIGGER)

@@ -1,0 +1,1 @@
+"""ackbot.web: the comment section's web front door (`ackbot-web`)."""
