@@ -56,6 +56,20 @@ def process_window(pid: int) -> CpuWindow:
     return CpuWindow(lambda: cpu_seconds(process))
 
 
+def main_thread_window(pid: int) -> CpuWindow:
+    """The CPU of the process's main thread alone (the store's event loop; its other threads
+    are the SQLite writer and readers and gRPC's own)."""
+    process = psutil.Process(pid)
+
+    def read() -> float:
+        for thread in process.threads():
+            if thread.id == pid:
+                return float(thread.user_time + thread.system_time)
+        return 0.0
+
+    return CpuWindow(read)
+
+
 def postgres_window() -> CpuWindow:
     """The PostgreSQL server's processes together, backends started or ended meanwhile
     included. Every server process on the machine counts: on a shared machine, other clients'

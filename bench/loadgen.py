@@ -24,6 +24,7 @@ from typing import Any
 
 import grpc
 
+from ackbot.common import trace
 from ackbot.v1 import message_store_pb2 as pb
 
 STORE_CREATE_METHOD = "/ackbot.v1.MessageStore/CreateMessage"
@@ -292,6 +293,8 @@ async def _produce_batched(spec: Spec) -> Result:
             futures = []
             for n in numbers:
                 message = create_request(spec.id_prefix, worker, n).message
+                if trace.ENABLED:
+                    trace.mark("publish", message.id)
                 # publish_async: waits for room under the Publisher's flow control.
                 futures.append(
                     await publisher.publish_async(
@@ -299,6 +302,8 @@ async def _produce_batched(spec: Spec) -> Result:
                     )
                 )
             await asyncio.gather(*futures)
+            if trace.ENABLED:
+                trace.mark_all("returned", [f.result().message.id for f in futures])
 
         return await _produce(spec, send)
 

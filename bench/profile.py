@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import pstats
+import shutil
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
@@ -79,6 +80,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--messages", type=int, default=3000, help="e2e: messages answered")
     parser.add_argument("--rate", type=float, default=0.0, help="e2e: creates a second (0: full)")
     parser.add_argument("--top", type=int, default=30)
+    parser.add_argument("--save", type=Path, help="keep the raw profile here (for pstats)")
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="ackbot-profile-") as folder:
         if args.workload == "create":
@@ -87,6 +89,9 @@ def main(argv: Sequence[str] | None = None) -> None:
             run = profile_end_to_end(Path(folder), args.messages, args.rate)
         path, achieved = asyncio.run(run)
         print(f"{achieved} (under cProfile)")
+        if args.save is not None:
+            shutil.copyfile(path, args.save)
+            shutil.copyfile(f"{path}.threads", f"{args.save}.threads")
         stats = pstats.Stats(str(path))
         stats.sort_stats("tottime").print_stats(args.top)
         stats.sort_stats("cumulative").print_stats(args.top)

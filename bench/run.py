@@ -3,7 +3,7 @@
     python -m bench.run [--quick] [--only NAME ...] [--out DIR]
 
 Starts real store, bot and echo servers, runs each workload, prints one table with every figure
-beside its baseline and the ratio, then the targets (issues 10 and 3) with PASS or MISS, and
+beside its baseline and the ratio, then the targets (issues 10, 22 and 3) with PASS or MISS, and
 writes results.json, results.txt and results.png to DIR (default bench/results). Missing a
 target is a finding, not a failure: the exit code is 0 unless a workload could not run.
 

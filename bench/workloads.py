@@ -38,7 +38,7 @@ from ackbot.testing import (
 from ackbot.v1 import message_store_pb2 as pb
 from ackbot.v1 import message_store_pb2_grpc as pb_grpc
 from bench import echo, fill, oldway, peer, pg_peer, redis_server, retention
-from bench.cpu import postgres_window, process_window
+from bench.cpu import main_thread_window, postgres_window, process_window
 from bench.loadgen import (
     STORE_CREATE_METHOD,
     Result,
@@ -277,26 +277,29 @@ class Producers:
 
 async def _ackbot_end_to_end(
     ctx: Context, *, count: int, concurrency: int, rate: float, database: str = "",
-    producers: Producers = Producers(),
+    producers: Producers = Producers(), service_env: dict[str, str] | None = None,
 ) -> Figures:  # fmt: skip
     """A store (on a fresh SQLite file, or on `database`), one bot, and `count` messages from
-    `producers`; throughput, create-to-reply latency and each process's CPU."""
+    `producers`; throughput, create-to-reply latency and each process's CPU. `service_env` is
+    added to the store's and the bot's environment (bench.trace's trace folder)."""
     folder = ctx.fresh("e2e")
-    store = store_service(folder, args=["--db", database] if database else [])
+    store = store_service(folder, args=["--db", database] if database else [], env=service_env)
     async with running(store):
         bot = bot_service(
-            folder, store.address, persona="ackbot", max_in_flight=ctx.settings.bot_max_in_flight
-        )
+            folder, store.address, persona="ackbot", max_in_flight=ctx.settings.bot_max_in_flight,
+            env=service_env,
+        )  # fmt: skip
         async with running(bot), grpc.aio.insecure_channel(store.address) as channel:
             stub = store_stub(channel)
             # Which process is busy, and how busy: the first thing to know about a bound. From
             # the first create to the last reply: at a fixed rate a steady state, with a tail of
             # milliseconds; at full speed the backlog's drain included.
             store_cpu = process_window(server_pid(store))
+            store_loop_cpu = main_thread_window(server_pid(store))
             bot_cpu = process_window(server_pid(bot))
             # On PostgreSQL the database does much of the work, in processes of its own.
             database_cpu = postgres_window()
-            windows = (store_cpu, bot_cpu, database_cpu)
+            windows = (store_cpu, store_loop_cpu, bot_cpu, database_cpu)
 
             def open_windows() -> None:
                 for window in windows:
@@ -322,6 +325,10 @@ async def _ackbot_end_to_end(
         "creates_per_second": produced.calls / produced.seconds,
         "store_cpu_percent": store_cpu.percent,
         "store_cpu_ms_per_answered": 1e3 * store_cpu.cpu_seconds / max(answered["answered"], 1),
+        # Of which the event loop's thread; the rest is the SQLite threads' and gRPC core's.
+        "store_loop_cpu_ms_per_answered": (
+            1e3 * store_loop_cpu.cpu_seconds / max(answered["answered"], 1)
+        ),
         "bot_cpu_percent": bot_cpu.percent,
         "producer_cpu_percent": 100 * produced.client_cpu_seconds / produced.seconds,
         **({"postgres_cpu_percent": database_cpu.percent} if database else {}),

@@ -49,6 +49,7 @@ from ackbot.client.outcomes import Outcome
 from ackbot.client.pull import StreamPull
 from ackbot.client.router import StoreClient
 from ackbot.client.streams import ConsumeSession, DeliveryStream
+from ackbot.common import trace
 from ackbot.v1 import message_store_pb2 as pb
 
 log = logging.getLogger(__name__)
@@ -438,6 +439,8 @@ class Consumer:
         assert self._store is not None
         assert self._leaser is not None
         log.debug("received message_id=%s attempt=%d", delivery.message.id, delivery.attempt)
+        if trace.ENABLED:
+            trace.mark("bot_received", delivery.message.id)
         running = self._replying.get(delivery.message.id)
         if running is not None and running.joinable:
             # Its reply is already being written: that delivery answers this one too. The new
@@ -522,6 +525,8 @@ class Consumer:
                     self._held.append(job)
                 return
             job.started = True
+            if trace.ENABLED:
+                trace.mark("bot_started", job.message_id)
             self._leaser.hold(job)
             try:
                 await dispatch(
@@ -535,3 +540,5 @@ class Consumer:
             finally:
                 job.replied.set()
                 self._leaser.drop(job)
+                if trace.ENABLED:
+                    trace.mark("bot_slot_freed", job.message_id)

@@ -25,6 +25,7 @@ from typing import Any
 from ackbot.client.leaser import Leaser
 from ackbot.client.outcomes import MESSAGE_DELETED, CallResult, Outcome
 from ackbot.client.router import StoreClient
+from ackbot.common import trace
 from ackbot.common.backoff import MAX_RELEASE_RETRY_AFTER_SECONDS, release_retry_after
 from ackbot.common.limits import DEFAULT_MAX_TEXT_BYTES, MAX_REASON_CHARS, fit_text
 from ackbot.v1 import message_store_pb2 as pb
@@ -152,6 +153,8 @@ class Delivery:
         REJECTED, FAILED or UNAVAILABLE otherwise."""
         self.settled = True
         self.replied.set()
+        if trace.ENABLED:
+            trace.mark("bot_answered", self.message_id)
         if self._shutdown.holds_settles():
             # The lease stays kept meanwhile: if another consumer got the message, the first
             # reply wins.

@@ -37,6 +37,7 @@ import grpc
 
 from ackbot.client.client import Client, message
 from ackbot.client.errors import StoreError, from_status
+from ackbot.common import trace
 from ackbot.common.limits import MAX_BATCH_CREATE_ITEMS
 from ackbot.v1 import message_store_pb2 as pb
 
@@ -304,6 +305,8 @@ class Publisher:
     ) -> list[pb.CreateMessageResponse | StoreError]:
         request = pb.BatchCreateMessagesRequest(requests=requests)
         first = requests[0].message.id
+        if trace.ENABLED:
+            trace.mark_all("batch_sent", [r.message.id for r in requests])
         response = await self._client.call(
             "BatchCreateMessages",
             lambda timeout: self._client.stub.BatchCreateMessages(request, timeout=timeout),

@@ -15,6 +15,7 @@ import grpc
 
 from ackbot.client.channels import reply_limit
 from ackbot.client.outcomes import problem as _problem
+from ackbot.common import trace
 from ackbot.common.limits import DEFAULT_MAX_TEXT_BYTES
 from ackbot.v1 import message_store_pb2 as pb
 from ackbot.v1 import message_store_pb2_grpc as pb_grpc
@@ -175,6 +176,8 @@ class ConsumeSession(DeliveryStream):
             if self._pending or self._drain:
                 request = pb.ConsumeRequest(settlements=self._pending, drain=self._drain)
                 self._pending, self._drain = [], False
+                if trace.ENABLED:
+                    trace.mark_all("bot_settle_sent", _settled_ids(request.settlements))
                 yield request
             if self._closing:
                 return
@@ -199,7 +202,10 @@ class ConsumeSession(DeliveryStream):
         self._pending.append(settlement)
         self._wake.set()
         try:
-            return await asyncio.wait_for(asyncio.shield(future), wait_seconds)
+            result = await asyncio.wait_for(asyncio.shield(future), wait_seconds)
+            if trace.ENABLED:
+                trace.mark_all("bot_result_received", _settled_ids([settlement]))
+            return result
         except (TimeoutError, _SessionOver):
             return None
         finally:
@@ -251,6 +257,11 @@ class ConsumeSession(DeliveryStream):
             self._reader.cancel()
         else:
             self._inbox.put_nowait(None)
+
+
+def _settled_ids(settlements: Sequence[pb.Settlement]) -> list[str]:
+    """The message ids of settlements, for the trace."""
+    return [getattr(s, s.WhichOneof("action") or "mark_processed").id for s in settlements]
 
 
 class _SessionOver(Exception):

@@ -174,6 +174,8 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
 
     def __init__(self, authenticator: Authenticator) -> None:
         self._auth = authenticator
+        # Each method's guarded handler, with the handler it guards (see intercept_service).
+        self._guarded: dict[str, tuple[Any, grpc.RpcMethodHandler]] = {}
 
     async def intercept_service(
         self,
@@ -184,7 +186,14 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
         method = handler_call_details.method
         if handler is None or roles_for(method) is None:
             return handler
-        return _guarded(handler, method, self._auth)
+        # The same handler comes for every call of a method: guard it once (and so hand the
+        # metrics interceptor before this one the same object each time, which it caches by).
+        cached = self._guarded.get(method)
+        if cached is not None and cached[0] is handler:
+            return cached[1]
+        guarded = _guarded(handler, method, self._auth)
+        self._guarded[method] = (handler, guarded)
+        return guarded
 
 
 def _guarded(handler: Any, method: str, auth: Authenticator) -> grpc.RpcMethodHandler:

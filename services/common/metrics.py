@@ -136,6 +136,10 @@ class MetricsInterceptor(grpc.aio.ServerInterceptor):
         self._metrics = metrics
         # Only methods the server serves get here (an unknown one has no handler): bounded.
         self._methods: dict[tuple[str, str], _MethodMetrics] = {}
+        # The wrapped handler of each method, with the handler it wraps: the server hands the
+        # same handler for every call of a method, so it is wrapped once, not per call (six
+        # closures and a handler object: ~1.5 us a call, issue 22).
+        self._wrapped: dict[str, tuple[Any, grpc.RpcMethodHandler]] = {}
 
     async def intercept_service(
         self,
@@ -146,13 +150,18 @@ class MetricsInterceptor(grpc.aio.ServerInterceptor):
         if handler is None:
             return handler
         method = handler_call_details.method
+        cached = self._wrapped.get(method)
+        if cached is not None and cached[0] is handler:
+            return cached[1]
         kind = _kind_of(handler)
         counters = self._methods.get((method, kind))
         if counters is None:
             service, name = _split_method(method)
             counters = _MethodMetrics(self._metrics, (kind, service, name))
             self._methods[method, kind] = counters
-        return _measured(handler, kind, counters)
+        wrapped = _measured(handler, kind, counters)
+        self._wrapped[method] = (handler, wrapped)
+        return wrapped
 
 
 def _split_method(method: str) -> tuple[str, str]:

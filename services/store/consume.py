@@ -12,6 +12,7 @@ import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 
+from ackbot.common import trace
 from ackbot.common.limits import Limits
 from ackbot.store import validation as rules
 from ackbot.store.errors import FieldViolation, InvalidArgument
@@ -78,6 +79,9 @@ class ConsumeSession:
                         deliveries.extend(item)
                     else:
                         results.append(item)
+                if trace.ENABLED:
+                    trace.mark_all("store_delivered", [d.message.id for d in deliveries])
+                    trace.mark_all("store_result_sent", [_settled_id(r) for r in results])
                 for response in delivery_responses(pb.ConsumeResponse, deliveries, results):
                     yield response
                 if end is not None:
@@ -105,12 +109,17 @@ class ConsumeSession:
         if request.drain:
             self._stream.drain()
         for settlement in request.settlements:
+            if trace.ENABLED:
+                trace.mark("store_settle_received", _settled_id(settlement))
             task = asyncio.create_task(self._settle(settlement))
             self._settling.add(task)
             task.add_done_callback(self._settling.discard)
 
     async def _settle(self, settlement: pb.Settlement) -> None:
-        self._outbox.put_nowait(await self._settle_one(settlement))
+        result = await self._settle_one(settlement)
+        if trace.ENABLED:
+            trace.mark("store_settle_committed", _settled_id(settlement))
+        self._outbox.put_nowait(result)
 
     async def _read(self, requests: Requests) -> None:
         try:
@@ -134,3 +143,10 @@ class ConsumeSession:
             self._outbox.put_nowait(_End(shut_down=True))
         except Exception as exc:
             self._outbox.put_nowait(_End(error=exc))
+
+
+def _settled_id(item: pb.Settlement | pb.SettlementResult) -> str:
+    """The message id a settlement (or its result) is about, for the trace."""
+    if isinstance(item, pb.Settlement):
+        return str(getattr(item, item.WhichOneof("action") or "mark_processed").id)
+    return str(getattr(item, item.WhichOneof("response") or "mark_processed").message.id)

@@ -71,6 +71,8 @@ class _Request:
     kind: _Kind
     item: Any
     future: asyncio.Future[Any]
+    # Rows it writes (a BatchCreateMessages' run of creates is many): see `max_rows`.
+    rows: int = 1
 
 
 class GroupCommitter(Generic[Tx]):
@@ -79,6 +81,16 @@ class GroupCommitter(Generic[Tx]):
     `conflict_errors` are the errors one request can cause for the whole transaction (a unique
     constraint another process won): a batch failing with one is run again one request per
     transaction, so only the request that caused it sees it.
+
+    `max_rows` bounds the rows of the large requests (submitted with `rows` > 1: a client's
+    batch of creates) in one transaction. Once one is left for the next transaction, only
+    small requests that run first (a settlement's write) are taken past it: nothing in a
+    transaction depends on those, whereas a claim must see every create queued before it (a
+    claim riding with a create decides from what it finds whether anyone must look again).
+    Why (issue 22's trace): under a stream of batched creates a transaction could hold a
+    thousand inserts, and every settlement queued behind it waited for that one and then for
+    the next as large; a bot's slot is held until its settlement commits, so the window of
+    deliveries turned over that much slower.
     """
 
     def __init__(
@@ -86,6 +98,7 @@ class GroupCommitter(Generic[Tx]):
         run: RunTransaction[Tx],
         *,
         max_batch: int,
+        max_rows: int | None = None,
         conflict_errors: tuple[type[BaseException], ...] = (),
         on_commit: Callable[[int], None] | None = None,
     ) -> None:
@@ -93,6 +106,7 @@ class GroupCommitter(Generic[Tx]):
         # Told the size of each batch that committed (the store's batch-size histogram).
         self._on_commit = on_commit
         self._max_batch = max_batch
+        self._max_rows = max_rows
         self._conflict_errors = conflict_errors
         self._queue: list[_Request] = []
         self._writer: asyncio.Task[None] | None = None
@@ -105,10 +119,12 @@ class GroupCommitter(Generic[Tx]):
         *,
         runs_first: bool = False,
         runs_last: bool = False,
+        rows: int = 1,
     ) -> Result:
-        """Writes `item` with `handler`, together with the transaction's other items for it."""
+        """Writes `item` with `handler`, together with the transaction's other items for it;
+        `rows` is how many rows it writes (see `max_rows`)."""
         kind = _Kind(handler, per_item=False, runs_first=runs_first, runs_last=runs_last)
-        return await self._enqueue(kind, item)
+        return await self._enqueue(kind, item, rows)
 
     async def submit_one(
         self,
@@ -122,13 +138,13 @@ class GroupCommitter(Generic[Tx]):
         kind = _Kind(handler, per_item=True, runs_first=runs_first, runs_last=runs_last)
         return await self._enqueue(kind, item)
 
-    async def _enqueue(self, kind: _Kind, item: Any) -> Any:
+    async def _enqueue(self, kind: _Kind, item: Any, rows: int = 1) -> Any:
         if kind.runs_first and kind.runs_last:
             raise ValueError("a write runs first or last, not both")
         if self._closed:
             raise ShuttingDown()
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        self._queue.append(_Request(kind, item, future))
+        self._queue.append(_Request(kind, item, future, rows))
         if self._writer is None:
             self._writer = asyncio.create_task(self._drain(), name="group-commit-writer")
         # A cancelled caller (its RPC was cancelled) leaves the write to run or be skipped;
@@ -144,12 +160,39 @@ class GroupCommitter(Generic[Tx]):
     async def _drain(self) -> None:
         try:
             while self._queue:
-                batch = [r for r in self._queue[: self._max_batch] if not r.future.done()]
-                del self._queue[: self._max_batch]
+                batch = self._take()
                 if batch:
                     await self._commit(batch)
         finally:
             self._writer = None
+
+    def _take(self) -> list[_Request]:
+        """The next transaction's requests, in queue order: up to max_batch, the large ones
+        up to max_rows (at least one), and past a large one left queued only the small ones
+        that run first; cancelled ones dropped."""
+        if self._max_rows is None:
+            taken, self._queue = self._queue[: self._max_batch], self._queue[self._max_batch :]
+            return [r for r in taken if not r.future.done()]
+        batch: list[_Request] = []
+        left: list[_Request] = []
+        rows = 0
+        for index, request in enumerate(self._queue):
+            if len(batch) >= self._max_batch:
+                left.extend(self._queue[index:])
+                break
+            if request.future.done():
+                continue
+            if left and (request.rows > 1 or not request.kind.runs_first):
+                left.append(request)  # stays behind the large request left queued
+                continue
+            if request.rows > 1:
+                if rows and rows + request.rows > self._max_rows:
+                    left.append(request)
+                    continue
+                rows += request.rows
+            batch.append(request)
+        self._queue = left
+        return batch
 
     async def _commit(self, batch: Sequence[_Request]) -> None:
         try:

@@ -61,6 +61,30 @@ MAX_BATCH = 256
 # batches cost fewer round trips. (Measured under load, tests/integration/test_erase_author.py.)
 ERASE_BATCH_SINGLE_WRITER = 100
 ERASE_BATCH = 256
+# Rows of batched creates in one transaction at most (GroupCommitter's max_rows): about two
+# clients' batches (the Publisher sends 100), so that settlements never queue behind a
+# transaction of a thousand inserts.
+MAX_CREATE_ROWS = 200
+
+
+@dataclasses.dataclass(eq=False)
+class SlotCredit:
+    """A MarkProcessed whose slot a claim may count on (claim on settle, manager.py): `freed`
+    is set inside the transaction, on the driver's side, once the mark's write succeeded."""
+
+    freed: bool = False
+
+
+@dataclasses.dataclass(eq=False)
+class SettleClaim:
+    """A claim riding with settlements: it leases `room` plus one for each credit freed in its
+    own transaction (marks run first in a transaction, claims last), so a mark that fails, or
+    lands in a later transaction, frees no slot it does not have. `limit` is the number it
+    asked for, once it ran."""
+
+    room: int
+    credits: list[SlotCredit] = dataclasses.field(default_factory=list)
+    limit: int | None = None
 
 
 class MessageRepository:
@@ -85,6 +109,7 @@ class MessageRepository:
         self._writes = GroupCommitter(
             self.run_write,
             max_batch=max_batch,
+            max_rows=MAX_CREATE_ROWS,
             conflict_errors=CONFLICT_ERRORS,
             on_commit=on_commit,
         )
@@ -170,7 +195,9 @@ class MessageRepository:
             for new in news
         ]
         # Submitted as one request, so a group commit never splits it over two transactions.
-        return await self._writes.submit(self._messages.create_runs, news, runs_first=True)
+        return await self._writes.submit(
+            self._messages.create_runs, news, runs_first=True, rows=max(len(news), 1)
+        )
 
     async def get_message(self, message_id: str, *, tombstones: bool = False) -> StoredMessage:
         """The message; a tombstone is MessageDeleted unless `tombstones` (the watches)."""
@@ -217,13 +244,25 @@ class MessageRepository:
         lease_token: str = "",
         *,
         context_sequence: int = 0,
+        credit: SlotCredit | None = None,
     ) -> MarkResult:
         # The lease token is not checked: the first reply to commit wins, whoever holds the
         # lease, and every later one learns that the message was already processed.
         del lease_token
         return await self._writes.submit(
-            self._messages.mark_many, Mark(message_id, reply, context_sequence), runs_first=True
+            self._mark_many,
+            (Mark(message_id, reply, context_sequence), credit),
+            runs_first=True,
         )
+
+    def _mark_many(
+        self, tx: Transaction, items: list[tuple[Mark, SlotCredit | None]]
+    ) -> list[MarkResult | StoreError]:
+        results = self._messages.mark_many(tx, [mark for mark, _ in items])
+        for (_, credit), result in zip(items, results, strict=True):
+            if credit is not None and not isinstance(result, StoreError):
+                credit.freed = True
+        return results
 
     async def requeue(self, message_id: str) -> StoredMessage:
         return await self._writes.submit_one(self._messages.requeue, message_id)
@@ -287,6 +326,18 @@ class MessageRepository:
         return await self._writes.submit_one(
             self._leases.claim, Claim(limit, lease_ns), runs_last=True
         )
+
+    async def claim_after_settles(self, claim: SettleClaim, lease_ns: int) -> list[Delivery]:
+        """`claim`: a claim whose limit counts the slots that the marks of its own transaction
+        free (see SettleClaim)."""
+
+        def run(tx: Transaction, item: SettleClaim) -> list[Delivery]:
+            item.limit = item.room + sum(1 for credit in item.credits if credit.freed)
+            if item.limit <= 0:
+                return []
+            return self._leases.claim(tx, Claim(item.limit, lease_ns))
+
+        return await self._writes.submit_one(run, claim, runs_last=True)
 
     async def release(
         self, message_id: str, lease_token: str, *, reason: str, retry_after_ns: int

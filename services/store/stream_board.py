@@ -90,6 +90,10 @@ class StreamBoard:
                 best = (stream, room)
         return best
 
+    def holder(self, message_id: str) -> Stream | None:
+        """The stream holding the message's lease, if any."""
+        return self._holder.get(message_id)
+
     def room(self, stream: Stream) -> int:
         """How many more deliveries `stream` may send, its lapsed leases counted as lapsed."""
         for message_id in stream.lapse_due(self._now_ns()):

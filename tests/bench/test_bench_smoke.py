@@ -28,7 +28,7 @@ def test_quick_run_writes_table_json_and_chart(tmp_path: Path) -> None:
         timeout=100,
     )
     assert run.returncode == 0, run.stdout + run.stderr
-    assert "Targets of issues 10 and 3" in run.stdout
+    assert "Targets of issues 10, 22 and 3" in run.stdout
 
     document = json.loads((out / "results.json").read_text())
     assert set(document) >= {"meta", "settings", "results", "errors", "table", "targets"}
@@ -46,7 +46,7 @@ def test_quick_run_writes_table_json_and_chart(tmp_path: Path) -> None:
     # Past the first page of 1,000 keys, the old first-page scan cannot find most keys.
     assert results["oldway"][str(max(sizes))]["first_page_miss_rate"] > 0
     assert {row["workload"] for row in document["table"]} == set(WORKLOADS)
-    assert len(document["targets"]) == 11
+    assert len(document["targets"]) == 13
     assert (out / "results.txt").read_text().startswith("workload")
     assert (out / "results.png").read_bytes().startswith(b"\x89PNG")
 

@@ -141,6 +141,28 @@ async def test_max_batch_bounds_a_transaction():
     assert database.committed == [["0", "1"], ["2", "3"], ["4"]]
 
 
+async def test_max_rows_leaves_large_writes_for_the_next_transaction_but_not_settlements():
+    """A settlement (small, runs first) is not held behind a transaction of creates; a claim
+    (runs last) stays behind the creates queued before it, so that it sees them."""
+    database = RecordingDatabase()
+    committer = GroupCommitter(database.run, max_batch=100, max_rows=4)
+    database.gate.clear()
+    first = asyncio.create_task(committer.submit(write, "x"))
+    await asyncio.sleep(0)  # the writer takes "x" and waits at the gate
+    later = [
+        asyncio.create_task(committer.submit(write, "c1", runs_first=True, rows=3)),
+        asyncio.create_task(committer.submit(write, "c2", runs_first=True, rows=3)),
+        asyncio.create_task(committer.submit(write, "claim", runs_last=True)),
+        asyncio.create_task(committer.submit(write, "mark", runs_first=True)),
+        asyncio.create_task(committer.submit(write, "c3", runs_first=True, rows=1)),
+    ]
+    database.gate.set()
+
+    await asyncio.gather(first, *later)
+    # c2 did not fit beside c1: the claim waits with it, the mark and the lone create do not.
+    assert database.committed == [["x"], ["c1", "mark", "c3"], ["c2", "claim"]]
+
+
 async def test_a_conflict_reruns_the_batch_one_request_per_transaction():
     database = RecordingDatabase()
     committer = GroupCommitter(database.run, max_batch=10, conflict_errors=(Conflict,))
