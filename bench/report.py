@@ -120,6 +120,14 @@ def rows(results: Results) -> list[Row]:
                 f"{pg_peer['postgres_cpu_percent']:.0f}%; {_durability(pg_peer)}")  # fmt: skip
         add(Row("postgres_peer", "asyncpg SKIP LOCKED peer, answered",
                 pg_peer["answered_per_second"], "msgs/s", note=note))  # fmt: skip
+    swept = results.get("sweep")
+    if swept:
+        rows = _size_label(swept["settled_rows"])
+        note = (f"{swept['rate_per_second']:g} creates/s; removed "
+                f"{swept['rows_removed_per_second']:.0f} rows/s")  # fmt: skip
+        add(Row("sweep", f"create p99 during the retention sweep of {rows} settled messages",
+                swept["during_sweep"]["p99_ms"], "ms", "without a sweep",
+                swept["without_sweep"]["p99_ms"], note))  # fmt: skip
     lookups = results.get("lookup") or {}
     if lookups:
         smallest = min(lookups, key=int)
@@ -152,7 +160,28 @@ def rows(results: Results) -> list[Row]:
                 mem["rss_peak_mb"], "MB", "idle after start", mem["rss_idle_mb"],
                 f"streamed {mem['backlog_answered']}/{mem['backlog']} backlog in "
                 f"{mem['stream_seconds']:.0f} s"))  # fmt: skip
+    _web_rows(add, results)
     return table
+
+
+def _web_rows(add: Callable[[Row], None], results: Results) -> None:
+    """bench.web's figures: PostComment over HTTP/1.1 against CreateMessage over gRPC in the
+    same run, and a reply reaching the viewers of one thread."""
+    post = _get(results, "web", "PostComment (HTTP/1.1 JSON, via ackbot-web)")
+    create = _get(results, "web", "CreateMessage (gRPC, to the store)")
+    if post:
+        add(Row("web", "PostComment, HTTP/1.1 JSON via ackbot-web", post["calls_per_second"],
+                "calls/s", "CreateMessage over gRPC", create and create["calls_per_second"],
+                f"p50 {post['p50_ms']} ms, p99 {post['p99_ms']} ms"))  # fmt: skip
+    crowd = _get(results, "web", "one thread, many viewers")
+    if crowd:
+        add(Row("web", f"reply to the last of {crowd['viewers']} viewers",
+                crowd["reply_to_last_viewer_ms"], "ms",
+                note=f"first {crowd['reply_to_first_viewer_ms']} ms, median "
+                f"{crowd['reply_to_median_viewer_ms']} ms"))  # fmt: skip
+        add(Row("web", "ackbot-web memory per viewer", crowd["kb_per_viewer"], "kB",
+                note=f"RSS {crowd['rss_before_mb']} MB, {crowd['rss_with_viewers_mb']} MB "
+                "with the viewers"))  # fmt: skip
 
 
 # The ackbot end-to-end runs at full speed (bench.workloads.E2E_RUNS), how their producers

@@ -59,11 +59,19 @@ class Settings:
     # The backlog drains at the store's settle rate; stop sampling after this long regardless.
     memory_stream_seconds: float = 120.0
     rss_sample_seconds: float = 0.05
+    # The retention sweep (bench/retention.py): settled rows to remove (answered pairs).
+    sweep_messages: int = 1_000_000
+
+    # The web front door (bench.web, issue 20): PostComment callers (and as many CreateMessage
+    # callers beside them), and the viewers of one thread.
+    web_concurrency: int = 16
+    web_viewers: int = 500
 
 
 FULL = Settings()
 
 QUICK = Settings(
+    web_viewers=50,
     warmup_seconds=0.2,
     measure_seconds=0.5,
     e2e_producers=16,
@@ -78,6 +86,7 @@ QUICK = Settings(
     oldway_budget_seconds=0.5,
     memory_messages=10_000,
     memory_backlog=1_000,
+    sweep_messages=20_000,
     memory_max_in_flight=64,
     memory_stream_seconds=20.0,
 )

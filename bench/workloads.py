@@ -8,6 +8,7 @@ and memory, and reads the results back through the store's own API.
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import contextlib
 import json
@@ -36,7 +37,7 @@ from ackbot.testing import (
 )
 from ackbot.v1 import message_store_pb2 as pb
 from ackbot.v1 import message_store_pb2_grpc as pb_grpc
-from bench import echo, fill, oldway, peer, pg_peer, redis_server
+from bench import echo, fill, oldway, peer, pg_peer, redis_server, retention
 from bench.cpu import postgres_window, process_window
 from bench.loadgen import (
     STORE_CREATE_METHOD,
@@ -725,6 +726,19 @@ async def memory(ctx: Context) -> Figures:
     }
 
 
+async def web_front_door(ctx: Context) -> dict[str, Any]:
+    """bench.web in this run (issue 20): PostComment over HTTP/1.1 through ackbot-web beside
+    CreateMessage over gRPC to the same store, then one thread watched by many viewers."""
+    from bench import web
+
+    args = argparse.Namespace(
+        seconds=ctx.settings.measure_seconds,
+        concurrency=ctx.settings.web_concurrency,
+        viewers=ctx.settings.web_viewers,
+    )
+    return await web.run(args, ctx.fresh("web"))
+
+
 WORKLOADS: dict[str, Callable[[Context], Any]] = {
     "ceiling": ceiling,
     "create": create,
@@ -736,6 +750,8 @@ WORKLOADS: dict[str, Callable[[Context], Any]] = {
     "slow": slow_responder,
     "oldway": old_way,
     "memory": memory,
+    "sweep": lambda ctx: retention.sweep(ctx, filled_store=_filled_store),
+    "web": web_front_door,
 }
 # A figure and the baseline it is a ratio of, measured in the same run: running one runs both.
 BASELINES = {"create": "ceiling", "e2e": "redis", "postgres_e2e": "postgres_peer"}

@@ -35,8 +35,11 @@ from pathlib import Path
 from typing import TypeVar
 
 import asyncpg  # type: ignore[import-untyped]  # asyncpg ships no type information
+import grpc
 
-from ackbot.testing import Service, bot_service, store_service
+from ackbot.testing import RPC_TIMEOUT, Service, bot_service, store_service
+from ackbot.v1 import message_store_pb2 as pb
+from ackbot.v1 import message_store_pb2_grpc as pb_grpc
 
 from .postgres import asyncpg_dsn
 from .proxy import TcpProxy
@@ -71,6 +74,30 @@ _STORE_ID = re.compile(r"registered store=([0-9a-f]+)")
 T = TypeVar("T")
 
 
+async def _pages(stub: pb_grpc.MessageStoreStub, state: pb.MessageState) -> list[pb.Message]:
+    messages: list[pb.Message] = []
+    token = ""
+    while True:
+        page = await stub.ListMessages(
+            pb.ListMessagesRequest(state=state, page_size=1000, page_token=token),
+            timeout=RPC_TIMEOUT,
+        )
+        messages += page.messages
+        token = page.next_page_token
+        if not token:
+            return messages
+
+
+async def _half_erased(stub: pb_grpc.MessageStoreStub, ids: set[str]) -> list[str]:
+    """What an erasure of `ids` (each answered, with one reply) left readable: one of them, or
+    a reply to one. Their tombstones are not counted: a store sweeping tombstones
+    (--retain-deleted) may have removed them already, a reply's before its original's."""
+    live = await _pages(stub, pb.MESSAGE_STATE_UNSPECIFIED)
+    problems = [f"{m.id} not deleted" for m in live if m.id in ids]
+    problems += [f"reply {m.id} of {m.reply_to} not deleted" for m in live if m.reply_to in ids]
+    return problems
+
+
 def free_port() -> int:
     """A loopback port nobody listens on now, for a service that must keep its port across
     restarts (port 0 would give each restart a new one)."""
@@ -87,6 +114,8 @@ class ClusterSettings:
     max_attempts: int
     # More than one only on PostgreSQL, where stores can share a database.
     stores: int = 1
+    # Each store removes tombstones as soon as they are made (--retain-deleted 0s).
+    sweep_tombstones: bool = False
 
 
 class Cluster:
@@ -107,6 +136,8 @@ class Cluster:
         args = ["--listen", f"127.0.0.1:{port}", "--max-attempts", str(self._settings.max_attempts)]
         if self.db_url is not None:
             args += ["--db", self.db_url]
+        if self._settings.sweep_tombstones:
+            args += ["--retain-deleted", "0s", "--sweep-seconds", "0.5"]
         # One store keeps its historical name (and log file), so the SQLite runs look as before.
         name = "store" if self._settings.stores == 1 else f"store-{'abcdefgh'[index]}"
         return store_service(self._workdir, db_path=self.db_path, name=name, args=args)
@@ -198,6 +229,11 @@ class Cluster:
 
 
 # name -> weight: how often the scheduler picks each fault.
+# erase-kill-store (the bulk profiles): an author's answered messages, each with its reply, of
+# which an erasure is cut by a SIGKILL of its store; the erasure is then run again to the end.
+ERASED_MESSAGES = 400
+ERASED_AUTHOR = "chaos-erased-{}"
+
 FAULT_WEIGHTS = {
     "kill-store": 2,
     "kill-bot": 3,
@@ -241,6 +277,9 @@ class FaultScheduler:
         self.stall_reap_seconds: list[float | None] = []
         self.stalls_inside_insert = 0
         self._watches: list[asyncio.Task[None]] = []
+        # erase-kill-store: what each found wrong (a message deleted without its reply, a
+        # reply without its message, a message of the author left).
+        self.erase_problems: list[str] = []
 
     def _pick(self, items: Sequence[T]) -> T:
         # No draw with one choice, so the single-store runs replay the seeds they always did.
@@ -302,6 +341,8 @@ class FaultScheduler:
             return f"{named}SIGKILL, down {down:.2f}s, restarted on the same {where} and port"
         if name == "stall-store":
             return await self._stall_store()
+        if name == "erase-kill-store":
+            return await self._erase_kill_store()
         if name in ("kill-bot", "stop-bot"):
             bot = rng.choice(cluster.bots)
             down = rng.uniform(0.0, 2.0)
@@ -335,6 +376,51 @@ class FaultScheduler:
         index = self._pick(range(len(proxies)))
         await proxies[index].stall(seconds)
         return f"{seconds:.2f}s without forwarding{self._which(index)}"
+
+    async def _erase_kill_store(self) -> str:
+        """An erasure cut by a SIGKILL of its store after its first batch, then finished on the
+        restarted store; checks that no pair was left half deleted. Straight to the store,
+        not through a proxy: the cut under test is the kill."""
+        store = self._pick(self._cluster.stores)
+        author = ERASED_AUTHOR.format(self.counts["erase-kill-store"])
+        ids = [f"{author}-{n}" for n in range(ERASED_MESSAGES)]
+        reply = pb.Message(author="chaos-eraser", text="answered before the erasure")
+        async with grpc.aio.insecure_channel(store.address) as channel:
+            stub = pb_grpc.MessageStoreStub(channel)
+            await stub.BatchCreateMessages(
+                pb.BatchCreateMessagesRequest(
+                    requests=[
+                        pb.CreateMessageRequest(message=pb.Message(id=i, author=author, text="x"))
+                        for i in ids
+                    ]
+                ),
+                timeout=RPC_TIMEOUT,
+            )
+            # Answered here or by a bot first (then this mark is told so): a pair either way.
+            await asyncio.gather(
+                *(
+                    stub.MarkProcessed(
+                        pb.MarkProcessedRequest(id=i, reply=reply), timeout=RPC_TIMEOUT
+                    )
+                    for i in ids
+                ),
+                return_exceptions=True,
+            )
+            call = stub.EraseAuthor(pb.EraseAuthorRequest(author=author))
+            first = await anext(aiter(call))
+            await store.akill()
+            call.cancel()
+        await asyncio.sleep(self._rng.uniform(0.1, 1.0))  # seeded downtime
+        await store.astart()
+        async with grpc.aio.insecure_channel(store.address) as channel:
+            stub = pb_grpc.MessageStoreStub(channel)
+            rest = [r async for r in stub.EraseAuthor(pb.EraseAuthorRequest(author=author))]
+            problems = await _half_erased(stub, set(ids))
+        self.erase_problems += [f"{author}: {problem}" for problem in problems]
+        return (
+            f"{author}: SIGKILL after {first.deleted_count} deleted, restarted, "
+            f"{rest[-1].deleted_count} more; {len(problems)} half-erased"
+        )
 
     async def _stall_store(self) -> str:
         """SIGSTOP of a store while it holds the insert turn, inside an inserting transaction

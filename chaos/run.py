@@ -1,5 +1,5 @@
-"""The chaos run: `python -m chaos.run --profile {ci,long,pg-ci,pg-long} [--seed N] [--messages N]
-[--workdir D] [--db-url URL]`.
+"""The chaos run: `python -m chaos.run --profile {ci,long,pg-ci,pg-long,bulk-ci,pg-bulk-ci}
+[--seed N] [--messages N] [--workdir D] [--db-url URL]`.
 
 Producers create the seeded plan of messages while three bots answer them and the fault
 scheduler kills, restarts, cuts and stalls. Then the faults stop, the bots drain, and the
@@ -117,6 +117,22 @@ _PG_CI = replace(
     fault_weights={**FAULT_WEIGHTS, "kill-store": 5, "stall-store": 2},
 )
 PROFILES["pg-ci"] = _PG_CI
+# The ci profiles with issue 19's bulk work under kills: an erasure cut by a SIGKILL of its store
+# (then finished; no pair may be left half deleted), and stores that sweep tombstones away
+# (--retain-deleted 0s) all the while, so a store kill may land mid-sweep too.
+_BULK_FAULTS = {"erase-kill-store": 3}
+PROFILES["bulk-ci"] = replace(
+    _CI,
+    name="bulk-ci",
+    fault_weights={**FAULT_WEIGHTS, **_BULK_FAULTS},
+    cluster=replace(_CI.cluster, sweep_tombstones=True),
+)
+PROFILES["pg-bulk-ci"] = replace(
+    _PG_CI,
+    name="pg-bulk-ci",
+    fault_weights={**_PG_CI.fault_weights, **_BULK_FAULTS},
+    cluster=replace(_PG_CI.cluster, sweep_tombstones=True),
+)
 # The same rate of messages and faults, for 25 minutes.
 PROFILES["pg-long"] = replace(
     _PG_CI,
@@ -299,6 +315,7 @@ def _fill(outcome: Outcome, verdict: Verdict, scheduler: FaultScheduler, cluster
         outcome.figures.update(_store_figures(store_log, scheduler))
     outcome.checks = {name: verdict.count(name) for name in CHECKS}
     outcome.violations = [f"{v.check}: {v.detail}" for v in verdict.violations]
+    outcome.violations += [f"erasure half done: {problem}" for problem in scheduler.erase_problems]
 
 
 _CREATED = re.compile(r"created message_id=(\S+)")

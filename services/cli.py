@@ -1,4 +1,5 @@
-"""The `ackbot` command line: post, get, list, tail, dead and requeue messages on a store.
+"""The `ackbot` command line: post, get, list, tail, dead and requeue messages on a store;
+erase an author's messages and purge old settled ones.
 
 It is for people and shell scripts; the services talk to the store through the generated stubs.
 Output is one line per message, or with `--json` one JSON object per line (the proto's field
@@ -31,7 +32,14 @@ from google.protobuf.message import Message
 
 from ackbot.client.listing import LAST_MESSAGE_REQUEST, ListFilters, PageWalk
 from ackbot.common.auth import read_token
-from ackbot.common.flags import MAX_WAIT_SECONDS, address, int_in, seconds_in, version_line
+from ackbot.common.flags import (
+    MAX_WAIT_SECONDS,
+    address,
+    duration_seconds,
+    int_in,
+    seconds_in,
+    version_line,
+)
 from ackbot.common.limits import DEFAULT_MAX_REQUEST_BYTES, DEFAULT_MAX_TEXT_BYTES
 from ackbot.common.serving import client_credentials
 from ackbot.v1 import message_store_pb2 as pb
@@ -55,6 +63,7 @@ WATCH_RECONNECT_SECONDS = 1.0
 WATCH_EVENT_NAMES = {
     pb.WATCH_EVENT_TYPE_CREATED: "created",
     pb.WATCH_EVENT_TYPE_STATE_CHANGED: "changed",
+    pb.WATCH_EVENT_TYPE_DELETED: "deleted",
 }
 WAIT_POLL_SECONDS = 0.05
 # The create times a store accepts (64-bit nanoseconds: 1677-09-21 to 2262-04-11), in Unix
@@ -68,6 +77,8 @@ STATES: Mapping[str, pb.MessageState] = {
     "leased": pb.MESSAGE_STATE_LEASED,
     "processed": pb.MESSAGE_STATE_PROCESSED,
     "dead": pb.MESSAGE_STATE_DEAD,
+    "held": pb.MESSAGE_STATE_HELD,
+    "deleted": pb.MESSAGE_STATE_DELETED,
 }
 _STATE_NAMES = {value: name.upper() for name, value in STATES.items()}
 # Wide enough for the longest state name, so the author column lines up.
@@ -323,6 +334,23 @@ def build_parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
         help="do not ask before --all-dead (required when standard input is not a terminal)",
     )
 
+    _add_removal_commands(commands, common)
+
+    # Moderation (admin role): delete, list the held, approve.
+    delete = commands.add_parser(
+        "delete",
+        parents=[common],
+        help="delete a message and its reply (a tombstone stays; idempotent)",
+    )
+    delete.add_argument("id", metavar="ID", help="the message (or reply) to delete")
+    commands.add_parser(
+        "held", parents=[common], help="list the messages HELD for moderation, oldest first"
+    )
+    approve = commands.add_parser(
+        "approve", parents=[common], help="approve a HELD message: it is delivered at once"
+    )
+    approve.add_argument("id", metavar="ID", help="the HELD message to approve")
+
     completion = commands.add_parser(
         "completion",
         help="print a shell completion script (bash: "
@@ -519,6 +547,8 @@ def format_stats(stats: pb.GetStatsResponse) -> str:
         f"leased          {stats.leased_count}",
         f"processed       {stats.processed_count}",
         f"dead            {stats.dead_count}",
+        f"held            {stats.held_count}",
+        f"deleted         {stats.deleted_count}",
         f"oldest pending  {oldest}",
         f"streams         {len(stats.streams)}",
     ]
@@ -594,6 +624,105 @@ def cmd_requeue(stub: pb_grpc.MessageStoreStub, args: argparse.Namespace, out: T
     return 1 if failed else 0
 
 
+# -- erasure and purge (issue 19): streams of progress, each safe to run again -------------
+
+PURGE_STATES: Mapping[str, pb.MessageState] = {
+    "processed": pb.MESSAGE_STATE_PROCESSED,
+    "dead": pb.MESSAGE_STATE_DEAD,
+    "deleted": pb.MESSAGE_STATE_DELETED,
+}
+
+
+def _add_removal_commands(commands: Any, common: argparse.ArgumentParser) -> None:
+    erase = commands.add_parser(
+        "erase",
+        parents=[common],
+        help="delete every message of an author and the replies to them (tombstones stay); "
+        "shows progress; run again to finish one cut short",
+    )
+    erase.add_argument("--author", required=True, help="the author, exactly as stored")
+    purge = commands.add_parser(
+        "purge",
+        parents=[common],
+        help="remove settled messages older than a given age for good, as --retain-* does",
+    )
+    purge.add_argument(
+        "--state",
+        required=True,
+        choices=sorted(PURGE_STATES),
+        help="processed (with their replies), dead, or deleted (tombstones)",
+    )
+    purge.add_argument(
+        "--older-than",
+        required=True,
+        type=duration_seconds,
+        metavar="DURATION",
+        help="by receive time: 7d, 12h, 30m, 45s (0: all of them)",
+    )
+
+
+def _follow_progress(
+    responses: Iterator[Any], field: str, verb: str, args: argparse.Namespace, out: TextIO
+) -> int:
+    """Prints each batch's count on stderr (a large erasure shows it moving), the total on
+    `out`; exits 1 when the stream ended before `done`."""
+    count = 0
+    for batches, response in enumerate(responses, start=1):
+        previous, count = count, getattr(response, field)
+        if response.done:
+            if args.json:
+                print(json_line({field: str(count), "done": True}), file=out, flush=True)
+            else:
+                print(f"{verb} {count} messages", file=out, flush=True)
+            return 0
+        # From the second batch on, and only when it did something: one batch is no progress.
+        if batches > 1 and count != previous:
+            print(f"{verb} {count} so far", file=sys.stderr, flush=True)
+    print(f"error: stopped after {count} messages; run it again to finish", file=sys.stderr)
+    return 1
+
+
+def cmd_erase(stub: pb_grpc.MessageStoreStub, args: argparse.Namespace, out: TextIO) -> int:
+    # No deadline: a large erasure streams progress for as long as it takes.
+    responses = stub.EraseAuthor(pb.EraseAuthorRequest(author=args.author))
+    return _follow_progress(responses, "deleted_count", "deleted", args, out)
+
+
+def cmd_purge(stub: pb_grpc.MessageStoreStub, args: argparse.Namespace, out: TextIO) -> int:
+    request = pb.PurgeMessagesRequest(state=PURGE_STATES[args.state])
+    request.older_than.FromNanoseconds(round(args.older_than * 1e9))
+    responses = stub.PurgeMessages(request)
+    return _follow_progress(responses, "removed_count", "removed", args, out)
+
+
+def cmd_delete(stub: pb_grpc.MessageStoreStub, args: argparse.Namespace, out: TextIO) -> int:
+    response = stub.DeleteMessage(pb.DeleteMessageRequest(id=args.id), timeout=CALL_TIMEOUT_SECONDS)
+    if args.json:
+        print(json_line(proto_dict(response, every_field=True)), file=out, flush=True)
+    elif response.already_deleted:
+        print(f"{response.message.id} was already deleted", file=out, flush=True)
+    else:
+        print(
+            f"deleted {response.message.id} ({response.deleted_count} messages with its reply)",
+            file=out,
+            flush=True,
+        )
+    return 0
+
+
+def cmd_held(stub: pb_grpc.MessageStoreStub, args: argparse.Namespace, out: TextIO) -> int:
+    for message in iter_messages(stub, state=pb.MESSAGE_STATE_HELD):
+        _emit(out, message, args)
+    return 0
+
+
+def cmd_approve(stub: pb_grpc.MessageStoreStub, args: argparse.Namespace, out: TextIO) -> int:
+    request = pb.ApproveMessageRequest(id=args.id)
+    response = stub.ApproveMessage(request, timeout=CALL_TIMEOUT_SECONDS)
+    _emit(out, response.message, args)
+    return 0
+
+
 COMMANDS: Mapping[str, Callable[[pb_grpc.MessageStoreStub, argparse.Namespace, TextIO], int]] = {
     "post": cmd_post,
     "get": cmd_get,
@@ -603,6 +732,11 @@ COMMANDS: Mapping[str, Callable[[pb_grpc.MessageStoreStub, argparse.Namespace, T
     "dead": cmd_dead,
     "stats": cmd_stats,
     "requeue": cmd_requeue,
+    "erase": cmd_erase,
+    "purge": cmd_purge,
+    "delete": cmd_delete,
+    "held": cmd_held,
+    "approve": cmd_approve,
 }
 
 

@@ -32,7 +32,7 @@ from ackbot.bot.responder import (
     load_factory,
 )
 from ackbot.common import eventloop
-from ackbot.common.auth import Authenticator, AuthInterceptor, Role
+from ackbot.common.auth import Authenticator, AuthInterceptor, Role, read_token
 from ackbot.common.flags import missing_extra
 from ackbot.common.logs import configure_logging
 from ackbot.common.metrics import MetricsInterceptor, MetricsServer
@@ -44,6 +44,7 @@ from ackbot.common.serving import (
     bind,
     check_listen,
     create_server,
+    read_pem,
     server_credentials,
     set_serving,
 )
@@ -130,12 +131,24 @@ async def run(config: BotConfig, factory: ResponderFactory | None = None) -> Non
 
     breaker.add_listener(count_change)
 
+    worker: Worker | None = None
+
+    def pause_reason(change: Change) -> str:
+        # Not the breaker's own wording: its line is the one line per change an operator greps.
+        return f"model server {breaker.url} down, {change.cause}: {change.detail}"
+
     async def on_model_down(change: Change) -> None:
+        # The Consume window closes (the store sends nothing more) and what the bot holds
+        # unstarted goes back without an attempt; running replies finish (docs/semantics.md).
         up["model"] = False
+        if worker is not None:
+            worker.pause(pause_reason(change))
         await show_health()
 
     async def on_model_up(change: Change) -> None:
         up["model"] = True
+        if worker is not None:
+            worker.resume()
         await show_health()
 
     guard = ModelGuard(
@@ -157,14 +170,14 @@ async def run(config: BotConfig, factory: ResponderFactory | None = None) -> Non
             config.lease_seconds,
         )
         stop_wait = asyncio.create_task(stop_requested.wait())
-        # The start-up check: no work is taken before the model server has answered once, so
-        # a missing model, a refused key or no server costs no message an attempt.
-        model_ready = asyncio.create_task(guard.closed.wait())
-        await asyncio.wait({model_ready, stop_wait}, return_when=asyncio.FIRST_COMPLETED)
-        model_ready.cancel()
-        if not stop_requested.is_set():
-            run_task = asyncio.create_task(worker.run(), name="ackbot-bot-worker")
-            await asyncio.wait({run_task, stop_wait}, return_when=asyncio.FIRST_COMPLETED)
+        if not breaker.taking_work:
+            # The start-up check has not answered yet (a persona's answers at once, while the
+            # server started): the stream opens drained, so the store sends nothing and no
+            # attempt is spent, until the model answers; a missing model, a refused key or no
+            # server costs no message anything.
+            worker.pause(f"model server {breaker.url} not checked yet")
+        run_task = asyncio.create_task(worker.run(), name="ackbot-bot-worker")
+        await asyncio.wait({run_task, stop_wait}, return_when=asyncio.FIRST_COMPLETED)
         stop_wait.cancel()
         if stop_requested.is_set():
             log.info("shutdown requested")
@@ -183,8 +196,38 @@ async def run(config: BotConfig, factory: ResponderFactory | None = None) -> Non
         await run_task  # surfaces a worker that failed on its own
 
 
+# The files the bot reads at start, by flag: one it cannot read is a usage error (exit 2), said
+# in one line before anything starts.
+PEM_FLAGS = (
+    ("--store-ca", "store_ca"),
+    ("--store-cert", "store_cert"),
+    ("--store-key", "store_key"),
+    ("--tls-cert", "tls_cert"),
+    ("--tls-key", "tls_key"),
+    ("--tls-client-ca", "tls_client_ca"),
+)
+
+
+def unreadable_file(config: BotConfig) -> str | None:
+    """`FLAG: cannot read PATH: REASON` for the first file of a flag that cannot be read."""
+    try:
+        if config.token_file is not None:
+            read_token(config.token_file, "--token-file")
+        for flag, name in PEM_FLAGS:
+            path = getattr(config, name)
+            if path is not None:
+                read_pem(path, flag)
+    except OSError as exc:
+        return str(exc)
+    return None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     config = load_config(argv)
+    problem = unreadable_file(config)
+    if problem is not None:
+        print(f"ackbot-bot: error: argument {problem}", file=sys.stderr)
+        return 2
     configure_logging(config.log_level, config.log_format)
     # httpx2 logs every request to the model server at INFO; the bot logs each answer itself.
     logging.getLogger("httpx2").setLevel(logging.WARNING)

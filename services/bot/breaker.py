@@ -284,9 +284,9 @@ class ModelGuard:
     """Runs a Breaker in the event loop: the start-up check, the probes while it is open, and
     the bot's hooks, awaited in order, once per open and once per close.
 
-    The delivery loop's part (docs in the report of issue 18): `on_open` pauses the consumer
-    (Consume window 0, unstarted deliveries handed back) and sets health NOT_SERVING;
-    `on_close` resumes it and sets SERVING.
+    The bot's hooks (ackbot.bot.__main__): `on_open` pauses the consumer (its Consume session
+    drained, unstarted deliveries handed back) and sets health NOT_SERVING; `on_close` resumes
+    it and sets SERVING once its stream is up.
     """
 
     def __init__(

@@ -14,6 +14,8 @@ SILENT = "silent"  # the responder returned None: processed without a reply
 EMPTY = "empty"  # the responder returned "": processed without a reply
 DUPLICATE = "duplicate"  # another reply had already been stored
 RATE_LIMITED = "rate_limited"  # the backend was busy: handed back, attempt not counted
+# The responder's dependency (the model server) is down: handed back unstarted, not counted.
+DEPENDENCY_DOWN = "dependency_down"
 FAILED = "failed"  # the responder failed or the store refused the reply: released to retry
 LEASE_LOST = "lease_lost"  # the lease was gone before the reply: abandoned
 GONE = "gone"  # the message no longer exists
@@ -25,6 +27,7 @@ OUTCOMES = (
     EMPTY,
     DUPLICATE,
     RATE_LIMITED,
+    DEPENDENCY_DOWN,
     FAILED,
     LEASE_LOST,
     GONE,

@@ -30,11 +30,11 @@ from datetime import UTC, datetime
 from ackbot.bot import metrics as bot_metrics
 from ackbot.bot.config import BotConfig
 from ackbot.bot.metrics import BotMetrics
-from ackbot.bot.responder import IncomingMessage, Responder, RetryLater, Turn
+from ackbot.bot.responder import DependencyDown, IncomingMessage, Responder, RetryLater, Turn
 from ackbot.client.channels import Stores
 from ackbot.client.consumer import ConnectionCallback, Consumer, ConsumerSettings
 from ackbot.client.delivery import Delivery, failure_reason, fit_reason
-from ackbot.client.outcomes import CallResult, Outcome
+from ackbot.client.outcomes import MESSAGE_DELETED, CallResult, Outcome
 from ackbot.common.backoff import MAX_RELEASE_RETRY_AFTER_SECONDS, release_retry_after
 from ackbot.common.limits import fit_text
 from ackbot.v1 import message_store_pb2 as pb
@@ -138,6 +138,12 @@ class Answerer:
         except Superseded as exc:
             await self._supersede(delivery, exc.newest_message_id)
             return
+        except DependencyDown as down:
+            # Before RetryLater, whose kind it is: the model (or the responder's dependency) is
+            # down, not busy, so the busy backoff is left as it was.
+            self._metrics.reply(bot_metrics.DEPENDENCY_DOWN)
+            await self._hand_back_down(delivery, down)
+            return
         except RetryLater as busy:
             self._metrics.reply(bot_metrics.RATE_LIMITED)
             await self._hand_back_busy(delivery, busy)
@@ -207,9 +213,12 @@ class Answerer:
                     message.id,
                 )
                 break
+            # A HELD message is not part of the conversation until approved: it neither
+            # supersedes this one nor goes into the model's context unmoderated.
+            listed = [m for m in result.response.messages if m.state != pb.MESSAGE_STATE_HELD]
             if not conversation:
-                conversation.append(_where_it_stood(message, result.response.messages))
-            earlier += [m for m in result.response.messages if m.sequence < message.sequence]
+                conversation.append(_where_it_stood(message, listed))
+            earlier += [m for m in listed if m.sequence < message.sequence]
             if len(earlier) >= turns or not result.response.next_page_token:
                 break
             request.page_token = result.response.next_page_token
@@ -295,6 +304,10 @@ class Answerer:
                     stored,
                     message_id,
                 )
+            case Outcome.NOT_FOUND if result.reason == MESSAGE_DELETED:
+                # A moderator deleted it while we worked: settled, nothing stored, no retry.
+                self._metrics.reply(bot_metrics.GONE)
+                log.info("message was deleted; reply dropped message_id=%s", message_id)
             case Outcome.NOT_FOUND:
                 self._metrics.reply(bot_metrics.GONE)
                 log.warning("message no longer exists; dropped message_id=%s", message_id)
@@ -333,6 +346,20 @@ class Answerer:
             "the model server is busy (%s); handing the message back, attempt not counted, "
             "retry after %.1fs message_id=%s",
             busy.detail,
+            delay,
+            delivery.message_id,
+        )
+        await delivery.release("", retry_after_seconds=delay)
+
+    async def _hand_back_down(self, delivery: Delivery, down: DependencyDown) -> None:
+        """The responder's dependency is down: gives the message back without a reason (the
+        attempt given back) and without starting anything, to come back when the next probe is
+        due. DEBUG only: the breaker logged the outage once, and the consumer is pausing."""
+        delay = min(down.delay_seconds or 0.0, MAX_RELEASE_RETRY_AFTER_SECONDS)
+        log.debug(
+            "dependency down (%s); handing the message back, attempt not counted, retry after "
+            "%.1fs message_id=%s",
+            down.detail,
             delay,
             delivery.message_id,
         )
@@ -387,6 +414,11 @@ class Worker(Consumer):
             lease_seconds=config.lease_seconds,
             retry_base_seconds=config.retry_base_seconds,
             grace_seconds=config.grace_seconds,
+            role="bot",
+            credentials_hint=(
+                "give it the bot role's token (--token-file, or ACKBOT_BOT_TOKEN) or a client "
+                "certificate with the bot role (--store-cert, --store-key)"
+            ),
         )
         super().__init__(
             stores,

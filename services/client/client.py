@@ -17,7 +17,7 @@ import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from types import TracebackType
-from typing import Self, TypeVar, Unpack
+from typing import Any, Self, TypeVar, Unpack
 
 import grpc
 
@@ -123,10 +123,14 @@ class Client:
         id: str = "",
         create_time_ns: int | None = None,
         conversation_id: str = "",
+        hold: bool | None = None,
     ) -> pb.CreateMessageResponse:
         """Stores a message (CreateMessage), in `conversation_id` when given (delivered in
         order within it, and the bot reads it as context). The id is chosen here when not given,
-        so that the retries are safe; `already_existed` says a retry found it stored."""
+        so that the retries are safe; `already_existed` says a retry found it stored. `hold`:
+        HELD for moderation (True) or not (False) whatever the store's --hold-new-messages;
+        None: the store decides. A create with a deleted message's id is AlreadyExists with
+        reason MESSAGE_DELETED."""
         request = pb.CreateMessageRequest(
             message=message(
                 text,
@@ -134,7 +138,8 @@ class Client:
                 id=id,
                 create_time_ns=create_time_ns,
                 conversation_id=conversation_id,
-            )
+            ),
+            hold=hold,
         )
         return await self.send_create(request)
 
@@ -152,6 +157,29 @@ class Client:
         response = await self.call(
             "GetMessage",
             lambda timeout: self.stub.GetMessage(request, timeout=timeout),
+            message_id=message_id,
+        )
+        return response.message
+
+    async def delete(self, message_id: str) -> pb.DeleteMessageResponse:
+        """Deletes a message and its reply (DeleteMessage, admin): their tombstones stay.
+        Idempotent: `already_deleted` says an earlier call did it. NotFound when no message
+        has the id."""
+        request = pb.DeleteMessageRequest(id=message_id)
+        return await self.call(
+            "DeleteMessage",
+            lambda timeout: self.stub.DeleteMessage(request, timeout=timeout),
+            message_id=message_id,
+        )
+
+    async def approve(self, message_id: str) -> pb.Message:
+        """Approves a HELD message (ApproveMessage, admin): PENDING, delivered at once.
+        FailedPrecondition [NOT_HELD] when it is not HELD; NotFound when it is not there
+        (reason MESSAGE_DELETED when it was deleted)."""
+        request = pb.ApproveMessageRequest(id=message_id)
+        response = await self.call(
+            "ApproveMessage",
+            lambda timeout: self.stub.ApproveMessage(request, timeout=timeout),
             message_id=message_id,
         )
         return response.message
@@ -199,6 +227,64 @@ class Client:
                 call.cancel()
             await asyncio.sleep(RECONNECT_BACKOFF.delay(retry))  # backoff before watching again
             retry += 1
+
+    async def erase_author(
+        self, author: str, *, on_progress: Callable[[int], None] | None = None
+    ) -> int:
+        """Deletes every message of `author` and the replies to them (EraseAuthor; tombstones
+        stay); returns how many. `on_progress` gets the count so far after each batch. Retried
+        like every call: an erasure cut short is finished by the next attempt."""
+        request = pb.EraseAuthorRequest(author=author)
+        return await self._progress(
+            "EraseAuthor", lambda: self.stub.EraseAuthor(request), "deleted_count", on_progress
+        )
+
+    async def purge(
+        self,
+        state: pb.MessageState,
+        older_than_seconds: float,
+        *,
+        on_progress: Callable[[int], None] | None = None,
+    ) -> int:
+        """Removes for good the messages in `state` (PROCESSED with their replies, DEAD, or
+        DELETED tombstones) received more than `older_than_seconds` ago (PurgeMessages);
+        returns how many, replies included. `on_progress` as for erase_author."""
+        request = pb.PurgeMessagesRequest(state=state)
+        request.older_than.FromNanoseconds(round(older_than_seconds * 1e9))
+        return await self._progress(
+            "PurgeMessages", lambda: self.stub.PurgeMessages(request), "removed_count", on_progress
+        )
+
+    async def _progress(
+        self,
+        what: str,
+        open_call: Callable[[], grpc.aio.UnaryStreamCall[Any, Any]],
+        field: str,
+        on_progress: Callable[[int], None] | None,
+    ) -> int:
+        """Follows a progress stream to `done`, retried like every call; the counts of
+        attempts cut short add up (each attempt counts only what it did itself)."""
+        earlier = 0  # what attempts cut short did
+
+        async def attempt(_per_call_seconds: float) -> int:
+            # No deadline (that one is for unary calls): progress keeps coming as long as it
+            # runs, and the channel's keepalive finds a store that went away.
+            nonlocal earlier
+            count = 0
+            call = open_call()
+            try:
+                async for response in call:
+                    count = getattr(response, field)
+                    if on_progress is not None:
+                        on_progress(earlier + count)
+                    if response.done:
+                        return earlier + count
+            finally:
+                call.cancel()
+                earlier += count
+            return earlier  # the store ends every stream with `done` or an error status
+
+        return await self.call(what, attempt)
 
     async def _list_page(self, request: pb.ListMessagesRequest) -> pb.ListMessagesResponse:
         return await self.call(

@@ -78,6 +78,10 @@ class ConsumerSettings:
     grace_seconds: float = 10.0
     #: open Consume sessions (False: StreamUnprocessed streams and unary settles throughout)
     consume: bool = True
+    #: who is consuming, for the one line a store's refusal of the stream logs
+    role: str = "consumer"
+    #: what to check when a store refuses the stream (PERMISSION_DENIED, UNAUTHENTICATED)
+    credentials_hint: str = "check its token or client certificate"
 
 
 class Consumer:
@@ -165,12 +169,15 @@ class Consumer:
     def pause(self, reason: str) -> None:
         """Takes no new work until `resume()`: the store is told to send nothing new, and the
         deliveries held that have not started are handed back without spending an attempt.
-        Running callbacks go on and settle. Safe to call while paused (the reason is kept)."""
+        Running callbacks go on and settle. Safe to call while paused (the reason is kept).
+        Logged at DEBUG only: the caller logs its reason, once."""
         if self._paused is not None:
             return
         self._paused = reason
-        log.warning("pausing (%s): taking no new work", reason)
+        # DEBUG: the application that pauses says why, once (the bot's breaker does).
+        log.debug("pausing (%s): taking no new work", reason)
         if self._pull is not None:  # else the stream is drained as it opens
+            self._pull.hold_back = True
             self._pull.drain()
         for job in list(self._jobs):
             if not job.started and job.task is not None:
@@ -184,7 +191,7 @@ class Consumer:
         """Takes work again after `pause()`; a no-op when not paused."""
         if self._paused is None:
             return
-        log.info("resuming after pause (%s)", self._paused)
+        log.debug("resuming after pause (%s)", self._paused)
         self._paused = None
         parked, self._parked = self._parked, []
         for job in parked:
@@ -192,6 +199,7 @@ class Consumer:
                 self._start(job)
         if self._pull is not None:
             # A drained session cannot take work again: a new one is opened beside it.
+            self._pull.hold_back = False
             self._pull.reopen()
 
     def _hold_paused(self, job: Delivery) -> None:
@@ -248,7 +256,11 @@ class Consumer:
             up=self._up,
             down=self._down,
             retire=self._retire,
+            role=settings.role,
+            credentials_hint=settings.credentials_hint,
         )
+        # Paused before run(): the first session opens drained, so nothing is delivered.
+        self._pull.hold_back = self._paused is not None
         reader = asyncio.create_task(self._pull.run(), name="ackbot-consumer-stream")
         stop_wait = asyncio.create_task(self._stop_requested.wait())
         try:

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ackbot.client.leaser import Leaser
-from ackbot.client.outcomes import CallResult, Outcome
+from ackbot.client.outcomes import MESSAGE_DELETED, CallResult, Outcome
 from ackbot.client.router import StoreClient
 from ackbot.common.backoff import MAX_RELEASE_RETRY_AFTER_SECONDS, release_retry_after
 from ackbot.common.limits import DEFAULT_MAX_TEXT_BYTES, MAX_REASON_CHARS, fit_text
@@ -190,6 +190,8 @@ class Delivery:
                 pass
             case Outcome.LEASE_GONE:
                 log.info("lease already moved on; dropped message_id=%s", self.message_id)
+            case Outcome.NOT_FOUND if result.reason == MESSAGE_DELETED:
+                log.info("message was deleted; dropped message_id=%s", self.message_id)
             case Outcome.NOT_FOUND:
                 log.warning("message no longer exists; dropped message_id=%s", self.message_id)
             case _:

@@ -17,6 +17,10 @@ from ackbot.v1 import message_store_pb2 as pb
 
 ResponseT = TypeVar("ResponseT")
 
+# The ErrorInfo reason of a NOT_FOUND for a message that was deleted while it was delivered: the
+# delivery is settled (nothing stored, nothing to retry), routine for a moderated store.
+MESSAGE_DELETED = "MESSAGE_DELETED"
+
 # The codes a retry may cure: the store was unreachable or did not answer in time.
 RETRYABLE_CODES = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED})
 

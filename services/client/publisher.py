@@ -138,21 +138,14 @@ class Publisher:
         id: str = "",
         create_time_ns: int | None = None,
         conversation_id: str = "",
+        hold: bool | None = None,
     ) -> asyncio.Future[pb.CreateMessageResponse]:
         """Queues a create; the future resolves to CreateMessage's response for it (the stored
         message, and `already_existed`), or raises its StoreError. The id is chosen here when
-        not given, so that the batch can be retried."""
+        not given, so that the batch can be retried. `hold` as Client.create's."""
         if self._closed:
             raise RuntimeError("the publisher is closed")
-        request = pb.CreateMessageRequest(
-            message=message(
-                text,
-                author=author,
-                id=id,
-                create_time_ns=create_time_ns,
-                conversation_id=conversation_id,
-            )
-        )
+        request = _create_request(text, author, id, create_time_ns, conversation_id, hold)
         size = _item_size(request)
         problem = self._over_limit(size)
         if problem is not None:
@@ -166,14 +159,14 @@ class Publisher:
         author: str,
         id: str = "",
         create_time_ns: int | None = None,
+        conversation_id: str = "",
+        hold: bool | None = None,
     ) -> asyncio.Future[pb.CreateMessageResponse]:
         """publish(), waiting first for room under FlowControl's limits when its behaviour is
         BLOCK: a producer faster than the store is slowed to the store's pace."""
         if self._closed:
             raise RuntimeError("the publisher is closed")
-        request = pb.CreateMessageRequest(
-            message=message(text, author=author, id=id, create_time_ns=create_time_ns)
-        )
+        request = _create_request(text, author, id, create_time_ns, conversation_id, hold)
         size = _item_size(request)
         while (problem := self._over_limit(size)) is not None:
             blocking = self.flow_control.limit_exceeded_behavior is LimitExceededBehavior.BLOCK
@@ -328,3 +321,23 @@ class Publisher:
 
     async def _send_one(self, request: pb.CreateMessageRequest) -> pb.CreateMessageResponse:
         return await self._client.send_create(request)
+
+
+def _create_request(
+    text: str,
+    author: str,
+    id: str,
+    create_time_ns: int | None,
+    conversation_id: str,
+    hold: bool | None,
+) -> pb.CreateMessageRequest:
+    return pb.CreateMessageRequest(
+        message=message(
+            text,
+            author=author,
+            id=id,
+            create_time_ns=create_time_ns,
+            conversation_id=conversation_id,
+        ),
+        hold=hold,
+    )

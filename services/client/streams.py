@@ -164,10 +164,14 @@ class ConsumeSession(DeliveryStream):
         return batch
 
     async def _requests(self) -> AsyncIterator[pb.ConsumeRequest]:
-        yield pb.ConsumeRequest(open=self._opening)
+        # A drain asked for before the call started goes with `open` (the store takes both).
+        yield pb.ConsumeRequest(open=self._opening, drain=self._drain)
+        self._drain = False
         while True:
             await self._wake.wait()
             self._wake.clear()
+            if self._over.is_set():
+                return  # nothing can be sent on a call that is over
             if self._pending or self._drain:
                 request = pb.ConsumeRequest(settlements=self._pending, drain=self._drain)
                 self._pending, self._drain = [], False
@@ -225,6 +229,12 @@ class ConsumeSession(DeliveryStream):
             return
         super()._ended(code, reason)
         self._over.set()
+        # The request generator returns by itself: a call that ended (refused at its initial
+        # metadata, say) ignores cancel(), and gRPC's task would stay inside the generator
+        # until the garbage collector destroyed both ("Task was destroyed but it is pending!",
+        # "aclose(): asynchronous generator is already running").
+        self._closing = True
+        self._wake.set()
         for future in self._results.values():
             if not future.done():
                 future.set_exception(_SessionOver())

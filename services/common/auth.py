@@ -49,6 +49,11 @@ METHOD_ROLES: Mapping[str, frozenset[Role]] = {
     f"/{SERVICE}/ReleaseMessage": frozenset({Role.BOT, Role.ADMIN}),
     f"/{SERVICE}/ExtendLease": frozenset({Role.BOT, Role.ADMIN}),
     f"/{SERVICE}/RequeueMessage": frozenset({Role.ADMIN}),
+    # Moderation and erasure (issue 19).
+    f"/{SERVICE}/DeleteMessage": frozenset({Role.ADMIN}),
+    f"/{SERVICE}/EraseAuthor": frozenset({Role.ADMIN}),
+    f"/{SERVICE}/ApproveMessage": frozenset({Role.ADMIN}),
+    f"/{SERVICE}/PurgeMessages": frozenset({Role.ADMIN}),
     f"/{SERVICE}/GetStats": _READERS,
     f"/{SERVICE}/WatchMessages": _READERS,
 }

@@ -15,6 +15,7 @@ import argparse
 import dataclasses
 import importlib.metadata
 import math
+import re
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -73,6 +74,37 @@ def seconds_in(low: float, high: float, *, low_inclusive: bool = True) -> Callab
         return value
 
     return parse
+
+
+# A duration as people write one: `30d`, `12h`, `1d12h`, `90s`, `1.5h`; a bare number is seconds.
+_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)([wdhms])")
+_UNIT_SECONDS = {"w": 604_800.0, "d": 86_400.0, "h": 3_600.0, "m": 60.0, "s": 1.0}
+
+
+def parse_duration(text: str) -> float:
+    """Seconds in `text`: `7d`, `12h`, `1d12h`, `30m`, `45s`, `2w`, or a bare number of
+    seconds; ValueError naming the forms otherwise."""
+    value = text.strip().lower()
+    try:
+        seconds = float(value)
+    except ValueError:
+        parts = list(_DURATION_PART.finditer(value))
+        if not value or "".join(part.group(0) for part in parts) != value:
+            raise ValueError(
+                f"expected a duration such as 7d, 12h, 30m or 45s, got {text!r}"
+            ) from None
+        seconds = sum(float(part.group(1)) * _UNIT_SECONDS[part.group(2)] for part in parts)
+    if not math.isfinite(seconds) or seconds < 0:
+        raise ValueError(f"expected a duration of 0 or more, got {text!r}")
+    return seconds
+
+
+def duration_seconds(text: str) -> float:
+    """A flag's duration (see parse_duration), in seconds."""
+    try:
+        return parse_duration(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 @dataclasses.dataclass(frozen=True)

@@ -17,6 +17,7 @@ from ackbot.common.flags import (
     MAX_WAIT_SECONDS,
     Command,
     address,
+    duration_seconds,
     int_in,
     load_settings,
     log_format_setting,
@@ -74,6 +75,10 @@ class StoreConfig:
     metrics_listen: str | None = metrics_listen_setting()
     max_attempts: int = setting(
         5, "deliveries without MarkProcessed before a message becomes DEAD", type=int_in(1)
+    )
+    # Moderation: a create that leaves `hold` unset is HELD until ApproveMessage.
+    hold_new_messages: bool = switch_setting(
+        "hold every new message for moderation (HELD until approved) unless its create sets hold"
     )
     default_lease_seconds: float = setting(
         60.0,
@@ -166,6 +171,36 @@ class StoreConfig:
         "long it may take to answer)",
         type=seconds_in(0, MAX_WAIT_SECONDS, low_inclusive=False),
     )
+    # Retention (docs/semantics.md, "Deleting, holding, forgetting"): the sweeper (sweeper.py)
+    # removes settled messages older than these, by receive_time; unset, kept forever.
+    retain_processed: float | None = setting(
+        None,
+        "remove PROCESSED messages (with their replies) received longer ago than this "
+        "(a duration: 30d, 12h, 90m)",
+        type=duration_seconds,
+        metavar="DURATION",
+        shown_default="forever",
+    )
+    retain_dead: float | None = setting(
+        None,
+        "remove DEAD messages received longer ago than this (a duration)",
+        type=duration_seconds,
+        metavar="DURATION",
+        shown_default="forever",
+    )
+    retain_deleted: float | None = setting(
+        None,
+        "remove the tombstones of deleted messages received longer ago than this (a "
+        "duration); their ids are free again after that",
+        type=duration_seconds,
+        metavar="DURATION",
+        shown_default="forever",
+    )
+    sweep_seconds: float = setting(
+        60.0,
+        "how often the retention sweeper looks for messages to remove (with a --retain-*)",
+        type=seconds_in(0, MAX_WAIT_SECONDS, low_inclusive=False),
+    )
     # Security (README "Security", docs/operations.md). Files are read at start; a certificate
     # with its key turns TLS on, a client CA turns mutual TLS on (clients must present one).
     tls_cert: str | None = setting(
@@ -255,6 +290,16 @@ class StoreConfig:
         if self.db_keepalive_seconds is not None:
             return self.db_keepalive_seconds
         return self.dead_after_seconds
+
+    @property
+    def retention_seconds(self) -> dict[str, float]:
+        """The --retain-* that are set, by the state they remove."""
+        retain = {
+            "PROCESSED": self.retain_processed,
+            "DEAD": self.retain_dead,
+            "DELETED": self.retain_deleted,
+        }
+        return {state: seconds for state, seconds in retain.items() if seconds is not None}
 
     @property
     def limits(self) -> Limits:

@@ -57,6 +57,17 @@ class NotFound(StoreError):
         return {"message_id": self.message_id}
 
 
+class MessageDeleted(NotFound):
+    """The message was deleted (DeleteMessage, EraseAuthor): only its tombstone is left. A bot
+    that gets this for a delivery drops it: the delivery is settled."""
+
+    reason = "MESSAGE_DELETED"
+
+    def __init__(self, message_id: str) -> None:
+        super().__init__(message_id)
+        self.args = (f"message {message_id!r} was deleted",)
+
+
 class AlreadyExists(StoreError):
     """The id is taken by a message with different content."""
 
@@ -69,6 +80,20 @@ class AlreadyExists(StoreError):
     @property
     def metadata(self) -> dict[str, str]:
         return {"message_id": self.message_id}
+
+
+class DeletedIdTaken(AlreadyExists):
+    """A create with the id of a deleted message: its tombstone keeps the id taken, so that a
+    retried create cannot bring back what was deleted."""
+
+    reason = "MESSAGE_DELETED"
+
+    def __init__(self, message_id: str) -> None:
+        super().__init__(message_id)
+        self.args = (
+            f"message {message_id!r} was deleted; its id cannot be used again "
+            "until its tombstone is removed",
+        )
 
 
 class FailedPrecondition(StoreError):
@@ -120,6 +145,18 @@ class NotDead(FailedPrecondition):
     """RequeueMessage of a message that is not DEAD."""
 
     reason = "NOT_DEAD"
+
+
+class MessageHeld(FailedPrecondition):
+    """MarkProcessed of a message HELD for moderation: it was never delivered."""
+
+    reason = "MESSAGE_HELD"
+
+
+class NotHeld(FailedPrecondition):
+    """ApproveMessage of a message that is not HELD."""
+
+    reason = "NOT_HELD"
 
 
 class StorageUnavailable(StoreError):

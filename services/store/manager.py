@@ -24,22 +24,25 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import TypeVar
 
-from ackbot.store.errors import FailedPrecondition, StoreError
+from ackbot.store.errors import FailedPrecondition, MessageDeleted, StoreError
 from ackbot.store.metrics import StoreMetrics
 from ackbot.store.models import State
 from ackbot.store.repository import MessageRepository
 from ackbot.store.stream import DeliveryStream, Stream
 from ackbot.store.stream_board import WAKE_STEP_NS, CallAt, StreamBoard
+from ackbot.store.tables.removal import Removal
 from ackbot.store.types import (
     REDELIVERY_CAUSES,
     Cause,
     Changes,
     CreateResult,
+    DeleteResult,
     Delivery,
     Lease,
     MarkResult,
@@ -84,8 +87,11 @@ class MessageManager:
         clock_ns: Callable[[], int] = time.time_ns,
         call_at: CallAt | None = None,
         metrics: StoreMetrics | None = None,
+        hold_new_messages: bool = False,
     ) -> None:
         self._metrics = metrics
+        # A create that leaves `hold` unset is HELD when this is set (--hold-new-messages).
+        self._hold_new_messages = hold_new_messages
         self._repository = repository
         self._now_ns = clock_ns
         self._board = StreamBoard(clock_ns, call_at, on_lapse=self._lease_lapsed)
@@ -169,7 +175,13 @@ class MessageManager:
     # it changed (_committed); a method here adds only what is about its caller: the stream
     # whose slot a settle frees, a claim riding with a create.
 
+    def _held_or_not(self, new: NewMessage) -> NewMessage:
+        if new.hold is None:
+            return dataclasses.replace(new, hold=self._hold_new_messages)
+        return new
+
     async def create_message(self, new: NewMessage) -> CreateResult:
+        new = self._held_or_not(new)
         return await self._create(self._repository.create_message(new), _stored_new)
 
     async def create_messages(self, news: list[NewMessage]) -> list[CreateResult | StoreError]:
@@ -180,6 +192,7 @@ class MessageManager:
             # Every result is looked at: a list, not a generator that any() would cut short.
             return any([_stored_new(o) for o in outcomes if not isinstance(o, StoreError)])
 
+        news = [self._held_or_not(new) for new in news]
         return await self._create(self._repository.create_messages(news), any_stored)
 
     async def _create(self, write: Awaitable[T], stored_new: Callable[[T], bool]) -> T:
@@ -206,9 +219,14 @@ class MessageManager:
         *,
         context_sequence: int = 0,
     ) -> MarkResult:
-        result = await self._repository.mark_processed(
-            message_id, reply, lease_token, context_sequence=context_sequence
-        )
+        try:
+            result = await self._repository.mark_processed(
+                message_id, reply, lease_token, context_sequence=context_sequence
+            )
+        except MessageDeleted:
+            # Settled by the delete: nothing stored, the slot free.
+            self._board.settled(message_id, lease_token)
+            raise
         self._board.settled(message_id, lease_token)
         if result.already_processed:
             log.info("already processed; duplicate reply prevented message_id=%s", message_id)
@@ -251,6 +269,52 @@ class MessageManager:
 
     async def requeue(self, message_id: str) -> StoredMessage:
         return await self._repository.requeue(message_id)
+
+    async def erase_author(self, author: str) -> AsyncIterator[int]:
+        """Tombstones every message of `author` and the replies to them, a batch per short
+        transaction (each told by _committed like a delete: watch events, freed slots);
+        yields the count deleted so far after each batch, and ends after the batch that found
+        nothing left. Safe to call again after it was cut short."""
+        total = 0
+        while True:
+            tombstones = await self._repository.erase_batch(author)
+            total += len(tombstones)
+            yield total
+            if not tombstones:
+                return
+            if total % 10_000 < len(tombstones):
+                log.info("erasing author: %d messages deleted so far", total)
+            await asyncio.sleep(0)  # the writers queued meanwhile run before the next batch
+
+    async def purge(
+        self, state: State | str, older_than_ns: int, *, why: str = "purge"
+    ) -> AsyncIterator[int]:
+        """Removes for good the settled messages of `state` received more than `older_than_ns`
+        ago, with their replies, a batch per transaction (tables/removal.py); yields the count
+        removed so far after each batch, and ends when a batch finds nothing more to take.
+
+        The cutoff is fixed when the call starts, so a purge ends even while new messages
+        settle. Between batches the writers queued behind one (group commit's creates and
+        settles) go first.
+        """
+        removal = Removal(str(state), self._now_ns() - older_than_ns, why)
+        total = 0
+        while True:
+            removed = await self._repository.remove_batch(removal)
+            total += removed.count
+            yield total
+            if not removed.full:
+                return
+            await asyncio.sleep(0)  # the writers queued meanwhile run before the next batch
+
+    async def approve(self, message_id: str) -> StoredMessage:
+        """HELD -> PENDING; the approval wakes the streams of every store (_committed)."""
+        return await self._repository.approve(message_id)
+
+    async def delete(self, message_id: str) -> DeleteResult:
+        """The message and its reply become tombstones; a LEASED one's stream gets its slot
+        back (_committed)."""
+        return await self._repository.delete(message_id)
 
     def _committed(self, changes: Changes) -> None:
         """What a committed write changed, told: the one place that turns a write into
@@ -298,6 +362,19 @@ class MessageManager:
                 )
             elif cause is Cause.REQUEUED:
                 log.info("requeued message_id=%s", change.message_id)
+            elif cause is Cause.APPROVED:
+                log.info("approved message_id=%s", change.message_id)
+            elif cause is Cause.DELETED:
+                if change.lease_token is not None:
+                    # Its lease ended with it: the stream that held it (on this store) has
+                    # the slot back now, as after a settle. A stream on another store gets it
+                    # back when its client's settle is answered MESSAGE_DELETED.
+                    self._board.settled(change.message_id, change.lease_token)
+                log.info(
+                    "deleted message_id=%s was_leased=%s",
+                    change.message_id,
+                    change.lease_token is not None,
+                )
             elif cause in REDELIVERY_CAUSES and self._metrics is not None:
                 self._metrics.redelivery(cause.value)
             if cause is Cause.FAILED or cause is Cause.HANDED_BACK:
@@ -316,6 +393,12 @@ class MessageManager:
                 log.debug("lease released on stream end message_id=%s", change.message_id)
         if created:
             self.watches.created()
+        for removed in changes.removed:
+            # Removed for good: no watch event (the ids are free again), a count and a line.
+            for state, count in removed.by_state.items():
+                if self._metrics is not None:
+                    self._metrics.removed.labels(state, removed.why).inc(count)
+            log.debug("removed %s (%s)", dict(removed.by_state), removed.why)
         if changes.work_at_ns:
             now = self._now_ns()
             if min(changes.work_at_ns) <= now:
@@ -372,9 +455,14 @@ class MessageManager:
     @contextlib.contextmanager
     def _answering_for(self, message_id: str, lease_token: str) -> Iterator[None]:
         """A release or extension refused because the lease is gone still tells us that its
-        client is alive and done with that lease: the slot it kept on its stream is freed."""
+        client is alive and done with that lease: the slot it kept on its stream is freed. A
+        settle refused because the message was deleted (maybe through another store) settles
+        the delivery: its slot is freed whether the lease lapsed or not."""
         try:
             yield
+        except MessageDeleted:
+            self._board.settled(message_id, lease_token)
+            raise
         except FailedPrecondition:
             self._board.lapse_answered(message_id, lease_token)
             raise

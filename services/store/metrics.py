@@ -20,7 +20,7 @@ from ackbot.common.metrics import GrpcServerMetrics
 
 log = logging.getLogger(__name__)
 
-STATES = ("PENDING", "LEASED", "PROCESSED", "DEAD")
+STATES = ("PENDING", "LEASED", "PROCESSED", "DEAD", "HELD", "DELETED")
 SERVICE = "ackbot.v1.MessageStore"
 # The store's streaming methods, exported at 0 from the start: an alert on "no bot stream
 # open" needs a series that is 0, not one that does not exist yet.
@@ -68,6 +68,13 @@ class StoreMetrics:
             "ackbot_create_to_processed_seconds",
             "from a message's receive_time to the commit of its MarkProcessed",
             buckets=_LATENCY_BUCKETS,
+            registry=registry,
+        )
+        self.removed = Counter(
+            "ackbot_messages_removed",
+            "messages removed for good (replies included), by their state and why: retention "
+            "(the sweeper) or purge (PurgeMessages)",
+            ("state", "why"),
             registry=registry,
         )
         self.group_commit_batch = Histogram(

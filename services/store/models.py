@@ -29,6 +29,10 @@ class State(enum.StrEnum):
     LEASED = "LEASED"
     PROCESSED = "PROCESSED"
     DEAD = "DEAD"
+    # Waiting for a moderator (ApproveMessage makes it PENDING): never claimed.
+    HELD = "HELD"
+    # A tombstone (DeleteMessage, EraseAuthor): no author, text or error; final.
+    DELETED = "DELETED"
 
 
 # Written out as literal SQL, not bound parameters: the planners of SQLite and PostgreSQL use a
@@ -87,8 +91,11 @@ class MessageRow(Base):
 
     __table_args__ = (
         CheckConstraint(
-            "state IN ('PENDING', 'LEASED', 'PROCESSED', 'DEAD')", name="ck_messages_state"
+            "state IN ('PENDING', 'LEASED', 'PROCESSED', 'DEAD', 'HELD', 'DELETED')",
+            name="ck_messages_state",
         ),
+        # EraseAuthor finds an author's messages without a table scan.
+        Index("ix_messages_author", "author"),
         # Listing by state (operators looking for DEAD messages) without a table scan.
         Index("ix_messages_state_sequence", "state", "sequence"),
         # Only unsettled rows are in these indexes, so claiming work costs the same with ten

@@ -25,25 +25,29 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from ackbot.store.database import Database
 from ackbot.store.driver_errors import CONFLICT_ERRORS
-from ackbot.store.errors import NotFound, StoreError
+from ackbot.store.errors import MessageDeleted, NotFound, StoreError
 from ackbot.store.group_commit import GroupCommitter
 from ackbot.store.ids import new_message_id, new_store_id
 from ackbot.store.models import State
 from ackbot.store.tables import leases, messages
+from ackbot.store.tables import removal as removal_table
 from ackbot.store.tables.leases import Claim, Extension, LeasesTable, Release
 from ackbot.store.tables.messages import Mark, MessagesTable
+from ackbot.store.tables.removal import Removal
 from ackbot.store.tables.stores import StoresTable
-from ackbot.store.tables.transaction import Transaction
+from ackbot.store.tables.transaction import MESSAGES, Transaction
 from ackbot.store.types import (
     Changes,
     CreateResult,
     DeadStore,
+    DeleteResult,
     Delivery,
     Lease,
     MarkResult,
     NewMessage,
     Reaped,
     ReleasedLease,
+    Removed,
     StoredMessage,
 )
 
@@ -52,6 +56,12 @@ log = logging.getLogger(__name__)
 # Large enough to take a burst from every connected client, small enough that one transaction
 # stays a few milliseconds long.
 MAX_BATCH = 256
+# Messages an erasure tombstones per transaction (with their replies). On SQLite a batch holds
+# the one write lock, so every writer waits for it: a hundred keeps that wait near one group
+# commit's. On PostgreSQL it holds only its own rows, and writers go on beside it: larger
+# batches cost fewer round trips. (Measured under load, tests/integration/test_erase_author.py.)
+ERASE_BATCH_SINGLE_WRITER = 100
+ERASE_BATCH = 256
 
 
 class MessageRepository:
@@ -137,7 +147,7 @@ class MessageRepository:
         # body may have run on the driver's thread, where a watcher's wake-up must not be set).
         if self._on_changes is not None and committed:
             changes = committed[0]
-            if changes.messages or changes.made_work:
+            if changes.messages or changes.made_work or changes.removed:
                 try:
                     self._on_changes(changes)
                 except Exception:
@@ -163,13 +173,16 @@ class MessageRepository:
         # Submitted as one request, so a group commit never splits it over two transactions.
         return await self._writes.submit(self._messages.create_runs, news, runs_first=True)
 
-    async def get_message(self, message_id: str) -> StoredMessage:
+    async def get_message(self, message_id: str, *, tombstones: bool = False) -> StoredMessage:
+        """The message; a tombstone is MessageDeleted unless `tombstones` (the watches)."""
         now = self._now_ns()
         message = await self._database.run_read(
             lambda connection: messages.get_message(connection, message_id, now)
         )
         if message is None:
             raise NotFound(message_id)
+        if message.state is State.DELETED and not tombstones:
+            raise MessageDeleted(message_id)
         return message
 
     async def list_messages(
@@ -216,6 +229,12 @@ class MessageRepository:
     async def requeue(self, message_id: str) -> StoredMessage:
         return await self._writes.submit_one(self._messages.requeue, message_id)
 
+    async def approve(self, message_id: str) -> StoredMessage:
+        return await self._writes.submit_one(self._messages.approve, message_id)
+
+    async def delete(self, message_id: str) -> DeleteResult:
+        return await self._writes.submit_one(self._messages.delete, message_id)
+
     async def next_visible_ns(self) -> int | None:
         """When the earliest message that is not deliverable yet becomes deliverable."""
         now = self._now_ns()
@@ -230,6 +249,31 @@ class MessageRepository:
         return await self._database.run_read(
             lambda connection: messages.sample_states(connection, now)
         )
+
+    async def erase_batch(self, author: str, limit: int | None = None) -> list[StoredMessage]:
+        """Tombstones up to `limit` messages of `author`, oldest first, and the replies to them
+        (EraseAuthor's batch), in a transaction of its own, like remove_batch; returns the
+        tombstones made (none: nothing of the author is left).
+
+        Rows locked by another write (a claim, a mark) are waited for, not skipped, so an
+        empty batch means the author is erased; those writes are short."""
+        if limit is None:
+            limit = ERASE_BATCH if self.shared else ERASE_BATCH_SINGLE_WRITER
+        outcome = await self.run_write(
+            lambda tx: [
+                self._messages.tombstone_where(tx, MESSAGES.c.author == author, limit=limit)
+            ]
+        )
+        tombstones: list[StoredMessage] = outcome[0]
+        return tombstones
+
+    async def remove_batch(self, removal: Removal) -> Removed:
+        """Removes one batch of settled messages for good (tables/removal.py), in a transaction
+        of its own: not group commit's, so that a batch never makes the creates and settles
+        queued there wait for more than its own few milliseconds."""
+        outcome = await self.run_write(lambda tx: [removal_table.remove_batch(tx, removal)])
+        removed: Removed = outcome[0]
+        return removed
 
     # -- leases -----------------------------------------------------------------------------
 

@@ -1,10 +1,11 @@
 """Wires the store together and runs it: database, repository, manager, servicer, gRPC server.
 
 `StoreServer` is the composition root. `start()` returns the bound port; `stop()` is safe to call
-twice and shuts down in the order that loses nothing: health NOT_SERVING, other stores no
-longer listened to, streams ended and their leases released, in-flight unary calls given the
-grace period, the store deregistered (on PostgreSQL), engine disposed. A store that another
-declared dead stops itself the same way, and `failure` says why.
+twice and shuts down in the order that loses nothing: health NOT_SERVING, the retention
+sweeper stopped after its batch in flight, other stores no longer listened to, streams ended
+and their leases released, in-flight unary calls given the grace period, the store
+deregistered (on PostgreSQL), engine disposed. A store that another declared dead stops itself
+the same way, and `failure` says why.
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ from ackbot.store.registry import StoreRegistry
 from ackbot.store.repository import MessageRepository
 from ackbot.store.servicer import SERVICE_NAME, MessageStoreServicer, add_to_server
 from ackbot.store.session_bounds import SessionBounds, store_application_name
+from ackbot.store.sweeper import RetentionSweeper
 
 log = logging.getLogger(__name__)
 
@@ -82,6 +84,7 @@ class StoreServer:
         self._started = False
         self._registry: StoreRegistry | None = None
         self._sampler: StateSampler | None = None
+        self._sweeper: RetentionSweeper | None = None
         self._metrics_server: MetricsServer | None = None
         self._stopped = asyncio.Event()
         self._stopping = False
@@ -160,7 +163,9 @@ class StoreServer:
             released = await repository.release_all_leases()
             if released:
                 log.info("released %d leases left by a previous run", released)
-        self._manager = manager = MessageManager(repository, metrics=metrics)
+        self._manager = manager = MessageManager(
+            repository, metrics=metrics, hold_new_messages=config.hold_new_messages
+        )
         if config.metrics_listen is not None:
             self._sampler = StateSampler(metrics, repository.sample_states)
             self._sampler.start()
@@ -196,6 +201,11 @@ class StoreServer:
                 check_seconds=config.listener_check_seconds,
             )
             await self._listener.start(first_listen_within=config.listener_check_seconds)
+        if config.retention_seconds:
+            self._sweeper = RetentionSweeper(
+                manager, config.retention_seconds, interval_seconds=config.sweep_seconds
+            )
+            self._sweeper.start()
         await set_serving(health, [SERVICE_NAME], serving=True)
         if self._ownership is not None:
             self._ownership.announce(address)
@@ -220,6 +230,9 @@ class StoreServer:
         try:
             if self._health is not None:
                 await self._health.enter_graceful_shutdown()
+            if self._sweeper is not None:
+                # First: its batch in flight commits while the database is still open.
+                await self._sweeper.stop()
             if self._listener is not None:
                 await self._listener.stop()
             if self._manager is not None:

@@ -125,6 +125,45 @@ class MessageStoreServicer(pb_grpc.MessageStoreServicer):
         return pb.RequeueMessageResponse(message=mapping.message_to_proto(message))
 
     @maps_errors
+    async def EraseAuthor(
+        self, request: pb.EraseAuthorRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[pb.EraseAuthorResponse]:
+        author = rules.erase_author(request, self._limits)
+        deleted = 0
+        async for deleted in self._manager.erase_author(author):
+            # The last batch found nothing: `done` goes with its count, not in a response more.
+            yield pb.EraseAuthorResponse(deleted_count=deleted)
+        yield pb.EraseAuthorResponse(deleted_count=deleted, done=True)
+
+    @maps_errors
+    async def PurgeMessages(
+        self, request: pb.PurgeMessagesRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[pb.PurgeMessagesResponse]:
+        purge = rules.purge(request)
+        removed = 0
+        async for removed in self._manager.purge(purge.state, purge.older_than_ns):
+            yield pb.PurgeMessagesResponse(removed_count=removed)
+        yield pb.PurgeMessagesResponse(removed_count=removed, done=True)
+
+    @maps_errors
+    async def DeleteMessage(
+        self, request: pb.DeleteMessageRequest, context: grpc.aio.ServicerContext
+    ) -> pb.DeleteMessageResponse:
+        result = await self._manager.delete(rules.message_id(request.id, self._limits))
+        return pb.DeleteMessageResponse(
+            message=mapping.message_to_proto(result.message),
+            already_deleted=result.already_deleted,
+            deleted_count=result.deleted_count,
+        )
+
+    @maps_errors
+    async def ApproveMessage(
+        self, request: pb.ApproveMessageRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ApproveMessageResponse:
+        message = await self._manager.approve(rules.message_id(request.id, self._limits))
+        return pb.ApproveMessageResponse(message=mapping.message_to_proto(message))
+
+    @maps_errors
     async def GetStats(
         self, request: pb.GetStatsRequest, context: grpc.aio.ServicerContext
     ) -> pb.GetStatsResponse:
@@ -134,6 +173,8 @@ class MessageStoreServicer(pb_grpc.MessageStoreServicer):
             leased_count=stats.counts.get(State.LEASED.value, 0),
             processed_count=stats.counts.get(State.PROCESSED.value, 0),
             dead_count=stats.counts.get(State.DEAD.value, 0),
+            held_count=stats.counts.get(State.HELD.value, 0),
+            deleted_count=stats.counts.get(State.DELETED.value, 0),
             streams=[
                 pb.StreamStats(
                     consumer=stream.consumer,

@@ -44,12 +44,25 @@ class NewMessage:
     create_time_ns: int | None = None
     # A reply's may be given only as its original's (MarkProcessed sets it either way).
     conversation_id: str | None = None
+    # HELD for moderation instead of PENDING; None: the store's --hold-new-messages decides
+    # (MessageManager resolves it before the tables see it).
+    hold: bool | None = None
 
 
 @dataclass(frozen=True)
 class CreateResult:
     message: StoredMessage
     already_existed: bool
+
+
+@dataclass(frozen=True)
+class DeleteResult:
+    """DeleteMessage: the tombstone, whether it was one already, and how many messages this
+    call deleted (the message and its reply)."""
+
+    message: StoredMessage
+    already_deleted: bool
+    deleted_count: int
 
 
 @dataclass(frozen=True)
@@ -139,6 +152,8 @@ class Cause(enum.Enum):
     STORE_DIED = "store_died"  # a reaper handed back a dead store's lease
     STORE_STOPPED = "store_stopped"  # its store deregistered on the way out
     REQUEUED = "requeued"  # RequeueMessage took it out of DEAD
+    DELETED = "deleted"  # DeleteMessage or EraseAuthor left its tombstone
+    APPROVED = "approved"  # ApproveMessage took it out of HELD
 
 
 # Causes that hand a lease back: a message they leave PENDING is a redelivery by that cause.
@@ -161,6 +176,24 @@ class MessageChange:
     reply_id: str | None = None
     # Only for CREATED: the log line of a new message names it.
     sequence: int = 0
+    # Only for DELETED: the lease the message was under, if it was LEASED (its stream's slot
+    # is freed as by a settle).
+    lease_token: str | None = None
+
+
+@dataclass(frozen=True)
+class Removed:
+    """What one batch of a purge or the retention sweep removed for good (tables/removal.py):
+    rows by their state (replies by theirs), who asked (`why`: the metrics' label), and whether
+    the batch was full (then more may be left)."""
+
+    by_state: Mapping[str, int]
+    why: str
+    full: bool = False
+
+    @property
+    def count(self) -> int:
+        return sum(self.by_state.values())
 
 
 @dataclass
@@ -177,6 +210,8 @@ class Changes:
     messages: list[MessageChange] = field(default_factory=list)
     created_work: bool = False
     work_at_ns: set[int] = field(default_factory=set)
+    # Rows removed for good: counted, never shown to watchers (their ids are free again).
+    removed: list[Removed] = field(default_factory=list)
 
     @property
     def made_work(self) -> bool:

@@ -9,6 +9,7 @@ RPC's rules land here, beside the rules of the others.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 from google.protobuf import duration_pb2
@@ -166,7 +167,8 @@ def check_create_time(v: Violations, field: str, message: pb.Message) -> int | N
 
 
 def message_id(value: str, limits: Limits) -> str:
-    """The `id` of a request about one message (GetMessage, RequeueMessage)."""
+    """The `id` of a request about one message (GetMessage, RequeueMessage, DeleteMessage,
+    ApproveMessage)."""
     v = Violations()
     check_id(v, "id", value, limits)
     v.raise_if_any()
@@ -190,11 +192,16 @@ def new_message(v: Violations, field: str, message: pb.Message, limits: Limits) 
     )
 
 
+def _hold(request: pb.CreateMessageRequest) -> bool | None:
+    """The request's `hold`; None when unset (the store's --hold-new-messages decides)."""
+    return request.hold if request.HasField("hold") else None
+
+
 def create_message(request: pb.CreateMessageRequest, limits: Limits) -> NewMessage:
     v = Violations()
     new = new_message(v, "message", request.message, limits)
     v.raise_if_any()
-    return new
+    return dataclasses.replace(new, hold=_hold(request))
 
 
 def batch_create(
@@ -215,7 +222,9 @@ def batch_create(
     for index, item in enumerate(request.requests):
         v = Violations()
         new = new_message(v, f"requests[{index}].message", item.message, limits)
-        items.append(InvalidArgument(v.items) if v.items else new)
+        items.append(
+            InvalidArgument(v.items) if v.items else dataclasses.replace(new, hold=_hold(item))
+        )
     return items
 
 
@@ -402,3 +411,43 @@ def extend_lease(request: pb.ExtendLeaseRequest, limits: Limits) -> int:
         check_lease_duration(v, "lease_duration", request.lease_duration, limits)
     v.raise_if_any()
     return request.lease_duration.ToNanoseconds()
+
+
+# The states PurgeMessages removes: settled for good.
+_PURGEABLE = {
+    pb.MESSAGE_STATE_PROCESSED: "PROCESSED",
+    pb.MESSAGE_STATE_DEAD: "DEAD",
+    pb.MESSAGE_STATE_DELETED: "DELETED",
+}
+
+
+@dataclass(frozen=True)
+class Purge:
+    state: str
+    older_than_ns: int
+
+
+def purge(request: pb.PurgeMessagesRequest) -> Purge:
+    v = Violations()
+    state = _PURGEABLE.get(request.state)
+    if state is None:
+        v.add(
+            "state", "must be MESSAGE_STATE_PROCESSED, MESSAGE_STATE_DEAD or MESSAGE_STATE_DELETED"
+        )
+    older_than_ns = 0
+    if not request.HasField("older_than"):
+        v.add("older_than", "is required (0 s: all of them)")
+    else:
+        older_than_ns = request.older_than.seconds * 1_000_000_000 + request.older_than.nanos
+        if older_than_ns < 0:
+            v.add("older_than", f"must not be negative (got {seconds(request.older_than):g} s)")
+    v.raise_if_any()
+    assert state is not None
+    return Purge(state, older_than_ns)
+
+
+def erase_author(request: pb.EraseAuthorRequest, limits: Limits) -> str:
+    v = Violations()
+    check_author(v, "author", request.author, limits)
+    v.raise_if_any()
+    return request.author

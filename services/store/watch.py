@@ -40,6 +40,7 @@ REMEMBERED_STATES = 10_000
 class EventType(enum.Enum):
     CREATED = "created"
     STATE_CHANGED = "state_changed"
+    DELETED = "deleted"
 
 
 @dataclass(frozen=True)
@@ -121,12 +122,13 @@ class WatchHub:
                     raise WatchFellBehind(MAX_PENDING_CHANGES)
                 message_id, _ = watcher.changed.popitem(last=False)
                 try:
-                    message = await self._repository.get_message(message_id)
+                    message = await self._repository.get_message(message_id, tombstones=True)
                 except NotFound:
                     continue
                 # Not followed yet: the next follow shows it, as it is then.
                 if message.sequence > cursor or not first_showing(message):
                     continue
-                yield WatchEvent(EventType.STATE_CHANGED, message)
+                deleted = message.state is State.DELETED
+                yield WatchEvent(EventType.DELETED if deleted else EventType.STATE_CHANGED, message)
             if not watcher.closing:
                 await watcher.wakeup.wait()

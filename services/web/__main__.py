@@ -25,6 +25,7 @@ from ackbot.common.metrics import MetricsServer
 from ackbot.common.serving import format_address, split_host_port
 from ackbot.web.app import Receive, Scope, Send, WebApp
 from ackbot.web.config import WebConfig, load_config
+from ackbot.web.editkeys import EditKeys, random_secret
 from ackbot.web.hub import Hub
 from ackbot.web.metrics import WebMetrics
 from ackbot.web.service import CommentService
@@ -77,9 +78,29 @@ def build(config: WebConfig, registry: CollectorRegistry) -> tuple[WebApp, _Hold
             token=config.store_token,
             retry_budget_seconds=STORE_RETRY_BUDGET_SECONDS,
         )
+        # Only DeleteMessage uses the admin token: every other call, the hub's watch included,
+        # stays on the producer's.
+        deleter = (
+            Client.connect(
+                config.store,
+                ca=config.store_ca,
+                cert=config.store_cert,
+                key=config.store_key,
+                token=config.store_admin_token,
+                retry_budget_seconds=STORE_RETRY_BUDGET_SECONDS,
+            )
+            if config.store_admin_token
+            else None
+        )
+        if config.edit_secret is None and config.edit_window_seconds > 0:
+            log.warning(
+                "no --edit-secret-file: commenters' edit keys are good on this process only; "
+                "give every front door of the site the same secret"
+            )
+        keys = EditKeys(config.edit_secret or random_secret())
         hub = Hub(client, metrics)
-        holder.client, holder.hub = client, hub
-        holder.service = CommentService(client, hub, config, metrics)
+        holder.client, holder.hub, holder.deleter = client, hub, deleter
+        holder.service = CommentService(client, hub, config, metrics, keys=keys, deleter=deleter)
         holder.task = asyncio.create_task(hub.run(), name="store-watch")
 
     async def shutdown() -> None:
@@ -89,6 +110,8 @@ def build(config: WebConfig, registry: CollectorRegistry) -> tuple[WebApp, _Hold
             holder.task.cancel()
         if holder.client is not None:
             await holder.client.close()
+        if holder.deleter is not None:
+            await holder.deleter.close()
 
     app = WebApp(
         holder.api,
@@ -106,6 +129,7 @@ class _Holder:
 
     def __init__(self) -> None:
         self.client: Client | None = None
+        self.deleter: Client | None = None
         self.hub: Hub | None = None
         self.service: CommentService | None = None
         self.task: asyncio.Task[None] | None = None

@@ -26,6 +26,7 @@ _STATES = {
     pb.MESSAGE_STATE_LEASED: web.COMMENT_STATE_ANSWERING,
     pb.MESSAGE_STATE_PROCESSED: web.COMMENT_STATE_ANSWERED,
     pb.MESSAGE_STATE_DEAD: web.COMMENT_STATE_UNANSWERED,
+    pb.MESSAGE_STATE_HELD: web.COMMENT_STATE_HELD,
 }
 
 
@@ -70,11 +71,29 @@ def comment(message: pb.Message, reply: pb.Message | None = None) -> web.Comment
     return shown
 
 
+def deleted(message: pb.Message) -> web.Comment:
+    """What readers are told of a deleted message (its tombstone): which one to take away."""
+    return web.Comment(
+        id=message.id,
+        thread=thread_of(message) or "",
+        sequence=message.sequence,
+        from_bot=bool(message.reply_to),
+        state=web.COMMENT_STATE_DELETED,
+    )
+
+
+def is_public(message: pb.Message) -> bool:
+    """Shown to every reader: not HELD for moderation (its author alone sees it) nor deleted."""
+    return message.state not in (pb.MESSAGE_STATE_HELD, pb.MESSAGE_STATE_DELETED)
+
+
 def comments(
     messages: Iterable[pb.Message], replies: Mapping[str, pb.Message]
 ) -> list[web.Comment]:
-    """The originals among `messages` in their order, each with its reply from `replies` (by
-    the original's id) when there is one."""
+    """The public originals among `messages` in their order, each with its reply from `replies`
+    (by the original's id) when there is one."""
     return [
-        comment(message, replies.get(message.id)) for message in messages if not message.reply_to
+        comment(message, replies.get(message.id))
+        for message in messages
+        if not message.reply_to and is_public(message)
     ]

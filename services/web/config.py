@@ -34,6 +34,12 @@ COMMAND = Command(
 # Tokens are read from files or variables, never from flags (a flag shows in `ps`).
 STORE_TOKEN_ENV = ENV_PREFIX + "STORE_TOKEN"
 SITE_TOKEN_ENV = ENV_PREFIX + "SITE_TOKEN"
+STORE_ADMIN_TOKEN_ENV = ENV_PREFIX + "STORE_ADMIN_TOKEN"
+EDIT_SECRET_ENV = ENV_PREFIX + "EDIT_SECRET"
+# Isso's window: long enough to fix a typo, short enough that a thread's answers stay put.
+DEFAULT_EDIT_WINDOW_SECONDS = 15 * 60
+# A guessable secret would let anyone forge keys to delete others' comments.
+MIN_EDIT_SECRET_CHARS = 32
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -132,6 +138,31 @@ class WebConfig:
         type=int_in(1, MAX_AUTHOR_CHARS),
         metavar="N",
     )
+    edit_window_seconds: int = setting(
+        DEFAULT_EDIT_WINDOW_SECONDS,
+        "how long a commenter may delete or edit their own comment (0: never)",
+        type=int_in(0, 7 * 24 * 3600),
+        metavar="SECONDS",
+    )
+    edit_secret_file: str | None = setting(
+        None,
+        "file holding the secret that signs commenters' edit keys; every front door of one "
+        f"site needs the same; else {EDIT_SECRET_ENV}, else a random one per process",
+        metavar="PATH",
+        shown_default="random per process",
+    )
+    store_admin_token_file: str | None = setting(
+        None,
+        "file holding an admin-role token for the store, used only to delete a comment whose "
+        f"writer proved it theirs (DeleteMessage); else {STORE_ADMIN_TOKEN_ENV}, else the "
+        "--store-token-file token",
+        metavar="PATH",
+        shown_default="none",
+    )
+    hold_comments: bool = switch_setting(
+        "hold every comment posted without the site token for moderation (ackbot approve); "
+        "unset: the store's --hold-new-messages decides"
+    )
     log_level: str = log_level_setting()
     log_format: str = log_format_setting()
     metrics_listen: str | None = metrics_listen_setting()
@@ -147,6 +178,8 @@ class WebConfig:
     # The tokens' values (from the files or the variables), read by load_config; never shown.
     store_token: str | None = field(default=None, repr=False, compare=False)
     site_token: str | None = field(default=None, repr=False, compare=False)
+    store_admin_token: str | None = field(default=None, repr=False, compare=False)
+    edit_secret: bytes | None = field(default=None, repr=False, compare=False)
 
 
 def load_config(
@@ -170,10 +203,26 @@ def load_config(
             if config.site_token_file
             else env.get(SITE_TOKEN_ENV, "").strip() or None
         )
+        store_admin_token = (
+            read_token(config.store_admin_token_file, "--store-admin-token-file")
+            if config.store_admin_token_file
+            else env.get(STORE_ADMIN_TOKEN_ENV, "").strip() or None
+        )
+        edit_secret_text = (
+            read_token(config.edit_secret_file, "--edit-secret-file")
+            if config.edit_secret_file
+            else env.get(EDIT_SECRET_ENV, "").strip() or None
+        )
     except OSError as exc:
         flag, _, problem = str(exc).partition(": ")
         _fail(flag, problem)
-    if store_token and config.store_ca is None:
+    if edit_secret_text is not None and len(edit_secret_text) < MIN_EDIT_SECRET_CHARS:
+        _fail(
+            "--edit-secret-file",
+            f"the secret must be at least {MIN_EDIT_SECRET_CHARS} characters "
+            "(openssl rand -hex 32)",
+        )
+    if (store_token or store_admin_token) and config.store_ca is None:
         host, _ = split_host_port(config.store)
         if not is_loopback(host):
             _fail("--store-ca", f"the token goes to {config.store} only over TLS: give the CA")
@@ -183,7 +232,13 @@ def load_config(
             f"{config.listen} is not loopback: serve it behind a TLS reverse proxy and pass "
             "--allow-insecure-listen",
         )
-    return replace(config, store_token=store_token, site_token=site_token)
+    return replace(
+        config,
+        store_token=store_token,
+        site_token=site_token,
+        store_admin_token=store_admin_token,
+        edit_secret=edit_secret_text.encode() if edit_secret_text is not None else None,
+    )
 
 
 def _fail(flag: str, problem: str) -> None:

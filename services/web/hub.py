@@ -3,7 +3,9 @@ thread, so that a store never holds a stream per browser.
 
 The watch sees every message of the database; the hub keeps those of the front door's threads
 (conversations "web:..."), turns each event into the comment as it now is (with its reply once
-there is one) and puts it on the queue of each viewer of that thread. A viewer that falls more
+there is one) and puts it on the queue of each viewer of that thread. A comment HELD for
+moderation is not sent (its approval is, as a change of state), and a deleted one is sent as
+a DELETED comment, so that readers take it off the page. A viewer that falls more
 than `VIEWER_QUEUE` comments behind is dropped with RESOURCE_EXHAUSTED (it lists and watches
 again) rather than letting one slow browser grow the process's memory.
 
@@ -141,6 +143,13 @@ class Hub:
         thread = comments.thread_of(message)
         if thread is None:
             return
+        if event.type == pb.WATCH_EVENT_TYPE_DELETED:
+            # A tombstone: the readers take the comment (or the reply) off the page.
+            self._messages.pop(message.id, None)
+            if message.reply_to:
+                self._replies.pop(message.reply_to, None)
+            self._send(thread, comments.deleted(message))
+            return
         if message.reply_to:
             _remember(self._replies, message.reply_to, message)
             if thread not in self._viewers:
@@ -150,7 +159,9 @@ class Hub:
                 self._send(thread, comments.comment(original, message))
             return
         _remember(self._messages, message.id, message)
-        if thread not in self._viewers:
+        if thread not in self._viewers or message.state == pb.MESSAGE_STATE_HELD:
+            # Held for moderation: its author sees it from PostComment's answer, nobody else
+            # until it is approved (then its change to PENDING comes here, for everyone).
             return
         reply = self._replies.get(message.id)
         if reply is None and message.reply_id:

@@ -43,3 +43,9 @@ class WebMetrics:
             "requests refused because their Origin is not allowed to embed the comments",
             registry=registry,
         )
+        # Someone trying keys on others' comments shows here before anywhere else.
+        self.edit_keys_refused = Counter(
+            "ackbot_web_edit_keys_refused",
+            "DeleteComment and EditComment calls refused for an edit_key not the comment's",
+            registry=registry,
+        )

@@ -14,7 +14,13 @@ import pytest
 
 from ackbot.bot.config import BotConfig
 from ackbot.bot.policy import MIN_BUSY_RETRY_SECONDS, Worker
-from ackbot.bot.responder import EmptyCompletion, IncomingMessage, PersonaResponder, RetryLater
+from ackbot.bot.responder import (
+    DependencyDown,
+    EmptyCompletion,
+    IncomingMessage,
+    PersonaResponder,
+    RetryLater,
+)
 from ackbot.common.limits import MAX_AUTHOR_CHARS
 from ackbot.v1 import message_store_pb2 as pb
 from ackbot.v1 import message_store_pb2_grpc as pb_grpc
@@ -378,6 +384,54 @@ async def test_a_busy_backend_hands_the_message_back_without_counting_the_attemp
         # A backoff of its own that grows: 0.5 s, 1 s, 2 s (MIN_BUSY_RETRY_SECONDS doubling).
         assert gaps[0] >= MIN_BUSY_RETRY_SECONDS - 0.05
         assert gaps[2] >= 4 * MIN_BUSY_RETRY_SECONDS - 0.05
+
+
+class DownFirst:
+    """Raises DependencyDown (to come back after `delay`) the first `times` times, then
+    answers; asked by its own `asked` like BusyFirst."""
+
+    def __init__(self, times: int, delay: float | None) -> None:
+        self.times = times
+        self.delay = delay
+        self.asked: list[tuple[int, float]] = []
+
+    async def reply(self, message: IncomingMessage) -> str | None:
+        self.asked.append((message.attempt, time.monotonic()))
+        if len(self.asked) <= self.times:
+            raise DependencyDown(
+                "the search API is down", cause="connect", delay_seconds=self.delay
+            )
+        return "finally"
+
+
+@pytest.mark.parametrize("delay", [0.3, None])
+async def test_a_dependency_down_is_handed_back_unstarted_quietly(
+    start_store, channels, delay, caplog
+):
+    # One attempt allowed: a counted failure would make the message DEAD at once.
+    store = await start_store(max_attempts=1)
+    stub = pb_grpc.MessageStoreStub(channels(store.address))
+    await create(stub, "m-1", "hello")
+    responder = DownFirst(times=3, delay=delay)
+    caplog.set_level(logging.DEBUG, logger="ackbot.bot.policy")
+    async with running(Worker(bot_config(store), responder)):
+        processed = await wait_state(stub, "m-1", pb.MESSAGE_STATE_PROCESSED)
+    assert processed.delivery_attempts == 1, "every hand-back gave its attempt back"
+    assert processed.last_error == ""
+    assert [attempt for attempt, _ in responder.asked] == [1, 1, 1, 1]
+    gaps = [later - earlier for (_, earlier), (_, later) in itertools.pairwise(responder.asked)]
+    if delay is not None:
+        assert min(gaps) >= delay - 0.05  # the delay it named (the next probe), as the store counts
+    else:
+        # No delay named: back at once, not after the busy backoff (0.5 s doubling).
+        assert max(gaps) < MIN_BUSY_RETRY_SECONDS
+    # The breaker (or the responder) says it once; each hand-back is DEBUG, not a warning.
+    handed = [r for r in caplog.records if "dependency down" in r.getMessage()]
+    assert len(handed) == 3
+    assert {r.levelno for r in handed} == {logging.DEBUG}
+    assert not [
+        r for r in caplog.records if r.levelno >= logging.WARNING and "m-1" in r.getMessage()
+    ]
 
 
 class Empty:

@@ -29,12 +29,19 @@ def make_message(**fields) -> pb.Message:
         (pb.MESSAGE_STATE_LEASED, "LEASED"),
         (pb.MESSAGE_STATE_PROCESSED, "PROCESSED"),
         (pb.MESSAGE_STATE_DEAD, "DEAD"),
+        (pb.MESSAGE_STATE_HELD, "HELD"),
+        (pb.MESSAGE_STATE_DELETED, "DELETED"),
         (pb.MESSAGE_STATE_UNSPECIFIED, "UNSPECIFIED"),
         (99, "99"),
     ],
 )
 def test_state_name(state, name):
     assert cli.state_name(state) == name
+
+
+def test_every_watch_event_type_has_a_name():
+    named = set(cli.WATCH_EVENT_NAMES)
+    assert named == set(pb.WatchEventType.values()) - {pb.WATCH_EVENT_TYPE_UNSPECIFIED}
 
 
 def test_one_line_escapes_line_breaks_and_tabs():

@@ -43,6 +43,10 @@ def test_every_rpc_of_the_service_has_a_row():
         ("ReleaseMessage", {"bot", "admin"}),
         ("ExtendLease", {"bot", "admin"}),
         ("RequeueMessage", {"admin"}),
+        ("DeleteMessage", {"admin"}),
+        ("EraseAuthor", {"admin"}),
+        ("ApproveMessage", {"admin"}),
+        ("PurgeMessages", {"admin"}),
     ],
 )
 def test_the_role_table(method, roles):

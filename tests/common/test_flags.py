@@ -36,6 +36,12 @@ STORE = {
         "0.0.0.0:9464",
     ),
     "max_attempts": ("--max-attempts", "ACKBOT_STORE_MAX_ATTEMPTS", "9", 9),
+    "hold_new_messages": (
+        "--hold-new-messages",
+        "ACKBOT_STORE_HOLD_NEW_MESSAGES",
+        "yes",
+        True,
+    ),
     "default_lease_seconds": (
         "--default-lease-seconds",
         "ACKBOT_STORE_DEFAULT_LEASE_SECONDS",
@@ -71,6 +77,10 @@ STORE = {
         "1.5",
         1.5,
     ),
+    "retain_processed": ("--retain-processed", "ACKBOT_STORE_RETAIN_PROCESSED", "30d", 2592000.0),
+    "retain_dead": ("--retain-dead", "ACKBOT_STORE_RETAIN_DEAD", "12h", 43200.0),
+    "retain_deleted": ("--retain-deleted", "ACKBOT_STORE_RETAIN_DELETED", "90m", 5400.0),
+    "sweep_seconds": ("--sweep-seconds", "ACKBOT_STORE_SWEEP_SECONDS", "5", 5.0),
     "tls_cert": ("--tls-cert", "ACKBOT_STORE_TLS_CERT", "/c.pem", "/c.pem"),
     "tls_key": ("--tls-key", "ACKBOT_STORE_TLS_KEY", "/k.pem", "/k.pem"),
     "tls_client_ca": ("--tls-client-ca", "ACKBOT_STORE_TLS_CLIENT_CA", "/ca.pem", "/ca.pem"),

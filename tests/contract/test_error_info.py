@@ -108,3 +108,60 @@ def test_a_full_database_is_storage_full():
     info = error_details_pb2.ErrorInfo()
     assert detail.Unpack(info)
     assert (info.reason, info.domain) == ("STORAGE_FULL", ERROR_DOMAIN)
+
+
+async def test_deleted_and_held_messages_are_told_apart(stub, settler):
+    # Issue 19: a deleted message is NOT_FOUND [MESSAGE_DELETED] to every call about it (the
+    # bot's settles included: they settle the delivery), and its id is ALREADY_EXISTS
+    # [MESSAGE_DELETED] to a create; HELD is FAILED_PRECONDITION to MarkProcessed, approving
+    # anything else too.
+    await create(stub, "to delete", id="deleted")
+    reader = StreamReader(stub, consumer="info", max_in_flight=1, lease_seconds=30)
+    try:
+        delivery = await reader.next()
+        assert delivery.message.id == "deleted"
+        await stub.DeleteMessage(pb.DeleteMessageRequest(id="deleted"), timeout=RPC_TIMEOUT)
+        token = delivery.lease_token
+        for call in (
+            settler.MarkProcessed(
+                pb.MarkProcessedRequest(
+                    id="deleted", lease_token=token, reply=pb.Message(author="bot", text="late")
+                ),
+                timeout=RPC_TIMEOUT,
+            ),
+            settler.ReleaseMessage(
+                pb.ReleaseMessageRequest(id="deleted", lease_token=token, reason="failed"),
+                timeout=RPC_TIMEOUT,
+            ),
+            settler.ExtendLease(
+                pb.ExtendLeaseRequest(id="deleted", lease_token=token, lease_duration=seconds(30)),
+                timeout=RPC_TIMEOUT,
+            ),
+            stub.GetMessage(pb.GetMessageRequest(id="deleted"), timeout=RPC_TIMEOUT),
+            stub.ApproveMessage(pb.ApproveMessageRequest(id="deleted"), timeout=RPC_TIMEOUT),
+        ):
+            error = await refused(call)
+            assert_reason(error, grpc.StatusCode.NOT_FOUND, "MESSAGE_DELETED", message_id="deleted")
+    finally:
+        await reader.close()
+    error = await refused(
+        stub.CreateMessage(
+            pb.CreateMessageRequest(message=pb.Message(id="deleted", author="b", text="again")),
+            timeout=RPC_TIMEOUT,
+        )
+    )
+    assert_reason(error, grpc.StatusCode.ALREADY_EXISTS, "MESSAGE_DELETED", message_id="deleted")
+
+    await stub.CreateMessage(
+        pb.CreateMessageRequest(message=pb.Message(id="held", author="a", text="t"), hold=True),
+        timeout=RPC_TIMEOUT,
+    )
+    error = await refused(
+        settler.MarkProcessed(pb.MarkProcessedRequest(id="held"), timeout=RPC_TIMEOUT)
+    )
+    assert_reason(error, grpc.StatusCode.FAILED_PRECONDITION, "MESSAGE_HELD", message_id="held")
+    await create(stub, "pending", id="pending")
+    error = await refused(
+        stub.ApproveMessage(pb.ApproveMessageRequest(id="pending"), timeout=RPC_TIMEOUT)
+    )
+    assert_reason(error, grpc.StatusCode.FAILED_PRECONDITION, "NOT_HELD", message_id="pending")

@@ -112,6 +112,8 @@ ID_RPCS = {
     "ReleaseMessage": lambda message_id: release(id=message_id),
     "ExtendLease": lambda message_id: extend(id=message_id),
     "RequeueMessage": lambda message_id: pb.RequeueMessageRequest(id=message_id),
+    "DeleteMessage": lambda message_id: pb.DeleteMessageRequest(id=message_id),
+    "ApproveMessage": lambda message_id: pb.ApproveMessageRequest(id=message_id),
 }
 
 REJECTIONS = [
@@ -336,11 +338,11 @@ REJECTIONS = [
         "for this order_by",
     ),
     invalid(
-        "list: state 5",
+        "list: state 7",
         "ListMessages",
-        listing(state=5),
+        listing(state=7),
         "state",
-        "must be one of the MessageState values (got 5)",
+        "must be one of the MessageState values (got 7)",
     ),
     # lease_token: required by Release and Extend, optional for Mark; 64 printable ASCII at most.
     invalid(
@@ -504,6 +506,15 @@ REJECTIONS = [
         PENDING_ID,
         "only DEAD messages can be requeued",
         "NOT_DEAD",
+    ),
+    domain(
+        "approve: not HELD",
+        "ApproveMessage",
+        pb.ApproveMessageRequest(id=PENDING_ID),
+        Code.FAILED_PRECONDITION,
+        PENDING_ID,
+        "only HELD messages can be approved",
+        "NOT_HELD",
     ),
     # More inputs that break the rules above, each its own way (a character class, a boundary
     # from the other side, another unit).
@@ -722,6 +733,8 @@ SURROGATE_IN_FIRST_STRING = {
     "ReleaseMessage": b"\x1a\x03\xed\xa0\x80",  # reason
     "ExtendLease": b"\x12\x03\xed\xa0\x80",  # lease_token
     "RequeueMessage": b"\x0a\x03\xed\xa0\x80",  # id
+    "DeleteMessage": b"\x0a\x03\xed\xa0\x80",  # id
+    "ApproveMessage": b"\x0a\x03\xed\xa0\x80",  # id
 }
 TRUNCATED = b"\x0a\x64\x00"
 
@@ -786,5 +799,6 @@ def test_every_rejection_rule_of_the_store_has_a_row():
         "different author or text",
         "lease_token is not the current lease",
         "only DEAD messages can be requeued",
+        "only HELD messages can be approved",
     ):
         assert rule in covered, rule

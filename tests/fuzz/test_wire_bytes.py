@@ -182,6 +182,8 @@ OVERSIZED = {
     "ReleaseMessage": pb.ReleaseMessageRequest(id="a", lease_token="t", reason=HUGE),
     "ExtendLease": pb.ExtendLeaseRequest(id="a", lease_token=HUGE, lease_duration=seconds(60)),
     "RequeueMessage": pb.RequeueMessageRequest(id=HUGE),
+    "DeleteMessage": pb.DeleteMessageRequest(id=HUGE),
+    "ApproveMessage": pb.ApproveMessageRequest(id=HUGE),
 }
 
 

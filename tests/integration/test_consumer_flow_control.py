@@ -10,6 +10,8 @@ import asyncio
 from ackbot.client import Client, Consumer, ConsumerSettings, Delivery, HandBack
 from ackbot.testing import wait_until
 from ackbot.v1 import message_store_pb2 as pb
+from ackbot.v1 import message_store_pb2_grpc as pb_grpc
+from tests.support.metrics_scrape import METRICS, scrape, value
 
 WITHIN = 20.0
 
@@ -172,3 +174,88 @@ async def test_paused_on_a_stream_that_cannot_drain_deliveries_wait_leased_until
         finally:
             await asyncio.wait_for(consumer.stop(), WITHIN)
             await asyncio.wait_for(running, WITHIN)
+
+
+async def test_paused_before_run_the_session_opens_drained_and_resume_takes_work(start_store):
+    # How the bot starts while its model is not checked yet: connected, yet nothing leased to
+    # it (the drain goes with the session's opening request, before the store claims anything).
+    store = await start_store.started(args=METRICS)
+    seen: list[str] = []
+
+    async def answer(delivery: Delivery) -> str | None:
+        seen.append(delivery.message.id)
+        return f"answer: {delivery.message.text}"
+
+    async def delivered() -> float:
+        return value(await scrape(store), "ackbot_deliveries_total")
+
+    async with Client.connect(store.address) as client:
+        stub = pb_grpc.MessageStoreStub(client.channel)
+        ids = [await _create(stub, text) for text in ("x", "y")]
+        consumer = Consumer(client, answer, ConsumerSettings(consumer="late", max_in_flight=4))
+        consumer.pause("not ready")
+        run = asyncio.create_task(consumer.run())
+        try:
+            await wait_until(lambda: consumer.connected, WITHIN, what="the stream is up")
+            # Another message after the session opened: the store must not send it either.
+            ids.append(await _create(stub, "z"))
+            await wait_until(
+                lambda: "stream draining consumer=late" in store.log_text(), WITHIN, what="drain"
+            )
+            assert await delivered() == 0
+            for message_id in ids:
+                message = await _get(stub, message_id)
+                assert message.state == pb.MESSAGE_STATE_PENDING, message
+                assert message.delivery_attempts == 0, message
+            assert seen == []
+            consumer.resume()
+
+            async def all_done() -> bool:
+                messages = [await _get(stub, i) for i in ids]
+                return all(m.state == pb.MESSAGE_STATE_PROCESSED for m in messages)
+
+            await wait_until(all_done, WITHIN, what="answered after resume")
+            assert sorted(seen) == sorted(ids)
+            assert await delivered() == len(ids)
+            for message_id in ids:
+                assert (await _get(stub, message_id)).delivery_attempts == 1
+        finally:
+            await consumer.stop()
+            await run
+
+
+async def test_paused_before_run_no_stream_that_cannot_drain_is_opened_until_resume(store, stub):
+    # consume=False (a store older than Consume): such a stream would deliver at once, so a
+    # consumer paused before it connects opens none until it resumes.
+    message_id = await _create(stub, "waiting")
+    seen: list[str] = []
+
+    async def answer(delivery: Delivery) -> str | None:
+        seen.append(delivery.message.id)
+        return "answered"
+
+    async with Client.connect(store.address) as client:
+        settings = ConsumerSettings(consumer="old", max_in_flight=2, consume=False)
+        consumer = Consumer(client, answer, settings)
+        consumer.pause("not ready")
+        run = asyncio.create_task(consumer.run())
+        try:
+            # A message created now would go to an open stream at once (a notification).
+            second_id = await _create(stub, "also waiting")
+            for _ in range(20):  # a few turns of the loop and round trips: still nothing
+                assert not consumer.connected
+                message = await _get(stub, message_id)
+                assert message.delivery_attempts == 0, message
+            assert (await _get(stub, second_id)).delivery_attempts == 0
+            consumer.resume()
+            await wait_until(lambda: consumer.connected, WITHIN, what="the stream is up")
+
+            async def both_done() -> bool:
+                messages = [await _get(stub, i) for i in (message_id, second_id)]
+                return all(m.state == pb.MESSAGE_STATE_PROCESSED for m in messages)
+
+            await wait_until(both_done, WITHIN, what="answered after resume")
+            assert sorted(seen) == sorted([message_id, second_id])
+        finally:
+            await consumer.stop()
+            await run

@@ -7,11 +7,10 @@ What the bot does (docs/semantics.md, "Whose failure it is"): a failure it blame
 opens its breaker (health NOT_SERVING, `ackbot.bot.model` too), the message is handed back
 without an attempt, the model is probed with backoff, and the bot resumes when it answers.
 
-The long scenarios (the minute's outage, two minutes of flapping) are `heavy`. Until the
-delivery loop pauses its Consume stream on an open breaker (the consumer's pause()/resume(),
-issue 18 item 2), a bot whose model is down still receives deliveries and hands each back at
-once without asking the model; these tests hold either way, the pause only spares the store the
-round trips.
+The long scenarios (the minute's outage, two minutes of flapping) are `heavy`. While the
+breaker is open the bot's consumer is paused: its Consume session is drained (the store sends
+it nothing) and what it held unstarted went back without an attempt, so the messages go to
+another bot on another model server (test_two_bots_on_two_model_servers_one_down).
 """
 
 from __future__ import annotations
@@ -39,14 +38,6 @@ PROBE_MAX_SECONDS = 2.0
 RATE_PER_SECOND = 20
 
 pytestmark = pytest.mark.slow
-# Two bots on one store: a bot whose model is down must take nothing, or the store keeps giving
-# the messages it hands back to it rather than to the other bot. That needs the delivery loop to
-# pause its Consume stream (window 0) when the breaker opens: strict, so that the mark goes when
-# the wiring lands.
-NEEDS_PAUSE = pytest.mark.xfail(
-    strict=True,
-    reason="needs the consumer's pause()/resume() on an open breaker (issue 18 item 2)",
-)
 
 
 @pytest.fixture
@@ -242,7 +233,6 @@ async def test_a_flapping_model_loses_nothing_and_answers_nothing_twice(stub, st
         check_answered_once(messages, ids, personas={"ava"})
 
 
-@NEEDS_PAUSE
 @pytest.mark.timeout(300)
 async def test_two_bots_on_two_model_servers_one_down(stub, start_bot, start_unready_bot):
     with FakeLLM() as llm_a, FakeLLM() as llm_b:

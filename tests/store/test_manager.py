@@ -13,7 +13,7 @@ from collections.abc import AsyncIterator, Callable
 
 import pytest
 
-from ackbot.store.errors import FailedPrecondition, StorageUnavailable
+from ackbot.store.errors import FailedPrecondition, MessageDeleted, StorageUnavailable
 from ackbot.store.manager import DeliveryStream, MessageManager
 from ackbot.store.models import State
 from ackbot.store.repository import MessageRepository
@@ -166,6 +166,31 @@ async def test_a_settle_frees_a_slot(manager, open_consumer):
     await manager.mark_processed("a", NewMessage(author="bot", text="hi"), a.lease_token)
 
     assert await consumer.next_ids() == ["b"]
+
+
+async def test_deleting_a_leased_message_frees_its_slot(manager, open_consumer):
+    await create(manager, "a", "b")
+    consumer = open_consumer(max_in_flight=1)
+    (a,) = await consumer.next()
+    await let_streams_look()
+    assert consumer.batches.empty()  # "b" waits for a slot
+
+    deleted = await manager.delete("a")
+
+    assert deleted.message.state is State.DELETED
+    assert await consumer.next_ids() == ["b"]
+    # The holder's late answer settles nothing more: "b" keeps its slot.
+    with pytest.raises(MessageDeleted):
+        await manager.mark_processed("a", NewMessage(author="bot", text="late"), a.lease_token)
+
+
+async def test_held_messages_wait_for_approval(repo, clock):
+    holding = MessageManager(repo, clock_ns=clock, hold_new_messages=True)
+    held = await holding.create_message(NewMessage(author="ana", text="x", id="h"))
+    free = await holding.create_message(NewMessage(author="ana", text="y", id="f", hold=False))
+    assert (held.message.state, free.message.state) == (State.HELD, State.PENDING)
+    await holding.approve("h")
+    assert (await holding.get_message("h")).state is State.PENDING
 
 
 async def test_a_settle_without_new_work_does_not_claim_again(manager, open_consumer, repo):
@@ -514,7 +539,14 @@ async def test_stats_count_lapsed_leases_as_pending_and_keep_their_slots(
 
 async def test_stats_with_nothing_stored(manager):
     stats = await manager.stats()
-    assert stats.counts == {"PENDING": 0, "LEASED": 0, "PROCESSED": 0, "DEAD": 0}
+    assert stats.counts == {
+        "PENDING": 0,
+        "LEASED": 0,
+        "PROCESSED": 0,
+        "DEAD": 0,
+        "HELD": 0,
+        "DELETED": 0,
+    }
     assert stats.oldest_pending_ns is None
     assert stats.streams == []
 

@@ -27,6 +27,7 @@ from sqlalchemy import (
     text,
 )
 from sqlalchemy.engine import Connection
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from ackbot.store import migrations
@@ -311,3 +312,46 @@ async def test_revision_0003_adds_conversations_to_a_0002_database_and_keeps_its
     assert {"ix_messages_conversation_sequence", "ix_messages_unsettled_conversation"} <= {
         index["name"] for index in indexes
     }
+
+
+async def test_revision_0004_lets_a_0003_database_hold_and_delete_and_keeps_its_messages(
+    engine, clock
+):
+    await run_alembic(engine, "upgrade", "0003")
+    messages = Base.metadata.tables["messages"]
+    async with engine.begin() as connection:
+        await connection.execute(
+            messages.insert(),
+            [
+                legacy_row("r3-1", conversation_id="c"),
+                legacy_row("r3-2", state="PROCESSED", process_time_ns=2, conversation_id=None),
+            ],
+        )
+        # The old constraint: no HELD state before 0004.
+        with pytest.raises(IntegrityError, match=r"ck_messages_state|CHECK"):
+            async with connection.begin_nested():
+                await connection.execute(
+                    messages.insert(), [legacy_row("x", state="HELD", conversation_id=None)]
+                )
+
+    upgrade = await migrations.upgrade_to_head(Database(engine))
+
+    assert (upgrade.from_revision, upgrade.to_revision) == ("0003", HEAD)
+    repository = make_repo(engine, clock)
+    listed = await repository.list_messages()
+    assert [(m.id, m.state.value, m.sequence) for m in listed] == [
+        ("r3-1", "PENDING", 1),
+        ("r3-2", "PROCESSED", 2),
+    ]
+    await repository.create_message(NewMessage(author="bo", text="new", id="h", hold=True))
+    await repository.delete("r3-1")
+    states = {m.id: m.state.value for m in await repository.list_messages()}
+    assert states == {"r3-2": "PROCESSED", "h": "HELD"}
+    async with engine.connect() as connection:
+        indexes = await connection.run_sync(lambda sync: inspect(sync).get_indexes("messages"))
+    assert "ix_messages_author" in {index["name"] for index in indexes}
+    # The way back: tombstones go, held messages become PENDING, the old constraint returns.
+    await run_alembic(engine, "downgrade", "0003")
+    async with engine.connect() as connection:
+        rows = (await connection.execute(text("SELECT id, state FROM messages"))).all()
+    assert sorted(tuple(row) for row in rows) == [("h", "PENDING"), ("r3-2", "PROCESSED")]

@@ -25,7 +25,10 @@ DOCUMENTED_CODES: dict[str, frozenset[grpc.StatusCode]] = {
     "CreateMessage": frozenset({Code.OK, Code.INVALID_ARGUMENT, Code.ALREADY_EXISTS}),
     "GetMessage": frozenset({Code.OK, Code.INVALID_ARGUMENT, Code.NOT_FOUND}),
     "ListMessages": frozenset({Code.OK, Code.INVALID_ARGUMENT}),
-    "MarkProcessed": frozenset({Code.OK, Code.INVALID_ARGUMENT, Code.NOT_FOUND}),
+    # FAILED_PRECONDITION: a HELD message [MESSAGE_HELD], a stale context [CONTEXT_STALE].
+    "MarkProcessed": frozenset(
+        {Code.OK, Code.INVALID_ARGUMENT, Code.NOT_FOUND, Code.FAILED_PRECONDITION}
+    ),
     "StreamUnprocessed": frozenset({Code.OK, Code.INVALID_ARGUMENT}),
     "ReleaseMessage": frozenset(
         {Code.OK, Code.INVALID_ARGUMENT, Code.NOT_FOUND, Code.FAILED_PRECONDITION}
@@ -34,6 +37,10 @@ DOCUMENTED_CODES: dict[str, frozenset[grpc.StatusCode]] = {
         {Code.OK, Code.INVALID_ARGUMENT, Code.NOT_FOUND, Code.FAILED_PRECONDITION}
     ),
     "RequeueMessage": frozenset(
+        {Code.OK, Code.INVALID_ARGUMENT, Code.NOT_FOUND, Code.FAILED_PRECONDITION}
+    ),
+    "DeleteMessage": frozenset({Code.OK, Code.INVALID_ARGUMENT, Code.NOT_FOUND}),
+    "ApproveMessage": frozenset(
         {Code.OK, Code.INVALID_ARGUMENT, Code.NOT_FOUND, Code.FAILED_PRECONDITION}
     ),
 }

@@ -19,20 +19,26 @@ class MessageState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     MESSAGE_STATE_LEASED: _ClassVar[MessageState]
     MESSAGE_STATE_PROCESSED: _ClassVar[MessageState]
     MESSAGE_STATE_DEAD: _ClassVar[MessageState]
+    MESSAGE_STATE_HELD: _ClassVar[MessageState]
+    MESSAGE_STATE_DELETED: _ClassVar[MessageState]
 
 class WatchEventType(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
     WATCH_EVENT_TYPE_UNSPECIFIED: _ClassVar[WatchEventType]
     WATCH_EVENT_TYPE_CREATED: _ClassVar[WatchEventType]
     WATCH_EVENT_TYPE_STATE_CHANGED: _ClassVar[WatchEventType]
+    WATCH_EVENT_TYPE_DELETED: _ClassVar[WatchEventType]
 MESSAGE_STATE_UNSPECIFIED: MessageState
 MESSAGE_STATE_PENDING: MessageState
 MESSAGE_STATE_LEASED: MessageState
 MESSAGE_STATE_PROCESSED: MessageState
 MESSAGE_STATE_DEAD: MessageState
+MESSAGE_STATE_HELD: MessageState
+MESSAGE_STATE_DELETED: MessageState
 WATCH_EVENT_TYPE_UNSPECIFIED: WatchEventType
 WATCH_EVENT_TYPE_CREATED: WatchEventType
 WATCH_EVENT_TYPE_STATE_CHANGED: WatchEventType
+WATCH_EVENT_TYPE_DELETED: WatchEventType
 
 class Message(_message.Message):
     __slots__ = ("id", "author", "text", "create_time", "receive_time", "sequence", "state", "reply_to", "reply_id", "delivery_attempts", "last_error", "lease_expire_time", "process_time", "conversation_id")
@@ -79,10 +85,12 @@ class Delivery(_message.Message):
     def __init__(self, message: _Optional[_Union[Message, _Mapping]] = ..., lease_token: _Optional[str] = ..., attempt: _Optional[int] = ..., lease_expire_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class CreateMessageRequest(_message.Message):
-    __slots__ = ("message",)
+    __slots__ = ("message", "hold")
     MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    HOLD_FIELD_NUMBER: _ClassVar[int]
     message: Message
-    def __init__(self, message: _Optional[_Union[Message, _Mapping]] = ...) -> None: ...
+    hold: bool
+    def __init__(self, message: _Optional[_Union[Message, _Mapping]] = ..., hold: _Optional[bool] = ...) -> None: ...
 
 class CreateMessageResponse(_message.Message):
     __slots__ = ("message", "already_existed")
@@ -280,12 +288,70 @@ class RequeueMessageResponse(_message.Message):
     message: Message
     def __init__(self, message: _Optional[_Union[Message, _Mapping]] = ...) -> None: ...
 
+class DeleteMessageRequest(_message.Message):
+    __slots__ = ("id",)
+    ID_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    def __init__(self, id: _Optional[str] = ...) -> None: ...
+
+class DeleteMessageResponse(_message.Message):
+    __slots__ = ("message", "already_deleted", "deleted_count")
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    ALREADY_DELETED_FIELD_NUMBER: _ClassVar[int]
+    DELETED_COUNT_FIELD_NUMBER: _ClassVar[int]
+    message: Message
+    already_deleted: bool
+    deleted_count: int
+    def __init__(self, message: _Optional[_Union[Message, _Mapping]] = ..., already_deleted: _Optional[bool] = ..., deleted_count: _Optional[int] = ...) -> None: ...
+
+class EraseAuthorRequest(_message.Message):
+    __slots__ = ("author",)
+    AUTHOR_FIELD_NUMBER: _ClassVar[int]
+    author: str
+    def __init__(self, author: _Optional[str] = ...) -> None: ...
+
+class EraseAuthorResponse(_message.Message):
+    __slots__ = ("deleted_count", "done")
+    DELETED_COUNT_FIELD_NUMBER: _ClassVar[int]
+    DONE_FIELD_NUMBER: _ClassVar[int]
+    deleted_count: int
+    done: bool
+    def __init__(self, deleted_count: _Optional[int] = ..., done: _Optional[bool] = ...) -> None: ...
+
+class ApproveMessageRequest(_message.Message):
+    __slots__ = ("id",)
+    ID_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    def __init__(self, id: _Optional[str] = ...) -> None: ...
+
+class ApproveMessageResponse(_message.Message):
+    __slots__ = ("message",)
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    message: Message
+    def __init__(self, message: _Optional[_Union[Message, _Mapping]] = ...) -> None: ...
+
+class PurgeMessagesRequest(_message.Message):
+    __slots__ = ("state", "older_than")
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    OLDER_THAN_FIELD_NUMBER: _ClassVar[int]
+    state: MessageState
+    older_than: _duration_pb2.Duration
+    def __init__(self, state: _Optional[_Union[MessageState, str]] = ..., older_than: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ...) -> None: ...
+
+class PurgeMessagesResponse(_message.Message):
+    __slots__ = ("removed_count", "done")
+    REMOVED_COUNT_FIELD_NUMBER: _ClassVar[int]
+    DONE_FIELD_NUMBER: _ClassVar[int]
+    removed_count: int
+    done: bool
+    def __init__(self, removed_count: _Optional[int] = ..., done: _Optional[bool] = ...) -> None: ...
+
 class GetStatsRequest(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...
 
 class GetStatsResponse(_message.Message):
-    __slots__ = ("pending_count", "leased_count", "processed_count", "dead_count", "oldest_pending_age", "streams", "store_id", "read_time")
+    __slots__ = ("pending_count", "leased_count", "processed_count", "dead_count", "oldest_pending_age", "streams", "store_id", "read_time", "held_count", "deleted_count")
     PENDING_COUNT_FIELD_NUMBER: _ClassVar[int]
     LEASED_COUNT_FIELD_NUMBER: _ClassVar[int]
     PROCESSED_COUNT_FIELD_NUMBER: _ClassVar[int]
@@ -294,6 +360,8 @@ class GetStatsResponse(_message.Message):
     STREAMS_FIELD_NUMBER: _ClassVar[int]
     STORE_ID_FIELD_NUMBER: _ClassVar[int]
     READ_TIME_FIELD_NUMBER: _ClassVar[int]
+    HELD_COUNT_FIELD_NUMBER: _ClassVar[int]
+    DELETED_COUNT_FIELD_NUMBER: _ClassVar[int]
     pending_count: int
     leased_count: int
     processed_count: int
@@ -302,7 +370,9 @@ class GetStatsResponse(_message.Message):
     streams: _containers.RepeatedCompositeFieldContainer[StreamStats]
     store_id: str
     read_time: _timestamp_pb2.Timestamp
-    def __init__(self, pending_count: _Optional[int] = ..., leased_count: _Optional[int] = ..., processed_count: _Optional[int] = ..., dead_count: _Optional[int] = ..., oldest_pending_age: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., streams: _Optional[_Iterable[_Union[StreamStats, _Mapping]]] = ..., store_id: _Optional[str] = ..., read_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    held_count: int
+    deleted_count: int
+    def __init__(self, pending_count: _Optional[int] = ..., leased_count: _Optional[int] = ..., processed_count: _Optional[int] = ..., dead_count: _Optional[int] = ..., oldest_pending_age: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., streams: _Optional[_Iterable[_Union[StreamStats, _Mapping]]] = ..., store_id: _Optional[str] = ..., read_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., held_count: _Optional[int] = ..., deleted_count: _Optional[int] = ...) -> None: ...
 
 class StreamStats(_message.Message):
     __slots__ = ("consumer", "max_in_flight", "in_flight", "lease_duration")

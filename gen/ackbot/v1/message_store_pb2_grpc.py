@@ -32,7 +32,8 @@ class MessageStoreStub:
     a role, by a bearer token (`authorization: Bearer TOKEN`) or by its client certificate.
     producer: CreateMessage, BatchCreateMessages, GetMessage, ListMessages, GetStats,
     WatchMessages. bot: Consume, StreamUnprocessed, MarkProcessed, ReleaseMessage, ExtendLease,
-    GetMessage, ListMessages, GetStats, WatchMessages. admin: every RPC, RequeueMessage included.
+    GetMessage, ListMessages, GetStats, WatchMessages. admin: every RPC, RequeueMessage and the
+    moderation RPCs (DeleteMessage, EraseAuthor, ApproveMessage, PurgeMessages) included.
     When the store checks roles, any RPC may return UNAUTHENTICATED (no credentials, or a token it
     does not know) or PERMISSION_DENIED (a role that may not call it); both name the method, never
     the token, and the streams end with them before their first response.
@@ -95,6 +96,26 @@ class MessageStoreStub:
                 request_serializer=ackbot_dot_v1_dot_message__store__pb2.RequeueMessageRequest.SerializeToString,
                 response_deserializer=ackbot_dot_v1_dot_message__store__pb2.RequeueMessageResponse.FromString,
                 _registered_method=True)
+        self.DeleteMessage = channel.unary_unary(
+                '/ackbot.v1.MessageStore/DeleteMessage',
+                request_serializer=ackbot_dot_v1_dot_message__store__pb2.DeleteMessageRequest.SerializeToString,
+                response_deserializer=ackbot_dot_v1_dot_message__store__pb2.DeleteMessageResponse.FromString,
+                _registered_method=True)
+        self.EraseAuthor = channel.unary_stream(
+                '/ackbot.v1.MessageStore/EraseAuthor',
+                request_serializer=ackbot_dot_v1_dot_message__store__pb2.EraseAuthorRequest.SerializeToString,
+                response_deserializer=ackbot_dot_v1_dot_message__store__pb2.EraseAuthorResponse.FromString,
+                _registered_method=True)
+        self.ApproveMessage = channel.unary_unary(
+                '/ackbot.v1.MessageStore/ApproveMessage',
+                request_serializer=ackbot_dot_v1_dot_message__store__pb2.ApproveMessageRequest.SerializeToString,
+                response_deserializer=ackbot_dot_v1_dot_message__store__pb2.ApproveMessageResponse.FromString,
+                _registered_method=True)
+        self.PurgeMessages = channel.unary_stream(
+                '/ackbot.v1.MessageStore/PurgeMessages',
+                request_serializer=ackbot_dot_v1_dot_message__store__pb2.PurgeMessagesRequest.SerializeToString,
+                response_deserializer=ackbot_dot_v1_dot_message__store__pb2.PurgeMessagesResponse.FromString,
+                _registered_method=True)
         self.GetStats = channel.unary_unary(
                 '/ackbot.v1.MessageStore/GetStats',
                 request_serializer=ackbot_dot_v1_dot_message__store__pb2.GetStatsRequest.SerializeToString,
@@ -114,7 +135,8 @@ class MessageStoreServicer:
     a role, by a bearer token (`authorization: Bearer TOKEN`) or by its client certificate.
     producer: CreateMessage, BatchCreateMessages, GetMessage, ListMessages, GetStats,
     WatchMessages. bot: Consume, StreamUnprocessed, MarkProcessed, ReleaseMessage, ExtendLease,
-    GetMessage, ListMessages, GetStats, WatchMessages. admin: every RPC, RequeueMessage included.
+    GetMessage, ListMessages, GetStats, WatchMessages. admin: every RPC, RequeueMessage and the
+    moderation RPCs (DeleteMessage, EraseAuthor, ApproveMessage, PurgeMessages) included.
     When the store checks roles, any RPC may return UNAUTHENTICATED (no credentials, or a token it
     does not know) or PERMISSION_DENIED (a role that may not call it); both name the method, never
     the token, and the streams end with them before their first response.
@@ -133,7 +155,13 @@ class MessageStoreServicer:
         rule; ALREADY_EXISTS [ID_TAKEN] when the id is taken by a message with a different author,
         text or `conversation_id`;
         RESOURCE_EXHAUSTED when the request exceeds the size limit or the database is full;
-        UNAVAILABLE when the database cannot be reached or stays locked past the deadline.
+        UNAVAILABLE when the database cannot be reached or stays locked past the deadline;
+        ALREADY_EXISTS [MESSAGE_DELETED] when the id belongs to a deleted message (its tombstone):
+        a deleted message never comes back, also not through a retried create.
+
+        The new message is PENDING, or HELD for moderation when the request's `hold` says so or,
+        with `hold` unset, when the store holds new messages (--hold-new-messages). A HELD message
+        is never delivered until ApproveMessage.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -168,7 +196,8 @@ class MessageStoreServicer:
         """Returns one message by its id.
 
         Returns INVALID_ARGUMENT for a malformed id; NOT_FOUND, naming the id, when no message has
-        it; UNAVAILABLE when the database cannot be reached.
+        it ([MESSAGE_NOT_FOUND]) or it was deleted ([MESSAGE_DELETED]); UNAVAILABLE when the
+        database cannot be reached.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -177,7 +206,8 @@ class MessageStoreServicer:
     def ListMessages(self, request, context):
         """Lists messages in arrival order (`sequence`, oldest or newest first), optionally filtered by
         state, by `reply_to`, by `conversation_id` and by `after_sequence`. A page ends early where
-        it would pass about 1 MiB.
+        it would pass about 1 MiB. Deleted messages (tombstones) are listed only when `state` is
+        MESSAGE_STATE_DELETED; HELD ones are listed like any other state.
 
         Returns INVALID_ARGUMENT for a negative page size, a bad page token, state, `reply_to`,
         `conversation_id`, `after_sequence` or `order_by`; UNAVAILABLE when the database cannot be
@@ -208,7 +238,11 @@ class MessageStoreServicer:
         `conversation_id` is set and differs from the original's; NOT_FOUND, naming the id,
         when no message has it (a bot drops such a delivery and does not retry);
         FAILED_PRECONDITION [CONTEXT_STALE], with `metadata["newest_message_id"]` naming the
-        newest such original, when fenced; UNAVAILABLE when the database cannot be reached.
+        newest such original, when fenced; NOT_FOUND [MESSAGE_DELETED] when the message was deleted
+        (also while a bot held its lease): nothing is stored, and the delivery is settled, so a bot
+        drops it without retrying, as for any NOT_FOUND; FAILED_PRECONDITION [MESSAGE_HELD] when the
+        message is HELD for moderation (it was never delivered); UNAVAILABLE when the database
+        cannot be reached.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -299,7 +333,8 @@ class MessageStoreServicer:
         Returns INVALID_ARGUMENT for a malformed id, lease token, reason or `retry_after`;
         NOT_FOUND, naming the id, when no message has it; FAILED_PRECONDITION [LEASE_NOT_CURRENT]
         when `lease_token` is not the message's current lease (it expired and moved on, or the
-        message was settled); UNAVAILABLE when the database cannot be reached.
+        message was settled); NOT_FOUND [MESSAGE_DELETED] when the message was deleted (the
+        delivery is settled: nothing to release); UNAVAILABLE when the database cannot be reached.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -313,6 +348,7 @@ class MessageStoreServicer:
         range; NOT_FOUND, naming the id, when no message has it; FAILED_PRECONDITION
         [LEASE_NOT_CURRENT] when `lease_token` is not the message's current lease, or
         [LEASE_EXPIRED] when it is but has expired (the message may be delivered again);
+        NOT_FOUND [MESSAGE_DELETED] when the message was deleted (stop working on it);
         UNAVAILABLE when the database cannot be reached.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
@@ -325,6 +361,70 @@ class MessageStoreServicer:
         Returns INVALID_ARGUMENT for a malformed id; NOT_FOUND, naming the id, when no message has
         it; FAILED_PRECONDITION [NOT_DEAD] when the message is not DEAD; UNAVAILABLE when the
         database cannot be reached.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeleteMessage(self, request, context):
+        """Deletes a message and its reply (a moderators' and erasure tool). What stays of each is a
+        tombstone: its id, sequence, conversation and state DELETED, without author, text or
+        error, so that a retried create of the id is refused (ALREADY_EXISTS [MESSAGE_DELETED])
+        instead of bringing the message back. Tombstones are kept until --retain-deleted (default:
+        forever); after that the id is free again. Deleting a LEASED message ends its lease: the
+        bot's later MarkProcessed, ReleaseMessage or ExtendLease stores nothing and gets NOT_FOUND
+        [MESSAGE_DELETED], which settles the delivery. Deleting a reply deletes only the reply.
+        Watchers see a DELETED event for each. A deleted message holds nothing back in its
+        conversation and is never delivered.
+
+        Idempotent: deleting a deleted message returns OK with `already_deleted` set.
+
+        Returns INVALID_ARGUMENT for a malformed id; NOT_FOUND [MESSAGE_NOT_FOUND] when no message
+        has it; UNAVAILABLE when the database cannot be reached.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def EraseAuthor(self, request, context):
+        """Deletes every message of one author, and the replies to them, as DeleteMessage deletes one
+        (tombstones stay): a request for erasure of a person's data. Works in small batches, each
+        its own short transaction, so other writers are never held up for long; the stream sends
+        a progress response after each batch, and the last one has `done` set. The call is safe
+        to retry: an erasure cut short (the stream broke, the store stopped) leaves only whole
+        batches done, and calling again deletes the rest. Replies written by a bot under this
+        author name are deleted too.
+
+        Returns INVALID_ARGUMENT for a missing or malformed `author`; UNAVAILABLE when the
+        database cannot be reached (call again to finish).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ApproveMessage(self, request, context):
+        """Approves a message HELD for moderation: it becomes PENDING and is delivered to a bot at
+        once (within milliseconds), in its conversation's order.
+
+        Returns INVALID_ARGUMENT for a malformed id; NOT_FOUND, naming the id, when no message has
+        it ([MESSAGE_NOT_FOUND]) or it was deleted ([MESSAGE_DELETED]); FAILED_PRECONDITION
+        [NOT_HELD] when the message is not HELD (a retried approve gets this too: the message is
+        on its way); UNAVAILABLE when the database cannot be reached.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def PurgeMessages(self, request, context):
+        """Removes settled messages older than a given age for good, as the retention sweeper does
+        (--retain-processed, --retain-dead, --retain-deleted): PROCESSED originals with their
+        replies, DEAD messages, or tombstones, whose `receive_time` is older than `older_than`.
+        Unlike DeleteMessage nothing stays, so their ids are free again. Works in small batches,
+        each its own transaction (a store killed mid-purge leaves only whole batches removed), and
+        sends a progress response after each; the last has `done` set. Safe to retry.
+
+        Returns INVALID_ARGUMENT when `state` is not PROCESSED, DEAD or DELETED, or `older_than`
+        is missing or negative; UNAVAILABLE when the database cannot be reached.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -417,6 +517,26 @@ def add_MessageStoreServicer_to_server(servicer, server):
                     request_deserializer=ackbot_dot_v1_dot_message__store__pb2.RequeueMessageRequest.FromString,
                     response_serializer=ackbot_dot_v1_dot_message__store__pb2.RequeueMessageResponse.SerializeToString,
             ),
+            'DeleteMessage': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteMessage,
+                    request_deserializer=ackbot_dot_v1_dot_message__store__pb2.DeleteMessageRequest.FromString,
+                    response_serializer=ackbot_dot_v1_dot_message__store__pb2.DeleteMessageResponse.SerializeToString,
+            ),
+            'EraseAuthor': grpc.unary_stream_rpc_method_handler(
+                    servicer.EraseAuthor,
+                    request_deserializer=ackbot_dot_v1_dot_message__store__pb2.EraseAuthorRequest.FromString,
+                    response_serializer=ackbot_dot_v1_dot_message__store__pb2.EraseAuthorResponse.SerializeToString,
+            ),
+            'ApproveMessage': grpc.unary_unary_rpc_method_handler(
+                    servicer.ApproveMessage,
+                    request_deserializer=ackbot_dot_v1_dot_message__store__pb2.ApproveMessageRequest.FromString,
+                    response_serializer=ackbot_dot_v1_dot_message__store__pb2.ApproveMessageResponse.SerializeToString,
+            ),
+            'PurgeMessages': grpc.unary_stream_rpc_method_handler(
+                    servicer.PurgeMessages,
+                    request_deserializer=ackbot_dot_v1_dot_message__store__pb2.PurgeMessagesRequest.FromString,
+                    response_serializer=ackbot_dot_v1_dot_message__store__pb2.PurgeMessagesResponse.SerializeToString,
+            ),
             'GetStats': grpc.unary_unary_rpc_method_handler(
                     servicer.GetStats,
                     request_deserializer=ackbot_dot_v1_dot_message__store__pb2.GetStatsRequest.FromString,
@@ -442,7 +562,8 @@ class MessageStore:
     a role, by a bearer token (`authorization: Bearer TOKEN`) or by its client certificate.
     producer: CreateMessage, BatchCreateMessages, GetMessage, ListMessages, GetStats,
     WatchMessages. bot: Consume, StreamUnprocessed, MarkProcessed, ReleaseMessage, ExtendLease,
-    GetMessage, ListMessages, GetStats, WatchMessages. admin: every RPC, RequeueMessage included.
+    GetMessage, ListMessages, GetStats, WatchMessages. admin: every RPC, RequeueMessage and the
+    moderation RPCs (DeleteMessage, EraseAuthor, ApproveMessage, PurgeMessages) included.
     When the store checks roles, any RPC may return UNAUTHENTICATED (no credentials, or a token it
     does not know) or PERMISSION_DENIED (a role that may not call it); both name the method, never
     the token, and the streams end with them before their first response.
@@ -709,6 +830,114 @@ class MessageStore:
             '/ackbot.v1.MessageStore/RequeueMessage',
             ackbot_dot_v1_dot_message__store__pb2.RequeueMessageRequest.SerializeToString,
             ackbot_dot_v1_dot_message__store__pb2.RequeueMessageResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteMessage(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/ackbot.v1.MessageStore/DeleteMessage',
+            ackbot_dot_v1_dot_message__store__pb2.DeleteMessageRequest.SerializeToString,
+            ackbot_dot_v1_dot_message__store__pb2.DeleteMessageResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def EraseAuthor(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/ackbot.v1.MessageStore/EraseAuthor',
+            ackbot_dot_v1_dot_message__store__pb2.EraseAuthorRequest.SerializeToString,
+            ackbot_dot_v1_dot_message__store__pb2.EraseAuthorResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ApproveMessage(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/ackbot.v1.MessageStore/ApproveMessage',
+            ackbot_dot_v1_dot_message__store__pb2.ApproveMessageRequest.SerializeToString,
+            ackbot_dot_v1_dot_message__store__pb2.ApproveMessageResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PurgeMessages(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/ackbot.v1.MessageStore/PurgeMessages',
+            ackbot_dot_v1_dot_message__store__pb2.PurgeMessagesRequest.SerializeToString,
+            ackbot_dot_v1_dot_message__store__pb2.PurgeMessagesResponse.FromString,
             options,
             channel_credentials,
             insecure,

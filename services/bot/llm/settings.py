@@ -117,4 +117,5 @@ def _read(path: str, flag: str) -> str:
             return file.read()
     except (OSError, UnicodeDecodeError) as exc:
         # The error names the file, never its content (it may be a key).
-        raise BackendConfigError(f"cannot read {flag} {path}: {type(exc).__name__}") from None
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else "not UTF-8 text"
+        raise BackendConfigError(f"cannot read {flag} {path}: {reason}") from None

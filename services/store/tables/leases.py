@@ -15,7 +15,13 @@ from sqlalchemy import Row, String, bindparam, case, cast, func, literal, select
 from sqlalchemy.engine import Connection
 from sqlalchemy.sql.dml import Update
 
-from ackbot.store.errors import LeaseExpired, LeaseNotCurrent, NotFound, StoreError
+from ackbot.store.errors import (
+    LeaseExpired,
+    LeaseNotCurrent,
+    MessageDeleted,
+    NotFound,
+    StoreError,
+)
 from ackbot.store.ids import new_lease_token
 from ackbot.store.models import UNSETTLED, State
 from ackbot.store.tables.messages import IN_ITS_TURN, current_state, to_stored
@@ -204,7 +210,7 @@ class LeasesTable:
         tx: Transaction, message_id: str, lease_token: str, values: dict[str, Any]
     ) -> Row[Any] | StoreError:
         """Applies `values` to the message if `lease_token` is its current lease; otherwise
-        says why not (unknown id, or not that lease)."""
+        says why not (unknown id, deleted, or not that lease)."""
         row = (
             tx.connection.execute(
                 update(MESSAGES)
@@ -222,6 +228,9 @@ class LeasesTable:
         current = current_state(tx, message_id)
         if current is None:
             return NotFound(message_id)
+        if current == State.DELETED:
+            # Deleting it ended the lease: the delivery is settled, nothing to retry.
+            return MessageDeleted(message_id)
         return LeaseNotCurrent(
             message_id,
             f"lease_token is not the current lease of message {message_id!r} (the message is "

@@ -1,4 +1,5 @@
-"""The messages table: creating, reading and processing messages, and requeueing dead ones.
+"""The messages table: creating, reading and processing messages, requeueing dead ones,
+approving held ones, and deleting (tombstones).
 
 Handing messages out and back (leases, attempts, DEAD) is leases.py's, on the same table.
 """
@@ -6,6 +7,7 @@ Handing messages out and back (leases, attempts, DEAD) is leases.py's, on the sa
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Collection
 from dataclasses import dataclass
 from types import SimpleNamespace
 from typing import Any
@@ -17,16 +19,27 @@ from ackbot.store.database import Database
 from ackbot.store.errors import (
     AlreadyExists,
     ContextStale,
+    DeletedIdTaken,
     FieldViolation,
     InvalidArgument,
+    MessageDeleted,
+    MessageHeld,
     NotDead,
     NotFound,
+    NotHeld,
     StoreError,
 )
 from ackbot.store.ids import new_message_id
 from ackbot.store.models import UNSETTLED, State
 from ackbot.store.tables.transaction import MESSAGES, Transaction
-from ackbot.store.types import Cause, CreateResult, MarkResult, NewMessage, StoredMessage
+from ackbot.store.types import (
+    Cause,
+    CreateResult,
+    DeleteResult,
+    MarkResult,
+    NewMessage,
+    StoredMessage,
+)
 
 REPLIES = MESSAGES.alias("replies")
 EARLIER = MESSAGES.alias("earlier")
@@ -47,24 +60,39 @@ _HELD_BACK = exists().where(
     _EARLIER_UNSETTLED,
 )
 IN_ITS_TURN = or_(MESSAGES.c.conversation_id.is_(None), ~_HELD_BACK)
-# A message with the id of its reply, if any: every read answers with both.
+# A message with the id of its reply, if any: every read answers with both. A deleted reply is
+# no reply: its original (deleted alone or not) names none.
 _WITH_REPLY_ID = select(MESSAGES, REPLIES.c.id.label("reply_id")).outerjoin(
-    REPLIES, REPLIES.c.reply_to == MESSAGES.c.id
+    REPLIES, (REPLIES.c.reply_to == MESSAGES.c.id) & (REPLIES.c.state != State.DELETED)
 )
-# MarkProcessed's one statement: it skips rows already PROCESSED, so a message is processed once
-# however many marks race for it (on PostgreSQL the UPDATE re-checks the state on the row it
-# locked).
+# MarkProcessed's one statement: it skips rows already PROCESSED (and HELD or DELETED ones), so
+# a message is processed once however many marks race for it (on PostgreSQL the UPDATE
+# re-checks the state on the row it locked).
 _PROCESS_UNLESS_PROCESSED = (
     update(MESSAGES)
     .where(
         MESSAGES.c.id.in_(bindparam("ids", expanding=True)),
-        MESSAGES.c.state != State.PROCESSED,
+        # HELD was never delivered, DELETED must never be answered: both refused below.
+        MESSAGES.c.state.not_in([State.PROCESSED.value, State.HELD.value, State.DELETED.value]),
     )
     .values(
         state=State.PROCESSED, process_time_ns=bindparam("now"), lease_token=None, owner_store=None
     )
     .returning(*MESSAGES.c)
 )
+# What stays of a deleted message: its id, sequence, conversation, reply_to and receive_time
+# (its place), nothing anyone wrote. No lease: a LEASED message's lease ends with it.
+_TOMBSTONE = {
+    "state": State.DELETED.value,
+    "author": "",
+    "text": "",
+    "create_time_ns": None,
+    "last_error": None,
+    "lease_token": None,
+    "owner_store": None,
+    "visible_at_ns": 0,
+}
+NOT_DELETED = MESSAGES.c.state != State.DELETED
 
 
 @dataclass(frozen=True)
@@ -116,15 +144,20 @@ def _new_row(
     *,
     reply_to: str | None = None,
     conversation_id: str | None = None,
+    hold: bool = False,
 ) -> dict[str, Any]:
-    """The columns of a new message; a reply (`reply_to` set) is born PROCESSED."""
+    """The columns of a new message; a reply (`reply_to` set) is born PROCESSED, a held one
+    HELD."""
+    state = State.PENDING if reply_to is None else State.PROCESSED
+    if hold and reply_to is None:
+        state = State.HELD
     return {
         "id": message_id,
         "author": author,
         "text": text,
         "create_time_ns": create_time_ns,
         "receive_time_ns": now_ns,
-        "state": State.PENDING.value if reply_to is None else State.PROCESSED.value,
+        "state": state.value,
         "reply_to": reply_to,
         "delivery_attempts": 0,
         "last_error": None,
@@ -182,6 +215,7 @@ class MessagesTable:
                 new.create_time_ns,
                 tx.now_ns,
                 conversation_id=new.conversation_id,
+                hold=bool(new.hold),
             )
             for message_id, new in fresh.items()
         }
@@ -192,7 +226,8 @@ class MessagesTable:
         }
         for message in stored.values():
             tx.changed(Cause.CREATED, message, sequence=message.sequence)
-        if inserted:
+        if any(message.state is State.PENDING for message in stored.values()):
+            # A HELD message is work only once approved.
             tx.changes.created_work = True
         taken = [message_id for message_id in fresh if message_id not in inserted]
         if taken:
@@ -254,7 +289,7 @@ class MessagesTable:
         if unblocked:
             # The next message of each such conversation is deliverable now.
             tx.work_at(tx.now_ns)
-        results: dict[str, MarkResult] = {}
+        results: dict[str, MarkResult | StoreError] = {}
         for message_id, row in processed.items():
             reply: StoredMessage | None = None
             if message_id in replies:
@@ -285,11 +320,112 @@ class MessagesTable:
                 outcomes.append(refused[id(mark)])
             elif result is None:
                 outcomes.append(NotFound(mark.message_id))
-            elif first_marks[mark.message_id] is mark:
+            elif isinstance(result, StoreError) or first_marks[mark.message_id] is mark:
                 outcomes.append(result)
             else:
                 outcomes.append(dataclasses.replace(result, already_processed=True))
         return outcomes
+
+    # -- moderation: approving, deleting ----------------------------------------------------
+
+    def approve(self, tx: Transaction, message_id: str) -> StoredMessage | StoreError:
+        """ApproveMessage: HELD -> PENDING, deliverable at once (its conversation's order
+        permitting), announced to every store as a create is."""
+        row = (
+            tx.connection.execute(
+                update(MESSAGES)
+                .where(MESSAGES.c.id == message_id, MESSAGES.c.state == State.HELD)
+                .values(state=State.PENDING, visible_at_ns=tx.now_ns)
+                .returning(*MESSAGES.c)
+            )
+        ).first()
+        if row is not None:
+            tx.changed(Cause.APPROVED, row)
+            tx.work_at(tx.now_ns)
+            return to_stored(row, None, tx.now_ns)
+        current = current_state(tx, message_id)
+        if current is None:
+            return NotFound(message_id)
+        if current == State.DELETED:
+            return MessageDeleted(message_id)
+        return NotHeld(
+            message_id, f"message {message_id!r} is {current}; only HELD messages can be approved"
+        )
+
+    def delete(self, tx: Transaction, message_id: str) -> DeleteResult | StoreError:
+        """DeleteMessage: the message and its reply become tombstones; idempotent."""
+        tombstones = self.tombstone(tx, [message_id])
+        mine = next((t for t in tombstones if t.id == message_id), None)
+        if mine is not None:
+            return DeleteResult(mine, already_deleted=False, deleted_count=len(tombstones))
+        row = tx.connection.execute(_WITH_REPLY_ID.where(MESSAGES.c.id == message_id)).first()
+        if row is None:
+            return NotFound(message_id)
+        return DeleteResult(
+            _with_reply(row, tx.now_ns), already_deleted=True, deleted_count=len(tombstones)
+        )
+
+    def tombstone(self, tx: Transaction, ids: Collection[str]) -> list[StoredMessage]:
+        """Deletes the messages `ids` and the replies to them, in this transaction: each becomes
+        a tombstone (see _TOMBSTONE), recorded as a DELETED change (with the lease it was under,
+        so that its stream's slot is freed). Those already deleted, and unknown ids, are left
+        as they are. Returns the tombstones made, in sequence order.
+
+        The rows are locked first (FOR UPDATE on PostgreSQL; SQLite's transaction holds the
+        only write lock), so a claim or a mark racing with the delete either commits first and
+        is deleted with it, or waits and then finds a tombstone.
+        """
+        wanted = list(dict.fromkeys(ids))
+        if not wanted:
+            return []
+        targets = or_(MESSAGES.c.id.in_(wanted), MESSAGES.c.reply_to.in_(wanted))
+        before = tx.connection.execute(
+            select(
+                MESSAGES.c.id,
+                MESSAGES.c.state,
+                MESSAGES.c.lease_token,
+                MESSAGES.c.conversation_id,
+            )
+            .where(targets, NOT_DELETED)
+            .order_by(MESSAGES.c.sequence)
+            .with_for_update()
+        ).all()
+        if not before:
+            return []
+        rows = tx.connection.execute(
+            update(MESSAGES)
+            .where(MESSAGES.c.id.in_([row.id for row in before]), NOT_DELETED)
+            .values(_TOMBSTONE)
+            .returning(*MESSAGES.c)
+        ).all()
+        was = {row.id: row for row in before}
+        tombstones = []
+        for row in sorted(rows, key=lambda row: row.sequence):
+            old = was[row.id]
+            leased = old.state == State.LEASED
+            tx.changed(Cause.DELETED, row, lease_token=old.lease_token if leased else None)
+            tombstones.append(to_stored(row, None, tx.now_ns))
+            if old.conversation_id is not None and old.state in (State.PENDING, State.LEASED):
+                # It held its conversation's later messages back: they may go now.
+                tx.work_at(tx.now_ns)
+        return tombstones
+
+    def tombstone_where(
+        self, tx: Transaction, *where: Any, limit: int, skip_locked: bool = False
+    ) -> list[StoredMessage]:
+        """Tombstones up to `limit` messages matching `where` (oldest first, tombstones never
+        counted) and the replies to them, as `tombstone` does: one batch of an erasure. With
+        `skip_locked` (PostgreSQL), rows another transaction holds are left for a later batch
+        instead of waited for."""
+        query = (
+            select(MESSAGES.c.id)
+            .where(NOT_DELETED, *where)
+            .order_by(MESSAGES.c.sequence)
+            .limit(limit)
+        )
+        if skip_locked:
+            query = query.with_for_update(skip_locked=True)
+        return self.tombstone(tx, list(tx.connection.scalars(query)))
 
     # -- requeueing -------------------------------------------------------------------------
 
@@ -315,6 +451,9 @@ class MessagesTable:
 
 
 def _existing_create(existing: StoredMessage, new: NewMessage) -> CreateResult:
+    if existing.state is State.DELETED:
+        # Whatever the content: a retried create must not bring a deleted message back.
+        raise DeletedIdTaken(existing.id)
     # The conversation is compared like the text: a retry that names another thread is
     # not the same create, and moving a stored message to another thread would reorder
     # deliveries that may already have happened.
@@ -364,8 +503,8 @@ def _refuse_marks(tx: Transaction, marks: list[Mark]) -> dict[int, StoreError]:
     refused: dict[int, StoreError] = {}
     for mark in checked:
         original = originals.get(mark.message_id)
-        if original is None:
-            continue  # NotFound, as for any mark
+        if original is None or original.state in (State.HELD, State.DELETED):
+            continue  # NotFound, MessageHeld or MessageDeleted, as for any mark
         stale = _stale(tx, mark, original)
         if stale is not None:
             refused[id(mark)] = stale
@@ -408,6 +547,8 @@ def _stale(tx: Transaction, mark: Mark, original: Any) -> ContextStale | None:
             MESSAGES.c.sequence > mark.context_sequence,
             MESSAGES.c.reply_to.is_(None),
             MESSAGES.c.id != mark.message_id,
+            # Not yet (HELD) or no longer (DELETED) part of the conversation.
+            MESSAGES.c.state.not_in([State.HELD.value, State.DELETED.value]),
         )
         .order_by(MESSAGES.c.sequence.desc())
         .limit(1)
@@ -419,12 +560,23 @@ def _stale(tx: Transaction, mark: Mark, original: Any) -> ContextStale | None:
 
 def _already_processed(
     connection: Connection, message_ids: list[str], now: int
-) -> dict[str, MarkResult]:
-    """Those of `message_ids` that exist, each with its reply if it has one."""
-    originals = (connection.execute(select(MESSAGES).where(MESSAGES.c.id.in_(message_ids)))).all()
+) -> dict[str, MarkResult | StoreError]:
+    """Those of `message_ids` that exist, each with its reply if it has one; a HELD or
+    DELETED one with the error its mark gets."""
+    found = (connection.execute(select(MESSAGES).where(MESSAGES.c.id.in_(message_ids)))).all()
+    results: dict[str, MarkResult | StoreError] = {}
+    originals = []
+    for row in found:
+        if row.state == State.DELETED:
+            results[row.id] = MessageDeleted(row.id)
+        elif row.state == State.HELD:
+            results[row.id] = MessageHeld(
+                row.id, f"message {row.id!r} is HELD for moderation; it was never delivered"
+            )
+        else:
+            originals.append(row)
     query = select(MESSAGES).where(MESSAGES.c.reply_to.in_([row.id for row in originals]))
     replies = {row.reply_to: to_stored(row, None, now) for row in connection.execute(query)}
-    results = {}
     for row in originals:
         reply = replies.get(row.id)
         message = to_stored(row, reply.id if reply else None, now)
@@ -474,6 +626,9 @@ def list_messages(
         query = query.where(leased & (MESSAGES.c.visible_at_ns > now_ns))
     elif state is not None:
         query = query.where(MESSAGES.c.state == state)
+    else:
+        # Tombstones are shown only to those who ask for them.
+        query = query.where(NOT_DELETED)
     return [_with_reply(row, now_ns) for row in connection.execute(query).all()]
 
 

@@ -53,6 +53,7 @@ class Transaction:
         receive_time_ns: int = 0,
         reply_id: str | None = None,
         sequence: int = 0,
+        lease_token: str | None = None,
     ) -> None:
         """Records that `cause` changed a message, now as `row` (a row of MESSAGES, or anything
         with its id, state, delivery_attempts and last_error) says."""
@@ -66,6 +67,7 @@ class Transaction:
                 receive_time_ns,
                 reply_id,
                 sequence,
+                lease_token,
             )
         )
 

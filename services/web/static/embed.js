@@ -6,6 +6,10 @@
  * data-thread is the page's key (1-120 of [A-Za-z0-9._:~-]); without it, the page's path.
  * It calls the front door it was loaded from (Connect protocol, JSON over HTTP/1.1). Every text
  * is set with textContent, never as HTML: a comment cannot add markup or script to the page.
+ *
+ * The writer of a comment keeps its edit key in localStorage ("ackbot-own:" + thread): with it
+ * the widget shows Delete and Edit under that comment until its window ends, and the comment
+ * while it is held for moderation (awaiting moderation, shown to nobody else).
  */
 (function () {
   "use strict";
@@ -78,6 +82,30 @@
     }, function () { throw new Failure("unavailable", ""); });
   }
 
+  // -- the writer's own comments: id -> {key, until (this browser's clock, ms)} -----------------
+  var OWN = "ackbot-own:" + thread;
+  var own = {};
+  try { own = JSON.parse(localStorage.getItem(OWN) || "{}") || {}; } catch (e) { own = {}; }
+  function saveOwn() {
+    try { localStorage.setItem(OWN, JSON.stringify(own)); } catch (e) { /* no storage */ }
+  }
+  function keep(c, key, expireTime) {
+    if (!c || !key) return;
+    // The window as the server counts it, from now on this browser's clock (clocks differ).
+    var left = Date.parse(expireTime) - Date.parse(c.createTime);
+    own[c.id] = { key: key, until: Date.now() + (isFinite(left) ? left : 0) };
+    saveOwn();
+  }
+  function editable(id) { return !!own[id] && Date.now() < own[id].until; }
+
+  // A refusal of one's own delete or edit says why (not yours, too late, gone).
+  function explainOwn(failure) {
+    if (/^(permission_denied|failed_precondition|not_found)$/.test(failure.code)) {
+      return "Not done: " + failure.message;
+    }
+    return explain(failure);
+  }
+
   function explain(failure) {
     if (failure.code === "resource_exhausted") return "Too fast: " + failure.message;
     if (failure.code === "invalid_argument") return "Not posted: " + failure.message;
@@ -87,6 +115,7 @@
 
   // -- the thread -----------------------------------------------------------------------------
   var shown = {}; // id -> {data, node}
+  var gone = {}; // ids deleted: a late event never brings one back
   var lastSequence = 0;
   var limits = { maxTextBytes: 4096, maxAuthorChars: 40 };
   var nextPage = "";
@@ -104,7 +133,9 @@
       head.append(" ", when);
     }
     node.append(head, el("p", "ackbot-body", c.text || ""));
-    if (c.state === "COMMENT_STATE_ANSWERING") {
+    if (c.state === "COMMENT_STATE_HELD") {
+      node.append(el("p", "ackbot-held", "awaiting moderation"));
+    } else if (c.state === "COMMENT_STATE_ANSWERING") {
       node.append(el("p", "ackbot-writing", "the bot is writing\u2026"));
     } else if (c.state === "COMMENT_STATE_UNANSWERED") {
       node.append(el("p", "ackbot-unanswered", "the bot could not answer this one"));
@@ -118,14 +149,111 @@
       reply.append(rhead, el("p", "ackbot-body", c.reply.text || ""));
       node.append(reply);
     }
+    if (editable(c.id)) node.append(controls(c, node));
     return node;
+  }
+
+  // Delete and Edit under the writer's own comment, while its window lasts.
+  function controls(c, node) {
+    var bar = el("div", "ackbot-own");
+    var del = el("button", "ackbot-delete", "Delete");
+    var edit = el("button", "ackbot-edit", "Edit");
+    del.type = edit.type = "button";
+    var problem = el("span", "ackbot-own-error");
+    problem.setAttribute("role", "alert");
+    bar.append(edit, " ", del, " ", problem);
+    del.addEventListener("click", function () {
+      del.disabled = edit.disabled = true;
+      call("DeleteComment", { id: c.id, editKey: own[c.id].key }).then(function () {
+        remove(c.id);
+      }, function (failure) {
+        problem.textContent = explainOwn(failure);
+        del.disabled = edit.disabled = false;
+      });
+    });
+    edit.addEventListener("click", function () {
+      var body = node.querySelector(".ackbot-body");
+      var area = el("textarea", "ackbot-edit-text");
+      area.value = c.text || "";
+      area.rows = 3;
+      var save = el("button", "ackbot-save", "Save");
+      var cancel = el("button", "ackbot-cancel", "Cancel");
+      save.type = cancel.type = "button";
+      var editor = el("div", "ackbot-editor");
+      editor.append(area, save, " ", cancel);
+      body.replaceWith(editor);
+      bar.hidden = true;
+      // While the writer types, news of this comment wait (a re-render would lose the text).
+      node.dataset.editing = "1";
+      function close() {
+        editor.replaceWith(body);
+        bar.hidden = false;
+        delete node.dataset.editing;
+        if (shown[c.id] && shown[c.id].node === node && shown[c.id].data !== c) refresh(c.id);
+      }
+      cancel.addEventListener("click", close);
+      save.addEventListener("click", function () {
+        save.disabled = true;
+        var key = own[c.id] && own[c.id].key;
+        call("EditComment", { id: c.id, editKey: key, text: area.value }).then(function (data) {
+          remove(c.id);
+          adopt(data);
+        }, function (failure) {
+          close();
+          problem.textContent = explainOwn(failure);
+        });
+      });
+    });
+    // The controls go when the window does.
+    setTimeout(function () { if (!editable(c.id)) bar.remove(); },
+      Math.max(0, own[c.id].until - Date.now()) + 50);
+    return bar;
+  }
+
+  // The writer's comment as PostComment or EditComment answered, with its key.
+  function adopt(data) {
+    if (!data.comment) return;
+    keep(data.comment, data.editKey, data.editExpireTime);
+    // The watch may have shown it already, and newer (being answered): keep that, with the
+    // controls the key just brought.
+    if (!shown[data.comment.id]) upsert(data.comment);
+    else refresh(data.comment.id);
+  }
+
+  function refresh(id) {
+    var item = shown[id];
+    var node = render(item.data);
+    item.node.replaceWith(node);
+    item.node = node;
+  }
+
+  // A comment deleted (here, or anywhere: WatchThread's DELETED), or a reply of one.
+  function remove(id) {
+    gone[id] = true;
+    if (own[id]) { delete own[id]; saveOwn(); }
+    var old = shown[id];
+    if (old) {
+      old.node.remove();
+      delete shown[id];
+      return;
+    }
+    Object.keys(shown).forEach(function (other) {
+      var item = shown[other];
+      if (item.data.reply && item.data.reply.id === id) {
+        item.data = Object.assign({}, item.data, { reply: null });
+        if (!item.node.dataset.editing) refresh(other);
+      }
+    });
   }
 
   function upsert(c) {
     if (!c || !c.id) return;
+    if (c.state === "COMMENT_STATE_DELETED") { remove(c.id); return; }
+    if (gone[c.id]) return;
     lastSequence = Math.max(lastSequence, seq(c), c.reply ? seq(c.reply) : 0);
     var old = shown[c.id];
     if (old && old.data.reply && !c.reply) return; // an answer is never taken back
+    if (old && old.node.dataset.editing) { old.data = c; return; } // shown when editing ends
     var node = render(c);
     if (old) {
       old.node.replaceWith(node);
@@ -141,10 +269,24 @@
   }
 
   function load(token) {
-    return call("ListThread", { thread: thread, pageToken: token || "" }).then(function (data) {
+    var mine = token ? [] : Object.keys(own).slice(-50).map(function (id) {
+      return { id: id, editKey: own[id].key };
+    });
+    var request = { thread: thread, pageToken: token || "", ownComments: mine };
+    return call("ListThread", request).then(function (data) {
       if (data.limits) limits = data.limits;
       if (!token) lastSequence = Math.max(lastSequence, Number(data.lastSequence || 0));
       (data.comments || []).forEach(upsert);
+      (data.heldComments || []).forEach(upsert);
+      if (!token) {
+        // Forget what can no longer be edited, unless it still waits for a moderator.
+        var held = {};
+        (data.heldComments || []).forEach(function (c) { held[c.id] = true; });
+        Object.keys(own).forEach(function (id) {
+          if (!held[id] && !editable(id)) delete own[id];
+        });
+        saveOwn();
+      }
       nextPage = data.nextPageToken || "";
       older.hidden = !nextPage;
       checkSize();
@@ -238,8 +380,7 @@
     }
     call("PostComment", { thread: thread, author: author, text: text.value, requestId: pending.id })
       .then(function (data) {
-        // The watch may have shown it already, and newer (being answered): keep that.
-        if (data.comment && !shown[data.comment.id]) upsert(data.comment);
+        adopt(data);
         text.value = "";
         pending = null;
       }, function (failure) {

@@ -21,7 +21,7 @@ from connectrpc.protocol import ProtocolType
 from connectrpc.server import ConnectASGIApplication, DEFAULT_READ_MAX_BYTES, Endpoint
 from pyqwest import Client
 
-from .comments_pb2 import ListThreadRequest, ListThreadResponse, PostCommentRequest, PostCommentResponse, WatchThreadRequest, WatchThreadResponse
+from .comments_pb2 import DeleteCommentRequest, DeleteCommentResponse, EditCommentRequest, EditCommentResponse, ListThreadRequest, ListThreadResponse, PostCommentRequest, PostCommentResponse, WatchThreadRequest, WatchThreadResponse
 
 if TYPE_CHECKING:
     from collections.abc import AsyncGenerator, AsyncIterator, Iterable, Mapping
@@ -62,7 +62,9 @@ class CommentService(Protocol):
     def watch_thread(self, request: WatchThreadRequest, ctx: RequestContext[WatchThreadRequest, WatchThreadResponse], /) -> AsyncIterator[WatchThreadResponse]:
         """
         The thread's comments as they change, pushed (server streaming): a comment each time it is
-        posted, starts being answered, is answered (with its reply) or is given up on. The first
+        posted, starts being answered, is answered (with its reply), is given up on, or is deleted
+        (state DELETED, also for a deleted reply: take it off the page; a comment HELD for
+        moderation comes only once approved, as WAITING). The first
         response, sent at once, has no comment: the watch is open. Then the comments after
         `after_sequence`, so that ListThread's `last_sequence` followed by this misses nothing. A
         quiet watch gets a response without a comment every 25 seconds (for proxies that end
@@ -70,6 +72,32 @@ class CommentService(Protocol):
         (one with a reply is never replaced by one without). The stream ends with UNAVAILABLE when
         the front door stops or loses the store, and RESOURCE_EXHAUSTED when the reader falls too
         far behind: list and watch again.
+        """
+        raise ConnectError(Code.UNIMPLEMENTED, 'Not implemented')
+
+    async def delete_comment(self, request: DeleteCommentRequest, ctx: RequestContext[DeleteCommentRequest, DeleteCommentResponse], /) -> DeleteCommentResponse:
+        """
+        Deletes the caller's own comment, with the bot's reply to it, while its edit window lasts
+        (`edit_expire_time`; 15 minutes by default). The caller proves the comment is theirs with
+        the `edit_key` PostComment gave them. Every watcher of the thread sees it go (a comment in
+        state DELETED). Deleting a deleted comment is OK.
+        PERMISSION_DENIED when the key is missing or not this comment's; FAILED_PRECONDITION when
+        the window has passed, or this front door does not let commenters delete (it has no right
+        to delete in the store); NOT_FOUND when there is no such comment.
+        """
+        raise ConnectError(Code.UNIMPLEMENTED, 'Not implemented')
+
+    async def edit_comment(self, request: EditCommentRequest, ctx: RequestContext[EditCommentRequest, EditCommentResponse], /) -> EditCommentResponse:
+        """
+        Replaces the caller's own comment with a new text while its edit window lasts: the old
+        comment and the bot's reply to it are deleted, and the new text is posted as a new comment
+        (new id, at the end of the thread, by the same author), which the bot answers. The new
+        comment's window ends when the old one's did: editing does not extend it.
+        Safe to retry: the new comment's id is derived from the old one's, so a retry whose first
+        try's answer was lost answers with the same new comment.
+        The errors of DeleteComment, and those of PostComment for the text (a rate limit included:
+        an edit is a post); NOT_FOUND when the comment was deleted, or already edited to another
+        text.
         """
         raise ConnectError(Code.UNIMPLEMENTED, 'Not implemented')
 
@@ -119,6 +147,28 @@ class CommentServiceASGIApplication(ConnectASGIApplication[CommentService]):
                         stream_type=StreamType.SERVER_STREAM,
                     ),
                     function=svc.watch_thread,
+                ),
+                "/ackbot.web.v1.CommentService/DeleteComment": Endpoint.unary(
+                    method=MethodInfo(
+                        name="DeleteComment",
+                        service_name="ackbot.web.v1.CommentService",
+                        input=DeleteCommentRequest,
+                        output=DeleteCommentResponse,
+                        idempotency_level=IdempotencyLevel.UNKNOWN,
+                        stream_type=StreamType.UNARY,
+                    ),
+                    function=svc.delete_comment,
+                ),
+                "/ackbot.web.v1.CommentService/EditComment": Endpoint.unary(
+                    method=MethodInfo(
+                        name="EditComment",
+                        service_name="ackbot.web.v1.CommentService",
+                        input=EditCommentRequest,
+                        output=EditCommentResponse,
+                        idempotency_level=IdempotencyLevel.UNKNOWN,
+                        stream_type=StreamType.UNARY,
+                    ),
+                    function=svc.edit_comment,
                 ),
             },
             interceptors=interceptors,
@@ -222,7 +272,9 @@ class CommentServiceClient(ConnectClient):
     ) -> AsyncIterator[WatchThreadResponse]:
         """
         The thread's comments as they change, pushed (server streaming): a comment each time it is
-        posted, starts being answered, is answered (with its reply) or is given up on. The first
+        posted, starts being answered, is answered (with its reply), is given up on, or is deleted
+        (state DELETED, also for a deleted reply: take it off the page; a comment HELD for
+        moderation comes only once approved, as WAITING). The first
         response, sent at once, has no comment: the watch is open. Then the comments after
         `after_sequence`, so that ListThread's `last_sequence` followed by this misses nothing. A
         quiet watch gets a response without a comment every 25 seconds (for proxies that end
@@ -240,6 +292,66 @@ class CommentServiceClient(ConnectClient):
                 output=WatchThreadResponse,
                 idempotency_level=IdempotencyLevel.UNKNOWN,
                 stream_type=StreamType.SERVER_STREAM,
+            ),
+            headers=headers,
+            timeout_ms=timeout_ms,
+        )
+    async def delete_comment(
+        self,
+        request: DeleteCommentRequest,
+        *,
+        headers: Headers | Mapping[str, str] | None = None, 
+        timeout_ms: int | None = None,
+    ) -> DeleteCommentResponse:
+        """
+        Deletes the caller's own comment, with the bot's reply to it, while its edit window lasts
+        (`edit_expire_time`; 15 minutes by default). The caller proves the comment is theirs with
+        the `edit_key` PostComment gave them. Every watcher of the thread sees it go (a comment in
+        state DELETED). Deleting a deleted comment is OK.
+        PERMISSION_DENIED when the key is missing or not this comment's; FAILED_PRECONDITION when
+        the window has passed, or this front door does not let commenters delete (it has no right
+        to delete in the store); NOT_FOUND when there is no such comment.
+        """
+        return await self.execute_unary(
+            request=request,
+            method=MethodInfo(
+                name="DeleteComment",
+                service_name="ackbot.web.v1.CommentService",
+                input=DeleteCommentRequest,
+                output=DeleteCommentResponse,
+                idempotency_level=IdempotencyLevel.UNKNOWN,
+                stream_type=StreamType.UNARY,
+            ),
+            headers=headers,
+            timeout_ms=timeout_ms,
+        )
+    async def edit_comment(
+        self,
+        request: EditCommentRequest,
+        *,
+        headers: Headers | Mapping[str, str] | None = None, 
+        timeout_ms: int | None = None,
+    ) -> EditCommentResponse:
+        """
+        Replaces the caller's own comment with a new text while its edit window lasts: the old
+        comment and the bot's reply to it are deleted, and the new text is posted as a new comment
+        (new id, at the end of the thread, by the same author), which the bot answers. The new
+        comment's window ends when the old one's did: editing does not extend it.
+        Safe to retry: the new comment's id is derived from the old one's, so a retry whose first
+        try's answer was lost answers with the same new comment.
+        The errors of DeleteComment, and those of PostComment for the text (a rate limit included:
+        an edit is a post); NOT_FOUND when the comment was deleted, or already edited to another
+        text.
+        """
+        return await self.execute_unary(
+            request=request,
+            method=MethodInfo(
+                name="EditComment",
+                service_name="ackbot.web.v1.CommentService",
+                input=EditCommentRequest,
+                output=EditCommentResponse,
+                idempotency_level=IdempotencyLevel.UNKNOWN,
+                stream_type=StreamType.UNARY,
             ),
             headers=headers,
             timeout_ms=timeout_ms,

@@ -25,31 +25,41 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1c\x61\x63kbot/web/v1/comments.proto\x12\rackbot.web.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xeb\x01\n\x07\x43omment\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0e\n\x06thread\x18\x02 \x01(\t\x12\x0e\n\x06\x61uthor\x18\x03 \x01(\t\x12\x0c\n\x04text\x18\x04 \x01(\t\x12/\n\x0b\x63reate_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x10\n\x08sequence\x18\x06 \x01(\x03\x12*\n\x05state\x18\x07 \x01(\x0e\x32\x1b.ackbot.web.v1.CommentState\x12\x10\n\x08\x66rom_bot\x18\x08 \x01(\x08\x12%\n\x05reply\x18\t \x01(\x0b\x32\x16.ackbot.web.v1.Comment\"V\n\x12PostCommentRequest\x12\x0e\n\x06thread\x18\x01 \x01(\t\x12\x0e\n\x06\x61uthor\x18\x02 \x01(\t\x12\x0c\n\x04text\x18\x03 \x01(\t\x12\x12\n\nrequest_id\x18\x04 \x01(\t\">\n\x13PostCommentResponse\x12\'\n\x07\x63omment\x18\x01 \x01(\x0b\x32\x16.ackbot.web.v1.Comment\"J\n\x11ListThreadRequest\x12\x0e\n\x06thread\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"T\n\x06Limits\x12\x16\n\x0emax_text_bytes\x18\x01 \x01(\x05\x12\x18\n\x10max_author_chars\x18\x02 \x01(\x05\x12\x18\n\x10posts_per_minute\x18\x03 \x01(\x05\"\x95\x01\n\x12ListThreadResponse\x12(\n\x08\x63omments\x18\x01 \x03(\x0b\x32\x16.ackbot.web.v1.Comment\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\x12\x15\n\rlast_sequence\x18\x03 \x01(\x03\x12%\n\x06limits\x18\x04 \x01(\x0b\x32\x15.ackbot.web.v1.Limits\"<\n\x12WatchThreadRequest\x12\x0e\n\x06thread\x18\x01 \x01(\t\x12\x16\n\x0e\x61\x66ter_sequence\x18\x02 \x01(\x03\">\n\x13WatchThreadResponse\x12\'\n\x07\x63omment\x18\x01 \x01(\x0b\x32\x16.ackbot.web.v1.Comment*\x9f\x01\n\x0c\x43ommentState\x12\x1d\n\x19\x43OMMENT_STATE_UNSPECIFIED\x10\x00\x12\x19\n\x15\x43OMMENT_STATE_WAITING\x10\x01\x12\x1b\n\x17\x43OMMENT_STATE_ANSWERING\x10\x02\x12\x1a\n\x16\x43OMMENT_STATE_ANSWERED\x10\x03\x12\x1c\n\x18\x43OMMENT_STATE_UNANSWERED\x10\x04\x32\x91\x02\n\x0e\x43ommentService\x12T\n\x0bPostComment\x12!.ackbot.web.v1.PostCommentRequest\x1a\".ackbot.web.v1.PostCommentResponse\x12Q\n\nListThread\x12 .ackbot.web.v1.ListThreadRequest\x1a!.ackbot.web.v1.ListThreadResponse\x12V\n\x0bWatchThread\x12!.ackbot.web.v1.WatchThreadRequest\x1a\".ackbot.web.v1.WatchThreadResponse0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1c\x61\x63kbot/web/v1/comments.proto\x12\rackbot.web.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xeb\x01\n\x07\x43omment\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0e\n\x06thread\x18\x02 \x01(\t\x12\x0e\n\x06\x61uthor\x18\x03 \x01(\t\x12\x0c\n\x04text\x18\x04 \x01(\t\x12/\n\x0b\x63reate_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x10\n\x08sequence\x18\x06 \x01(\x03\x12*\n\x05state\x18\x07 \x01(\x0e\x32\x1b.ackbot.web.v1.CommentState\x12\x10\n\x08\x66rom_bot\x18\x08 \x01(\x08\x12%\n\x05reply\x18\t \x01(\x0b\x32\x16.ackbot.web.v1.Comment\"V\n\x12PostCommentRequest\x12\x0e\n\x06thread\x18\x01 \x01(\t\x12\x0e\n\x06\x61uthor\x18\x02 \x01(\t\x12\x0c\n\x04text\x18\x03 \x01(\t\x12\x12\n\nrequest_id\x18\x04 \x01(\t\"\x86\x01\n\x13PostCommentResponse\x12\'\n\x07\x63omment\x18\x01 \x01(\x0b\x32\x16.ackbot.web.v1.Comment\x12\x10\n\x08\x65\x64it_key\x18\x02 \x01(\t\x12\x34\n\x10\x65\x64it_expire_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"{\n\x11ListThreadRequest\x12\x0e\n\x06thread\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\x12/\n\x0cown_comments\x18\x04 \x03(\x0b\x32\x19.ackbot.web.v1.CommentKey\"*\n\nCommentKey\x12\n\n\x02id\x18\x01 \x01(\t\x12\x10\n\x08\x65\x64it_key\x18\x02 \x01(\t\"q\n\x06Limits\x12\x16\n\x0emax_text_bytes\x18\x01 \x01(\x05\x12\x18\n\x10max_author_chars\x18\x02 \x01(\x05\x12\x18\n\x10posts_per_minute\x18\x03 \x01(\x05\x12\x1b\n\x13\x65\x64it_window_seconds\x18\x04 \x01(\x05\"\xc4\x01\n\x12ListThreadResponse\x12(\n\x08\x63omments\x18\x01 \x03(\x0b\x32\x16.ackbot.web.v1.Comment\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\x12\x15\n\rlast_sequence\x18\x03 \x01(\x03\x12%\n\x06limits\x18\x04 \x01(\x0b\x32\x15.ackbot.web.v1.Limits\x12-\n\rheld_comments\x18\x05 \x03(\x0b\x32\x16.ackbot.web.v1.Comment\"<\n\x12WatchThreadRequest\x12\x0e\n\x06thread\x18\x01 \x01(\t\x12\x16\n\x0e\x61\x66ter_sequence\x18\x02 \x01(\x03\">\n\x13WatchThreadResponse\x12\'\n\x07\x63omment\x18\x01 \x01(\x0b\x32\x16.ackbot.web.v1.Comment\"4\n\x14\x44\x65leteCommentRequest\x12\n\n\x02id\x18\x01 \x01(\t\x12\x10\n\x08\x65\x64it_key\x18\x02 \x01(\t\"0\n\x15\x44\x65leteCommentResponse\x12\x17\n\x0f\x61lready_deleted\x18\x01 \x01(\x08\"@\n\x12\x45\x64itCommentRequest\x12\n\n\x02id\x18\x01 \x01(\t\x12\x10\n\x08\x65\x64it_key\x18\x02 \x01(\t\x12\x0c\n\x04text\x18\x03 \x01(\t\"\x86\x01\n\x13\x45\x64itCommentResponse\x12\'\n\x07\x63omment\x18\x01 \x01(\x0b\x32\x16.ackbot.web.v1.Comment\x12\x10\n\x08\x65\x64it_key\x18\x02 \x01(\t\x12\x34\n\x10\x65\x64it_expire_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp*\xd2\x01\n\x0c\x43ommentState\x12\x1d\n\x19\x43OMMENT_STATE_UNSPECIFIED\x10\x00\x12\x19\n\x15\x43OMMENT_STATE_WAITING\x10\x01\x12\x1b\n\x17\x43OMMENT_STATE_ANSWERING\x10\x02\x12\x1a\n\x16\x43OMMENT_STATE_ANSWERED\x10\x03\x12\x1c\n\x18\x43OMMENT_STATE_UNANSWERED\x10\x04\x12\x16\n\x12\x43OMMENT_STATE_HELD\x10\x05\x12\x19\n\x15\x43OMMENT_STATE_DELETED\x10\x06\x32\xc3\x03\n\x0e\x43ommentService\x12T\n\x0bPostComment\x12!.ackbot.web.v1.PostCommentRequest\x1a\".ackbot.web.v1.PostCommentResponse\x12Q\n\nListThread\x12 .ackbot.web.v1.ListThreadRequest\x1a!.ackbot.web.v1.ListThreadResponse\x12V\n\x0bWatchThread\x12!.ackbot.web.v1.WatchThreadRequest\x1a\".ackbot.web.v1.WatchThreadResponse0\x01\x12Z\n\rDeleteComment\x12#.ackbot.web.v1.DeleteCommentRequest\x1a$.ackbot.web.v1.DeleteCommentResponse\x12T\n\x0b\x45\x64itComment\x12!.ackbot.web.v1.EditCommentRequest\x1a\".ackbot.web.v1.EditCommentResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'ackbot.web.v1.comments_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_COMMENTSTATE']._serialized_start=911
-  _globals['_COMMENTSTATE']._serialized_end=1070
+  _globals['_COMMENTSTATE']._serialized_start=1460
+  _globals['_COMMENTSTATE']._serialized_end=1670
   _globals['_COMMENT']._serialized_start=81
   _globals['_COMMENT']._serialized_end=316
   _globals['_POSTCOMMENTREQUEST']._serialized_start=318
   _globals['_POSTCOMMENTREQUEST']._serialized_end=404
-  _globals['_POSTCOMMENTRESPONSE']._serialized_start=406
-  _globals['_POSTCOMMENTRESPONSE']._serialized_end=468
-  _globals['_LISTTHREADREQUEST']._serialized_start=470
-  _globals['_LISTTHREADREQUEST']._serialized_end=544
-  _globals['_LIMITS']._serialized_start=546
-  _globals['_LIMITS']._serialized_end=630
-  _globals['_LISTTHREADRESPONSE']._serialized_start=633
-  _globals['_LISTTHREADRESPONSE']._serialized_end=782
-  _globals['_WATCHTHREADREQUEST']._serialized_start=784
-  _globals['_WATCHTHREADREQUEST']._serialized_end=844
-  _globals['_WATCHTHREADRESPONSE']._serialized_start=846
-  _globals['_WATCHTHREADRESPONSE']._serialized_end=908
-  _globals['_COMMENTSERVICE']._serialized_start=1073
-  _globals['_COMMENTSERVICE']._serialized_end=1346
+  _globals['_POSTCOMMENTRESPONSE']._serialized_start=407
+  _globals['_POSTCOMMENTRESPONSE']._serialized_end=541
+  _globals['_LISTTHREADREQUEST']._serialized_start=543
+  _globals['_LISTTHREADREQUEST']._serialized_end=666
+  _globals['_COMMENTKEY']._serialized_start=668
+  _globals['_COMMENTKEY']._serialized_end=710
+  _globals['_LIMITS']._serialized_start=712
+  _globals['_LIMITS']._serialized_end=825
+  _globals['_LISTTHREADRESPONSE']._serialized_start=828
+  _globals['_LISTTHREADRESPONSE']._serialized_end=1024
+  _globals['_WATCHTHREADREQUEST']._serialized_start=1026
+  _globals['_WATCHTHREADREQUEST']._serialized_end=1086
+  _globals['_WATCHTHREADRESPONSE']._serialized_start=1088
+  _globals['_WATCHTHREADRESPONSE']._serialized_end=1150
+  _globals['_DELETECOMMENTREQUEST']._serialized_start=1152
+  _globals['_DELETECOMMENTREQUEST']._serialized_end=1204
+  _globals['_DELETECOMMENTRESPONSE']._serialized_start=1206
+  _globals['_DELETECOMMENTRESPONSE']._serialized_end=1254
+  _globals['_EDITCOMMENTREQUEST']._serialized_start=1256
+  _globals['_EDITCOMMENTREQUEST']._serialized_end=1320
+  _globals['_EDITCOMMENTRESPONSE']._serialized_start=1323
+  _globals['_EDITCOMMENTRESPONSE']._serialized_end=1457
+  _globals['_COMMENTSERVICE']._serialized_start=1673
+  _globals['_COMMENTSERVICE']._serialized_end=2124
 # @@protoc_insertion_point(module_scope)

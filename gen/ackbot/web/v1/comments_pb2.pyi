@@ -17,11 +17,15 @@ class CommentState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     COMMENT_STATE_ANSWERING: _ClassVar[CommentState]
     COMMENT_STATE_ANSWERED: _ClassVar[CommentState]
     COMMENT_STATE_UNANSWERED: _ClassVar[CommentState]
+    COMMENT_STATE_HELD: _ClassVar[CommentState]
+    COMMENT_STATE_DELETED: _ClassVar[CommentState]
 COMMENT_STATE_UNSPECIFIED: CommentState
 COMMENT_STATE_WAITING: CommentState
 COMMENT_STATE_ANSWERING: CommentState
 COMMENT_STATE_ANSWERED: CommentState
 COMMENT_STATE_UNANSWERED: CommentState
+COMMENT_STATE_HELD: CommentState
+COMMENT_STATE_DELETED: CommentState
 
 class Comment(_message.Message):
     __slots__ = ("id", "thread", "author", "text", "create_time", "sequence", "state", "from_bot", "reply")
@@ -58,42 +62,60 @@ class PostCommentRequest(_message.Message):
     def __init__(self, thread: _Optional[str] = ..., author: _Optional[str] = ..., text: _Optional[str] = ..., request_id: _Optional[str] = ...) -> None: ...
 
 class PostCommentResponse(_message.Message):
-    __slots__ = ("comment",)
+    __slots__ = ("comment", "edit_key", "edit_expire_time")
     COMMENT_FIELD_NUMBER: _ClassVar[int]
+    EDIT_KEY_FIELD_NUMBER: _ClassVar[int]
+    EDIT_EXPIRE_TIME_FIELD_NUMBER: _ClassVar[int]
     comment: Comment
-    def __init__(self, comment: _Optional[_Union[Comment, _Mapping]] = ...) -> None: ...
+    edit_key: str
+    edit_expire_time: _timestamp_pb2.Timestamp
+    def __init__(self, comment: _Optional[_Union[Comment, _Mapping]] = ..., edit_key: _Optional[str] = ..., edit_expire_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class ListThreadRequest(_message.Message):
-    __slots__ = ("thread", "page_size", "page_token")
+    __slots__ = ("thread", "page_size", "page_token", "own_comments")
     THREAD_FIELD_NUMBER: _ClassVar[int]
     PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
     PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    OWN_COMMENTS_FIELD_NUMBER: _ClassVar[int]
     thread: str
     page_size: int
     page_token: str
-    def __init__(self, thread: _Optional[str] = ..., page_size: _Optional[int] = ..., page_token: _Optional[str] = ...) -> None: ...
+    own_comments: _containers.RepeatedCompositeFieldContainer[CommentKey]
+    def __init__(self, thread: _Optional[str] = ..., page_size: _Optional[int] = ..., page_token: _Optional[str] = ..., own_comments: _Optional[_Iterable[_Union[CommentKey, _Mapping]]] = ...) -> None: ...
+
+class CommentKey(_message.Message):
+    __slots__ = ("id", "edit_key")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    EDIT_KEY_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    edit_key: str
+    def __init__(self, id: _Optional[str] = ..., edit_key: _Optional[str] = ...) -> None: ...
 
 class Limits(_message.Message):
-    __slots__ = ("max_text_bytes", "max_author_chars", "posts_per_minute")
+    __slots__ = ("max_text_bytes", "max_author_chars", "posts_per_minute", "edit_window_seconds")
     MAX_TEXT_BYTES_FIELD_NUMBER: _ClassVar[int]
     MAX_AUTHOR_CHARS_FIELD_NUMBER: _ClassVar[int]
     POSTS_PER_MINUTE_FIELD_NUMBER: _ClassVar[int]
+    EDIT_WINDOW_SECONDS_FIELD_NUMBER: _ClassVar[int]
     max_text_bytes: int
     max_author_chars: int
     posts_per_minute: int
-    def __init__(self, max_text_bytes: _Optional[int] = ..., max_author_chars: _Optional[int] = ..., posts_per_minute: _Optional[int] = ...) -> None: ...
+    edit_window_seconds: int
+    def __init__(self, max_text_bytes: _Optional[int] = ..., max_author_chars: _Optional[int] = ..., posts_per_minute: _Optional[int] = ..., edit_window_seconds: _Optional[int] = ...) -> None: ...
 
 class ListThreadResponse(_message.Message):
-    __slots__ = ("comments", "next_page_token", "last_sequence", "limits")
+    __slots__ = ("comments", "next_page_token", "last_sequence", "limits", "held_comments")
     COMMENTS_FIELD_NUMBER: _ClassVar[int]
     NEXT_PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
     LAST_SEQUENCE_FIELD_NUMBER: _ClassVar[int]
     LIMITS_FIELD_NUMBER: _ClassVar[int]
+    HELD_COMMENTS_FIELD_NUMBER: _ClassVar[int]
     comments: _containers.RepeatedCompositeFieldContainer[Comment]
     next_page_token: str
     last_sequence: int
     limits: Limits
-    def __init__(self, comments: _Optional[_Iterable[_Union[Comment, _Mapping]]] = ..., next_page_token: _Optional[str] = ..., last_sequence: _Optional[int] = ..., limits: _Optional[_Union[Limits, _Mapping]] = ...) -> None: ...
+    held_comments: _containers.RepeatedCompositeFieldContainer[Comment]
+    def __init__(self, comments: _Optional[_Iterable[_Union[Comment, _Mapping]]] = ..., next_page_token: _Optional[str] = ..., last_sequence: _Optional[int] = ..., limits: _Optional[_Union[Limits, _Mapping]] = ..., held_comments: _Optional[_Iterable[_Union[Comment, _Mapping]]] = ...) -> None: ...
 
 class WatchThreadRequest(_message.Message):
     __slots__ = ("thread", "after_sequence")
@@ -108,3 +130,37 @@ class WatchThreadResponse(_message.Message):
     COMMENT_FIELD_NUMBER: _ClassVar[int]
     comment: Comment
     def __init__(self, comment: _Optional[_Union[Comment, _Mapping]] = ...) -> None: ...
+
+class DeleteCommentRequest(_message.Message):
+    __slots__ = ("id", "edit_key")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    EDIT_KEY_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    edit_key: str
+    def __init__(self, id: _Optional[str] = ..., edit_key: _Optional[str] = ...) -> None: ...
+
+class DeleteCommentResponse(_message.Message):
+    __slots__ = ("already_deleted",)
+    ALREADY_DELETED_FIELD_NUMBER: _ClassVar[int]
+    already_deleted: bool
+    def __init__(self, already_deleted: _Optional[bool] = ...) -> None: ...
+
+class EditCommentRequest(_message.Message):
+    __slots__ = ("id", "edit_key", "text")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    EDIT_KEY_FIELD_NUMBER: _ClassVar[int]
+    TEXT_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    edit_key: str
+    text: str
+    def __init__(self, id: _Optional[str] = ..., edit_key: _Optional[str] = ..., text: _Optional[str] = ...) -> None: ...
+
+class EditCommentResponse(_message.Message):
+    __slots__ = ("comment", "edit_key", "edit_expire_time")
+    COMMENT_FIELD_NUMBER: _ClassVar[int]
+    EDIT_KEY_FIELD_NUMBER: _ClassVar[int]
+    EDIT_EXPIRE_TIME_FIELD_NUMBER: _ClassVar[int]
+    comment: Comment
+    edit_key: str
+    edit_expire_time: _timestamp_pb2.Timestamp
+    def __init__(self, comment: _Optional[_Union[Comment, _Mapping]] = ..., edit_key: _Optional[str] = ..., edit_expire_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
