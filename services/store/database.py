@@ -1,10 +1,10 @@
 """The database the store runs on: its engine, and every difference between SQLite and PostgreSQL
 that is not plain SQL, decided here once.
 
-- Engine set-up: SQLite in WAL mode with real write transactions (see `_configure_sqlite`);
+- Engine set-up: SQLite in WAL mode with real write transactions (sqlite_file.py);
   PostgreSQL with a pool that tests connections before use, every session bounded and named
-  (`SessionBounds`): a store that stalls inside a transaction holds its locks for seconds, not
-  for as long as it is stalled, and its sessions can be found and ended by the others.
+  (session_bounds.py): a store that stalls inside a transaction holds its locks for seconds,
+  not for as long as it is stalled, and its sessions can be found and ended by the others.
 - The dialect's INSERT construct: ON CONFLICT exists on both, but SQLAlchemy offers it per
   dialect only.
 - Ownership: one store process owns an SQLite file, while several may share a PostgreSQL
@@ -18,7 +18,8 @@ that is not plain SQL, decided here once.
   one PostgreSQL notification (`notify_work`), which every store hears on a connection of its
   own, outside the pool (`connect_listener`). SQLite needs none: its one store hears its own
   writes in-process.
-- Driver errors are wrapped at this boundary (StorageUnavailable, StorageFull) and never leak.
+- Driver errors are wrapped at this boundary (StorageUnavailable, StorageFull) and never leak
+  (driver_errors.py).
 - One hop per transaction (`run_in_transaction`, `run_read`): the store's transactions are plain
   synchronous functions of a connection, run whole where the driver lives. On an SQLite file that
   is a thread of ours holding a pysqlite connection: one crossing from the event loop per
@@ -33,27 +34,31 @@ needs no row locks).
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
-import os
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import Executor, ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
 import asyncpg  # type: ignore[import-untyped]  # asyncpg ships no type information
-from sqlalchemy import String, Table, bindparam, event, func, select, text
+from sqlalchemy import String, Table, bindparam, func, select, text
 from sqlalchemy import create_engine as create_sync_engine
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, Engine, make_url
 from sqlalchemy.engine.interfaces import DBAPIConnection
-from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
-from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
-from ackbot.store.errors import CannotOpenDatabase, StorageFull, StorageUnavailable
+from ackbot.store.driver_errors import OPEN_ERRORS, cannot_open, translate_errors
+from ackbot.store.errors import CannotOpenDatabase, StorageUnavailable
+from ackbot.store.session_bounds import SessionBounds
+from ackbot.store.sqlite_file import (
+    SQLITE_READERS,
+    configure_sqlite,
+    on_thread,
+    sqlite_file_problem,
+    sqlite_path,
+)
 
 log = logging.getLogger(__name__)
 
@@ -67,77 +72,10 @@ _ASYNCPG = "asyncpg"
 WORK_CHANNEL = "ackbot_work"
 # Built once: building a statement costs more Python than running this one.
 _NOTIFY_WORK = select(func.pg_notify(WORK_CHANNEL, bindparam("store_id", type_=String)))
-# The errors one write can cause for a whole transaction (a unique constraint that another store
-# process won). They pass through untranslated, so that group commit can run the transaction's
-# writes again one by one.
-CONFLICT_ERRORS: tuple[type[Exception], ...] = (IntegrityError,)
 # The advisory lock that serializes schema upgrades, one per schema (several ackbot schemas may
 # share a PostgreSQL database, and need not wait for each other). The text form keeps it apart
 # from any numeric key another part of ackbot may lock.
 _SCHEMA_LOCK_KEY = "hashtextextended('ackbot.store.schema:' || current_schema(), 0)"
-# Threads that run reads on an SQLite file beside the writer's (WAL: readers never wait for it).
-SQLITE_READERS = 2
-# A store's sessions show in pg_stat_activity.application_name as this prefix and its id, so
-# that an operator can find them, and another store that declares it dead can end them
-# (registry.py). Store ids are 16 characters: well inside PostgreSQL's 63.
-STORE_APPLICATION_PREFIX = "ackbot-store:"
-# TCP keepalive probes sent before the server gives up on a store's host.
-_KEEPALIVE_PROBES = 3
-
-
-def store_application_name(store_id: str) -> str:
-    """The application_name of every session of the store `store_id`."""
-    return STORE_APPLICATION_PREFIX + store_id
-
-
-def _ms(seconds: float) -> str:
-    return str(max(1, round(seconds * 1000)))
-
-
-@dataclass(frozen=True)
-class SessionBounds:
-    """How long a PostgreSQL session of the store may sit or wait, enforced by the server.
-
-    A store stopped (SIGSTOP, a frozen VM, a lost host) inside a transaction keeps its locks,
-    the insert turn among them, until its session ends: without bounds every other store's
-    writes wait behind it for as long as it is stopped (docs/scaling.md, "A store that
-    stalls"). The server, not the store, must end such a session, since the store cannot.
-    Sent as server settings at connect time, so they hold for every session of the pool, the
-    registry's and the listener's alike. Ignored on SQLite (one process, no sessions).
-    """
-
-    # Shown in pg_stat_activity; "" leaves the driver's default.
-    application_name: str = ""
-    # A session idle inside a transaction this long is ended by the server (its transaction
-    # rolled back, its locks released). A healthy store's transactions run whole, in one hop
-    # to the driver, and are never idle for more than milliseconds.
-    idle_in_transaction_seconds: float = 3.0
-    # The longest any one statement may run (schema changes excepted: Database.schema_change).
-    statement_seconds: float = 30.0
-    # The longest any statement may wait for a lock (the insert turn, a row another store is
-    # updating); then UNAVAILABLE, as on SQLite.
-    lock_seconds: float = 5.0
-    # The server probes a silent store's host after this long and gives up on it after
-    # about twice as long: a partitioned host's session ends in seconds, not in the OS's
-    # two hours. The same bound applies to data the host does not acknowledge.
-    keepalive_seconds: float = 3.0
-
-    def server_settings(self) -> dict[str, str]:
-        """The bounds as PostgreSQL settings (milliseconds or whole seconds, as each wants)."""
-        idle = max(1, round(self.keepalive_seconds))
-        interval = max(1, round(self.keepalive_seconds / _KEEPALIVE_PROBES))
-        settings = {
-            "idle_in_transaction_session_timeout": _ms(self.idle_in_transaction_seconds),
-            "statement_timeout": _ms(self.statement_seconds),
-            "lock_timeout": _ms(self.lock_seconds),
-            "tcp_keepalives_idle": str(idle),
-            "tcp_keepalives_interval": str(interval),
-            "tcp_keepalives_count": str(_KEEPALIVE_PROBES),
-            "tcp_user_timeout": _ms(idle + interval * _KEEPALIVE_PROBES),
-        }
-        if self.application_name:
-            settings["application_name"] = self.application_name
-        return settings
 
 
 def create_engine(
@@ -161,7 +99,7 @@ def create_engine(
         # SQLAlchemy itself, and the pool's extra ROLLBACK is one more round trip to the
         # driver's thread per transaction.
         engine = create_async_engine(url, pool_reset_on_return=None)
-        _configure_sqlite(engine.sync_engine, lock_timeout_seconds, sqlite_synchronous)
+        configure_sqlite(engine.sync_engine, lock_timeout_seconds, sqlite_synchronous)
         return engine
     if bounds is None:
         bounds = SessionBounds(lock_seconds=lock_timeout_seconds)
@@ -169,51 +107,6 @@ def create_engine(
     if parsed.get_driver_name() == _ASYNCPG:
         connect_args["server_settings"] = bounds.server_settings()
     return create_async_engine(url, pool_pre_ping=True, connect_args=connect_args)
-
-
-def _sqlite_path(database: str | None) -> Path | None:
-    """The file an SQLite database name opens; None when in memory or a URI filename."""
-    if not database or database == ":memory:" or database.startswith("file:"):
-        return None
-    return Path(database)
-
-
-def _sqlite_file_problem(path: Path) -> str | None:
-    """Why SQLite could not open or create `path`, where the file system can tell (SQLite
-    itself says only "unable to open database file"); None when nothing is in the way."""
-    if path.is_dir():
-        return f"{path} is a directory"
-    folder = path.parent
-    if not folder.is_dir():
-        return f"folder {folder} does not exist"
-    if not path.exists() and not os.access(folder, os.W_OK | os.X_OK):
-        return f"no permission to create a file in {folder}"
-    if path.exists() and not os.access(path, os.R_OK | os.W_OK):
-        return f"no permission to read and write {path}"
-    return None
-
-
-def _configure_sqlite(engine: Engine, lock_timeout_seconds: float, synchronous: str) -> None:
-    if synchronous not in ("FULL", "NORMAL"):
-        raise ValueError(f"synchronous must be FULL or NORMAL, not {synchronous!r}")
-
-    @event.listens_for(engine, "connect")
-    def on_connect(dbapi_connection: object, _record: object) -> None:
-        # The driver opens a write transaction itself, as BEGIN IMMEDIATE, right before the
-        # first INSERT, UPDATE or DELETE; every write transaction of the store starts with one,
-        # so it takes the write lock before it reads anything, and `busy_timeout` bounds the
-        # wait. A read outside a write is one SELECT, consistent on its own, and needs no BEGIN.
-        # Saved: a BEGIN round trip per transaction, which is most of a read's cost.
-        dbapi_connection.isolation_level = "IMMEDIATE"  # type: ignore[attr-defined]
-        cursor = dbapi_connection.cursor()  # type: ignore[attr-defined]
-        # WAL: readers never block the writer. synchronous=FULL (the default): every commit is
-        # fsynced before CreateMessage or MarkProcessed returns, so acknowledged writes survive
-        # a kill -9 and a power cut alike; NORMAL survives a kill -9 only.
-        cursor.execute("PRAGMA journal_mode=WAL")
-        cursor.execute(f"PRAGMA synchronous={synchronous}")
-        cursor.execute("PRAGMA foreign_keys=ON")
-        cursor.execute(f"PRAGMA busy_timeout={int(lock_timeout_seconds * 1000)}")
-        cursor.close()
 
 
 def _detach_in_autocommit(connection: Connection) -> DBAPIConnection:
@@ -250,11 +143,11 @@ class Database:
         self._sync_engine: Engine | None = None
         self._writer: Executor | None = None
         self._readers: Executor | None = None
-        if self._is_sqlite and _sqlite_path(engine.url.database) is not None:
+        if self._is_sqlite and sqlite_path(engine.url.database) is not None:
             self._sync_engine = create_sync_engine(
                 engine.url.set(drivername="sqlite+pysqlite"), pool_reset_on_return=None
             )
-            _configure_sqlite(self._sync_engine, lock_timeout_seconds, sqlite_synchronous)
+            configure_sqlite(self._sync_engine, lock_timeout_seconds, sqlite_synchronous)
             self._writer = ThreadPoolExecutor(1, thread_name_prefix="ackbot-sqlite-writer")
             self._readers = ThreadPoolExecutor(
                 SQLITE_READERS, thread_name_prefix="ackbot-sqlite-reader"
@@ -326,7 +219,7 @@ class Database:
         """The URL, with any password masked and an SQLite file's path made absolute: for logs,
         which should name the database really used, not one relative to a forgotten folder."""
         url = self.engine.url
-        path = _sqlite_path(url.database) if self._is_sqlite else None
+        path = sqlite_path(url.database) if self._is_sqlite else None
         if path is not None:
             url = url.set(database=str(path.resolve()))
         return url.render_as_string(hide_password=True)
@@ -334,42 +227,26 @@ class Database:
     async def check_open(self) -> None:
         """Opens one connection and runs a query, or raises CannotOpenDatabase naming the
         database and why (one line for the operator, no driver log on the way)."""
-        path = _sqlite_path(self.engine.url.database) if self._is_sqlite else None
+        path = sqlite_path(self.engine.url.database) if self._is_sqlite else None
         # Asked of the file system first, without connecting: aiosqlite does not wait for the
         # thread of a connection that failed to open, which may then answer into the closed
         # event loop with a traceback on the way out.
-        problem = _sqlite_file_problem(path) if path is not None else None
+        problem = sqlite_file_problem(path) if path is not None else None
         if problem is not None:
             raise CannotOpenDatabase(f"cannot open the database {self.url}: {problem}")
         try:
             async with self.engine.connect() as connection:
                 await connection.exec_driver_sql("SELECT 1")
-        except (OperationalError, DBAPIError, PoolTimeoutError, OSError, TimeoutError) as exc:
-            orig = getattr(exc, "orig", None)
-            why = str(orig if orig is not None else exc).strip() or type(exc).__name__
-            raise CannotOpenDatabase(f"cannot open the database {self.url}: {why}") from exc
+        except OPEN_ERRORS as exc:
+            raise cannot_open(self.url, exc) from exc
 
     def insert(self, table: Table) -> sqlite.Insert | postgresql.Insert:
         """An INSERT into `table` that offers ON CONFLICT."""
         return sqlite.insert(table) if self._is_sqlite else postgresql.insert(table)
 
-    @contextlib.asynccontextmanager
-    async def translate_errors(self) -> AsyncIterator[None]:
-        """Turns driver errors into StorageUnavailable or StorageFull (CONFLICT_ERRORS pass)."""
-        try:
-            yield
-        except CONFLICT_ERRORS:
-            raise
-        except (OperationalError, DBAPIError) as exc:
-            detail = str(exc.orig) if exc.orig is not None else str(exc)
-            if "full" in detail.lower() and self._is_sqlite:
-                log.error("database is full: %s", detail)
-                raise StorageFull(f"database is full: {detail}") from exc
-            log.warning("database error: %s", detail)
-            raise StorageUnavailable(f"database unavailable: {detail}") from exc
-        except (PoolTimeoutError, OSError, TimeoutError) as exc:
-            log.warning("database unreachable: %s", exc)
-            raise StorageUnavailable(f"database unreachable: {exc}") from exc
+    def translate_errors(self) -> contextlib.AbstractAsyncContextManager[None]:
+        """Turns driver errors into StorageUnavailable or StorageFull (driver_errors.py)."""
+        return translate_errors(disk_full_is_storage_full=self._is_sqlite)
 
     @contextlib.asynccontextmanager
     async def connect(self) -> AsyncIterator[AsyncConnection]:
@@ -414,7 +291,7 @@ class Database:
                 return body(connection)
 
         async with self.translate_errors():
-            return await _on_thread(executor, run)
+            return await on_thread(executor, run)
 
     @contextlib.asynccontextmanager
     async def schema_change(self) -> AsyncIterator[AsyncConnection]:
@@ -518,16 +395,3 @@ class Database:
         if self._sync_engine is not None:
             self._sync_engine.dispose()
         await self.engine.dispose()
-
-
-async def _on_thread(executor: Executor, work: Callable[[], T]) -> T:
-    """`work()` on `executor`'s thread. A caller cancelled meanwhile still waits for it to end
-    before the cancellation goes on: the thread cannot be stopped, and its connection must not
-    be used by the next transaction while it is still in this one."""
-    future = asyncio.get_running_loop().run_in_executor(executor, work)
-    try:
-        return await asyncio.shield(future)
-    except asyncio.CancelledError:
-        with contextlib.suppress(BaseException):
-            await future
-        raise

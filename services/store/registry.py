@@ -63,9 +63,10 @@ from sqlalchemy import String, bindparam, text
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from ackbot.store.database import STORE_APPLICATION_PREFIX, Database, store_application_name
+from ackbot.store.database import Database
 from ackbot.store.errors import StoreError
 from ackbot.store.repository import MessageRepository
+from ackbot.store.session_bounds import STORE_APPLICATION_PREFIX, store_application_name
 from ackbot.store.types import DeadStore, Reaped, ReleasedLease
 
 log = logging.getLogger(__name__)

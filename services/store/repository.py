@@ -23,7 +23,8 @@ from typing import Any
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from ackbot.store.database import CONFLICT_ERRORS, Database
+from ackbot.store.database import Database
+from ackbot.store.driver_errors import CONFLICT_ERRORS
 from ackbot.store.errors import MessageDeleted, NotFound, StoreError
 from ackbot.store.group_commit import GroupCommitter
 from ackbot.store.ids import new_message_id, new_store_id

@@ -30,7 +30,7 @@ from ackbot.common.serving import (
 )
 from ackbot.store import migrations
 from ackbot.store.config import ALLOW_INSECURE_FLAG, StoreConfig
-from ackbot.store.database import Database, SessionBounds, store_application_name
+from ackbot.store.database import Database
 from ackbot.store.errors import CannotOpenDatabase, DeclaredDead, StoreError
 from ackbot.store.ids import new_store_id
 from ackbot.store.listener import WorkListener
@@ -40,6 +40,7 @@ from ackbot.store.ownership import FileOwnership, claim_database
 from ackbot.store.registry import StoreRegistry
 from ackbot.store.repository import MessageRepository
 from ackbot.store.servicer import SERVICE_NAME, MessageStoreServicer, add_to_server
+from ackbot.store.session_bounds import SessionBounds, store_application_name
 from ackbot.store.sweeper import RetentionSweeper
 
 log = logging.getLogger(__name__)

@@ -9,11 +9,12 @@ from sqlalchemy import event, text
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError, OperationalError
 
-from ackbot.store.database import Database, SessionBounds, create_engine
+from ackbot.store.database import Database, create_engine
 from ackbot.store.errors import StorageFull, StorageUnavailable
 from ackbot.store.migrations import upgrade_to_head
 from ackbot.store.models import MessageRow
 from ackbot.store.repository import MessageRepository
+from ackbot.store.session_bounds import SessionBounds
 from ackbot.store.types import NewMessage
 from ackbot.testing import wait_until
 

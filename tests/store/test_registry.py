@@ -16,11 +16,12 @@ import pytest
 from sqlalchemy import select, text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from ackbot.store.database import Database, store_application_name
+from ackbot.store.database import Database
 from ackbot.store.migrations import upgrade_to_head
 from ackbot.store.models import MessageRow, State
 from ackbot.store.registry import StoreRegistry
 from ackbot.store.repository import MessageRepository
+from ackbot.store.session_bounds import store_application_name
 from ackbot.store.tables.transaction import INSERT_TURN_KEY
 from ackbot.store.types import Lease, NewMessage
 from ackbot.testing import wait_until
