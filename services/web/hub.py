@@ -116,7 +116,16 @@ class Hub:
                 request.after_sequence = self._last_sequence
             call = self._client.stub.WatchMessages(request)
             try:
-                await call.initial_metadata()  # sent once the store registered the watch
+                headers = await call.initial_metadata()  # sent once the store registered the watch
+                if call.done():
+                    # A refusal (a missing or wrong token) comes as trailers only: its "headers"
+                    # arrive with the end of the call, and the watch never opened.
+                    raise grpc.aio.AioRpcError(
+                        await call.code(),
+                        headers,
+                        await call.trailing_metadata(),
+                        await call.details(),
+                    )
                 self.connected.set()
                 self._metrics.store_watch_up.set(1)
                 log.info("watching the store %s", self._client.address)
