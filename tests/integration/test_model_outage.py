@@ -103,7 +103,7 @@ async def feed(stub, ids: list[str], rate: float = RATE_PER_SECOND) -> None:
         await create(stub, message_id)
         ahead = started + (number + 1) / rate - time.monotonic()
         if ahead > 0:
-            await asyncio.sleep(ahead)
+            await asyncio.sleep(ahead)  # pacing
 
 
 def down_lines(bot: Service) -> list[str]:
@@ -203,7 +203,7 @@ async def test_a_minute_long_outage_under_a_backlog_loses_nothing(stub, start_bo
         # The outage lasts a minute from when it began; the bot must say NOT_SERVING throughout.
         while time.monotonic() - began < 60:
             assert not await bot.aserving(), "SERVING while the model server is down"
-            await asyncio.sleep(1)
+            await asyncio.sleep(1)  # poll: NOT_SERVING checked every second of the outage
         llm.up()
         await wait_until(bot.aserving, within=PROBE_MAX_SECONDS + 10, what="SERVING again")
         await feeding
