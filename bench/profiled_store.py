@@ -34,7 +34,7 @@ def _profile_driver_threads() -> cProfile.Profile:
 
     profiler = cProfile.Profile(time.thread_time)
     lock = threading.Lock()
-    on_thread = database._on_thread
+    on_thread = database.on_thread
 
     async def profiled_on_thread(executor: Any, work: Callable[[], Any]) -> Any:
         def run() -> Any:
@@ -43,7 +43,7 @@ def _profile_driver_threads() -> cProfile.Profile:
 
         return await on_thread(executor, run)
 
-    database._on_thread = profiled_on_thread
+    database.on_thread = profiled_on_thread
     return profiler
 
 
