@@ -38,7 +38,6 @@ REQUEST_TIMEOUT_STATUS = 408
 CAUSE_CONNECT = "connect"
 CAUSE_AUTH = "auth"
 CAUSE_MODEL_MISSING = "model_missing"
-CAUSE_ERRORS = "errors"
 # How much of an error body goes into a last_error (the store keeps 1024 characters in all).
 MAX_ERROR_BODY_CHARS = 300
 # Statuses that mean "busy, come back later": rate limited, or overloaded (Ollama answers 503
